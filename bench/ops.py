@@ -81,7 +81,8 @@ class OpSpec:
         for name in ("h", "w", "cin", "kernel", "stride", "groups", "batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecError(f"{kind} spec field {name} must be a positive integer, got {value!r}")
+                raise SpecError(f"{kind} spec field {name} must be a positive integer, "
+                                f"got {value!r}")
         self._normalise()
         if self.out_h < 1 or self.out_w < 1:
             raise SpecError(f"{kind} spec gives an empty output ({self.out_h}x{self.out_w}) for "
@@ -192,7 +193,10 @@ class OpSpec:
 
     # --- key --------------------------------------------------------------------------------
     def key(self) -> str:
-        """Canonical, stable key, e.g. `conv:n=1,h=32,w=32,cin=16,cout=32,k=3,s=1,p=1,g=1,act=relu,dtype=float32`."""
+        """Canonical, stable key.
+
+        e.g. `conv:n=1,h=32,w=32,cin=16,cout=32,k=3,s=1,p=1,g=1,act=relu,dtype=float32`
+        """
         parts = [f"{_SHORT.get(name, name)}={_fmt(getattr(self, name))}"
                  for name in KEY_FIELDS[self.kind]]
         return f"{self.kind}:{','.join(parts)},dtype={self.dtype}"

@@ -98,7 +98,7 @@ class GraphBuilder:
         return self._add("add", [a, b], self.shapes[a], {"act": act})
 
     def mul(self, a: str, b: str) -> str:
-        """Elementwise product; `b` may broadcast over H and W (N, C, 1, 1), as in squeeze-excite."""
+        """Elementwise product; `b` may be (N, C, 1, 1) and broadcast, as in squeeze-excite."""
         sa, sb = self.shapes[a], self.shapes[b]
         if sa != sb and sb != (sa[0], sa[1], 1, 1):
             raise ExportError(f"mul of shapes {sa} and {sb}: second must match or be (N, C, 1, 1)")

@@ -1,0 +1,258 @@
+"""Sampling plans: which kernels to measure, written as data (a preset name or a YAML/TOML file).
+
+A plan combines
+- `spaces`: the real kernels of search spaces (every layer shape any architecture can hold),
+- `primitives`: also the primitive kernels fused blocks split into (what an ONNX graph shows),
+- `around`: random variants near each real kernel (other sizes, channels, kernels, strides),
+- `random`: free random kernels of a kind, with value lists (choices) or {min, max} ranges,
+- `specs`: explicit spec keys,
+- `networks`: whole networks to measure too, as `NAME:COUNT` network sets (e.g. random
+  architectures of a space); a predictor uses them to learn how kernels compose into networks.
+Space kernels and networks come from resolvers the caller passes in (spaces live above bench).
+
+Example (YAML):
+    name: my-phone
+    seed: 0
+    spaces: [nasbench-macro]
+    primitives: true
+    around: 2
+    random:
+      - {kind: conv, count: 40, h: [8, 16, 32], cin: {min: 8, max: 256}, cout: {min: 8, max: 256},
+         kernel: [1, 3, 5], stride: [1, 2], act: [relu, none]}
+    specs: ["pool:n=1,h=8,w=8,cin=256,pool=gavg,k=1,s=1,p=0,dtype=float32"]
+    networks: ["nasbench-macro:30"]
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.ops import KEY_FIELDS, OpSpec, decompose
+from latbench.errors import ConfigError, SpecError
+
+SpaceResolver = Callable[[str], list[OpSpec]]
+
+
+@dataclass(frozen=True)
+class RandomKernels:
+    kind: str
+    count: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    seed: int = 0
+    spaces: tuple[str, ...] = ()
+    primitives: bool = True
+    around: int = 0
+    random: tuple[RandomKernels, ...] = ()
+    specs: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "spaces": list(self.spaces),
+                "primitives": self.primitives, "around": self.around,
+                "random": [{"kind": r.kind, "count": r.count, **r.fields} for r in self.random],
+                "specs": list(self.specs), "networks": list(self.networks)}
+
+
+_WIDE_RANDOM = (
+    {"kind": "conv", "count": 60, "h": [4, 8, 16, 32, 56], "cin": {"min": 3, "max": 320},
+     "cout": {"min": 8, "max": 320}, "kernel": [1, 3, 5], "stride": [1, 2],
+     "act": ["none", "relu", "relu6"]},
+    {"kind": "dwconv", "count": 40, "h": [4, 8, 16, 32, 56], "cin": {"min": 8, "max": 960},
+     "kernel": [3, 5, 7], "stride": [1, 2], "act": ["none", "relu", "relu6"]},
+    {"kind": "mbconv", "count": 40, "h": [4, 8, 16, 32], "cin": {"min": 16, "max": 256},
+     "cout": {"min": 16, "max": 256}, "kernel": [3, 5, 7], "stride": [1, 2],
+     "expand": [1, 3, 4, 6], "act": ["relu", "relu6"]},
+    {"kind": "add", "count": 15, "h": [4, 8, 16, 32], "cin": {"min": 8, "max": 512}},
+    {"kind": "pool", "count": 15, "h": [4, 8, 16, 32], "cin": {"min": 8, "max": 1280},
+     "pool": ["gavg", "avg", "max"], "kernel": [2, 3], "stride": [1, 2]},
+    {"kind": "linear", "count": 15, "cin": {"min": 16, "max": 2048},
+     "cout": {"min": 10, "max": 1000}},
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Real NAS-Bench-Macro kernels, their primitives and a few neighbours, and 30 networks to
+    # calibrate how kernels compose: enough for the demo.
+    "quick": {"spaces": ["nasbench-macro"], "primitives": True, "around": 2,
+              "networks": ["nasbench-macro:30"]},
+    # The same, denser around the space, plus wide random kernels for networks outside it.
+    "nasbench-macro": {"spaces": ["nasbench-macro"], "primitives": True, "around": 6,
+                       "random": list(_WIDE_RANDOM), "networks": ["nasbench-macro:60"]},
+    # MobileNetV2 / ProxylessNAS-style layers at 224x224.
+    "mobilenetv2": {"spaces": ["proxyless"], "primitives": True, "around": 2,
+                    "networks": ["proxyless:20"]},
+    # Kernels of every kind at random, for predictors that must generalise.
+    "random": {"random": list(_WIDE_RANDOM)},
+}
+
+
+def load_plan(source: str | Path) -> Plan:
+    """A preset by name, or a plan file (.yaml/.yml/.toml)."""
+    text = str(source)
+    if text in PRESETS:
+        return _plan_from_dict({"name": text, **PRESETS[text]}, origin=f"preset {text!r}")
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"plan {text!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(path.read_text())
+            raw = raw.get("plan", raw)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(path.read_text())
+        else:
+            raise ConfigError(f"plan file {path} must end in .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"plan file {path} is not valid: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError has no common base with the stdlib errors
+        if type(exc).__module__.startswith("yaml"):
+            raise ConfigError(f"plan file {path} is not valid YAML: {exc}") from exc
+        raise
+    if not isinstance(raw, dict):
+        raise ConfigError(f"plan file {path} must hold a mapping")
+    return _plan_from_dict({"name": path.stem, **raw}, origin=str(path))
+
+
+_PLAN_KEYS = {"name", "seed", "spaces", "primitives", "around", "random", "specs", "networks"}
+
+
+def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
+    unknown = set(raw) - _PLAN_KEYS
+    if unknown:
+        raise ConfigError(f"{origin}: unknown plan key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(_PLAN_KEYS))}")
+    randoms = []
+    for i, entry in enumerate(raw.get("random", []) or []):
+        if not isinstance(entry, dict) or "kind" not in entry or "count" not in entry:
+            raise ConfigError(f"{origin}: random entry {i} needs 'kind' and 'count'")
+        rest = {k: v for k, v in entry.items() if k not in ("kind", "count")}
+        allowed = set(KEY_FIELDS.get(entry["kind"], ())) | {"w"}
+        if entry["kind"] not in KEY_FIELDS:
+            raise ConfigError(f"{origin}: random entry {i} has unknown kind {entry['kind']!r}")
+        bad = set(rest) - allowed - {"kind"}
+        if bad:
+            raise ConfigError(f"{origin}: random {entry['kind']} entry cannot set "
+                              f"{', '.join(sorted(bad))}")
+        randoms.append(RandomKernels(entry["kind"], int(entry["count"]), rest))
+    specs = tuple(str(k) for k in raw.get("specs", []) or [])
+    for key in specs:
+        try:
+            OpSpec.from_key(key)
+        except SpecError as exc:
+            raise ConfigError(f"{origin}: {exc}") from exc
+    networks = tuple(str(n) for n in raw.get("networks", []) or [])
+    return Plan(name=str(raw["name"]), seed=int(raw.get("seed", 0)),
+                spaces=tuple(raw.get("spaces", []) or []),
+                primitives=bool(raw.get("primitives", True)), around=int(raw.get("around", 0)),
+                random=tuple(randoms), specs=specs, networks=networks)
+
+
+def build_specs(plan: Plan, resolve_space: SpaceResolver | None = None) -> list[OpSpec]:
+    """The plan's kernels, deduplicated by key, in a deterministic order for a given seed."""
+    rng = np.random.default_rng(plan.seed)
+    chosen: dict[str, OpSpec] = {}
+
+    def add(spec: OpSpec) -> None:
+        chosen.setdefault(spec.key(), spec)
+
+    real: list[OpSpec] = []
+    for space in plan.spaces:
+        if resolve_space is None:
+            raise ConfigError(f"plan {plan.name!r} uses search space {space!r} but no space "
+                              "resolver was given")
+        real.extend(resolve_space(space))
+    for spec in real:
+        add(spec)
+        if plan.primitives:
+            for part in decompose(spec):
+                add(part)
+    for spec in real:
+        for _ in range(plan.around):
+            variant = perturb(spec, rng)
+            add(variant)
+            if plan.primitives:
+                for part in decompose(variant):
+                    add(part)
+    for entry in plan.random:
+        for _ in range(entry.count):
+            add(random_spec(entry, rng))
+    for key in plan.specs:
+        add(OpSpec.from_key(key))
+    if not chosen:
+        raise ConfigError(f"plan {plan.name!r} produces no kernels")
+    return list(chosen.values())
+
+
+def _channels(c: int, rng: np.random.Generator) -> int:
+    scaled = c * float(rng.choice([0.5, 0.75, 1.0, 1.25, 1.5, 2.0]))
+    step = 8 if c >= 16 else 1
+    return max(step, int(round(scaled / step)) * step)
+
+
+def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
+    """A random valid neighbour of `spec`: other size, channels, kernel or stride, same kind."""
+    for _ in range(tries):
+        changes: dict[str, Any] = {}
+        if spec.kind != "linear":
+            size = int(max(1, min(224, spec.h * float(rng.choice([0.5, 1.0, 1.0, 2.0])))))
+            changes.update(h=size, w=size if spec.h == spec.w else spec.w)
+        if spec.kind not in ("concat",):
+            changes["cin"] = _channels(spec.cin, rng)
+        if spec.kind in ("conv", "mbconv", "linear"):
+            changes["cout"] = _channels(spec.cout, rng)
+        if spec.kind == "conv" and spec.groups > 1:
+            changes["groups"] = spec.groups
+        if spec.kind in ("dwconv", "mbconv") or (spec.kind == "conv" and spec.kernel > 1):
+            changes["kernel"] = int(rng.choice([3, 5, 7]))
+            changes["pad"] = -1
+        if spec.kind in ("conv", "dwconv", "mbconv"):
+            changes["stride"] = int(rng.choice([1, 1, 2]))
+        if spec.kind == "mbconv":
+            changes["expand"] = float(rng.choice([1, 3, 4, 6]))
+            changes["residual"] = None
+        try:
+            return spec.with_(**changes)
+        except SpecError:
+            continue
+    return spec
+
+
+def _draw(value: Any, rng: np.random.Generator) -> Any:
+    if isinstance(value, dict):
+        lo, hi = int(value["min"]), int(value["max"])
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"bad range {value}: need 1 <= min <= max")
+        return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.999)) - 1e-9)))
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not value:
+            raise ConfigError("an empty list of choices in a random plan entry")
+        item = value[int(rng.integers(len(value)))]
+        return item.item() if hasattr(item, "item") else item
+    return value
+
+
+def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50) -> OpSpec:
+    last_error: Exception | None = None
+    for _ in range(tries):
+        values = {name: _draw(v, rng) for name, v in entry.fields.items()}
+        if "h" in values and "w" not in values:
+            values["w"] = values["h"]
+        try:
+            return OpSpec(entry.kind, **values)
+        except (SpecError, TypeError) as exc:
+            last_error = exc
+    raise ConfigError(f"random {entry.kind} entry produced no valid kernel in {tries} tries: "
+                      f"{last_error}")

@@ -1,0 +1,18 @@
+"""ONNX Runtime (CPU execution provider) runner: ONNX export + the agent's onnxruntime backend."""
+
+from __future__ import annotations
+
+from bench.export.graph import LayerGraph
+from bench.runners.base import AgentRunner, register_runner
+
+
+@register_runner("onnxruntime")
+class OnnxRuntimeRunner(AgentRunner):
+    """Times ONNX models with onnxruntime's CPUExecutionProvider on the device."""
+
+    suffix = ".onnx"
+
+    def export(self, graph: LayerGraph) -> bytes:
+        from bench.export.to_onnx import to_onnx
+
+        return to_onnx(graph)

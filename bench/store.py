@@ -1,0 +1,710 @@
+"""Latency datasets on disk: the LatencyRecord schema and a resumable, crash-safe Parquet store.
+
+A dataset is a directory that any Parquet tool can read (`pd.read_parquet(DIR / "records")`):
+
+    DIR/card.json                 dataset card (indented JSON): the caller's facts + store fields
+    DIR/records/part-*.parquet    ok records, one row per job key over all parts
+    DIR/failures.parquet          jobs whose last attempt failed (absent when there are none)
+    DIR/.lock                     flock target guarding writers across processes
+
+Why it is built this way: measurement campaigns run for hours on flaky devices and get killed.
+Every write goes to a hidden temp file (pyarrow skips names starting with "." or "_"), is fsynced
+and then renamed into place, so a reader sees the old state or the new part and never half a
+file. The job key makes appends idempotent, so rerunning an interrupted build resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.ops import OpSpec
+from latbench.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CARD_FILE = "card.json"
+RECORDS_DIR = "records"
+FAILURES_FILE = "failures.parquet"
+LOCK_FILE = ".lock"
+COMPACT_JOURNAL = ".compact.json"
+STORE_CARD_KEYS = ("schema_version", "created", "updated", "n_records")
+SUBJECTS = ("op", "network")
+STATUSES = ("ok", "failed")
+
+# OpSpec fields stored as columns (None for networks, except kind = "network").
+SPEC_FIELDS = ("kind", "h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand",
+               "act", "se", "residual", "pool", "batch", "dtype")
+
+# The one schema every part and failures file is written with: stable order and types, so parts
+# written by different runs always concatenate. Column order is LatencyRecord's field order.
+SCHEMA = pa.schema(
+    [
+        ("job_key", pa.string()),
+        ("key", pa.string()),
+        ("subject", pa.string()),
+        ("family", pa.string()),
+        ("kind", pa.string()),
+        ("h", pa.int64()),
+        ("w", pa.int64()),
+        ("cin", pa.int64()),
+        ("cout", pa.int64()),
+        ("kernel", pa.int64()),
+        ("stride", pa.int64()),
+        ("pad", pa.int64()),
+        ("groups", pa.int64()),
+        ("expand", pa.float64()),
+        ("act", pa.string()),
+        ("se", pa.bool_()),
+        ("residual", pa.bool_()),
+        ("pool", pa.string()),
+        ("batch", pa.int64()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("runtime", pa.string()),
+        ("runtime_version", pa.string()),
+        ("settings", pa.string()),
+        ("threads", pa.int64()),
+        ("median_ms", pa.float64()),
+        ("min_ms", pa.float64()),
+        ("mean_ms", pa.float64()),
+        ("std_ms", pa.float64()),
+        ("p90_ms", pa.float64()),
+        ("n_runs", pa.int64()),
+        ("overhead_ms", pa.float64()),
+        ("round_min_median_ms", pa.float64()),
+        ("reference_ms", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("timestamp", pa.string()),
+        ("batch_id", pa.string()),
+        ("temp_before_c", pa.float64()),
+        ("temp_after_c", pa.float64()),
+    ],
+    metadata={b"latbench.schema_version": str(SCHEMA_VERSION).encode()},
+)
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def make_job_key(key: str, device: str, runtime: str, settings: str) -> str:
+    """Idempotency key of one measurement job: 16 hex chars of sha256 over its four parts.
+
+    JSON-encoding the parts keeps the hash unambiguous whatever characters they contain.
+    """
+    blob = json.dumps([key, device, runtime, settings], separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def utc_now() -> str:
+    """Current time as a UTC ISO-8601 string, the format of `LatencyRecord.timestamp`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _nan() -> float:
+    return math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyRecord:
+    """One measured (or failed) job: one Parquet row. Units live in field names.
+
+    `job_key` may be left empty: it is derived from (key, device, runtime, settings). When
+    given it must match, so the idempotency key can never disagree with the row it names.
+    Use `for_op` / `for_network` rather than filling the spec fields by hand.
+    """
+
+    job_key: str = ""
+    key: str
+    subject: str
+    family: str = ""
+    kind: str | None = None
+    h: int | None = None
+    w: int | None = None
+    cin: int | None = None
+    cout: int | None = None
+    kernel: int | None = None
+    stride: int | None = None
+    pad: int | None = None
+    groups: int | None = None
+    expand: float | None = None
+    act: str | None = None
+    se: bool | None = None
+    residual: bool | None = None
+    pool: str | None = None
+    batch: int | None = None
+    dtype: str | None = None
+    device: str
+    runtime: str
+    runtime_version: str = ""
+    settings: str = ""
+    threads: int = 1
+    median_ms: float = field(default_factory=_nan)
+    min_ms: float = field(default_factory=_nan)
+    mean_ms: float = field(default_factory=_nan)
+    std_ms: float = field(default_factory=_nan)
+    p90_ms: float = field(default_factory=_nan)
+    n_runs: int = 0
+    overhead_ms: float = field(default_factory=_nan)
+    round_min_median_ms: float = field(default_factory=_nan)
+    reference_ms: float = field(default_factory=_nan)
+    status: str = "ok"
+    error: str = ""
+    timestamp: str = field(default_factory=utc_now)
+    batch_id: str = ""
+    temp_before_c: float = field(default_factory=_nan)
+    temp_after_c: float = field(default_factory=_nan)
+
+    def __post_init__(self) -> None:
+        if self.subject not in SUBJECTS:
+            raise DatasetError(f"record {self.key!r}: subject must be one of {SUBJECTS}, "
+                               f"got {self.subject!r}")
+        if self.status not in STATUSES:
+            raise DatasetError(f"record {self.key!r}: status must be one of {STATUSES}, "
+                               f"got {self.status!r}")
+        if self.subject == "op" and self.kind in (None, "network"):
+            raise DatasetError(f"op record {self.key!r} has no op kind; use LatencyRecord.for_op")
+        # Coerce numpy scalars and the like to plain Python values of the declared type.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(f.name, value)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+        expected = make_job_key(self.key, self.device, self.runtime, self.settings)
+        if not self.job_key:
+            object.__setattr__(self, "job_key", expected)
+        elif self.job_key != expected:
+            raise DatasetError(f"record {self.key!r} on {self.device}/{self.runtime}: job_key "
+                               f"{self.job_key!r} does not match its fields ({expected!r})")
+
+    @classmethod
+    def for_op(cls, spec: OpSpec, **rest: Any) -> LatencyRecord:
+        """Record for one operator: key and spec columns come from the (normalised) spec."""
+        spec_values = {name: getattr(spec, name) for name in SPEC_FIELDS}
+        clash = sorted(set(rest) & (set(spec_values) | {"key", "subject", "family"}))
+        if clash:
+            raise DatasetError(f"for_op({spec.key()}): fields {clash} come from the spec")
+        return cls(key=spec.key(), subject="op", family="", **spec_values, **rest)
+
+    @classmethod
+    def for_network(cls, key: str, family: str, **rest: Any) -> LatencyRecord:
+        """Record for a whole network (e.g. key "nasbench-macro:22212220"); spec columns null."""
+        clash = sorted(set(rest) & (set(SPEC_FIELDS) | {"subject"}))
+        if clash:
+            raise DatasetError(f"for_network({key}): networks have no fields {clash}")
+        return cls(key=key, subject="network", family=family, kind="network", **rest)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LatencyRecord:
+        """Rebuild a record from a dataset row (dict, pandas Series); missing values -> defaults."""
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name in names:
+            if name not in row:
+                continue
+            value = row[name]
+            if _is_missing(value):
+                if name in SPEC_FIELDS:
+                    values[name] = None
+                continue  # the field's default (NaN for measurements, "" for strings)
+            values[name] = value
+        return cls(**values)
+
+    def as_row(self) -> dict[str, Any]:
+        """The record as a plain dict in schema column order."""
+        return asdict(self)
+
+    def spec(self) -> OpSpec:
+        """The OpSpec rebuilt from the spec columns (ops only)."""
+        if self.subject != "op":
+            raise DatasetError(f"record {self.key!r} is a {self.subject}, not an op")
+        return OpSpec(**{name: getattr(self, name) for name in SPEC_FIELDS})
+
+
+_PY_TYPES: dict[str, type] = {
+    f.name: {pa.float64(): float, pa.int64(): int, pa.bool_(): bool}.get(f.type, str)
+    for f in SCHEMA
+}
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Plain Python value for column `name` (numpy/pandas scalars in, int/float/bool/str out)."""
+    want = _PY_TYPES[name]
+    if value is None or value is pd.NA:
+        # Unknown measurements are NaN (the schema's convention); other columns stay null.
+        return math.nan if want is float and name not in SPEC_FIELDS else None
+    if type(value) is want:
+        return value
+    try:
+        if want is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        return want(value)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"record field {name}: cannot store {value!r} as "
+                           f"{want.__name__}") from exc
+
+
+# --- the dataset ------------------------------------------------------------------------------
+class LatencyDataset:
+    """A latency dataset directory; safe to append from many threads and processes.
+
+    Writers serialise on an in-process lock and on `flock(DIR/.lock)` taken through a fresh file
+    descriptor per operation (flock excludes across descriptors, so this also covers several
+    LatencyDataset objects on the same directory in one process). Readers never lock.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        """Use `create` or `open`; this only binds the path."""
+        self.root = Path(root)
+        self.records_dir = self.root / RECORDS_DIR
+        self._mutex = threading.RLock()
+        self._part_keys: dict[str, frozenset[str]] = {}  # part name -> its job keys (immutable)
+
+    # --- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], card: Mapping[str, Any]) -> LatencyDataset:
+        """Create a dataset, or open the one already there and merge `card` into its card.
+
+        Rerunning a build with the same root therefore resumes it instead of failing.
+        """
+        path = Path(root)
+        if (path / CARD_FILE).exists():
+            ds = cls.open(path)
+            ds.update_card(**dict(card))
+            return ds
+        if path.exists() and not path.is_dir():
+            raise DatasetError(f"cannot create dataset at {path}: it is a file")
+        if path.is_dir():
+            strays = [p.name for p in path.iterdir()
+                      if p.name not in (RECORDS_DIR, LOCK_FILE, FAILURES_FILE)
+                      and not _is_temp(p.name)]
+            if strays:
+                raise DatasetError(f"cannot create dataset at {path}: directory is not empty and "
+                                   f"holds no {CARD_FILE} (found {', '.join(sorted(strays)[:5])})")
+        (path / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+        (path / LOCK_FILE).touch(exist_ok=True)
+        ds = cls(path)
+        with ds._writer():
+            if (path / CARD_FILE).exists():  # another process created it meanwhile
+                ds._merge_card(dict(card))
+            else:
+                now = utc_now()
+                body = {k: v for k, v in dict(card).items() if k not in STORE_CARD_KEYS}
+                body.update(schema_version=SCHEMA_VERSION, created=now, updated=now,
+                            n_records=len(ds._scan_keys()))
+                ds._write_card(body)
+        log.info("created latency dataset at %s", path)
+        return ds
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> LatencyDataset:
+        """Open an existing dataset; cleans up temp files a killed writer left behind."""
+        path = Path(root)
+        if not path.exists():
+            raise DatasetError(f"no latency dataset at {path}: path does not exist")
+        if not (path / CARD_FILE).is_file() or not (path / RECORDS_DIR).is_dir():
+            raise DatasetError(f"{path} is not a latency dataset (needs {CARD_FILE} and "
+                               f"{RECORDS_DIR}/)")
+        ds = cls(path)
+        version = ds.card.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise DatasetError(f"dataset at {path} has schema_version {version!r}; this latbench "
+                               f"reads up to {SCHEMA_VERSION}")
+        with ds._writer(blocking=False) as got:  # readers of read-only copies skip this
+            if got:
+                ds._recover()
+        return ds
+
+    # --- card --------------------------------------------------------------------------------
+    @property
+    def card(self) -> dict[str, Any]:
+        """The dataset card as stored now."""
+        path = self.root / CARD_FILE
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DatasetError(f"dataset card {path} is missing") from exc
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"dataset card {path} is unreadable: {exc}") from exc
+        if not isinstance(card, dict):
+            raise DatasetError(f"dataset card {path} is not a JSON object")
+        return card
+
+    def update_card(self, **fields_: Any) -> dict[str, Any]:
+        """Merge top-level fields into the card (atomic); keeps `created`, sets `updated`.
+
+        The store's own keys (schema_version, created, n_records) are not the caller's to set
+        and are ignored if passed (e.g. when a card read from disk is merged back).
+        """
+        with self._writer():
+            return self._merge_card(fields_)
+
+    def _merge_card(self, fields_: Mapping[str, Any]) -> dict[str, Any]:
+        card = self.card
+        card.update({k: v for k, v in fields_.items() if k not in STORE_CARD_KEYS})
+        card.setdefault("created", utc_now())
+        card.update(schema_version=SCHEMA_VERSION, updated=utc_now(),
+                    n_records=len(self._scan_keys()))
+        self._write_card(card)
+        return card
+
+    def _write_card(self, card: Mapping[str, Any]) -> None:
+        try:
+            text = json.dumps(card, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"card for dataset {self.root} is not JSON-serialisable: "
+                               f"{exc}") from exc
+        _atomic_write(self.root / CARD_FILE, lambda f: f.write(text.encode("utf-8")))
+
+    # --- writing -----------------------------------------------------------------------------
+    def append(self, records: Iterable[LatencyRecord]) -> int:
+        """Store a batch of records; returns the number of ok records actually written.
+
+        Ok records whose job key is stored already (or repeated in the batch) are skipped; the
+        new ones go into one new part file. Failed records replace earlier failures of the
+        same job in failures.parquet, and a job that succeeds leaves the failures. A failure
+        of a job that is already done is dropped: the job has its measurement.
+        """
+        batch = list(records)
+        for rec in batch:
+            if not isinstance(rec, LatencyRecord):
+                raise DatasetError(f"append to {self.root}: expected LatencyRecord, got "
+                                   f"{type(rec).__name__}")
+        if not batch:
+            return 0
+        with self._writer():
+            self._recover()
+            done = self._scan_keys()
+            new_ok: dict[str, LatencyRecord] = {}
+            new_failed: dict[str, LatencyRecord] = {}
+            for rec in batch:
+                if rec.status == "ok":
+                    if rec.job_key not in done and rec.job_key not in new_ok:
+                        new_ok[rec.job_key] = rec
+                    new_failed.pop(rec.job_key, None)
+                elif rec.job_key not in done and rec.job_key not in new_ok:
+                    new_failed[rec.job_key] = rec  # the last attempt wins
+            if new_ok:
+                name = self._write_part(_to_table(new_ok.values()))
+                self._part_keys[name] = frozenset(new_ok)
+            failed_before = self._read_failures()
+            stale = failed_before is not None and not new_ok.keys().isdisjoint(
+                failed_before.column("job_key").to_pylist())
+            if new_failed or stale:
+                self._rewrite_failures(failed_before, new_ok.keys(), new_failed)
+            if new_ok:
+                self._merge_card({})
+            log.debug("appended %d ok / %d failed records to %s (%d skipped)",
+                      len(new_ok), len(new_failed), self.root,
+                      len(batch) - len(new_ok) - len(new_failed))
+            return len(new_ok)
+
+    def compact(self) -> int:
+        """Merge all parts into one (crash-safe through a journal); returns the rows kept."""
+        with self._writer():
+            self._recover()
+            parts = self._part_paths()
+            if len(parts) <= 1:
+                return len(self._scan_keys())
+            table = _dedupe(self._read_parts(parts))
+            name = self._part_name()
+            journal = {"merged": name, "replaced": [p.name for p in parts]}
+            tmp = self.records_dir / f".{name}.tmp"
+            _write_parquet(tmp, table)
+            _atomic_write(self.root / COMPACT_JOURNAL,
+                          lambda f: f.write(json.dumps(journal).encode("utf-8")))
+            os.replace(tmp, self.records_dir / name)
+            _fsync_dir(self.records_dir)
+            self._finish_compaction(journal)
+            self._part_keys = {name: frozenset(table.column("job_key").to_pylist())}
+            log.info("compacted %d parts of %s into %s", len(parts), self.root, name)
+            return table.num_rows
+
+    # --- reading -----------------------------------------------------------------------------
+    def done_keys(self) -> set[str]:
+        """Job keys that have an ok record."""
+        with self._mutex:
+            return set(self._scan_keys())
+
+    def failed_keys(self) -> set[str]:
+        """Job keys whose last attempt failed (and that have no ok record)."""
+        table = self._read_failures(columns=["job_key"])
+        return set() if table is None else set(table.column("job_key").to_pylist())
+
+    def records(self) -> pd.DataFrame:
+        """All ok rows in schema column order (ints as Int64, bools as boolean: nullable)."""
+        for attempt in range(5):
+            try:
+                table = self._read_parts(self._part_paths())
+                break
+            except FileNotFoundError:  # a part vanished under a concurrent compaction
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        # During a concurrent compaction a reader may see merged and old parts together.
+        return _to_frame(_dedupe(table))
+
+    def failures(self) -> pd.DataFrame:
+        """Failed jobs (last attempt each), in schema column order."""
+        table = self._read_failures()
+        return _to_frame(SCHEMA.empty_table() if table is None else table)
+
+    def __len__(self) -> int:
+        return len(self.done_keys())
+
+    def __repr__(self) -> str:
+        return f"LatencyDataset({str(self.root)!r})"
+
+    # --- internals ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self, blocking: bool = True) -> Iterator[bool]:
+        """Hold the in-process lock and flock(DIR/.lock); yields False if non-blocking failed."""
+        with self._mutex:
+            try:
+                fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if not blocking:  # e.g. a read-only copy: nothing to recover, read on
+                    yield False
+                    return
+                raise DatasetError(f"cannot open lock file of dataset {self.root}: {exc}") from exc
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _recover(self) -> None:
+        """Undo what a killed writer left: finish or drop a compaction, delete temp files."""
+        journal_path = self.root / COMPACT_JOURNAL
+        if journal_path.exists():
+            try:
+                journal = json.loads(journal_path.read_text(encoding="utf-8"))
+                self._finish_compaction(journal)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("dropping unreadable compaction journal %s: %s", journal_path, exc)
+                journal_path.unlink(missing_ok=True)
+        for folder in (self.root, self.records_dir):
+            for path in folder.iterdir():
+                if _is_temp(path.name):
+                    log.info("removing stray temp file %s", path)
+                    path.unlink(missing_ok=True)
+
+    def _finish_compaction(self, journal: Mapping[str, Any]) -> None:
+        if (self.records_dir / journal["merged"]).exists():
+            for name in journal["replaced"]:
+                (self.records_dir / name).unlink(missing_ok=True)
+            _fsync_dir(self.records_dir)
+        (self.root / COMPACT_JOURNAL).unlink(missing_ok=True)
+
+    def _part_paths(self) -> list[Path]:
+        try:
+            names = sorted(p.name for p in self.records_dir.iterdir()
+                           if p.name.startswith("part-") and p.name.endswith(".parquet"))
+        except FileNotFoundError as exc:
+            raise DatasetError(f"dataset at {self.root} has no {RECORDS_DIR}/ folder") from exc
+        return [self.records_dir / n for n in names]
+
+    def _scan_keys(self) -> frozenset[str]:
+        """Job keys of all parts; parts are immutable, so only parts not seen before are read."""
+        for attempt in range(5):
+            try:
+                paths = self._part_paths()
+                names = {p.name for p in paths}
+                for gone in set(self._part_keys) - names:
+                    del self._part_keys[gone]
+                for path in paths:
+                    if path.name not in self._part_keys:
+                        table = _read_parquet(path, columns=["job_key"])
+                        self._part_keys[path.name] = frozenset(table.column("job_key").to_pylist())
+                break
+            except FileNotFoundError:  # compaction removed a part between listing and reading
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        keys: set[str] = set()
+        for part in self._part_keys.values():
+            keys |= part
+        return frozenset(keys)
+
+    def _part_name(self) -> str:
+        # Time first so names sort in write order; the uuid keeps concurrent writers apart.
+        return f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+
+    def _write_part(self, table: pa.Table) -> str:
+        name = self._part_name()
+        tmp = self.records_dir / f".{name}.tmp"
+        _write_parquet(tmp, table)
+        os.replace(tmp, self.records_dir / name)
+        _fsync_dir(self.records_dir)
+        return name
+
+    def _read_parts(self, paths: list[Path]) -> pa.Table:
+        if not paths:
+            return SCHEMA.empty_table()
+        return pa.concat_tables([_read_parquet(p) for p in paths])
+
+    def _read_failures(self, columns: list[str] | None = None) -> pa.Table | None:
+        path = self.root / FAILURES_FILE
+        try:
+            return _read_parquet(path, columns=columns)
+        except FileNotFoundError:
+            return None
+
+    def _rewrite_failures(self, before: pa.Table | None, ok_keys: Iterable[str],
+                          new_failed: Mapping[str, LatencyRecord]) -> None:
+        drop = set(ok_keys) | set(new_failed)
+        kept: list[pa.Table] = []
+        if before is not None and before.num_rows:
+            mask = pa.array([k not in drop for k in before.column("job_key").to_pylist()])
+            kept.append(before.filter(mask))
+        if new_failed:
+            kept.append(_to_table(new_failed.values()))
+        table = pa.concat_tables(kept) if kept else SCHEMA.empty_table()
+        path = self.root / FAILURES_FILE
+        if table.num_rows == 0:
+            path.unlink(missing_ok=True)
+            _fsync_dir(self.root)
+            return
+        _atomic_write(path, lambda f: pq.write_table(table, f))
+
+
+# --- module helpers ---------------------------------------------------------------------------
+def load_dataset(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The one-call loader: all ok records of the dataset at `path` as a DataFrame."""
+    ds = LatencyDataset.open(path)
+    frame = ds.records()
+    if frame.empty:
+        raise DatasetError(f"dataset at {ds.root} has no records")
+    return frame
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _to_table(records: Iterable[LatencyRecord]) -> pa.Table:
+    rows = [r.as_row() for r in records]
+    try:
+        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DatasetError(f"records do not fit the dataset schema: {exc}") from exc
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """Keep the first row of each job key (a no-op for a consistent dataset)."""
+    keys = table.column("job_key").to_pylist()
+    if len(set(keys)) == len(keys):
+        return table
+    seen: set[str] = set()
+    mask = []
+    for k in keys:
+        mask.append(k not in seen)
+        seen.add(k)
+    return table.filter(pa.array(mask))
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read one file of the dataset in the store schema; FileNotFoundError passes through."""
+    try:
+        table = pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        if not path.exists():
+            raise FileNotFoundError(str(path)) from exc
+        raise DatasetError(f"cannot read dataset file {path}: {exc}") from exc
+    want = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+    missing = [n for n in want.names if n not in table.column_names]
+    if missing:
+        raise DatasetError(f"dataset file {path} lacks columns {missing}")
+    try:
+        return table.select(want.names).cast(want)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise DatasetError(f"dataset file {path} does not match the store schema: {exc}") from exc
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    """Write and fsync a Parquet file (no rename: callers decide when it becomes visible)."""
+    try:
+        with open(path, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, pa.ArrowException) as exc:
+        path.unlink(missing_ok=True)
+        raise DatasetError(f"cannot write dataset file {path}: {exc}") from exc
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write `path` through a hidden temp file, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, pa.ArrowException) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"cannot write {path}: {exc}") from exc
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace a text file (card, report) so that readers see the old or the new one, never half."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX needs the directory itself fsynced)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SPEC_FIELDS",
+    "LatencyDataset",
+    "LatencyRecord",
+    "load_dataset",
+    "make_job_key",
+    "utc_now",
+]

@@ -1,0 +1,111 @@
+"""LocalTransport: the machine latbench runs on, reached through subprocess.
+
+It is the reference transport (tests and `make demo` measure the host itself) and shows the
+contract every remote transport keeps: argv without a shell, a hard timeout that kills the whole
+process group (runtimes spawn thread pools and helpers), and copies that create parent dirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from device_agents.transport import (
+    CommandResult,
+    check_argv,
+    check_remote_path,
+    check_timeout,
+    describe,
+    register_transport,
+)
+from latbench.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+
+def _decode(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group (it leads its own session), then reap the child.
+
+    A grandchild that escaped into its own session may still hold the pipes open, so draining
+    them is bounded; the pipes are closed rather than waited on forever.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+
+
+@register_transport("local")
+class LocalTransport:
+    """Run commands and copy files on this machine."""
+
+    name = "local"
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        # None = inherit the caller's environment, as a remote shell would have its own.
+        self._env = dict(env) if env is not None else None
+
+    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+        args = check_argv(argv)
+        timeout = check_timeout(timeout_s)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=self._env,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise TransportError(f"cannot start {describe(args)} on local: {exc}") from exc
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise TransportError(f"command {describe(args)} on local timed out after "
+                                 f"{timeout:g} s; its process group was killed") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        duration = time.perf_counter() - start
+        log.debug("local: %s -> %d in %.3f s", describe(args), proc.returncode, duration)
+        return CommandResult(args, proc.returncode, _decode(out), _decode(err), duration)
+
+    def push(self, local: Path, remote: str) -> None:
+        self._copy(Path(local), Path(check_remote_path(remote)), "push")
+
+    def pull(self, remote: str, local: Path) -> None:
+        self._copy(Path(check_remote_path(remote)), Path(local), "pull")
+
+    def close(self) -> None:
+        """Nothing to release locally."""
+
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _copy(src: Path, dst: Path, what: str) -> None:
+        if not src.is_file():
+            raise TransportError(f"{what} on local: source {src} is not a file")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        except OSError as exc:
+            raise TransportError(f"{what} on local: copying {src} to {dst} failed: {exc}") from exc

@@ -1,0 +1,280 @@
+"""`latbench demo`: the whole flow on the local CPU, written into runs/<timestamp>/.
+
+measure kernels -> dataset -> fit predictor -> held-out networks measured end to end -> search
+under three budgets -> measure the winners -> report.md. Each step is the same library call a
+user would make with the CLI, so the demo doubles as the end-to-end check of the spine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bench.campaign import CampaignConfig, measure_into_dataset
+from bench.plans import load_plan
+from bench.runners import RunSettings
+from bench.store import LatencyDataset, atomic_write_text
+from device_agents import local_device
+from latbench.errors import LatbenchError
+from latbench.progress import Bars
+from predictor.evaluate import evaluate, write_report
+from predictor.io import load_predictor
+from predictor.model_level import safety_margin
+from predictor.training import fit_from_dataset
+from search.budget import OUTCOME_HEADER, measure_winners, search_budgets
+from search.latency import LatencyTable, choices_matrix
+from search.networks import plan_subjects, resolve_networks
+from search.spaces import get_space
+from search.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_table
+
+RUNTIME = "onnxruntime"
+BUDGET_QUANTILES = (0.2, 0.5, 0.8)
+
+
+def default_data_dir() -> Path | None:
+    """`$LATBENCH_DATA` if set, else `../shared/data` beside the working directory if present."""
+    env = os.environ.get("LATBENCH_DATA")
+    if env:
+        return Path(env)
+    candidate = Path("..") / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    quick: bool = True
+    data_dir: Path | None = None
+    runs_root: Path = Path("runs")
+    networks: int | None = None
+    seed: int = 0
+    families: tuple[str, ...] = field(default=())
+
+    @property
+    def plan(self) -> str:
+        return "quick" if self.quick else "nasbench-macro"
+
+    @property
+    def n_networks(self) -> int:
+        return self.networks or (50 if self.quick else 200)
+
+    @property
+    def network_spec(self) -> str:
+        families = self.families or (() if self.quick else
+                                     ("mobilenetv2:8", "resnet:8", "efficientnet:8"))
+        return ",".join((f"nasbench-macro:{self.n_networks}", *families))
+
+
+def _new_run_dir(root: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{stamp}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
+    console = console or Console(stderr=True)
+    run_dir = _new_run_dir(Path(options.runs_root))
+    console.print(f"[bold]latbench demo[/] ({'quick' if options.quick else 'full'}) -> {run_dir}")
+    settings = RunSettings(threads=1)
+    config = CampaignConfig(settings=settings)
+    device = local_device(threads=1)
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"options": {"quick": options.quick, "plan": options.plan,
+                                          "networks": options.network_spec, "seed": options.seed}}
+
+    # 1. operator dataset
+    started = time.perf_counter()
+    plan = load_plan(options.plan)
+    subjects = plan_subjects(plan)
+    n_kernels = sum(1 for s in subjects if s.subject == "op")
+    console.print(f"1/5 measuring {n_kernels} kernels and {len(subjects) - n_kernels} "
+                  f"calibration networks of plan {plan.name!r} ({RUNTIME}, 1 thread)")
+    with Bars("kernels", console) as bars:
+        summary = measure_into_dataset(subjects, device, RUNTIME, run_dir / "dataset", config,
+                                       card={"plan": plan.to_dict(), "flags": ["demo"]},
+                                       progress=bars)
+    timings["dataset"] = time.perf_counter() - started
+    card = LatencyDataset.open(run_dir / "dataset").card
+    report["dataset"] = {"kernels": n_kernels, "networks": len(subjects) - n_kernels,
+                         "measured": summary.measured, "failed": summary.failed,
+                         "redone_batches": summary.redone_batches}
+
+    # 2. predictor
+    started = time.perf_counter()
+    console.print("2/5 fitting the xgboost per-kernel predictor")
+    predictor, info = fit_from_dataset(run_dir / "dataset", run_dir / "predictor")
+    predictor, manifest = load_predictor(run_dir / "predictor")
+    manifest["path"] = str(run_dir / "predictor")
+    timings["predictor"] = time.perf_counter() - started
+    composition = info["composition"]
+    report["predictor"] = {"kinds": predictor.n_train_, "statistic": info["statistic"],
+                           "call_overhead_ms": predictor.call_overhead_ms_,
+                           "composition": {k: v for k, v in composition.items() if k != "keys"}}
+
+    # 3. held-out networks (never the calibration networks)
+    started = time.perf_counter()
+    networks = resolve_networks(options.network_spec, seed=options.seed + 1,
+                                exclude=composition.get("keys", []))
+    console.print(f"3/5 measuring {len(networks)} held-out networks end to end")
+    with Bars("networks", console) as bars:
+        evaluation = evaluate(predictor, manifest, networks, device, run_dir / "eval",
+                              config=config, progress=bars)
+    write_report(evaluation, run_dir / "eval", "Held-out networks, local CPU")
+    timings["evaluation"] = time.perf_counter() - started
+    report["evaluation"] = evaluation.metrics
+
+    # 4-5. search under budgets and measure the winners
+    started = time.perf_counter()
+    space = get_space("nasbench-macro")
+    search_rows: list[tuple[str, ...]] = []
+    search_note = ""
+    accuracy = _accuracy_table(options.data_dir)
+    if accuracy is None:
+        search_note = (f"Search skipped: the NAS-Bench-Macro accuracy table was not found. Get "
+                       f"it from {PUBLIC_SOURCE} and pass its folder with --data-dir (or set "
+                       f"LATBENCH_DATA).")
+        console.print(f"[yellow]4/5 {search_note}[/]")
+    else:
+        table = LatencyTable.from_predictor(space, predictor, device.name, RUNTIME)
+        table.save(run_dir / "latency_table.json")
+        predicted_all = table.latencies(choices_matrix(space.all_archs()))
+        budgets = [float(f"{q:.3g}") for q in np.quantile(predicted_all, BUDGET_QUANTILES)]
+        console.print(f"4/5 searching all {space.size} architectures under budgets "
+                      f"{', '.join(f'{b:g} ms' for b in budgets)}")
+        margin = safety_margin(manifest)
+        results = search_budgets(space, table, accuracy, budgets, margin=margin)
+        console.print("5/5 measuring the winners")
+        with Bars("winners", console) as bars:
+            outcomes = measure_winners(space, results, manifest, device,
+                                       run_dir / "search" / "winners", config, bars)
+        report["search_margin"] = margin
+        report["search"] = [o.to_json() for o in outcomes]
+        report["search_rows"] = search_rows = [o.row() for o in outcomes]
+        _pareto_plot(predicted_all, space, accuracy, outcomes, run_dir / "search_pareto.png")
+    timings["search"] = time.perf_counter() - started
+    report["timings_s"] = timings
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / "report.md", _markdown(report, card, manifest, evaluation,
+                                                       search_note))
+    _print_summary(console, evaluation, search_rows, run_dir)
+    return run_dir
+
+
+def _accuracy_table(data_dir: Path | None) -> dict[str, float] | None:
+    if data_dir is None:
+        return None
+    try:
+        return load_accuracy_table(data_dir)
+    except LatbenchError:
+        return None
+
+
+def _pareto_plot(latency: np.ndarray, space: Any, accuracy: dict[str, float],
+                 outcomes: list[Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    codes = [space.encode(a) for a in space.all_archs()]
+    acc = np.array([accuracy[c] for c in codes])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(latency, acc, s=3, alpha=0.3, color="grey", label="all 6,561 (predicted)")
+    for o in outcomes:
+        ax.axvline(o.budget_ms, color="tab:blue", lw=0.8, ls="--")
+        ax.scatter([o.predicted_ms], [o.accuracy], color="tab:orange", s=40, zorder=3)
+        if o.measured_ms is not None:
+            ax.scatter([o.measured_ms], [o.accuracy], color="tab:red", marker="x", s=50,
+                       zorder=3)
+    ax.scatter([], [], color="tab:orange", label="winner, predicted")
+    ax.scatter([], [], color="tab:red", marker="x", label="winner, measured")
+    ax.set_xlabel("latency on the local CPU (ms)")
+    ax.set_ylabel("NAS-Bench-Macro CIFAR-10 accuracy (%)")
+    ax.set_ylim(max(80.0, float(acc.min())), float(acc.max()) + 0.5)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, Any],
+              evaluation: Any, search_note: str) -> str:
+    facts = card.get("device_facts") or {}
+    t = report["timings_s"]
+    lines = [
+        "# latbench demo report", "",
+        f"- date: {card.get('created')}",
+        f"- device: local CPU `{facts.get('cpu_model')}`, {facts.get('cores')} cores, "
+        f"governor {facts.get('governor')}",
+        f"- runtime: {manifest.get('runtime')} {manifest.get('runtime_version')}, settings "
+        f"`{manifest.get('settings')}`",
+        f"- statistic: `{manifest.get('statistic')}`", "",
+        "## 1. Operator dataset", "",
+        f"{report['dataset']['measured']} kernels measured (plan `{report['options']['plan']}`), "
+        f"{report['dataset']['failed']} failed, {report['dataset']['redone_batches']} batches "
+        f"redone after a slow phase, in {t['dataset']:.0f} s. Folder: `dataset/`.", "",
+        "## 2. Predictor", "",
+        "xgboost per kernel kind, trained kernels: " + ", ".join(
+            f"{k} {n}" for k, n in sorted(report["predictor"]["kinds"].items()))
+        + f"; runtime call overhead {report['predictor']['call_overhead_ms']:.4f} ms. "
+          "Folder: `predictor/`.", "",
+        _composition_text(report["predictor"]["composition"]), "",
+        "## 3. Held-out networks measured end to end", "",
+        evaluation.markdown(), "",
+        "![predicted vs measured](eval/scatter.png)", "",
+        "## 4. Search under latency budgets (NAS-Bench-Macro, exhaustive)", "",
+    ]
+    if search_note:
+        lines.append(search_note)
+    else:
+        lines += [f"Searched under each budget / (1 + {report['search_margin']:.3f}): the "
+                  "predictor's 90th-percentile under-prediction on its calibration networks.",
+                  "", "| " + " | ".join(OUTCOME_HEADER) + " |",
+                  "|" + "---|" * len(OUTCOME_HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in report["search_rows"]]
+        lines += ["", "![accuracy vs latency](search_pareto.png)"]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
+    return "\n".join(lines)
+
+
+def _composition_text(composition: dict[str, Any]) -> str:
+    if not composition.get("networks"):
+        return "No calibration networks: network latency is the plain sum of kernels."
+    scales = ", ".join(f"{k} x{v:.3f}" for k, v in sorted(composition["kind_scale"].items()))
+    return (f"Composition fitted on {composition['networks']} measured calibration networks "
+            f"(never used below): {scales}. RMSPE on them: plain kernel sum "
+            f"{composition['rmspe_pct_sum']:.2f}%, "
+            f"composed {composition['rmspe_pct_composed']:.2f}%.")
+
+
+def _print_summary(console: Console, evaluation: Any, search_rows: list[tuple[str, ...]],
+                   run_dir: Path) -> None:
+    table = Table(title="held-out networks")
+    for column in ("family", "n", "RMSPE %", "within 10%", "Spearman"):
+        table.add_column(column)
+    for family, m in evaluation.metrics.items():
+        table.add_row(family, str(int(m["n"])), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
+                      f"{m['spearman']:.3f}")
+    out = Console()
+    out.print(table)
+    if search_rows:
+        search = Table(title="search under budgets")
+        for column in OUTCOME_HEADER:
+            search.add_column(column)
+        for row in search_rows:
+            search.add_row(*row)
+        out.print(search)
+    out.print(f"everything is in {run_dir} (report.md)")

@@ -1,0 +1,1 @@
+"""From latency records to estimates: features, kernels, predictors."""

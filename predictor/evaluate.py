@@ -1,0 +1,190 @@
+"""Held-out evaluation: measure whole networks end to end, compare with predictions.
+
+Networks are measured with the same runner and settings the predictor's training kernels were
+measured with (read from its manifest), through a resumable campaign, so a report can be rebuilt
+or extended without measuring twice. Metrics are per network family and overall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject, run_campaign
+from bench.ops import OpSpec
+from bench.runners import RunSettings
+from bench.store import LatencyDataset, atomic_write_text
+from device_agents import Device
+from latbench.errors import DatasetError, PredictorError
+from predictor.model_level import predict_network
+
+
+def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """RMSE (ms), RMSPE and MAPE (%), within-5/10/15% accuracy, bias, Spearman and Kendall."""
+    from scipy.stats import kendalltau, spearmanr
+
+    p = np.asarray(predicted, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    if len(p) != len(m) or len(p) == 0:
+        raise PredictorError(f"need equal, non-empty predictions and measurements "
+                             f"({len(p)} vs {len(m)})")
+    rel = p / m - 1.0
+    out = {
+        "n": float(len(p)),
+        "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+        "rmspe_pct": float(100 * np.sqrt(np.mean(rel ** 2))),
+        "mape_pct": float(100 * np.mean(np.abs(rel))),
+        "bias_pct": float(100 * np.mean(rel)),
+        "within5": float(np.mean(np.abs(rel) <= 0.05)),
+        "within10": float(np.mean(np.abs(rel) <= 0.10)),
+        "within15": float(np.mean(np.abs(rel) <= 0.15)),
+        "spearman": math.nan,
+        "kendall": math.nan,
+    }
+    if len(p) > 2 and np.ptp(p) > 0 and np.ptp(m) > 0:
+        out["spearman"] = float(spearmanr(p, m).statistic)
+        out["kendall"] = float(kendalltau(p, m).statistic)
+    return out
+
+
+def network_kernels(network: Subject) -> list[OpSpec]:
+    """A network's kernels: known for search-space architectures, else split from its ONNX."""
+    if network.kernels is not None:
+        return list(network.kernels)
+    if network.onnx is not None:
+        from predictor.kernels import onnx_to_kernels
+
+        return onnx_to_kernels(network.onnx())
+    raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export")
+
+
+def predict_networks(predictor: Any, networks: Sequence[Subject]) -> dict[str, float]:
+    return {n.key: predict_network(predictor, network_kernels(n)).predicted_ms for n in networks}
+
+
+def settings_from_manifest(manifest: dict[str, Any]) -> RunSettings:
+    raw = manifest.get("run_settings")
+    if not isinstance(raw, dict):
+        raise PredictorError("predictor manifest has no run_settings; refit it with this latbench")
+    return RunSettings(**raw)
+
+
+@dataclass
+class EvaluationReport:
+    table: pd.DataFrame          # one row per network: family, predicted_ms, measured_ms, error
+    metrics: dict[str, dict[str, float]]  # family (and "all") -> metrics
+    statistic: str
+    campaign: CampaignSummary
+
+    def markdown(self) -> str:
+        rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
+                "Spearman | Kendall | bias % |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for family, m in self.metrics.items():
+            rows.append(f"| {family} | {int(m['n'])} | {m['rmse_ms']:.4f} | {m['rmspe_pct']:.2f} "
+                        f"| {m['within5']:.1%} | {m['within10']:.1%} | {m['within15']:.1%} | "
+                        f"{m['spearman']:.3f} | {m['kendall']:.3f} | {m['bias_pct']:+.2f} |")
+        return "\n".join(rows)
+
+
+def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subject],
+             device: Device, out_dir: Path, runtime: str | None = None,
+             config: CampaignConfig | None = None, progress: ProgressSink | None = None
+             ) -> EvaluationReport:
+    """Measure `networks` on `device` (resumable, in `out_dir/networks`), score predictions."""
+    if not networks:
+        raise PredictorError("no networks to evaluate on")
+    runtime = runtime or manifest.get("runtime")
+    if manifest.get("runtime") and runtime != manifest["runtime"]:
+        raise PredictorError(f"predictor was trained on {manifest['runtime']} measurements; "
+                             f"evaluating it on {runtime} would compare different runtimes")
+    statistic = manifest.get("statistic", "median_ms")
+    settings = settings_from_manifest(manifest)
+    base = config or CampaignConfig()
+    config = CampaignConfig(**{**base.__dict__, "settings": settings})
+    out_dir = Path(out_dir)
+    predictions = predict_networks(predictor, networks)  # unknown kernels fail before measuring
+    dataset = LatencyDataset.create(out_dir / "networks", {
+        "purpose": "held-out networks for predictor evaluation",
+        "predictor": manifest.get("path", ""), "device": device.name, "runtime": runtime,
+        "run_settings": settings.__dict__})
+    summary = run_campaign(networks, [device], [runtime], dataset, config, progress)
+    records = dataset.records()
+    settings_key = settings.key(runtime)
+    records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
+                      & (records["settings"] == settings_key)]
+    measured = dict(zip(records["key"], records[statistic].astype(float), strict=True))
+    rows = []
+    for net in networks:
+        if net.key not in measured:
+            continue
+        rows.append({"network": net.key, "family": net.family,
+                     "predicted_ms": predictions[net.key], "measured_ms": measured[net.key]})
+    if not rows:
+        raise DatasetError(f"none of the {len(networks)} networks could be measured on "
+                           f"{device.name}; see {out_dir / 'networks'}")
+    table = pd.DataFrame(rows)
+    table["error_pct"] = 100 * (table["predicted_ms"] / table["measured_ms"] - 1)
+    metrics = {family: error_metrics(group["predicted_ms"], group["measured_ms"])
+               for family, group in table.groupby("family", sort=True)}
+    if len(metrics) > 1:
+        metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
+    return EvaluationReport(table, metrics, statistic, summary)
+
+
+def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predictor evaluation"
+                 ) -> dict[str, Path]:
+    """eval.json, predictions.csv, eval.md and scatter.png in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "eval.json", "csv": out_dir / "predictions.csv",
+             "markdown": out_dir / "eval.md", "scatter": out_dir / "scatter.png"}
+    atomic_write_text(paths["json"], json.dumps({"statistic": report.statistic,
+                                            "metrics": report.metrics}, indent=2) + "\n")
+    atomic_write_text(paths["csv"], report.table.to_csv(index=False))
+    atomic_write_text(paths["markdown"],
+                      f"# {title}\n\nMeasured statistic: `{report.statistic}`.\n\n"
+                      f"{report.markdown()}\n\n![predicted vs measured](scatter.png)\n")
+    scatter_plot(report.table, paths["scatter"], title)
+    return paths
+
+
+def scatter_plot(table: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    lo = float(min(table["predicted_ms"].min(), table["measured_ms"].min())) * 0.9
+    hi = float(max(table["predicted_ms"].max(), table["measured_ms"].max())) * 1.1
+    line = np.geomspace(lo, hi, 50)
+    ax.plot(line, line, color="black", lw=1, label="exact")
+    ax.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="±10%")
+    for family, group in table.groupby("family", sort=True):
+        within = float(np.mean(np.abs(group["error_pct"]) <= 10))
+        ax.scatter(group["measured_ms"], group["predicted_ms"], s=14, alpha=0.8,
+                   label=f"{family} (n={len(group)}, {within:.0%} within 10%)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Architectures under a latency budget: spaces, latency tables, strategies."""

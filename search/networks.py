@@ -1,0 +1,104 @@
+"""Network sets for calibration and held-out evaluation, named by a short spec string.
+
+`nasbench-macro:200,mobilenetv2:10,resnet:10` draws 200 random NAS-Bench-Macro architectures (a
+search space: their kernels are known, the measured model is their chain of kernels) and 10
+networks of each hand-built family (PyTorch modules exported to ONNX, split into kernels by the
+ONNX parser). A path to an .onnx file or a folder of them adds user models (family "onnx").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import numpy as np
+
+from bench.campaign import Subject
+from bench.networks import NetworkDef, list_families, sample_networks
+from bench.plans import Plan, build_specs
+from latbench.errors import ConfigError
+from search.spaces import SPACES, get_space
+
+
+def _space_networks(name: str, count: int, rng: np.random.Generator,
+                    exclude: Collection[str]) -> list[Subject]:
+    space = get_space(name)
+    available = space.size - sum(1 for key in exclude if key.startswith(f"{name}:"))
+    if count > available:
+        raise ConfigError(f"space {name} has only {available} architectures left to draw, "
+                          f"asked for {count}")
+    seen: dict[str, Subject] = {}
+    while len(seen) < count:
+        arch = space.sample(rng)
+        key = f"{name}:{space.encode(arch)}"
+        if key in seen or key in exclude:
+            continue
+        seen[key] = Subject.chain(key, name, space.ops(arch))
+    return list(seen.values())
+
+
+def _family_networks(name: str, count: int, rng: np.random.Generator,
+                     exclude: Collection[str]) -> list[Subject]:
+    out = []
+    for net in sample_networks(name, count, rng):
+        key = f"{name}:{net.name}"
+        if key not in exclude:
+            out.append(Subject.onnx_model(key, name, _export_once(net)))
+    return out
+
+
+def _export_once(net: NetworkDef) -> Callable[[], bytes]:
+    """Export on first use (export is the slow part of preparing a family network)."""
+    return functools.cache(net.to_onnx)
+
+
+def _file_networks(path: Path) -> list[Subject]:
+    files = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"no .onnx files in {path}")
+    return [Subject.onnx_model(f"onnx:{f.name}", "onnx", f.read_bytes) for f in files]
+
+
+def plan_subjects(plan: Plan) -> list[Subject]:
+    """Everything a plan measures: its kernels, then its calibration networks."""
+    specs = build_specs(plan, lambda name: get_space(name).layer_specs())
+    subjects = [Subject.op(s) for s in specs]
+    if plan.networks:
+        subjects += resolve_networks(",".join(plan.networks), seed=plan.seed)
+    return subjects
+
+
+def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = ()) -> list[Subject]:
+    """Network subjects for a spec string (see the module docstring), skipping `exclude` keys
+    (e.g. the networks a predictor was calibrated on)."""
+    rng = np.random.default_rng(seed)
+    exclude = set(exclude)
+    networks: list[Subject] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        path = Path(item)
+        if item.endswith(".onnx") or path.is_dir():
+            if not path.exists():
+                raise ConfigError(f"network file {item} does not exist")
+            networks.extend(_file_networks(path))
+            continue
+        name, _, count_text = item.partition(":")
+        try:
+            count = int(count_text) if count_text else 10
+        except ValueError:
+            raise ConfigError(f"bad network count in {item!r}: expected NAME:COUNT") from None
+        if count < 1:
+            raise ConfigError(f"network count must be >= 1 in {item!r}")
+        if name in SPACES:
+            networks.extend(_space_networks(name, count, rng, exclude))
+        elif name in list_families():
+            networks.extend(_family_networks(name, count, rng, exclude))
+        else:
+            raise ConfigError(f"unknown network set {name!r}; known: "
+                              f"{', '.join(sorted(SPACES) + list_families())}, "
+                              "or a path to .onnx files")
+    if not networks:
+        raise ConfigError(f"network spec {spec!r} names no networks")
+    return networks

@@ -1,0 +1,137 @@
+"""What every search space offers: sample, mutate, kernels, PyTorch model, string encoding.
+
+Spaces here are layer-wise: a fixed prefix and suffix of kernels around searchable layers, each
+layer choosing one candidate (a list of kernels, empty for a skipped layer). That makes
+latency additive per (layer, candidate), which is what LatencyTable relies on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.ops import OpSpec
+from latbench.errors import ConfigError, SearchError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: the candidate index chosen at every searchable layer."""
+
+    space: str
+    choices: tuple[int, ...]
+
+
+class SearchSpace(ABC):
+    """A layer-wise space; subclasses define the layers, the encoding and the PyTorch model."""
+
+    name: str = ""
+    input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)
+
+    @property
+    @abstractmethod
+    def n_layers(self) -> int: ...
+
+    @abstractmethod
+    def candidates(self, layer: int) -> list[list[OpSpec]]:
+        """Kernels of each candidate of a searchable layer (an empty list skips the layer)."""
+
+    @abstractmethod
+    def candidate_names(self, layer: int) -> list[str]: ...
+
+    @abstractmethod
+    def fixed_ops(self) -> tuple[list[OpSpec], list[OpSpec]]:
+        """Kernels before and after the searchable layers."""
+
+    @abstractmethod
+    def encode(self, arch: Arch) -> str: ...
+
+    @abstractmethod
+    def decode(self, text: str) -> Arch: ...
+
+    @abstractmethod
+    def to_torch(self, arch: Arch, num_classes: int = 10) -> Any:
+        """A PyTorch module of the architecture (torch imported inside)."""
+
+    def n_candidates(self, layer: int) -> int:
+        return len(self.candidates(layer))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod([self.n_candidates(i) for i in range(self.n_layers)]))
+
+    def check(self, arch: Arch) -> Arch:
+        if arch.space != self.name:
+            raise SearchError(f"architecture of space {arch.space!r} given to space {self.name!r}")
+        if len(arch.choices) != self.n_layers:
+            raise SearchError(f"{self.name} architectures have {self.n_layers} layers, got "
+                              f"{len(arch.choices)}")
+        for layer, choice in enumerate(arch.choices):
+            if not 0 <= choice < self.n_candidates(layer):
+                raise SearchError(f"{self.name} layer {layer} has no candidate {choice}")
+        return arch
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        return Arch(self.name, tuple(int(rng.integers(self.n_candidates(i)))
+                                     for i in range(self.n_layers)))
+
+    def mutate(self, arch: Arch, rng: np.random.Generator, rate: float | None = None) -> Arch:
+        """Re-draw each layer with probability `rate` (default 1/n_layers), at least one layer."""
+        self.check(arch)
+        rate = 1.0 / self.n_layers if rate is None else rate
+        choices = list(arch.choices)
+        layers = [i for i in range(self.n_layers) if rng.random() < rate and
+                  self.n_candidates(i) > 1]
+        if not layers:
+            movable = [i for i in range(self.n_layers) if self.n_candidates(i) > 1]
+            layers = [int(rng.choice(movable))]
+        for i in layers:
+            others = [c for c in range(self.n_candidates(i)) if c != choices[i]]
+            choices[i] = int(rng.choice(others))
+        return Arch(self.name, tuple(choices))
+
+    def ops(self, arch: Arch) -> list[OpSpec]:
+        self.check(arch)
+        prefix, suffix = self.fixed_ops()
+        chosen = [spec for layer, c in enumerate(arch.choices) for spec in
+                  self.candidates(layer)[c]]
+        return [*prefix, *chosen, *suffix]
+
+    def layer_specs(self) -> list[OpSpec]:
+        """Every kernel any architecture of the space contains, without duplicates."""
+        prefix, suffix = self.fixed_ops()
+        seen: dict[str, OpSpec] = {}
+        for spec in [*prefix, *suffix] + [s for i in range(self.n_layers)
+                                          for cand in self.candidates(i) for s in cand]:
+            seen.setdefault(spec.key(), spec)
+        return list(seen.values())
+
+    def all_archs(self) -> list[Arch]:
+        grids = np.meshgrid(*[np.arange(self.n_candidates(i)) for i in range(self.n_layers)],
+                            indexing="ij")
+        flat = np.stack([g.ravel() for g in grids], axis=1)
+        return [Arch(self.name, tuple(int(c) for c in row)) for row in flat]
+
+
+SPACES: dict[str, Callable[..., SearchSpace]] = {}
+
+
+def register_space(name: str) -> Callable[[Callable[..., SearchSpace]],
+                                          Callable[..., SearchSpace]]:
+    def decorate(factory: Callable[..., SearchSpace]) -> Callable[..., SearchSpace]:
+        if name in SPACES:
+            raise ConfigError(f"search space {name!r} is registered twice")
+        SPACES[name] = factory
+        return factory
+
+    return decorate
+
+
+def get_space(name: str, **options: Any) -> SearchSpace:
+    if name not in SPACES:
+        raise ConfigError(f"unknown search space {name!r}; known: {', '.join(sorted(SPACES))}")
+    return SPACES[name](**options)

@@ -1,0 +1,8 @@
+"""Search strategies, each a swappable object registered by name."""
+
+from __future__ import annotations
+
+from search.strategies import exhaustive  # noqa: F401  (registers the strategy)
+from search.strategies.base import STRATEGIES, SearchResult, get_strategy, register_strategy
+
+__all__ = ["STRATEGIES", "SearchResult", "get_strategy", "register_strategy"]
