@@ -5,6 +5,13 @@ stored and retries failed ones. Jobs are measured in batches; every batch carrie
 probes, and a batch whose reference probe ran markedly slower than the device's best (a slow
 phase: throttling, a noisy neighbour) is measured again after a pause rather than stored, up to
 a retry limit - otherwise a minute of contention becomes a permanent error in the dataset.
+
+Every record keeps what the batch's reference probe said: `drift_ratio` (the batch's reference
+time / the best reference time the device showed so far, calibration included; 1.0 = full
+speed) and `drift_flag` (still above the tolerance after the retries). With `drift_correct`
+the statistics scaled by best / batch reference (i.e. divided by drift_ratio) are stored too,
+next to the raw ones. The summary keeps every stored batch's drift, and `drift_report` says
+whether the device slowed down over the campaign (throttling) - see docs/measurement.md.
 """
 
 from __future__ import annotations
@@ -14,24 +21,27 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from bench.export.graph import LayerGraph, chain_graph, spec_graph
 from bench.ops import OpSpec
 from bench.runners import (
     OVERHEAD_SPEC,
+    RUNNERS,
     BatchResult,
     Measurement,
     ModelFile,
     RunSettings,
     get_runner,
 )
-from bench.stats import round_medians
-from bench.store import LatencyDataset, LatencyRecord, make_job_key
+from bench.stats import flatten
+from bench.store import LatencyDataset, LatencyRecord, make_job_key, utc_now
 from device_agents import Device
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
@@ -72,7 +82,7 @@ class Subject:
     def model_bytes(self, runner: Any) -> bytes:
         if self.graph is not None:
             return runner.export(self.graph())
-        if self.onnx is not None and runner.name == "onnxruntime":
+        if self.onnx is not None and getattr(runner, "suffix", "") == ".onnx":
             return self.onnx()
         raise RunnerError(f"{self.key} exists only as ONNX; runtime {runner.name} cannot run it")
 
@@ -106,12 +116,40 @@ class CampaignConfig:
     drift_pause_s: float = 5.0
     cooldown_s: float = 0.0         # pause between batches
     max_device_failures: int = 3    # consecutive failed batches before a device is given up
+    calibration_runs: int = 3       # probe-only batches before the first (0: none)
+    drift_correct: bool = False     # also store statistics scaled by best / batch reference
+    keep_samples: bool = False      # store every raw sample (a list column)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ConfigError(f"batch timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.calibration_runs < 0 or self.max_device_failures < 1:
+            raise ConfigError("calibration_runs must be >= 0 and max_device_failures >= 1")
         if self.drift_tolerance <= 0:
             raise ConfigError(f"drift tolerance must be > 0, got {self.drift_tolerance}")
+
+
+@dataclass(frozen=True)
+class BatchDrift:
+    """How fast the device was during one stored batch, by its reference probe: `ratio` =
+    reference_ms / best_ms (the best reference time seen on this device so far), `flagged` when
+    still above the tolerance after `redone` retries. Temperatures and clocks around the batch
+    (NaN where unreadable) help tell throttling from a noisy neighbour."""
+
+    device: str
+    runtime: str
+    batch_id: str
+    reference_ms: float
+    best_ms: float
+    ratio: float
+    flagged: bool
+    redone: int = 0
+    temp_before_c: float = math.nan
+    temp_after_c: float = math.nan
+    freq_before_khz: float = math.nan
+    freq_after_khz: float = math.nan
 
 
 @dataclass
@@ -123,15 +161,77 @@ class CampaignSummary:
     redone_batches: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (device, key, error)
     seconds: float = 0.0
+    drift: list[BatchDrift] = field(default_factory=list)  # every stored batch, in order
+    drift_tolerance: float = 0.10
 
     def merge(self, other: CampaignSummary) -> None:
         self.measured += other.measured
         self.failed += other.failed
         self.redone_batches += other.redone_batches
         self.failures.extend(other.failures)
+        self.drift.extend(other.drift)
+
+    @property
+    def drifted_batches(self) -> int:
+        """Stored batches whose reference was still over the tolerance after the retries."""
+        return sum(1 for d in self.drift if d.flagged)
+
+    def drift_report(self) -> list[str]:
+        """One line per device/runtime lane: the reference probe's range over the campaign,
+        batches flagged, and a slowdown over the campaign (throttling) if there was one."""
+        lanes: dict[tuple[str, str], list[BatchDrift]] = {}
+        for d in self.drift:
+            lanes.setdefault((d.device, d.runtime), []).append(d)
+        lines = []
+        for (device, runtime), batches in lanes.items():
+            ratios = [b.ratio for b in batches]
+            text = (f"{device}/{runtime}: {len(batches)} batches, reference probe "
+                    f"{min(ratios):.2f}-{max(ratios):.2f}x its best (median "
+                    f"{float(np.median(ratios)):.2f}x); "
+                    f"{sum(b.flagged for b in batches)} batches flagged as drifted (over "
+                    f"{self.drift_tolerance:.0%} after retries)")
+            trend = detect_slowdown(batches, self.drift_tolerance)
+            if trend:
+                text += f"; {trend}"
+            lines.append(text)
+        return lines
+
+    def drift_json(self) -> dict[str, Any]:
+        """What a dataset card keeps of the last run's drift."""
+        return {"tolerance": self.drift_tolerance, "flagged_batches": self.drifted_batches,
+                "report": self.drift_report(),
+                "batches": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                             for k, v in asdict(d).items()} for d in self.drift]}
+
+
+def detect_slowdown(batches: Sequence[BatchDrift], tolerance: float) -> str:
+    """A slowdown over the campaign, or "": the median reference ratio of the last third of the
+    batches against the first third (at least 3 batches), beyond half the tolerance; with the
+    temperature rise and clock drop where the device reports them (throttling shows as both)."""
+    if len(batches) < 3:
+        return ""
+    third = max(1, len(batches) // 3)
+    first = float(np.median([b.ratio for b in batches[:third]]))
+    last = float(np.median([b.ratio for b in batches[-third:]]))
+    if not last > first * (1 + tolerance / 2):
+        return ""
+    text = (f"slowdown over the campaign: last third of the batches {last:.2f}x vs first third "
+            f"{first:.2f}x")
+    temps = [(b.temp_before_c, b.temp_after_c) for b in batches]
+    if math.isfinite(temps[0][0]) and math.isfinite(temps[-1][1]):
+        text += f", temperature {temps[0][0]:.0f} -> {temps[-1][1]:.0f} C"
+    freqs = [(b.freq_before_khz, b.freq_after_khz) for b in batches]
+    if math.isfinite(freqs[0][0]) and math.isfinite(freqs[-1][1]) and freqs[0][0] > 0:
+        text += f", clock {freqs[0][0] / 1e3:.0f} -> {freqs[-1][1] / 1e3:.0f} MHz"
+    return text + " (throttling or a growing background load)"
 
 
 def _estimate_timeout(n_models: int, settings: RunSettings) -> float:
+    if settings.adaptive:
+        # each model stops by max_seconds of timing at the latest (plus one round over it);
+        # max_runs caps cheap models, whose calls are short
+        return 120.0 + n_models * (5.0 + settings.warmup * 0.2 + 2.0 * settings.max_seconds
+                                   + settings.runs * 0.2)
     calls = settings.warmup + settings.runs * settings.rounds
     return 120.0 + n_models * (5.0 + calls * 0.2)
 
@@ -143,21 +243,47 @@ def _max_temp(facts: dict[str, Any]) -> float:
     return max(values) if values else math.nan
 
 
+def _freq(facts: dict[str, Any]) -> float:
+    value = facts.get("cur_freq_khz")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else math.nan
+
+
 def _record(subject: Subject, device: Device, runner_name: str, settings_key: str,
-            result: BatchResult, measurement: Measurement, batch_id: str, threads: int
-            ) -> LatencyRecord:
+            result: BatchResult, measurement: Measurement, batch_id: str, threads: int,
+            *, drift: BatchDrift | None = None, confidence: float = 0.95,
+            drift_correct: bool = False, keep_samples: bool = False) -> LatencyRecord:
+    """One record from a batch: statistics, the samples' precision and shape flags, how the
+    run stopped, the batch's drift (and, if asked, drift-corrected statistics)."""
     common: dict[str, Any] = dict(
         device=device.name, runtime=runner_name, runtime_version=result.runtime_version,
         settings=settings_key, threads=threads, overhead_ms=result.overhead_ms,
         reference_ms=result.reference_ms, batch_id=batch_id,
-        temp_before_c=_max_temp(result.facts_before), temp_after_c=_max_temp(result.facts_after))
+        temp_before_c=_max_temp(result.facts_before), temp_after_c=_max_temp(result.facts_after),
+        freq_before_khz=_freq(result.facts_before), freq_after_khz=_freq(result.facts_after),
+        raw_output=measurement.raw_output, tool_flags=measurement.tool_flags)
+    if drift is not None:
+        common.update(drift_ratio=drift.ratio, drift_flag=drift.flagged)
     stats = measurement.stats
     if stats is None:
         common.update(status="failed", error=measurement.error or "failed")
-    else:
-        common.update(median_ms=stats.median_ms, min_ms=stats.min_ms, mean_ms=stats.mean_ms,
-                      std_ms=stats.std_ms, p90_ms=stats.p90_ms, n_runs=stats.n_runs,
-                      round_min_median_ms=min(round_medians(measurement.samples_ms)))
+        return _new_record(subject, common)
+    common.update(median_ms=stats.median_ms, min_ms=stats.min_ms, mean_ms=stats.mean_ms,
+                  std_ms=stats.std_ms, p90_ms=stats.p90_ms, n_runs=stats.n_runs,
+                  round_min_median_ms=measurement.round_min_median_ms,
+                  stop_reason=measurement.stop_reason or "fixed")
+    shape = measurement.quality(confidence)
+    if shape is not None:
+        common.update(ci_rel_width=shape.ci_rel_width, bimodality=shape.bimodality,
+                      bimodal=shape.bimodal, tail_ratio=shape.tail_ratio,
+                      heavy_tail=shape.heavy_tail)
+        if keep_samples:
+            common.update(samples_ms=tuple(flatten(measurement.samples_ms)))
+    if drift_correct and drift is not None and drift.ratio > 0 and math.isfinite(drift.ratio):
+        common.update(min_corrected_ms=stats.min_ms / drift.ratio,
+                      median_corrected_ms=stats.median_ms / drift.ratio,
+                      mean_corrected_ms=stats.mean_ms / drift.ratio,
+                      p90_corrected_ms=stats.p90_ms / drift.ratio)
     return _new_record(subject, common)
 
 
@@ -187,11 +313,12 @@ class _DeviceWorker:
         self.lane = f"{device.name}/{runtime}"
         self.best_reference = math.inf
 
-    def calibrate(self, tries: int = 3) -> None:
+    def calibrate(self, tries: int | None = None) -> None:
         """Learn the device's best reference-probe time before the first batch, so that a
         campaign starting in a slow phase does not take the slow phase as its baseline."""
         probe = [ModelFile("calibration", self.runner.export(spec_graph(OVERHEAD_SPEC)))]
         timeout = self.config.timeout_s or _estimate_timeout(1, self.settings)
+        tries = self.config.calibration_runs if tries is None else tries
         for attempt in range(tries):
             result = self.runner.measure(self.device, probe, self.settings, timeout)
             self.best_reference = min(self.best_reference, result.reference_ms)
@@ -199,7 +326,7 @@ class _DeviceWorker:
                 time.sleep(self.config.drift_pause_s / 5)
 
     def run(self) -> CampaignSummary:
-        summary = CampaignSummary()
+        summary = CampaignSummary(drift_tolerance=self.config.drift_tolerance)
         self.progress.start(self.lane, len(self.jobs))
         try:
             self.calibrate()
@@ -213,8 +340,13 @@ class _DeviceWorker:
             batch = self.jobs[start:start + size]
             batch_id = uuid.uuid4().hex[:12]
             try:
-                records, redone = self._measure_batch(batch, batch_id)
+                records, redone, drift = self._measure_batch(batch, batch_id)
                 summary.redone_batches += redone
+                if drift is not None:
+                    summary.drift.append(drift)
+                    if drift.flagged:
+                        self.progress.note(self.lane, f"batch {batch_id} stored drifted "
+                                                      f"(reference {drift.ratio:.2f}x its best)")
                 consecutive_failures = 0
             except (TransportError, AgentError, RunnerError, OSError) as exc:
                 consecutive_failures += 1
@@ -247,7 +379,7 @@ class _DeviceWorker:
         return summary
 
     def _measure_batch(self, batch: list[Subject], batch_id: str
-                       ) -> tuple[list[LatencyRecord], int]:
+                       ) -> tuple[list[LatencyRecord], int, BatchDrift | None]:
         models, export_failed = [], {}
         for index, subject in enumerate(batch):
             try:
@@ -269,6 +401,17 @@ class _DeviceWorker:
                     self.progress.note(self.lane, f"slow phase (reference {ratio:.2f}x its best);"
                                                   " measuring the batch again")
                     time.sleep(self.config.drift_pause_s)
+        drift = None
+        if result is not None:
+            best = self.best_reference
+            ratio = result.reference_ms / best if math.isfinite(best) and best > 0 else 1.0
+            drift = BatchDrift(
+                self.device.name, self.runtime, batch_id, result.reference_ms, best, ratio,
+                flagged=bool(ratio > 1 + self.config.drift_tolerance), redone=redone,
+                temp_before_c=_max_temp(result.facts_before),
+                temp_after_c=_max_temp(result.facts_after),
+                freq_before_khz=_freq(result.facts_before),
+                freq_after_khz=_freq(result.facts_after))
         records = []
         for index, subject in enumerate(batch):
             if index in export_failed:
@@ -278,36 +421,71 @@ class _DeviceWorker:
                 continue
             assert result is not None
             records.append(_record(subject, self.device, self.runtime, self.settings_key, result,
-                                   result.get(f"j{index}"), batch_id, self.settings.threads))
-        return records, redone
+                                   result.get(f"j{index}"), batch_id, self.settings.threads,
+                                   drift=drift, confidence=self.settings.confidence,
+                                   drift_correct=self.config.drift_correct,
+                                   keep_samples=self.config.keep_samples))
+        return records, redone, drift
 
 
-def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device], runtimes: Sequence[str],
-                 dataset: LatencyDataset, config: CampaignConfig | None = None,
-                 progress: ProgressSink | None = None) -> CampaignSummary:
+def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
+                 runtimes: Sequence[str] | None, dataset: LatencyDataset,
+                 config: CampaignConfig | None = None, progress: ProgressSink | None = None,
+                 *, skip_missing_runtimes: bool = False,
+                 unreachable: Mapping[str, str] | None = None) -> CampaignSummary:
     """Measure every (subject, device, runtime) job not already in `dataset`.
 
     Devices run in parallel (one worker each); a device's failures never stop the others.
+    `runtimes=None` measures each device with all its runtimes; with a list, a device lacking
+    one is an error unless `skip_missing_runtimes` (fleets mixing phones and boards).
+    Devices named in `unreachable` (name -> error, e.g. from a health check) are not
+    contacted: their missing jobs are stored as failed at once, so a rerun retries them.
     """
     config = config or CampaignConfig()
     progress = progress or _Silent()
+    unreachable = dict(unreachable or {})
     keys = [s.key for s in subjects]
     if len(set(keys)) != len(keys):
         raise ConfigError("campaign subjects have duplicate keys")
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"campaign devices have duplicate names: {sorted(names)}")
     done = dataset.done_keys()
-    summary = CampaignSummary()
+    summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
     lanes = []
     for device in devices:
-        for runtime in runtimes:
+        wanted = device.runtimes if runtimes is None else runtimes
+        for runtime in wanted:
             if runtime not in device.runtimes:
+                if skip_missing_runtimes:
+                    continue
                 raise ConfigError(f"device {device.name} has no runtime {runtime} "
                                   f"(it has {', '.join(device.runtimes) or 'none'})")
+            if config.settings.adaptive and not getattr(RUNNERS.get(runtime), "stopping_rule",
+                                                        False):
+                raise ConfigError(f"runtime {runtime} (device {device.name}) runs a native tool "
+                                  "that reports statistics, not samples, so it cannot apply the "
+                                  "stopping rule (target_ci); measure it with the fixed protocol "
+                                  "(--fixed-runs)")
             settings_key = config.settings.key(runtime)
             todo = [s for s in subjects
                     if make_job_key(s.key, device.name, runtime, settings_key) not in done]
             summary.total += len(subjects)
             summary.skipped += len(subjects) - len(todo)
             lanes.append((device, runtime, todo))
+    if not lanes:
+        raise ConfigError(f"no device has any of the runtimes {', '.join(runtimes or [])}")
+    for device, runtime, todo in [lane for lane in lanes if lane[0].name in unreachable]:
+        error = f"device {device.name} unreachable: {unreachable[device.name]}"
+        failed = [_failed_record(s, device, runtime, config.settings.key(runtime), error, "",
+                                 config.settings.threads) for s in todo]
+        dataset.append(failed)
+        summary.failed += len(failed)
+        summary.failures.extend((device.name, r.key, error) for r in failed)
+        progress.start(f"{device.name}/{runtime}", len(todo))
+        progress.advance(f"{device.name}/{runtime}", len(todo))
+        progress.note(f"{device.name}/{runtime}", error)
+    lanes = [lane for lane in lanes if lane[0].name not in unreachable]
     started = time.perf_counter()
     stop = threading.Event()
     by_device: dict[str, list[tuple[Device, str, list[Subject]]]] = {}
@@ -322,6 +500,9 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device], runtime
                                         stop).run())
         return out
 
+    if not by_device:
+        summary.seconds = time.perf_counter() - started
+        return summary
     with ThreadPoolExecutor(max_workers=max(1, len(by_device))) as pool:
         futures = [pool.submit(device_work, lanes_) for lanes_ in by_device.values()]
         try:
@@ -380,5 +561,55 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
     versions = sorted(set(dataset.records()["runtime_version"].dropna()))
     after = fetch_facts(device)
     dataset.update_card(runtime_versions=versions,
-                        temps_after=after.get("temps_c"), governor_after=after.get("governor"))
+                        temps_after=after.get("temps_c"), governor_after=after.get("governor"),
+                        drift_last_run=summary.drift_json())
     return summary
+
+
+def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[Device],
+                               runtimes: Sequence[str] | None, out: Path,
+                               config: CampaignConfig, card: dict[str, Any] | None = None,
+                               progress: ProgressSink | None = None,
+                               check_timeout_s: float = 60.0) -> tuple[CampaignSummary, list[Any]]:
+    """Measure subjects on every device of a fleet into one dataset at `out` (created or
+    resumed); returns the campaign summary and the devices' health checks.
+
+    Devices are checked first, in parallel: the card keeps each reachable device's facts
+    (earlier facts of a device that is down now are kept), and a device that cannot be reached
+    has its missing jobs stored as failed at once instead of being retried batch after batch;
+    rerunning the same command retries them. With `runtimes=None` each device is measured with
+    every runtime it lists; otherwise with those of `runtimes` it has.
+    """
+    from device_agents import check_devices
+
+    checks = check_devices(devices, check_timeout_s)
+    dataset = LatencyDataset.create(out, {
+        **(card or {}),
+        "host_software": software_versions(),
+        "run_settings": asdict(config.settings),
+        "campaign": {k: v for k, v in asdict(config).items() if k != "settings"},
+    })
+    known = dict(dataset.card.get("device_facts") or {})
+    for check in checks:
+        entry = {"address": check.address, "checked": utc_now()}
+        if check.reachable:
+            known[check.device] = {**entry, **check.facts, "problems": list(check.problems)}
+        else:
+            known.setdefault(check.device, {**entry, "error": check.error})
+    dataset.update_card(device_facts=known,
+                        network_kernels=network_kernels(subjects, dataset.card))
+    unreachable = {c.device: c.error for c in checks if not c.reachable}
+    summary = run_campaign(subjects, devices, runtimes, dataset, config, progress,
+                           skip_missing_runtimes=runtimes is not None, unreachable=unreachable)
+    records = dataset.records()
+    versions: dict[str, dict[str, list[str]]] = {}
+    for (device, runtime), group in records.groupby(["device", "runtime"]):
+        versions.setdefault(str(device), {})[str(runtime)] = sorted(
+            set(group["runtime_version"].dropna()))
+    after = check_devices([d for d in devices if d.name not in unreachable], check_timeout_s)
+    dataset.update_card(runtime_versions=versions, drift_last_run=summary.drift_json(),
+                        facts_after={
+        c.device: {"temps_c": c.facts.get("temps_c"), "governor": c.facts.get("governor"),
+                   "cur_freq_khz": c.facts.get("cur_freq_khz")}
+        for c in after if c.reachable})
+    return summary, checks

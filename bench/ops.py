@@ -83,6 +83,13 @@ class OpSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"{kind} spec field {name} must be a positive integer, "
                                 f"got {value!r}")
+        # cout 0 means "same as cin" and a negative pad means "the default padding".
+        for name, minimum in (("cout", 0), ("pad", None)):
+            value = getattr(self, name)
+            if (not isinstance(value, int) or isinstance(value, bool)
+                    or (minimum is not None and value < minimum)):
+                raise SpecError(f"{kind} spec field {name} must be an integer"
+                                f"{'' if minimum is None else f' >= {minimum}'}, got {value!r}")
         self._normalise()
         if self.out_h < 1 or self.out_w < 1:
             raise SpecError(f"{kind} spec gives an empty output ({self.out_h}x{self.out_w}) for "

@@ -94,6 +94,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "networks": ["proxyless:20"]},
     # Kernels of every kind at random, for predictors that must generalise.
     "random": {"random": list(_WIDE_RANDOM)},
+    # NAS-Bench-Macro plus the hand-built families (MobileNetV2, ResNet, EfficientNet): the
+    # kernels of 30 sampled networks of each family as their ONNX export splits them
+    # ("family:NAME:COUNT" spaces, resolved in search/networks.py), a neighbour of each, and
+    # calibration networks of every family.
+    "families": {"spaces": ["nasbench-macro", "family:mobilenetv2:30", "family:resnet:30",
+                            "family:efficientnet:30"],
+                 "primitives": True, "around": 1,
+                 "networks": ["nasbench-macro:30", "mobilenetv2:8", "resnet:8",
+                              "efficientnet:8"]},
 }
 
 
@@ -134,8 +143,12 @@ def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
     if unknown:
         raise ConfigError(f"{origin}: unknown plan key(s) {', '.join(sorted(unknown))}; "
                           f"allowed: {', '.join(sorted(_PLAN_KEYS))}")
+    random_entries = raw.get("random", []) or []
+    if not isinstance(random_entries, list):
+        raise ConfigError(f"{origin}: 'random' must be a list of entries, "
+                          f"got {type(random_entries).__name__}")
     randoms = []
-    for i, entry in enumerate(raw.get("random", []) or []):
+    for i, entry in enumerate(random_entries):
         if not isinstance(entry, dict) or "kind" not in entry or "count" not in entry:
             raise ConfigError(f"{origin}: random entry {i} needs 'kind' and 'count'")
         rest = {k: v for k, v in entry.items() if k not in ("kind", "count")}
@@ -146,18 +159,38 @@ def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
         if bad:
             raise ConfigError(f"{origin}: random {entry['kind']} entry cannot set "
                               f"{', '.join(sorted(bad))}")
-        randoms.append(RandomKernels(entry["kind"], int(entry["count"]), rest))
-    specs = tuple(str(k) for k in raw.get("specs", []) or [])
+        count = _integer(entry["count"], f"{origin}: random entry {i} count", minimum=0)
+        randoms.append(RandomKernels(entry["kind"], count, rest))
+    specs = _strings(raw, "specs", origin)
     for key in specs:
         try:
             OpSpec.from_key(key)
         except SpecError as exc:
             raise ConfigError(f"{origin}: {exc}") from exc
-    networks = tuple(str(n) for n in raw.get("networks", []) or [])
-    return Plan(name=str(raw["name"]), seed=int(raw.get("seed", 0)),
-                spaces=tuple(raw.get("spaces", []) or []),
-                primitives=bool(raw.get("primitives", True)), around=int(raw.get("around", 0)),
-                random=tuple(randoms), specs=specs, networks=networks)
+    primitives = raw.get("primitives", True)
+    if not isinstance(primitives, bool):
+        raise ConfigError(f"{origin}: 'primitives' must be true or false, got {primitives!r}")
+    return Plan(name=str(raw["name"]), seed=_integer(raw.get("seed", 0), f"{origin}: seed"),
+                spaces=_strings(raw, "spaces", origin), primitives=primitives,
+                around=_integer(raw.get("around", 0), f"{origin}: around", minimum=0),
+                random=tuple(randoms), specs=specs, networks=_strings(raw, "networks", origin))
+
+
+def _integer(value: Any, what: str, minimum: int | None = None) -> int:
+    """An integer setting of a plan; a wrong type or range is a ConfigError naming it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _strings(raw: dict[str, Any], name: str, origin: str) -> tuple[str, ...]:
+    """A list-of-strings setting; a bare string would otherwise be split into characters."""
+    value = raw.get(name, []) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{origin}: {name!r} must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def build_specs(plan: Plan, resolve_space: SpaceResolver | None = None) -> list[OpSpec]:
@@ -232,8 +265,11 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
 
 def _draw(value: Any, rng: np.random.Generator) -> Any:
     if isinstance(value, dict):
-        lo, hi = int(value["min"]), int(value["max"])
-        if lo < 1 or hi < lo:
+        if set(value) != {"min", "max"}:
+            raise ConfigError(f"bad range {value}: a range is {{min: M, max: N}}")
+        lo, hi = value["min"], value["max"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) \
+                or lo < 1 or hi < lo:
             raise ConfigError(f"bad range {value}: need 1 <= min <= max")
         return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.999)) - 1e-9)))
     if isinstance(value, Sequence) and not isinstance(value, str):

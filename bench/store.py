@@ -40,7 +40,23 @@ from latbench.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+# Columns added after version 1, with the value files written before them read as: clock
+# frequencies around the batch (NaN: unknown), and a native tool's raw output and flags (empty
+# for agent runs). Version 3 (measurement fidelity, docs/measurement.md): the achieved relative
+# width of the median's confidence interval and why the run stopped ("fixed" protocol, or the
+# stopping rule's "converged" / "max_runs" / "max_seconds"); the batch's drift ratio (its
+# reference probe / the best seen) and whether it was over the tolerance; drift-corrected
+# statistics (NaN unless asked for); sample-shape flags; the raw samples (null unless kept).
+# Reading fills them in (NaN, "", null), so datasets of every version concatenate.
+ADDED_COLUMNS: dict[str, Any] = {
+    "freq_before_khz": math.nan, "freq_after_khz": math.nan, "raw_output": "", "tool_flags": "",
+    "ci_rel_width": math.nan, "stop_reason": "", "drift_ratio": math.nan, "drift_flag": None,
+    "min_corrected_ms": math.nan, "median_corrected_ms": math.nan,
+    "mean_corrected_ms": math.nan, "p90_corrected_ms": math.nan,
+    "bimodality": math.nan, "bimodal": None, "tail_ratio": math.nan, "heavy_tail": None,
+    "samples_ms": None,
+}
 CARD_FILE = "card.json"
 RECORDS_DIR = "records"
 FAILURES_FILE = "failures.parquet"
@@ -98,6 +114,23 @@ SCHEMA = pa.schema(
         ("batch_id", pa.string()),
         ("temp_before_c", pa.float64()),
         ("temp_after_c", pa.float64()),
+        ("freq_before_khz", pa.float64()),
+        ("freq_after_khz", pa.float64()),
+        ("raw_output", pa.string()),
+        ("tool_flags", pa.string()),
+        ("ci_rel_width", pa.float64()),
+        ("stop_reason", pa.string()),
+        ("drift_ratio", pa.float64()),
+        ("drift_flag", pa.bool_()),
+        ("min_corrected_ms", pa.float64()),
+        ("median_corrected_ms", pa.float64()),
+        ("mean_corrected_ms", pa.float64()),
+        ("p90_corrected_ms", pa.float64()),
+        ("bimodality", pa.float64()),
+        ("bimodal", pa.bool_()),
+        ("tail_ratio", pa.float64()),
+        ("heavy_tail", pa.bool_()),
+        ("samples_ms", pa.list_(pa.float64())),
     ],
     metadata={b"latbench.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -171,6 +204,23 @@ class LatencyRecord:
     batch_id: str = ""
     temp_before_c: float = field(default_factory=_nan)
     temp_after_c: float = field(default_factory=_nan)
+    freq_before_khz: float = field(default_factory=_nan)
+    freq_after_khz: float = field(default_factory=_nan)
+    raw_output: str = ""
+    tool_flags: str = ""
+    ci_rel_width: float = field(default_factory=_nan)
+    stop_reason: str = ""
+    drift_ratio: float = field(default_factory=_nan)
+    drift_flag: bool | None = None
+    min_corrected_ms: float = field(default_factory=_nan)
+    median_corrected_ms: float = field(default_factory=_nan)
+    mean_corrected_ms: float = field(default_factory=_nan)
+    p90_corrected_ms: float = field(default_factory=_nan)
+    bimodality: float = field(default_factory=_nan)
+    bimodal: bool | None = None
+    tail_ratio: float = field(default_factory=_nan)
+    heavy_tail: bool | None = None
+    samples_ms: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.subject not in SUBJECTS:
@@ -229,7 +279,10 @@ class LatencyRecord:
 
     def as_row(self) -> dict[str, Any]:
         """The record as a plain dict in schema column order."""
-        return asdict(self)
+        row = asdict(self)
+        if row["samples_ms"] is not None:
+            row["samples_ms"] = list(row["samples_ms"])
+        return row
 
     def spec(self) -> OpSpec:
         """The OpSpec rebuilt from the spec columns (ops only)."""
@@ -239,7 +292,8 @@ class LatencyRecord:
 
 
 _PY_TYPES: dict[str, type] = {
-    f.name: {pa.float64(): float, pa.int64(): int, pa.bool_(): bool}.get(f.type, str)
+    f.name: {pa.float64(): float, pa.int64(): int, pa.bool_(): bool}.get(
+        f.type, tuple if pa.types.is_list(f.type) else str)
     for f in SCHEMA
 }
 
@@ -253,6 +307,16 @@ def _is_missing(value: Any) -> bool:
 def _coerce(name: str, value: Any) -> Any:
     """Plain Python value for column `name` (numpy/pandas scalars in, int/float/bool/str out)."""
     want = _PY_TYPES[name]
+    if want is tuple:  # a list of floats (raw samples): None, or a tuple of plain floats
+        if value is None or value is pd.NA:
+            return None
+        if isinstance(value, tuple) and all(type(v) is float for v in value):
+            return value
+        try:
+            return tuple(float(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"record field {name}: cannot store {value!r:.80} as a list of "
+                               "floats") from exc
     if value is None or value is pd.NA:
         # Unknown measurements are NaN (the schema's convention); other columns stay null.
         return math.nan if want is float and name not in SPEC_FIELDS else None
@@ -648,6 +712,10 @@ def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
             raise FileNotFoundError(str(path)) from exc
         raise DatasetError(f"cannot read dataset file {path}: {exc}") from exc
     want = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+    for name in want.names:  # a file written before a column existed: its default value
+        if name in ADDED_COLUMNS and name not in table.column_names:
+            table = table.append_column(want.field(name), pa.array(
+                [ADDED_COLUMNS[name]] * table.num_rows, type=want.field(name).type))
     missing = [n for n in want.names if n not in table.column_names]
     if missing:
         raise DatasetError(f"dataset file {path} lacks columns {missing}")

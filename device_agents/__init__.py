@@ -1,19 +1,32 @@
-"""How a device is reached (transports) and what runs on it (the agent script).
+"""How a device is reached (transports) and what runs on it (the agent script, native tools).
 
 This package imports nothing of bench, predictor or search; `agent/` imports nothing of latbench.
+Importing it registers the local, ssh and adb transports.
 """
 
 from __future__ import annotations
 
+from device_agents.adb import ADBTransport
 from device_agents.fleet import (
     AGENT_SCRIPT,
+    CHECK_HEADER,
     RUNTIME_MODULES,
     Device,
+    DeviceCheck,
+    check_device,
+    check_devices,
+    check_row,
+    describe_transport,
+    device_facts,
     fetch_facts,
+    load_fleet,
     local_device,
     local_runtimes,
+    parse_fleet,
 )
 from device_agents.local import LocalTransport
+from device_agents.ssh import SSHTransport
+from device_agents.tools import TOOL_RUNTIMES
 from device_agents.transport import (
     TRANSPORTS,
     CommandResult,
@@ -23,16 +36,28 @@ from device_agents.transport import (
 )
 
 __all__ = [
+    "ADBTransport",
     "AGENT_SCRIPT",
+    "CHECK_HEADER",
     "RUNTIME_MODULES",
+    "SSHTransport",
+    "TOOL_RUNTIMES",
     "TRANSPORTS",
     "CommandResult",
     "Device",
+    "DeviceCheck",
     "LocalTransport",
     "Transport",
+    "check_device",
+    "check_devices",
+    "check_row",
+    "describe_transport",
+    "device_facts",
     "fetch_facts",
     "get_transport_class",
+    "load_fleet",
     "local_device",
     "local_runtimes",
+    "parse_fleet",
     "register_transport",
 ]

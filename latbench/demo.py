@@ -57,10 +57,11 @@ class DemoOptions:
     networks: int | None = None
     seed: int = 0
     families: tuple[str, ...] = field(default=())
+    plan_name: str | None = None  # a preset or plan file instead of the default
 
     @property
     def plan(self) -> str:
-        return "quick" if self.quick else "nasbench-macro"
+        return self.plan_name or ("quick" if self.quick else "nasbench-macro")
 
     @property
     def n_networks(self) -> int:

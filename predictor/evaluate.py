@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,19 +54,26 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
     return out
 
 
-def network_kernels(network: Subject) -> list[OpSpec]:
-    """A network's kernels: known for search-space architectures, else split from its ONNX."""
-    if network.kernels is not None:
-        return list(network.kernels)
-    if network.onnx is not None:
-        from predictor.kernels import onnx_to_kernels
+def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None = None
+                    ) -> list[OpSpec]:
+    """A network's kernels: known for search-space architectures, else split from its ONNX;
+    split by the fusion rules `attach` when given (else the default rules)."""
+    from predictor.fusion import apply_attach
+    from predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
 
-        return onnx_to_kernels(network.onnx())
+    if network.kernels is not None:
+        kernels = list(network.kernels)
+        return kernels if attach is None else apply_attach(kernels, attach)
+    if network.onnx is not None:
+        return onnx_to_kernels(network.onnx(), attach=DEFAULT_ATTACH if attach is None
+                               else attach)
     raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export")
 
 
 def predict_networks(predictor: Any, networks: Sequence[Subject]) -> dict[str, float]:
-    return {n.key: predict_network(predictor, network_kernels(n)).predicted_ms for n in networks}
+    attach = getattr(predictor, "attach_", None)
+    return {n.key: predict_network(predictor, network_kernels(n, attach)).predicted_ms
+            for n in networks}
 
 
 def settings_from_manifest(manifest: dict[str, Any]) -> RunSettings:
@@ -106,20 +113,11 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
                              f"evaluating it on {runtime} would compare different runtimes")
     statistic = manifest.get("statistic", "median_ms")
     settings = settings_from_manifest(manifest)
-    base = config or CampaignConfig()
-    config = CampaignConfig(**{**base.__dict__, "settings": settings})
     out_dir = Path(out_dir)
     predictions = predict_networks(predictor, networks)  # unknown kernels fail before measuring
-    dataset = LatencyDataset.create(out_dir / "networks", {
-        "purpose": "held-out networks for predictor evaluation",
-        "predictor": manifest.get("path", ""), "device": device.name, "runtime": runtime,
-        "run_settings": settings.__dict__})
-    summary = run_campaign(networks, [device], [runtime], dataset, config, progress)
-    records = dataset.records()
-    settings_key = settings.key(runtime)
-    records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
-                      & (records["settings"] == settings_key)]
-    measured = dict(zip(records["key"], records[statistic].astype(float), strict=True))
+    measured, summary = measure_networks(networks, device, runtime, settings, statistic,
+                                         out_dir / "networks", config, progress,
+                                         predictor_path=manifest.get("path", ""))
     rows = []
     for net in networks:
         if net.key not in measured:
@@ -136,6 +134,24 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
     if len(metrics) > 1:
         metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
     return EvaluationReport(table, metrics, statistic, summary)
+
+
+def measure_networks(networks: Sequence[Subject], device: Device, runtime: str,
+                     settings: RunSettings, statistic: str, out: Path,
+                     config: CampaignConfig | None = None, progress: ProgressSink | None = None,
+                     predictor_path: str = "") -> tuple[dict[str, float], CampaignSummary]:
+    """Measure networks end to end (resumable dataset at `out`); key -> `statistic` ms."""
+    base = config or CampaignConfig()
+    config = CampaignConfig(**{**base.__dict__, "settings": settings})
+    dataset = LatencyDataset.create(Path(out), {
+        "purpose": "held-out networks for predictor evaluation",
+        "predictor": predictor_path, "device": device.name, "runtime": runtime,
+        "run_settings": settings.__dict__})
+    summary = run_campaign(networks, [device], [runtime], dataset, config, progress)
+    records = dataset.records()
+    records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
+                      & (records["settings"] == settings.key(runtime))]
+    return dict(zip(records["key"], records[statistic].astype(float), strict=True)), summary
 
 
 def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predictor evaluation"

@@ -18,7 +18,7 @@ from typing import Any
 
 from latbench.errors import PredictorError
 from predictor.features import FEATURE_NAMES, FEATURE_VERSION
-from predictor.models import PREDICTORS, KernelPredictor
+from predictor.models import KernelPredictor, get_predictor_class, predictor_names
 
 MANIFEST = "manifest.json"
 FORMAT = "latbench-predictor"
@@ -61,6 +61,7 @@ def save_predictor(predictor: KernelPredictor, path: Path, info: dict[str, Any] 
             "feature_names": list(FEATURE_NAMES),
             "call_overhead_ms": predictor.call_overhead_ms_,
             "kind_scale": dict(getattr(predictor, "kind_scale_", {}) or {}),
+            "composition_terms": dict(getattr(predictor, "composition_terms_", {}) or {}),
             "kinds": kinds,
             "library_versions": _versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -109,10 +110,10 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
         raise PredictorError(f"{path} was trained on features v{manifest['feature_version']}, "
                              f"this latbench computes v{FEATURE_VERSION}; refit it")
     name = manifest["predictor"]
-    if name not in PREDICTORS:
+    if name not in predictor_names():
         raise PredictorError(f"{path}: unknown predictor type {name!r}; known: "
-                             f"{', '.join(sorted(PREDICTORS))}")
-    predictor = PREDICTORS[name](**manifest["params"])
+                             f"{', '.join(predictor_names())}")
+    predictor = get_predictor_class(name)(**manifest["params"])
     predictor.models_ = {}
     predictor.n_train_ = {}
     for kind, entry in manifest["kinds"].items():
@@ -123,5 +124,12 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
         predictor.n_train_[kind] = int(entry["n_train"])
     predictor.call_overhead_ms_ = float(manifest["call_overhead_ms"])
     predictor.kind_scale_ = {k: float(v) for k, v in manifest.get("kind_scale", {}).items()}
+    predictor.composition_terms_ = {k: float(v) for k, v in
+                                    (manifest.get("composition_terms") or {}).items()}
     predictor.feature_version_ = FEATURE_VERSION
+    fusion = manifest.get("fusion")
+    if isinstance(fusion, dict) and "attach" in fusion:
+        from predictor.fusion import attach_from_json
+
+        predictor.attach_ = attach_from_json(fusion["attach"])
     return predictor, manifest

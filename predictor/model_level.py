@@ -43,14 +43,53 @@ class NetworkPrediction:
                             for s, ms in self.kernels]}
 
 
+# Optional composition terms beyond the per-kind scales, each a per-kernel value times a fitted
+# coefficient (ms per unit), so a network stays a sum over its kernels:
+# - "per_kernel": a constant per kernel (1): in a network every node pays a dispatch cost that
+#   a kernel timed alone has subtracted with the per-call overhead;
+# - "layout_bytes": input + output MB of kernels a runtime runs in a blocked layout (conv,
+#   dwconv, pool): timed alone they pay a layout conversion in and out that inside a network
+#   happens once (ONNX Runtime's NCHWc), so the fit finds a negative coefficient there.
+COMPOSITION_TERMS = ("per_kernel", "layout_bytes")
+LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
+MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
+
+
+def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
+    out = []
+    for term in terms:
+        if term == "per_kernel":
+            out.append(1.0)
+        elif term == "layout_bytes":
+            if spec.kind in LAYOUT_KINDS:
+                from predictor.features import kernel_cost
+
+                cost = kernel_cost(spec)
+                out.append((cost.input_bytes + cost.output_bytes) / 1e6)
+            else:
+                out.append(0.0)
+        else:
+            raise PredictorError(f"unknown composition term {term!r}; known: "
+                                 f"{', '.join(COMPOSITION_TERMS)}")
+    return out
+
+
 def composed_kernel_ms(predictor: Any, specs: Sequence[OpSpec]) -> np.ndarray:
-    """Each kernel's contribution to a network: its prediction times its kind's scale."""
+    """Each kernel's contribution to a network: its prediction times its kind's scale, plus
+    the fitted composition terms (if any), never below MIN_SHARE of the prediction."""
     specs = list(specs)
     if not specs:
         return np.zeros(0)
     raw = np.asarray(predictor.predict(specs), dtype=np.float64)
     scale = getattr(predictor, "kind_scale_", None) or {}
-    return raw * np.array([scale.get(s.kind, 1.0) for s in specs])
+    out = raw * np.array([scale.get(s.kind, 1.0) for s in specs])
+    terms = getattr(predictor, "composition_terms_", None) or {}
+    if terms:
+        names = sorted(terms)
+        coef = np.array([terms[t] for t in names])
+        out = out + np.array([term_values(s, names) for s in specs]) @ coef
+        out = np.maximum(out, MIN_SHARE * raw)
+    return out
 
 
 def predict_network(predictor: Any, specs: Sequence[OpSpec]) -> NetworkPrediction:
@@ -62,24 +101,30 @@ def predict_network(predictor: Any, specs: Sequence[OpSpec]) -> NetworkPredictio
 
 
 def predict_onnx(predictor: Any, model: bytes | str | Path) -> NetworkPrediction:
+    """Split the model into kernels with the predictor's fusion rules, then sum."""
+    from predictor.fusion import predictor_attach
     from predictor.kernels import onnx_to_kernels
 
-    return predict_network(predictor, onnx_to_kernels(model))
+    return predict_network(predictor, onnx_to_kernels(model, attach=predictor_attach(predictor)))
 
 
 def fit_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
-                    ridge: float = 1.0) -> dict[str, Any]:
-    """Fit per-kind scales on measured networks (kernels, ms); sets `predictor.kind_scale_`.
+                    ridge: float = 0.1, terms: Sequence[str] = ()) -> dict[str, Any]:
+    """Fit per-kind scales (and the optional `terms`, see COMPOSITION_TERMS) on measured
+    networks (kernels, ms); sets `predictor.kind_scale_` and `predictor.composition_terms_`.
 
-    Minimises sum_n ((sum_k a_kind(k) p_k + overhead - m_n) / m_n)^2 + ridge * |a - 1|^2.
-    Returns a summary (scales, networks used, RMSPE of the plain sum and of the composition).
+    Minimises sum_n ((sum_k a_kind(k) p_k + sum_t c_t v_t(n) + overhead - m_n) / m_n)^2
+    + ridge * |a - 1|^2 + ridge * 1e-4 * |c|^2 (terms are in ms: barely pulled to 0).
+    Returns a summary (scales, terms, networks used, RMSPE of the plain sum and of the
+    composition, 90th percentile under-prediction).
     """
     if not networks:
         raise PredictorError("no calibration networks to fit the composition on")
     kinds = sorted(predictor.models_)
+    terms = list(terms)
     index = {k: i for i, k in enumerate(kinds)}
     overhead = float(getattr(predictor, "call_overhead_ms_", 0.0))
-    sums = np.zeros((len(networks), len(kinds)))
+    sums = np.zeros((len(networks), len(kinds) + len(terms)))
     measured = np.array([float(ms) for _, ms in networks])
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
@@ -87,16 +132,23 @@ def fit_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], f
         kernels = list(kernels)
         for spec, ms in zip(kernels, predictor.predict(kernels), strict=True):
             sums[row, index[spec.kind]] += ms
+            if terms:
+                sums[row, len(kinds):] += term_values(spec, terms)
     a = sums / measured[:, None]
     b = (measured - overhead) / measured
-    lhs = a.T @ a + ridge * np.eye(len(kinds))
-    rhs = a.T @ b + ridge * np.ones(len(kinds))
-    scales = np.clip(np.linalg.solve(lhs, rhs), *SCALE_BOUNDS)
-    before = sums.sum(axis=1) + overhead
-    after = sums @ scales + overhead
+    penalty = np.diag([ridge] * len(kinds) + [ridge * 1e-4] * len(terms))
+    prior = np.r_[np.ones(len(kinds)), np.zeros(len(terms))]
+    solution = np.linalg.solve(a.T @ a + penalty, a.T @ b + penalty @ prior)
+    scales = np.clip(solution[:len(kinds)], *SCALE_BOUNDS)
+    before = sums[:, :len(kinds)].sum(axis=1) + overhead
     predictor.kind_scale_ = {k: float(s) for k, s in zip(kinds, scales, strict=True)}
+    predictor.composition_terms_ = {t: float(c) for t, c in
+                                    zip(terms, solution[len(kinds):], strict=True)}
+    after = np.array([composed_kernel_ms(predictor, list(k)).sum() for k, _ in networks]) \
+        + overhead
     under = np.percentile(measured / after - 1, 90)
-    return {"kind_scale": predictor.kind_scale_, "networks": len(networks), "ridge": ridge,
+    return {"kind_scale": predictor.kind_scale_, "terms": predictor.composition_terms_,
+            "networks": len(networks), "ridge": ridge,
             "rmspe_pct_sum": _rmspe(before, measured),
             "rmspe_pct_composed": _rmspe(after, measured),
             "underprediction_p90_pct": float(100 * max(0.0, under))}

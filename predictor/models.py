@@ -54,7 +54,8 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         self.n_train_: dict[str, int] = {}
         for kind in sorted(set(kinds)):
             rows = kinds == kind
-            self.models_[kind] = self._fit_kind(features[rows], np.log(target[rows]))
+            kind_specs = [s for s, keep in zip(specs, rows, strict=True) if keep]
+            self.models_[kind] = self._fit_specs(kind_specs, features[rows], target[rows])
             self.n_train_[kind] = int(rows.sum())
         self.call_overhead_ms_ = float(call_overhead_ms)
         self.feature_version_ = FEATURE_VERSION
@@ -75,9 +76,10 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
             return out
         kinds = np.array([s.kind for s in specs])
         features = feature_matrix(specs)
-        for kind in set(kinds):
+        for kind in sorted(set(kinds)):
             rows = kinds == kind
-            out[rows] = np.exp(self._predict_kind(self.models_[kind], features[rows]))
+            kind_specs = [s for s, keep in zip(specs, rows, strict=True) if keep]
+            out[rows] = self._predict_ms(self.models_[kind], kind_specs, features[rows])
         return out
 
     @property
@@ -85,6 +87,14 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         return sorted(getattr(self, "models_", {}))
 
     # subclass hooks -----------------------------------------------------------------------
+    # Most members learn log latency from the feature matrix (`_fit_kind`/`_predict_kind`);
+    # a member that needs the specs themselves (the lookup table) overrides the two below.
+    def _fit_specs(self, specs: list[OpSpec], features: np.ndarray, ms: np.ndarray) -> Any:
+        return self._fit_kind(features, np.log(ms))
+
+    def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
+        return np.exp(self._predict_kind(model, features))
+
     def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
         raise NotImplementedError
 
@@ -140,3 +150,172 @@ class XGBoostKernelPredictor(KernelPredictor):
         model = self._regressor()
         model.load_model(path)
         return model
+
+
+@register_predictor("rf")
+class RandomForestKernelPredictor(KernelPredictor):
+    """Random forest per kernel kind (scikit-learn), kept as numpy arrays of its trees.
+
+    After fitting, each tree's node table and leaf values are copied out of scikit-learn and
+    predictions come from a small numpy evaluator, so a saved forest (plain .npz arrays, no
+    pickle) reloads to bit-identical predictions on any scikit-learn version.
+    """
+
+    def __init__(self, n_estimators: int = 300, max_depth: int | None = None,
+                 min_samples_leaf: int = 1, max_features: float | str | None = 0.6,
+                 random_state: int = 0, n_jobs: int | None = None) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
+        from sklearn.ensemble import RandomForestRegressor
+
+        forest = RandomForestRegressor(
+            n_estimators=self.n_estimators, max_depth=self.max_depth,
+            min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            random_state=self.random_state, n_jobs=self.n_jobs).fit(features, log_ms)
+        return TreeArrays.from_forest(forest)
+
+    def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
+        return model.predict(features)
+
+    def _save_kind(self, model: Any, path: Path) -> str:
+        target = path.with_suffix(".npz")
+        model.save(target)
+        return target.name
+
+    def _load_kind(self, path: Path) -> Any:
+        return TreeArrays.load(path)
+
+
+class TreeArrays:
+    """A forest of regression trees as flat numpy arrays (all trees' nodes concatenated).
+
+    `left`/`right` are absolute node indices (-1 at a leaf), `roots` the first node of each
+    tree. The evaluator compares float32 features with float64 thresholds, as scikit-learn
+    does, and averages trees in order, so it reproduces scikit-learn's predictions.
+    """
+
+    FIELDS = ("left", "right", "feature", "threshold", "value", "roots")
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
+                 threshold: np.ndarray, value: np.ndarray, roots: np.ndarray) -> None:
+        self.left = np.asarray(left, dtype=np.int64)
+        self.right = np.asarray(right, dtype=np.int64)
+        self.feature = np.asarray(feature, dtype=np.int64)
+        self.threshold = np.asarray(threshold, dtype=np.float64)
+        self.value = np.asarray(value, dtype=np.float64)
+        self.roots = np.asarray(roots, dtype=np.int64)
+
+    @classmethod
+    def from_forest(cls, forest: Any) -> TreeArrays:
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in cls.FIELDS}
+        offset = 0
+        for tree in forest.estimators_:
+            state = tree.tree_.__getstate__()
+            nodes = state["nodes"]
+            leaf = nodes["left_child"] == -1
+            parts["left"].append(np.where(leaf, -1, nodes["left_child"] + offset))
+            parts["right"].append(np.where(leaf, -1, nodes["right_child"] + offset))
+            parts["feature"].append(nodes["feature"])
+            parts["threshold"].append(nodes["threshold"])
+            parts["value"].append(state["values"].reshape(len(nodes), -1)[:, 0])
+            parts["roots"].append(np.array([offset]))
+            offset += len(nodes)
+        return cls(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32).astype(np.float64)
+        rows = np.arange(len(x))
+        total = np.zeros(len(x))
+        for root in self.roots:
+            node = np.full(len(x), root, dtype=np.int64)
+            while True:
+                inner = self.left[node] != -1
+                if not inner.any():
+                    break
+                at = node[inner]
+                go_left = x[rows[inner], self.feature[at]] <= self.threshold[at]
+                node[inner] = np.where(go_left, self.left[at], self.right[at])
+            total += self.value[node]
+        return total / len(self.roots)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, **{name: getattr(self, name) for name in self.FIELDS})
+
+    @classmethod
+    def load(cls, path: Path) -> TreeArrays:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(**{name: data[name] for name in cls.FIELDS})
+        except (OSError, KeyError, ValueError) as exc:
+            raise PredictorError(f"{path} is not a saved random forest: {exc}") from exc
+
+
+@register_predictor("linear")
+class LinearKernelPredictor(KernelPredictor):
+    """Baseline: per kind, log latency linear in log FLOPs and log bytes moved (ridge).
+
+    What a FLOPs-only estimate gives once bytes are allowed to matter; the reference line the
+    learned members must beat.
+    """
+
+    def __init__(self, ridge: float = 1e-3) -> None:
+        self.ridge = ridge
+
+    @staticmethod
+    def _design(features: np.ndarray) -> np.ndarray:
+        from predictor.features import FEATURE_NAMES
+
+        cols = [FEATURE_NAMES.index("log_flops"), FEATURE_NAMES.index("log_bytes")]
+        return np.column_stack([np.ones(len(features)), features[:, cols]])
+
+    def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
+        a = self._design(features)
+        penalty = self.ridge * len(a) * np.eye(a.shape[1])
+        penalty[0, 0] = 0.0  # never shrink the intercept
+        return np.linalg.solve(a.T @ a + penalty, a.T @ log_ms)
+
+    def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
+        return self._design(features) @ model
+
+    def _save_kind(self, model: Any, path: Path) -> str:
+        target = path.with_suffix(".npy")
+        with open(target, "wb") as f:
+            np.save(f, np.asarray(model, dtype=np.float64), allow_pickle=False)
+        return target.name
+
+    def _load_kind(self, path: Path) -> Any:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PredictorError(f"{path} is not a saved linear model: {exc}") from exc
+
+
+# Members registered in modules of their own, imported on first lookup (they import this one).
+_ZOO_MODULES = ("predictor.lut",)
+
+
+def _import_zoo() -> None:
+    import importlib
+
+    for module in _ZOO_MODULES:
+        importlib.import_module(module)
+
+
+def predictor_names() -> list[str]:
+    """Every registered predictor type (the zoo)."""
+    _import_zoo()
+    return sorted(PREDICTORS)
+
+
+def get_predictor_class(name: str) -> type[KernelPredictor]:
+    _import_zoo()
+    if name not in PREDICTORS:
+        raise PredictorError(f"unknown predictor {name!r}; known: {', '.join(sorted(PREDICTORS))}")
+    return PREDICTORS[name]

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from bench.fusion import FusionRules
 from bench.ops import OpSpec
 from bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from bench.store import LatencyDataset
-from latbench.errors import DatasetError, PredictorError
+from latbench.errors import DatasetError, PredictorError, UnknownKernelError
 from predictor.features import training_pairs
+from predictor.fusion import apply_attach, attach_from_rules, manifest_entry, rules_from_card
 from predictor.io import save_predictor
-from predictor.model_level import fit_composition
-from predictor.models import PREDICTORS, KernelPredictor
+from predictor.model_level import COMPOSITION_TERMS, fit_composition
+from predictor.models import KernelPredictor, get_predictor_class
+
+# The composition terms need networks of varied size to be told apart from the kind scales.
+MIN_NETWORKS_FOR_TERMS = 10
 
 
 def select_records(records: pd.DataFrame, device: str | None = None,
@@ -37,9 +43,10 @@ def select_records(records: pd.DataFrame, device: str | None = None,
 
 
 def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.DataFrame,
-                         statistic: str) -> list[tuple[str, list[OpSpec], float]]:
+                         statistic: str, attach: Collection[tuple[str, str]] | None = None
+                         ) -> list[tuple[str, list[OpSpec], float]]:
     """(key, kernels, measured ms) of the dataset's networks measured in the same setup as
-    `ops` and whose kernels the card lists."""
+    `ops` and whose kernels the card lists (split by the fusion rules `attach` if given)."""
     kernel_keys = card.get("network_kernels") or {}
     first = ops.iloc[0]
     nets = records[(records["subject"] == "network") & (records["status"] == "ok")
@@ -49,35 +56,50 @@ def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.Da
     out = []
     for key, ms in zip(nets["key"], nets[statistic].astype(float), strict=True):
         if key in kernel_keys:
-            out.append((key, [OpSpec.from_key(k) for k in kernel_keys[key]], ms))
+            kernels = [OpSpec.from_key(k) for k in kernel_keys[key]]
+            if attach is not None:
+                kernels = apply_attach(kernels, attach)
+            out.append((key, kernels, ms))
     return out
 
 
 def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
                      statistic: str = DEFAULT_STATISTIC, device: str | None = None,
                      runtime: str | None = None, params: dict[str, Any] | None = None,
-                     calibrate: bool = True) -> tuple[KernelPredictor, dict[str, Any]]:
+                     calibrate: bool = True, fusion: FusionRules | None = None,
+                     composition_terms: Sequence[str] = COMPOSITION_TERMS
+                     ) -> tuple[KernelPredictor, dict[str, Any]]:
     """Fit kernel models on the op records, then (if the dataset holds measured networks and
-    `calibrate`) the per-kind composition scales on those networks."""
+    `calibrate`) the per-kind composition scales on those networks - plus the
+    `composition_terms` (a per-kernel cost, the layout conversions a kernel timed alone pays)
+    when there are at least MIN_NETWORKS_FOR_TERMS of them.
+
+    Fusion rules (`fusion`, else the dataset card's "fusion" entry from `latbench bench
+    fusion`) decide how networks are split into kernels; they go into the manifest."""
     if statistic not in RECORD_STATISTICS:
         raise PredictorError(f"unknown statistic {statistic!r}; choose one of "
                              f"{', '.join(RECORD_STATISTICS)}")
-    if predictor not in PREDICTORS:
-        raise PredictorError(f"unknown predictor {predictor!r}; known: "
-                             f"{', '.join(sorted(PREDICTORS))}")
+    model_class = get_predictor_class(predictor)
     dataset = LatencyDataset.open(data_dir)
     records = dataset.records()
     if records.empty:
         raise DatasetError(f"dataset at {data_dir} has no records")
     ops = select_records(records, device, runtime)
     specs, kernel_ms, overhead = training_pairs(ops, statistic)
-    model = PREDICTORS[predictor](**(params or {})).fit(specs, kernel_ms, call_overhead_ms=overhead)
+    model = model_class(**(params or {})).fit(specs, kernel_ms, call_overhead_ms=overhead)
     first = ops.iloc[0]
     card = dataset.card
+    rules = fusion or rules_from_card(card)
+    attach = attach_from_rules(rules) if rules is not None else None
+    if attach is not None:
+        model.attach_ = attach
     composition: dict[str, Any] = {"networks": 0}
-    networks = calibration_networks(records, card, ops, statistic) if calibrate else []
+    networks = calibration_networks(records, card, ops, statistic, attach) if calibrate else []
+    networks = [n for n in networks if _can_price(model, n[1])]
     if networks:
-        composition = fit_composition(model, [(kernels, ms) for _, kernels, ms in networks])
+        terms = composition_terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else ()
+        composition = fit_composition(model, [(kernels, ms) for _, kernels, ms in networks],
+                                      terms=terms)
         composition["keys"] = [key for key, _, _ in networks]
     info = {
         "device": str(first["device"]),
@@ -91,5 +113,17 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
                     "created": card.get("created")},
         "composition": composition,
     }
+    if rules is not None:
+        info["fusion"] = manifest_entry(rules)
     save_predictor(model, out, info)
     return model, info
+
+
+def _can_price(model: KernelPredictor, kernels: list[OpSpec]) -> bool:
+    """False for a calibration network with a kernel the model cannot price (a lookup table
+    lacking one of its kernels): it is left out of the calibration rather than failing it."""
+    try:
+        model.predict(kernels)
+    except UnknownKernelError:
+        return False
+    return True

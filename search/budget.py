@@ -18,6 +18,7 @@ from device_agents import Device
 from latbench.errors import SearchError
 from predictor.evaluate import settings_from_manifest
 from search.latency import LatencyTable
+from search.networks import arch_subject
 from search.spaces.base import SearchSpace
 from search.strategies import SearchResult, get_strategy
 
@@ -52,17 +53,21 @@ OUTCOME_HEADER = ("budget ms", "searched under ms", "arch", "accuracy %", "predi
                   "measured ms", "within budget")
 
 
-def search_budgets(space: SearchSpace, table: LatencyTable, accuracy: Mapping[str, float],
+def search_budgets(space: SearchSpace, table: LatencyTable, accuracy: Any,
                    budgets_ms: Sequence[float], strategy: str = "exhaustive",
-                   margin: float = 0.0) -> list[tuple[float, SearchResult]]:
+                   margin: float = 0.0, options: Mapping[str, Any] | None = None
+                   ) -> list[tuple[float, SearchResult]]:
     """(budget, result) per budget. The search aims at budget / (1 + margin): the winner of a
     search sits just under its predicted budget, so any under-prediction would overshoot; the
-    margin (the predictor's own under-prediction quantile) keeps the measured winner inside."""
+    margin (the predictor's own under-prediction quantile) keeps the measured winner inside.
+
+    `accuracy` is a table (code -> accuracy), an accuracy source (search.accuracy) or None for
+    strategies that train (`options` carry their data and settings)."""
     if not budgets_ms:
         raise SearchError("give at least one latency budget")
     if not 0 <= margin < 1:
         raise SearchError(f"safety margin must be in [0, 1), got {margin}")
-    searcher = get_strategy(strategy)
+    searcher = get_strategy(strategy, **dict(options or {}))
     return [(float(b), searcher.search(space, table, accuracy, float(b) / (1 + margin)))
             for b in budgets_ms]
 
@@ -81,7 +86,7 @@ def measure_winners(space: SearchSpace, results: Sequence[tuple[float, SearchRes
     for _, result in results:
         key = f"{space.name}:{result.arch}"
         if key not in subjects:
-            subjects[key] = Subject.chain(key, space.name, space.ops(space.decode(result.arch)))
+            subjects[key] = arch_subject(space, space.decode(result.arch), key)
     dataset = LatencyDataset.create(out, {"purpose": "search winners", "device": device.name,
                                           "runtime": runtime, "run_settings": asdict(settings)})
     run_campaign(list(subjects.values()), [device], [runtime], dataset, config, progress)

@@ -2,12 +2,13 @@
 
 Because a layer-wise space's latency is a sum over its kernels, the table gives any
 architecture's predicted latency with one lookup per layer, which is what lets a search query
-millions of architectures (and, in a later stage, lets a supernet take gradients of the
-expected latency).
+millions of architectures, and lets a supernet take gradients of the expected latency:
+`ExpectedLatency` is a torch module computing E[lat] = fixed + sum_l softmax(alpha_l) . T_l.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,16 +43,37 @@ class LatencyTable:
                               for candidate in space.candidates(layer)))
         return cls(space.name, fixed, tuple(rows), device, runtime)
 
+    @classmethod
+    def from_flops(cls, space: SearchSpace, ms_per_gflop: float = 1.0,
+                   ms_per_kernel: float = 0.005) -> LatencyTable:
+        """A roofline-free analytical table (ms = per-kernel overhead + FLOPs x rate): no
+        device, no predictor; for trying strategies offline and for tests."""
+        from predictor.features import kernel_cost
+
+        def ms(specs: Sequence[Any]) -> float:
+            return float(sum(ms_per_kernel + ms_per_gflop * kernel_cost(s).flops / 1e9
+                             for s in specs))
+
+        prefix, suffix = space.fixed_ops()
+        rows = tuple(tuple(ms(c) for c in space.candidates(i)) for i in range(space.n_layers))
+        return cls(space.name, ms([*prefix, *suffix]), rows, "flops-model", "")
+
     def latency(self, arch: Arch) -> float:
         if arch.space != self.space:
             raise SearchError(f"table of space {self.space!r} asked about a {arch.space} "
                               "architecture")
-        return self.fixed_ms + sum(self.layer_ms[i][c] for i, c in enumerate(arch.choices))
+        return float(self.latencies(np.array([arch.choices]))[0])
 
     def latencies(self, choices: np.ndarray) -> np.ndarray:
         """Latency of many architectures at once; `choices` is (n_archs, n_layers) ints."""
         choices = np.asarray(choices, dtype=np.int64)
+        if choices.ndim != 2 or choices.shape[1] != len(self.layer_ms):
+            raise SearchError(f"{self.space} architectures have {len(self.layer_ms)} layers; got "
+                              f"choices of shape {choices.shape}")
         width = max(len(r) for r in self.layer_ms)
+        if choices.size and (choices.min() < 0 or choices.max() >= width):
+            # a negative index would silently pick a candidate from the end of the row
+            raise SearchError("an architecture uses a candidate the table does not have")
         table = np.full((len(self.layer_ms), width), np.nan)
         for i, row in enumerate(self.layer_ms):
             table[i, :len(row)] = row
@@ -81,3 +103,123 @@ class LatencyTable:
 
 def choices_matrix(archs: Sequence[Arch]) -> np.ndarray:
     return np.array([a.choices for a in archs], dtype=np.int64)
+
+
+def padded_table(table: LatencyTable) -> tuple[np.ndarray, np.ndarray]:
+    """(ms, mask): layer_ms as an (n_layers, max candidates) array, 0 where a layer has fewer
+    candidates, and the mask of real entries."""
+    width = max(len(r) for r in table.layer_ms)
+    ms = np.zeros((len(table.layer_ms), width))
+    mask = np.zeros_like(ms, dtype=bool)
+    for i, row in enumerate(table.layer_ms):
+        ms[i, :len(row)] = row
+        mask[i, :len(row)] = True
+    return ms, mask
+
+
+def masked_softmax(alpha: Any, mask: Any) -> Any:
+    """Softmax over each layer's real candidates (padding gets probability 0 and no gradient)."""
+    return alpha.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+def additive_loss(ce: Any, latency_ms: Any, lam: float, target_ms: float | None = None) -> Any:
+    """CE + lambda * E[lat]: lambda in 1/ms trades accuracy for latency at a fixed rate. With a
+    target (hinge), only the part above it costs: CE + lambda * max(E[lat] - target, 0)."""
+    if target_ms is None:
+        return ce + lam * latency_ms
+    return ce + lam * (latency_ms - target_ms).clamp(min=0)
+
+
+def multiplicative_loss(ce: Any, latency_ms: Any, target_ms: float, beta: float,
+                        hinge: bool = False) -> Any:
+    """CE * (E[lat] / target)^beta: scale-free, always rewards a faster network. With `hinge`,
+    CE * max(E[lat] / target, 1)^beta: no pressure once under the target."""
+    if target_ms <= 0:
+        raise SearchError(f"latency target must be > 0 ms, got {target_ms}")
+    ratio = latency_ms / target_ms
+    if hinge:
+        ratio = ratio.clamp(min=1.0)
+    return ce * ratio ** beta
+
+
+def __getattr__(name: str) -> Any:
+    # ExpectedLatency subclasses torch.nn.Module; defining it on first use keeps torch out of
+    # every import of this module (the CLI's exhaustive search needs no torch).
+    if name == "ExpectedLatency":
+        return _expected_latency_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _expected_latency_class() -> type:
+    import torch
+    import torch.nn as nn
+
+    class ExpectedLatency(nn.Module):
+        """E[lat] = fixed + sum_l softmax(alpha_l) . T_l in ms, differentiable in alpha.
+
+        `alpha` is (n_layers, max candidates); entries past a layer's candidate count are
+        masked out (layers may have different numbers of candidates).
+        """
+
+        def __init__(self, table: LatencyTable) -> None:
+            super().__init__()
+            ms, mask = padded_table(table)
+            self.space = table.space
+            self.register_buffer("fixed_ms", torch.tensor(float(table.fixed_ms),
+                                                          dtype=torch.float64))
+            self.register_buffer("layer_ms", torch.from_numpy(ms))
+            self.register_buffer("mask", torch.from_numpy(mask))
+
+        def forward(self, alpha: Any) -> Any:
+            if alpha.shape != self.layer_ms.shape:
+                raise SearchError(f"alpha of shape {tuple(alpha.shape)} given to a latency "
+                                  f"table of shape {tuple(self.layer_ms.shape)} "
+                                  f"({self.space})")
+            probs = masked_softmax(alpha, self.mask)
+            return self.fixed_ms.to(alpha.dtype) + (probs * self.layer_ms.to(alpha.dtype)).sum()
+
+        def per_layer(self, alpha: Any) -> Any:
+            """Expected ms of each layer (without the fixed part)."""
+            return (masked_softmax(alpha, self.mask) * self.layer_ms.to(alpha.dtype)).sum(-1)
+
+    return ExpectedLatency
+
+
+def repair_to_budget(choices: Sequence[int], table: LatencyTable, budget_ms: float,
+                     preference: np.ndarray | None = None,
+                     rng: np.random.Generator | None = None) -> tuple[int, ...] | None:
+    """Move layers to cheaper candidates until the predicted latency fits the budget.
+
+    With `preference` (an (n_layers, max candidates) score, e.g. log-probabilities) each move
+    is the one losing the least preference per ms saved, or, once one move can reach the
+    budget, the fitting move losing least; without preferences a random cheaper move. None when
+    even the fastest candidates do not fit.
+    """
+    current = [int(c) for c in choices]
+    ms, mask = padded_table(table)
+    fastest = table.fixed_ms + float(np.where(mask, ms, np.inf).min(axis=1).sum())
+    if fastest > budget_ms:
+        return None
+    total = table.fixed_ms + float(sum(ms[i, c] for i, c in enumerate(current)))
+    while total > budget_ms:
+        moves = [(i, c) for i in range(len(current)) for c in range(int(mask[i].sum()))
+                 if ms[i, c] < ms[i, current[i]]]
+        if preference is not None:
+            def loss(move: tuple[int, int]) -> float:
+                return float(preference[move[0], current[move[0]]] - preference[move])
+
+            def saved(move: tuple[int, int]) -> float:
+                return float(ms[move[0], current[move[0]]] - ms[move])
+
+            finishing = [m for m in moves if total - saved(m) <= budget_ms]
+            if finishing:  # the least loss that fits, using as much of the budget as possible
+                layer, cand = min(finishing, key=lambda m: (loss(m), saved(m)))
+            else:  # else the least loss per ms saved
+                layer, cand = min(moves, key=lambda m: loss(m) / saved(m))
+        else:
+            generator = rng or np.random.default_rng(0)
+            layer, cand = moves[int(generator.integers(len(moves)))]
+        total -= ms[layer, current[layer]] - ms[layer, cand]
+        current[layer] = cand
+    return tuple(current)

@@ -16,9 +16,20 @@ import numpy as np
 
 from bench.campaign import Subject
 from bench.networks import NetworkDef, list_families, sample_networks
+from bench.ops import OpSpec
 from bench.plans import Plan, build_specs
 from latbench.errors import ConfigError
-from search.spaces import SPACES, get_space
+from search.spaces import SPACES, Arch, SearchSpace, get_space
+
+
+def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:
+    """A measurable network of a space: a chain space's kernels as a chain graph (any runtime),
+    a cell space's PyTorch model exported to ONNX (kernels kept for composition)."""
+    key = key or f"{space.name}:{space.encode(arch)}"
+    if space.is_chain:
+        return Subject.chain(key, space.name, space.ops(arch))
+    return Subject.onnx_model(key, space.name, functools.cache(lambda: space.to_onnx(arch)),
+                              kernels=space.ops(arch))
 
 
 def _space_networks(name: str, count: int, rng: np.random.Generator,
@@ -34,18 +45,51 @@ def _space_networks(name: str, count: int, rng: np.random.Generator,
         key = f"{name}:{space.encode(arch)}"
         if key in seen or key in exclude:
             continue
-        seen[key] = Subject.chain(key, name, space.ops(arch))
+        seen[key] = arch_subject(space, arch, key)
     return list(seen.values())
 
 
 def _family_networks(name: str, count: int, rng: np.random.Generator,
-                     exclude: Collection[str]) -> list[Subject]:
+                     exclude: Collection[str], with_kernels: bool = False) -> list[Subject]:
+    """Family networks; `with_kernels` exports and splits them now, so a dataset can keep
+    their kernels for composition calibration."""
+    from predictor.kernels import onnx_to_kernels
+
     out = []
     for net in sample_networks(name, count, rng):
         key = f"{name}:{net.name}"
         if key not in exclude:
-            out.append(Subject.onnx_model(key, name, _export_once(net)))
+            make = _export_once(net)
+            kernels = onnx_to_kernels(make()) if with_kernels else None
+            out.append(Subject.onnx_model(key, name, make, kernels))
     return out
+
+
+def family_kernels(spec: str) -> list[OpSpec]:
+    """Kernels of sampled family networks, for plans: "family:NAME:COUNT[:SEED]" (the ONNX
+    export of each network split into kernels; duplicates once)."""
+    from predictor.kernels import onnx_to_kernels
+
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or parts[0] != "family" or parts[1] not in list_families():
+        raise ConfigError(f"bad family kernel set {spec!r}: expected family:NAME:COUNT[:SEED] "
+                          f"with NAME one of {', '.join(list_families())}")
+    try:
+        count, seed = int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+    except ValueError:
+        raise ConfigError(f"bad count or seed in {spec!r}") from None
+    seen: dict[str, OpSpec] = {}
+    for net in sample_networks(parts[1], count, np.random.default_rng(seed)):
+        for kernel in onnx_to_kernels(net.to_onnx()):
+            seen.setdefault(kernel.key(), kernel)
+    return list(seen.values())
+
+
+def space_kernels(name: str) -> list[OpSpec]:
+    """A plan's `spaces` entry: a search space's layer kernels, or "family:NAME:COUNT"."""
+    if name.startswith("family:"):
+        return family_kernels(name)
+    return get_space(name).layer_specs()
 
 
 def _export_once(net: NetworkDef) -> Callable[[], bytes]:
@@ -62,16 +106,18 @@ def _file_networks(path: Path) -> list[Subject]:
 
 def plan_subjects(plan: Plan) -> list[Subject]:
     """Everything a plan measures: its kernels, then its calibration networks."""
-    specs = build_specs(plan, lambda name: get_space(name).layer_specs())
+    specs = build_specs(plan, space_kernels)
     subjects = [Subject.op(s) for s in specs]
     if plan.networks:
-        subjects += resolve_networks(",".join(plan.networks), seed=plan.seed)
+        subjects += resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
     return subjects
 
 
-def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = ()) -> list[Subject]:
+def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),
+                     with_kernels: bool = False) -> list[Subject]:
     """Network subjects for a spec string (see the module docstring), skipping `exclude` keys
-    (e.g. the networks a predictor was calibrated on)."""
+    (e.g. the networks a predictor was calibrated on); `with_kernels` splits family networks
+    into kernels now (for calibration networks)."""
     rng = np.random.default_rng(seed)
     exclude = set(exclude)
     networks: list[Subject] = []
@@ -94,7 +140,7 @@ def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = ()) ->
         if name in SPACES:
             networks.extend(_space_networks(name, count, rng, exclude))
         elif name in list_families():
-            networks.extend(_family_networks(name, count, rng, exclude))
+            networks.extend(_family_networks(name, count, rng, exclude, with_kernels))
         else:
             raise ConfigError(f"unknown network set {name!r}; known: "
                               f"{', '.join(sorted(SPACES) + list_families())}, "

@@ -1,6 +1,8 @@
 """Runners: model files -> timed samples on a device with one runtime.
 
-Importing this package registers the built-in runners (onnxruntime, litert) in `RUNNERS`.
+Importing this package registers the built-in runners in `RUNNERS`: onnxruntime and litert
+(through the Python agent), tflite-benchmark-model and onnxruntime-perf-test (native tools),
+onnxruntime-cuda and torch-cuda (GPU, through the agent; unavailable without a CUDA device).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from bench.runners.base import (
     get_runner,
     register_runner,
 )
+from bench.runners.gpu import GPU_RUNTIMES, OnnxRuntimeCudaRunner, TorchCudaRunner
 from bench.runners.litert import LiteRTRunner
+from bench.runners.native import BenchmarkModelRunner, NativeToolRunner, PerfTestRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
+    "GPU_RUNTIMES",
     "OVERHEAD_ID",
     "OVERHEAD_SPEC",
     "PROBES",
@@ -33,12 +38,17 @@ __all__ = [
     "RUNNERS",
     "AgentRunner",
     "BatchResult",
+    "BenchmarkModelRunner",
     "LiteRTRunner",
     "Measurement",
     "ModelFile",
+    "NativeToolRunner",
+    "OnnxRuntimeCudaRunner",
     "OnnxRuntimeRunner",
+    "PerfTestRunner",
     "RunSettings",
     "Runner",
+    "TorchCudaRunner",
     "get_runner",
     "register_runner",
 ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import posixpath
+import statistics
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,21 +21,30 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from bench.export.graph import LayerGraph, spec_graph
 from bench.ops import OpSpec
-from bench.stats import Stats, round_medians, summarize
+from bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
 from device_agents import AGENT_SCRIPT, CommandResult, Device
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
 
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
-DELEGATES = ("xnnpack", "builtin")
+DELEGATES = ("xnnpack", "builtin", "gpu")  # "gpu": native tools only (benchmark_model)
 
 # Settings fields that matter per runtime beyond the common ones, with their short key names.
 RUNTIME_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnxruntime": (("graph_opt", "opt"),),
     "litert": (("delegate", "delegate"),),
+    "onnxruntime-cuda": (("graph_opt", "opt"),),
+    "torch-cuda": (),
+    "tflite-benchmark-model": (("delegate", "delegate"),),
+    "onnxruntime-perf-test": (("graph_opt", "opt"),),
 }
 _COMMON_SETTINGS = ("threads", "warmup", "runs", "rounds")
+# With the stopping rule, "rounds" is decided by the rule, and the rule's parameters are keyed.
+_ADAPTIVE_SETTINGS = (("threads", "threads"), ("warmup", "warmup"), ("runs", "runs"),
+                      ("target_ci", "target_ci"), ("confidence", "confidence"),
+                      ("min_runs", "min_runs"), ("max_runs", "max_runs"),
+                      ("max_seconds", "max_s"), ("futility", "futility"))
 
 # Probes appended to every batch and measured interleaved with it; user ids may not take them.
 # The empty-work model gives the per-call runtime overhead (what makes kernel times additive);
@@ -52,7 +63,18 @@ CLEANUP_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class RunSettings:
     """How to time: threads, untimed warm-up calls per model, timed calls per round, rounds,
-    ONNX Runtime graph optimisation level and LiteRT delegate."""
+    ONNX Runtime graph optimisation level and LiteRT delegate.
+
+    Fixed protocol (`target_ci=None`, the default): `rounds` interleaved rounds of `runs` calls.
+    Stopping rule (`target_ci` set, e.g. 0.02): interleaved rounds of `runs` calls continue
+    over the models not yet done; a model is done when the `confidence` interval of its median
+    is within `target_ci` of the median (relative width), but never before `min_runs` samples,
+    or when it reaches `max_runs` samples or `max_seconds` of timing, or - with `futility` F -
+    as soon as reaching the target is projected to take more than F times `max_seconds` (the
+    interval narrows like 1/sqrt(n)): seconds that would end short of the target anyway are
+    not spent.
+    `rounds` is then unused.
+    """
 
     threads: int = 1
     warmup: int = 10
@@ -60,9 +82,16 @@ class RunSettings:
     rounds: int = 5
     graph_opt: str = "all"
     delegate: str = "xnnpack"
+    target_ci: float | None = None
+    confidence: float = 0.95
+    min_runs: int = 20
+    max_runs: int = 1000
+    max_seconds: float = 5.0
+    futility: float | None = 4.0
 
     def __post_init__(self) -> None:
-        for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("rounds", 1)):
+        for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("rounds", 1),
+                              ("min_runs", 1), ("max_runs", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"run setting {name} must be an integer >= {minimum}, "
@@ -72,16 +101,68 @@ class RunSettings:
                               f"{', '.join(GRAPH_OPTS)}")
         if self.delegate not in DELEGATES:
             raise ConfigError(f"unknown delegate {self.delegate!r}; known: {', '.join(DELEGATES)}")
+        if self.target_ci is not None and not _number_in(self.target_ci, 0.0, 1.0):
+            raise ConfigError(f"run setting target_ci must be null (fixed protocol) or a "
+                              f"relative width in (0, 1), got {self.target_ci!r}")
+        if not _number_in(self.confidence, 0.5, 1.0):
+            raise ConfigError(f"run setting confidence must be in (0.5, 1), got "
+                              f"{self.confidence!r}")
+        if self.max_runs < self.min_runs:
+            raise ConfigError(f"run setting max_runs ({self.max_runs}) is below min_runs "
+                              f"({self.min_runs})")
+        if not _number_in(self.max_seconds, 0.0, math.inf):
+            raise ConfigError(f"run setting max_seconds must be > 0, got {self.max_seconds!r}")
+        if self.futility is not None and not _number_in(self.futility, 1.0 - 1e-12, math.inf):
+            raise ConfigError(f"run setting futility must be null (off) or a factor >= 1, got "
+                              f"{self.futility!r}")
+        if self.futility is not None:
+            object.__setattr__(self, "futility", float(self.futility))
+        if self.target_ci is not None:
+            object.__setattr__(self, "target_ci", float(self.target_ci))
+        object.__setattr__(self, "confidence", float(self.confidence))
+        object.__setattr__(self, "max_seconds", float(self.max_seconds))
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the stopping rule decides how many runs each model gets."""
+        return self.target_ci is not None
+
+    def stop_rule(self) -> dict[str, Any] | None:
+        """The agent request's "stop" entry (None: fixed protocol)."""
+        if self.target_ci is None:
+            return None
+        return {"target_rel_width": self.target_ci, "confidence": self.confidence,
+                "min_runs": self.min_runs, "max_runs": self.max_runs,
+                "max_seconds": self.max_seconds, "futility": self.futility}
 
     def key(self, runtime: str) -> str:
         """Canonical settings string with only the fields that matter for `runtime`, e.g.
-        "threads=1,warmup=10,runs=20,rounds=5,opt=all"; it is stored with every record."""
+        "threads=1,warmup=10,runs=20,rounds=5,opt=all"; it is stored with every record.
+        With the stopping rule: "threads=1,warmup=10,runs=10,target_ci=0.02,confidence=0.95,
+        min_runs=20,max_runs=1000,max_s=5,futility=4,opt=all" (futility=off without it). The
+        fixed protocol's key is unchanged, so datasets measured before the rule still resume."""
         if runtime not in RUNTIME_SETTINGS:
             raise ConfigError(f"no settings key defined for runtime {runtime!r}; known: "
                               f"{', '.join(sorted(RUNTIME_SETTINGS))}")
-        parts = [f"{name}={getattr(self, name)}" for name in _COMMON_SETTINGS]
+        if self.adaptive:
+            parts = [f"{short}={_key_value(getattr(self, name))}"
+                     for name, short in _ADAPTIVE_SETTINGS]
+        else:
+            parts = [f"{name}={getattr(self, name)}" for name in _COMMON_SETTINGS]
         parts += [f"{short}={getattr(self, name)}" for name, short in RUNTIME_SETTINGS[runtime]]
         return ",".join(parts)
+
+
+def _key_value(value: object) -> str:
+    if value is None:
+        return "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    """A finite real number strictly between low and high (high may be inf)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(float(value)) and low < float(value) < high)
 
 
 @dataclass(frozen=True)
@@ -101,12 +182,22 @@ class ModelFile:
 @dataclass(frozen=True)
 class Measurement:
     """Timed samples of one model, per round; `status` is "ok" or "failed" (then `error` says
-    why and there are no samples)."""
+    why and there are no samples).
+
+    A native tool (benchmark_model, onnxruntime_perf_test) reports statistics, not samples: its
+    figures go in `summary` (NaN where the tool does not report one), its untouched output in
+    `raw_output` and the exact flags in `tool_flags`, so every number can be traced back.
+    """
 
     id: str
     status: str
     samples_ms: tuple[tuple[float, ...], ...]
     error: str = ""
+    summary: Stats | None = None
+    round_min_median: float = math.nan
+    raw_output: str = ""
+    tool_flags: str = ""
+    stop_reason: str = ""  # "fixed", or the stopping rule's: converged, max_runs, max_seconds
 
     @property
     def ok(self) -> bool:
@@ -114,16 +205,33 @@ class Measurement:
 
     @property
     def stats(self) -> Stats | None:
+        if not self.ok:
+            return None
+        if any(self.samples_ms):
+            return summarize(self.samples_ms)
+        return self.summary
+
+    def quality(self, confidence: float = 0.95) -> Quality | None:
+        """Precision and shape flags of the samples; None without samples (failed, or a
+        native tool that reports statistics only)."""
         if not self.ok or not any(self.samples_ms):
             return None
-        return summarize(self.samples_ms)
+        return quality(self.samples_ms, confidence)
+
+    @property
+    def round_min_median_ms(self) -> float:
+        """Best round's median: from the samples, else what the tool gave (often NaN)."""
+        if any(self.samples_ms):
+            return min(round_medians(self.samples_ms))
+        return self.round_min_median
 
 
 @dataclass(frozen=True)
 class BatchResult:
     """Everything one agent call gave back. `overhead_ms` is the median time of the empty-work
     model measured in the same batch: the fixed per-call cost of the runtime. `reference_ms` is
-    the best-round median of the reference kernel: the device's speed during the batch."""
+    the reference kernel's best-round median (fixed protocol) or median round median (stopping
+    rule): the device's speed during the batch."""
 
     measurements: list[Measurement]
     runtime: str
@@ -195,6 +303,8 @@ class AgentRunner:
 
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
+    delegates: ClassVar[tuple[str, ...]] = ("xnnpack", "builtin")  # what the agent can do
+    stopping_rule: ClassVar[bool] = True  # the agent applies RunSettings' stopping rule
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}
@@ -216,12 +326,23 @@ class AgentRunner:
                 "runs": settings.runs, "rounds": settings.rounds,
                 "graph_opt": settings.graph_opt, "delegate": settings.delegate,
                 "affinity": list(device.cpu_affinity) if device.cpu_affinity else None,
-                "models": [{"id": i, "path": p} for i, p in models]}
+                "stop": settings.stop_rule(),
+                # the reference probe runs in every round, so it sees the whole batch's speed
+                "models": [{"id": i, "path": p, **({"track": True} if i == REFERENCE_ID else {})}
+                           for i, p in models]}
 
     def measure(self, device: Device, models: Sequence[ModelFile],
                 settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
         # No settings: the defaults, with the device's own thread count.
         settings = settings or RunSettings(threads=device.threads)
+        if device.python is None:
+            raise RunnerError(f"runtime {self.name} runs through the Python agent, but device "
+                              f"{device.name} has no python")
+        uses_delegate = any(f == "delegate" for f, _ in RUNTIME_SETTINGS.get(self.name, ()))
+        if uses_delegate and settings.delegate not in self.delegates:
+            raise RunnerError(f"delegate {settings.delegate} is not available with runtime "
+                              f"{self.name} (it has {', '.join(self.delegates)}); use "
+                              "tflite-benchmark-model for the GPU delegate")
         if self.name not in device.runtimes:
             raise RunnerError(f"runtime {self.name} is not installed on device {device.name} "
                               f"(it has: {', '.join(device.runtimes) or 'none'})")
@@ -253,9 +374,11 @@ class AgentRunner:
             (local_dir / "request.json").write_text(
                 json.dumps(self.request(settings, device, pairs), indent=1), encoding="utf-8")
             uploads.append((local_dir / "request.json", request_path))
+            # Made before the try: a device that cannot even create it (down, unreachable)
+            # has nothing to clean up, and retrying a dead connection for `rm` only costs time.
+            self._check(device, transport.run(["mkdir", "-p", remote_dir], CLEANUP_TIMEOUT_S),
+                        "creating the batch dir")
             try:
-                self._check(device, transport.run(["mkdir", "-p", remote_dir], CLEANUP_TIMEOUT_S),
-                            "creating the batch dir")
                 for local, remote in uploads:
                     transport.push(local, remote)
                 argv = [device.python, uploads[0][1], "measure", request_path]
@@ -322,12 +445,18 @@ class AgentRunner:
                 raise RunnerError(f"the {pid.strip('_')} probe model failed with {self.name} on "
                                   f"device {device.name}: {probe.error}")
         overhead, reference = probes[OVERHEAD_ID], probes[REFERENCE_ID]
+        # Fixed protocol: the best round (as many rounds in every batch). Under the stopping
+        # rule a batch has as many reference rounds as its slowest model needs, and a minimum
+        # over more rounds is lower by itself; the median round does not drift with the count.
+        reference_rounds = round_medians(reference.samples_ms)
+        reference_ms = (float(statistics.median(reference_rounds)) if settings.adaptive
+                        else min(reference_rounds))
         return BatchResult(
             measurements=[measurements[i] for i in ids],
             runtime=self.name,
             runtime_version=str(reply.get("runtime_version") or "unknown"),
             overhead_ms=overhead.stats.median_ms,
-            reference_ms=min(round_medians(reference.samples_ms)),
+            reference_ms=reference_ms,
             facts_before=_as_dict(reply.get("facts_before")),
             facts_after=_as_dict(reply.get("facts_after")),
             device=device.name,
@@ -343,17 +472,34 @@ class AgentRunner:
         if status == "failed":
             return Measurement(model_id, "failed", (), str(item.get("error") or "failed"))
         rounds = item["samples_ms"]
-        if len(rounds) != settings.rounds or any(
-                not isinstance(r, list) or len(r) != settings.runs for r in rounds):
-            raise AgentError(f"{where}: model {model_id} has samples that are not "
-                             f"{settings.rounds} rounds x {settings.runs} runs")
+        reason = "fixed"
+        if not settings.adaptive:
+            if len(rounds) != settings.rounds or any(
+                    not isinstance(r, list) or len(r) != settings.runs for r in rounds):
+                raise AgentError(f"{where}: model {model_id} has samples that are not "
+                                 f"{settings.rounds} rounds x {settings.runs} runs")
+        else:
+            stop = item.get("stop")
+            reason = stop.get("reason") if isinstance(stop, dict) else None
+            tracked = model_id == REFERENCE_ID
+            if reason not in (("tracked",) if tracked else STOP_REASONS):
+                raise AgentError(f"{where}: model {model_id} has no valid stopping-rule entry "
+                                 f"(got {stop!r})")
+            if not rounds or any(not isinstance(r, list) or not 1 <= len(r) <= settings.runs
+                                 for r in rounds):
+                raise AgentError(f"{where}: model {model_id} has rounds that are not 1.."
+                                 f"{settings.runs} runs each")
+            n = sum(len(r) for r in rounds)
+            if not tracked and not settings.min_runs <= n <= settings.max_runs:
+                raise AgentError(f"{where}: model {model_id} stopped after {n} runs, outside "
+                                 f"the rule's {settings.min_runs}..{settings.max_runs}")
         try:
             samples = tuple(tuple(float(x) for x in r) for r in rounds)
         except (TypeError, ValueError):
             raise AgentError(f"{where}: model {model_id} has non-numeric samples") from None
         if any(x < 0 or x != x for r in samples for x in r):
             raise AgentError(f"{where}: model {model_id} has negative or NaN samples")
-        return Measurement(model_id, "ok", samples, "")
+        return Measurement(model_id, "ok", samples, "", stop_reason=reason)
 
 
 def _as_dict(value: object) -> dict[str, Any]:

@@ -20,15 +20,17 @@ from __future__ import annotations
 import gc
 import glob
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import time
+from functools import lru_cache
 
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
 
-RUNTIMES = ("onnxruntime", "litert")
+RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
 DELEGATES = ("xnnpack", "builtin")
 
@@ -143,10 +145,40 @@ def module_version(module: str, dist: str) -> str | None:
         return str(getattr(mod, "__version__", "unknown"))
 
 
+def installed_version(module: str, dist: str) -> str | None:
+    """Version of an installed module found WITHOUT importing it (torch takes seconds)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:  # a broken install or missing metadata is "unknown", not a crash
+        return None
+
+
 def runtime_versions() -> dict[str, str | None]:
     return {"onnxruntime": module_version("onnxruntime", "onnxruntime"),
             "ai_edge_litert": module_version("ai_edge_litert", "ai-edge-litert"),
-            "tflite_runtime": module_version("tflite_runtime", "tflite-runtime")}
+            "tflite_runtime": module_version("tflite_runtime", "tflite-runtime"),
+            "torch": installed_version("torch", "torch")}
+
+
+def cuda_device_nodes() -> list[str]:
+    """NVIDIA GPU device nodes: /dev/nvidia0.. (desktop/server drivers), /dev/nvhost-gpu (Jetson),
+    /dev/dxg (WSL2). Cheap to read, unlike importing a CUDA runtime; empty means no CUDA device."""
+    nodes = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/nvhost-gpu") + glob.glob("/dev/dxg")
+    return sorted(nodes)
+
+
+def cuda_unavailable(runtime: str) -> str | None:
+    """Why `runtime` cannot run here because no CUDA device is visible, or None."""
+    if cuda_device_nodes():
+        return None
+    return (f"runtime {runtime} unavailable: no CUDA device (no /dev/nvidia*, /dev/nvhost-gpu "
+            "or /dev/dxg device node on this machine)")
 
 
 def free_bytes(path: str) -> int | None:
@@ -180,9 +212,141 @@ def facts(work_dir: str) -> dict:
         "python": platform.python_version(),
         "numpy": numpy_version,
         "runtimes": runtime_versions(),
+        "cuda_devices": cuda_device_nodes(),
         "work_dir": os.path.abspath(work_dir),
         "free_bytes": free_bytes(work_dir),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# stopping rule: the one implementation (bench.stats re-exports these functions)
+
+STOP_REASONS = ("converged", "max_runs", "max_seconds", "futile")
+
+
+@lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
+    """0-based ranks (lo, hi) of the sorted samples that bracket the median with probability
+    >= `confidence` for ANY continuous distribution, or None when n is too small.
+
+    The number of samples below the true median is Binomial(n, 1/2), so [x_(l), x_(n-l+1)]
+    (1-based) covers it with probability 1 - 2 P(B <= l - 1); l is the largest rank keeping
+    that >= confidence. Computed in log space so large n does not underflow.
+    """
+    if n < 1 or not 0.0 < confidence < 1.0:
+        return None
+    alpha_half = (1.0 - confidence) / 2.0
+    log_total = n * math.log(2.0)
+    lgn = math.lgamma(n + 1)
+    cdf = 0.0
+    best = 0  # the largest l (1-based) with P(B <= l - 1) <= alpha/2; 0 = none
+    for k in range(0, n // 2 + 1):
+        cdf += math.exp(lgn - math.lgamma(k + 1) - math.lgamma(n - k + 1) - log_total)
+        if cdf <= alpha_half:
+            best = k + 1
+        else:
+            break
+    if best == 0:
+        return None
+    return best - 1, n - best
+
+
+def median_ci(samples, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval (lo, hi) of the median, None if too few samples."""
+    values = sorted(float(x) for x in samples)
+    ranks = median_ci_ranks(len(values), confidence)
+    if ranks is None:
+        return None
+    return values[ranks[0]], values[ranks[1]]
+
+
+def sample_median(values) -> float:
+    v = sorted(float(x) for x in values)
+    n = len(v)
+    if n == 0:
+        return float("nan")
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2.0
+
+
+def ci_rel_width(samples, confidence: float = 0.95) -> float:
+    """(hi - lo) / median of the median's confidence interval: the achieved relative precision;
+    inf when there are too few samples for an interval at this confidence."""
+    values = [float(x) for x in samples]
+    ci = median_ci(values, confidence)
+    if ci is None:
+        return float("inf")
+    width = ci[1] - ci[0]
+    centre = sample_median(values)
+    if centre <= 0.0:
+        return 0.0 if width == 0.0 else float("inf")
+    return width / centre
+
+
+def stop_reason(samples, elapsed_s: float, rule: dict) -> str | None:
+    """Whether a model whose samples so far are `samples` (taking `elapsed_s` seconds) is done:
+    "converged" (CI of the median within the target relative width), "max_runs", "max_seconds",
+    "futile", or None (measure another round). Never stops before rule["min_runs"] samples.
+
+    "futile" (when rule["futility"] is a factor F, not None): the interval narrows like
+    1/sqrt(n), so reaching the target needs about n (width / target)^2 samples; when taking
+    them would need more than F times max_seconds, the target is out of reach within the time
+    cap and the seconds until the cap would be spent short of it. Only time is saved this way:
+    a cheap model (microseconds per call) keeps going to max_runs, where more samples still
+    sharpen its figures at little cost.
+    """
+    n = len(samples)
+    if n < rule["min_runs"]:
+        return None
+    width = ci_rel_width(samples, rule["confidence"])
+    target = rule["target_rel_width"]
+    if width <= target:
+        return "converged"
+    if n >= rule["max_runs"]:
+        return "max_runs"
+    if elapsed_s >= rule["max_seconds"]:
+        return "max_seconds"
+    factor = rule.get("futility")
+    if factor is not None and math.isfinite(width):
+        needed = n * (width / target) ** 2
+        if elapsed_s * needed / n > factor * rule["max_seconds"]:
+            return "futile"
+    return None
+
+
+def validate_stop(raw: object) -> dict | None:
+    """The request's stopping rule: null (fixed protocol) or its parameters."""
+    if raw is None:
+        return None
+
+    def bad(message: str) -> AgentFailure:
+        return AgentFailure("bad_request", f"stopping rule: {message}", EXIT_BAD_REQUEST)
+
+    if not isinstance(raw, dict):
+        raise bad(f"must be null or an object, got {raw!r}")
+    out = {}
+    for name, lo, hi in (("target_rel_width", 0.0, 1.0), ("confidence", 0.5, 1.0)):
+        value = raw.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not lo < value < hi:
+            raise bad(f"{name} must be a number in ({lo:g}, {hi:g}), got {value!r}")
+        out[name] = float(value)
+    for name in ("min_runs", "max_runs"):
+        value = raw.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(f"{name} must be an integer >= 1, got {value!r}")
+        out[name] = value
+    if out["max_runs"] < out["min_runs"]:
+        raise bad(f"max_runs {out['max_runs']} is below min_runs {out['min_runs']}")
+    seconds = raw.get("max_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise bad(f"max_seconds must be a number > 0, got {seconds!r}")
+    out["max_seconds"] = float(seconds)
+    factor = raw.get("futility")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not factor >= 1):
+        raise bad(f"futility must be null (off) or a factor >= 1, got {factor!r}")
+    out["futility"] = None if factor is None else float(factor)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +377,8 @@ def validate_request(req: object) -> dict:
            "rounds": _int_field(req, "rounds", 1),
            "graph_opt": req.get("graph_opt", "all"),
            "delegate": req.get("delegate", "xnnpack"),
-           "affinity": req.get("affinity")}
+           "affinity": req.get("affinity"),
+           "stop": validate_stop(req.get("stop"))}
     if out["graph_opt"] not in GRAPH_OPTS:
         raise bad(f"unknown graph_opt {out['graph_opt']!r}; known: {', '.join(GRAPH_OPTS)}")
     if out["delegate"] not in DELEGATES:
@@ -229,12 +394,17 @@ def validate_request(req: object) -> dict:
     seen = set()
     for m in models:
         if (not isinstance(m, dict) or not isinstance(m.get("id"), str)
-                or not isinstance(m.get("path"), str) or not m["id"] or not m["path"]):
-            raise bad(f"each model must be {{'id': str, 'path': str}}, got {m!r}")
+                or not isinstance(m.get("path"), str) or not m["id"] or not m["path"]
+                or not isinstance(m.get("track", False), bool)):
+            raise bad(f"each model must be {{'id': str, 'path': str[, 'track': bool]}}, "
+                      f"got {m!r}")
         if m["id"] in seen:
             raise bad(f"duplicate model id {m['id']!r}")
         seen.add(m["id"])
-    out["models"] = [{"id": m["id"], "path": m["path"]} for m in models]
+    # A tracked model (the reference probe) is measured in every round while any other model
+    # is still being measured, so it samples the device's speed over the whole batch.
+    out["models"] = [{"id": m["id"], "path": m["path"], "track": m.get("track", False)}
+                     for m in models]
     return out
 
 
@@ -303,6 +473,113 @@ class OrtBackend:
         return lambda: run(None, feeds)
 
 
+class OrtCudaBackend(OrtBackend):
+    """ONNX Runtime's CUDA execution provider. Inputs and outputs are bound on the GPU (IO
+    binding), so a timed call is the device work without host<->device copies; ORT synchronises
+    the CUDA stream at the end of each run, so the host clock sees the finished work."""
+
+    name = "onnxruntime-cuda"
+
+    def __init__(self, req: dict) -> None:
+        reason = cuda_unavailable(self.name)
+        if reason is not None:
+            raise AgentFailure("runtime_missing", reason, EXIT_RUNTIME_MISSING)
+        super().__init__(req)
+        providers = self.ort.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            raise AgentFailure("runtime_missing", f"runtime {self.name} unavailable: onnxruntime "
+                               f"{self.version} has no CUDAExecutionProvider (it has "
+                               f"{', '.join(providers)}; install onnxruntime-gpu)",
+                               EXIT_RUNTIME_MISSING)
+
+    def load(self, path: str, rng):
+        ort = self.ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.req["threads"]
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.req["graph_opt"]]
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(path, sess_options=opts,
+                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if sess.get_providers()[:1] != ["CUDAExecutionProvider"]:
+            raise RuntimeError(f"ONNX Runtime did not enable the CUDA provider for {path} "
+                               f"(session providers: {sess.get_providers()})")
+        binding = sess.io_binding()
+        for inp in sess.get_inputs():
+            if inp.type not in ORT_TYPES:
+                raise ValueError(f"input {inp.name} has unsupported type {inp.type}")
+            array = random_array(rng, inp.shape, ORT_TYPES[inp.type])
+            binding.bind_ortvalue_input(inp.name,
+                                        ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for out in sess.get_outputs():
+            binding.bind_output(out.name, "cuda", 0)
+        run = sess.run_with_iobinding
+        return lambda: run(binding)
+
+
+def load_exported(torch, path: str, device: str):
+    """(module on `device`, input shapes) from a .pt2 file written by latbench's exporter."""
+    extra = {"latbench.json": ""}
+    program = torch.export.load(path, extra_files=extra)
+    try:
+        shapes = json.loads(extra["latbench.json"])["input_shapes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} has no latbench.json with input_shapes") from exc
+    move = getattr(getattr(torch.export, "passes", None), "move_to_device_pass", None)
+    if move is not None:
+        return move(program, device).module(), shapes
+    return program.module().to(device), shapes
+
+
+class TorchCudaBackend:
+    """PyTorch exported programs (.pt2) on a CUDA GPU, timed with CUDA events (the GPU's own
+    clock): the callable returns the elapsed milliseconds between an event recorded before and
+    one after the forward pass, so host-side launch jitter is not counted."""
+
+    name = "torch-cuda"
+    self_timed = True
+
+    def __init__(self, req: dict) -> None:
+        reason = cuda_unavailable(self.name)
+        if reason is not None:
+            raise AgentFailure("runtime_missing", reason, EXIT_RUNTIME_MISSING)
+        try:
+            import torch
+        except Exception as exc:  # any import failure means "missing"
+            raise AgentFailure("runtime_missing", f"runtime torch-cuda cannot import torch: "
+                               f"{type(exc).__name__}: {exc}", EXIT_RUNTIME_MISSING) from exc
+        if not torch.cuda.is_available():
+            raise AgentFailure("runtime_missing", f"runtime {self.name} unavailable: no CUDA "
+                               f"device usable by torch {torch.__version__} "
+                               "(torch.cuda.is_available() is False)", EXIT_RUNTIME_MISSING)
+        torch.set_num_threads(req["threads"])
+        self.torch = torch
+        self.version = torch.__version__
+        self.req = req
+
+    def load(self, path: str, rng):
+        torch = self.torch
+        module, shapes = load_exported(torch, path, "cuda")
+        inputs = [torch.from_numpy(random_array(rng, shape, "float32")).cuda()
+                  for shape in shapes]
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+
+        def run() -> float:
+            with torch.inference_mode():
+                start.record()
+                module(*inputs)
+                end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+
+        return run
+
+
 class LiteRTBackend:
     name = "litert"
 
@@ -344,7 +621,8 @@ class LiteRTBackend:
         return interp.invoke
 
 
-BACKENDS = {"onnxruntime": OrtBackend, "litert": LiteRTBackend}
+BACKENDS = {"onnxruntime": OrtBackend, "litert": LiteRTBackend,
+            "onnxruntime-cuda": OrtCudaBackend, "torch-cuda": TorchCudaBackend}
 
 
 def error_text(exc: BaseException) -> str:
@@ -352,11 +630,33 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+def time_calls(run, count: int, self_timed: bool, clock) -> list[float]:
+    """`count` timed calls in ms: the host clock around each call, or what a self-timed backend
+    (device events) returns."""
+    samples = [0.0] * count
+    if self_timed:
+        for i in range(count):
+            samples[i] = float(run())
+        return samples
+    for i in range(count):
+        t0 = clock()
+        run()
+        samples[i] = (clock() - t0) / 1e6
+    return samples
+
+
 def measure(req: dict, base_dir: str) -> dict:
     """Load every model, warm each up, then time them in interleaved rounds.
 
     Interleaving spreads slow drifts (thermal throttling, a noisy neighbour) over all models of
     the batch instead of biasing whichever model happened to run during the drift.
+
+    Fixed protocol (no "stop" in the request): `rounds` rounds of `runs` calls per model. With
+    a stopping rule: rounds of `runs` calls continue over the models that are not done yet; a
+    model is done once it has min_runs samples and the confidence interval of its median is
+    within the target relative width, or when it hits max_runs or max_seconds. Tracked models
+    (the reference probe) keep going while any other model does. Each result then says why it
+    stopped and the width it achieved.
     """
     import numpy as np
 
@@ -372,6 +672,7 @@ def measure(req: dict, base_dir: str) -> dict:
     rng = np.random.default_rng(0)
     results = []
     runners = {}
+    tracked = {m["id"] for m in req["models"] if m.get("track")}
     for m in req["models"]:
         results.append({"id": m["id"], "status": "ok", "samples_ms": [], "error": ""})
         path = m["path"] if os.path.isabs(m["path"]) else os.path.join(base_dir, m["path"])
@@ -384,6 +685,7 @@ def measure(req: dict, base_dir: str) -> dict:
     def fail(model_id: str, stage: str, exc: BaseException) -> None:
         by_id[model_id].update(status="failed", samples_ms=[],
                                error=f"{stage} failed: {error_text(exc)}")
+        by_id[model_id].pop("stop", None)
         runners.pop(model_id, None)
 
     for model_id, run in list(runners.items()):
@@ -396,21 +698,22 @@ def measure(req: dict, base_dir: str) -> dict:
     facts_before = dynamic_facts(cpu)
     clock = time.perf_counter_ns
     runs = req["runs"]
+    rule = req.get("stop")
+    self_timed = bool(getattr(backend, "self_timed", False))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not model latency
     try:
-        for _ in range(req["rounds"]):
-            for model_id, run in list(runners.items()):
-                samples = [0.0] * runs
-                try:
-                    for i in range(runs):
-                        t0 = clock()
-                        run()
-                        samples[i] = (clock() - t0) / 1e6
-                except Exception as exc:
-                    fail(model_id, "run", exc)
-                    continue
-                by_id[model_id]["samples_ms"].append(samples)
+        if rule is None:
+            for _ in range(req["rounds"]):
+                for model_id, run in list(runners.items()):
+                    try:
+                        samples = time_calls(run, runs, self_timed, clock)
+                    except Exception as exc:
+                        fail(model_id, "run", exc)
+                        continue
+                    by_id[model_id]["samples_ms"].append(samples)
+        else:
+            measure_until_stop(runners, by_id, tracked, rule, runs, self_timed, clock, fail)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -418,8 +721,53 @@ def measure(req: dict, base_dir: str) -> dict:
     return {"status": "ok", "agent_version": AGENT_VERSION, "runtime": req["runtime"],
             "runtime_version": backend.version,
             "settings": {k: req[k] for k in ("threads", "warmup", "runs", "rounds",
-                                              "graph_opt", "delegate", "affinity")},
+                                              "graph_opt", "delegate", "affinity", "stop")},
             "facts_before": facts_before, "facts_after": facts_after, "results": results}
+
+
+def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, runs: int,
+                       self_timed: bool, clock, fail) -> None:
+    """Interleaved rounds under a stopping rule (see `measure`); fills each result's samples
+    and its "stop" entry {"reason", "n", "ci_rel_width", "seconds"}."""
+    pooled = {model_id: [] for model_id in runners}
+    seconds = {model_id: 0.0 for model_id in runners}
+    active = list(runners)
+    first = True  # every model gets at least one round, tracked ones included
+    while first or any(model_id not in tracked for model_id in active):
+        first = False
+        for model_id in list(active):
+            run = runners.get(model_id)
+            if run is None:  # failed meanwhile
+                active.remove(model_id)
+                continue
+            is_tracked = model_id in tracked
+            count = runs if is_tracked else min(runs, rule["max_runs"] - len(pooled[model_id]))
+            t0 = clock()
+            try:
+                samples = time_calls(run, count, self_timed, clock)
+            except Exception as exc:
+                fail(model_id, "run", exc)
+                active.remove(model_id)
+                continue
+            seconds[model_id] += (clock() - t0) / 1e9
+            by_id[model_id]["samples_ms"].append(samples)
+            pooled[model_id].extend(samples)
+            reason = None if is_tracked else stop_reason(pooled[model_id], seconds[model_id],
+                                                         rule)
+            if reason is not None:
+                active.remove(model_id)
+                by_id[model_id]["stop"] = stop_entry(reason, pooled[model_id], seconds[model_id],
+                                                     rule)
+    for model_id in active:  # tracked models: stopped because every other model stopped
+        by_id[model_id]["stop"] = stop_entry("tracked", pooled[model_id], seconds[model_id],
+                                             rule)
+
+
+def stop_entry(reason: str, samples: list, seconds: float, rule: dict) -> dict:
+    width = ci_rel_width(samples, rule["confidence"])
+    return {"reason": reason, "n": len(samples),
+            "ci_rel_width": width if math.isfinite(width) else None,
+            "seconds": round(seconds, 6)}
 
 
 # --------------------------------------------------------------------------------------------

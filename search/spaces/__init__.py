@@ -1,8 +1,8 @@
-"""Search spaces: a registry of layer-wise spaces (importing this package registers them)."""
+"""Search spaces: a registry of spaces (importing this package registers them)."""
 
 from __future__ import annotations
 
-from search.spaces import nasbench_macro, proxyless  # noqa: F401  (registers the spaces)
+from search.spaces import nasbench201, nasbench_macro, proxyless  # noqa: F401  (registers them)
 from search.spaces.base import SPACES, Arch, SearchSpace, get_space, register_space
 
 __all__ = ["SPACES", "Arch", "SearchSpace", "get_space", "register_space"]

@@ -31,6 +31,9 @@ class SearchSpace(ABC):
 
     name: str = ""
     input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)
+    # A chain space's network is exactly its kernels one after another (measured from
+    # `bench.export.graph.chain_graph`); a cell space (a DAG) is measured from its ONNX export.
+    is_chain: bool = True
 
     @property
     @abstractmethod
@@ -57,8 +60,53 @@ class SearchSpace(ABC):
     def to_torch(self, arch: Arch, num_classes: int = 10) -> Any:
         """A PyTorch module of the architecture (torch imported inside)."""
 
+    def to_onnx(self, arch: Arch, module: Any = None) -> bytes:
+        """ONNX bytes of the architecture (of `module`, e.g. trained weights, if given)."""
+        from bench.export.from_torch import torch_to_onnx
+
+        return torch_to_onnx(self.to_torch(arch) if module is None else module,
+                             self.input_shape)
+
+    def supernet_body(self, mixed: Callable[[int, list[Any]], Any]) -> Any:
+        """The network with `mixed(layer, candidate_modules)` at every searchable layer (a
+        chain space: prefix kernels, one mixed operation per layer, suffix kernels)."""
+        import torch.nn as nn
+
+        from search.spaces.modules import chain_module, kernel_module
+
+        prefix, suffix = self.fixed_ops()
+        return nn.Sequential(*[kernel_module(s) for s in prefix],
+                             *[mixed(i, [chain_module(c) for c in self.candidates(i)])
+                               for i in range(self.n_layers)],
+                             *[kernel_module(s) for s in suffix])
+
+    def extract(self, body: Any, arch: Arch) -> Any:
+        """The architecture's network holding copies of the chosen candidates' weights, built
+        like `to_torch(arch)` (same modules, same state_dict keys)."""
+        import copy
+
+        import torch.nn as nn
+
+        self.check(arch)
+        modules: list[Any] = []
+        for child in body:
+            if hasattr(child, "candidates"):
+                modules.extend(child.candidates[arch.choices[child.layer]])
+            else:
+                modules.append(child)
+        return copy.deepcopy(nn.Sequential(*modules))
+
     def n_candidates(self, layer: int) -> int:
-        return len(self.candidates(layer))
+        return self.candidate_counts()[layer]
+
+    def candidate_counts(self) -> tuple[int, ...]:
+        """Candidates per layer, counted once: `check` runs for every architecture a search
+        encodes, and rebuilding each layer's kernels there made a 6,561-arch scan take seconds."""
+        counts = self.__dict__.get("_candidate_counts")
+        if counts is None:
+            counts = tuple(len(self.candidates(i)) for i in range(self.n_layers))
+            self._candidate_counts = counts
+        return counts
 
     @property
     def size(self) -> int:
@@ -70,8 +118,9 @@ class SearchSpace(ABC):
         if len(arch.choices) != self.n_layers:
             raise SearchError(f"{self.name} architectures have {self.n_layers} layers, got "
                               f"{len(arch.choices)}")
+        counts = self.candidate_counts()
         for layer, choice in enumerate(arch.choices):
-            if not 0 <= choice < self.n_candidates(layer):
+            if not 0 <= choice < counts[layer]:
                 raise SearchError(f"{self.name} layer {layer} has no candidate {choice}")
         return arch
 

@@ -1,6 +1,7 @@
 """ProxylessNAS / MobileNetV2 mobile space: per layer MBConv kernel 3/5/7 x expansion 3/6, plus
-skip where shapes allow (not on the first layer of a stage). Stages, width and input resolution
-are options, so the same space fits a phone at 224x224 or a small CPU at 96x96.
+skip where shapes allow (not on the first layer of a stage). Stages, width, input resolution and
+the kernel / expansion options are options, so the same space fits a phone at 224x224 or a
+small CPU at 96x96.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ class ProxylessSpace(SearchSpace):
 
     def __init__(self, resolution: int = 224, width_mult: float = 1.0,
                  stages: Sequence[Sequence[int]] = DEFAULT_STAGES, num_classes: int = 1000,
-                 act: str = "relu6") -> None:
+                 act: str = "relu6", kernels: Sequence[int] = KERNELS,
+                 expansions: Sequence[float] = EXPANSIONS) -> None:
         if resolution < 32 or resolution % 32:
             raise SearchError(f"proxyless resolution must be a multiple of 32, got {resolution}")
+        if not kernels or not expansions or any(k < 1 or k % 2 == 0 for k in kernels):
+            raise SearchError(f"proxyless needs odd kernel sizes and expansions, got {kernels} "
+                              f"and {expansions}")
         self.resolution = resolution
         self.num_classes = num_classes
         self.act = act
@@ -49,7 +54,7 @@ class ProxylessSpace(SearchSpace):
         self.stem_channels = _make_divisible(32 * width_mult)
         self.first_channels = _make_divisible(16 * width_mult)
         self.head_channels = 1280 if width_mult <= 1.0 else _make_divisible(1280 * width_mult)
-        self.options = [(k, e) for k in KERNELS for e in EXPANSIONS]
+        self.options = [(int(k), e) for k in kernels for e in expansions]
         self.layers: list[MBLayer] = []
         size = resolution // 2
         cin = self.first_channels

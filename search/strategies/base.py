@@ -25,12 +25,22 @@ def get_strategy(name: str, **options: Any) -> Any:
     if name not in STRATEGIES:
         raise ConfigError(f"unknown search strategy {name!r}; known: "
                           f"{', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**options)
+    try:
+        return STRATEGIES[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"search strategy {name!r} rejects its options "
+                          f"({', '.join(sorted(options)) or 'none'}): {exc}") from exc
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The winner of a search and how it was found."""
+    """The winner of a search and how it was found.
+
+    `accuracy` is the strategy's accuracy source: a benchmark table's accuracy (%), a test
+    accuracy (%) after training on the search data (supernet, successive halving), or a proxy
+    score. `queries` counts true-accuracy table look-ups; `module` is the winner's trained
+    network when the strategy trained one.
+    """
 
     strategy: str
     arch: str
@@ -40,3 +50,13 @@ class SearchResult:
     evaluated: int
     feasible: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    queries: int = 0
+    module: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the module and the history."""
+        return {"strategy": self.strategy, "arch": self.arch, "accuracy": self.accuracy,
+                "predicted_ms": self.predicted_ms, "budget_ms": self.budget_ms,
+                "evaluated": self.evaluated, "feasible": self.feasible, "queries": self.queries,
+                **self.info}

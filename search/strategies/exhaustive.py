@@ -34,4 +34,5 @@ class ExhaustiveSearch:
                               f"ms; the fastest is predicted at {latency.min():.3f} ms")
         best = int(np.flatnonzero(feasible)[np.argmax(acc[feasible])])
         return SearchResult(self.name, codes[best], float(acc[best]), float(latency[best]),
-                            float(budget_ms), len(archs), int(feasible.sum()))
+                            float(budget_ms), len(archs), int(feasible.sum()),
+                            queries=len(archs))

@@ -94,7 +94,7 @@ def test_settings_key() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"threads": 0}, "threads"), ({"runs": 0}, "runs"), ({"rounds": 1.5}, "rounds"),
     ({"warmup": -1}, "warmup"), ({"graph_opt": "O3"}, "graph_opt"),
-    ({"delegate": "gpu"}, "delegate"),
+    ({"delegate": "nnapi"}, "delegate"),
 ])
 def test_settings_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

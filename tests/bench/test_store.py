@@ -15,12 +15,15 @@ from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
 from bench.ops import OpSpec
 from bench.store import (
+    ADDED_COLUMNS,
     SCHEMA,
+    SCHEMA_VERSION,
     SPEC_FIELDS,
     LatencyDataset,
     LatencyRecord,
@@ -214,7 +217,7 @@ def test_interrupted_build_resumes_with_one_row_per_job(tmp_path):
     card = json.loads((root / "card.json").read_text())
     assert card["created"] == created and card["updated"] >= created
     assert card["resumed"] is True and card["flags"] == ["--quick"]
-    assert card["n_records"] == 40 and card["schema_version"] == 1
+    assert card["n_records"] == 40 and card["schema_version"] == SCHEMA_VERSION
 
 
 def test_garbage_left_while_a_writer_holds_the_lock_is_cleaned_by_the_next_append(tmp_path):
@@ -453,3 +456,75 @@ def test_read_only_copy_can_be_read(tmp_path, monkeypatch):
     assert not (root / ".lock").exists()
     with pytest.raises(DatasetError, match="lock file"):
         LatencyDataset.open(root).append(many_records(5))
+
+
+def test_files_written_before_added_columns_read_with_their_defaults(tmp_path):
+    """A part written by schema version 1 (no freq/raw_output/tool_flags columns) still reads,
+    and concatenates with new parts; the added columns take their documented defaults."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "ds"
+    ds = LatencyDataset.create(root, {})
+    old, new = many_records(2)
+    old_table = pa.Table.from_pylist([old.as_row()], schema=SCHEMA).drop_columns(
+        list(ADDED_COLUMNS))
+    pq.write_table(old_table, root / "records" / "part-00000000000000000001-old.parquet")
+    new = LatencyRecord.from_row({**new.as_row(), "raw_output": "count=3 first=1", "tool_flags":
+                                  "--num_runs=3", "freq_before_khz": 1.8e6})
+    assert ds.append([new]) == 1
+    frame = ds.records().set_index("job_key")
+    assert len(frame) == 2 and list(frame.reset_index().columns) == SCHEMA.names
+    assert frame.loc[old.job_key, "raw_output"] == "" and frame.loc[old.job_key, "tool_flags"] == ""
+    assert math.isnan(frame.loc[old.job_key, "freq_after_khz"])
+    assert frame.loc[new.job_key, "raw_output"] == "count=3 first=1"
+    assert frame.loc[new.job_key, "freq_before_khz"] == 1.8e6
+
+
+# Columns of schema version 3 (measurement fidelity) and how files without them read.
+FIDELITY_DEFAULTS = {"ci_rel_width": math.nan, "stop_reason": "", "drift_ratio": math.nan,
+                     "drift_flag": None, "min_corrected_ms": math.nan,
+                     "median_corrected_ms": math.nan, "mean_corrected_ms": math.nan,
+                     "p90_corrected_ms": math.nan, "bimodality": math.nan, "bimodal": None,
+                     "tail_ratio": math.nan, "heavy_tail": None, "samples_ms": None}
+
+
+def test_fidelity_columns_round_trip_and_old_files_read_as_unknown(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    assert SCHEMA_VERSION == 3
+    assert {k: ADDED_COLUMNS[k] for k in FIDELITY_DEFAULTS}.keys() == FIDELITY_DEFAULTS.keys()
+    assert SCHEMA.field("samples_ms").type == pa.list_(pa.float64())
+    root = tmp_path / "ds"
+    ds = LatencyDataset.create(root, {})
+    old, new = many_records(2)
+    # a part written before version 3: none of the fidelity columns
+    v2 = pa.Table.from_pylist([old.as_row()], schema=SCHEMA).drop_columns(list(FIDELITY_DEFAULTS))
+    pq.write_table(v2, root / "records" / "part-00000000000000000001-v2.parquet")
+    new = LatencyRecord.from_row({
+        **new.as_row(), "ci_rel_width": 0.015, "stop_reason": "converged", "drift_ratio": 1.2,
+        "drift_flag": True, "min_corrected_ms": 0.5, "bimodality": 0.7, "bimodal": True,
+        "tail_ratio": 1.8, "heavy_tail": True, "samples_ms": np.array([0.6, 0.61, 0.7])})
+    assert new.samples_ms == (0.6, 0.61, 0.7)  # numpy in, plain floats out
+    assert ds.append([new]) == 1
+    frame = ds.records().set_index("job_key")
+    got_old, got_new = frame.loc[old.job_key], frame.loc[new.job_key]
+    for column, default in FIDELITY_DEFAULTS.items():
+        value = got_old[column]
+        if isinstance(default, float):
+            assert math.isnan(value), column
+        elif default is None:
+            assert value is None or value is pd.NA, column
+        else:
+            assert value == default, column
+    assert got_new["stop_reason"] == "converged" and bool(got_new["drift_flag"]) is True
+    assert list(got_new["samples_ms"]) == [0.6, 0.61, 0.7]
+    assert math.isnan(got_new["median_corrected_ms"])
+    # a record read back from the frame is the same record
+    back = LatencyRecord.from_row(frame.reset_index().set_index("job_key", drop=False)
+                                  .loc[new.job_key])
+    assert back.samples_ms == new.samples_ms and back.bimodal is True
+    assert LatencyRecord.from_row(got_old.to_dict() | {"job_key": old.job_key}).samples_ms \
+        is None
+    with pytest.raises(DatasetError, match="samples_ms"):
+        LatencyRecord.from_row({**new.as_row(), "samples_ms": ["fast"]})

@@ -58,7 +58,8 @@ def test_agent_imports_nothing_of_latbench() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules.add(node.module.split(".")[0])
-    allowed_third_party = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime"}
+    # torch is the torch-cuda runtime's, imported only by that backend
+    allowed_third_party = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "torch"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     assert modules - stdlib <= allowed_third_party, modules - stdlib
 
@@ -89,7 +90,12 @@ def test_facts(script: Path, tmp_path: Path) -> None:
     assert facts["numpy"] == numpy.__version__
     assert facts["runtimes"]["onnxruntime"] == onnxruntime.__version__
     assert isinstance(facts["runtimes"]["ai_edge_litert"], str)
-    assert set(facts["runtimes"]) == {"onnxruntime", "ai_edge_litert", "tflite_runtime"}
+    assert set(facts["runtimes"]) == {"onnxruntime", "ai_edge_litert", "tflite_runtime", "torch"}
+    import torch
+
+    assert facts["runtimes"]["torch"] == torch.__version__.split("+")[0] or \
+        facts["runtimes"]["torch"] == torch.__version__
+    assert facts["cuda_devices"] == []  # this machine has no GPU
     assert facts["work_dir"] == str(tmp_path)
     assert isinstance(facts["free_bytes"], int) and facts["free_bytes"] > 0
 

@@ -1,0 +1,274 @@
+"""Fusion rules by measurement: which (producer, follower) op pairs a runtime runs as one kernel.
+
+Whether ONNX Runtime fuses Conv+HardSwish, or LiteRT's XNNPACK fuses Add+ReLU6, depends on the
+runtime, its version and the device; guessing wrong makes a network's kernels either double-count
+a fused activation or miss an unfused one. So the rules are measured: for each pair, time A
+alone, B alone and the two-op graph A->B (each minus the per-call overhead measured in the same
+batch), and call the pair fused when
+
+    T_A + T_B - T_AB > alpha * min(T_A, T_B)
+
+i.e. chaining them saves most of the cheaper op (alpha = 0.5 by default). Each pair is measured
+at a few shapes and decided on the median saving. The rules are data (`FusionRules.to_json`),
+stored in the dataset card under "fusion"; the predictor's ONNX-to-kernels split reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.campaign import CampaignConfig, ProgressSink, Subject, measure_into_dataset
+from bench.export.graph import GraphBuilder, LayerGraph, emit_spec
+from bench.ops import ACTIVATIONS, OpSpec
+from bench.stats import DEFAULT_STATISTIC
+from bench.store import LatencyDataset
+from device_agents import Device
+from latbench.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALPHA = 0.5
+RESOLUTION_MS = 0.002  # below this a kernel time after the call overhead is noise
+FOLLOWER_ACTS = tuple(a for a in ACTIVATIONS if a != "none")
+PRODUCERS = ("conv", "dwconv", "linear", "add")
+FAMILY = "fusion"
+
+
+@dataclass(frozen=True)
+class FusionPair:
+    """Producer kernel `a` (its activation "none") followed by `b`: an "act" kernel, or an
+    "add" of a's output with a second input (a residual)."""
+
+    a: OpSpec
+    b: OpSpec
+
+    def __post_init__(self) -> None:
+        if self.a.act != "none":
+            raise ConfigError(f"fusion producer {self.a.key()} must have no activation")
+        if self.b.kind not in ("act", "add"):
+            raise ConfigError(f"fusion follower must be an act or add kernel, got {self.b.key()}")
+        if self.b.kind == "add" and self.b.act != "none":
+            raise ConfigError(f"fusion follower add must have no activation: {self.b.key()}")
+
+    @property
+    def rule(self) -> tuple[str, str]:
+        """(producer kind, follower): the follower is an activation name or "add"."""
+        return self.a.kind, self.b.act if self.b.kind == "act" else "add"
+
+    @property
+    def key(self) -> str:
+        return f"{FAMILY}:{self.a.key()}|{self.b.key()}"
+
+    def graph(self, seed: int = 0) -> LayerGraph:
+        """The two-op model A->B (for an add follower, a's output plus a second input)."""
+        builder = GraphBuilder(np.random.default_rng(seed))
+        if self.a.kind == "add":
+            x = builder.add(builder.input(self.a.input_shape), builder.input(self.a.input_shape))
+        else:
+            x = emit_spec(builder, self.a, builder.input(self.a.input_shape))
+        if self.b.kind == "act":
+            y = builder.act(x, self.b.act)
+        else:
+            y = builder.add(x, builder.input(builder.shapes[x]))
+        return builder.finish(y)
+
+
+def _follower(a: OpSpec, follower: str) -> OpSpec:
+    n, c = a.batch, a.out_c
+    h, w = (1, 1) if a.kind == "linear" else (a.out_h, a.out_w)
+    if follower == "add":
+        return OpSpec("add", h=h, w=w, cin=c, batch=n)
+    return OpSpec("act", h=h, w=w, cin=c, act=follower, batch=n)
+
+
+# Producer shapes each pair is measured at: small, medium and large maps, so a rule does not
+# hinge on one shape where the kernel is overhead-bound.
+_SHAPES: dict[str, tuple[dict[str, int], ...]] = {
+    "conv": ({"h": 56, "w": 56, "cin": 16, "cout": 16, "kernel": 1},
+             {"h": 28, "w": 28, "cin": 32, "cout": 32, "kernel": 3},
+             {"h": 14, "w": 14, "cin": 96, "cout": 96, "kernel": 1}),
+    "dwconv": ({"h": 56, "w": 56, "cin": 32, "kernel": 3},
+               {"h": 28, "w": 28, "cin": 96, "kernel": 3},
+               {"h": 14, "w": 14, "cin": 192, "kernel": 5}),
+    "linear": ({"cin": 256, "cout": 256}, {"cin": 1024, "cout": 512},
+               {"cin": 1280, "cout": 1000}),
+    "add": ({"h": 56, "w": 56, "cin": 24}, {"h": 28, "w": 28, "cin": 64},
+            {"h": 14, "w": 14, "cin": 160}),
+}
+
+
+def default_pairs(producers: Sequence[str] = PRODUCERS,
+                  followers: Sequence[str] = (*FOLLOWER_ACTS, "add")) -> list[FusionPair]:
+    """Every producer x follower pair at the default shapes (conv/dwconv + add included;
+    linear + add and add + add are not kernels anyone fuses and are skipped)."""
+    pairs = []
+    for producer in producers:
+        if producer not in _SHAPES:
+            raise ConfigError(f"no fusion shapes for producer {producer!r}; known: "
+                              f"{', '.join(_SHAPES)}")
+        for follower in followers:
+            if follower == "add" and producer in ("linear", "add"):
+                continue
+            if follower != "add" and follower not in FOLLOWER_ACTS:
+                raise ConfigError(f"unknown fusion follower {follower!r}")
+            for shape in _SHAPES[producer]:
+                a = OpSpec(producer, **shape)
+                pairs.append(FusionPair(a, _follower(a, follower)))
+    return pairs
+
+
+def pair_subjects(pairs: Sequence[FusionPair], seed: int = 0) -> list[Subject]:
+    """What to measure: every distinct A and B as an op, and every A->B as a network."""
+    subjects: dict[str, Subject] = {}
+    for pair in pairs:
+        for spec in (pair.a, pair.b):
+            subjects.setdefault(spec.key(), Subject.op(spec, seed))
+        subjects.setdefault(pair.key, Subject(pair.key, "network", FAMILY,
+                                              graph=lambda p=pair: p.graph(seed)))
+    return list(subjects.values())
+
+
+@dataclass(frozen=True)
+class PairEvidence:
+    producer: str
+    follower: str
+    a: str
+    b: str
+    t_a_ms: float
+    t_b_ms: float
+    t_ab_ms: float
+
+    @property
+    def saving(self) -> float:
+        """(T_A + T_B - T_AB) / min(T_A, T_B): 1 = B is free after A, 0 = no saving."""
+        return (self.t_a_ms + self.t_b_ms - self.t_ab_ms) / min(self.t_a_ms, self.t_b_ms)
+
+
+@dataclass
+class FusionRules:
+    """Measured rules: the fused (producer, follower) pairs, and the evidence behind them."""
+
+    alpha: float
+    fused: frozenset[tuple[str, str]]
+    tested: frozenset[tuple[str, str]]
+    evidence: list[PairEvidence] = field(default_factory=list)
+    statistic: str = DEFAULT_STATISTIC
+    device: str = ""
+    runtime: str = ""
+    settings: str = ""
+
+    def savings(self) -> dict[tuple[str, str], float]:
+        """Median saving per tested pair (what the decision used)."""
+        by_rule: dict[tuple[str, str], list[float]] = {}
+        for e in self.evidence:
+            by_rule.setdefault((e.producer, e.follower), []).append(e.saving)
+        return {rule: statistics.median(v) for rule, v in sorted(by_rule.items())}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha, "statistic": self.statistic, "device": self.device,
+            "runtime": self.runtime, "settings": self.settings,
+            "fused": sorted([list(r) for r in self.fused]),
+            "tested": sorted([list(r) for r in self.tested]),
+            "savings": [[p, f, round(s, 4)] for (p, f), s in self.savings().items()],
+            "evidence": [{"producer": e.producer, "follower": e.follower, "a": e.a, "b": e.b,
+                          "t_a_ms": e.t_a_ms, "t_b_ms": e.t_b_ms, "t_ab_ms": e.t_ab_ms}
+                         for e in self.evidence],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FusionRules:
+        try:
+            return cls(
+                alpha=float(raw["alpha"]),
+                fused=frozenset((str(p), str(f)) for p, f in raw["fused"]),
+                tested=frozenset((str(p), str(f)) for p, f in raw["tested"]),
+                evidence=[PairEvidence(e["producer"], e["follower"], e["a"], e["b"],
+                                       float(e["t_a_ms"]), float(e["t_b_ms"]),
+                                       float(e["t_ab_ms"])) for e in raw.get("evidence", [])],
+                statistic=str(raw.get("statistic", DEFAULT_STATISTIC)),
+                device=str(raw.get("device", "")), runtime=str(raw.get("runtime", "")),
+                settings=str(raw.get("settings", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"fusion rules are malformed: {exc}") from exc
+
+
+def decide(pairs: Sequence[FusionPair], kernel_ms: Mapping[str, float],
+           alpha: float = DEFAULT_ALPHA, resolution_ms: float = RESOLUTION_MS) -> FusionRules:
+    """Rules from kernel times (subject key -> ms after the per-call overhead).
+
+    A pair is fused when its median saving over the measured shapes exceeds `alpha`. A shape
+    where the cheaper op takes less than `resolution_ms` says nothing (its saving is timing
+    noise divided by almost zero - e.g. an activation on a linear layer's 1000 outputs) and is
+    dropped; a pair left without evidence, or with a missing measurement, is not in `tested`
+    and the kernel split keeps its default for it (it hardly matters for latency anyway).
+    """
+    if not 0 < alpha < 2:
+        raise ConfigError(f"fusion alpha must be in (0, 2), got {alpha}")
+    evidence = []
+    for pair in pairs:
+        times = [kernel_ms.get(k) for k in (pair.a.key(), pair.b.key(), pair.key)]
+        if any(t is None for t in times):
+            log.warning("fusion pair %s lacks a measurement; skipped", pair.key)
+            continue
+        t_a, t_b, t_ab = (float(t) for t in times)  # type: ignore[arg-type]
+        if min(t_a, t_b) < resolution_ms:
+            log.info("fusion pair %s: cheaper op below %g ms; not evidence", pair.key,
+                     resolution_ms)
+            continue
+        evidence.append(PairEvidence(*pair.rule, pair.a.key(), pair.b.key(), t_a, t_b, t_ab))
+    rules = FusionRules(alpha, frozenset(), frozenset(), evidence)
+    savings = rules.savings()
+    rules.tested = frozenset(savings)
+    rules.fused = frozenset(rule for rule, s in savings.items() if s > alpha)
+    return rules
+
+
+def detect_fusion(pairs: Sequence[FusionPair],
+                  measure: Callable[[Sequence[Subject]], Mapping[str, float]],
+                  alpha: float = DEFAULT_ALPHA) -> FusionRules:
+    """Measure every pair's subjects with `measure` (subjects -> key -> kernel ms) and decide."""
+    return decide(pairs, measure(pair_subjects(pairs)), alpha)
+
+
+def kernel_times(records: Any, statistic: str = DEFAULT_STATISTIC) -> dict[str, float]:
+    """Subject key -> statistic minus the per-call overhead of its batch, from dataset records."""
+    ok = records[records["status"] == "ok"]
+    overhead = ok["overhead_ms"].astype(float).fillna(0.0)
+    values = (ok[statistic].astype(float) - overhead).clip(lower=1e-6)
+    return dict(zip(ok["key"], values, strict=True))
+
+
+def measure_fusion(device: Device, runtime: str, out: Path, config: CampaignConfig | None = None,
+                   alpha: float = DEFAULT_ALPHA, statistic: str = DEFAULT_STATISTIC,
+                   pairs: Sequence[FusionPair] | None = None,
+                   progress: ProgressSink | None = None) -> FusionRules:
+    """Measure the pairs on `device` into the dataset at `out` (created or resumed; it may be
+    the operator dataset itself) and store the rules in its card under "fusion"."""
+    config = config or CampaignConfig()
+    pairs = list(pairs or default_pairs())
+    subjects = pair_subjects(pairs)
+    summary = measure_into_dataset(subjects, device, runtime, Path(out), config,
+                                   card={}, progress=progress)
+    if summary.failed:
+        log.warning("%d fusion measurements failed on %s/%s", summary.failed, device.name,
+                    runtime)
+    dataset = LatencyDataset.open(out)
+    records = dataset.records()
+    settings = config.settings.key(runtime)
+    records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
+                      & (records["settings"] == settings)]
+    if records.empty:
+        raise DatasetError(f"no fusion measurements of {device.name}/{runtime} in {out}")
+    rules = decide(pairs, kernel_times(records, statistic), alpha)
+    rules.statistic, rules.device, rules.runtime, rules.settings = (statistic, device.name,
+                                                                     runtime, settings)
+    dataset.update_card(fusion=rules.to_json())
+    return rules

@@ -1,0 +1,305 @@
+"""Runners that drive a native benchmark tool on the device instead of the Python agent.
+
+`tflite-benchmark-model` runs TFLite's `benchmark_model` (Android phones, boards without
+Python); `onnxruntime-perf-test` runs `onnxruntime_perf_test`. The user's binary (its local path
+is in the fleet inventory) is pushed with the models of a batch, run once per model and round
+(rounds interleave the models, as the agent does, so a slow phase spreads over all of them),
+its output parsed by the pure parsers in device_agents.tools, and the batch dir removed.
+
+What a record holds, since a tool reports statistics rather than samples:
+- min_ms: the smallest run; mean_ms: the mean over all runs; std_ms: the pooled standard
+  deviation of all runs (from the tool's per-round figures, as a sample std);
+- median_ms: the tool's median (benchmark_model prints one only in newer versions, as
+  "median="; onnxruntime_perf_test as "P50 Latency"), the median of the rounds' medians when
+  there are several rounds, NaN when the tool prints none; p90_ms: likewise ("P90 Latency"),
+  NaN for benchmark_model; round_min_median_ms: the best round's median, or NaN;
+- raw_output: the tool's untouched output of every round; tool_flags: the exact flags.
+The per-call overhead probe's median (its mean where the tool gives no median) is the batch's
+overhead_ms, as for agent runs. Temperatures and CPU clock are read through the shell before and
+after each batch. CPU affinity is applied with `taskset`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.export.graph import LayerGraph, spec_graph
+from bench.runners.base import (
+    CLEANUP_TIMEOUT_S,
+    OVERHEAD_ID,
+    PROBES,
+    REFERENCE_ID,
+    BatchResult,
+    Measurement,
+    ModelFile,
+    RunSettings,
+    register_runner,
+)
+from bench.stats import Stats
+from device_agents import Device
+from device_agents.facts import dynamic_facts
+from device_agents.tools import TOOL_RUNTIMES
+from latbench.errors import ConfigError, ParseError, RunnerError, TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundFigures:
+    """One tool run's figures in ms; NaN where the tool does not report one."""
+
+    n: int
+    min_ms: float
+    mean_ms: float
+    std_ms: float  # population std, as tools report it
+    median_ms: float = math.nan
+    p90_ms: float = math.nan
+
+
+def combine_rounds(rounds: Sequence[RoundFigures]) -> tuple[Stats, float]:
+    """Pool several runs' figures: (Stats, best round's median or NaN). See the module doc."""
+    if not rounds:
+        raise ParseError("no rounds to combine")
+    n = sum(r.n for r in rounds)
+    mean = sum(r.n * r.mean_ms for r in rounds) / n
+    pop_var = sum(r.n * (r.std_ms ** 2 + (r.mean_ms - mean) ** 2) for r in rounds) / n
+    std = math.sqrt(pop_var * n / (n - 1)) if n > 1 else 0.0
+
+    def middle(values: list[float]) -> float:
+        return statistics.median(values) if values and all(math.isfinite(v) for v in values) \
+            else math.nan
+
+    medians = [r.median_ms for r in rounds]
+    mins = [r.min_ms for r in rounds]
+    stats = Stats(median_ms=middle(medians),
+                  min_ms=min(mins) if all(math.isfinite(m) for m in mins) else math.nan,
+                  mean_ms=mean, std_ms=std, p90_ms=middle([r.p90_ms for r in rounds]), n_runs=n)
+    best = min(medians) if all(math.isfinite(m) for m in medians) else math.nan
+    return stats, best
+
+
+class NativeToolRunner:
+    """Shared host side of tool-based runtimes. Subclasses set `suffix` and `tool` and
+    implement `export`, `flags` (-> object with argv(binary, model) and text()) and `figures`
+    (raw output -> RoundFigures, ParseError when the run failed)."""
+
+    name: ClassVar[str] = ""
+    suffix: ClassVar[str] = ""
+    tool: ClassVar[str] = ""
+    delegates: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self._probes: dict[str, bytes] = {}
+
+    def export(self, graph: LayerGraph) -> bytes:
+        raise NotImplementedError
+
+    def flags(self, settings: RunSettings, device: Device) -> Any:
+        raise NotImplementedError
+
+    def figures(self, output: str) -> RoundFigures:
+        raise NotImplementedError
+
+    def probe_models(self) -> list[tuple[str, bytes]]:
+        if not self._probes:
+            self._probes = {pid: self.export(spec_graph(spec, seed=0))
+                            for pid, spec in PROBES.items()}
+        return list(self._probes.items())
+
+    def _prefix(self, device: Device) -> list[str]:
+        if not device.cpu_affinity:
+            return []
+        mask = sum(1 << cpu for cpu in device.cpu_affinity)
+        return ["taskset", format(mask, "x")]
+
+    def measure(self, device: Device, models: Sequence[ModelFile],
+                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
+        settings = settings or RunSettings(threads=device.threads)
+        if self.name not in device.runtimes:
+            raise RunnerError(f"runtime {self.name} is not listed for device {device.name} "
+                              f"(it has: {', '.join(device.runtimes) or 'none'})")
+        binary = device.tools.get(self.tool)
+        if not binary or not Path(binary).is_file():
+            raise RunnerError(f"runtime {self.name} on device {device.name} needs the local path "
+                              f"of its {self.tool} binary (fleet field {self.tool!r}); got "
+                              f"{binary!r}")
+        if self.delegates and settings.delegate not in self.delegates:
+            raise RunnerError(f"delegate {settings.delegate} is not available with {self.name}")
+        models = list(models)
+        if not models:
+            raise ConfigError(f"no models to measure on device {device.name}")
+        ids = [m.id for m in models]
+        if len(set(ids)) != len(ids) or set(ids) & set(PROBES):
+            raise ConfigError(f"model ids must be unique and not probe ids: {ids}")
+        flags = self.flags(settings, device)
+        deadline = time.monotonic() + timeout_s
+        transport = device.transport
+        remote_dir = posixpath.join(device.work_dir, f"batch-{uuid.uuid4().hex}")
+        remote_tool = posixpath.join(remote_dir, Path(binary).name)
+        cpu = device.cpu_affinity[0] if device.cpu_affinity else 0
+        items = [(m.id, m.data) for m in models] + self.probe_models()
+        outputs: dict[str, list[str]] = {i: [] for i, _ in items}
+        rounds: dict[str, list[RoundFigures]] = {i: [] for i, _ in items}
+        errors: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="latbench-tool-batch-") as tmp:
+            made = transport.run(["mkdir", "-p", remote_dir], CLEANUP_TIMEOUT_S)
+            if not made.ok:
+                raise RunnerError(f"creating {remote_dir} on device {device.name} failed: "
+                                  f"{made.stderr.strip()[-300:]}")
+            try:
+                transport.push(Path(binary), remote_tool)
+                chmod = transport.run(["chmod", "755", remote_tool], CLEANUP_TIMEOUT_S)
+                if not chmod.ok:
+                    raise RunnerError(f"cannot make {remote_tool} executable on device "
+                                      f"{device.name}: {chmod.stderr.strip()[-300:]}")
+                remote_models = []
+                for index, (model_id, data) in enumerate(items):
+                    local = Path(tmp) / f"m{index:04d}{self.suffix}"
+                    local.write_bytes(data)
+                    remote = posixpath.join(remote_dir, local.name)
+                    transport.push(local, remote)
+                    remote_models.append((model_id, remote))
+                facts_before = dynamic_facts(transport, cpu)
+                for round_index in range(settings.rounds):
+                    for model_id, remote in remote_models:
+                        if model_id in errors:
+                            continue
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TransportError(f"batch on device {device.name} ran past its "
+                                                 f"timeout of {timeout_s:g} s")
+                        argv = [*self._prefix(device), *flags.argv(remote_tool, remote)]
+                        result = transport.run(argv, remaining)
+                        text = result.stdout + ("\n" if result.stdout else "") + result.stderr
+                        outputs[model_id].append(f"--- round {round_index + 1} (exit "
+                                                 f"{result.returncode}) ---\n{text.strip()}")
+                        try:
+                            if not result.ok:
+                                raise ParseError(f"{self.tool} exited {result.returncode}")
+                            rounds[model_id].append(self.figures(text))
+                        except ParseError as exc:
+                            tail = " | ".join(text.strip().splitlines()[-3:])
+                            errors[model_id] = f"{exc} (output ends: {tail[-300:]!r})"
+                facts_after = dynamic_facts(transport, cpu)
+            finally:
+                self._cleanup(device, remote_dir)
+        flag_text = " ".join(filter(None, [" ".join(self._prefix(device)), flags.text()]))
+        measurements = {}
+        for model_id, _ in items:
+            raw = "\n".join(outputs[model_id])
+            if model_id in errors or not rounds[model_id]:
+                measurements[model_id] = Measurement(
+                    model_id, "failed", (), errors.get(model_id, "no output"), raw_output=raw,
+                    tool_flags=flag_text)
+                continue
+            stats, best = combine_rounds(rounds[model_id])
+            measurements[model_id] = Measurement(model_id, "ok", (), "", summary=stats,
+                                                 round_min_median=best, raw_output=raw,
+                                                 tool_flags=flag_text)
+        for pid in PROBES:
+            if measurements[pid].stats is None:
+                raise RunnerError(f"the {pid.strip('_')} probe model failed with {self.name} on "
+                                  f"device {device.name}: {measurements[pid].error}")
+        overhead = measurements[OVERHEAD_ID].stats
+        reference = rounds[REFERENCE_ID]
+        return BatchResult(
+            measurements=[measurements[i] for i in ids],
+            runtime=self.name,
+            runtime_version=_binary_version(self.tool, Path(binary)),
+            overhead_ms=overhead.median_ms if math.isfinite(overhead.median_ms)
+            else overhead.mean_ms,
+            reference_ms=min(r.median_ms if math.isfinite(r.median_ms) else r.mean_ms
+                             for r in reference),
+            facts_before=facts_before, facts_after=facts_after, device=device.name)
+
+    @staticmethod
+    def _cleanup(device: Device, remote_dir: str) -> None:
+        try:
+            result = device.transport.run(["rm", "-rf", remote_dir], CLEANUP_TIMEOUT_S)
+        except (TransportError, OSError) as exc:
+            log.warning("could not remove %s on device %s: %s", remote_dir, device.name, exc)
+            return
+        if not result.ok:
+            log.warning("could not remove %s on device %s: %s", remote_dir, device.name,
+                        result.stderr.strip())
+
+
+def _binary_version(tool: str, path: Path) -> str:
+    """Tools print no version, so the binary is named by its content: 'benchmark_model
+    sha256:0123456789ab'. Two datasets agree on it only if they used the very same binary."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{tool} sha256:{digest}"
+
+
+@register_runner("tflite-benchmark-model")
+class BenchmarkModelRunner(NativeToolRunner):
+    """TFLite models timed by the user's `benchmark_model` binary (delegate xnnpack, builtin
+    = --use_xnnpack=false, or gpu = --use_gpu=true)."""
+
+    suffix = ".tflite"
+    tool = TOOL_RUNTIMES["tflite-benchmark-model"]
+    delegates = ("xnnpack", "builtin", "gpu")
+
+    def export(self, graph: LayerGraph) -> bytes:
+        from bench.export.to_tflite import to_tflite
+
+        return to_tflite(graph)
+
+    def flags(self, settings: RunSettings, device: Device) -> Any:
+        from device_agents.tools.benchmark_model import BenchmarkModelFlags
+
+        return BenchmarkModelFlags(
+            num_threads=settings.threads, warmup_runs=settings.warmup, num_runs=settings.runs,
+            use_xnnpack=settings.delegate == "xnnpack", use_gpu=settings.delegate == "gpu",
+            extra=tuple(device.tool_args.get(self.tool, ())))
+
+    def figures(self, output: str) -> RoundFigures:
+        from device_agents.tools.benchmark_model import parse_benchmark_model
+
+        s = parse_benchmark_model(output).inference
+        return RoundFigures(n=s.count, min_ms=s.min_us / 1e3, mean_ms=s.avg_us / 1e3,
+                            std_ms=s.std_us / 1e3,
+                            median_ms=s.median_us / 1e3 if s.median_us is not None else math.nan)
+
+
+@register_runner("onnxruntime-perf-test")
+class PerfTestRunner(NativeToolRunner):
+    """ONNX models timed by the user's `onnxruntime_perf_test` binary (CPU provider). The tool
+    has no warm-up count: its untimed first inference is the only warm-up."""
+
+    suffix = ".onnx"
+    tool = TOOL_RUNTIMES["onnxruntime-perf-test"]
+
+    def export(self, graph: LayerGraph) -> bytes:
+        from bench.export.to_onnx import to_onnx
+
+        return to_onnx(graph)
+
+    def flags(self, settings: RunSettings, device: Device) -> Any:
+        from device_agents.tools.ort_perf_test import PerfTestFlags
+
+        return PerfTestFlags(threads=settings.threads, runs=settings.runs,
+                             graph_opt=settings.graph_opt,
+                             extra=tuple(device.tool_args.get(self.tool, ())))
+
+    def figures(self, output: str) -> RoundFigures:
+        from device_agents.tools.ort_perf_test import parse_perf_test
+
+        r = parse_perf_test(output)
+        nan = math.nan
+        return RoundFigures(n=r.requests, min_ms=r.min_ms if r.min_ms is not None else nan,
+                            mean_ms=r.average_ms, std_ms=nan,
+                            median_ms=r.p50_ms if r.p50_ms is not None else nan,
+                            p90_ms=r.p90_ms if r.p90_ms is not None else nan)

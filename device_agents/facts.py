@@ -1,0 +1,195 @@
+"""Device facts read with plain shell commands, for devices without Python (Android phones).
+
+The agent reports facts itself where Python runs; a phone only has a POSIX shell (mksh, toybox),
+so this module sends one fixed script (a constant: nothing user-given is pasted into it, the work
+dir travels as "$1") and parses its sectioned output with a pure parser. Every reading may be
+missing; a missing one is None, never an error. The result has the same keys as the agent's
+`facts` (os, kernel, machine, cpu_model, cores, governor, cur_freq_khz, temps_c, free_bytes,
+...), so tables and dataset cards treat both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from device_agents.transport import Transport, check_remote_path
+
+# One "@name" line starts each section; the text until the next marker is the section's value.
+SHELL_FACTS_SCRIPT = r"""
+echo @os; uname -s 2>/dev/null
+echo @kernel; uname -r 2>/dev/null
+echo @machine; uname -m 2>/dev/null
+echo @cpuinfo; cat /proc/cpuinfo 2>/dev/null
+echo @online; cat /sys/devices/system/cpu/online 2>/dev/null
+echo @cores; getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null
+echo @governor; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null
+echo @cur_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq 2>/dev/null
+echo @max_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq 2>/dev/null
+echo @temps
+for z in /sys/class/thermal/thermal_zone*; do
+  [ -r "$z/temp" ] || continue
+  t=$(cat "$z/temp" 2>/dev/null) || continue
+  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
+done
+echo @loadavg; cat /proc/loadavg 2>/dev/null
+echo @model; getprop ro.product.model 2>/dev/null
+echo @android; getprop ro.build.version.release 2>/dev/null
+echo @abi; getprop ro.product.cpu.abi 2>/dev/null
+echo @df; mkdir -p "$1" 2>/dev/null; df -kP "$1" 2>/dev/null || df -k "$1" 2>/dev/null
+echo @end
+"""
+
+# Before/after a batch: only what drifts (temperatures, the clock of the measured CPU, load).
+DYNAMIC_FACTS_SCRIPT = r"""
+echo @cur_freq; cat "/sys/devices/system/cpu/cpu$1/cpufreq/scaling_cur_freq" 2>/dev/null
+echo @temps
+for z in /sys/class/thermal/thermal_zone*; do
+  [ -r "$z/temp" ] || continue
+  t=$(cat "$z/temp" 2>/dev/null) || continue
+  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
+done
+echo @loadavg; cat /proc/loadavg 2>/dev/null
+echo @end
+"""
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """'@name' marker lines -> {name: text until the next marker} (stripped)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("@") and stripped[1:].replace("_", "").isalnum():
+            current = sections.setdefault(stripped[1:], [])
+            continue
+        if current is not None:
+            current.append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(str(text).strip().split()[0])
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def parse_cpu_model(cpuinfo: str | None) -> str | None:
+    """CPU name from /proc/cpuinfo: x86 'model name', ARM 'Hardware' or 'Processor' lines."""
+    if not cpuinfo:
+        return None
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and value and key not in fields:
+            fields[key] = value
+    for key in ("model name", "hardware", "processor", "cpu model", "cpu"):
+        value = fields.get(key)
+        if value and not value.isdigit():  # on x86 'processor' is the CPU index
+            return value
+    return None
+
+
+def parse_cpu_list(text: str | None) -> list[int] | None:
+    """'0-3,6' (sysfs cpu list) -> [0, 1, 2, 3, 6]."""
+    if not text:
+        return None
+    cpus: list[int] = []
+    try:
+        for part in text.strip().split(","):
+            lo, sep, hi = part.partition("-")
+            cpus.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        return None
+    return cpus
+
+
+def parse_temps(text: str | None) -> list[dict[str, Any]] | None:
+    """Lines 'thermal_zone0 45000 cpu-thermal' -> [{"zone", "name", "celsius"}]."""
+    zones = []
+    for line in (text or "").splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 2:
+            continue
+        milli = _int(parts[1])
+        if milli is None:
+            continue
+        # Most kernels report millidegrees; a few old drivers report whole degrees.
+        celsius = milli / 1000.0 if abs(milli) >= 1000 else float(milli)
+        zones.append({"zone": parts[0], "name": parts[2].strip() if len(parts) > 2 else parts[0],
+                      "celsius": celsius})
+    return zones or None
+
+
+def parse_df_free_bytes(text: str | None) -> int | None:
+    """Free bytes from `df -kP DIR` (or toybox `df -k`): the data line's 'Available' column."""
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    header = lines[0].lower().split()
+    data = " ".join(lines[1:]).split()  # a long device name may wrap onto its own line
+    for name in ("available", "avail", "free"):
+        if name in header:
+            # Count from the right: the mount point (last column) holds no spaces in practice.
+            from_right = len(header) - header.index(name)
+            if header[-2:] == ["mounted", "on"]:
+                from_right -= 1  # "Mounted on" is two header words but one column
+            kib = _int(data[-from_right]) if from_right <= len(data) else None
+            return kib * 1024 if kib is not None else None
+    return None
+
+
+def parse_loadavg(text: str | None) -> list[float] | None:
+    try:
+        return [float(x) for x in (text or "").split()[:3]] or None
+    except ValueError:
+        return None
+
+
+def parse_shell_facts(text: str) -> dict[str, Any]:
+    """The output of SHELL_FACTS_SCRIPT -> a facts dict shaped like the agent's."""
+    s = split_sections(text)
+    online = parse_cpu_list(s.get("online"))
+    android = {k: s.get(k) or None for k in ("model", "android", "abi")}
+    return {
+        "source": "shell",
+        "os": ("Android" if android["android"] else s.get("os")) or None,
+        "kernel": s.get("kernel") or None,
+        "machine": s.get("machine") or None,
+        "cpu_model": parse_cpu_model(s.get("cpuinfo")) or android["model"],
+        "cores": _int(s.get("cores")) or (len(online) if online else None),
+        "cores_online": len(online) if online else None,
+        "governor": s.get("governor") or None,
+        "cur_freq_khz": _int(s.get("cur_freq")),
+        "max_freq_khz": _int(s.get("max_freq")),
+        "temps_c": parse_temps(s.get("temps")),
+        "load_avg": parse_loadavg(s.get("loadavg")),
+        "android": android if any(android.values()) else None,
+        "free_bytes": parse_df_free_bytes(s.get("df")),
+        "complete": "end" in s,
+    }
+
+
+def parse_dynamic_facts(text: str, cpu: int = 0) -> dict[str, Any]:
+    """The output of DYNAMIC_FACTS_SCRIPT -> the agent's `facts_before`/`facts_after` shape."""
+    s = split_sections(text)
+    return {"time_unix": time.time(), "temps_c": parse_temps(s.get("temps")), "freq_cpu": cpu,
+            "cur_freq_khz": _int(s.get("cur_freq")), "load_avg": parse_loadavg(s.get("loadavg"))}
+
+
+def shell_facts(transport: Transport, work_dir: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Static facts of a device through its shell (TransportError if it cannot be reached)."""
+    result = transport.run(["sh", "-c", SHELL_FACTS_SCRIPT, "latbench-facts",
+                            check_remote_path(work_dir)], timeout_s)
+    facts = parse_shell_facts(result.stdout)
+    facts["work_dir"] = work_dir
+    return facts
+
+
+def dynamic_facts(transport: Transport, cpu: int = 0, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Temperatures, clock and load right now (before or after a batch)."""
+    result = transport.run(["sh", "-c", DYNAMIC_FACTS_SCRIPT, "latbench-facts", str(int(cpu))],
+                           timeout_s)
+    return parse_dynamic_facts(result.stdout, cpu)

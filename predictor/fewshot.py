@@ -1,0 +1,334 @@
+"""Few-shot latency transfer to an unseen device from end-to-end measurements only.
+
+Given the latency of every architecture of a space on some reference devices (a wide CSV:
+`index, arch, <device>...`) and K architectures measured on a new device, predict the rest.
+
+Why this method: latency is additive in milliseconds (a network's time is the sum of its
+layers'), so a new device whose per-layer costs are a non-negative mix of the reference
+devices' costs has latencies that are the same non-negative mix of the reference latencies.
+A non-negative least-squares fit of that mix on relative error needs no tuning and cannot
+over-fit wildly on K = 10 samples (most weights end at exactly 0, i.e. it picks the most
+similar reference devices). Devices unlike every reference (e.g. a runtime that prunes dead
+cells of NAS-Bench-201, which the others compute) are better described by the architecture
+itself, so a second basis of arch features (op counts, counts of live ops) is fitted the same
+way, and the two predictions are averaged with weights 1 / (leave-one-out error on the K
+samples) - the only choice made, and made from the samples alone. (On FBNet op counts ignore
+which stage a block sits in and only add noise, so FBNet uses the reference basis alone.)
+
+Measured on the shared data (see BENCHMARKS.md, section fewshot) - and the ceiling: a
+gradient-boosted model trained on half of all architectures with every reference device as a
+feature reaches only ~0.93 mean Spearman on FBNet and ~0.87 mean within-10% on NAS-Bench-201,
+because the phones' integer-millisecond figures are coarse and noisy.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from latbench.errors import ConfigError, DatasetError, PredictorError
+
+SPACES = ("nasbench201", "fbnet")
+CANDIDATES = ("ref", "ref+arch", "arch")
+# Bases combined by default, per space. FBNet's op counts ignore which stage a block sits in
+# (its cost depends on the stage's resolution and width), so they only add noise there.
+DEFAULT_CANDIDATES = {"nasbench201": ("ref", "arch"), "fbnet": ("ref",)}
+
+# --- architecture features -------------------------------------------------------------------
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in string order
+_NB201_TOKEN = re.compile(r"([a-z_0-9]+)~(\d)")
+FBNET_CHOICES = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
+                 "skip")
+FBNET_LAYERS = 22
+
+
+def nb201_features(arch: str) -> list[float]:
+    """Counts of each non-none op, counts of the *live* ones (on a path from the cell input to
+    its output), and whether the output is connected at all."""
+    tokens = _NB201_TOKEN.findall(arch)
+    if len(tokens) != len(NB201_EDGES) or any(op not in NB201_OPS for op, _ in tokens):
+        raise ConfigError(f"not a NAS-Bench-201 cell string: {arch!r}")
+    ops = {edge: op for edge, (op, _) in zip(NB201_EDGES, tokens, strict=True)}
+    reach = {0}
+    for node in (1, 2, 3):
+        if any(ops[(node, src)] != "none" and src in reach for src in range(node)):
+            reach.add(node)
+    feeds = {3}
+    for node in (2, 1, 0):
+        if any(ops[(dst, node)] != "none" and dst in feeds for dst in range(node + 1, 4)):
+            feeds.add(node)
+    counted = NB201_OPS[1:]
+    every = [sum(op == name for op in ops.values()) for name in counted]
+    live = [sum(1 for (dst, src), op in ops.items() if op == name and src in reach
+                and dst in feeds) for name in counted]
+    return [*map(float, every), *map(float, live), float(3 in reach)]
+
+
+def fbnet_features(arch: str) -> list[float]:
+    """Counts of each non-skip block choice."""
+    layers = arch.split("-")
+    if len(layers) != FBNET_LAYERS or any(c not in FBNET_CHOICES for c in layers):
+        raise ConfigError(f"not an FBNet architecture ({FBNET_LAYERS} '-'-joined choices of "
+                          f"{', '.join(FBNET_CHOICES)}): {arch!r}")
+    return [float(sum(c == name for c in layers)) for name in FBNET_CHOICES[:-1]]
+
+
+FEATURES: dict[str, Callable[[str], list[float]]] = {"nasbench201": nb201_features,
+                                                     "fbnet": fbnet_features}
+
+
+def arch_features(space: str, archs: Sequence[str]) -> np.ndarray:
+    if space not in FEATURES:
+        raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
+    return np.array([FEATURES[space](a) for a in archs], dtype=np.float64)
+
+
+# --- reference data --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReferenceTable:
+    """Latency (ms) of every architecture (rows) on every reference device (columns)."""
+
+    archs: tuple[str, ...]
+    devices: tuple[str, ...]
+    ms: np.ndarray
+
+    def without(self, device: str) -> ReferenceTable:
+        if device not in self.devices:
+            raise ConfigError(f"reference data has no device {device!r}; it has "
+                              f"{', '.join(self.devices)}")
+        keep = [i for i, d in enumerate(self.devices) if d != device]
+        return ReferenceTable(self.archs, tuple(self.devices[i] for i in keep),
+                              self.ms[:, keep])
+
+    def column(self, device: str) -> np.ndarray:
+        return self.ms[:, self.devices.index(device)]
+
+    def rows(self, archs: Sequence[str]) -> np.ndarray:
+        index = {a: i for i, a in enumerate(self.archs)}
+        missing = [a for a in archs if a not in index]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise PredictorError(f"architecture(s) not in the reference data: "
+                                 f"{', '.join(missing[:3])}{more}")
+        return np.array([index[a] for a in archs], dtype=np.int64)
+
+
+def load_reference(path: str | Path, devices: Sequence[str] | None = None) -> ReferenceTable:
+    """A wide latency CSV: columns `arch` (and optionally `index`), then one per device."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read reference latencies {path}: {exc}") from exc
+    if "arch" not in frame.columns:
+        raise DatasetError(f"{path} has no 'arch' column")
+    columns = [c for c in frame.columns if c not in ("index", "arch")]
+    if devices:
+        unknown = [d for d in devices if d not in columns]
+        if unknown:
+            raise DatasetError(f"{path} has no device column(s) {', '.join(unknown)}")
+        columns = list(devices)
+    if not columns:
+        raise DatasetError(f"{path} has no device columns")
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise DatasetError(f"{path}: device columns must hold finite, non-negative ms")
+    if frame["arch"].duplicated().any():
+        raise DatasetError(f"{path}: architectures repeat")
+    return ReferenceTable(tuple(frame["arch"].astype(str)), tuple(columns), values)
+
+
+# --- the model -------------------------------------------------------------------------------
+def _nnls_relative(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """w >= 0 minimising sum((design @ w / target - 1)^2)."""
+    from scipy.optimize import nnls
+
+    weights, _ = nnls(design / target[:, None], np.ones(len(target)), maxiter=50 * design.shape[1])
+    return weights
+
+
+class FewShotPredictor:
+    """Predict a new device's latency of every architecture from K of its measurements.
+
+    `fit(archs, ms)` takes the K samples; `predict(archs)` any architectures of the reference
+    table. Each candidate basis is fitted by non-negative least squares on relative error;
+    with `combine="ensemble"` (default) their predictions are averaged with weights
+    1 / (leave-one-out mean squared relative error), with `combine="select"` the best one is
+    used. `weights_by_candidate_` and `cv_rmspe_` say what the samples decided;
+    `candidate_` is the basis with the most weight.
+    """
+
+    def __init__(self, space: str, reference: ReferenceTable,
+                 candidates: Sequence[str] | None = None, combine: str = "ensemble") -> None:
+        if space not in SPACES:
+            raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
+        candidates = DEFAULT_CANDIDATES[space] if candidates is None else candidates
+        bad = [c for c in candidates if c not in CANDIDATES]
+        if bad or not candidates:
+            raise ConfigError(f"unknown few-shot candidate(s) {bad}; known: "
+                              f"{', '.join(CANDIDATES)}")
+        if combine not in ("ensemble", "select"):
+            raise ConfigError(f"unknown few-shot combination {combine!r}; known: ensemble, "
+                              "select")
+        self.space = space
+        self.reference = reference
+        self.candidates = tuple(candidates)
+        self.combine = combine
+        self._features = arch_features(space, reference.archs)
+
+    def _design(self, candidate: str, rows: np.ndarray | slice) -> np.ndarray:
+        n = len(self.reference.archs) if isinstance(rows, slice) else len(rows)
+        parts = [np.ones((n, 1)), -np.ones((n, 1))]  # intercept of either sign
+        if "ref" in candidate:
+            parts.append(self.reference.ms[rows])
+        if "arch" in candidate:
+            parts.append(self._features[rows])
+        return np.hstack(parts)
+
+    def fit(self, archs: Sequence[str], latency_ms: Sequence[float]) -> FewShotPredictor:
+        rows = self.reference.rows(list(archs))
+        target = np.asarray(latency_ms, dtype=np.float64)
+        if len(target) != len(rows):
+            raise PredictorError(f"{len(rows)} sample architectures but {len(target)} latencies")
+        if len(rows) < 2:
+            raise PredictorError("few-shot transfer needs at least 2 measured architectures")
+        if not np.all(np.isfinite(target)) or np.any(target <= 0):
+            raise PredictorError("sample latencies must be finite and positive")
+        if len(set(rows.tolist())) != len(rows):
+            raise PredictorError("sample architectures repeat")
+        if len(self.candidates) == 1:
+            scores = {self.candidates[0]: math.nan}
+        else:
+            scores = {c: self._loo_rmspe(c, rows, target) for c in self.candidates}
+        self.cv_rmspe_ = scores
+        best = min(self.candidates, key=lambda c: (scores[c] if len(scores) > 1 else 0.0,
+                                                   self.candidates.index(c)))
+        if self.combine == "select" or len(self.candidates) == 1:
+            share = {c: float(c == best) for c in self.candidates}
+        else:
+            inverse = {c: 1.0 / max(scores[c], 1e-6) ** 2 for c in self.candidates}
+            total = sum(inverse.values())
+            share = {c: v / total for c, v in inverse.items()}
+        self.weights_by_candidate_ = share
+        self.candidate_ = max(share, key=lambda c: share[c])
+        self.coef_ = {c: _nnls_relative(self._design(c, rows), target)
+                      for c in self.candidates if share[c] > 0}
+        self.n_samples_ = len(rows)
+        return self
+
+    def _loo_rmspe(self, candidate: str, rows: np.ndarray, target: np.ndarray) -> float:
+        design = self._design(candidate, rows)
+        errors = []
+        for i in range(len(rows)):
+            keep = np.arange(len(rows)) != i
+            w = _nnls_relative(design[keep], target[keep])
+            errors.append(float(design[i] @ w) / target[i] - 1)
+        return float(np.sqrt(np.mean(np.square(errors))))
+
+    def _combined(self, rows: np.ndarray | slice) -> np.ndarray:
+        self._check_fitted()
+        total = sum(self.weights_by_candidate_[c] * (self._design(c, rows) @ coef)
+                    for c, coef in self.coef_.items())
+        return self._clip(np.asarray(total, dtype=np.float64))
+
+    def predict_all(self) -> np.ndarray:
+        """Predicted ms of every architecture of the reference table, in its order."""
+        return self._combined(slice(None))
+
+    def predict(self, archs: Sequence[str]) -> np.ndarray:
+        self._check_fitted()
+        return self._combined(self.reference.rows(list(archs)))
+
+    def _clip(self, values: np.ndarray) -> np.ndarray:
+        floor = 1e-3 * float(np.min(self.reference.ms[self.reference.ms > 0], initial=1.0))
+        return np.maximum(values, floor)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise PredictorError("few-shot predictor is not fitted yet")
+
+
+# --- sample selection and evaluation ---------------------------------------------------------
+def select_samples(reference: ReferenceTable, k: int, rng: np.random.Generator,
+                   how: str = "random") -> np.ndarray:
+    """Rows of the K architectures to measure: `random` (what a user does without thinking),
+    or `stratified` (one per quantile bin of the reference devices' mean log latency, drawn at
+    random within the bin: covers fast and slow architectures alike)."""
+    n = len(reference.archs)
+    if not 1 <= k <= n:
+        raise ConfigError(f"cannot choose {k} of {n} architectures")
+    if how == "random":
+        return rng.choice(n, size=k, replace=False)
+    if how == "stratified":
+        order = np.argsort(np.log(np.maximum(reference.ms, 1e-9)).mean(axis=1), kind="stable")
+        bins = np.array_split(order, k)
+        return np.array([b[int(rng.integers(len(b)))] for b in bins])
+    raise ConfigError(f"unknown sample selection {how!r}; known: random, stratified")
+
+
+def leave_one_device_out(space: str, reference: ReferenceTable, ks: Sequence[int],
+                         seeds: Sequence[int], selection: str = "random",
+                         devices: Sequence[str] | None = None) -> pd.DataFrame:
+    """For each device as the unseen one (the others as reference), K and seed: fit on K
+    samples, score on every other architecture. Rows: device, k, seed, spearman, within10,
+    rmspe_pct, candidate."""
+    from predictor.evaluate import error_metrics
+
+    rows = []
+    for device in devices or reference.devices:
+        others = reference.without(device)
+        truth = reference.column(device)
+        model = FewShotPredictor(space, others)
+        for k in ks:
+            for seed in seeds:
+                picked = select_samples(others, k, np.random.default_rng(seed), selection)
+                model.fit([others.archs[i] for i in picked], truth[picked])
+                held = np.ones(len(truth), dtype=bool)
+                held[picked] = False
+                m = error_metrics(model.predict_all()[held], truth[held])
+                rows.append({"space": space, "device": device, "k": k, "seed": seed,
+                             "selection": selection, "spearman": m["spearman"],
+                             "within10": m["within10"], "rmspe_pct": m["rmspe_pct"],
+                             "candidate": model.candidate_})
+    return pd.DataFrame(rows)
+
+
+def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Path,
+                exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """The `latbench predictor fewshot` command: samples CSV (arch, latency_ms) and query CSV
+    (arch) in, `arch,predicted_ms` for every query row out."""
+    from bench.store import atomic_write_text
+
+    table = load_reference(reference)
+    for device in exclude:
+        table = table.without(device)
+    sample_frame = _read_columns(samples, ("arch", "latency_ms"))
+    query_frame = _read_columns(query, ("arch",))
+    model = FewShotPredictor(space, table).fit(sample_frame["arch"].astype(str).tolist(),
+                                               sample_frame["latency_ms"].astype(float))
+    predicted = model.predict(query_frame["arch"].astype(str).tolist())
+    result = pd.DataFrame({"arch": query_frame["arch"].astype(str), "predicted_ms": predicted})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, result.to_csv(index=False))
+    return result
+
+
+def _read_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"{path} lacks column(s) {', '.join(missing)} (has "
+                           f"{', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise DatasetError(f"{path} has no rows")
+    return frame

@@ -1,0 +1,325 @@
+"""NAS-Bench-201: one searchable cell (a DAG of 4 nodes, 6 edges x 5 operations) repeated in a
+fixed macro network, 15,625 architectures.
+
+Macro network (as in the benchmark): stem 3x3 conv (16 ch) + BN; three stages of 5 cells at
+16, 32, 64 channels (32x32, 16x16, 8x8 for 32x32 inputs) joined by residual reduction blocks;
+BN + ReLU, global average pool, linear classifier. A cell's node j is the sum of its incoming
+edges; the cell's output is node 3.
+
+Two deliberate choices keep every architecture's kernels predictable (the ONNX kernel parser
+gives exactly `ops(arch)`, which a test checks):
+- convolutions are Conv-BN-ReLU (one fused kernel) where the benchmark writes ReLU-Conv-BN;
+- edges that cannot reach the cell output, and "none" edges, are left out of the network (the
+  exporter drops dead computation anyway); a cell whose output is cut off from its input
+  outputs zeros (`x * 0`, one "mul" kernel), as the benchmark's Zero op does;
+- two pools of the same node are one kernel (the exporter merges the identical computation).
+
+The searchable "layers" are the 6 edges; an architecture's choices are shared by all 15 cells.
+Latency per (edge, operation) is that operation's kernels summed over the 15 cells (plus one
+add for edges that join a node with other inputs), so LatencyTable stays additive. The table
+is exact when no edge is "none" and may over-estimate by a few adds (or by dead edges)
+otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from bench.ops import OpSpec
+from latbench.errors import SearchError
+from search.spaces.base import Arch, SearchSpace, register_space
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# Edges in the benchmark's order, as (to node, from node).
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+# Edges priced with an add in the table: every input of a node except its first edge.
+_ADD_EDGES = frozenset({2, 4, 5})
+PUBLIC_SOURCE = "https://github.com/D-X-Y/NAS-Bench-201"
+
+
+def live_edges(ops: tuple[str, ...]) -> list[int]:
+    """Edges whose operation runs: not "none", fed from node 0 and reaching node 3."""
+    reach = {0}
+    for e, (to, frm) in enumerate(EDGES):
+        if ops[e] != "none" and frm in reach:
+            reach.add(to)
+    if 3 not in reach:
+        return []
+    needed = {3}
+    for e in reversed(range(len(EDGES))):
+        to, frm = EDGES[e]
+        if ops[e] != "none" and to in needed and frm in reach:
+            needed.add(frm)
+    return [e for e, (to, frm) in enumerate(EDGES)
+            if ops[e] != "none" and frm in reach and to in needed]
+
+
+def edge_kernels(op: str, size: int, channels: int) -> list[OpSpec]:
+    """Kernels of one edge operation on a size x size x channels node."""
+    shape = {"h": size, "w": size, "cin": channels}
+    if op in ("none", "skip_connect"):
+        return []
+    if op == "nor_conv_1x1":
+        return [OpSpec("conv", **shape, cout=channels, kernel=1, act="relu")]
+    if op == "nor_conv_3x3":
+        return [OpSpec("conv", **shape, cout=channels, kernel=3, act="relu")]
+    if op == "avg_pool_3x3":
+        return [OpSpec("pool", **shape, pool="avg", kernel=3, stride=1, pad=1)]
+    raise SearchError(f"unknown NAS-Bench-201 operation {op!r}; known: {', '.join(OPS)}")
+
+
+@register_space("nasbench201")
+class NasBench201(SearchSpace):
+    name = "nasbench201"
+    is_chain = False
+
+    def __init__(self, resolution: int = 32, channels: int = 16, cells: int = 5,
+                 num_classes: int = 10) -> None:
+        if resolution < 4 or resolution % 4:
+            raise SearchError(f"nasbench201 resolution must be a multiple of 4, got {resolution}")
+        if channels < 1 or cells < 1:
+            raise SearchError(f"nasbench201 needs channels >= 1 and cells >= 1, got {channels} "
+                              f"and {cells}")
+        self.resolution = resolution
+        self.channels = channels
+        self.cells = cells
+        self.num_classes = num_classes
+        self.input_shape = (1, 3, resolution, resolution)
+        # (node size, channels) of each stage
+        self.stages = [(resolution >> i, channels << i) for i in range(3)]
+
+    @property
+    def n_layers(self) -> int:
+        return len(EDGES)
+
+    def candidate_names(self, layer: int) -> list[str]:
+        return list(OPS)
+
+    def _cell_positions(self) -> list[tuple[int, int]]:
+        return [stage for stage in self.stages for _ in range(self.cells)]
+
+    def candidates(self, layer: int) -> list[list[OpSpec]]:
+        out = []
+        for op in OPS:
+            kernels: list[OpSpec] = []
+            for size, c in self._cell_positions():
+                kernels += edge_kernels(op, size, c)
+                if op != "none" and layer in _ADD_EDGES:
+                    kernels.append(OpSpec("add", h=size, w=size, cin=c))
+            out.append(kernels)
+        return out
+
+    def _stem(self) -> list[OpSpec]:
+        r = self.resolution
+        return [OpSpec("conv", h=r, w=r, cin=3, cout=self.channels, kernel=3)]
+
+    def _reduction(self, stage: int) -> list[OpSpec]:
+        size, cin = self.stages[stage - 1]
+        cout, half = self.stages[stage][1], size // 2
+        return [OpSpec("conv", h=size, w=size, cin=cin, cout=cout, kernel=3, stride=2,
+                       act="relu"),
+                OpSpec("conv", h=half, w=half, cin=cout, cout=cout, kernel=3),
+                OpSpec("pool", h=size, w=size, cin=cin, pool="avg", kernel=2, stride=2, pad=0),
+                OpSpec("conv", h=half, w=half, cin=cin, cout=cout, kernel=1),
+                OpSpec("add", h=half, w=half, cin=cout)]
+
+    def _head(self) -> list[OpSpec]:
+        size, c = self.stages[-1]
+        return [OpSpec("mul", h=size, w=size, cin=c),  # BatchNorm after an add: not folded
+                OpSpec("act", h=size, w=size, cin=c, act="relu"),
+                OpSpec("pool", h=size, w=size, cin=c, pool="gavg"),
+                OpSpec("linear", cin=c, cout=self.num_classes)]
+
+    def fixed_ops(self) -> tuple[list[OpSpec], list[OpSpec]]:
+        """Stem and both reduction blocks (which sit between stages) first, then the head."""
+        return [*self._stem(), *self._reduction(1), *self._reduction(2)], self._head()
+
+    def cell_ops(self, arch: Arch, size: int, channels: int) -> list[OpSpec]:
+        """Kernels of one cell in execution order: live edges and the adds joining them."""
+        ops = self.op_names(arch)
+        live = live_edges(ops)
+        if not live:
+            return [OpSpec("mul", h=size, w=size, cin=channels)]
+        out: list[OpSpec] = []
+        pooled: set[int] = set()  # pools of one node are one pool (exporters merge them)
+        for node in (1, 2, 3):
+            inputs = [e for e in live if EDGES[e][0] == node]
+            for i, e in enumerate(inputs):
+                source = EDGES[e][1]
+                if ops[e] != "avg_pool_3x3" or source not in pooled:
+                    out += edge_kernels(ops[e], size, channels)
+                if ops[e] == "avg_pool_3x3":
+                    pooled.add(source)
+                if i:
+                    out.append(OpSpec("add", h=size, w=size, cin=channels))
+        return out
+
+    def ops(self, arch: Arch) -> list[OpSpec]:
+        """Every kernel the network runs, in order (exact; the table sums per edge instead)."""
+        self.check(arch)
+        out = self._stem()
+        for stage, (size, c) in enumerate(self.stages):
+            if stage:
+                out += self._reduction(stage)
+            for _ in range(self.cells):
+                out += self.cell_ops(arch, size, c)
+        return out + self._head()
+
+    def op_names(self, arch: Arch) -> tuple[str, ...]:
+        return tuple(OPS[c] for c in self.check(arch).choices)
+
+    def encode(self, arch: Arch) -> str:
+        o = self.op_names(arch)
+        return f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|"
+
+    def decode(self, text: str) -> Arch:
+        nodes = text.strip().split("+")
+        ops: list[str] = []
+        try:
+            if len(nodes) != 3:
+                raise ValueError("expected 3 nodes joined by '+'")
+            for j, node in enumerate(nodes, start=1):
+                parts = node.strip("|").split("|")
+                if len(parts) != j:
+                    raise ValueError(f"node {j} needs {j} inputs, got {len(parts)}")
+                for k, part in enumerate(parts):
+                    op, _, src = part.partition("~")
+                    if src != str(k) or op not in OPS:
+                        raise ValueError(f"bad edge {part!r}")
+                    ops.append(op)
+        except ValueError as exc:
+            raise SearchError(f"not a NAS-Bench-201 cell string {text!r} ({exc}); expected "
+                              "|op~0|+|op~0|op~1|+|op~0|op~1|op~2| with ops "
+                              f"{', '.join(OPS)}") from None
+        return Arch(self.name, tuple(OPS.index(op) for op in ops))
+
+    # --- PyTorch ------------------------------------------------------------------------------
+    def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
+        if num_classes not in (None, self.num_classes):
+            raise SearchError("build the nasbench201 space with num_classes= to change the head")
+        ops = self.op_names(arch)
+        return self._network(lambda edge, cell, c: make_op(ops[edge], c), ops)
+
+    def supernet_body(self, mixed: Callable[[int, list[Any]], Any]) -> Any:
+        """The network with a mixed operation (over OPS) on every edge of every cell."""
+        return self._network(lambda edge, cell, c: mixed(edge, [make_op(op, c) for op in OPS]),
+                             None)
+
+    def extract(self, body: Any, arch: Arch) -> Any:
+        """The architecture's network holding copies of the chosen candidates' weights."""
+        import copy
+
+        ops = self.op_names(arch)
+        cell_class = _torch().Cell
+        cells = [cell for stage in body.stages for cell in stage if isinstance(cell, cell_class)]
+        network = self._network(
+            lambda edge, cell, c: copy.deepcopy(cells[cell].edges[str(edge)]
+                                                .candidates[arch.choices[edge]]), ops)
+        fixed = {k: v for k, v in body.state_dict().items() if ".edges." not in k}
+        missing = [k for k in network.state_dict() if ".edges." not in k and k not in fixed]
+        if missing:
+            raise SearchError(f"supernet body lacks {missing[0]} of the nasbench201 network")
+        network.load_state_dict({**network.state_dict(), **fixed})
+        return network
+
+    def _network(self, make_edge: Callable[[int, int, int], Any],
+                 ops: tuple[str, ...] | None) -> Any:
+        t = _torch()
+        return t.Network(self, make_edge, ops)
+
+
+def make_op(op: str, channels: int) -> Any:
+    """A trainable module for one edge operation (channels in = out, stride 1)."""
+    import torch.nn as nn
+
+    from search.spaces.modules import conv_bn_act
+
+    if op == "none":
+        return _torch().Zero()
+    if op == "skip_connect":
+        return nn.Identity()
+    if op in ("nor_conv_1x1", "nor_conv_3x3"):
+        return conv_bn_act(channels, channels, 1 if op.endswith("1x1") else 3, act="relu")
+    if op == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise SearchError(f"unknown NAS-Bench-201 operation {op!r}; known: {', '.join(OPS)}")
+
+
+@functools.cache
+def _torch() -> SimpleNamespace:
+    """The torch module classes, defined on first use (importing the space needs no torch)."""
+    import torch.nn as nn
+
+    from search.spaces.modules import conv_bn_act
+
+    class Zero(nn.Module):
+        def forward(self, x):
+            return x * 0.0
+
+    class Cell(nn.Module):
+        """Node j = sum of its edges; `ops` None = every edge present (a supernet cell)."""
+
+        def __init__(self, make_edge: Callable[[int], Any], ops: tuple[str, ...] | None) -> None:
+            super().__init__()
+            self.live = list(range(len(EDGES))) if ops is None else live_edges(ops)
+            self.dead = ops is not None and not self.live
+            self.edges = nn.ModuleDict({str(e): make_edge(e) for e in self.live})
+
+        def forward(self, x):
+            if self.dead:
+                return x * 0.0
+            nodes = [x]
+            for node in (1, 2, 3):
+                total = None
+                for e in self.live:
+                    to, frm = EDGES[e]
+                    if to != node or nodes[frm] is None:
+                        continue
+                    y = self.edges[str(e)](nodes[frm])
+                    total = y if total is None else total + y
+                nodes.append(total)
+            return nodes[3]
+
+    class Reduction(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.conv_a = conv_bn_act(cin, cout, 3, 2, act="relu")
+            self.conv_b = conv_bn_act(cout, cout, 3)
+            self.downsample = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1,
+                                                                          bias=False))
+
+        def forward(self, x):
+            return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+    class Network(nn.Module):
+        def __init__(self, space: NasBench201, make_edge: Callable[[int, int, int], Any],
+                     ops: tuple[str, ...] | None) -> None:
+            super().__init__()
+            self.stem = conv_bn_act(3, space.channels, 3)
+            stages = []
+            cell_index = 0
+            for s, (_, c) in enumerate(space.stages):
+                blocks: list[nn.Module] = []
+                if s:
+                    blocks.append(Reduction(space.stages[s - 1][1], c))
+                for _ in range(space.cells):
+                    index = cell_index
+                    blocks.append(Cell(lambda e, i=index, c=c: make_edge(e, i, c), ops))
+                    cell_index += 1
+                stages.append(nn.Sequential(*blocks))
+            self.stages = nn.ModuleList(stages)
+            c = space.stages[-1][1]
+            self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Linear(c, space.num_classes)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for stage in self.stages:
+                x = stage(x)
+            return self.classifier(self.pool(self.lastact(x)).flatten(1))
+
+    return SimpleNamespace(Zero=Zero, Cell=Cell, Reduction=Reduction, Network=Network)

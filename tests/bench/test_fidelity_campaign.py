@@ -1,0 +1,257 @@
+"""Measurement fidelity through runners and campaigns: the stopping rule's settings and records,
+drift detection on a synthetic slowdown (a runner whose reference probe slows down), drift
+correction, kept samples, and the refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import bench.campaign as campaign
+from bench.campaign import BatchDrift, CampaignConfig, Subject, detect_slowdown, run_campaign
+from bench.export.graph import spec_graph
+from bench.ops import OpSpec
+from bench.runners import (
+    REFERENCE_ID,
+    BatchResult,
+    ModelFile,
+    OnnxRuntimeRunner,
+    RunSettings,
+    get_runner,
+)
+from bench.stats import STOP_REASONS
+from device_agents import CommandResult, Device, LocalTransport, local_device
+from latbench.errors import AgentError, ConfigError
+
+ADAPTIVE = RunSettings(threads=1, warmup=2, runs=5, target_ci=0.05, min_runs=10, max_runs=60,
+                       max_seconds=1.0)
+FIXED = RunSettings(threads=1, warmup=1, runs=3, rounds=2)
+SPECS = [OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3),
+         OpSpec("dwconv", h=8, w=8, cin=8, kernel=3),
+         OpSpec("act", h=8, w=8, cin=8, act="hswish"),
+         OpSpec("pool", h=8, w=8, cin=16, pool="gavg")]
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    return local_device(str(tmp_path / "work"))
+
+
+# --- settings --------------------------------------------------------------------------------
+def test_fixed_key_unchanged_and_adaptive_key_holds_the_rule() -> None:
+    assert RunSettings().key("onnxruntime") == "threads=1,warmup=10,runs=20,rounds=5,opt=all"
+    assert not RunSettings().adaptive and RunSettings().stop_rule() is None
+    # the rule's parameters do not touch the fixed protocol's key (old datasets resume)
+    assert RunSettings(min_runs=7, max_seconds=1.0).key("onnxruntime") == \
+        RunSettings().key("onnxruntime")
+    key = RunSettings(runs=10, target_ci=0.02).key("litert")
+    assert key == ("threads=1,warmup=10,runs=10,target_ci=0.02,confidence=0.95,min_runs=20,"
+                   "max_runs=1000,max_s=5,futility=4,delegate=xnnpack")
+    assert RunSettings(target_ci=0.02, futility=None).key("torch-cuda").endswith("futility=off")
+    keys = {RunSettings(**{"runs": 10, "target_ci": 0.02, **change}).key("onnxruntime")
+            for change in ({}, {"target_ci": 0.01}, {"confidence": 0.99}, {"min_runs": 30},
+                           {"max_runs": 500}, {"max_seconds": 2.0}, {"futility": None})}
+    assert len(keys) == 7  # every parameter of the rule is part of the key
+    assert ADAPTIVE.stop_rule() == {"target_rel_width": 0.05, "confidence": 0.95,
+                                    "min_runs": 10, "max_runs": 60, "max_seconds": 1.0,
+                                    "futility": 4.0}
+    # JSON round trip through a card
+    assert RunSettings(**dataclasses.asdict(ADAPTIVE)) == ADAPTIVE
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target_ci": 0.0}, "target_ci"), ({"target_ci": 1.5}, "target_ci"),
+    ({"target_ci": "2%"}, "target_ci"), ({"confidence": 1.0}, "confidence"),
+    ({"min_runs": 0}, "min_runs"), ({"min_runs": 50, "max_runs": 10}, "below min_runs"),
+    ({"max_seconds": 0}, "max_seconds"), ({"futility": 0.5}, "futility"),
+])
+def test_rule_settings_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunSettings(**kwargs)
+
+
+# --- runner ----------------------------------------------------------------------------------
+def test_runner_with_the_stopping_rule(device: Device) -> None:
+    runner = get_runner("onnxruntime")
+    models = [ModelFile("conv", runner.export(spec_graph(SPECS[0]))),
+              ModelFile("act", runner.export(spec_graph(SPECS[2])))]
+    result = runner.measure(device, models, ADAPTIVE, timeout_s=120)
+    for m in result.measurements:
+        assert m.ok and m.stop_reason in STOP_REASONS
+        n = sum(len(r) for r in m.samples_ms)
+        assert 10 <= n <= 60 and all(1 <= len(r) <= 5 for r in m.samples_ms)
+        q = m.quality(ADAPTIVE.confidence)
+        assert q is not None and (q.ci_rel_width <= 0.05) == (m.stop_reason == "converged")
+    assert result.reference_ms > 0
+
+
+class AdaptiveCanned(LocalTransport):
+    """Answers the agent call with a reply built from the request (mkdir/rm run for real)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+        self.request: dict | None = None
+
+    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+        import json
+
+        if "measure" not in argv:
+            return super().run(argv, timeout_s)
+        self.request = json.loads(Path(argv[-1]).read_text())
+        return CommandResult(tuple(argv), 0, json.dumps(self.make(self.request)), "", 0.01)
+
+
+def adaptive_reply(request: dict, n: int = 10, reason: str = "converged") -> dict:
+    def entry(model: dict) -> dict:
+        tracked = model.get("track", False)
+        rounds = [[1.0] * 5] * (n // 5)
+        return {"id": model["id"], "status": "ok", "error": "", "samples_ms": rounds,
+                "stop": {"reason": "tracked" if tracked else reason, "n": n,
+                         "ci_rel_width": 0.0, "seconds": 0.01}}
+    return {"status": "ok", "runtime": request["runtime"], "runtime_version": "9",
+            "facts_before": {}, "facts_after": {}, "results": [entry(m) for m in
+                                                               request["models"]]}
+
+
+def test_request_carries_the_rule_and_tracks_the_reference(tmp_path: Path) -> None:
+    transport = AdaptiveCanned(adaptive_reply)
+    dev = Device("canned", transport, ("onnxruntime",), str(tmp_path / "w"))
+    result = get_runner("onnxruntime").measure(dev, [ModelFile("a", b"1")], ADAPTIVE, 10)
+    req = transport.request
+    assert req is not None and req["stop"] == ADAPTIVE.stop_rule()
+    assert [m.get("track", False) for m in req["models"]] == [False, False, True]
+    assert req["models"][-1]["id"] == REFERENCE_ID
+    assert result.measurements[0].stop_reason == "converged"
+
+
+def test_adaptive_reference_is_the_median_round(tmp_path: Path) -> None:
+    def reply(request: dict) -> dict:
+        out = adaptive_reply(request)
+        for entry in out["results"]:
+            if entry["id"] == REFERENCE_ID:  # 5 rounds with medians 5, 1, 4, 2, 3 ms
+                entry["samples_ms"] = [[v] * 5 for v in (5.0, 1.0, 4.0, 2.0, 3.0)]
+        return out
+
+    dev = Device("canned", AdaptiveCanned(reply), ("onnxruntime",), str(tmp_path / "w"))
+    result = get_runner("onnxruntime").measure(dev, [ModelFile("a", b"1")], ADAPTIVE, 10)
+    # not the best round (1.0): more rounds would make that lower by itself
+    assert result.reference_ms == 3.0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda r: adaptive_reply(r, n=5), "outside the rule's 10..60"),
+    (lambda r: adaptive_reply(r, n=65), "outside the rule's 10..60"),
+    (lambda r: adaptive_reply(r, reason="bored"), "stopping-rule entry"),
+    (lambda r: {**adaptive_reply(r), "results": [
+        {**e, "samples_ms": [[1.0] * 6, [1.0] * 4]} for e in adaptive_reply(r)["results"]]},
+     "1..5 runs"),
+])
+def test_bad_adaptive_replies(tmp_path: Path, make, match: str) -> None:
+    dev = Device("canned", AdaptiveCanned(make), ("onnxruntime",), str(tmp_path / "w"))
+    with pytest.raises(AgentError, match=match):
+        get_runner("onnxruntime").measure(dev, [ModelFile("a", b"1")], ADAPTIVE, 10)
+
+
+# --- campaigns -------------------------------------------------------------------------------
+class SlowingRunner(OnnxRuntimeRunner):
+    """The real runner, but its reference probe reads from a script: a device slowing down
+    (throttling) over the campaign. Fixed values, so real jitter cannot change the outcome."""
+
+    def __init__(self, references: list[float]) -> None:
+        super().__init__()
+        self.references = list(references)
+
+    def measure(self, device: Device, models: Sequence[ModelFile],
+                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
+        result = super().measure(device, models, settings, timeout_s)
+        return dataclasses.replace(result, reference_ms=self.references.pop(0))
+
+
+def campaign_config(**changes) -> CampaignConfig:
+    return CampaignConfig(**{"settings": FIXED, "batch_size": 1, "calibration_runs": 1,
+                             "drift_retries": 0, "drift_pause_s": 0.0, **changes})
+
+
+def test_drift_is_detected_flagged_and_reported(tmp_path: Path, device: Device,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # calibration 1.0 ms, then four one-spec batches at 1.0, 1.05, 1.3 and 1.6 ms
+    runner = SlowingRunner([1.0, 1.0, 1.05, 1.3, 1.6])
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    summary = run_campaign([Subject.op(s) for s in SPECS], [device], ["onnxruntime"], dataset,
+                           campaign_config())
+    records = dataset.records().set_index("key").loc[[s.key() for s in SPECS]]
+    assert list(records["drift_ratio"]) == pytest.approx([1.0, 1.05, 1.3, 1.6])
+    assert list(records["drift_flag"]) == [False, False, True, True]
+    assert records["min_corrected_ms"].isna().all()  # not asked for
+    assert summary.drifted_batches == 2 and len(summary.drift) == 4
+    (line,) = summary.drift_report()
+    assert "1.00-1.60x its best" in line and "2 batches flagged" in line
+    assert "slowdown over the campaign" in line and "1.60x vs first third 1.00x" in line
+    card_view = summary.drift_json()
+    assert card_view["flagged_batches"] == 2 and len(card_view["batches"]) == 4
+
+
+def test_drift_correction_and_kept_samples(tmp_path: Path, device: Device,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = SlowingRunner([2.0, 2.0, 3.0])
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    run_campaign([Subject.op(s) for s in SPECS[:2]], [device], ["onnxruntime"], dataset,
+                 campaign_config(drift_correct=True, keep_samples=True))
+    rec = dataset.records().set_index("key")
+    fast, slow = rec.loc[SPECS[0].key()], rec.loc[SPECS[1].key()]
+    assert fast["drift_ratio"] == 1.0 and slow["drift_ratio"] == 1.5
+    for stat in ("min", "median", "mean", "p90"):
+        assert fast[f"{stat}_corrected_ms"] == pytest.approx(fast[f"{stat}_ms"])
+        assert slow[f"{stat}_corrected_ms"] == pytest.approx(slow[f"{stat}_ms"] / 1.5)
+    samples = slow["samples_ms"]
+    assert len(samples) == FIXED.runs * FIXED.rounds == slow["n_runs"]
+    assert min(samples) == slow["min_ms"]
+    assert slow["stop_reason"] == "fixed" and slow["ci_rel_width"] > 0
+    assert isinstance(bool(slow["bimodal"]), bool) and slow["tail_ratio"] >= 1.0
+
+
+def test_adaptive_campaign_records(tmp_path: Path, device: Device) -> None:
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    summary = run_campaign([Subject.op(s) for s in SPECS], [device], ["onnxruntime"], dataset,
+                           campaign_config(settings=ADAPTIVE, batch_size=4))
+    assert summary.measured == 4
+    rec = dataset.records()
+    assert set(rec["settings"]) == {ADAPTIVE.key("onnxruntime")}
+    assert rec["stop_reason"].isin(STOP_REASONS).all()
+    assert rec["n_runs"].between(10, 60).all()
+    converged = rec["stop_reason"] == "converged"
+    assert (rec.loc[converged, "ci_rel_width"] <= 0.05).all()
+    assert (rec.loc[~converged, "ci_rel_width"] > 0.05).all()
+    assert rec["samples_ms"].isna().all()  # not kept unless asked
+
+
+def test_slowdown_needs_a_trend() -> None:
+    def batches(ratios: list[float]) -> list[BatchDrift]:
+        return [BatchDrift("d", "r", str(i), r, 1.0, r, r > 1.1) for i, r in enumerate(ratios)]
+
+    assert detect_slowdown(batches([1.0, 1.3, 1.0, 1.02, 1.0, 1.01]), 0.1) == ""  # one spike
+    assert detect_slowdown(batches([1.0, 1.2]), 0.1) == ""  # too few batches
+    text = detect_slowdown(batches([1.0, 1.01, 1.04, 1.08, 1.1, 1.12]), 0.1)
+    assert "last third of the batches 1.11x vs first third 1.00x" in text
+    hot = [dataclasses.replace(b, temp_before_c=45.0, temp_after_c=70.0)
+           for b in batches([1.0, 1.0, 1.2])]
+    assert "temperature 45 -> 70 C" in detect_slowdown(hot, 0.1)
+
+
+def test_native_tools_cannot_apply_the_rule(tmp_path: Path) -> None:
+    binary = tmp_path / "benchmark_model"
+    binary.write_text("#!/bin/sh\n")
+    phone = Device("phone", LocalTransport(), ("tflite-benchmark-model",), str(tmp_path / "w"),
+                   python=None, tools={"benchmark_model": str(binary)})
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    with pytest.raises(ConfigError, match="tflite-benchmark-model.*cannot apply the stopping "
+                                          "rule.*--fixed-runs"):
+        run_campaign([Subject.op(SPECS[0])], [phone], None, dataset,
+                     campaign_config(settings=ADAPTIVE))
+    assert len(dataset) == 0

@@ -1,0 +1,261 @@
+"""Sampling plans: presets, YAML and TOML files, determinism, dedup, and refusals that name the
+problem."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.ops import OpSpec, decompose
+from bench.plans import PRESETS, Plan, RandomKernels, build_specs, load_plan, perturb, random_spec
+from latbench.errors import ConfigError
+
+EXTRA_KEY = "pool:n=1,h=8,w=8,cin=256,pool=gavg,k=1,s=1,p=0,dtype=float32"
+# A fake space of two kernels: an mbconv (so primitives and around have work) and a conv.
+TOY_SPACE = [OpSpec("mbconv", h=16, w=16, cin=32, cout=32, kernel=3, expand=6, act="relu"),
+             OpSpec("conv", h=16, w=16, cin=32, cout=64, kernel=3, stride=2, act="relu")]
+
+
+def toy_resolver(name: str) -> list[OpSpec]:
+    if name != "toy":
+        raise ConfigError(f"unknown search space {name!r}")
+    return list(TOY_SPACE)
+
+
+@functools.cache
+def real_resolver(name: str) -> list[OpSpec]:
+    """The CLI's resolver, except that family kernel sets ("family:NAME:COUNT", each network
+    exported with torch and split) are cut to one network, to keep the test fast."""
+    from search.networks import space_kernels
+
+    if name.startswith("family:"):
+        family = name.split(":")[1]
+        return space_kernels(f"family:{family}:1")
+    return space_kernels(name)
+
+
+YAML_PLAN = f"""\
+name: my-phone
+seed: 3
+spaces: [toy]
+primitives: true
+around: 2
+random:
+  - {{kind: conv, count: 12, h: [8, 16], cin: {{min: 8, max: 64}}, cout: {{min: 8, max: 64}},
+     kernel: [1, 3], stride: [1, 2], act: [relu, none]}}
+  - {{kind: pool, count: 4, h: [8], cin: [16, 32], pool: [max, avg], kernel: [2, 3]}}
+specs: ["{EXTRA_KEY}"]
+networks: ["nasbench-macro:3"]
+"""
+
+TOML_PLAN = f"""\
+[plan]
+name = "my-phone"
+seed = 3
+spaces = ["toy"]
+primitives = true
+around = 2
+specs = ["{EXTRA_KEY}"]
+networks = ["nasbench-macro:3"]
+
+[[plan.random]]
+kind = "conv"
+count = 12
+h = [8, 16]
+cin = {{min = 8, max = 64}}
+cout = {{min = 8, max = 64}}
+kernel = [1, 3]
+stride = [1, 2]
+act = ["relu", "none"]
+
+[[plan.random]]
+kind = "pool"
+count = 4
+h = [8]
+cin = [16, 32]
+pool = ["max", "avg"]
+kernel = [2, 3]
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build(name: str) -> None:
+    plan = load_plan(name)
+    assert plan.name == name
+    specs = build_specs(plan, real_resolver)
+    assert len(specs) >= 50
+    keys = [s.key() for s in specs]
+    assert len(set(keys)) == len(keys)
+    for space in plan.spaces:  # every real kernel of the space is in the plan
+        assert {s.key() for s in real_resolver(space)} <= set(keys)
+    if plan.primitives and plan.spaces:
+        assert {p.key() for s in real_resolver(plan.spaces[0]) for p in decompose(s)} <= set(keys)
+    for entry in plan.random:  # a random entry of N kernels adds about N of its kind
+        assert Counter(s.kind for s in specs)[entry.kind] >= entry.count * 0.8
+
+
+def test_yaml_and_toml_files_give_the_same_plan(tmp_path: Path) -> None:
+    from_yaml = load_plan(write(tmp_path, "my-phone.yaml", YAML_PLAN))
+    from_toml = load_plan(write(tmp_path, "my-phone.toml", TOML_PLAN))
+    assert from_yaml == from_toml
+    assert from_yaml.seed == 3 and from_yaml.around == 2 and from_yaml.spaces == ("toy",)
+    assert from_yaml.networks == ("nasbench-macro:3",)
+    assert from_yaml.specs == (EXTRA_KEY,)
+    assert [r.kind for r in from_yaml.random] == ["conv", "pool"]
+    a = [s.key() for s in build_specs(from_yaml, toy_resolver)]
+    b = [s.key() for s in build_specs(from_toml, toy_resolver)]
+    assert a == b
+
+
+def test_yml_suffix_and_name_from_file(tmp_path: Path) -> None:
+    plan = load_plan(write(tmp_path, "tiny.yml", f"specs: ['{EXTRA_KEY}']\n"))
+    assert plan.name == "tiny"
+    assert [s.key() for s in build_specs(plan)] == [EXTRA_KEY]
+
+
+def test_plan_contents(tmp_path: Path) -> None:
+    plan = load_plan(write(tmp_path, "p.yaml", YAML_PLAN))
+    specs = build_specs(plan, toy_resolver)
+    keys = [s.key() for s in specs]
+    # real kernels first, each followed by its primitives; the explicit spec is last
+    assert keys[0] == TOY_SPACE[0].key()
+    assert keys[1:4] == [p.key() for p in decompose(TOY_SPACE[0])][:3]
+    assert keys[-1] == EXTRA_KEY
+    assert {s.key() for s in TOY_SPACE} <= set(keys)
+    kinds = Counter(s.kind for s in specs)
+    assert kinds["pool"] >= 2  # 4 draws from 2 x 2 x 2 = 8 combos, plus the explicit one
+    # random kernels honour their value lists and ranges
+    random_only = Plan("r", seed=1, random=(RandomKernels(
+        "conv", 30, {"h": [8, 16], "cin": {"min": 8, "max": 64}, "cout": {"min": 8, "max": 64},
+                     "kernel": [1, 3], "stride": [1, 2], "act": ["relu", "none"]}),))
+    drawn = build_specs(random_only)
+    assert len(drawn) >= 25
+    for s in drawn:
+        assert s.h == s.w and s.h in (8, 16) and s.kernel in (1, 3) and s.stride in (1, 2)
+        assert 8 <= s.cin <= 64 and 8 <= s.cout <= 64 and s.act in ("relu", "none")
+    assert len({s.cin for s in drawn}) > 5  # ranges really are sampled
+
+
+def test_around_without_primitives() -> None:
+    base = build_specs(Plan("a", spaces=("toy",), primitives=False), toy_resolver)
+    assert [s.key() for s in base] == [s.key() for s in TOY_SPACE]
+    around = build_specs(Plan("a", spaces=("toy",), primitives=False, around=3), toy_resolver)
+    assert 2 < len(around) <= 2 + 2 * 3
+    assert {s.kind for s in around} == {"mbconv", "conv"}
+
+
+def test_deterministic_for_a_seed(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", YAML_PLAN)
+    first = [s.key() for s in build_specs(load_plan(path), toy_resolver)]
+    again = [s.key() for s in build_specs(load_plan(path), toy_resolver)]
+    assert first == again
+    other_seed = write(tmp_path, "q.yaml", YAML_PLAN.replace("seed: 3", "seed: 4"))
+    assert [s.key() for s in build_specs(load_plan(other_seed), toy_resolver)] != first
+
+
+def test_dedup_by_key(tmp_path: Path) -> None:
+    mb = TOY_SPACE[0]
+    project = decompose(mb)[2].key()  # a primitive of the space kernel, listed again
+    path = write(tmp_path, "d.yaml", f"spaces: [toy]\nspecs: ['{EXTRA_KEY}', '{EXTRA_KEY}', "
+                                     f"'{mb.key()}', '{project}']\n")
+    specs = build_specs(load_plan(path), toy_resolver)
+    keys = [s.key() for s in specs]
+    assert len(keys) == len(set(keys))
+    assert keys.count(EXTRA_KEY) == 1 and keys.count(mb.key()) == 1
+    # toy kernels + the mbconv's 4 primitives (the conv is its own primitive) + the pool
+    assert len(keys) == 2 + 4 + 1
+    # a random entry with a single possible kernel gives it once however many are drawn
+    one = Plan("one", random=(RandomKernels("add", 10, {"h": 4, "cin": 8}),))
+    assert [s.key() for s in build_specs(one)] == [OpSpec("add", h=4, w=4, cin=8).key()]
+
+
+def test_perturb_and_random_spec_stay_valid() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for spec in [*TOY_SPACE, OpSpec("linear", cin=64, cout=10), OpSpec("dwconv", h=8, w=8,
+                                                                      cin=16, kernel=3)]:
+        for _ in range(10):
+            variant = perturb(spec, rng)
+            assert variant.kind == spec.kind
+    with pytest.raises(ConfigError, match="produced no valid kernel"):
+        random_spec(RandomKernels("conv", 1, {"h": [1], "kernel": [5], "pad": [0]}), rng)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "text", "match"), [
+    ("a.yaml", "name: x\nsamples: 3\n", r"unknown plan key\(s\) samples"),
+    ("a.toml", "[plan]\nname = 'x'\nsamples = 3\n", r"unknown plan key\(s\) samples"),
+    ("b.yaml", "random:\n  - {kind: conv3d, count: 4}\n", "unknown kind 'conv3d'"),
+    ("c.yaml", "random:\n  - {kind: conv}\n", "random entry 0 needs 'kind' and 'count'"),
+    ("c2.yaml", "random:\n  - conv\n", "random entry 0 needs 'kind' and 'count'"),
+    ("c3.yaml", "random: {kind: conv, count: 3}\n", "'random' must be a list"),
+    ("c4.yaml", "random:\n  - {kind: conv, count: ten}\n", "count must be an integer"),
+    ("d.yaml", "specs: ['conv:n=1,h=8']\n", "not canonical"),
+    ("d2.yaml", "specs: ['warp:n=1,dtype=float32']\n", "unknown op kind 'warp'"),
+    ("d3.yaml", "specs: 'conv:n=1,h=8'\n", "'specs' must be a list of strings"),
+    ("e.yaml", "random:\n  - {kind: linear, count: 3, kernel: [3]}\n",
+     "random linear entry cannot set kernel"),
+    ("e2.yaml", "random:\n  - {kind: dwconv, count: 3, cout: [8]}\n",
+     "random dwconv entry cannot set cout"),
+    ("f.yaml", "- conv\n- pool\n", "must hold a mapping"),
+    ("f2.yaml", "just words\n", "must hold a mapping"),
+    ("g.yaml", "name: [unclosed\n", "not valid YAML"),
+    ("g2.toml", "name = \n", "is not valid"),
+    ("h.yaml", "spaces: nasbench-macro\n", "'spaces' must be a list of strings"),
+    ("h2.yaml", "seed: abc\n", "seed must be an integer"),
+    ("h3.yaml", "around: -1\n", "around must be >= 0"),
+    ("h4.yaml", "primitives: maybe\n", "'primitives' must be true or false"),
+    ("plan.json", "{}", r"must end in \.yaml, \.yml or \.toml"),
+])
+def test_bad_plan_files(tmp_path: Path, name: str, text: str, match: str) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_plan(path)
+    if name != "plan.json":
+        assert str(path) in str(info.value)  # the message names the file
+
+
+def test_missing_plan_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="neither a preset") as info:
+        load_plan(missing)
+    assert str(missing) in str(info.value)
+    for preset in PRESETS:
+        assert preset in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("random:\n  - {kind: conv, count: 2, cin: {min: 0, max: 8}}\n", "need 1 <= min <= max"),
+    ("random:\n  - {kind: conv, count: 2, cin: {min: 8}}\n", "a range is"),
+    ("random:\n  - {kind: conv, count: 2, cin: []}\n", "empty list of choices"),
+    ("random:\n  - {kind: conv, count: 2, act: [gelu]}\n", "produced no valid kernel"),
+    ("spaces: [nowhere]\n", "unknown search space 'nowhere'"),
+    ("primitives: true\n", "produces no kernels"),
+])
+def test_bad_plans_fail_when_built(tmp_path: Path, text: str, match: str) -> None:
+    plan = load_plan(write(tmp_path, "p.yaml", text))
+    with pytest.raises(ConfigError, match=match):
+        build_specs(plan, toy_resolver)
+
+
+def test_space_without_resolver() -> None:
+    with pytest.raises(ConfigError, match="no space resolver"):
+        build_specs(Plan("p", spaces=("toy",)))
+
+
+def test_to_dict_round_trips(tmp_path: Path) -> None:
+    import yaml
+
+    plan = load_plan(write(tmp_path, "my-phone.yaml", YAML_PLAN))
+    again = load_plan(write(tmp_path, "again.yaml", yaml.safe_dump(plan.to_dict())))
+    assert again == plan

@@ -1,0 +1,96 @@
+"""Composition terms: a per-kernel dispatch cost and the layout conversions a kernel timed alone
+pays are recovered from networks built with them, persist with the predictor, and keep a
+network's estimate a sum over its kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.ops import OpSpec
+from latbench.errors import PredictorError
+from predictor.io import load_predictor, save_predictor
+from predictor.model_level import (
+    MIN_SHARE,
+    composed_kernel_ms,
+    fit_composition,
+    predict_network,
+    term_values,
+)
+from predictor.models import get_predictor_class
+
+PER_KERNEL = 0.004
+PER_MB = -0.02
+
+
+def kernels(rng: np.random.Generator) -> list[OpSpec]:
+    out = []
+    for _ in range(int(rng.integers(3, 30))):
+        h = int(rng.choice([4, 8, 16, 32, 56]))
+        c = int(rng.choice([16, 32, 64, 96]))
+        kind = rng.choice(["conv", "dwconv", "add"])
+        if kind == "conv":
+            out.append(OpSpec("conv", h=h, w=h, cin=c, cout=c, kernel=int(rng.choice([1, 3]))))
+        elif kind == "dwconv":
+            out.append(OpSpec("dwconv", h=h, w=h, cin=c, kernel=3))
+        else:
+            out.append(OpSpec("add", h=h, w=h, cin=c))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    nets = [kernels(rng) for _ in range(80)]
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.01 + 0.002 * term_values(s, ["layout_bytes"])[0] * 50 + 1e-4 * s.cin
+                for s in specs], call_overhead_ms=0.01)
+
+    def truth(net: list[OpSpec]) -> float:
+        raw = table.predict(net)
+        extra = [PER_KERNEL + PER_MB * term_values(s, ["layout_bytes"])[0] for s in net]
+        return 0.01 + float(np.sum(np.maximum(raw + np.array(extra), MIN_SHARE * raw)))
+
+    return table, nets, truth
+
+
+def test_terms_are_recovered_and_predict_new_networks(setup) -> None:
+    table, nets, truth = setup
+    summary = fit_composition(table, [(n, truth(n)) for n in nets[:60]],
+                              terms=["per_kernel", "layout_bytes"])
+    assert summary["terms"]["per_kernel"] == pytest.approx(PER_KERNEL, rel=0.05)
+    assert summary["terms"]["layout_bytes"] == pytest.approx(PER_MB, rel=0.05)
+    assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
+    for net in nets[60:]:
+        assert predict_network(table, net).predicted_ms == pytest.approx(truth(net), rel=0.01)
+        # still a sum over kernels (what a per-layer latency table relies on)
+        assert composed_kernel_ms(table, net).sum() + 0.01 == pytest.approx(
+            predict_network(table, net).predicted_ms)
+
+
+def test_without_terms_nothing_changes(setup) -> None:
+    table, nets, truth = setup
+    fit_composition(table, [(n, truth(n)) for n in nets[:60]])
+    assert table.composition_terms_ == {}
+    raw = table.predict(nets[0])
+    scale = np.array([table.kind_scale_[s.kind] for s in nets[0]])
+    np.testing.assert_array_equal(composed_kernel_ms(table, nets[0]), raw * scale)
+
+
+def test_terms_persist(setup, tmp_path: Path) -> None:
+    table, nets, truth = setup
+    fit_composition(table, [(n, truth(n)) for n in nets[:60]], terms=["per_kernel"])
+    save_predictor(table, tmp_path / "p")
+    loaded, manifest = load_predictor(tmp_path / "p")
+    assert manifest["composition_terms"] == table.composition_terms_
+    assert predict_network(loaded, nets[70]).predicted_ms == \
+        predict_network(table, nets[70]).predicted_ms
+
+
+def test_unknown_term_is_refused(setup) -> None:
+    table, nets, truth = setup
+    with pytest.raises(PredictorError, match="unknown composition term 'cache'"):
+        fit_composition(table, [(n, truth(n)) for n in nets[:5]], terms=["cache"])

@@ -1,0 +1,224 @@
+"""Evaluation: exact metrics on a hand-checked example, the four report files, and evaluate()
+end to end on the local CPU (a predictor fitted on a small real dataset, scored on tiny
+NAS-Bench-Macro-like chain networks measured with the predictor's own run settings)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.campaign import CampaignConfig, CampaignSummary, Subject, measure_into_dataset
+from bench.ops import OpSpec
+from bench.runners import RunSettings
+from bench.store import LatencyDataset
+from device_agents import local_device
+from latbench.errors import PredictorError, UnknownKernelError
+from predictor.evaluate import (
+    EvaluationReport,
+    error_metrics,
+    evaluate,
+    network_kernels,
+    settings_from_manifest,
+    write_report,
+)
+from predictor.io import load_predictor
+from predictor.model_level import predict_network
+from predictor.training import fit_from_dataset
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- metrics ------------------------------------------------------------------------------------
+def test_error_metrics_exact() -> None:
+    measured = [10.0, 20.0, 30.0, 40.0, 50.0]
+    rel = [0.0, 0.08, 0.5, -0.2, -0.12]
+    predicted = [m * (1 + r) for m, r in zip(measured, rel, strict=True)]  # 10 21.6 45 32 44
+    m = error_metrics(predicted, measured)
+    assert m["n"] == 5
+    assert m["rmse_ms"] == pytest.approx(math.sqrt((0 + 1.6 ** 2 + 15 ** 2 + 8 ** 2 + 6 ** 2) / 5))
+    assert m["rmspe_pct"] == pytest.approx(100 * math.sqrt((0.0064 + 0.25 + 0.04 + 0.0144) / 5))
+    assert m["mape_pct"] == pytest.approx(18.0)
+    assert m["bias_pct"] == pytest.approx(5.2)
+    # |error| <= 5%: 1 network; <= 10%: 2 (0, 8%); <= 15%: 3 (0, 8%, 12%)
+    assert (m["within5"], m["within10"], m["within15"]) == (0.2, 0.4, 0.6)
+    # predicted ranks 1 2 5 3 4 vs 1 2 3 4 5: sum d^2 = 6 -> 1 - 6*6/(5*24); 2 of 10 pairs swap
+    assert m["spearman"] == pytest.approx(0.7)
+    assert m["kendall"] == pytest.approx(0.6)
+
+
+def test_error_metrics_perfect_and_degenerate() -> None:
+    perfect = error_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert perfect["rmse_ms"] == perfect["rmspe_pct"] == perfect["bias_pct"] == 0.0
+    assert perfect["within5"] == 1.0 and perfect["spearman"] == pytest.approx(1.0)
+    # rank correlation is undefined for 2 points or constant values: NaN, not a crash or a 1
+    assert math.isnan(error_metrics([1.0, 2.0], [1.0, 2.0])["spearman"])
+    assert math.isnan(error_metrics([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])["kendall"])
+    with pytest.raises(PredictorError, match="3 vs 2"):
+        error_metrics([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(PredictorError, match="non-empty"):
+        error_metrics([], [])
+
+
+# --- report files -------------------------------------------------------------------------------
+def toy_report() -> EvaluationReport:
+    table = pd.DataFrame({
+        "network": ["a:1", "a:2", "a:3", "b:1", "b:2", "b:3"],
+        "family": ["a", "a", "a", "b", "b", "b"],
+        "predicted_ms": [1.0, 2.2, 2.9, 5.0, 7.0, 9.5],
+        "measured_ms": [1.1, 2.0, 3.0, 5.0, 8.0, 9.0]})
+    table["error_pct"] = 100 * (table["predicted_ms"] / table["measured_ms"] - 1)
+    metrics = {f: error_metrics(g["predicted_ms"], g["measured_ms"])
+               for f, g in table.groupby("family")}
+    metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
+    return EvaluationReport(table, metrics, "min_ms", CampaignSummary())
+
+
+def test_write_report(tmp_path: Path) -> None:
+    report = toy_report()
+    paths = write_report(report, tmp_path / "eval", title="Toy evaluation")
+    assert set(paths) == {"json", "csv", "markdown", "scatter"}
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "eval.json", "eval.md", "predictions.csv", "scatter.png"]  # no temp files left
+    data = json.loads(paths["json"].read_text())
+    assert data["statistic"] == "min_ms"
+    assert set(data["metrics"]) == {"a", "b", "all"}
+    assert data["metrics"]["all"]["n"] == 6
+    assert data["metrics"]["b"]["rmse_ms"] == pytest.approx(report.metrics["b"]["rmse_ms"])
+    pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), report.table)
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Toy evaluation")
+    assert "| family | n | RMSE ms | RMSPE % |" in md and "| all | 6 |" in md
+    assert "`min_ms`" in md and "scatter.png" in md
+    png = paths["scatter"].read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(paths["scatter"])
+    assert image.shape[0] >= 600 and image.shape[1] >= 600  # 6x6 in at 120 dpi
+    assert image[..., :3].std() > 0.05  # something was drawn
+
+
+def test_settings_from_manifest() -> None:
+    settings = RunSettings(threads=1, warmup=2, runs=4, rounds=2)
+    assert settings_from_manifest({"run_settings": settings.__dict__}) == settings
+    with pytest.raises(PredictorError, match="no run_settings"):
+        settings_from_manifest({})
+
+
+# --- end to end on the local CPU ----------------------------------------------------------------
+SETTINGS = RunSettings(threads=1, warmup=2, runs=5, rounds=2)
+CONFIG = CampaignConfig(settings=SETTINGS, drift_pause_s=0.05)
+
+
+def tiny_net(width: int, mb_expand: int | None, res: int = 16) -> list[OpSpec]:
+    """A NAS-Bench-Macro-shaped chain: stem conv, one searchable layer (identity conv or
+    mbconv), head conv, global pool, linear."""
+    layer = (OpSpec("conv", h=res, w=res, cin=8, cout=width, kernel=1, stride=2)
+             if mb_expand is None else
+             OpSpec("mbconv", h=res, w=res, cin=8, cout=width, kernel=3, stride=2,
+                    expand=mb_expand, act="relu"))
+    half = res // 2
+    return [OpSpec("conv", h=res, w=res, cin=3, cout=8, kernel=3, act="relu"), layer,
+            OpSpec("conv", h=half, w=half, cin=width, cout=64, kernel=1, act="relu"),
+            OpSpec("pool", h=half, w=half, cin=64, pool="gavg"),
+            OpSpec("linear", cin=64, cout=10)]
+
+
+NETWORKS = {"macro-like:a": tiny_net(16, None), "macro-like:b": tiny_net(16, 3),
+            "macro-like:c": tiny_net(32, 6), "macro-like:d": tiny_net(24, 3)}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple:
+    """A predictor fitted on a real dataset of the networks' kernels and a few neighbours."""
+    root = tmp_path_factory.mktemp("evaluate")
+    kernels = {s.key(): s for net in NETWORKS.values() for s in net}
+    for spec in list(kernels.values()):
+        if spec.kind in ("conv", "mbconv"):
+            wider = spec.with_(cout=spec.cout * 2, residual=None) if spec.kind == "mbconv" \
+                else spec.with_(cout=spec.cout * 2)
+            kernels.setdefault(wider.key(), wider)
+    device = local_device(str(root / "work"))
+    summary = measure_into_dataset([Subject.op(s) for s in kernels.values()], device,
+                                   "onnxruntime", root / "dataset", CONFIG)
+    assert summary.failed == 0 and summary.measured == len(kernels)
+    fit_from_dataset(root / "dataset", root / "predictor",
+                     params={"n_estimators": 30, "max_depth": 3, "n_jobs": 1})
+    predictor, manifest = load_predictor(root / "predictor")
+    return predictor, manifest, device, root
+
+
+def subjects() -> list[Subject]:
+    return [Subject.chain(key, "macro-like", specs) for key, specs in NETWORKS.items()]
+
+
+def test_evaluate_end_to_end(fitted) -> None:
+    predictor, manifest, device, root = fitted
+    assert settings_from_manifest(manifest) == SETTINGS
+    networks = subjects()
+    report = evaluate(predictor, manifest, networks, device, root / "eval",
+                      config=CampaignConfig(drift_pause_s=0.05))
+    table = report.table.set_index("network")
+    assert sorted(table.index) == sorted(NETWORKS)
+    assert (table["family"] == "macro-like").all()
+    for key, specs in NETWORKS.items():
+        assert table.loc[key, "predicted_ms"] == pytest.approx(
+            predict_network(predictor, specs).predicted_ms)
+    # measured with the predictor's settings, the statistic it was trained on
+    records = LatencyDataset.open(root / "eval" / "networks").records()
+    assert set(records["settings"]) == {SETTINGS.key("onnxruntime")}
+    assert set(records["n_runs"]) == {SETTINGS.runs * SETTINGS.rounds}
+    statistic = manifest["statistic"]
+    assert report.statistic == statistic
+    by_key = dict(zip(records["key"], records[statistic], strict=True))
+    for key in NETWORKS:
+        assert table.loc[key, "measured_ms"] == by_key[key] > 0
+    np.testing.assert_allclose(
+        table["error_pct"], 100 * (table["predicted_ms"] / table["measured_ms"] - 1))
+    assert list(report.metrics) == ["macro-like"]  # one family: no "all" row
+    metrics = report.metrics["macro-like"]
+    assert metrics["n"] == 4
+    assert metrics["rmse_ms"] == pytest.approx(error_metrics(table["predicted_ms"],
+                                                             table["measured_ms"])["rmse_ms"])
+    # a real predictor of real kernels is in the right ballpark for networks of those kernels
+    assert metrics["rmspe_pct"] < 75
+    assert report.campaign.measured == 4 and report.campaign.failed == 0
+    assert "| macro-like | 4 |" in report.markdown()
+
+    again = evaluate(predictor, manifest, networks, device, root / "eval")
+    assert again.campaign.skipped == 4 and again.campaign.measured == 0  # resumed, not re-measured
+    pd.testing.assert_frame_equal(again.table, report.table)
+
+
+def test_evaluate_refusals(fitted, tmp_path: Path) -> None:
+    predictor, manifest, device, _ = fitted
+    with pytest.raises(PredictorError, match="no networks"):
+        evaluate(predictor, manifest, [], device, tmp_path / "a")
+    with pytest.raises(PredictorError, match="trained on onnxruntime measurements"):
+        evaluate(predictor, manifest, subjects(), device, tmp_path / "b", runtime="litert")
+    no_settings = {k: v for k, v in manifest.items() if k != "run_settings"}
+    with pytest.raises(PredictorError, match="no run_settings"):
+        evaluate(predictor, no_settings, subjects(), device, tmp_path / "c")
+    # a kernel the predictor never saw fails before anything is measured
+    odd = Subject.chain("odd:1", "odd", [OpSpec("conv", h=8, w=8, cin=3, cout=8, kernel=3),
+                                         OpSpec("act", h=8, w=8, cin=8, act="hswish")])
+    with pytest.raises(UnknownKernelError, match="act"):
+        evaluate(predictor, manifest, [odd], device, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_network_kernels() -> None:
+    from bench.export.graph import chain_graph
+    from bench.export.to_onnx import to_onnx
+
+    specs = NETWORKS["macro-like:a"]
+    assert network_kernels(subjects()[0]) == specs
+    onnx_only = Subject.onnx_model("onnx:a", "onnx", lambda: to_onnx(chain_graph(specs)))
+    assert [s.key() for s in network_kernels(onnx_only)] == [s.key() for s in specs]
+    with pytest.raises(PredictorError, match="neither kernels nor an ONNX export"):
+        network_kernels(Subject("x", "network"))

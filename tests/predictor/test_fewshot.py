@@ -1,0 +1,146 @@
+"""Few-shot transfer to an unseen device: arch features, the model on a slice of the shared
+NAS-Bench-201 / FBNet latency tables, and the `latbench predictor fewshot` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latbench.cli import main
+from latbench.errors import ConfigError, DatasetError, PredictorError
+from predictor.evaluate import error_metrics
+from predictor.fewshot import (
+    FewShotPredictor,
+    fbnet_features,
+    leave_one_device_out,
+    load_reference,
+    nb201_features,
+    select_samples,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def slice_csv(space: str, rows: int, tmp_path: Path) -> Path:
+    frame = pd.read_csv(DATA / space / "latency_ms.csv", nrows=rows)
+    path = tmp_path / f"{space}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_nb201_features_count_live_ops() -> None:
+    # Node 3 is reached only through the conv on edge 3<-0; the pool on 2<-1 feeds node 2,
+    # which feeds nothing: it is computed but dead.
+    arch = "|none~0|+|none~0|avg_pool_3x3~1|+|nor_conv_3x3~0|none~1|none~2|"
+    every_skip, every_c1, every_c3, every_pool, live_skip, live_c1, live_c3, live_pool, \
+        connected = nb201_features(arch)
+    assert (every_c3, every_pool) == (1, 1) and (live_c3, live_pool) == (1, 0)
+    assert connected == 1.0
+    cut = "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    assert nb201_features(cut)[-1] == 0.0 and sum(nb201_features(cut)[4:8]) == 0
+    with pytest.raises(ConfigError, match="NAS-Bench-201"):
+        nb201_features("|conv~0|")
+
+
+def test_fbnet_features() -> None:
+    arch = "-".join(["k3_e1"] * 10 + ["skip"] * 12)
+    assert fbnet_features(arch)[0] == 10 and sum(fbnet_features(arch)) == 10
+    with pytest.raises(ConfigError, match="FBNet"):
+        fbnet_features("k3_e1-skip")
+
+
+@pytest.mark.parametrize("space", ["nasbench201", "fbnet"])
+def test_transfer_to_a_held_out_device(space: str, tmp_path: Path) -> None:
+    table = load_reference(slice_csv(space, 600, tmp_path))
+    assert len(table.archs) == 600 and len(table.devices) == 13
+    device = "silver_4210r"
+    others = table.without(device)
+    assert device not in others.devices
+    truth = table.column(device)
+    picked = select_samples(others, 10, np.random.default_rng(0))
+    model = FewShotPredictor(space, others).fit([others.archs[i] for i in picked],
+                                                truth[picked])
+    expected = {"nasbench201": {"ref", "arch"}, "fbnet": {"ref"}}[space]
+    assert set(model.weights_by_candidate_) == expected == set(model.cv_rmspe_)
+    assert sum(model.weights_by_candidate_.values()) == pytest.approx(1.0)
+    assert model.candidate_ in expected
+    held = np.setdiff1d(np.arange(600), picked)
+    m = error_metrics(model.predict_all()[held], truth[held])
+    assert m["spearman"] > 0.8 and m["within10"] > 0.6, m
+    np.testing.assert_allclose(model.predict([others.archs[i] for i in held[:5]]),
+                               model.predict_all()[held[:5]], rtol=1e-12)
+
+
+def test_more_samples_do_not_hurt(tmp_path: Path) -> None:
+    table = load_reference(slice_csv("nasbench201", 800, tmp_path))
+    frame = leave_one_device_out("nasbench201", table, [5, 50], seeds=[0, 1],
+                                 devices=["gold_6240", "titanx_32"])
+    assert len(frame) == 2 * 2 * 2
+    by_k = frame.groupby("k")[["spearman", "within10"]].mean()
+    assert by_k.loc[50, "within10"] >= by_k.loc[5, "within10"] - 0.02
+    strat = leave_one_device_out("nasbench201", table, [10], seeds=[0],
+                                 selection="stratified", devices=["gold_6240"])
+    assert strat.iloc[0]["selection"] == "stratified"
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    table = load_reference(slice_csv("fbnet", 50, tmp_path))
+    model = FewShotPredictor("fbnet", table)
+    with pytest.raises(PredictorError, match="not fitted"):
+        model.predict_all()
+    with pytest.raises(PredictorError, match="not in the reference data: nope"):
+        model.fit(["nope", table.archs[0]], [1.0, 2.0])
+    with pytest.raises(PredictorError, match="positive"):
+        model.fit(list(table.archs[:3]), [1.0, 0.0, 2.0])
+    with pytest.raises(ConfigError, match="no device 'tpu'"):
+        table.without("tpu")
+    with pytest.raises(ConfigError, match="unknown few-shot space"):
+        FewShotPredictor("darts", table)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,name,gpu\n0,a,1.0\n")
+    with pytest.raises(DatasetError, match="no 'arch' column"):
+        load_reference(bad)
+
+
+def test_fewshot_command(tmp_path: Path) -> None:
+    reference = slice_csv("nasbench201", 400, tmp_path)
+    full = pd.read_csv(reference)
+    rng = np.random.default_rng(3)
+    rows = rng.choice(len(full), 10, replace=False)
+    samples = tmp_path / "samples.csv"
+    full.iloc[rows][["arch", "pixel3"]].rename(columns={"pixel3": "latency_ms"}).to_csv(
+        samples, index=False)
+    query = tmp_path / "query.csv"
+    queried = full.drop(index=rows)[["arch"]]
+    queried.to_csv(query, index=False)
+    out = tmp_path / "out" / "pred.csv"
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
+                 str(reference), "--samples", str(samples), "--query", str(query),
+                 "--out", str(out), "--exclude-device", "pixel3"]) == 0
+    result = pd.read_csv(out)
+    assert list(result.columns) == ["arch", "predicted_ms"]
+    assert result["arch"].tolist() == queried["arch"].tolist()
+    assert (result["predicted_ms"] > 0).all()
+    truth = full.drop(index=rows)["pixel3"].to_numpy()
+    assert error_metrics(result["predicted_ms"], truth)["spearman"] > 0.7
+    # A sample column missing: one error line naming it.
+    samples.write_text("arch,ms\nx,1\n")
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
+                 str(reference), "--samples", str(samples), "--query", str(query),
+                 "--out", str(out)]) == 1
+
+
+def test_select_uses_one_basis_and_ensemble_mixes(tmp_path: Path) -> None:
+    table = load_reference(slice_csv("nasbench201", 300, tmp_path)).without("pixel3")
+    rows = select_samples(table, 12, np.random.default_rng(0))
+    archs, ms = [table.archs[i] for i in rows], table.column("gold_6240")[rows]
+    select = FewShotPredictor("nasbench201", table.without("gold_6240"), combine="select")
+    select.fit(archs, ms)
+    assert sorted(select.weights_by_candidate_.values()) == [0.0, 1.0]
+    mix = FewShotPredictor("nasbench201", table.without("gold_6240")).fit(archs, ms)
+    assert 0 < min(mix.weights_by_candidate_.values()) < 1
+    with pytest.raises(ConfigError, match="combination"):
+        FewShotPredictor("nasbench201", table, combine="vote")

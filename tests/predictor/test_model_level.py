@@ -1,0 +1,196 @@
+"""Whole-network prediction: the composition fit recovers known per-kind scales, the safety
+margin read from a manifest, and ONNX prediction agreeing with the kernel-level sum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.export.graph import chain_graph
+from bench.export.to_onnx import to_onnx
+from bench.ops import OpSpec, decompose
+from latbench.errors import PredictorError
+from predictor.features import kernel_cost
+from predictor.model_level import (
+    SCALE_BOUNDS,
+    composed_kernel_ms,
+    fit_composition,
+    predict_network,
+    predict_onnx,
+    safety_margin,
+)
+from predictor.models import XGBoostKernelPredictor
+from search.spaces import get_space
+
+OVERHEAD_MS = 0.04
+
+
+def synthetic_ms(spec: OpSpec) -> float:
+    return 0.01 + 3e-9 * kernel_cost(spec).flops
+
+
+@pytest.fixture(scope="module")
+def macro():
+    return get_space("nasbench-macro")
+
+
+@pytest.fixture(scope="module")
+def predictor(macro) -> XGBoostKernelPredictor:
+    """Fitted on the space's fused kernels and their primitives (what ONNX graphs show)."""
+    specs = macro.layer_specs()
+    specs = list({s.key(): s for s in [*specs, *(p for s in specs for p in decompose(s))]}
+                 .values())
+    model = XGBoostKernelPredictor(n_estimators=40, max_depth=3, n_jobs=1).fit(
+        specs, [synthetic_ms(s) for s in specs], call_overhead_ms=OVERHEAD_MS)
+    model.train_specs = specs  # test-only attribute: the kernels bags are drawn from
+    return model
+
+
+def networks(macro, n: int, seed: int) -> list[list[OpSpec]]:
+    rng = np.random.default_rng(seed)
+    return [macro.ops(macro.sample(rng)) for _ in range(n)]
+
+
+def fresh_scales(predictor: XGBoostKernelPredictor) -> None:
+    if hasattr(predictor, "kind_scale_"):
+        del predictor.kind_scale_
+
+
+def true_latency(predictor, kernels: list[OpSpec], scale: dict[str, float]) -> float:
+    raw = predictor.predict(kernels)
+    return OVERHEAD_MS + float(sum(ms * scale.get(s.kind, 1.0)
+                                   for s, ms in zip(kernels, raw, strict=True)))
+
+
+def bags(predictor, n: int, seed: int) -> list[list[OpSpec]]:
+    """Networks as random bags of conv, dwconv and mbconv kernels (plus a pooled head), so that
+    every kind's share of the latency varies a lot from network to network."""
+    rng = np.random.default_rng(seed)
+    pool = [s for s in predictor.train_specs if s.kind in ("conv", "dwconv", "mbconv")]
+    head = [s for s in predictor.train_specs if s.kind in ("pool", "linear")]
+    out = []
+    for _ in range(n):
+        picks = rng.choice(len(pool), size=int(rng.integers(3, 12)), replace=True)
+        out.append([pool[i] for i in picks] + head)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mbconv", "conv", "dwconv"])
+def test_fit_composition_recovers_a_kind_scale(predictor, kind: str) -> None:
+    fresh_scales(predictor)
+    truth = {kind: 1.1}
+    calibration = [(k, true_latency(predictor, k, truth)) for k in bags(predictor, 80, seed=1)]
+    try:
+        # a weak prior: the least-squares fit itself must find the scales
+        summary = fit_composition(predictor, calibration, ridge=1e-4)
+        scales = predictor.kind_scale_
+        assert set(scales) == {"conv", "dwconv", "add", "mbconv", "pool", "linear"}
+        assert scales[kind] == pytest.approx(1.1, abs=0.005)
+        for other in ("conv", "dwconv", "mbconv"):
+            if other != kind:
+                assert scales[other] == pytest.approx(1.0, abs=0.005), other
+        # a kind no calibration network contains stays at exactly 1 (the ridge prior)
+        assert scales["add"] == 1.0
+        assert summary["kind_scale"] == scales and summary["networks"] == 80
+        assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
+        assert summary["underprediction_p90_pct"] >= 0
+        # the fitted composition generalises to networks it was not fitted on
+        for kernels in bags(predictor, 10, seed=2):
+            got = predict_network(predictor, kernels).predicted_ms
+            assert got == pytest.approx(true_latency(predictor, kernels, truth), rel=0.005)
+        # the default prior pulls towards 1 but never past the truth
+        fit_composition(predictor, calibration)
+        assert 1.0 < predictor.kind_scale_[kind] <= 1.1
+    finally:
+        fresh_scales(predictor)
+
+
+def test_fit_composition_on_space_networks(macro, predictor) -> None:
+    """NAS-Bench-Macro networks are mostly mbconv time: its scale is found, the rest stay ~1."""
+    fresh_scales(predictor)
+    truth = {"mbconv": 1.1}
+    calibration = [(k, true_latency(predictor, k, truth)) for k in networks(macro, 60, seed=1)]
+    fit_composition(predictor, calibration)
+    try:
+        assert predictor.kind_scale_["mbconv"] == pytest.approx(1.1, abs=0.015)
+        for other in ("conv", "pool", "linear"):
+            assert predictor.kind_scale_[other] == pytest.approx(1.0, abs=0.03), other
+        assert predictor.kind_scale_["dwconv"] == predictor.kind_scale_["add"] == 1.0
+    finally:
+        fresh_scales(predictor)
+
+
+def test_composition_scales_are_bounded(macro, predictor) -> None:
+    fresh_scales(predictor)
+    try:
+        calibration = [(k, true_latency(predictor, k, {"mbconv": 5.0, "conv": 5.0}))
+                       for k in networks(macro, 30, seed=3)]
+        fit_composition(predictor, calibration)
+        assert max(predictor.kind_scale_.values()) <= SCALE_BOUNDS[1]
+        assert predictor.kind_scale_["mbconv"] == SCALE_BOUNDS[1]
+    finally:
+        fresh_scales(predictor)
+
+
+def test_composition_refusals(macro, predictor) -> None:
+    kernels = networks(macro, 1, seed=4)[0]
+    with pytest.raises(PredictorError, match="no calibration networks"):
+        fit_composition(predictor, [])
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(PredictorError, match="finite and positive"):
+            fit_composition(predictor, [(kernels, 1.0), (kernels, bad)])
+    assert not hasattr(predictor, "kind_scale_")
+
+
+def test_predict_network_parts(macro, predictor) -> None:
+    kernels = networks(macro, 1, seed=5)[0]
+    plain = predict_network(predictor, kernels)
+    assert plain.overhead_ms == OVERHEAD_MS
+    assert plain.predicted_ms == pytest.approx(OVERHEAD_MS + predictor.predict(kernels).sum())
+    assert sum(plain.by_kind().values()) == pytest.approx(plain.predicted_ms - OVERHEAD_MS)
+    as_json = plain.to_json()
+    assert as_json["n_kernels"] == len(kernels)
+    assert [k["key"] for k in as_json["kernels"]] == [s.key() for s in kernels]
+    predictor.kind_scale_ = {"mbconv": 2.0}
+    try:
+        scaled = predict_network(predictor, kernels)
+        assert scaled.by_kind()["mbconv"] == pytest.approx(2 * plain.by_kind()["mbconv"])
+        assert scaled.by_kind()["conv"] == pytest.approx(plain.by_kind()["conv"])
+        np.testing.assert_allclose(composed_kernel_ms(predictor, kernels),
+                                   [ms for _, ms in scaled.kernels])
+    finally:
+        fresh_scales(predictor)
+    assert composed_kernel_ms(predictor, []).shape == (0,)
+    empty = predict_network(predictor, [])
+    assert empty.predicted_ms == OVERHEAD_MS and empty.kernels == ()
+
+
+def test_safety_margin() -> None:
+    assert safety_margin({"composition": {"underprediction_p90_pct": 4.5}}) == pytest.approx(
+        0.045)
+    assert safety_margin({"composition": {"underprediction_p90_pct": 0.0}}) == 0.0
+    assert safety_margin({"composition": {"networks": 0}}) == 0.03
+    assert safety_margin({}) == 0.03
+    assert safety_margin({"composition": None}, default=0.07) == 0.07
+
+
+@pytest.mark.parametrize("code", ["12012012", "00000000", "22222222"])
+def test_predict_onnx_equals_predict_network(tmp_path: Path, macro, predictor,
+                                             code: str) -> None:
+    specs = macro.ops(macro.decode(code))
+    onnx_bytes = to_onnx(chain_graph(specs))
+    primitives = [p for s in specs for p in decompose(s)]
+    predictor.kind_scale_ = {"conv": 1.05, "dwconv": 1.1}
+    try:
+        from_onnx = predict_onnx(predictor, onnx_bytes)
+        assert [s.key() for s, _ in from_onnx.kernels] == [p.key() for p in primitives]
+        expected = predict_network(predictor, primitives)
+        assert from_onnx.predicted_ms == pytest.approx(expected.predicted_ms, rel=1e-12)
+        path = tmp_path / "model.onnx"
+        path.write_bytes(onnx_bytes)
+        assert predict_onnx(predictor, path).predicted_ms == from_onnx.predicted_ms
+        assert predict_onnx(predictor, str(path)).predicted_ms == from_onnx.predicted_ms
+    finally:
+        fresh_scales(predictor)

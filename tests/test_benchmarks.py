@@ -1,0 +1,53 @@
+"""benchmarks/run_all.py (what `make bench` runs): finds every benchmark script, runs each in
+its own process, and fails loudly naming the scripts that failed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+assert spec is not None and spec.loader is not None
+run_all = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_all)
+
+
+def test_discovers_the_benchmarks_but_not_helpers() -> None:
+    names = [p.stem for p in run_all.discover()]
+    assert {"repeatability", "throughput", "predictor_accuracy"} <= set(names)
+    assert "_report" not in names and "run_all" not in names
+    assert names == sorted(names)
+
+
+def test_runs_each_script_and_fails_loudly(tmp_path: Path,
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a_ok.py").write_text("import sys\nprint('A RAN', sys.argv[1:])\n")
+    (tmp_path / "b_broken.py").write_text("raise SystemExit(3)\n")
+    (tmp_path / "c_ok.py").write_text("print('C RAN')\n")
+    (tmp_path / "_helper.py").write_text("raise SystemExit('a helper must not run')\n")
+    scripts = run_all.discover(tmp_path)
+    assert [p.stem for p in scripts] == ["a_ok", "b_broken", "c_ok"]
+    results = run_all.run(scripts, ["--no-write"], cwd=tmp_path)
+    assert [(name, code) for name, code, _ in results] == [("a_ok", 0), ("b_broken", 3),
+                                                          ("c_ok", 0)]
+    out = capfd.readouterr().out
+    assert "A RAN ['--no-write']" in out and "C RAN" in out  # a failure did not stop c
+    assert "b_broken: FAILED (exit 3)" in out
+
+
+def test_main_exit_code_and_selection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                      capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "good.py").write_text("pass\n")
+    (tmp_path / "bad.py").write_text("raise SystemExit(1)\n")
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    assert run_all.main(["--only", "good"]) == 0
+    assert run_all.main([]) == 1
+    assert "1 of 2 benchmarks FAILED: bad" in capfd.readouterr().err
+    assert run_all.main(["--list", "--skip", "bad"]) == 0
+    assert capfd.readouterr().out.strip() == "good"
+    with pytest.raises(SystemExit, match="no benchmark named 'nope'"):
+        run_all.main(["--only", "nope"])

@@ -1,0 +1,225 @@
+"""The command line: every --help, one-line errors that write nothing, and a small real flow
+(measure a plan twice, fit, predict an ONNX file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bench.export.graph import chain_graph
+from bench.export.to_onnx import to_onnx
+from bench.ops import OpSpec
+from bench.store import LatencyDataset
+from latbench.cli import main
+from predictor.features import kernel_cost
+from predictor.io import save_predictor
+from predictor.models import XGBoostKernelPredictor
+
+REPO = Path(__file__).resolve().parents[1]
+
+COMMANDS = [[], ["bench"], ["bench", "ops"], ["bench", "plan"], ["predictor"],
+            ["predictor", "fit"], ["predictor", "eval"], ["predict"], ["search"], ["demo"]]
+
+# A tiny network and the kernels it is made of (plus one more conv, to have 6 plan kernels).
+CHAIN = [OpSpec("conv", h=16, w=16, cin=3, cout=8, kernel=3, act="relu"),
+         OpSpec("dwconv", h=16, w=16, cin=8, kernel=3, act="relu"),
+         OpSpec("conv", h=16, w=16, cin=8, cout=16, kernel=1),
+         OpSpec("pool", h=16, w=16, cin=16, pool="gavg"),
+         OpSpec("linear", cin=16, cout=10)]
+PLAN_SPECS = [*CHAIN, OpSpec("conv", h=16, w=16, cin=8, cout=32, kernel=1)]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("latbench: error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def synthetic_predictor(tmp_path_factory) -> Path:
+    """A predictor of every kind the tiny network has, fitted on made-up latencies."""
+    rng = np.random.default_rng(0)
+    specs = [*PLAN_SPECS]
+    for _ in range(20):
+        c = int(rng.integers(4, 64))
+        specs += [OpSpec("conv", h=16, w=16, cin=c, cout=c, kernel=3),
+                  OpSpec("dwconv", h=16, w=16, cin=c, kernel=3)]
+    model = XGBoostKernelPredictor(n_estimators=10, n_jobs=1).fit(
+        specs, [0.01 + 1e-9 * kernel_cost(s).flops for s in specs], call_overhead_ms=0.02)
+    return save_predictor(model, tmp_path_factory.mktemp("cli") / "predictor",
+                          {"device": "local", "runtime": "onnxruntime"})
+
+
+# --- help ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "latbench")
+def test_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: latbench {' '.join(command)}".rstrip())
+    assert "--help" in out
+
+
+def test_help_in_a_real_process() -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "latbench"), "--help"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    for command in ("bench", "predictor", "predict", "search", "demo"):
+        assert command in result.stdout
+    assert result.stderr == ""
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert re.match(r"latbench \d+\.\d+", capsys.readouterr().out)
+
+
+# --- one-line errors that write nothing ---------------------------------------------------------
+def test_unknown_kind_in_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    plan = tmp_path / "bad.yaml"
+    plan.write_text("random:\n  - {kind: conv3d, count: 4}\n")
+    out = tmp_path / "dataset"
+    code, _, err = run(capsys, "bench", "ops", "--plan", str(plan), "--out", str(out))
+    assert_one_line_error(code, err, "conv3d", str(plan))
+    assert not out.exists()
+    code, _, err = run(capsys, "bench", "plan", str(plan))
+    assert_one_line_error(code, err, "conv3d")
+    plan.write_text("specs: ['warp:n=1,h=8,w=8,cin=8,dtype=float32']\n")
+    code, _, err = run(capsys, "bench", "ops", "--plan", str(plan), "--out", str(out))
+    assert_one_line_error(code, err, "unknown op kind 'warp'")
+    assert not out.exists()
+
+
+def test_predict_malformed_onnx(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                synthetic_predictor: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x00definitely not onnx\xff" * 20)
+    before = sorted(p.name for p in synthetic_predictor.rglob("*"))
+    code, out, err = run(capsys, "predict", str(model), "--predictor", str(synthetic_predictor))
+    assert_one_line_error(code, err, "could not be parsed as ONNX")
+    assert out == ""
+    assert sorted(p.name for p in synthetic_predictor.rglob("*")) == before
+    code, _, err = run(capsys, "predict", str(tmp_path / "absent.onnx"), "--predictor",
+                       str(synthetic_predictor))
+    assert_one_line_error(code, err, "absent.onnx", "does not exist")
+
+
+def test_predict_unsupported_op(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                synthetic_predictor: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    values = helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, 4])
+    indices = helper.make_tensor_value_info("indices", TensorProto.INT64, [1, 4])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [4])
+    graph = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["values", "indices"])],
+                              "topk", [x], [values, indices], initializer=[k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = tmp_path / "topk.onnx"
+    path.write_bytes(model.SerializeToString())
+    code, out, err = run(capsys, "predict", str(path), "--predictor", str(synthetic_predictor),
+                         "--json")
+    assert_one_line_error(code, err, "TopK", "unsupported ONNX ops")
+    assert out == ""
+
+
+def test_fit_on_missing_or_empty_data(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    out = tmp_path / "predictor"
+    code, _, err = run(capsys, "predictor", "fit", "--data", str(tmp_path / "nothing"),
+                       "--out", str(out))
+    assert_one_line_error(code, err, str(tmp_path / "nothing"), "does not exist")
+    assert not out.exists()
+    LatencyDataset.create(tmp_path / "empty", {"purpose": "test"})
+    code, _, err = run(capsys, "predictor", "fit", "--data", str(tmp_path / "empty"),
+                       "--out", str(out))
+    assert_one_line_error(code, err, str(tmp_path / "empty"), "no records")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_search_with_missing_data_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      synthetic_predictor: Path) -> None:
+    out = tmp_path / "search"
+    code, _, err = run(capsys, "search", "--predictor", str(synthetic_predictor),
+                       "--budget-ms", "1.0", "--data-dir", str(tmp_path / "no-data"),
+                       "--measure", "--out", str(out))
+    assert_one_line_error(code, err, str(tmp_path / "no-data"), "does not exist")
+    assert not out.exists()
+    assert not (synthetic_predictor / "search").exists()
+
+
+def test_bad_params_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "predictor", "fit", "--data", str(tmp_path), "--out",
+                       str(tmp_path / "p"), "--params", "{max_depth: 4")
+    assert_one_line_error(code, err, "--params is not valid JSON")
+    assert not (tmp_path / "p").exists()
+
+
+# --- a small real flow --------------------------------------------------------------------------
+def summary_value(out: str, label: str) -> int:
+    match = re.search(rf"{re.escape(label)}\s*[│|]\s*(\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def test_measure_fit_predict(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    plan = tmp_path / "tiny.yaml"
+    plan.write_text("name: tiny\nspecs:\n" + "".join(f"  - '{s.key()}'\n" for s in PLAN_SPECS))
+    data = tmp_path / "data"
+    measure = ["bench", "ops", "--plan", str(plan), "--out", str(data), "--runs", "3",
+               "--rounds", "2", "--warmup", "1", "--fixed-runs"]
+    code, out, err = run(capsys, *measure)
+    assert code == 0, err
+    assert summary_value(out, "jobs") == 6 and summary_value(out, "measured") == 6
+    assert summary_value(out, "already stored") == 0
+    records = LatencyDataset.open(data).records()
+    assert sorted(records["key"]) == sorted(s.key() for s in PLAN_SPECS)
+    assert set(records["settings"]) == {"threads=1,warmup=1,runs=3,rounds=2,opt=all"}
+    card = LatencyDataset.open(data).card
+    assert card["plan"]["name"] == "tiny" and card["run_settings"]["runs"] == 3
+
+    code, out, err = run(capsys, *measure)
+    assert code == 0, err
+    assert summary_value(out, "already stored") == 6 and summary_value(out, "measured") == 0
+    assert len(LatencyDataset.open(data).records()) == 6
+
+    predictor = tmp_path / "predictor"
+    code, out, err = run(capsys, "predictor", "fit", "--data", str(data), "--out",
+                         str(predictor), "--params", '{"n_estimators": 20, "n_jobs": 1}')
+    assert code == 0, err
+    assert (predictor / "manifest.json").is_file()
+    assert "device local, runtime onnxruntime" in out
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(to_onnx(chain_graph(CHAIN)))
+    code, out, err = run(capsys, "predict", str(model), "--predictor", str(predictor), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["predicted_ms"] > result["overhead_ms"] > 0
+    assert result["n_kernels"] == len(CHAIN)
+    assert [k["key"] for k in result["kernels"]] == [s.key() for s in CHAIN]
+    assert result["device"] == "local" and result["runtime"] == "onnxruntime"
+
+    code, out, err = run(capsys, "predict", str(model), "--predictor", str(predictor))
+    assert code == 0, err
+    assert "predicted latency:" in out

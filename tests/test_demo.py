@@ -1,0 +1,90 @@
+"""The demo end to end on the local CPU, shrunk to a tiny plan: every stage leaves its files and
+the report ties them together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.store import LatencyDataset
+from latbench.demo import DemoOptions, run_demo
+from predictor.io import read_manifest
+from search.latency import LatencyTable
+from search.spaces import get_space
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+TINY_PLAN = """\
+name: tiny-demo
+spaces: [nasbench-macro]
+primitives: true
+around: 0
+networks: ["nasbench-macro:4"]
+"""
+
+
+def test_tiny_demo(tmp_path: Path) -> None:
+    assert (DATA_DIR / "nas-bench-macro").is_dir(), f"reference data missing at {DATA_DIR}"
+    plan = tmp_path / "tiny.yaml"
+    plan.write_text(TINY_PLAN)
+    run_dir = run_demo(DemoOptions(quick=True, data_dir=DATA_DIR, runs_root=tmp_path / "runs",
+                                   networks=5, seed=0, plan_name=str(plan)))
+    assert run_dir.parent == tmp_path / "runs"
+
+    # 1. the operator dataset: every kernel of the space and its primitives, 4 networks
+    space = get_space("nasbench-macro")
+    dataset = LatencyDataset.open(run_dir / "dataset")
+    records = dataset.records()
+    ops = records[records["subject"] == "op"]
+    nets = records[records["subject"] == "network"]
+    assert {s.key() for s in space.layer_specs()} <= set(ops["key"])
+    assert len(nets) == 4 and set(nets["family"]) == {"nasbench-macro"}
+    assert len(dataset.failures()) == 0
+    assert set(dataset.card["network_kernels"]) == set(nets["key"])
+
+    # 2. the predictor, calibrated on those 4 networks
+    manifest = read_manifest(run_dir / "predictor")
+    assert manifest["runtime"] == "onnxruntime" and manifest["device"] == "local"
+    assert sorted(manifest["composition"]["keys"]) == sorted(nets["key"])
+    assert {"conv", "mbconv", "pool", "linear"} <= set(manifest["kinds"])
+
+    # 3. 5 held-out networks, none of them a calibration network
+    held_out = LatencyDataset.open(run_dir / "eval" / "networks").records()
+    assert len(held_out) == 5
+    assert not set(held_out["key"]) & set(nets["key"])
+    for name in ("eval.json", "eval.md", "predictions.csv"):
+        assert (run_dir / "eval" / name).is_file()
+    assert (run_dir / "eval" / "scatter.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    # 4-5. search under three budgets, winners measured
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["options"]["plan"] == str(plan)
+    assert report["evaluation"]["nasbench-macro"]["n"] == 5
+    assert len(report["search"]) == 3
+    margin = report["search_margin"]
+    for outcome in report["search"]:
+        assert outcome["measured_ms"] is not None and outcome["measured_ms"] > 0
+        assert outcome["within_budget"] == (outcome["measured_ms"] <= outcome["budget_ms"])
+        assert abs(outcome["search_budget_ms"] - outcome["budget_ms"] / (1 + margin)) < 1e-9
+        assert outcome["predicted_ms"] <= outcome["search_budget_ms"]
+        space.decode(outcome["arch"])
+    budgets = [o["budget_ms"] for o in report["search"]]
+    assert budgets == sorted(budgets)
+    winners = LatencyDataset.open(run_dir / "search" / "winners").records()
+    assert set(winners["key"]) == {f"nasbench-macro:{o['arch']}" for o in report["search"]}
+    table = LatencyTable.load(run_dir / "latency_table.json")
+    for outcome in report["search"]:
+        assert abs(table.latency(space.decode(outcome["arch"])) - outcome["predicted_ms"]) < 1e-9
+    assert (run_dir / "search_pareto.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    # the report ties it together
+    md = (run_dir / "report.md").read_text()
+    assert md.startswith("# latbench demo report")
+    assert "| family | n | RMSE ms | RMSPE % |" in md and "| nasbench-macro | 5 |" in md
+    assert "Composition fitted on 4 measured calibration networks" in md
+    assert "| budget ms | searched under ms | arch |" in md
+    for outcome in report["search"]:
+        assert f"| {outcome['arch']} |" in md
+    assert "Search skipped" not in md
