@@ -938,8 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     search.add_argument("--margin", type=float, default=None,
                         help="search under budget / (1 + MARGIN) so measured winners stay within "
-                             "the budget (default: the predictor's 90th-percentile "
-                             "under-prediction on its calibration networks)")
+                             "the budget (default: the predictor's 95th-percentile "
+                             "under-prediction on calibration networks left out of its fit)")
     search.add_argument("--data-dir", help="reference data folder (default $LATBENCH_DATA or "
                                            "../shared/data)")
     search.add_argument("--measure", action="store_true", help="measure the winners")

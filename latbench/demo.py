@@ -242,7 +242,8 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
         lines.append(search_note)
     else:
         lines += [f"Searched under each budget / (1 + {report['search_margin']:.3f}): the "
-                  "predictor's 90th-percentile under-prediction on its calibration networks.",
+                  "predictor's 95th-percentile under-prediction on calibration networks left "
+                  "out of its fit (leave-one-out).",
                   "", "| " + " | ".join(OUTCOME_HEADER) + " |",
                   "|" + "---|" * len(OUTCOME_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in report["search_rows"]]

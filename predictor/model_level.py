@@ -138,8 +138,18 @@ def fit_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     b = (measured - overhead) / measured
     penalty = np.diag([ridge] * len(kinds) + [ridge * 1e-4] * len(terms))
     prior = np.r_[np.ones(len(kinds)), np.zeros(len(terms))]
-    solution = np.linalg.solve(a.T @ a + penalty, a.T @ b + penalty @ prior)
-    scales = np.clip(solution[:len(kinds)], *SCALE_BOUNDS)
+
+    def solve(rows: np.ndarray) -> np.ndarray:
+        x = np.linalg.solve(a[rows].T @ a[rows] + penalty, a[rows].T @ b[rows] + penalty @ prior)
+        x[:len(kinds)] = np.clip(x[:len(kinds)], *SCALE_BOUNDS)
+        return x
+
+    solution = solve(np.arange(len(networks)))
+    scales = solution[:len(kinds)]
+    # Leave-one-out predictions: how the composition does on a network it was not fitted on,
+    # which is what a search's safety margin must cover.
+    loo = np.array([sums[i] @ solve(np.delete(np.arange(len(networks)), i))
+                    for i in range(len(networks))]) + overhead if len(networks) > 1 else None
     before = sums[:, :len(kinds)].sum(axis=1) + overhead
     predictor.kind_scale_ = {k: float(s) for k, s in zip(kinds, scales, strict=True)}
     predictor.composition_terms_ = {t: float(c) for t, c in
@@ -147,19 +157,26 @@ def fit_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     after = np.array([composed_kernel_ms(predictor, list(k)).sum() for k, _ in networks]) \
         + overhead
     under = np.percentile(measured / after - 1, 90)
-    return {"kind_scale": predictor.kind_scale_, "terms": predictor.composition_terms_,
-            "networks": len(networks), "ridge": ridge,
-            "rmspe_pct_sum": _rmspe(before, measured),
-            "rmspe_pct_composed": _rmspe(after, measured),
-            "underprediction_p90_pct": float(100 * max(0.0, under))}
+    summary = {"kind_scale": predictor.kind_scale_, "terms": predictor.composition_terms_,
+               "networks": len(networks), "ridge": ridge,
+               "rmspe_pct_sum": _rmspe(before, measured),
+               "rmspe_pct_composed": _rmspe(after, measured),
+               "underprediction_p90_pct": float(100 * max(0.0, under))}
+    if loo is not None:
+        summary["rmspe_pct_loo"] = _rmspe(loo, measured)
+        summary["underprediction_p95_loo_pct"] = float(
+            100 * max(0.0, np.percentile(measured / loo - 1, 95)))
+    return summary
 
 
 def safety_margin(manifest: dict[str, Any], default: float = 0.03) -> float:
-    """How much faster than a budget a search should aim, as a fraction: the predictor's 90th
-    percentile under-prediction on its calibration networks (a default without them)."""
+    """How much faster than a budget a search should aim, as a fraction: the predictor's 95th
+    percentile under-prediction on calibration networks left out of the fit (leave-one-out),
+    else its in-sample 90th percentile, else a default."""
     composition = manifest.get("composition") or {}
-    if "underprediction_p90_pct" in composition:
-        return float(composition["underprediction_p90_pct"]) / 100
+    for key in ("underprediction_p95_loo_pct", "underprediction_p90_pct"):
+        if key in composition:
+            return float(composition[key]) / 100
     return default
 
 

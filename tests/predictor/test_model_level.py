@@ -96,6 +96,9 @@ def test_fit_composition_recovers_a_kind_scale(predictor, kind: str) -> None:
         assert summary["kind_scale"] == scales and summary["networks"] == 80
         assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
         assert summary["underprediction_p90_pct"] >= 0
+        # leave-one-out: an exact composition predicts left-out networks exactly too
+        assert summary["rmspe_pct_loo"] < 0.5
+        assert 0 <= summary["underprediction_p95_loo_pct"] < 0.5
         # the fitted composition generalises to networks it was not fitted on
         for kernels in bags(predictor, 10, seed=2):
             got = predict_network(predictor, kernels).predicted_ms
@@ -170,6 +173,9 @@ def test_predict_network_parts(macro, predictor) -> None:
 def test_safety_margin() -> None:
     assert safety_margin({"composition": {"underprediction_p90_pct": 4.5}}) == pytest.approx(
         0.045)
+    # the leave-one-out figure, when present, is what a search must cover
+    assert safety_margin({"composition": {"underprediction_p90_pct": 4.5,
+                                          "underprediction_p95_loo_pct": 6.0}}) == 0.06
     assert safety_margin({"composition": {"underprediction_p90_pct": 0.0}}) == 0.0
     assert safety_margin({"composition": {"networks": 0}}) == 0.03
     assert safety_margin({}) == 0.03
