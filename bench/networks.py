@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from latbench.errors import ConfigError
+from latbench.registry import Registry
 
 RESOLUTIONS = (96, 128, 160, 192, 224)
 NUM_CLASSES = 1000
@@ -83,7 +84,7 @@ class NetworkDef:
         """The torch module in eval mode; weights and BatchNorm statistics drawn from `seed`."""
         import torch
 
-        family = _family(self.family)
+        family = FAMILIES.lookup(self.family)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             module = family.build(self.config)
@@ -121,16 +122,14 @@ class NetworkFamily(Protocol):
         """The torch module for a config (weights from torch's current seed)."""
 
 
-FAMILIES: dict[str, NetworkFamily] = {}
+FAMILIES: Registry[NetworkFamily] = Registry("network family")
 
 
 def register_family(name: str) -> Callable[[type], type]:
     """Class decorator: register an instance of the class as family `name` (no duplicates)."""
 
     def decorate(cls: type) -> type:
-        if name in FAMILIES:
-            raise ConfigError(f"network family {name!r} is already registered")
-        FAMILIES[name] = cls()
+        FAMILIES.add(name, cls())
         return cls
 
     return decorate
@@ -140,15 +139,9 @@ def list_families() -> list[str]:
     return sorted(FAMILIES)
 
 
-def _family(name: str) -> NetworkFamily:
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown network family {name!r}; known: {', '.join(list_families())}")
-    return FAMILIES[name]
-
-
 def sample_networks(family: str, n: int, rng: np.random.Generator) -> list[NetworkDef]:
     """`n` networks of `family` with distinct names (so distinct architectures)."""
-    sampler = _family(family)
+    sampler = FAMILIES.lookup(family)
     if n < 0:
         raise ConfigError(f"cannot sample {n} networks of family {family!r}")
     nets: dict[str, NetworkDef] = {}

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def write_section(name: str, title: str, body: str) -> None:
     tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(BENCHMARKS_MD)
+
+
+def publish(name: str, title: str, body: str | Sequence[str], write: bool = True) -> None:
+    """Print a benchmark's result and, when `write`, store it as section `name` of
+    BENCHMARKS.md (`body`: the text, or its lines)."""
+    text = body if isinstance(body, str) else "\n".join(body)
+    print(text)
+    if write:
+        write_section(name, title, text)

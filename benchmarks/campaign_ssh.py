@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # device_agents package as a namespace package once tests/ is on the path.
 sys.path[1:1] = [str(ROOT), str(ROOT / "tests")]
 
-from _report import write_section  # noqa: E402
+from _report import publish  # noqa: E402
 from standins.sshd_host import SshdHost, keygen  # noqa: E402
 
 from bench.campaign import CampaignConfig, Subject, measure_fleet_into_dataset, run_campaign  # noqa: E402,I001
@@ -203,12 +203,10 @@ sources a slow ~/.bashrc (this machine's runs `pyenv init`, about 0.25 s) adds t
 command. TCP_NODELAY matters: without it each push after a command waited ~45 ms on Nagle's
 algorithm and delayed ACKs (measured while writing this benchmark; now set on every connection).
 """
-    print(body)
+    publish("campaign_ssh", "Fleet campaign over SSH: fault tolerance and overhead", body,
+            write=exact and not args.no_write)
     if not exact:
         raise SystemExit("the rerun did not leave exactly one record per job")
-    if not args.no_write:
-        write_section("campaign_ssh", "Fleet campaign over SSH: fault tolerance and overhead",
-                      body)
 
 
 if __name__ == "__main__":

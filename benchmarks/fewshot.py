@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
+from _report import publish  # noqa: E402
 
 from predictor.evaluate import error_metrics  # noqa: E402
 from predictor.fewshot import (  # noqa: E402
@@ -98,10 +98,8 @@ def main() -> None:
                   f"{s}: Spearman {sp:.3f} ({'yes' if sp >= 0.96 else 'no'}), within-10% "
                   f"{w:.1%} ({'yes' if w >= 0.80 else 'no'})" for s, sp, w in headline)
               + f". Mean of the two spaces: Spearman {both_s:.3f}, within-10% {both_w:.1%}."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("fewshot", "Few-shot transfer to unseen devices (end-to-end only)", body)
+    publish("fewshot", "Few-shot transfer to unseen devices (end-to-end only)", lines,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

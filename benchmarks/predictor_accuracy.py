@@ -10,23 +10,18 @@ RMSPE and Spearman - with and without the composition step, on the same measurem
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
+from _common import fresh_dir, measure_plan  # noqa: E402
+from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig, measure_into_dataset  # noqa: E402
-from bench.plans import load_plan  # noqa: E402
-from bench.runners import RunSettings  # noqa: E402
-from device_agents import local_device  # noqa: E402
 from predictor.evaluate import evaluate, write_report  # noqa: E402
 from predictor.io import load_predictor  # noqa: E402
 from predictor.training import fit_from_dataset  # noqa: E402
-from search.networks import plan_subjects, resolve_networks  # noqa: E402
+from search.networks import resolve_networks  # noqa: E402
 
 
 def main() -> None:
@@ -37,17 +32,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="resume from an earlier --out")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
-    device = local_device(threads=1)
-    config = CampaignConfig(settings=RunSettings(threads=1))
-    plan = load_plan(args.plan)
-    started = time.perf_counter()
-    subjects = plan_subjects(plan)
-    summary = measure_into_dataset(subjects, device, "onnxruntime", out / "dataset", config,
-                                   card={"plan": plan.to_dict(), "flags": sys.argv[1:]})
-    dataset_s = time.perf_counter() - started
+    out = fresh_dir(args.out, args.keep)
+    measured = measure_plan(args.plan, out / "dataset", sys.argv[1:])
+    device, config, subjects = measured.device, measured.config, measured.subjects
+    summary, dataset_s = measured.summary, measured.seconds
     fitted = {name: fit_from_dataset(out / "dataset", out / f"predictor-{tag}",
                                      calibrate=calibrate)[1]
               for name, tag, calibrate in (("composed", "composed", True),
@@ -76,11 +64,8 @@ def main() -> None:
                      f"{m['within5']:.1%} | {m['rmspe_pct']:.2f} | {m['rmse_ms']:.4f} | "
                      f"{m['spearman']:.3f} | {m['bias_pct']:+.2f} |")
     lines += ["", "Target (issue 2): within-10% >= 90% on 200 held-out networks."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("predictor_accuracy", "Whole-network prediction, NAS-Bench-Macro, local CPU",
-                      body)
+    publish("predictor_accuracy", "Whole-network prediction, NAS-Bench-Macro, local CPU", lines,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,17 @@ once end to end, and scores each predictor per family (ONNX Runtime, 1 thread, `
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
+from _common import fresh_dir, measure_plan  # noqa: E402
+from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig, measure_into_dataset  # noqa: E402
-from bench.plans import load_plan  # noqa: E402
-from bench.runners import RunSettings  # noqa: E402
-from device_agents import local_device  # noqa: E402
 from predictor.compare import compare_predictors, write_comparison  # noqa: E402
-from search.networks import plan_subjects, resolve_networks  # noqa: E402
+from search.networks import resolve_networks  # noqa: E402
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet")
 
@@ -40,17 +36,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="resume from an earlier --out")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
-    device = local_device(threads=1)
-    config = CampaignConfig(settings=RunSettings(threads=1))
-    plan = load_plan(args.plan)
-    started = time.perf_counter()
-    subjects = plan_subjects(plan)
-    summary = measure_into_dataset(subjects, device, "onnxruntime", out / "dataset", config,
-                                   card={"plan": plan.to_dict(), "flags": sys.argv[1:]})
-    dataset_s = time.perf_counter() - started
+    out = fresh_dir(args.out, args.keep)
+    measured = measure_plan(args.plan, out / "dataset", sys.argv[1:])
+    device, config, subjects = measured.device, measured.config, measured.subjects
+    summary, dataset_s = measured.summary, measured.seconds
     spec = ",".join([f"nasbench-macro:{args.macro}",
                      *(f"{f}:{args.per_family}" for f in FAMILIES)])
     networks = resolve_networks(spec, seed=2024)
@@ -85,11 +74,8 @@ def main() -> None:
             if f != "all" and not m["within10"] >= 0.95) or "none") + ". "
         f"Full report and plots: `{paths['markdown']}`.",
     ] if "xgboost" in report.metrics else [report.markdown()]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("predictor_families",
-                      "Whole-network prediction per family, predictor zoo, local CPU", body)
+    publish("predictor_families", "Whole-network prediction per family, predictor zoo, local CPU",
+            lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import write_section  # noqa: E402
+from _report import publish  # noqa: E402
 
 from search.data import batch_of, digits, random_batch  # noqa: E402
 from search.proxies import PROXIES, spearman, vote  # noqa: E402
@@ -77,10 +77,8 @@ def main() -> None:
         lines.append(f"| {name} | {rho:.3f} | {per} |")
     lines += ["", "For comparison, the number of parameters of the same architectures: "
               f"Spearman {spearman(_params(space, archs), truth):.3f}."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("search_proxies", "Zero-cost proxies vs NAS-Bench-Macro accuracy", body)
+    publish("search_proxies", "Zero-cost proxies vs NAS-Bench-Macro accuracy", lines,
+            write=not args.no_write)
 
 
 def _params(space, archs) -> np.ndarray:

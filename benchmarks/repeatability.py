@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
+from _common import fresh_dir  # noqa: E402
+from _report import publish  # noqa: E402
 
 from bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
 from bench.plans import build_specs, load_plan  # noqa: E402
@@ -133,9 +133,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/latbench-bench/repeatability")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    out = fresh_dir(args.out)
     settings = (RunSettings(threads=1, warmup=args.warmup) if args.fixed_runs else
                 RunSettings(threads=1, warmup=args.warmup, runs=10, target_ci=args.target_ci,
                             min_runs=args.min_runs))
@@ -190,11 +188,8 @@ def main() -> None:
         ]
     lines += ["", f"`min_ms` is latbench's default statistic for predictors (`predictor fit "
               f"--statistic`); in this run the most repeatable statistic was `{best}`."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("repeatability", "Repeatability of two full measurements, local CPU",
-                      body)
+    publish("repeatability", "Repeatability of two full measurements, local CPU", lines,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ is built here (plan `nasbench-macro`: kernels + 60 calibration networks, ONNX Ru
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,11 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import write_section  # noqa: E402
+from _common import fresh_dir, measure_plan  # noqa: E402
+from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig, measure_into_dataset  # noqa: E402
-from bench.plans import load_plan  # noqa: E402
-from bench.runners import RunSettings  # noqa: E402
+from bench.campaign import CampaignConfig  # noqa: E402
 from device_agents import local_device  # noqa: E402
 from predictor.evaluate import settings_from_manifest  # noqa: E402
 from predictor.io import load_predictor  # noqa: E402
@@ -39,7 +37,6 @@ from predictor.training import fit_from_dataset  # noqa: E402
 from search.accuracy import make_source  # noqa: E402
 from search.budget import measure_winners  # noqa: E402
 from search.latency import LatencyTable, choices_matrix  # noqa: E402
-from search.networks import plan_subjects  # noqa: E402
 from search.spaces import get_space  # noqa: E402
 from search.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 from search.strategies import SearchResult, get_strategy  # noqa: E402
@@ -50,13 +47,7 @@ QUANTILES = (0.2, 0.5, 0.8)
 
 
 def build_predictor(out: Path) -> Path:
-    if out.exists():
-        shutil.rmtree(out)
-    device = local_device(threads=1)
-    config = CampaignConfig(settings=RunSettings(threads=1))
-    plan = load_plan("nasbench-macro")
-    measure_into_dataset(plan_subjects(plan), device, "onnxruntime", out / "dataset", config,
-                         card={"plan": plan.to_dict(), "flags": ["benchmarks/search_macro.py"]})
+    measure_plan("nasbench-macro", fresh_dir(out) / "dataset", ["benchmarks/search_macro.py"])
     fit_from_dataset(out / "dataset", out / "predictor")
     return out / "predictor"
 
@@ -166,11 +157,8 @@ def main() -> None:
                   *measured_rows, "",
                   f"Target: measured latency within budget x 1.05: **{'met' if ok else 'NOT met'}"
                   "**."]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("search_macro", "Search under latency budgets: NAS-Bench-Macro, local CPU",
-                      body)
+    publish("search_macro", "Search under latency budgets: NAS-Bench-Macro, local CPU", lines,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

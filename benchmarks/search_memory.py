@@ -153,12 +153,10 @@ Target: two-path <= 1.5x one sampled network: **{'met' if worst <= 1.5 else 'NOT
 candidates. The two-path supernet keeps one path of activations per weight update (its
 activation bytes equal the sampled network's); what it adds is the other candidates' weights.
 """
-    print(body)
-    if not args.no_write:
-        from _report import write_section
+    from _report import publish
 
-        write_section("search_memory", "Supernet training memory: two-path vs full vs one "
-                      "network", body)
+    publish("search_memory", "Supernet training memory: two-path vs full vs one network", body,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

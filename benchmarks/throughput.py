@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section  # noqa: E402
+from _common import fresh_dir  # noqa: E402
+from _report import publish  # noqa: E402
 
 from bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
 from bench.plans import build_specs, load_plan  # noqa: E402
@@ -54,9 +54,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/latbench-bench/throughput")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    out = fresh_dir(args.out)
     specs = build_specs(load_plan("nasbench-macro"), space_kernels)
     rng = np.random.default_rng(args.seed)
     picked = [specs[i] for i in sorted(rng.choice(len(specs), min(args.specs, len(specs)),
@@ -120,11 +118,8 @@ def main() -> None:
         "the machine is during the run: the quieter it is, the more kernels the fixed "
         "protocol brings to 2% by itself, and the closer the ratio gets to 1.",
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("throughput", "Campaign throughput at the target precision, local CPU",
-                      body)
+    publish("throughput", "Campaign throughput at the target precision, local CPU", lines,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ shell protocol v2 (Android 7+): without it adb reports neither exit codes nor st
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -25,20 +23,20 @@ from pathlib import Path
 
 from device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
 from device_agents.transport import (
+    ClosesOnExit,
     CommandResult,
     check_argv,
     check_remote_path,
     check_timeout,
+    communicate,
+    decode,
     describe,
     register_transport,
+    start_process,
 )
 from latbench.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
-
-
-def _decode(data: bytes | None) -> str:
-    return (data or b"").decode("utf-8", errors="replace")
 
 
 def _is_network_serial(serial: str) -> bool:
@@ -46,24 +44,8 @@ def _is_network_serial(serial: str) -> bool:
     return bool(sep and host and port.isdigit())
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """SIGKILL the local adb client (its own session) and collect what it printed."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    try:
-        return proc.communicate(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-        return b"", b""
-
-
 @register_transport("adb")
-class ADBTransport:
+class ADBTransport(ClosesOnExit):
     """Run commands and copy files on an Android device through `adb`."""
 
     name = "adb"
@@ -128,7 +110,7 @@ class ADBTransport:
 
     def _state(self) -> str:
         result = self._adb(["get-state"], self.connect_timeout_s, "adb get-state")
-        return _decode(result.stdout).strip() if result.returncode == 0 else ""
+        return decode(result.stdout).strip() if result.returncode == 0 else ""
 
     def connect(self) -> None:
         """Make sure the device is online (`adb connect` for network serials), with retries
@@ -149,7 +131,7 @@ class ADBTransport:
                     if _is_network_serial(self.serial):
                         result = self._adb(["connect", self.serial], self.connect_timeout_s,
                                            "adb connect", with_serial=False)
-                        last = (_decode(result.stdout) + _decode(result.stderr)).strip()
+                        last = (decode(result.stdout) + decode(result.stderr)).strip()
                         if self._state() == "device":
                             break
                     else:
@@ -160,7 +142,7 @@ class ADBTransport:
                 raise TransportError(f"cannot reach adb device {self.address} after "
                                      f"{self.connect_retries} attempts: {last}")
             features = self._adb(["features"], self.connect_timeout_s, "adb features")
-            names = set(_decode(features.stdout).replace(",", "\n").split())
+            names = set(decode(features.stdout).replace(",", "\n").split())
             if features.returncode != 0 or "shell_v2" not in names:
                 raise TransportError(f"adb device {self.address} does not speak shell protocol "
                                      "v2 (Android 7+ does); without it exit codes and stderr "
@@ -171,12 +153,6 @@ class ADBTransport:
         """Nothing persistent to release; a later call checks the device again."""
         self._ready = False
 
-    def __enter__(self) -> ADBTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- commands ----------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
         args = check_argv(argv)
@@ -185,27 +161,20 @@ class ADBTransport:
         command = [*self._base(), "shell", "-T", wrap_argv(args)]
         start = time.perf_counter()
         try:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=self._env,
-                                    start_new_session=True)
+            proc = start_process(command, self._env)
         except OSError as exc:
             raise TransportError(f"cannot start adb for {describe(args)} on {self.address}: "
                                  f"{exc}") from exc
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _, err = _kill_group(proc)
-            pid, _ = split_pid(_decode(err))
+        out, err, timed_out = communicate(proc, timeout)
+        if timed_out:
+            pid, _ = split_pid(decode(err))
             self._kill_remote(pid, args)
             raise TransportError(
                 f"command {describe(args)} on {self.address} timed out after {timeout:g} s; "
                 + (f"remote process group {pid[1]} was killed" if pid is not None else
-                   "its remote pid was unknown, so it may still run")) from None
-        except BaseException:
-            _kill_group(proc)
-            raise
+                   "its remote pid was unknown, so it may still run"))
         duration = time.perf_counter() - start
-        pid, stderr = split_pid(_decode(err))
+        pid, stderr = split_pid(decode(err))
         if pid is None:
             # The wrapper never ran: adb could not reach the device (offline, unplugged).
             self._ready = False
@@ -213,7 +182,7 @@ class ADBTransport:
                                  f"{proc.returncode}): {stderr.strip()[-500:]}")
         log.debug("adb %s: %s -> %d in %.3f s", self.address, describe(args), proc.returncode,
                   duration)
-        return CommandResult(args, proc.returncode, _decode(out), stderr, duration)
+        return CommandResult(args, proc.returncode, decode(out), stderr, duration)
 
     def _kill_remote(self, pid: tuple[int, int] | None, args: tuple[str, ...]) -> None:
         if pid is None:
@@ -238,7 +207,7 @@ class ADBTransport:
         if result.returncode != 0:
             self._ready = False
             raise TransportError(f"push to {self.address}: copying {local} to {remote} failed: "
-                                 f"{_decode(result.stderr).strip()[-500:]}")
+                                 f"{decode(result.stderr).strip()[-500:]}")
 
     def pull(self, remote: str, local: Path) -> None:
         local = Path(local)
@@ -248,4 +217,4 @@ class ADBTransport:
         result = self._adb(["pull", remote, str(local)], self.io_timeout_s, f"pull of {remote}")
         if result.returncode != 0:
             raise TransportError(f"pull from {self.address}: copying {remote} to {local} "
-                                 f"failed: {_decode(result.stderr).strip()[-500:]}")
+                                 f"failed: {decode(result.stderr).strip()[-500:]}")

@@ -13,7 +13,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from device_agents.agent.latbench_agent import parse_cpu_list, parse_cpu_model
 from device_agents.transport import Transport, check_remote_path
+
+# Thermal zones, one "zone millidegrees type" line each; part of both scripts below.
+_TEMPS_SECTION = r"""echo @temps
+for z in /sys/class/thermal/thermal_zone*; do
+  [ -r "$z/temp" ] || continue
+  t=$(cat "$z/temp" 2>/dev/null) || continue
+  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
+done
+"""
 
 # One "@name" line starts each section; the text until the next marker is the section's value.
 SHELL_FACTS_SCRIPT = r"""
@@ -26,13 +36,7 @@ echo @cores; getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null
 echo @governor; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null
 echo @cur_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq 2>/dev/null
 echo @max_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq 2>/dev/null
-echo @temps
-for z in /sys/class/thermal/thermal_zone*; do
-  [ -r "$z/temp" ] || continue
-  t=$(cat "$z/temp" 2>/dev/null) || continue
-  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
-done
-echo @loadavg; cat /proc/loadavg 2>/dev/null
+""" + _TEMPS_SECTION + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
 echo @model; getprop ro.product.model 2>/dev/null
 echo @android; getprop ro.build.version.release 2>/dev/null
 echo @abi; getprop ro.product.cpu.abi 2>/dev/null
@@ -43,13 +47,7 @@ echo @end
 # Before/after a batch: only what drifts (temperatures, the clock of the measured CPU, load).
 DYNAMIC_FACTS_SCRIPT = r"""
 echo @cur_freq; cat "/sys/devices/system/cpu/cpu$1/cpufreq/scaling_cur_freq" 2>/dev/null
-echo @temps
-for z in /sys/class/thermal/thermal_zone*; do
-  [ -r "$z/temp" ] || continue
-  t=$(cat "$z/temp" 2>/dev/null) || continue
-  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
-done
-echo @loadavg; cat /proc/loadavg 2>/dev/null
+""" + _TEMPS_SECTION + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
 echo @end
 """
 
@@ -73,37 +71,6 @@ def _int(text: str | None) -> int | None:
         return int(str(text).strip().split()[0])
     except (ValueError, IndexError, TypeError):
         return None
-
-
-def parse_cpu_model(cpuinfo: str | None) -> str | None:
-    """CPU name from /proc/cpuinfo: x86 'model name', ARM 'Hardware' or 'Processor' lines."""
-    if not cpuinfo:
-        return None
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if sep and value and key not in fields:
-            fields[key] = value
-    for key in ("model name", "hardware", "processor", "cpu model", "cpu"):
-        value = fields.get(key)
-        if value and not value.isdigit():  # on x86 'processor' is the CPU index
-            return value
-    return None
-
-
-def parse_cpu_list(text: str | None) -> list[int] | None:
-    """'0-3,6' (sysfs cpu list) -> [0, 1, 2, 3, 6]."""
-    if not text:
-        return None
-    cpus: list[int] = []
-    try:
-        for part in text.strip().split(","):
-            lo, sep, hi = part.partition("-")
-            cpus.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        return None
-    return cpus
 
 
 def parse_temps(text: str | None) -> list[dict[str, Any]] | None:

@@ -8,52 +8,30 @@ process group (runtimes spawn thread pools and helpers), and copies that create 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from device_agents.transport import (
+    ClosesOnExit,
     CommandResult,
     check_argv,
     check_remote_path,
     check_timeout,
+    communicate,
+    decode,
     describe,
     register_transport,
+    start_process,
 )
 from latbench.errors import TransportError
 
 log = logging.getLogger(__name__)
 
 
-def _decode(data: bytes | None) -> str:
-    return (data or b"").decode("utf-8", errors="replace")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the child's process group (it leads its own session), then reap the child.
-
-    A grandchild that escaped into its own session may still hold the pipes open, so draining
-    them is bounded; the pipes are closed rather than waited on forever.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    try:
-        proc.communicate(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-
-
 @register_transport("local")
-class LocalTransport:
+class LocalTransport(ClosesOnExit):
     """Run commands and copy files on this machine."""
 
     name = "local"
@@ -67,23 +45,16 @@ class LocalTransport:
         timeout = check_timeout(timeout_s)
         start = time.perf_counter()
         try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=self._env,
-                                    start_new_session=True)
+            proc = start_process(args, self._env)
         except OSError as exc:
             raise TransportError(f"cannot start {describe(args)} on local: {exc}") from exc
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
+        out, err, timed_out = communicate(proc, timeout)
+        if timed_out:
             raise TransportError(f"command {describe(args)} on local timed out after "
-                                 f"{timeout:g} s; its process group was killed") from None
-        except BaseException:
-            _kill_group(proc)
-            raise
+                                 f"{timeout:g} s; its process group was killed")
         duration = time.perf_counter() - start
         log.debug("local: %s -> %d in %.3f s", describe(args), proc.returncode, duration)
-        return CommandResult(args, proc.returncode, _decode(out), _decode(err), duration)
+        return CommandResult(args, proc.returncode, decode(out), decode(err), duration)
 
     def push(self, local: Path, remote: str) -> None:
         self._copy(Path(local), Path(check_remote_path(remote)), "push")
@@ -93,12 +64,6 @@ class LocalTransport:
 
     def close(self) -> None:
         """Nothing to release locally."""
-
-    def __enter__(self) -> LocalTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @staticmethod
     def _copy(src: Path, dst: Path, what: str) -> None:

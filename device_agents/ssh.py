@@ -30,10 +30,12 @@ from typing import Any
 
 from device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
 from device_agents.transport import (
+    ClosesOnExit,
     CommandResult,
     check_argv,
     check_remote_path,
     check_timeout,
+    decode,
     describe,
     register_transport,
 )
@@ -42,10 +44,6 @@ from latbench.errors import ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # seconds between output polls when nothing arrived
-
-
-def _decode(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
 
 
 class _UnknownHostKey(Exception):
@@ -63,7 +61,7 @@ def _fingerprint(key: Any) -> str:
 
 
 @register_transport("ssh")
-class SSHTransport:
+class SSHTransport(ClosesOnExit):
     """Run commands and copy files (SFTP) on a host over SSH; connects on first use.
 
     `known_hosts` defaults to ~/.ssh/known_hosts; `key_file` is the private key to log in with
@@ -224,12 +222,6 @@ class SSHTransport:
     def close(self) -> None:
         self._drop()
 
-    def __enter__(self) -> SSHTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- commands ----------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
         import paramiko
@@ -268,7 +260,7 @@ class SSHTransport:
                     err += channel.recv_stderr(65536)
                     got = True
                 if pid is None and b"\n" in err:
-                    pid, _ = split_pid(_decode(bytes(err)))
+                    pid, _ = split_pid(decode(bytes(err)))
                 if (channel.exit_status_ready() and channel.eof_received
                         and not channel.recv_ready() and not channel.recv_stderr_ready()):
                     break
@@ -305,10 +297,10 @@ class SSHTransport:
         finally:
             channel.close()
         duration = time.perf_counter() - start
-        _, stderr = split_pid(_decode(bytes(err)))
+        _, stderr = split_pid(decode(bytes(err)))
         # code -1 on a live connection: the command died from a signal (sshd sends no status)
         log.debug("ssh %s: %s -> %d in %.3f s", self.address, describe(args), code, duration)
-        return CommandResult(args, code, _decode(bytes(out)), stderr, duration)
+        return CommandResult(args, code, decode(bytes(out)), stderr, duration)
 
     def _kill_after_timeout(self, channel: Any, pid: tuple[int, int] | None,
                             args: tuple[str, ...]) -> None:

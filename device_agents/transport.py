@@ -8,18 +8,20 @@ they hold.
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
-from latbench.errors import ConfigError, TransportError
-
-T = TypeVar("T", bound=type)
+from latbench.errors import TransportError
+from latbench.registry import Registry
 
 # name -> Transport class; filled by @register_transport.
-TRANSPORTS: dict[str, type] = {}
+TRANSPORTS: Registry[type] = Registry("transport")
 
 
 @dataclass(frozen=True)
@@ -62,26 +64,27 @@ class Transport(Protocol):
         ...
 
 
-def register_transport(name: str) -> Callable[[T], T]:
+class ClosesOnExit:
+    """Base of the built-in transports: `with transport:` closes it at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def register_transport(name: str) -> Callable[[type], type]:
     """Class decorator adding a transport under `name`; a second class for a name is refused."""
-
-    def decorator(cls: T) -> T:
-        if name in TRANSPORTS:
-            raise ConfigError(f"transport {name!r} is already registered "
-                              f"(by {TRANSPORTS[name].__qualname__})")
-        TRANSPORTS[name] = cls
-        return cls
-
-    return decorator
+    return TRANSPORTS.register(name)
 
 
 def get_transport_class(name: str) -> type:
     """The transport class registered under `name`; ConfigError lists the known ones."""
-    try:
-        return TRANSPORTS[name]
-    except KeyError:
-        known = ", ".join(sorted(TRANSPORTS)) or "none"
-        raise ConfigError(f"unknown transport {name!r}; known transports: {known}") from None
+    return TRANSPORTS.lookup(name)
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -125,3 +128,52 @@ def describe(argv: Sequence[str], limit: int = 200) -> str:
     """Readable one-line form of a command for error messages (not for execution)."""
     text = shlex.join(argv)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- local processes: the local transport's commands and the adb client ----------------------
+def decode(data: bytes | None) -> str:
+    """Command output as text: UTF-8 with bad bytes replaced (agents and tools speak text)."""
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+def start_process(argv: Sequence[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    """Start argv without a shell, in a session of its own so that a timeout can kill its
+    whole process group (runtimes spawn thread pools and helpers). OSError if it cannot."""
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+
+def kill_process_group(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """SIGKILL the child's process group (it leads its own session), reap the child and return
+    what it printed.
+
+    A grandchild that escaped into its own session may still hold the pipes open, so draining
+    them is bounded; the pipes are closed rather than waited on forever (and b"" returned).
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        return proc.communicate(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        return b"", b""
+
+
+def communicate(proc: subprocess.Popen[bytes], timeout_s: float
+                ) -> tuple[bytes, bytes, bool]:
+    """(stdout, stderr, timed out) of a process from `start_process`. After `timeout_s` (or
+    on any interruption, which is re-raised) its process group is killed."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        out, err = kill_process_group(proc)
+        return out, err, True
+    except BaseException:
+        kill_process_group(proc)
+        raise
+    return out, err, False

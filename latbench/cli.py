@@ -92,6 +92,13 @@ def _summary_rows(summary: Any) -> list[tuple[str, Any]]:
             ("seconds", f"{summary.seconds:.1f}")]
 
 
+def _campaign_done(title: str, summary: Any) -> int:
+    """Print a campaign's summary table and failures; exit code 1 if any job failed."""
+    _print_table(title, ["", "value"], _summary_rows(summary))
+    _report_failures(summary)
+    return 1 if summary.failed else 0
+
+
 def _report_failures(summary: Any) -> None:
     for line in getattr(summary, "drift_report", lambda: [])():
         print(f"drift: {line}")
@@ -129,16 +136,30 @@ def _measure_on_fleet(args: argparse.Namespace, subjects: list[Any], card: dict[
     if down:
         _print_table("unreachable devices (their jobs are marked failed; rerun to retry)",
                      CHECK_HEADER, [check_row(c) for c in down])
-    _print_table(f"{what} {args.out} ({len(devices)} devices)", ["", "value"],
-                 _summary_rows(summary))
-    _report_failures(summary)
-    return 1 if summary.failed else 0
+    return _campaign_done(f"{what} {args.out} ({len(devices)} devices)", summary)
+
+
+def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any], what: str,
+             label: str) -> int:
+    """Measure subjects on every device of --fleet, or on --device with one --runtime, into
+    --out; print the summary and the failures; non-zero exit if any job failed."""
+    if args.fleet:
+        return _measure_on_fleet(args, subjects, card, what)
+    from bench.campaign import measure_into_dataset
+    from latbench.progress import Bars
+
+    runtime = _one_runtime(args.runtime)
+    device = _device(args.device or "local", args.threads)
+    _require_runtime(device, runtime)
+    config = _campaign_config(args)
+    with Bars(label) as bars:
+        summary = measure_into_dataset(subjects, device, runtime, Path(args.out), config,
+                                       card=card, progress=bars)
+    return _campaign_done(f"{what} {args.out}", summary)
 
 
 def cmd_bench_ops(args: argparse.Namespace) -> int:
-    from bench.campaign import measure_into_dataset
     from bench.plans import load_plan
-    from latbench.progress import Bars
     from search.networks import plan_subjects
 
     plan = load_plan(args.plan)
@@ -146,19 +167,7 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
     if args.limit:
         subjects = subjects[:args.limit]
     card = {"plan": plan.to_dict(), "flags": sys.argv[1:]}
-    if args.fleet:
-        return _measure_on_fleet(args, subjects, card, "operator dataset")
-    args.runtime = _one_runtime(args.runtime)
-    device = _device(args.device or "local", args.threads)
-    _require_runtime(device, args.runtime)
-    config = _campaign_config(args)
-    with Bars("measuring") as bars:
-        summary = measure_into_dataset(
-            subjects, device, args.runtime, Path(args.out), config,
-            card=card, progress=bars)
-    _print_table(f"operator dataset {args.out}", ["", "value"], _summary_rows(summary))
-    _report_failures(summary)
-    return 1 if summary.failed else 0
+    return _measure(args, subjects, card, "operator dataset", "measuring")
 
 
 def _one_runtime(runtimes: list[str] | None) -> str:
@@ -170,23 +179,11 @@ def _one_runtime(runtimes: list[str] | None) -> str:
 
 
 def cmd_bench_networks(args: argparse.Namespace) -> int:
-    from bench.campaign import measure_into_dataset
-    from latbench.progress import Bars
     from search.networks import resolve_networks
 
     subjects = resolve_networks(args.networks, args.seed)
     card = {"networks": args.networks, "seed": args.seed, "flags": sys.argv[1:]}
-    if args.fleet:
-        return _measure_on_fleet(args, subjects, card, "network dataset")
-    device = _device(args.device or "local", args.threads)
-    _require_runtime(device, _one_runtime(args.runtime))
-    with Bars("networks") as bars:
-        summary = measure_into_dataset(subjects, device, _one_runtime(args.runtime),
-                                       Path(args.out), _campaign_config(args), card=card,
-                                       progress=bars)
-    _print_table(f"network dataset {args.out}", ["", "value"], _summary_rows(summary))
-    _report_failures(summary)
-    return 1 if summary.failed else 0
+    return _measure(args, subjects, card, "network dataset", "networks")
 
 
 def _network_resolver(key: str, family: str) -> Any:
@@ -278,10 +275,7 @@ def cmd_bench_plan(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from predictor.training import fit_from_dataset
 
-    try:
-        params = json.loads(args.params) if args.params else None
-    except ValueError as exc:
-        raise ConfigError(f"--params is not valid JSON: {exc}") from exc
+    params = _json_params(args.params, "--params")
     rules = None
     if args.fusion:
         from bench.store import LatencyDataset
@@ -625,11 +619,7 @@ def _add_predictor_tools(bench_sub: Any, pred_sub: Any) -> None:
                        help="relative error that flags a kernel (default 0.10)")
     adapt.add_argument("--predictor", default="xgboost", help="predictor type (default xgboost)")
     adapt.add_argument("--params", help="predictor parameters as JSON")
-    adapt.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=RECORD_STATISTICS)
-    adapt.add_argument("--device", default="local", help="device (default local)")
-    adapt.add_argument("--runtime", choices=RUNTIMES, help="runtime (default: the dataset's)")
-    adapt.add_argument("--seed", type=int, default=0, help="seed")
-    _add_run_settings(adapt, defaults_from_predictor=True)
+    _add_dataset_measuring(adapt, seed=0, seed_help="seed")
     adapt.set_defaults(func=cmd_adapt)
 
     compare = pred_sub.add_parser(
@@ -645,11 +635,7 @@ def _add_predictor_tools(bench_sub: Any, pred_sub: Any) -> None:
     compare.add_argument("--out", required=True, help="report directory")
     compare.add_argument("--params", help='per-predictor parameters as JSON, e.g. '
                                           '\'{"rf": {"n_estimators": 100}}\'')
-    compare.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=RECORD_STATISTICS)
-    compare.add_argument("--device", default="local", help="device (default local)")
-    compare.add_argument("--runtime", choices=RUNTIMES, help="runtime (default: the dataset's)")
-    compare.add_argument("--seed", type=int, default=1, help="seed for sampling networks")
-    _add_run_settings(compare, defaults_from_predictor=True)
+    _add_dataset_measuring(compare, seed=1, seed_help="seed for sampling networks")
     compare.set_defaults(func=cmd_compare)
 
     fewshot = pred_sub.add_parser(
@@ -744,6 +730,16 @@ def _add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool 
                         "batch's drift ratio), next to the raw ones")
     g.add_argument("--keep-samples", action="store_true",
                    help="store every timed sample with its record (samples_ms column)")
+
+
+def _add_dataset_measuring(p: argparse.ArgumentParser, seed: int, seed_help: str) -> None:
+    """Options of the commands that fit on an operator dataset and measure more with its
+    device, runtime and run settings (predictor adapt, predictor compare)."""
+    p.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=RECORD_STATISTICS)
+    p.add_argument("--device", default="local", help="device (default local)")
+    p.add_argument("--runtime", choices=RUNTIMES, help="runtime (default: the dataset's)")
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    _add_run_settings(p, defaults_from_predictor=True)
 
 
 def _add_fleet_options(p: argparse.ArgumentParser, required: bool = False) -> None:

@@ -23,9 +23,10 @@ from bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subjec
 from bench.stats import DEFAULT_STATISTIC
 from bench.store import atomic_write_text
 from device_agents import Device
-from latbench.errors import DatasetError, PredictorError, UnknownKernelError
+from latbench.errors import PredictorError, UnknownKernelError
 from predictor.evaluate import (
     error_metrics,
+    error_table,
     measure_networks,
     network_kernels,
     settings_from_manifest,
@@ -139,11 +140,7 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
                 predicted = math.nan
             rows.append({"predictor": name, "network": net.key, "family": net.family,
                          "predicted_ms": predicted, "measured_ms": measured[net.key]})
-    if not rows:
-        raise DatasetError(f"none of the {len(held_out)} networks could be measured on "
-                           f"{device.name}; see {out_dir / 'networks'}")
-    table = pd.DataFrame(rows)
-    table["error_pct"] = 100 * (table["predicted_ms"] / table["measured_ms"] - 1)
+    table = error_table(rows, len(held_out), device, out_dir)
     return ComparisonReport(table, score(table), statistic, summary)
 
 

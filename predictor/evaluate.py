@@ -100,6 +100,18 @@ class EvaluationReport:
         return "\n".join(rows)
 
 
+def error_table(rows: list[dict[str, Any]], n_networks: int, device: Device, out_dir: Path
+                ) -> pd.DataFrame:
+    """Rows with predicted_ms and measured_ms -> a frame with error_pct (%); DatasetError when
+    none of the `n_networks` could be measured (their campaign is in out_dir/networks)."""
+    if not rows:
+        raise DatasetError(f"none of the {n_networks} networks could be measured on "
+                           f"{device.name}; see {out_dir / 'networks'}")
+    table = pd.DataFrame(rows)
+    table["error_pct"] = 100 * (table["predicted_ms"] / table["measured_ms"] - 1)
+    return table
+
+
 def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subject],
              device: Device, out_dir: Path, runtime: str | None = None,
              config: CampaignConfig | None = None, progress: ProgressSink | None = None
@@ -124,11 +136,7 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
             continue
         rows.append({"network": net.key, "family": net.family,
                      "predicted_ms": predictions[net.key], "measured_ms": measured[net.key]})
-    if not rows:
-        raise DatasetError(f"none of the {len(networks)} networks could be measured on "
-                           f"{device.name}; see {out_dir / 'networks'}")
-    table = pd.DataFrame(rows)
-    table["error_pct"] = 100 * (table["predicted_ms"] / table["measured_ms"] - 1)
+    table = error_table(rows, len(networks), device, out_dir)
     metrics = {family: error_metrics(group["predicted_ms"], group["measured_ms"])
                for family, group in table.groupby("family", sort=True)}
     if len(metrics) > 1:

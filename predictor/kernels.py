@@ -48,7 +48,6 @@ SHAPE_OPS = frozenset({"Constant", "Shape", "Size", "EyeLike"})
 _TYPE_ONLY_INPUTS = {"CastLike": 1}
 UNARY_ACT_OPS = frozenset({"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Swish"})
 GATE_OPS = {"Sigmoid": "sigmoid", "HardSigmoid": "hsigmoid"}
-GLOBAL_POOL_OPS = frozenset({"GlobalAveragePool", "ReduceMean"})
 
 
 class _NodeProblem(Exception):

@@ -8,7 +8,7 @@ kernel look faster than it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,29 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from bench.ops import OpSpec
 from latbench.errors import PredictorError, UnknownKernelError
+from latbench.registry import Registry
 from predictor.features import FEATURE_VERSION, feature_matrix
 
-PREDICTORS: dict[str, type[KernelPredictor]] = {}
+PREDICTORS: Registry[type[KernelPredictor]] = Registry("predictor", PredictorError)
 
 
 def register_predictor(name: str):
     def decorate(cls: type[KernelPredictor]) -> type[KernelPredictor]:
-        if name in PREDICTORS:
-            raise PredictorError(f"predictor {name!r} is registered twice")
-        PREDICTORS[name] = cls
+        PREDICTORS.add(name, cls)
         cls.registry_name = name
         return cls
 
     return decorate
+
+
+def _by_kind(specs: list[OpSpec]) -> Iterator[tuple[str, np.ndarray, list[OpSpec], np.ndarray]]:
+    """Per kernel kind, in sorted order: (kind, row mask, its specs, its feature rows)."""
+    kinds = np.array([s.kind for s in specs])
+    features = feature_matrix(specs)
+    for kind in sorted(set(kinds)):
+        rows = kinds == kind
+        yield (str(kind), rows, [s for s, keep in zip(specs, rows, strict=True) if keep],
+               features[rows])
 
 
 class KernelPredictor(RegressorMixin, BaseEstimator):
@@ -48,15 +57,11 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
             raise PredictorError("cannot fit a predictor on zero kernels")
         if np.any(~np.isfinite(target)) or np.any(target <= 0):
             raise PredictorError("kernel latencies must be finite and positive")
-        kinds = np.array([s.kind for s in specs])
-        features = feature_matrix(specs)
         self.models_: dict[str, Any] = {}
         self.n_train_: dict[str, int] = {}
-        for kind in sorted(set(kinds)):
-            rows = kinds == kind
-            kind_specs = [s for s, keep in zip(specs, rows, strict=True) if keep]
-            self.models_[kind] = self._fit_specs(kind_specs, features[rows], target[rows])
-            self.n_train_[kind] = int(rows.sum())
+        for kind, rows, kind_specs, features in _by_kind(specs):
+            self.models_[kind] = self._fit_specs(kind_specs, features, target[rows])
+            self.n_train_[kind] = len(kind_specs)
         self.call_overhead_ms_ = float(call_overhead_ms)
         self.feature_version_ = FEATURE_VERSION
         return self
@@ -74,12 +79,8 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         out = np.empty(len(specs))
         if not specs:
             return out
-        kinds = np.array([s.kind for s in specs])
-        features = feature_matrix(specs)
-        for kind in sorted(set(kinds)):
-            rows = kinds == kind
-            kind_specs = [s for s, keep in zip(specs, rows, strict=True) if keep]
-            out[rows] = self._predict_ms(self.models_[kind], kind_specs, features[rows])
+        for kind, rows, kind_specs, features in _by_kind(specs):
+            out[rows] = self._predict_ms(self.models_[kind], kind_specs, features)
         return out
 
     @property
@@ -99,7 +100,7 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         raise NotImplementedError
 
     def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return model.predict(features)
 
     def _save_kind(self, model: Any, path: Path) -> str:
         """Write one kind's model next to `path` (no suffix); return the file name written."""
@@ -137,9 +138,6 @@ class XGBoostKernelPredictor(KernelPredictor):
 
     def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
         return self._regressor().fit(features, log_ms)
-
-    def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
-        return model.predict(features)
 
     def _save_kind(self, model: Any, path: Path) -> str:
         target = path.with_suffix(".json")
@@ -179,9 +177,6 @@ class RandomForestKernelPredictor(KernelPredictor):
             min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
             random_state=self.random_state, n_jobs=self.n_jobs).fit(features, log_ms)
         return TreeArrays.from_forest(forest)
-
-    def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
-        return model.predict(features)
 
     def _save_kind(self, model: Any, path: Path) -> str:
         target = path.with_suffix(".npz")
@@ -316,6 +311,4 @@ def predictor_names() -> list[str]:
 
 def get_predictor_class(name: str) -> type[KernelPredictor]:
     _import_zoo()
-    if name not in PREDICTORS:
-        raise PredictorError(f"unknown predictor {name!r}; known: {', '.join(sorted(PREDICTORS))}")
-    return PREDICTORS[name]
+    return PREDICTORS.lookup(name)

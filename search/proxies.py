@@ -20,24 +20,22 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import ConfigError, SearchError
+from latbench.registry import Registry
 from search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
 ProxyFn = Callable[[Any, Any, Any], float]
-PROXIES: dict[str, ProxyFn] = {}
+PROXIES: Registry[ProxyFn] = Registry("zero-cost proxy")
 VOTE_OF = ("synflow", "jacob_cov", "snip")
 _JACOB_K = 1e-5
 
 
 def register_proxy(name: str) -> Callable[[ProxyFn], ProxyFn]:
-    def decorate(fn: ProxyFn) -> ProxyFn:
-        if name in PROXIES or name == "vote":
-            raise ConfigError(f"zero-cost proxy {name!r} is registered twice")
-        PROXIES[name] = fn
-        return fn
-
-    return decorate
+    if name == "vote":  # the rank vote over the others; always there
+        raise ConfigError("zero-cost proxy 'vote' is registered twice (it is the built-in rank "
+                          "vote)")
+    return PROXIES.register(name)
 
 
 def proxy_names() -> list[str]:

@@ -26,7 +26,6 @@ from search.strategies.base import SearchResult
 
 log = logging.getLogger(__name__)
 
-TABLE_STRATEGIES = ("exhaustive", "evolution", "random")
 TRAINING_STRATEGIES = ("halving", "proxyless-g", "proxyless-r")
 # Space options used when a strategy trains networks and the user set none: small enough for a
 # 2-core CPU and the 8x8 digits (each is printed, and any can be overridden).

@@ -15,35 +15,15 @@ import json
 from typing import Any
 
 from bench.export.graph import LayerGraph
+from bench.export.reference import apply_layer
 from latbench.errors import ExportError
 
 EXTRA_FILE = "latbench.json"
 
 
-def _activation(x: Any, act: str) -> Any:
-    import torch.nn.functional as F
-
-    if act == "none":
-        return x
-    if act == "relu":
-        return F.relu(x)
-    if act == "relu6":
-        return F.relu6(x)
-    if act == "hswish":
-        return F.hardswish(x)
-    if act == "hsigmoid":
-        return F.hardsigmoid(x)
-    if act == "sigmoid":
-        return x.sigmoid()
-    if act == "swish":
-        return F.silu(x)
-    raise ExportError(f"pt2 export has no activation {act!r}")
-
-
 def graph_module(graph: LayerGraph) -> Any:
     """A torch.nn.Module computing `graph` in float32 (weights as buffers)."""
     import torch
-    import torch.nn.functional as F
 
     class GraphModule(torch.nn.Module):
         def __init__(self) -> None:
@@ -56,37 +36,9 @@ def graph_module(graph: LayerGraph) -> Any:
         def forward(self, *inputs: Any) -> Any:
             values = dict(zip(graph.inputs, inputs, strict=True))
             for index, layer in enumerate(graph.layers):
-                a = layer.attrs
-                xs = [values[i] for i in layer.inputs]
-
-                def w(name: str, index: int = index) -> Any:
-                    return getattr(self, f"l{index}_{name}")
-
-                if layer.op == "conv":
-                    y = _activation(F.conv2d(xs[0], w("weight"), w("bias"), a["stride"],
-                                             a["pad"], 1, a["groups"]), a["act"])
-                elif layer.op == "linear":
-                    y = _activation(F.linear(xs[0].flatten(1), w("weight"), w("bias")),
-                                    a["act"])
-                elif layer.op == "add":
-                    y = _activation(xs[0] + xs[1], a["act"])
-                elif layer.op == "mul":
-                    y = xs[0] * xs[1]
-                elif layer.op == "act":
-                    y = _activation(xs[0], a["act"])
-                elif layer.op == "pool":
-                    if a["pool"] == "avg":
-                        y = F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"],
-                                         count_include_pad=True)
-                    else:
-                        y = F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"])
-                elif layer.op == "gpool":
-                    y = xs[0].mean(dim=(2, 3), keepdim=True)
-                elif layer.op == "concat":
-                    y = torch.cat(xs, dim=1)
-                else:
-                    raise ExportError(f"pt2 export has no layer op {layer.op!r}")
-                values[layer.output] = y
+                w = {name: getattr(self, f"l{index}_{name}") for name in layer.weights}
+                values[layer.output] = apply_layer(layer, [values[i] for i in layer.inputs], w,
+                                                   "pt2 export")
             return values[graph.output_name]
 
     return GraphModule().eval()

@@ -24,6 +24,7 @@ from bench.ops import OpSpec
 from bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
 from device_agents import AGENT_SCRIPT, CommandResult, Device
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
+from latbench.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class Runner(Protocol):
 
 
 # name -> Runner class; filled by @register_runner.
-RUNNERS: dict[str, type] = {}
+RUNNERS: Registry[type] = Registry("runner")
 
 T = TypeVar("T", bound=type)
 
@@ -275,11 +276,8 @@ def register_runner(name: str) -> Callable[[T], T]:
     refused."""
 
     def decorator(cls: T) -> T:
-        if name in RUNNERS:
-            raise ConfigError(f"runner {name!r} is already registered "
-                              f"(by {RUNNERS[name].__qualname__})")
+        RUNNERS.add(name, cls)
         cls.name = name  # type: ignore[attr-defined]
-        RUNNERS[name] = cls
         return cls
 
     return decorator
@@ -287,24 +285,18 @@ def register_runner(name: str) -> Callable[[T], T]:
 
 def get_runner(name: str) -> Runner:
     """A fresh runner instance by name; ConfigError lists the known runners."""
-    try:
-        cls = RUNNERS[name]
-    except KeyError:
-        known = ", ".join(sorted(RUNNERS)) or "none"
-        raise ConfigError(f"unknown runner {name!r}; known runners: {known}") from None
-    return cls()
+    return RUNNERS.lookup(name)()
 
 
-class AgentRunner:
-    """Host side of the device agent, shared by every runtime the agent supports.
+class RunnerBase:
+    """What the agent runner and the native-tool runners share: the probe models (exported once
+    per runner), checking a batch's model ids, and removing a batch dir on the device.
 
     Subclasses set `name` (via @register_runner) and `suffix`, and implement `export`.
     """
 
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
-    delegates: ClassVar[tuple[str, ...]] = ("xnnpack", "builtin")  # what the agent can do
-    stopping_rule: ClassVar[bool] = True  # the agent applies RunSettings' stopping rule
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}
@@ -318,6 +310,40 @@ class AgentRunner:
             self._probes = {pid: self.export(spec_graph(spec, seed=0))
                             for pid, spec in PROBES.items()}
         return list(self._probes.items())
+
+    @staticmethod
+    def _batch_ids(device: Device, models: Sequence[ModelFile]) -> list[str]:
+        """The batch's model ids: at least one, unique, none taken by a probe."""
+        if not models:
+            raise ConfigError(f"no models to measure on device {device.name}")
+        ids = [m.id for m in models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate model ids in batch: {', '.join(dupes)}")
+        reserved = sorted(set(ids) & set(PROBES))
+        if reserved:
+            raise ConfigError(f"model id {reserved[0]!r} is reserved for a probe model")
+        return ids
+
+    @staticmethod
+    def _cleanup(device: Device, remote_dir: str) -> None:
+        """Remove the batch dir; a failure is logged, never raised (it must not hide the
+        measurement's own error)."""
+        try:
+            result = device.transport.run(["rm", "-rf", remote_dir], CLEANUP_TIMEOUT_S)
+        except (TransportError, OSError) as exc:
+            log.warning("could not remove %s on device %s: %s", remote_dir, device.name, exc)
+            return
+        if not result.ok:
+            log.warning("could not remove %s on device %s: %s", remote_dir, device.name,
+                        result.stderr.strip())
+
+
+class AgentRunner(RunnerBase):
+    """Host side of the device agent, shared by every runtime the agent supports."""
+
+    delegates: ClassVar[tuple[str, ...]] = ("xnnpack", "builtin")  # what the agent can do
+    stopping_rule: ClassVar[bool] = True  # the agent applies RunSettings' stopping rule
 
     def request(self, settings: RunSettings, device: Device,
                 models: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -347,15 +373,7 @@ class AgentRunner:
             raise RunnerError(f"runtime {self.name} is not installed on device {device.name} "
                               f"(it has: {', '.join(device.runtimes) or 'none'})")
         models = list(models)
-        if not models:
-            raise ConfigError(f"no models to measure on device {device.name}")
-        ids = [m.id for m in models]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ConfigError(f"duplicate model ids in batch: {', '.join(dupes)}")
-        reserved = sorted(set(ids) & set(PROBES))
-        if reserved:
-            raise ConfigError(f"model id {reserved[0]!r} is reserved for a probe model")
+        ids = self._batch_ids(device, models)
         batch = [(m.id, m.data) for m in models] + self.probe_models()
 
         remote_dir = posixpath.join(device.work_dir, f"batch-{uuid.uuid4().hex}")
@@ -394,19 +412,6 @@ class AgentRunner:
         if not result.ok:
             raise RunnerError(f"{what} on device {device.name} failed (exit {result.returncode}):"
                               f" {result.stderr.strip()[-500:]}")
-
-    @staticmethod
-    def _cleanup(device: Device, remote_dir: str) -> None:
-        """Remove the batch dir; a failure is logged, never raised (it must not hide the
-        measurement's own error)."""
-        try:
-            result = device.transport.run(["rm", "-rf", remote_dir], CLEANUP_TIMEOUT_S)
-        except (TransportError, OSError) as exc:
-            log.warning("could not remove %s on device %s: %s", remote_dir, device.name, exc)
-            return
-        if not result.ok:
-            log.warning("could not remove %s on device %s: %s", remote_dir, device.name,
-                        result.stderr.strip())
 
     def _parse(self, device: Device, result: CommandResult, settings: RunSettings,
                ids: list[str]) -> BatchResult:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.export.graph import LayerGraph, spec_graph
+from bench.export.graph import LayerGraph
 from bench.runners.base import (
     CLEANUP_TIMEOUT_S,
     OVERHEAD_ID,
@@ -42,6 +42,7 @@ from bench.runners.base import (
     BatchResult,
     Measurement,
     ModelFile,
+    RunnerBase,
     RunSettings,
     register_runner,
 )
@@ -49,7 +50,7 @@ from bench.stats import Stats
 from device_agents import Device
 from device_agents.facts import dynamic_facts
 from device_agents.tools import TOOL_RUNTIMES
-from latbench.errors import ConfigError, ParseError, RunnerError, TransportError
+from latbench.errors import ParseError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -88,33 +89,19 @@ def combine_rounds(rounds: Sequence[RoundFigures]) -> tuple[Stats, float]:
     return stats, best
 
 
-class NativeToolRunner:
+class NativeToolRunner(RunnerBase):
     """Shared host side of tool-based runtimes. Subclasses set `suffix` and `tool` and
     implement `export`, `flags` (-> object with argv(binary, model) and text()) and `figures`
     (raw output -> RoundFigures, ParseError when the run failed)."""
 
-    name: ClassVar[str] = ""
-    suffix: ClassVar[str] = ""
     tool: ClassVar[str] = ""
     delegates: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self) -> None:
-        self._probes: dict[str, bytes] = {}
-
-    def export(self, graph: LayerGraph) -> bytes:
-        raise NotImplementedError
 
     def flags(self, settings: RunSettings, device: Device) -> Any:
         raise NotImplementedError
 
     def figures(self, output: str) -> RoundFigures:
         raise NotImplementedError
-
-    def probe_models(self) -> list[tuple[str, bytes]]:
-        if not self._probes:
-            self._probes = {pid: self.export(spec_graph(spec, seed=0))
-                            for pid, spec in PROBES.items()}
-        return list(self._probes.items())
 
     def _prefix(self, device: Device) -> list[str]:
         if not device.cpu_affinity:
@@ -136,11 +123,7 @@ class NativeToolRunner:
         if self.delegates and settings.delegate not in self.delegates:
             raise RunnerError(f"delegate {settings.delegate} is not available with {self.name}")
         models = list(models)
-        if not models:
-            raise ConfigError(f"no models to measure on device {device.name}")
-        ids = [m.id for m in models]
-        if len(set(ids)) != len(ids) or set(ids) & set(PROBES):
-            raise ConfigError(f"model ids must be unique and not probe ids: {ids}")
+        ids = self._batch_ids(device, models)
         flags = self.flags(settings, device)
         deadline = time.monotonic() + timeout_s
         transport = device.transport
@@ -221,17 +204,6 @@ class NativeToolRunner:
             reference_ms=min(r.median_ms if math.isfinite(r.median_ms) else r.mean_ms
                              for r in reference),
             facts_before=facts_before, facts_after=facts_after, device=device.name)
-
-    @staticmethod
-    def _cleanup(device: Device, remote_dir: str) -> None:
-        try:
-            result = device.transport.run(["rm", "-rf", remote_dir], CLEANUP_TIMEOUT_S)
-        except (TransportError, OSError) as exc:
-            log.warning("could not remove %s on device %s: %s", remote_dir, device.name, exc)
-            return
-        if not result.ok:
-            log.warning("could not remove %s on device %s: %s", remote_dir, device.name,
-                        result.stderr.strip())
 
 
 def _binary_version(tool: str, path: Path) -> str:

@@ -449,13 +449,11 @@ class OrtBackend:
         self.version = ort.__version__
         self.req = req
 
-    def load(self, path: str, rng):
-        """Return a zero-argument callable doing one timed inference."""
+    def session_options(self):
+        """Options both ONNX Runtime backends share: threads, graph optimisation, quiet log."""
         ort = self.ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.req["threads"]
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -463,12 +461,26 @@ class OrtBackend:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.req["graph_opt"]]
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return opts
+
+    @staticmethod
+    def random_feeds(sess, rng) -> dict:
+        """Random numpy arrays for every input of the session, by input name."""
         feeds = {}
         for inp in sess.get_inputs():
             if inp.type not in ORT_TYPES:
                 raise ValueError(f"input {inp.name} has unsupported type {inp.type}")
             feeds[inp.name] = random_array(rng, inp.shape, ORT_TYPES[inp.type])
+        return feeds
+
+    def load(self, path: str, rng):
+        """Return a zero-argument callable doing one timed inference."""
+        ort = self.ort
+        opts = self.session_options()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        feeds = self.random_feeds(sess, rng)
         run = sess.run
         return lambda: run(None, feeds)
 
@@ -494,27 +506,14 @@ class OrtCudaBackend(OrtBackend):
 
     def load(self, path: str, rng):
         ort = self.ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.req["threads"]
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.req["graph_opt"]]
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(path, sess_options=opts,
+        sess = ort.InferenceSession(path, sess_options=self.session_options(),
                                     providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         if sess.get_providers()[:1] != ["CUDAExecutionProvider"]:
             raise RuntimeError(f"ONNX Runtime did not enable the CUDA provider for {path} "
                                f"(session providers: {sess.get_providers()})")
         binding = sess.io_binding()
-        for inp in sess.get_inputs():
-            if inp.type not in ORT_TYPES:
-                raise ValueError(f"input {inp.name} has unsupported type {inp.type}")
-            array = random_array(rng, inp.shape, ORT_TYPES[inp.type])
-            binding.bind_ortvalue_input(inp.name,
-                                        ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for name, array in self.random_feeds(sess, rng).items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         for out in sess.get_outputs():
             binding.bind_output(out.name, "cuda", 0)
         run = sess.run_with_iobinding

@@ -33,7 +33,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from latbench.errors import ConfigError, ParseError
+from latbench.errors import ParseError
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|-?inf"
 _STAT_RE = re.compile(
@@ -266,15 +266,3 @@ class BenchmarkModelFlags:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
-
-
-def check_extra_flags(flags: Sequence[str], tool: str) -> tuple[str, ...]:
-    """User flags must look like '--name=value' (or '-x'); they travel as argv, never as
-    shell text, so this only catches typos such as a missing dash or an embedded space."""
-    out = []
-    for flag in flags:
-        if not isinstance(flag, str) or not flag.startswith("-") or "\0" in flag or \
-                "\n" in flag:
-            raise ConfigError(f"{tool} flag {flag!r} must start with '-' and hold no newline")
-        out.append(flag)
-    return tuple(out)

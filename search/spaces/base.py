@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from bench.ops import OpSpec
-from latbench.errors import ConfigError, SearchError
+from latbench.errors import SearchError
+from latbench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -166,21 +167,13 @@ class SearchSpace(ABC):
         return [Arch(self.name, tuple(int(c) for c in row)) for row in flat]
 
 
-SPACES: dict[str, Callable[..., SearchSpace]] = {}
+SPACES: Registry[Callable[..., SearchSpace]] = Registry("search space")
 
 
 def register_space(name: str) -> Callable[[Callable[..., SearchSpace]],
                                           Callable[..., SearchSpace]]:
-    def decorate(factory: Callable[..., SearchSpace]) -> Callable[..., SearchSpace]:
-        if name in SPACES:
-            raise ConfigError(f"search space {name!r} is registered twice")
-        SPACES[name] = factory
-        return factory
-
-    return decorate
+    return SPACES.register(name)
 
 
 def get_space(name: str, **options: Any) -> SearchSpace:
-    if name not in SPACES:
-        raise ConfigError(f"unknown search space {name!r}; known: {', '.join(sorted(SPACES))}")
-    return SPACES[name](**options)
+    return SPACES.lookup(name)(**options)

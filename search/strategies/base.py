@@ -7,26 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from latbench.errors import ConfigError
+from latbench.registry import Registry
 
-STRATEGIES: dict[str, Callable[..., Any]] = {}
+STRATEGIES: Registry[Callable[..., Any]] = Registry("search strategy")
 
 
 def register_strategy(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-        if name in STRATEGIES:
-            raise ConfigError(f"search strategy {name!r} is registered twice")
-        STRATEGIES[name] = factory
-        return factory
-
-    return decorate
+    return STRATEGIES.register(name)
 
 
 def get_strategy(name: str, **options: Any) -> Any:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown search strategy {name!r}; known: "
-                          f"{', '.join(sorted(STRATEGIES))}")
+    factory = STRATEGIES.lookup(name)
     try:
-        return STRATEGIES[name](**options)
+        return factory(**options)
     except TypeError as exc:
         raise ConfigError(f"search strategy {name!r} rejects its options "
                           f"({', '.join(sorted(options)) or 'none'}): {exc}") from exc

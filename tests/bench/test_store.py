@@ -63,6 +63,15 @@ def many_records(n: int, device: str = "pixel") -> list[LatencyRecord]:
             for i in range(n)]
 
 
+def dataset_in_parts(root: Path, n: int, part: int) -> LatencyDataset:
+    """A new dataset holding many_records(n), appended `part` records at a time."""
+    ds = LatencyDataset.create(root, {})
+    recs = many_records(n)
+    for i in range(0, n, part):
+        ds.append(recs[i:i + part])
+    return ds
+
+
 def same_value(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -159,10 +168,7 @@ def test_same_job_twice_keeps_one_row(tmp_path):
 
 def test_parts_are_readable_by_pandas_and_pyarrow(tmp_path):
     root = tmp_path / "ds"
-    ds = LatencyDataset.create(root, {})
-    recs = many_records(30)
-    for i in range(0, 30, 10):
-        ds.append(recs[i:i + 10])
+    ds = dataset_in_parts(root, 30, 10)
     ds.append([LatencyRecord.for_network("net:1", "fam", device="pixel", runtime="ort")])
     assert len(list((root / "records").glob("part-*.parquet"))) == 4
     frame = pd.read_parquet(root / "records")
@@ -378,10 +384,7 @@ def test_concurrent_appends_from_threads_never_duplicate(tmp_path, shared):
 # --- compaction, cards, loading -----------------------------------------------------------
 def test_compact_merges_parts_and_survives_a_crash_midway(tmp_path):
     root = tmp_path / "ds"
-    ds = LatencyDataset.create(root, {})
-    recs = many_records(30)
-    for i in range(0, 30, 5):
-        ds.append(recs[i:i + 5])
+    ds = dataset_in_parts(root, 30, 5)
     before = ds.records().sort_values("job_key").reset_index(drop=True)
     assert ds.compact() == 30
     parts = list((root / "records").glob("part-*.parquet"))

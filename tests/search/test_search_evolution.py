@@ -10,24 +10,10 @@ import pytest
 from latbench.errors import ConfigError, SearchError
 from search.accuracy import SurrogateAccuracy, TableAccuracy, make_source, one_hot
 from search.latency import LatencyTable, choices_matrix
-from search.spaces import get_space
 from search.strategies import get_strategy
 from search.strategies.evolution import sample_feasible
 
-
-@pytest.fixture(scope="module")
-def space():
-    return get_space("nasbench-macro", resolution=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(space, seed: int) -> tuple[LatencyTable, dict[str, float], np.ndarray, np.ndarray]:

@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from latbench.errors import ConfigError
 from search.data import digits
-from search.latency import LatencyTable
-from search.spaces import get_space
 from search.strategies import get_strategy
 from search.strategies.halving import bracket_epochs, hyperband_brackets, rungs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rungs_and_brackets() -> None:
@@ -45,9 +36,7 @@ def test_epoch_budget_sizes_the_bracket() -> None:
 
 
 @pytest.mark.parametrize("hyperband", [False, True])
-def test_halving_trains_and_keeps_the_best(hyperband: bool) -> None:
-    space = get_space("nasbench-macro", resolution=8)
-    table = LatencyTable.from_flops(space, ms_per_gflop=100.0)
+def test_halving_trains_and_keeps_the_best(space, table, hyperband: bool) -> None:
     rng = np.random.default_rng(0)
     budget = float(np.median([table.latency(space.sample(rng)) for _ in range(200)]))
     options = dict(min_epochs=1, max_epochs=3 if hyperband else 2, eta=3 if hyperband else 2,

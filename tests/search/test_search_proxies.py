@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from latbench.errors import ConfigError
 from search.data import random_batch
@@ -31,12 +30,7 @@ SMALL = {  # every registered space, sized for a test
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_space_has_a_small_config() -> None:
@@ -61,8 +55,7 @@ def test_every_proxy_is_finite_on_every_space(name: str) -> None:
     assert again["naswot"] == pytest.approx(scores["naswot"][0])
 
 
-def test_gradient_family_matches_single_proxies() -> None:
-    space = get_space("nasbench-macro", resolution=8)
+def test_gradient_family_matches_single_proxies(space) -> None:
     batch = random_batch(8, 8, 10, seed=1)
     arch = space.sample(np.random.default_rng(1))
     together = score(space, arch, ["grad_norm", "snip", "fisher"], batch)
@@ -90,8 +83,7 @@ def test_vote_is_the_mean_rank() -> None:
     assert tuple(VOTE_OF) == ("synflow", "jacob_cov", "snip")
 
 
-def test_scorer_caches_and_votes() -> None:
-    space = get_space("nasbench-macro", resolution=8)
+def test_scorer_caches_and_votes(space) -> None:
     scorer = ProxyScorer(space, "vote", seed=0, batch_size=8)
     rng = np.random.default_rng(3)
     archs = [space.sample(rng) for _ in range(4)]

@@ -21,15 +21,7 @@ from search.supernet import (
     search_supernet,
 )
 
-
-@pytest.fixture(scope="module")
-def space():
-    return get_space("nasbench-macro", resolution=8)
-
-
-@pytest.fixture(scope="module")
-def table(space) -> LatencyTable:
-    return LatencyTable.from_flops(space, ms_per_gflop=100.0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +37,6 @@ def batch(data):
 def middle_budget(space, table) -> float:
     rng = np.random.default_rng(0)
     return float(np.median([table.latency(space.sample(rng)) for _ in range(300)]))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: faster than two on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def activation_bytes(fn, params) -> int:

@@ -1,0 +1,50 @@
+"""Setup several benchmarks share: a fresh output folder, and an operator dataset measured from
+a plan on the local CPU with the settings every predictor benchmark uses (ONNX Runtime,
+1 thread, the default run settings)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.campaign import CampaignConfig, measure_into_dataset
+from bench.plans import load_plan
+from bench.runners import RunSettings
+from device_agents import local_device
+from search.networks import plan_subjects
+
+
+def fresh_dir(path: str | Path, keep: bool = False) -> Path:
+    """`path`, removed first unless `keep` (resume an earlier run's output)."""
+    out = Path(path)
+    if out.exists() and not keep:
+        shutil.rmtree(out)
+    return out
+
+
+@dataclass
+class PlanDataset:
+    """What `measure_plan` measured with, and how long it took."""
+
+    device: Any
+    config: CampaignConfig
+    plan: Any
+    subjects: list[Any]
+    summary: Any
+    seconds: float
+
+
+def measure_plan(plan_name: str, dataset: Path, flags: list[str]) -> PlanDataset:
+    """Measure plan `plan_name` on the local CPU into `dataset` (resumed if it exists); the
+    card records the plan and `flags`."""
+    device = local_device(threads=1)
+    config = CampaignConfig(settings=RunSettings(threads=1))
+    plan = load_plan(plan_name)
+    started = time.perf_counter()
+    subjects = plan_subjects(plan)
+    summary = measure_into_dataset(subjects, device, "onnxruntime", dataset, config,
+                                   card={"plan": plan.to_dict(), "flags": flags})
+    return PlanDataset(device, config, plan, subjects, summary, time.perf_counter() - started)
