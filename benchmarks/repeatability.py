@@ -6,15 +6,16 @@ with latbench's default settings (ONNX Runtime CPU, 1 thread, 10 warm-up calls, 
 95% CI of the median within 2%); per statistic, the median and p90 over kernels of |B/A - 1|
 (`bench.repeat.compare_records`). Two designs, both reported:
 
-1. Interleaved re-measurement (the target's figure): A and B are two separately loaded copies
+1. Interleaved re-measurement (the measurement's floor): A and B are two separately loaded copies
    of each kernel - own session, own warm-up, own stopping rule - timed in the same agent calls
    (batches of 20 kernels x 2 copies, A-block/B-block order alternating), so both see the same
    machine state. What differs between them is what differs between two sessions of the same
    model (memory placement, which core) plus sampling noise: the repeatability of the
    measurement itself.
 2. Two separate campaigns, A and B, interleaved batch by batch in ABBA order (each with its own
-   agent calls, calibration and drift control): this adds how much this shared machine's state
-   changed between two campaigns' batches, seconds to a minute apart.
+   agent calls, calibration and drift control): two full measurements of the same kernels, as
+   the issue words the target and as `latbench bench repeat` does it for a user's dataset. This
+   adds how much the shared machine's state changed between the campaigns' batches.
 """
 
 from __future__ import annotations
@@ -151,15 +152,16 @@ def main() -> None:
         f"measured twice; settings `{settings.key('onnxruntime')}`; load average "
         f"{load_before:.1f} at the start (other jobs share the 2 cores). The statistic held to "
         "the target is the most repeatable one of the run (least p90, marked).", "",
-        "**1. Interleaved re-measurement** (the target's figure): two separately loaded copies "
+        "**1. Interleaved re-measurement** (the measurement's floor): two separately loaded copies "
         "of every kernel, each with its own warm-up and stopping rule, timed in the same agent "
         f"calls (20 kernels x 2 copies per call) - {seconds:.0f} s. Achieved CI width of the "
         f"median: median {float(a['ci_rel_width'].median()):.2%}, p90 "
         f"{float(a['ci_rel_width'].quantile(0.9)):.2%} (stopped: "
         f"{', '.join(f'{k} {v}' for k, v in a['stop_reason'].value_counts().items())}).", "",
         *table(metrics, best, shift=False), "",
-        f"Target (issue 6): median <= {TARGET_MEDIAN:.0%} and p90 <= {TARGET_P90:.0%}, here on "
-        f"`{best}`: **{'met' if met else 'NOT met'}** ({m['median']:.2%} / {m['p90']:.2%}).",
+        f"On `{best}`: {m['median']:.2%} / {m['p90']:.2%} "
+        f"({'within' if met else 'outside'} the target's bounds even for two copies measured "
+        "side by side).",
     ]
     if args.campaigns:
         ca, cb, seconds, redone, flagged = separate_campaigns(subjects, settings, device,
@@ -174,8 +176,9 @@ def main() -> None:
             f"{args.batch_size}) - {seconds:.0f} s, {redone} batches redone after a slow "
             f"phase, {flagged} stored flagged as drifted:", "",
             *table(camp_metrics, camp_best, shift=True), "",
-            f"On `{camp_best}`: {cm['median']:.2%} / {cm['p90']:.2%} "
-            f"({'within' if camp_met else 'outside'} the target). "
+            f"Target (issue 6, two full measurements): median <= {TARGET_MEDIAN:.0%} and p90 <= "
+            f"{TARGET_P90:.0%}, here on `{camp_best}`: "
+            f"**{'met' if camp_met else 'NOT met'}** ({cm['median']:.2%} / {cm['p90']:.2%}). "
             + ("Worse than (1): what (2) adds is this shared machine's state changing between "
                "the two campaigns' batches (other jobs on its 2 cores), "
                + (f"here partly as a uniform shift of B against A ({cm['signed_median']:+.1%})."

@@ -105,11 +105,18 @@ def _file_networks(path: Path) -> list[Subject]:
 
 
 def plan_subjects(plan: Plan) -> list[Subject]:
-    """Everything a plan measures: its kernels, then its calibration networks."""
-    specs = build_specs(plan, space_kernels)
-    subjects = [Subject.op(s) for s in specs]
-    if plan.networks:
-        subjects += resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
+    """Everything a plan measures: its kernels with its calibration networks spread evenly
+    among them, so networks and kernels share batches and so the device's state: the
+    composition learns how kernels add up, not how the machine drifted between the two."""
+    kernels = [Subject.op(s) for s in build_specs(plan, space_kernels)]
+    if not plan.networks:
+        return kernels
+    networks = resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
+    step = len(kernels) / len(networks)
+    subjects: list[Subject] = []
+    for i, network in enumerate(networks):
+        subjects += kernels[round(i * step):round((i + 1) * step)]
+        subjects.append(network)
     return subjects
 
 
