@@ -163,13 +163,13 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
                                        run_dir / "search" / "winners", config, bars)
         report["search_margin"] = margin
         report["search"] = [o.to_json() for o in outcomes]
-        report["search_rows"] = search_rows = [o.row() for o in outcomes]
+        search_rows = [o.row() for o in outcomes]
         _pareto_plot(predicted_all, space, accuracy, outcomes, run_dir / "search_pareto.png")
     timings["search"] = time.perf_counter() - started
     report["timings_s"] = timings
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(run_dir / "report.md", _markdown(report, card, manifest, evaluation,
-                                                       search_note))
+                                                       search_rows, search_note))
     _print_summary(console, evaluation, search_rows, run_dir)
     return run_dir
 
@@ -212,7 +212,7 @@ def _pareto_plot(latency: np.ndarray, space: Any, accuracy: dict[str, float],
 
 
 def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, Any],
-              evaluation: Any, search_note: str) -> str:
+              evaluation: Any, search_rows: list[tuple[str, ...]], search_note: str) -> str:
     facts = card.get("device_facts") or {}
     t = report["timings_s"]
     lines = [
@@ -246,7 +246,7 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
                   "out of its fit (leave-one-out).",
                   "", "| " + " | ".join(OUTCOME_HEADER) + " |",
                   "|" + "---|" * len(OUTCOME_HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in report["search_rows"]]
+        lines += ["| " + " | ".join(row) + " |" for row in search_rows]
         lines += ["", "![accuracy vs latency](search_pareto.png)"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
     return "\n".join(lines)
