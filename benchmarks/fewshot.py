@@ -5,9 +5,13 @@ are the reference devices, K architectures measured on the held-out device are t
 (chosen at random with a seed - what a user does), and every other architecture is predicted
 and scored (Spearman, within-10%). K in {5, 10, 20, 50}, 10 seeds each; a stratified choice of
 the K samples (one per quantile of the reference devices' mean latency) is reported beside it.
-The ceiling row is a gradient-boosted model trained on half of ALL architectures of the
-held-out device (not few-shot) with every reference device's latency and the arch features as
-inputs: what the data allows at all.
+Two rows for comparison: `rawref` is the same model with the reference columns as measured
+(the method before the references were denoised into cost tables). Three rows bound what the
+data allows: the oracle is the few-shot model family fitted to ALL architectures of the
+held-out device; the ceiling a gradient-boosted model trained on half of them with every
+reference device's latency and the arch features as inputs; "closest reference" the Spearman of
+the held-out device with its most similar reference device as measured (for 1080ti_1 that is
+titanx_1, a near-duplicate GPU: the noise floor of the measurements themselves).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from _report import publish  # noqa: E402
 
 from predictor.evaluate import error_metrics  # noqa: E402
 from predictor.fewshot import (  # noqa: E402
+    DEFAULT_CANDIDATES,
     SPACES,
+    FewShotPredictor,
     arch_features,
     leave_one_device_out,
     load_reference,
@@ -48,9 +54,30 @@ def ceiling(space: str, table, seed: int = 0) -> pd.DataFrame:
         x = np.hstack([np.log(np.maximum(others.ms, 1e-6)), features])
         y = np.log(np.maximum(table.column(device), 1e-6))
         model = xgboost.XGBRegressor(n_estimators=400, max_depth=6, learning_rate=0.05,
-                                     n_jobs=2).fit(x[train], y[train])
+                                     n_jobs=1).fit(x[train], y[train])
         m = error_metrics(np.exp(model.predict(x[test])), np.exp(y[test]))
         rows.append({"device": device, "spearman": m["spearman"], "within10": m["within10"]})
+    return pd.DataFrame(rows)
+
+
+def oracle(space: str, table) -> pd.DataFrame:
+    """The few-shot model family fitted to every architecture of the held-out device."""
+    rows = []
+    for device in table.devices:
+        truth = table.column(device)
+        model = FewShotPredictor(space, table.without(device)).fit_all(truth)
+        m = error_metrics(model.predict_all(), truth)
+        rows.append({"device": device, "spearman": m["spearman"], "within10": m["within10"]})
+    return pd.DataFrame(rows)
+
+
+def closest_reference(table) -> pd.DataFrame:
+    """Per device: the reference device (as measured) that rank-correlates best with it."""
+    ranks = pd.DataFrame(table.ms, columns=list(table.devices)).corr(method="spearman")
+    rows = []
+    for device in table.devices:
+        other = ranks[device].drop(device)
+        rows.append({"device": device, "closest": other.idxmax(), "spearman": other.max()})
     return pd.DataFrame(rows)
 
 
@@ -71,6 +98,10 @@ def main() -> None:
         table = load_reference(data / space / "latency_ms.csv")
         frame = leave_one_device_out(space, table, KS, seeds)
         strat = leave_one_device_out(space, table, (10,), seeds, selection="stratified")
+        raw = leave_one_device_out(space, table, (10,), seeds, candidates=[
+            c.replace("ref", "rawref") for c in DEFAULT_CANDIDATES[space]])
+        best = oracle(space, table)
+        near = closest_reference(table)
         means = frame.groupby("k")[["spearman", "within10"]].mean()
         lines += [f"### {space} ({len(table.archs)} architectures)", "",
                   "| K | samples chosen | mean Spearman | mean within 10% |", "|---|---|---|---|"]
@@ -78,18 +109,33 @@ def main() -> None:
             lines.append(f"| {k} | random | {row['spearman']:.3f} | {row['within10']:.1%} |")
         s = strat[["spearman", "within10"]].mean()
         lines.append(f"| 10 | stratified | {s['spearman']:.3f} | {s['within10']:.1%} |")
+        r = raw[["spearman", "within10"]].mean()
+        lines.append(f"| 10 | random, `rawref` (references as measured) | {r['spearman']:.3f} | "
+                     f"{r['within10']:.1%} |")
+        lines.append(f"| oracle | all archs, same model family | {best['spearman'].mean():.3f} "
+                     f"| {best['within10'].mean():.1%} |")
         if not args.no_ceiling:
             c = ceiling(space, table)
             lines.append(f"| ceiling | half of all archs | {c['spearman'].mean():.3f} | "
                          f"{c['within10'].mean():.1%} |")
         headline.append((space, means.loc[10, "spearman"], means.loc[10, "within10"]))
         per_device = frame[frame["k"] == 10].groupby("device", sort=False)
+        lines.append(f"| closest reference | as measured, no fit | {near['spearman'].mean():.3f} "
+                     "| - |")
         lines += ["", "Per device, K = 10 (random): Spearman / within 10% / basis chosen most "
-                  "often", "", "| device | Spearman | within 10% | basis |", "|---|---|---|---|"]
+                  "often; oracle (all archs); closest reference device as measured",
+                  "", "| device | Spearman | within 10% | basis | oracle Spearman | "
+                  "oracle within 10% | closest reference (Spearman) |",
+                  "|---|---|---|---|---|---|---|"]
+        best = best.set_index("device")
+        near = near.set_index("device")
         for device, group in per_device:
             lines.append(f"| {device} | {group['spearman'].mean():.3f} | "
                          f"{group['within10'].mean():.1%} | "
-                         f"{group['candidate'].mode().iloc[0]} |")
+                         f"{group['candidate'].mode().iloc[0]} | "
+                         f"{best.loc[device, 'spearman']:.3f} | "
+                         f"{best.loc[device, 'within10']:.1%} | "
+                         f"{near.loc[device, 'closest']} ({near.loc[device, 'spearman']:.3f}) |")
         lines.append("")
     both_s = np.mean([h[1] for h in headline])
     both_w = np.mean([h[2] for h in headline])

@@ -2,7 +2,14 @@
 
 Cost features (FLOPs, parameters, bytes moved, arithmetic intensity) carry most of the signal;
 the raw spec fields let the model learn runtime-specific effects (kernel size, stride, groups).
-FEATURE_VERSION goes into every saved predictor: change it whenever a column changes.
+Version 2 adds what CPU convolution libraries make of the channel counts: they compute in
+blocks of 8 or 16 channels (AVX2 / AVX-512 registers, ONNX Runtime's NCHWc), so a layer with 24
+or 40 channels costs the FLOPs of 32 or 48 - the FLOPs with channels padded to those blocks and
+the remainders - plus log-scale sizes, the inputs of the learned members' log-linear baseline.
+
+FEATURE_VERSION goes into every saved predictor. Columns are only ever appended: a predictor
+saved with an older version reads the prefix of the matrix it was trained on, so it keeps
+loading.
 """
 
 from __future__ import annotations
@@ -16,13 +23,24 @@ import pandas as pd
 from bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
 from latbench.errors import DatasetError
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
+SUPPORTED_FEATURE_VERSIONS = (1, 2)
 BYTES_PER_ELEMENT = {"float32": 4}
 RAW_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand", "se",
               "residual", "batch")
 COST_FIELDS = ("flops", "params", "input_bytes", "output_bytes", "weight_bytes",
                "intensity", "out_h", "out_w", "mid")
-FEATURE_NAMES = (*RAW_FIELDS, "act", "pool", *COST_FIELDS, "log_flops", "log_bytes")
+FEATURE_NAMES_V1 = (*RAW_FIELDS, "act", "pool", *COST_FIELDS, "log_flops", "log_bytes")
+CHANNEL_BLOCKS = (8, 16)
+FEATURE_NAMES = (*FEATURE_NAMES_V1,
+                 *(f"{name}_b{block}" for block in CHANNEL_BLOCKS
+                   for name in ("log_flops_padded", "cin_rem", "cout_rem")),
+                 "log_weight_bytes", "log_input_bytes", "log_output_bytes", "log_out_pixels")
+FEATURE_WIDTH = {1: len(FEATURE_NAMES_V1), 2: len(FEATURE_NAMES)}
+# Inputs of the log-linear baseline the tree members learn their residual over (all log-scale:
+# latency ~ a product of powers of these, which trees cannot extrapolate on their own).
+BASELINE_FEATURES = ("log_flops", "log_flops_padded_b8", "log_flops_padded_b16",
+                     "log_weight_bytes", "log_input_bytes", "log_output_bytes", "log_out_pixels")
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,23 @@ def kernel_cost(spec: OpSpec) -> KernelCost:
     return KernelCost(float(flops), float(params), in_elems * elem, out_elems * elem)
 
 
+def _round_up(value: int, block: int) -> int:
+    return -(-value // block) * block
+
+
+def padded_flops(spec: OpSpec, cost: KernelCost, block: int) -> float:
+    """FLOPs with input and output channels rounded up to `block` (convolutions and linear
+    layers; other kinds keep their FLOPs)."""
+    if spec.kind in ("conv", "dwconv"):
+        cout = _round_up(spec.cout, block)
+        per_out = (1 if spec.groups == spec.cin and spec.groups > 1
+                   else _round_up(spec.cin // spec.groups, block)) * spec.kernel ** 2
+        return 2.0 * spec.batch * spec.out_h * spec.out_w * cout * per_out
+    if spec.kind == "linear":
+        return 2.0 * spec.batch * _round_up(spec.cin, block) * _round_up(spec.cout, block)
+    return cost.flops
+
+
 def kernel_features(spec: OpSpec) -> np.ndarray:
     cost = kernel_cost(spec)
     weight_bytes = cost.params * BYTES_PER_ELEMENT[spec.dtype]
@@ -85,13 +120,20 @@ def kernel_features(spec: OpSpec) -> np.ndarray:
         cost.flops, cost.params, cost.input_bytes, cost.output_bytes, weight_bytes,
         cost.flops / max(moved, 1.0), float(spec.out_h), float(spec.out_w), float(mid),
         np.log1p(cost.flops), np.log1p(moved),
+        *(value for block in CHANNEL_BLOCKS for value in (
+            np.log1p(padded_flops(spec, cost, block)), float(spec.cin % block),
+            float(spec.cout % block))),
+        np.log1p(weight_bytes), np.log1p(cost.input_bytes), np.log1p(cost.output_bytes),
+        np.log(float(spec.batch * spec.out_h * spec.out_w)),
     ], dtype=np.float64)
 
 
-def feature_matrix(specs: Sequence[OpSpec]) -> np.ndarray:
+def feature_matrix(specs: Sequence[OpSpec], version: int = FEATURE_VERSION) -> np.ndarray:
+    """One row per spec: the columns of feature `version` (a prefix of the newest)."""
+    width = FEATURE_WIDTH[version]
     if not specs:
-        return np.zeros((0, len(FEATURE_NAMES)))
-    return np.stack([kernel_features(s) for s in specs])
+        return np.zeros((0, width))
+    return np.stack([kernel_features(s) for s in specs])[:, :width]
 
 
 def training_pairs(records: pd.DataFrame, statistic: str = "median_ms"

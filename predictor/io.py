@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from latbench.errors import PredictorError
-from predictor.features import FEATURE_NAMES, FEATURE_VERSION
+from predictor.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FEATURE_WIDTH,
+    SUPPORTED_FEATURE_VERSIONS,
+)
 from predictor.models import KernelPredictor, get_predictor_class, predictor_names
 
 MANIFEST = "manifest.json"
@@ -45,20 +50,21 @@ def save_predictor(predictor: KernelPredictor, path: Path, info: dict[str, Any] 
         raise PredictorError(f"{path} exists and is not a latbench predictor; refusing to "
                              "overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    version = getattr(predictor, "feature_version_", FEATURE_VERSION)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (staging / "kernels").mkdir()
         kinds = {}
         for kind, model in sorted(predictor.models_.items()):
-            name = predictor._save_kind(model, staging / "kernels" / kind)
+            name = predictor.save_kind(model, staging / "kernels" / kind)
             kinds[kind] = {"file": f"kernels/{name}", "n_train": predictor.n_train_[kind]}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "predictor": predictor.registry_name,
             "params": predictor.get_params(),
-            "feature_version": FEATURE_VERSION,
-            "feature_names": list(FEATURE_NAMES),
+            "feature_version": version,
+            "feature_names": list(FEATURE_NAMES[:FEATURE_WIDTH[version]]),
             "call_overhead_ms": predictor.call_overhead_ms_,
             "kind_scale": dict(getattr(predictor, "kind_scale_", {}) or {}),
             "composition_terms": dict(getattr(predictor, "composition_terms_", {}) or {}),
@@ -106,9 +112,10 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
     """The predictor stored at `path` and its manifest."""
     path = Path(path)
     manifest = read_manifest(path)
-    if manifest["feature_version"] != FEATURE_VERSION:
-        raise PredictorError(f"{path} was trained on features v{manifest['feature_version']}, "
-                             f"this latbench computes v{FEATURE_VERSION}; refit it")
+    version = manifest["feature_version"]
+    if version not in SUPPORTED_FEATURE_VERSIONS:
+        raise PredictorError(f"{path} was trained on features v{version}, this latbench reads "
+                             f"v{', v'.join(map(str, SUPPORTED_FEATURE_VERSIONS))}; refit it")
     name = manifest["predictor"]
     if name not in predictor_names():
         raise PredictorError(f"{path}: unknown predictor type {name!r}; known: "
@@ -120,13 +127,13 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
         file = path / entry["file"]
         if not file.is_file():
             raise PredictorError(f"{path}: model file for kernel kind {kind!r} is missing ({file})")
-        predictor.models_[kind] = predictor._load_kind(file)
+        predictor.models_[kind] = predictor.load_kind(file)
         predictor.n_train_[kind] = int(entry["n_train"])
     predictor.call_overhead_ms_ = float(manifest["call_overhead_ms"])
     predictor.kind_scale_ = {k: float(v) for k, v in manifest.get("kind_scale", {}).items()}
     predictor.composition_terms_ = {k: float(v) for k, v in
                                     (manifest.get("composition_terms") or {}).items()}
-    predictor.feature_version_ = FEATURE_VERSION
+    predictor.feature_version_ = version
     fusion = manifest.get("fusion")
     if isinstance(fusion, dict) and "attach" in fusion:
         from predictor.fusion import attach_from_json

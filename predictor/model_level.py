@@ -49,8 +49,11 @@ class NetworkPrediction:
 #   a kernel timed alone has subtracted with the per-call overhead;
 # - "layout_bytes": input + output MB of kernels a runtime runs in a blocked layout (conv,
 #   dwconv, pool): timed alone they pay a layout conversion in and out that inside a network
-#   happens once (ONNX Runtime's NCHWc), so the fit finds a negative coefficient there.
-COMPOSITION_TERMS = ("per_kernel", "layout_bytes")
+#   happens once (ONNX Runtime's NCHWc), so the fit finds a negative coefficient there;
+# - "weight_mb": MB of the kernel's weights (float32): timed alone, a kernel finds its weights in
+#   cache on every call; inside a network the kernels before it have evicted them, so weight-heavy
+#   kernels (late, narrow-spatial convs of ResNet-style nets) pay to stream them in again.
+COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb")
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
 
@@ -68,6 +71,10 @@ def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
                 out.append((cost.input_bytes + cost.output_bytes) / 1e6)
             else:
                 out.append(0.0)
+        elif term == "weight_mb":
+            from predictor.features import kernel_cost
+
+            out.append(kernel_cost(spec).params * 4 / 1e6)
         else:
             raise PredictorError(f"unknown composition term {term!r}; known: "
                                  f"{', '.join(COMPOSITION_TERMS)}")

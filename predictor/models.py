@@ -4,11 +4,19 @@ X is a sequence of OpSpecs, y kernel milliseconds. One regressor per kernel kind
 latency so that errors are relative (what a latency budget cares about). A kind the predictor
 never saw raises UnknownKernelError naming it: a silent zero would make every network with that
 kernel look faster than it is.
+
+The tree members (xgboost, rf) learn the residual over a log-linear baseline (log latency
+linear in log FLOPs, padded FLOPs and log sizes): trees are piecewise constant, so on their own
+they price a layer unlike any they saw (a 3-channel stem, an unusual width) like its nearest
+seen neighbour; over the baseline they only correct it. On kernels of held-out ResNet nets this
+took conv kernels within 10% from 65% to 91%.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from bench.ops import OpSpec
 from latbench.errors import PredictorError, UnknownKernelError
 from latbench.registry import Registry
-from predictor.features import FEATURE_VERSION, feature_matrix
+from predictor.features import BASELINE_FEATURES, FEATURE_NAMES, FEATURE_VERSION, feature_matrix
 
 PREDICTORS: Registry[type[KernelPredictor]] = Registry("predictor", PredictorError)
 
@@ -32,20 +40,48 @@ def register_predictor(name: str):
     return decorate
 
 
-def _by_kind(specs: list[OpSpec]) -> Iterator[tuple[str, np.ndarray, list[OpSpec], np.ndarray]]:
+def _by_kind(specs: list[OpSpec], version: int = FEATURE_VERSION
+             ) -> Iterator[tuple[str, np.ndarray, list[OpSpec], np.ndarray]]:
     """Per kernel kind, in sorted order: (kind, row mask, its specs, its feature rows)."""
     kinds = np.array([s.kind for s in specs])
-    features = feature_matrix(specs)
+    features = feature_matrix(specs, version)
     for kind in sorted(set(kinds)):
         rows = kinds == kind
         yield (str(kind), rows, [s for s, keep in zip(specs, rows, strict=True) if keep],
                features[rows])
 
 
+BASELINE_COLUMNS = [FEATURE_NAMES.index(name) for name in BASELINE_FEATURES]
+BASELINE_RIDGE = 1e-3
+BASELINE_SUFFIX = ".baseline.json"
+
+
+@dataclass
+class ResidualModel:
+    """A kind's model as baseline + learned residual (log ms); `baseline` is None for models
+    saved before baselines existed (feature version 1), which predict with `residual` alone."""
+
+    baseline: np.ndarray | None  # [intercept, one coefficient per BASELINE_FEATURES column]
+    residual: Any
+
+    @staticmethod
+    def fit_baseline(features: np.ndarray, log_ms: np.ndarray) -> np.ndarray:
+        a = np.column_stack([np.ones(len(features)), features[:, BASELINE_COLUMNS]])
+        penalty = BASELINE_RIDGE * len(a) * np.eye(a.shape[1])
+        penalty[0, 0] = 0.0  # never shrink the intercept
+        return np.linalg.solve(a.T @ a + penalty, a.T @ log_ms)
+
+    def base(self, features: np.ndarray) -> np.ndarray:
+        if self.baseline is None:
+            return np.zeros(len(features))
+        return self.baseline[0] + features[:, BASELINE_COLUMNS] @ self.baseline[1:]
+
+
 class KernelPredictor(RegressorMixin, BaseEstimator):
     """One model per kernel kind; subclasses say how one kind's model is fitted and stored."""
 
     registry_name = ""
+    learns_residual = False  # tree members: fit the residual over a log-linear baseline
 
     def fit(self, X: Sequence[OpSpec], y: Sequence[float], call_overhead_ms: float = 0.0
             ) -> KernelPredictor:
@@ -59,11 +95,11 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
             raise PredictorError("kernel latencies must be finite and positive")
         self.models_: dict[str, Any] = {}
         self.n_train_: dict[str, int] = {}
+        self.feature_version_ = FEATURE_VERSION
         for kind, rows, kind_specs, features in _by_kind(specs):
             self.models_[kind] = self._fit_specs(kind_specs, features, target[rows])
             self.n_train_[kind] = len(kind_specs)
         self.call_overhead_ms_ = float(call_overhead_ms)
-        self.feature_version_ = FEATURE_VERSION
         return self
 
     def predict(self, X: Sequence[OpSpec]) -> np.ndarray:
@@ -79,7 +115,8 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         out = np.empty(len(specs))
         if not specs:
             return out
-        for kind, rows, kind_specs, features in _by_kind(specs):
+        version = getattr(self, "feature_version_", FEATURE_VERSION)
+        for kind, rows, kind_specs, features in _by_kind(specs, version):
             out[rows] = self._predict_ms(self.models_[kind], kind_specs, features)
         return out
 
@@ -91,10 +128,48 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
     # Most members learn log latency from the feature matrix (`_fit_kind`/`_predict_kind`);
     # a member that needs the specs themselves (the lookup table) overrides the two below.
     def _fit_specs(self, specs: list[OpSpec], features: np.ndarray, ms: np.ndarray) -> Any:
-        return self._fit_kind(features, np.log(ms))
+        log_ms = np.log(ms)
+        if not self.learns_residual:
+            return self._fit_kind(features, log_ms)
+        baseline = ResidualModel.fit_baseline(features, log_ms)
+        model = ResidualModel(baseline, None)
+        model.residual = self._fit_kind(features, log_ms - model.base(features))
+        return model
 
     def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
+        if isinstance(model, ResidualModel):
+            return np.exp(model.base(features) + self._predict_kind(model.residual, features))
         return np.exp(self._predict_kind(model, features))
+
+    def save_kind(self, model: Any, path: Path) -> str:
+        """Write one kind's model next to `path` (no suffix), its baseline (if any) beside it;
+        return the main file's name."""
+        if not isinstance(model, ResidualModel):
+            return self._save_kind(model, path)
+        name = self._save_kind(model.residual, path)
+        if model.baseline is not None:
+            text = json.dumps({"features": list(BASELINE_FEATURES),
+                               "coefficients": [float(c) for c in model.baseline]})
+            path.with_name(path.name + BASELINE_SUFFIX).write_text(text + "\n")
+        return name
+
+    def load_kind(self, file: Path) -> Any:
+        """One kind's model from its main file (and the baseline beside it, if saved)."""
+        model = self._load_kind(file)
+        if not self.learns_residual:
+            return model
+        baseline_file = file.with_name(file.name.split(".")[0] + BASELINE_SUFFIX)
+        baseline = None
+        if baseline_file.is_file():
+            try:
+                saved = json.loads(baseline_file.read_text())
+                if saved["features"] != list(BASELINE_FEATURES):
+                    raise ValueError(f"features {saved['features']} are not "
+                                     f"{list(BASELINE_FEATURES)}")
+                baseline = np.array(saved["coefficients"], dtype=np.float64)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise PredictorError(f"{baseline_file} is not a saved baseline: {exc}") from exc
+        return ResidualModel(baseline, model)
 
     def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
         raise NotImplementedError
@@ -113,6 +188,8 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
 @register_predictor("xgboost")
 class XGBoostKernelPredictor(KernelPredictor):
     """Gradient-boosted trees per kernel kind (the default)."""
+
+    learns_residual = True
 
     def __init__(self, n_estimators: int = 600, max_depth: int = 6, learning_rate: float = 0.05,
                  subsample: float = 0.85, colsample_bytree: float = 0.9,
@@ -158,6 +235,8 @@ class RandomForestKernelPredictor(KernelPredictor):
     predictions come from a small numpy evaluator, so a saved forest (plain .npz arrays, no
     pickle) reloads to bit-identical predictions on any scikit-learn version.
     """
+
+    learns_residual = True
 
     def __init__(self, n_estimators: int = 300, max_depth: int | None = None,
                  min_samples_leaf: int = 1, max_features: float | str | None = 0.6,
@@ -265,8 +344,6 @@ class LinearKernelPredictor(KernelPredictor):
 
     @staticmethod
     def _design(features: np.ndarray) -> np.ndarray:
-        from predictor.features import FEATURE_NAMES
-
         cols = [FEATURE_NAMES.index("log_flops"), FEATURE_NAMES.index("log_bytes")]
         return np.column_stack([np.ones(len(features)), features[:, cols]])
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import sys
 import time
@@ -648,7 +649,12 @@ def measure(req: dict, base_dir: str) -> dict:
     """Load every model, warm each up, then time them in interleaved rounds.
 
     Interleaving spreads slow drifts (thermal throttling, a noisy neighbour) over all models of
-    the batch instead of biasing whichever model happened to run during the drift.
+    the batch instead of biasing whichever model happened to run during the drift. Each round
+    visits the models in a new random order: a microsecond kernel's speed depends on which
+    model ran just before it (cache, allocator and predictor state it leaves behind) by up to
+    ~10% here, so a fixed order would bake one neighbour's effect into every sample and two
+    measurements in different batches would disagree; shuffled, the effect averages out and
+    what remains shows up honestly in the spread of the samples.
 
     Fixed protocol (no "stop" in the request): `rounds` rounds of `runs` calls per model. With
     a stopping rule: rounds of `runs` calls continue over the models that are not done yet; a
@@ -669,6 +675,7 @@ def measure(req: dict, base_dir: str) -> dict:
                                f"{error_text(exc)}", EXIT_BAD_REQUEST) from exc
     cpu = affinity[0] if affinity else 0
     rng = np.random.default_rng(0)
+    order_rng = random.Random(0)  # the order of models within each round
     results = []
     runners = {}
     tracked = {m["id"] for m in req["models"] if m.get("track")}
@@ -704,7 +711,9 @@ def measure(req: dict, base_dir: str) -> dict:
     try:
         if rule is None:
             for _ in range(req["rounds"]):
-                for model_id, run in list(runners.items()):
+                order = list(runners.items())
+                order_rng.shuffle(order)
+                for model_id, run in order:
                     try:
                         samples = time_calls(run, runs, self_timed, clock)
                     except Exception as exc:
@@ -712,7 +721,8 @@ def measure(req: dict, base_dir: str) -> dict:
                         continue
                     by_id[model_id]["samples_ms"].append(samples)
         else:
-            measure_until_stop(runners, by_id, tracked, rule, runs, self_timed, clock, fail)
+            measure_until_stop(runners, by_id, tracked, rule, runs, self_timed, clock, fail,
+                               order_rng)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -725,7 +735,7 @@ def measure(req: dict, base_dir: str) -> dict:
 
 
 def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, runs: int,
-                       self_timed: bool, clock, fail) -> None:
+                       self_timed: bool, clock, fail, order_rng) -> None:
     """Interleaved rounds under a stopping rule (see `measure`); fills each result's samples
     and its "stop" entry {"reason", "n", "ci_rel_width", "seconds"}."""
     pooled = {model_id: [] for model_id in runners}
@@ -734,7 +744,9 @@ def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, run
     first = True  # every model gets at least one round, tracked ones included
     while first or any(model_id not in tracked for model_id in active):
         first = False
-        for model_id in list(active):
+        order = list(active)
+        order_rng.shuffle(order)
+        for model_id in order:
             run = runners.get(model_id)
             if run is None:  # failed meanwhile
                 active.remove(model_id)

@@ -251,11 +251,18 @@ def test_measure_interleaves_rounds_and_isolates_failures(monkeypatch: pytest.Mo
         "runtime": "onnxruntime", "threads": 1, "warmup": 1, "runs": 2, "rounds": 3,
         "models": [{"id": i, "path": f"/m/{i}"} for i in ("a", "flaky", "unloadable", "b")]})
     reply = agent.measure(req, str(tmp_path))
-    # warm-up a, flaky, b; round 1: a a flaky flaky b b; round 2: a a flaky(fails) b b; round 3
-    assert _FakeBackend.log == ["a", "flaky", "b",
-                                "a", "a", "flaky", "flaky", "b", "b",
-                                "a", "a", "flaky", "b", "b",
-                                "a", "a", "b", "b"]
+    # warm-up a, flaky, b in load order; then 3 rounds, each visiting every live model once
+    # for `runs` consecutive calls, in a shuffled order: round 1 a a flaky flaky b b (in some
+    # order), round 2 the same but flaky fails on its first call, round 3 a a b b
+    log = _FakeBackend.log
+    assert log[:3] == ["a", "flaky", "b"]
+    rounds = [log[3:9], log[9:14], log[14:]]
+    assert sorted(rounds[0]) == ["a", "a", "b", "b", "flaky", "flaky"]
+    assert sorted(rounds[1]) == ["a", "a", "b", "b", "flaky"]
+    assert sorted(rounds[2]) == ["a", "a", "b", "b"]
+    for chunk in rounds:  # a model's calls of one round are consecutive
+        names = [n for i, n in enumerate(chunk) if i == 0 or chunk[i - 1] != n]
+        assert len(names) == len(set(names))
     res = {r["id"]: r for r in reply["results"]}
     assert res["a"]["status"] == res["b"]["status"] == "ok"
     assert len(res["a"]["samples_ms"]) == 3 and len(res["b"]["samples_ms"]) == 3
@@ -264,3 +271,27 @@ def test_measure_interleaves_rounds_and_isolates_failures(monkeypatch: pytest.Mo
     assert res["unloadable"]["status"] == "failed"
     assert "load failed" in res["unloadable"]["error"]
     assert reply["runtime_version"] == "0.0-fake"
+
+
+def test_rounds_visit_models_in_changing_orders(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """A fixed order would give each model the same predecessor in every round (its state
+    biases the timing); the order is reshuffled per round, reproducibly."""
+    names = [f"m{i}" for i in range(6)]
+    orders = []
+    for _ in range(2):
+        _FakeBackend.log = []
+        monkeypatch.setitem(agent.BACKENDS, "onnxruntime", _FakeBackend)
+        req = agent.validate_request({
+            "runtime": "onnxruntime", "threads": 1, "warmup": 0, "runs": 1, "rounds": 8,
+            "models": [{"id": n, "path": f"/m/{n}"} for n in names]})
+        agent.measure(req, str(tmp_path))
+        log = _FakeBackend.log
+        rounds = [tuple(log[i:i + 6]) for i in range(0, 48, 6)]
+        assert all(sorted(r) == names for r in rounds)
+        assert len(set(rounds)) > 4  # not one order repeated
+        predecessors = {rounds[i][rounds[i].index("m3") - 1] for i in range(8)
+                        if rounds[i][0] != "m3"}
+        assert len(predecessors) > 1
+        orders.append(rounds)
+    assert orders[0] == orders[1]  # seeded: the same request gives the same schedule

@@ -1,6 +1,6 @@
-"""Composition terms: a per-kernel dispatch cost and the layout conversions a kernel timed alone
-pays are recovered from networks built with them, persist with the predictor, and keep a
-network's estimate a sum over its kernels."""
+"""Composition terms: a per-kernel dispatch cost, the layout conversions a kernel timed alone
+pays and the cost of cold weights are recovered from networks built with them, persist with the
+predictor, and keep a network's estimate a sum over its kernels."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_unknown_term_is_refused(setup) -> None:
     table, nets, truth = setup
     with pytest.raises(PredictorError, match="unknown composition term 'cache'"):
         fit_composition(table, [(n, truth(n)) for n in nets[:5]], terms=["cache"])
+
+
+def test_weight_term_prices_cold_weights(setup) -> None:
+    """Networks whose kernels pay for their weights in MB are recovered with that cost."""
+    table, nets, _ = setup
+    per_weight_mb = 0.05
+    conv = OpSpec("conv", h=4, w=4, cin=96, cout=96, kernel=3)
+    assert term_values(conv, ["weight_mb"]) == [pytest.approx((96 * 96 * 9 + 96) * 4 / 1e6)]
+    assert term_values(OpSpec("add", h=4, w=4, cin=96), ["weight_mb"]) == [0.0]
+
+    def truth(net: list[OpSpec]) -> float:
+        weights = sum(term_values(s, ["weight_mb"])[0] for s in net)
+        return 0.01 + float(np.sum(table.predict(net))) + per_weight_mb * weights
+
+    summary = fit_composition(table, [(n, truth(n)) for n in nets[:60]], terms=["weight_mb"])
+    assert summary["terms"]["weight_mb"] == pytest.approx(per_weight_mb, rel=0.05)
+    for net in nets[60:]:
+        assert predict_network(table, net).predicted_ms == pytest.approx(truth(net), rel=0.01)

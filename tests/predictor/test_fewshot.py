@@ -13,12 +13,19 @@ from latbench.cli import main
 from latbench.errors import ConfigError, DatasetError, PredictorError
 from predictor.evaluate import error_metrics
 from predictor.fewshot import (
+    FBNET_CHOICES,
+    FBNET_LAYERS,
     FewShotPredictor,
+    ReferenceTable,
     fbnet_features,
+    fbnet_onehot,
+    fit_cost_tables,
     leave_one_device_out,
     load_reference,
     nb201_features,
+    nb201_onehot,
     select_samples,
+    table_features,
 )
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -50,6 +57,72 @@ def test_fbnet_features() -> None:
     assert fbnet_features(arch)[0] == 10 and sum(fbnet_features(arch)) == 10
     with pytest.raises(ConfigError, match="FBNet"):
         fbnet_features("k3_e1-skip")
+
+
+def test_onehot_cost_table_terms() -> None:
+    arch = "-".join(["k3_e1"] + ["skip"] * 20 + ["k5_e6"])
+    row = fbnet_onehot(arch)
+    assert len(row) == FBNET_LAYERS * len(FBNET_CHOICES) and sum(row) == FBNET_LAYERS
+    assert row[FBNET_CHOICES.index("k3_e1")] == 1.0
+    assert row[21 * len(FBNET_CHOICES) + FBNET_CHOICES.index("k5_e6")] == 1.0
+    cell = "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|none~2|"
+    nb = nb201_onehot(cell)
+    assert len(nb) == 30 + 9 and sum(nb[:30]) == 6 and nb[30:] == nb201_features(cell)
+    assert nb[3] == 1.0  # edge 1<-0 holds op 3 (nor_conv_3x3)
+    with pytest.raises(ConfigError, match="FBNet"):
+        fbnet_onehot("k3_e1")
+
+
+def synthetic_fbnet(n_archs: int, n_devices: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Architectures and the exact latencies of devices with random additive cost tables."""
+    rng = np.random.default_rng(seed)
+    archs = sorted({"-".join(rng.choice(FBNET_CHOICES, FBNET_LAYERS)) for _ in range(n_archs)})
+    costs = rng.uniform(0.05, 1.0, size=(FBNET_LAYERS * len(FBNET_CHOICES), n_devices))
+    exact = table_features("fbnet", archs) @ costs + rng.uniform(1, 3, n_devices)
+    return archs, exact
+
+
+def test_denoised_references_recover_the_additive_part() -> None:
+    archs, exact = synthetic_fbnet(800, 4, seed=1)
+    rng = np.random.default_rng(2)
+    # Measurement noise of the kinds seen in the shared data: integer ms and two clock regimes.
+    regime = np.where(rng.random(exact.shape) < 0.4, 0.87, 1.0)
+    measured = np.round(exact * regime * 1.0 / 0.95)
+    table = ReferenceTable(tuple(archs), ("a", "b", "c", "d"), measured)
+    clean = table.denoised("fbnet")
+    assert clean.devices == table.devices and clean.ms.shape == measured.shape
+    target = exact * np.mean(regime, axis=0) / 0.95  # the regime mix is a scale, not noise
+    noise_raw = np.abs(measured / target - 1).mean()
+    noise_clean = np.abs(clean.ms / target - 1).mean()
+    assert noise_clean < noise_raw / 2, (noise_clean, noise_raw)
+    # Exact additive data is reproduced exactly.
+    intercept, costs = fit_cost_tables(table_features("fbnet", archs), exact, alpha=1e-9)
+    np.testing.assert_allclose(table_features("fbnet", archs) @ costs + intercept, exact,
+                               rtol=1e-6)
+
+
+def test_denoised_basis_beats_raw_references_on_noisy_references() -> None:
+    archs, exact = synthetic_fbnet(1000, 6, seed=3)
+    rng = np.random.default_rng(4)
+    measured = exact * rng.choice([0.87, 1.0], size=exact.shape)  # two clock regimes
+    reference = ReferenceTable(tuple(archs), tuple(f"d{i}" for i in range(5)), measured[:, :5])
+    truth = 0.6 * exact[:, 1] + 0.3 * exact[:, 3] + 0.5  # a mix of the references' true costs
+    scores = {}
+    for basis in ("ref", "rawref"):
+        model = FewShotPredictor("fbnet", reference, candidates=[basis])
+        within = []
+        for seed in range(5):
+            picked = select_samples(reference, 10, np.random.default_rng(seed))
+            model.fit([archs[i] for i in picked], truth[picked])
+            within.append(error_metrics(model.predict_all(), truth)["within5"])
+        scores[basis] = float(np.mean(within))
+    assert scores["ref"] > 0.8 and scores["ref"] > scores["rawref"] + 0.1, scores
+    # The oracle fit on all architectures finds the mix almost exactly.
+    best = FewShotPredictor("fbnet", reference, candidates=["ref", "rawref"]).fit_all(truth)
+    assert best.candidate_ == "ref"
+    assert error_metrics(best.predict_all(), truth)["within5"] > 0.97
+    with pytest.raises(PredictorError, match="one latency per reference architecture"):
+        best.fit_all(truth[:10])
 
 
 @pytest.mark.parametrize("space", ["nasbench201", "fbnet"])
@@ -144,3 +217,8 @@ def test_select_uses_one_basis_and_ensemble_mixes(tmp_path: Path) -> None:
     assert 0 < min(mix.weights_by_candidate_.values()) < 1
     with pytest.raises(ConfigError, match="combination"):
         FewShotPredictor("nasbench201", table, combine="vote")
+    with pytest.raises(ConfigError, match="candidate"):
+        FewShotPredictor("nasbench201", table, candidates=["denoised"])
+    raw = FewShotPredictor("nasbench201", table.without("gold_6240"),
+                           candidates=["rawref+arch"]).fit(archs, ms)
+    assert raw._tables is None and raw.coef_["rawref+arch"].shape == (2 + 11 + 9,)

@@ -188,8 +188,9 @@ def test_save_load_bit_for_bit(tmp_path: Path, data, fitted: XGBoostKernelPredic
 
     again = save_predictor(loaded, tmp_path / "again")
     first, second = _files(out), _files(again)
-    assert sorted(first) == sorted(second) == ["kernels/conv.json", "kernels/dwconv.json",
-                                               "kernels/linear.json", MANIFEST]
+    assert sorted(first) == sorted(second) == [
+        "kernels/conv.baseline.json", "kernels/conv.json", "kernels/dwconv.baseline.json",
+        "kernels/dwconv.json", "kernels/linear.baseline.json", "kernels/linear.json", MANIFEST]
     for name in first:
         if name != MANIFEST:  # the manifest has a creation time; the models must be identical
             assert first[name] == second[name], name
@@ -283,5 +284,40 @@ def test_save_replaces_an_existing_predictor(tmp_path: Path, data,
     save_predictor(other, out)
     loaded, manifest = load_predictor(out)
     assert loaded.kinds == ["conv"] and list(manifest["kinds"]) == ["conv"]
-    assert sorted(_files(out)) == ["kernels/conv.json", MANIFEST]  # old kinds are gone
+    assert sorted(_files(out)) == ["kernels/conv.baseline.json", "kernels/conv.json",
+                                   MANIFEST]  # old kinds are gone
     assert [p.name for p in tmp_path.iterdir()] == ["p"]
+
+
+def test_feature_version_1_predictors_still_load(tmp_path: Path) -> None:
+    """A predictor saved before feature version 2 (no baselines, the v1 columns) keeps loading
+    and predicts exactly what it did: saved predictors must not stop working on an upgrade."""
+    import xgboost
+
+    from predictor.features import FEATURE_NAMES_V1
+
+    specs, ms = synthetic_data()
+    old = XGBoostKernelPredictor()
+    specs, ms = [s for s in specs if s.kind == "conv"], ms[[s.kind == "conv" for s in specs]]
+    booster = xgboost.XGBRegressor(n_estimators=20, max_depth=3).fit(
+        feature_matrix(specs, version=1), np.log(ms))
+    old.models_, old.n_train_ = {"conv": booster}, {"conv": len(specs)}
+    old.call_overhead_ms_, old.feature_version_ = 0.01, 1
+    manifest = read_manifest(save_predictor(old, tmp_path / "v1"))
+    assert manifest["feature_version"] == 1
+    assert manifest["feature_names"] == list(FEATURE_NAMES_V1)
+    assert not list((tmp_path / "v1").rglob("*.baseline.json"))
+    loaded, _ = load_predictor(tmp_path / "v1")
+    assert loaded.feature_version_ == 1
+    expected = np.exp(booster.predict(feature_matrix(specs, version=1)))
+    np.testing.assert_allclose(loaded.predict(specs), expected, rtol=1e-6)
+
+
+def test_tree_members_extrapolate_over_their_baseline() -> None:
+    """Trees alone price a layer far outside the training range like its nearest neighbour;
+    over the log-linear baseline they follow the cost trend."""
+    specs, ms = synthetic_data()
+    fitted = XGBoostKernelPredictor(n_estimators=50).fit(specs, ms)
+    big = OpSpec("conv", h=56, w=56, cin=256, cout=256, kernel=3)
+    largest = max((s for s in specs if s.kind == "conv"), key=lambda s: kernel_cost(s).flops)
+    assert fitted.predict([big])[0] > 2 * fitted.predict([largest])[0]
