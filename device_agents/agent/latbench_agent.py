@@ -29,7 +29,7 @@ import sys
 import time
 from functools import lru_cache
 
-AGENT_VERSION = "2"
+AGENT_VERSION = "3"  # 3: models visited in a shuffled order each round
 
 RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
