@@ -71,8 +71,9 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
                      ) -> tuple[KernelPredictor, dict[str, Any]]:
     """Fit kernel models on the op records, then (if the dataset holds measured networks and
     `calibrate`) the per-kind composition scales on those networks - plus the
-    `composition_terms` (a per-kernel cost, the layout conversions a kernel timed alone pays)
-    when there are at least MIN_NETWORKS_FOR_TERMS of them.
+    `composition_terms` (a per-kernel cost, the layout conversions a kernel timed alone pays,
+    its weights streamed in inside a network) when there are at least MIN_NETWORKS_FOR_TERMS
+    of them.
 
     Fusion rules (`fusion`, else the dataset card's "fusion" entry from `latbench bench
     fusion`) decide how networks are split into kernels; they go into the manifest."""
