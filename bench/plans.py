@@ -101,8 +101,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "families": {"spaces": ["nasbench-macro", "family:mobilenetv2:30", "family:resnet:30",
                             "family:efficientnet:30"],
                  "primitives": True, "around": 1,
-                 "networks": ["nasbench-macro:30", "mobilenetv2:20", "resnet:20",
-                              "efficientnet:20"]},
+                 "networks": ["nasbench-macro:30", "mobilenetv2:40", "resnet:40",
+                              "efficientnet:40"]},
 }
 
 
