@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plan", default="families")
     parser.add_argument("--macro", type=int, default=100, help="held-out NAS-Bench-Macro nets")
-    parser.add_argument("--per-family", type=int, default=20, help="held-out nets per family")
+    parser.add_argument("--per-family", type=int, default=40, help="held-out nets per family")
     parser.add_argument("--predictors", default="xgboost,rf,linear,lut")
     parser.add_argument("--out", default="/tmp/latbench-bench/predictor_families")
     parser.add_argument("--keep", action="store_true", help="resume from an earlier --out")
