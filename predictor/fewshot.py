@@ -134,17 +134,20 @@ TABLE_FEATURES: dict[str, Callable[[str], list[float]]] = {"nasbench201": nb201_
 DENOISE_ALPHA = 1e-3  # ridge on the one-hot terms: only breaks their collinearity (fixed a priori)
 
 
-def arch_features(space: str, archs: Sequence[str]) -> np.ndarray:
-    if space not in FEATURES:
+def _feature_rows(by_space: dict[str, Callable[[str], list[float]]], space: str,
+                  archs: Sequence[str]) -> np.ndarray:
+    if space not in by_space:
         raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
-    return np.array([FEATURES[space](a) for a in archs], dtype=np.float64)
+    return np.array([by_space[space](a) for a in archs], dtype=np.float64)
+
+
+def arch_features(space: str, archs: Sequence[str]) -> np.ndarray:
+    return _feature_rows(FEATURES, space, archs)
 
 
 def table_features(space: str, archs: Sequence[str]) -> np.ndarray:
     """Per-position one-hot terms of an additive cost table (see `TABLE_FEATURES`)."""
-    if space not in TABLE_FEATURES:
-        raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
-    return np.array([TABLE_FEATURES[space](a) for a in archs], dtype=np.float64)
+    return _feature_rows(TABLE_FEATURES, space, archs)
 
 
 def fit_cost_tables(features: np.ndarray, ms: np.ndarray,

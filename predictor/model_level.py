@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.ops import OpSpec
 from latbench.errors import PredictorError
+from predictor.features import BYTES_PER_ELEMENT, kernel_cost
 
 SCALE_BOUNDS = (0.5, 2.0)
 
@@ -60,21 +61,15 @@ MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this shar
 
 def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
     out = []
+    cost = kernel_cost(spec) if set(terms) - {"per_kernel"} else None
     for term in terms:
         if term == "per_kernel":
             out.append(1.0)
         elif term == "layout_bytes":
-            if spec.kind in LAYOUT_KINDS:
-                from predictor.features import kernel_cost
-
-                cost = kernel_cost(spec)
-                out.append((cost.input_bytes + cost.output_bytes) / 1e6)
-            else:
-                out.append(0.0)
+            in_layout = spec.kind in LAYOUT_KINDS
+            out.append((cost.input_bytes + cost.output_bytes) / 1e6 if in_layout else 0.0)
         elif term == "weight_mb":
-            from predictor.features import kernel_cost
-
-            out.append(kernel_cost(spec).params * 4 / 1e6)
+            out.append(cost.params * BYTES_PER_ELEMENT[spec.dtype] / 1e6)
         else:
             raise PredictorError(f"unknown composition term {term!r}; known: "
                                  f"{', '.join(COMPOSITION_TERMS)}")

@@ -51,6 +51,25 @@ def _by_kind(specs: list[OpSpec], version: int = FEATURE_VERSION
                features[rows])
 
 
+def _with_intercept(features: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    return np.column_stack([np.ones(len(features)), features[:, columns]])
+
+
+def fit_log_linear(features: np.ndarray, columns: Sequence[int], log_ms: np.ndarray,
+                   ridge: float) -> np.ndarray:
+    """[intercept, coefficients]: log ms linear in the feature `columns`, by ridge regression
+    (penalty scaled by the row count; the intercept is never shrunk)."""
+    a = _with_intercept(features, columns)
+    penalty = ridge * len(a) * np.eye(a.shape[1])
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(a.T @ a + penalty, a.T @ log_ms)
+
+
+def predict_log_linear(coef: np.ndarray, features: np.ndarray, columns: Sequence[int]
+                       ) -> np.ndarray:
+    return _with_intercept(features, columns) @ coef
+
+
 BASELINE_COLUMNS = [FEATURE_NAMES.index(name) for name in BASELINE_FEATURES]
 BASELINE_RIDGE = 1e-3
 BASELINE_SUFFIX = ".baseline.json"
@@ -64,17 +83,10 @@ class ResidualModel:
     baseline: np.ndarray | None  # [intercept, one coefficient per BASELINE_FEATURES column]
     residual: Any
 
-    @staticmethod
-    def fit_baseline(features: np.ndarray, log_ms: np.ndarray) -> np.ndarray:
-        a = np.column_stack([np.ones(len(features)), features[:, BASELINE_COLUMNS]])
-        penalty = BASELINE_RIDGE * len(a) * np.eye(a.shape[1])
-        penalty[0, 0] = 0.0  # never shrink the intercept
-        return np.linalg.solve(a.T @ a + penalty, a.T @ log_ms)
-
     def base(self, features: np.ndarray) -> np.ndarray:
         if self.baseline is None:
             return np.zeros(len(features))
-        return self.baseline[0] + features[:, BASELINE_COLUMNS] @ self.baseline[1:]
+        return predict_log_linear(self.baseline, features, BASELINE_COLUMNS)
 
 
 class KernelPredictor(RegressorMixin, BaseEstimator):
@@ -131,10 +143,9 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         log_ms = np.log(ms)
         if not self.learns_residual:
             return self._fit_kind(features, log_ms)
-        baseline = ResidualModel.fit_baseline(features, log_ms)
-        model = ResidualModel(baseline, None)
-        model.residual = self._fit_kind(features, log_ms - model.base(features))
-        return model
+        baseline = fit_log_linear(features, BASELINE_COLUMNS, log_ms, BASELINE_RIDGE)
+        base = predict_log_linear(baseline, features, BASELINE_COLUMNS)
+        return ResidualModel(baseline, self._fit_kind(features, log_ms - base))
 
     def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
         if isinstance(model, ResidualModel):
@@ -342,19 +353,13 @@ class LinearKernelPredictor(KernelPredictor):
     def __init__(self, ridge: float = 1e-3) -> None:
         self.ridge = ridge
 
-    @staticmethod
-    def _design(features: np.ndarray) -> np.ndarray:
-        cols = [FEATURE_NAMES.index("log_flops"), FEATURE_NAMES.index("log_bytes")]
-        return np.column_stack([np.ones(len(features)), features[:, cols]])
+    COLUMNS = [FEATURE_NAMES.index("log_flops"), FEATURE_NAMES.index("log_bytes")]
 
     def _fit_kind(self, features: np.ndarray, log_ms: np.ndarray) -> Any:
-        a = self._design(features)
-        penalty = self.ridge * len(a) * np.eye(a.shape[1])
-        penalty[0, 0] = 0.0  # never shrink the intercept
-        return np.linalg.solve(a.T @ a + penalty, a.T @ log_ms)
+        return fit_log_linear(features, self.COLUMNS, log_ms, self.ridge)
 
     def _predict_kind(self, model: Any, features: np.ndarray) -> np.ndarray:
-        return self._design(features) @ model
+        return predict_log_linear(model, features, self.COLUMNS)
 
     def _save_kind(self, model: Any, path: Path) -> str:
         target = path.with_suffix(".npy")
