@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -119,6 +120,8 @@ class CampaignConfig:
     calibration_runs: int = 3       # probe-only batches before the first (0: none)
     drift_correct: bool = False     # also store statistics scaled by best / batch reference
     keep_samples: bool = False      # store every raw sample (a list column)
+    # Seed of the job order (see `plan_batches`); None keeps the given order in batches.
+    shuffle_seed: int | None = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -300,12 +303,40 @@ def _failed_record(subject: Subject, device: Device, runner_name: str, settings_
                                      error=error, batch_id=batch_id))
 
 
+def plan_batches(jobs: Sequence[Subject], size: int, seed: int | None = 0
+                 ) -> list[list[Subject]]:
+    """Cut the jobs into batches of at most `size`, in a seeded random order.
+
+    A plan lists subjects in groups (the kernels of one kind, the networks of one family) and a
+    batch takes about as long as a slow phase lasts (a noisy neighbour, a burst of throttling):
+    measured in the order given, a slow phase biases a whole group. Shuffled, it lands on a
+    random mix. Kernels and networks still go in separate batches, the batches in random order:
+    a network's time depends a little on what it is measured beside (on this project's CPU,
+    about 0.5% slower among microsecond kernels than among networks), so calibration networks
+    in a dataset and held-out networks measured later see the same company. `seed=None` keeps
+    the order given, cut in consecutive slices.
+    """
+    jobs = list(jobs)
+    if seed is None:
+        return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    order = random.Random(seed)
+    order.shuffle(jobs)
+    groups: dict[str, list[Subject]] = {}
+    for job in jobs:
+        groups.setdefault(job.subject, []).append(job)
+    batches = [group[i:i + size] for group in groups.values()
+               for i in range(0, len(group), size)]
+    order.shuffle(batches)
+    return batches
+
+
 class _DeviceWorker:
     """Measures one device's jobs batch by batch and writes each batch as it arrives."""
 
     def __init__(self, device: Device, runtime: str, jobs: list[Subject], dataset: LatencyDataset,
                  config: CampaignConfig, progress: ProgressSink, stop: threading.Event) -> None:
         self.device, self.runtime, self.jobs = device, runtime, jobs
+        self.batches = plan_batches(jobs, config.batch_size, config.shuffle_seed)
         self.dataset, self.config, self.progress, self.stop = dataset, config, progress, stop
         self.runner = get_runner(runtime)
         self.settings = config.settings
@@ -333,11 +364,9 @@ class _DeviceWorker:
         except (TransportError, AgentError, RunnerError, OSError) as exc:
             log.warning("calibration on %s failed: %s", self.lane, exc)
         consecutive_failures = 0
-        size = self.config.batch_size
-        for start in range(0, len(self.jobs), size):
+        for number, batch in enumerate(self.batches):
             if self.stop.is_set():
                 break
-            batch = self.jobs[start:start + size]
             batch_id = uuid.uuid4().hex[:12]
             try:
                 records, redone, drift = self._measure_batch(batch, batch_id)
@@ -363,7 +392,7 @@ class _DeviceWorker:
                     summary.failures.append((self.device.name, rec.key, rec.error))
             self.progress.advance(self.lane, len(batch))
             if consecutive_failures >= self.config.max_device_failures:
-                rest = self.jobs[start + size:]
+                rest = [job for later in self.batches[number + 1:] for job in later]
                 error = (f"device {self.device.name} gave up after {consecutive_failures} "
                          "failed batches in a row")
                 self.progress.note(self.lane, error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,18 @@ class PlanDataset:
     seconds: float
 
 
-def measure_plan(plan_name: str, dataset: Path, flags: list[str]) -> PlanDataset:
+def measure_plan(plan_name: str, dataset: Path, flags: list[str],
+                 extra: Sequence[Any] = ()) -> PlanDataset:
     """Measure plan `plan_name` on the local CPU into `dataset` (resumed if it exists); the
-    card records the plan and `flags`."""
+    card records the plan and `flags`. `extra` subjects (held-out networks, their kernel lists
+    removed so they do not calibrate anything) are measured in the same campaign, their batches
+    mixed in time with the plan's: a slow phase of the machine then hits them and the plan's
+    calibration networks alike."""
     device = local_device(threads=1)
     config = CampaignConfig(settings=RunSettings(threads=1))
     plan = load_plan(plan_name)
     started = time.perf_counter()
     subjects = plan_subjects(plan)
-    summary = measure_into_dataset(subjects, device, "onnxruntime", dataset, config,
+    summary = measure_into_dataset([*subjects, *extra], device, "onnxruntime", dataset, config,
                                    card={"plan": plan.to_dict(), "flags": flags})
     return PlanDataset(device, config, plan, subjects, summary, time.perf_counter() - started)

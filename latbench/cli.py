@@ -56,7 +56,8 @@ def _campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
                           max_device_failures=getattr(args, "max_device_failures", 3),
                           calibration_runs=getattr(args, "calibration_runs", 3),
                           drift_correct=getattr(args, "drift_correct", False),
-                          keep_samples=getattr(args, "keep_samples", False))
+                          keep_samples=getattr(args, "keep_samples", False),
+                          shuffle_seed=None if getattr(args, "keep_order", False) else 0)
 
 
 def _require_runtime(device: Any, runtime: str) -> None:
@@ -730,6 +731,10 @@ def _add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool 
                         "batch's drift ratio), next to the raw ones")
     g.add_argument("--keep-samples", action="store_true",
                    help="store every timed sample with its record (samples_ms column)")
+    g.add_argument("--keep-order", action="store_true",
+                   help="measure the subjects in the order given instead of a seeded random "
+                        "order (the default spreads a slow phase over every kind of subject "
+                        "rather than biasing whichever ones were listed together)")
 
 
 def _add_dataset_measuring(p: argparse.ArgumentParser, seed: int, seed_help: str) -> None:

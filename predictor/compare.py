@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,12 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
                        params: dict[str, dict[str, Any]] | None = None,
                        config: CampaignConfig | None = None,
                        progress: ProgressSink | None = None,
-                       exclude_calibration: bool = True) -> ComparisonReport:
+                       exclude_calibration: bool = True,
+                       measured_ms: Mapping[str, float] | None = None) -> ComparisonReport:
     """Fit each named predictor on `data_dir` (into out_dir/predictors/NAME), measure the
-    networks once (out_dir/networks), score every predictor on them."""
+    networks once (out_dir/networks), score every predictor on them. `measured_ms` (key ->
+    ms, the predictors' statistic) supplies networks already measured, e.g. in the dataset's
+    own campaign; the others are measured here."""
     if not names:
         raise PredictorError("no predictors to compare")
     out_dir = Path(out_dir)
@@ -126,8 +129,12 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
         raise PredictorError("every network given is a calibration network of the predictors")
     runtime = first_info["runtime"]
     settings = settings_from_manifest(first_info)
-    measured, summary = measure_networks(held_out, device, runtime, settings, statistic,
-                                         out_dir / "networks", config, progress)
+    given = dict(measured_ms or {})
+    to_measure = [n for n in held_out if n.key not in given]
+    measured, summary = measure_networks(to_measure, device, runtime, settings, statistic,
+                                         out_dir / "networks", config, progress) \
+        if to_measure else ({}, CampaignSummary())
+    measured = {**given, **measured}
     rows = []
     for name, (model, _) in fitted.items():
         attach = getattr(model, "attach_", None)

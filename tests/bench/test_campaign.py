@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 import bench.campaign as campaign
-from bench.campaign import CampaignConfig, Subject, network_kernels, run_campaign
+from bench.campaign import (
+    CampaignConfig,
+    Subject,
+    network_kernels,
+    plan_batches,
+    run_campaign,
+)
 from bench.ops import OpSpec
 from bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
 from bench.store import LatencyDataset, make_job_key
@@ -76,6 +82,43 @@ def test_one_record_per_job_and_rerun_skips(tmp_path: Path, device: Device) -> N
     assert (again.total, again.skipped, again.measured, again.failed) == (10, 10, 0, 0)
     assert sorted((tmp_path / "ds" / "records").iterdir()) == parts  # nothing written
     assert len(dataset.records()) == 10
+
+
+def batches_of(dataset: LatencyDataset) -> list[set[str]]:
+    records = dataset.records()
+    return sorted((set(g["key"]) for _, g in records.groupby("batch_id")), key=sorted)
+
+
+def test_jobs_are_visited_in_a_seeded_random_order(tmp_path: Path, device: Device) -> None:
+    """A plan lists kernels of one kind (or networks of one family) together; measured in that
+    order, a slow phase would bias all of them. The default order is a seeded shuffle: the
+    batches mix the listed groups, and the same seed gives the same batches."""
+    given = [s.key() for s in SPECS]
+    in_order = [set(given[:5]), set(given[5:])]
+    grouped = []
+    for run, seed in enumerate((0, 0, None)):
+        dataset = LatencyDataset.create(tmp_path / f"ds{run}", {})
+        run_campaign(subjects(), [device], ["onnxruntime"], dataset,
+                     config(batch_size=5, shuffle_seed=seed))
+        grouped.append(batches_of(dataset))
+    assert grouped[0] == grouped[1]
+    assert grouped[0] != sorted(in_order, key=sorted)
+    assert grouped[2] == sorted(in_order, key=sorted)
+
+
+def test_batches_keep_kernels_and_networks_apart_in_random_order() -> None:
+    ops = subjects(SPECS)
+    nets = [Subject.chain(f"toy:{i}", "toy", SPECS[:2]) for i in range(7)]
+    batches = plan_batches([*ops, *nets], 4)
+    assert sorted(s.key for b in batches for s in b) == sorted(s.key for s in [*ops, *nets])
+    assert all(len(b) <= 4 and len({s.subject for s in b}) == 1 for b in batches)
+    assert len(batches) == 3 + 2  # 10 kernels and 7 networks in batches of at most 4
+    kinds = [b[0].subject for b in batches]
+    assert kinds != sorted(kinds) and kinds != sorted(kinds, reverse=True)  # interleaved
+    assert [[s.key for s in b] for b in plan_batches([*ops, *nets], 4)] == \
+        [[s.key for s in b] for b in batches]  # seeded
+    in_order = plan_batches([*ops, *nets], 4, seed=None)
+    assert [s.key for b in in_order for s in b] == [s.key for s in [*ops, *nets]]
 
 
 def test_failed_export_is_one_failed_record(tmp_path: Path, device: Device) -> None:

@@ -82,6 +82,14 @@ def test_compare_measures_once_and_scores_every_member(tmp_path: Path) -> None:
     assert toy.groupby("network")["measured_ms"].nunique().eq(1).all()
     for name in report.metrics:
         assert (tmp_path / "cmp" / "predictors" / name / "manifest.json").is_file()
+    # Networks measured elsewhere (e.g. in the dataset's own campaign) are not measured again.
+    given = {n.key: 1.0 + i for i, n in enumerate(held_out[:3])}
+    reused = compare_predictors(tmp_path / "data", held_out, ["linear"], device,
+                                tmp_path / "given", config=config, measured_ms=given)
+    again = LatencyDataset.open(tmp_path / "given" / "networks").records()
+    assert sorted(again["key"]) == sorted(n.key for n in held_out[3:])
+    by_net = reused.table.set_index("network")["measured_ms"]
+    assert all(by_net[key] == ms for key, ms in given.items())
     paths = write_comparison(report, tmp_path / "cmp")
     text = paths["markdown"].read_text()
     assert "| lut |" in text and "**odd**" in text
