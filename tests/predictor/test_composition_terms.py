@@ -11,6 +11,7 @@ import pytest
 
 from bench.ops import OpSpec
 from latbench.errors import PredictorError
+from predictor.features import kernel_cost
 from predictor.io import load_predictor, save_predictor
 from predictor.model_level import (
     MIN_SHARE,
@@ -112,3 +113,17 @@ def test_weight_term_prices_cold_weights(setup) -> None:
     assert summary["terms"]["weight_mb"] == pytest.approx(per_weight_mb, rel=0.05)
     for net in nets[60:]:
         assert predict_network(table, net).predicted_ms == pytest.approx(truth(net), rel=0.01)
+
+
+def test_aligned_conv_term_counts_only_block_aligned_convolutions() -> None:
+    """GFLOPs of convolutions whose channels fill whole layout blocks; others get 0."""
+    aligned = OpSpec("conv", h=8, w=8, cin=32, cout=16, kernel=3)
+    flops = kernel_cost(aligned).flops / 1e9
+    assert flops > 0
+    assert term_values(aligned, ["aligned_conv_gflops"]) == [pytest.approx(flops)]
+    for other in (OpSpec("conv", h=8, w=8, cin=24, cout=16, kernel=3),
+                  OpSpec("conv", h=8, w=8, cin=32, cout=40, kernel=1),
+                  OpSpec("dwconv", h=8, w=8, cin=32, kernel=3),
+                  OpSpec("add", h=8, w=8, cin=32)):
+        assert term_values(other, ["aligned_conv_gflops"]) == [0.0]
+
