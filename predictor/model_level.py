@@ -62,6 +62,8 @@ class NetworkPrediction:
 #   4.41 -> 4.26%, 4.13 -> 4.06% for xgboost); without it ResNets of base width 16 and 32
 #   were predicted ~4-5% slow and width 24 ~2-4% fast.
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops")
+# Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
+OPTIONAL_TERMS = frozenset({"aligned_conv_gflops"})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
 CHANNEL_BLOCK = 16
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own

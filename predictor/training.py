@@ -16,7 +16,7 @@ from latbench.errors import DatasetError, PredictorError, UnknownKernelError
 from predictor.features import training_pairs
 from predictor.fusion import apply_attach, attach_from_rules, manifest_entry, rules_from_card
 from predictor.io import save_predictor
-from predictor.model_level import COMPOSITION_TERMS, fit_composition
+from predictor.model_level import COMPOSITION_TERMS, OPTIONAL_TERMS, fit_composition
 from predictor.models import KernelPredictor, get_predictor_class
 
 # The composition terms need networks of varied size to be told apart from the kind scales.
@@ -98,9 +98,20 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
     networks = calibration_networks(records, card, ops, statistic, attach) if calibrate else []
     networks = [n for n in networks if _can_price(model, n[1])]
     if networks:
-        terms = composition_terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else ()
-        composition = fit_composition(model, [(kernels, ms) for _, kernels, ms in networks],
-                                      terms=terms)
+        calibration = [(kernels, ms) for _, kernels, ms in networks]
+        terms = list(composition_terms) if len(networks) >= MIN_NETWORKS_FOR_TERMS else []
+        composition = fit_composition(model, calibration, terms=terms)
+        optional = [t for t in terms if t in OPTIONAL_TERMS]
+        if optional:
+            # Kept only if it lowers the calibration networks' leave-one-out error: where it
+            # says nothing new (every convolution aligned, as in NAS-Bench-Macro) it only adds
+            # a free parameter.
+            without = fit_composition(model, calibration,
+                                      terms=[t for t in terms if t not in optional])
+            if composition["rmspe_pct_loo"] <= without["rmspe_pct_loo"]:
+                composition = fit_composition(model, calibration, terms=terms)
+            else:
+                composition = without
         composition["keys"] = [key for key, _, _ in networks]
     info = {
         "device": str(first["device"]),
