@@ -44,12 +44,14 @@ def measure_plan(plan_name: str, dataset: Path, flags: list[str],
     card records the plan and `flags`. `extra` subjects (held-out networks, their kernel lists
     removed so they do not calibrate anything) are measured in the same campaign, their batches
     mixed in time with the plan's: a slow phase of the machine then hits them and the plan's
-    calibration networks alike."""
+    calibration networks alike. Extras the plan already holds are measured once, as the plan's."""
     device = local_device(threads=1)
     config = CampaignConfig(settings=RunSettings(threads=1))
     plan = load_plan(plan_name)
     started = time.perf_counter()
     subjects = plan_subjects(plan)
+    planned = {s.key for s in subjects}
+    extra = [s for s in extra if s.key not in planned]
     summary = measure_into_dataset([*subjects, *extra], device, "onnxruntime", dataset, config,
                                    card={"plan": plan.to_dict(), "flags": flags})
     return PlanDataset(device, config, plan, subjects, summary, time.perf_counter() - started)

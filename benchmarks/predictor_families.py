@@ -22,10 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
 
-from bench.plans import load_plan  # noqa: E402
 from bench.store import LatencyDataset  # noqa: E402
 from predictor.compare import compare_predictors, write_comparison  # noqa: E402
-from search.networks import plan_subjects, resolve_networks  # noqa: E402
+from search.networks import resolve_networks  # noqa: E402
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet")
 
@@ -43,14 +42,15 @@ def main() -> None:
     out = fresh_dir(args.out, args.keep)
     spec = ",".join([f"nasbench-macro:{args.macro}",
                      *(f"{f}:{args.per_family}" for f in FAMILIES)])
-    plan_keys = {s.key for s in plan_subjects(load_plan(args.plan))}
-    networks = [n for n in resolve_networks(spec, seed=2024) if n.key not in plan_keys]
+    candidates = resolve_networks(spec, seed=2024)
     # Held-out networks are measured in the dataset's campaign (without their kernel lists, so
     # they calibrate nothing): a slow phase of the machine hits them and the calibration
     # networks alike, instead of one of the two measurement sessions.
     measured = measure_plan(args.plan, out / "dataset", sys.argv[1:],
-                            extra=[dataclasses.replace(n, kernels=None) for n in networks])
+                            extra=[dataclasses.replace(n, kernels=None) for n in candidates])
     device, config, subjects = measured.device, measured.config, measured.subjects
+    plan_keys = {s.key for s in subjects}
+    networks = [n for n in candidates if n.key not in plan_keys]
     summary, dataset_s = measured.summary, measured.seconds
     records = LatencyDataset.open(out / "dataset").records()
     held_ms = dict(zip(records["key"], records["min_ms"].astype(float), strict=True))
