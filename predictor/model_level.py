@@ -10,7 +10,7 @@ scale is 1 and the prediction is the plain sum.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,18 @@ def composed_kernel_ms(predictor: Any, specs: Sequence[OpSpec]) -> np.ndarray:
     if not specs:
         return np.zeros(0)
     raw = np.asarray(predictor.predict(specs), dtype=np.float64)
-    scale = getattr(predictor, "kind_scale_", None) or {}
-    out = raw * np.array([scale.get(s.kind, 1.0) for s in specs])
     terms = getattr(predictor, "composition_terms_", None) or {}
-    if terms:
-        names = sorted(terms)
-        coef = np.array([terms[t] for t in names])
-        out = out + np.array([term_values(s, names) for s in specs]) @ coef
-        out = np.maximum(out, MIN_SHARE * raw)
+    names = sorted(terms)
+    values = np.array([term_values(s, names) for s in specs]) if names else None
+    return _compose(raw, [s.kind for s in specs], values,
+                    getattr(predictor, "kind_scale_", None) or {}, [terms[t] for t in names])
+
+
+def _compose(raw: np.ndarray, kinds: Sequence[str], values: np.ndarray | None,
+             scale: dict[str, float], coef: Sequence[float]) -> np.ndarray:
+    out = raw * np.array([scale.get(k, 1.0) for k in kinds])
+    if values is not None and len(coef):
+        out = np.maximum(out + values @ np.asarray(coef, dtype=np.float64), MIN_SHARE * raw)
     return out
 
 
@@ -124,65 +128,130 @@ def predict_onnx(predictor: Any, model: bytes | str | Path) -> NetworkPrediction
     return predict_network(predictor, onnx_to_kernels(model, attach=predictor_attach(predictor)))
 
 
+@dataclass(frozen=True)
+class CompositionFit:
+    """Fitted composition: per-kind scales, term coefficients (ms per unit) and a summary
+    (errors of the plain sum, in sample and leave-one-out, terms tried and dropped)."""
+
+    kind_scale: dict[str, float]
+    terms: dict[str, float]
+    summary: dict[str, Any]
+
+    def apply(self, predictor: Any) -> None:
+        predictor.kind_scale_ = dict(self.kind_scale)
+        predictor.composition_terms_ = dict(self.terms)
+
+
 def fit_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
-                    ridge: float = 0.1, terms: Sequence[str] = ()) -> dict[str, Any]:
-    """Fit per-kind scales (and the optional `terms`, see COMPOSITION_TERMS) on measured
-    networks (kernels, ms); sets `predictor.kind_scale_` and `predictor.composition_terms_`.
+                    ridge: float = 0.1, terms: Sequence[str] = (),
+                    optional: Collection[str] = ()) -> dict[str, Any]:
+    """Fit the composition (see `solve_composition`), set it on the predictor
+    (`kind_scale_`, `composition_terms_`) and return its summary."""
+    fit = solve_composition(predictor, networks, ridge, terms, optional)
+    fit.apply(predictor)
+    return fit.summary
+
+
+def solve_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
+                      ridge: float = 0.1, terms: Sequence[str] = (),
+                      optional: Collection[str] = ()) -> CompositionFit:
+    """Per-kind scales (and the `terms`, see COMPOSITION_TERMS) fitted on measured networks
+    (kernels, ms); the predictor is only asked for kernel predictions.
 
     Minimises sum_n ((sum_k a_kind(k) p_k + sum_t c_t v_t(n) + overhead - m_n) / m_n)^2
     + ridge * |a - 1|^2 + ridge * 1e-4 * |c|^2 (terms are in ms: barely pulled to 0).
-    Returns a summary (scales, terms, networks used, RMSPE of the plain sum and of the
-    composition, 90th percentile under-prediction).
+    Terms in `optional` are kept only if they lower the leave-one-out error: where a term says
+    nothing new (every convolution aligned, as in NAS-Bench-Macro) it only adds a free
+    parameter. The summary holds the scales, terms, networks used, RMSPE of the plain sum and
+    of the composition (in sample and leave-one-out), 90th percentile under-prediction.
     """
     if not networks:
         raise PredictorError("no calibration networks to fit the composition on")
-    kinds = sorted(predictor.models_)
     terms = list(terms)
-    index = {k: i for i, k in enumerate(kinds)}
-    overhead = float(getattr(predictor, "call_overhead_ms_", 0.0))
-    sums = np.zeros((len(networks), len(kinds) + len(terms)))
+    unknown = [t for t in terms if t not in COMPOSITION_TERMS]
+    if unknown:
+        raise PredictorError(f"unknown composition term {unknown[0]!r}; known: "
+                             f"{', '.join(COMPOSITION_TERMS)}")
     measured = np.array([float(ms) for _, ms in networks])
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
-    for row, (kernels, _) in enumerate(networks):
-        kernels = list(kernels)
-        for spec, ms in zip(kernels, predictor.predict(kernels), strict=True):
-            sums[row, index[spec.kind]] += ms
-            if terms:
-                sums[row, len(kinds):] += term_values(spec, terms)
-    a = sums / measured[:, None]
-    b = (measured - overhead) / measured
-    penalty = np.diag([ridge] * len(kinds) + [ridge * 1e-4] * len(terms))
-    prior = np.r_[np.ones(len(kinds)), np.zeros(len(terms))]
+    design = _CompositionDesign(predictor, networks, terms, measured)
+    fit = design.solve(terms, ridge)
+    dropped = [t for t in terms if t in optional]
+    if dropped and len(networks) > 1:
+        without = design.solve([t for t in terms if t not in optional], ridge)
+        if without.summary["rmspe_pct_loo"] <= fit.summary["rmspe_pct_loo"]:
+            fit = without
+        else:
+            dropped = []
+    else:
+        dropped = []
+    if optional:
+        fit.summary["optional_terms_dropped"] = dropped
+    return fit
 
-    def solve(rows: np.ndarray) -> np.ndarray:
-        x = np.linalg.solve(a[rows].T @ a[rows] + penalty, a[rows].T @ b[rows] + penalty @ prior)
-        x[:len(kinds)] = np.clip(x[:len(kinds)], *SCALE_BOUNDS)
-        return x
 
-    solution = solve(np.arange(len(networks)))
-    scales = solution[:len(kinds)]
-    # Leave-one-out predictions: how the composition does on a network it was not fitted on,
-    # which is what a search's safety margin must cover.
-    loo = np.array([sums[i] @ solve(np.delete(np.arange(len(networks)), i))
-                    for i in range(len(networks))]) + overhead if len(networks) > 1 else None
-    before = sums[:, :len(kinds)].sum(axis=1) + overhead
-    predictor.kind_scale_ = {k: float(s) for k, s in zip(kinds, scales, strict=True)}
-    predictor.composition_terms_ = {t: float(c) for t, c in
-                                    zip(terms, solution[len(kinds):], strict=True)}
-    after = np.array([composed_kernel_ms(predictor, list(k)).sum() for k, _ in networks]) \
-        + overhead
-    under = np.percentile(measured / after - 1, 90)
-    summary = {"kind_scale": predictor.kind_scale_, "terms": predictor.composition_terms_,
-               "networks": len(networks), "ridge": ridge,
-               "rmspe_pct_sum": _rmspe(before, measured),
-               "rmspe_pct_composed": _rmspe(after, measured),
-               "underprediction_p90_pct": float(100 * max(0.0, under))}
-    if loo is not None:
-        summary["rmspe_pct_loo"] = _rmspe(loo, measured)
-        summary["underprediction_p95_loo_pct"] = float(
-            100 * max(0.0, np.percentile(measured / loo - 1, 95)))
-    return summary
+class _CompositionDesign:
+    """Per-network kernel predictions and term values, computed once for every fit tried."""
+
+    def __init__(self, predictor: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
+                 terms: Sequence[str], measured: np.ndarray) -> None:
+        self.kinds = sorted(predictor.models_)
+        self.terms = list(terms)
+        self.measured = measured
+        self.overhead = float(getattr(predictor, "call_overhead_ms_", 0.0))
+        index = {k: i for i, k in enumerate(self.kinds)}
+        self.sums = np.zeros((len(networks), len(self.kinds) + len(self.terms)))
+        self.kernels: list[tuple[np.ndarray, list[str], np.ndarray]] = []
+        for row, (kernels, _) in enumerate(networks):
+            kernels = list(kernels)
+            raw = np.asarray(predictor.predict(kernels), dtype=np.float64)
+            values = np.array([term_values(s, self.terms) for s in kernels]).reshape(
+                len(kernels), len(self.terms))
+            for spec, ms in zip(kernels, raw, strict=True):
+                self.sums[row, index[spec.kind]] += ms
+            self.sums[row, len(self.kinds):] = values.sum(axis=0)
+            self.kernels.append((raw, [s.kind for s in kernels], values))
+
+    def solve(self, terms: Sequence[str], ridge: float) -> CompositionFit:
+        n_kinds = len(self.kinds)
+        columns = list(range(n_kinds)) + [n_kinds + self.terms.index(t) for t in terms]
+        sums = self.sums[:, columns]
+        a = sums / self.measured[:, None]
+        b = (self.measured - self.overhead) / self.measured
+        penalty = np.diag([ridge] * n_kinds + [ridge * 1e-4] * len(terms))
+        prior = np.r_[np.ones(n_kinds), np.zeros(len(terms))]
+
+        def solve(rows: np.ndarray) -> np.ndarray:
+            x = np.linalg.solve(a[rows].T @ a[rows] + penalty,
+                                a[rows].T @ b[rows] + penalty @ prior)
+            x[:n_kinds] = np.clip(x[:n_kinds], *SCALE_BOUNDS)
+            return x
+
+        everything = np.arange(len(self.measured))
+        solution = solve(everything)
+        scale = {k: float(s) for k, s in zip(self.kinds, solution[:n_kinds], strict=True)}
+        coef = {t: float(c) for t, c in zip(terms, solution[n_kinds:], strict=True)}
+        term_columns = [self.terms.index(t) for t in terms]
+        after = np.array([_compose(raw, kinds, values[:, term_columns], scale,
+                                   solution[n_kinds:]).sum()
+                          for raw, kinds, values in self.kernels]) + self.overhead
+        before = sums[:, :n_kinds].sum(axis=1) + self.overhead
+        under = np.percentile(self.measured / after - 1, 90)
+        summary = {"kind_scale": scale, "terms": coef, "networks": len(self.measured),
+                   "ridge": ridge,
+                   "rmspe_pct_sum": _rmspe(before, self.measured),
+                   "rmspe_pct_composed": _rmspe(after, self.measured),
+                   "underprediction_p90_pct": float(100 * max(0.0, under))}
+        if len(self.measured) > 1:
+            # Leave-one-out predictions: how the composition does on a network it was not
+            # fitted on, which is what a search's safety margin must cover.
+            loo = np.array([sums[i] @ solve(np.delete(everything, i))
+                            for i in everything]) + self.overhead
+            summary["rmspe_pct_loo"] = _rmspe(loo, self.measured)
+            summary["underprediction_p95_loo_pct"] = float(
+                100 * max(0.0, np.percentile(self.measured / loo - 1, 95)))
+        return CompositionFit(scale, coef, summary)
 
 
 def safety_margin(manifest: dict[str, Any], default: float = 0.03) -> float:

@@ -100,18 +100,8 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
     if networks:
         calibration = [(kernels, ms) for _, kernels, ms in networks]
         terms = list(composition_terms) if len(networks) >= MIN_NETWORKS_FOR_TERMS else []
-        composition = fit_composition(model, calibration, terms=terms)
-        optional = [t for t in terms if t in OPTIONAL_TERMS]
-        if optional:
-            # Kept only if it lowers the calibration networks' leave-one-out error: where it
-            # says nothing new (every convolution aligned, as in NAS-Bench-Macro) it only adds
-            # a free parameter.
-            without = fit_composition(model, calibration,
-                                      terms=[t for t in terms if t not in optional])
-            if composition["rmspe_pct_loo"] <= without["rmspe_pct_loo"]:
-                composition = fit_composition(model, calibration, terms=terms)
-            else:
-                composition = without
+        composition = fit_composition(model, calibration, terms=terms,
+                                      optional=OPTIONAL_TERMS)
         composition["keys"] = [key for key, _, _ in networks]
     info = {
         "device": str(first["device"]),

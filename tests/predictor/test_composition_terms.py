@@ -18,6 +18,7 @@ from predictor.model_level import (
     composed_kernel_ms,
     fit_composition,
     predict_network,
+    solve_composition,
     term_values,
 )
 from predictor.models import get_predictor_class
@@ -127,3 +128,63 @@ def test_aligned_conv_term_counts_only_block_aligned_convolutions() -> None:
                   OpSpec("add", h=8, w=8, cin=32)):
         assert term_values(other, ["aligned_conv_gflops"]) == [0.0]
 
+
+
+def mixed_width_nets(rng: np.random.Generator, count: int) -> list[list[OpSpec]]:
+    """Chains of convolutions, some with channels in whole 16-blocks, some not."""
+    nets = []
+    for _ in range(count):
+        net = []
+        for _ in range(int(rng.integers(3, 12))):
+            c = int(rng.choice([16, 24, 32, 40, 48, 56, 64]))
+            net.append(OpSpec("conv", h=16, w=16, cin=c, cout=c, kernel=3))
+        nets.append(net)
+    return nets
+
+
+@pytest.fixture(scope="module")
+def conv_table():
+    rng = np.random.default_rng(1)
+    nets = mixed_width_nets(rng, 40)
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+    return table, nets
+
+
+@pytest.mark.parametrize("aligned_ms_per_gflop", [-8.0, 0.0])
+def test_optional_term_kept_only_when_it_lowers_leave_one_out_error(
+        conv_table, aligned_ms_per_gflop: float) -> None:
+    """A network set where aligned convolutions really run faster keeps the term (and recovers
+    its cost); one where they don't drops it, and the predictor carries only the kept terms."""
+    table, nets = conv_table
+    noise = np.random.default_rng(2).normal(1.0, 0.01, len(nets))
+
+    def truth(net: list[OpSpec]) -> float:
+        aligned = sum(term_values(s, ["aligned_conv_gflops"])[0] for s in net)
+        return 0.01 + float(np.sum(table.predict(net))) + aligned_ms_per_gflop * aligned
+
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    set_before = getattr(table, "composition_terms_", None)
+    fit = solve_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
+                            optional={"aligned_conv_gflops"})
+    forced = solve_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"])
+    plain = solve_composition(table, calibration, terms=["per_kernel"])
+    assert "optional_terms_dropped" not in forced.summary
+    if aligned_ms_per_gflop:
+        assert fit.summary["optional_terms_dropped"] == []
+        assert fit.terms["aligned_conv_gflops"] == pytest.approx(aligned_ms_per_gflop, rel=0.1)
+        assert fit.summary["rmspe_pct_loo"] == forced.summary["rmspe_pct_loo"] \
+            < plain.summary["rmspe_pct_loo"]
+    else:
+        assert fit.summary["optional_terms_dropped"] == ["aligned_conv_gflops"]
+        assert set(fit.terms) == {"per_kernel"}
+        assert fit.summary["rmspe_pct_loo"] == plain.summary["rmspe_pct_loo"] \
+            <= forced.summary["rmspe_pct_loo"]
+    # solving leaves the predictor alone; fitting sets what was chosen
+    assert getattr(table, "composition_terms_", None) == set_before
+    summary = fit_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
+                              optional={"aligned_conv_gflops"})
+    assert table.composition_terms_ == fit.terms and summary == fit.summary
+    assert predict_network(table, nets[0]).predicted_ms == pytest.approx(
+        0.01 + composed_kernel_ms(table, nets[0]).sum())
