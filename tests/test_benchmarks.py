@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,31 @@ def test_main_exit_code_and_selection(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert capfd.readouterr().out.strip() == "good"
     with pytest.raises(SystemExit, match="no benchmark named 'nope'"):
         run_all.main(["--only", "nope"])
+
+
+def test_fewshot_order_drift_separates_drift_from_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The few-shot benchmark's bound: latency that drifts along the row order (a device
+    warming up while it is measured) shows as a wide rolling mean and is divided out; i.i.d.
+    noise of the same size does not."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports its helpers
+    script = importlib.util.spec_from_file_location("fewshot_bench",
+                                                    ROOT / "benchmarks" / "fewshot.py")
+    assert script is not None and script.loader is not None
+    fewshot_bench = importlib.util.module_from_spec(script)
+    script.loader.exec_module(fewshot_bench)
+    from predictor.fewshot import FBNET_CHOICES, FBNET_LAYERS, ReferenceTable, table_features
+
+    rng = np.random.default_rng(0)
+    archs = tuple("-".join(rng.choice(FBNET_CHOICES, FBNET_LAYERS)) for _ in range(3000))
+    clean = table_features("fbnet", archs) @ rng.uniform(0.1, 1.0, FBNET_LAYERS
+                                                          * len(FBNET_CHOICES)) + 5
+    drift = 1 + 0.12 * np.sin(np.arange(len(archs)) / 150)  # slow, +-12%
+    noise = 1 + 0.12 / np.sqrt(2) * rng.standard_normal(len(archs))  # same spread, i.i.d.
+    table = ReferenceTable(archs, ("drifting", "noisy"),
+                           np.column_stack([clean * drift, clean * noise]))
+    result = fewshot_bench.order_drift("fbnet", table).set_index("device")
+    assert result.loc["drifting", "drift_sd"] > 0.05 > 0.02 > result.loc["noisy", "drift_sd"]
+    assert result.loc["drifting", "within10_drift_removed"] > 0.95 > \
+        result.loc["drifting", "within10"]
+    assert abs(result.loc["noisy", "within10_drift_removed"]
+               - result.loc["noisy", "within10"]) < 0.03
