@@ -10,6 +10,7 @@ scale is 1 and the prediction is the plain sum.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,21 @@ class NetworkPrediction:
 #   -0.5..-0.75 ms/GFLOP and the leave-one-out error fell in every run tried (4.51 -> 4.39%,
 #   4.41 -> 4.26%, 4.13 -> 4.06% for xgboost); without it ResNets of base width 16 and 32
 #   were predicted ~4-5% slow and width 24 ~2-4% fast.
-COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops")
+# - "spilled_layout_mb": MB beyond SPILL_BYTES of each input and output tensor of those
+#   blocked-layout kernels: a layout conversion reads a tensor and writes one as large, so
+#   past half the L2 cache it streams from memory and costs far more per byte than
+#   layout_bytes says. ONNX Runtime per-node profiles of MobileNetV2 nets showed layers on
+#   28-112 px inputs running 1.4-2.1x faster inside the network than alone, layers under 14 px
+#   not at all; on the families benchmark's calibration networks this term lowered the
+#   leave-one-out error more than any other tried (4.39 -> 3.63%, 4.06 -> 3.52%,
+#   5.37 -> 4.79% for xgboost), fit coefficient about -0.06 ms/MB.
+COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
+                     "spilled_layout_mb")
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
-OPTIONAL_TERMS = frozenset({"aligned_conv_gflops"})
+OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb"})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
 CHANNEL_BLOCK = 16
+SPILL_BYTES = 1_000_000  # half the 2 MB per-core L2 of the CPU the term was found on
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
 
 
@@ -84,6 +95,10 @@ def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
             aligned = spec.kind == "conv" and (spec.cin or 0) % CHANNEL_BLOCK == 0 \
                 and (spec.cout or 0) % CHANNEL_BLOCK == 0
             out.append(cost.flops / 1e9 if aligned else 0.0)
+        elif term == "spilled_layout_mb":
+            spilled = sum(max(0.0, b - SPILL_BYTES) for b in (cost.input_bytes,
+                                                              cost.output_bytes))
+            out.append(spilled / 1e6 if spec.kind in LAYOUT_KINDS else 0.0)
         else:
             raise PredictorError(f"unknown composition term {term!r}; known: "
                                  f"{', '.join(COMPOSITION_TERMS)}")
@@ -176,16 +191,15 @@ def solve_composition(predictor: Any, networks: Sequence[tuple[Sequence[OpSpec],
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
     design = _CompositionDesign(predictor, networks, terms, measured)
-    fit = design.solve(terms, ridge)
-    dropped = [t for t in terms if t in optional]
-    if dropped and len(networks) > 1:
-        without = design.solve([t for t in terms if t not in optional], ridge)
-        if without.summary["rmspe_pct_loo"] <= fit.summary["rmspe_pct_loo"]:
-            fit = without
-        else:
-            dropped = []
-    else:
-        dropped = []
+    choosable = [t for t in terms if t in optional] if len(networks) > 1 else []
+    fit, dropped = design.solve(terms, ridge), []
+    # Every subset of the optional terms (there are few); the least leave-one-out error wins,
+    # and of equal ones the subset with fewer terms.
+    for size in range(1, len(choosable) + 1):
+        for left_out in itertools.combinations(choosable, size):
+            trial = design.solve([t for t in terms if t not in left_out], ridge)
+            if trial.summary["rmspe_pct_loo"] <= fit.summary["rmspe_pct_loo"]:
+                fit, dropped = trial, list(left_out)
     if optional:
         fit.summary["optional_terms_dropped"] = dropped
     return fit

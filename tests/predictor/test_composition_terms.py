@@ -15,6 +15,7 @@ from predictor.features import kernel_cost
 from predictor.io import load_predictor, save_predictor
 from predictor.model_level import (
     MIN_SHARE,
+    SPILL_BYTES,
     composed_kernel_ms,
     fit_composition,
     predict_network,
@@ -188,3 +189,43 @@ def test_optional_term_kept_only_when_it_lowers_leave_one_out_error(
     assert table.composition_terms_ == fit.terms and summary == fit.summary
     assert predict_network(table, nets[0]).predicted_ms == pytest.approx(
         0.01 + composed_kernel_ms(table, nets[0]).sum())
+
+
+def test_spilled_layout_term_counts_bytes_past_the_threshold() -> None:
+    """Bytes of each input and output tensor beyond SPILL_BYTES, for blocked-layout kinds."""
+    big = OpSpec("conv", h=96, w=96, cin=16, cout=64, kernel=1)  # in 0.59 MB, out 2.36 MB
+    cost = kernel_cost(big)
+    assert cost.input_bytes < SPILL_BYTES < cost.output_bytes
+    assert term_values(big, ["spilled_layout_mb"]) == [
+        pytest.approx((cost.output_bytes - SPILL_BYTES) / 1e6)]
+    assert term_values(OpSpec("conv", h=16, w=16, cin=64, cout=64, kernel=1),
+                       ["spilled_layout_mb"]) == [0.0]
+    assert term_values(OpSpec("add", h=96, w=96, cin=64), ["spilled_layout_mb"]) == [0.0]
+
+
+def test_each_optional_term_is_chosen_on_its_own() -> None:
+    """With two optional terms, one real and one not, the fit keeps the real one only."""
+    rng = np.random.default_rng(3)
+    nets = []
+    for _ in range(40):
+        nets.append([OpSpec("conv", h=int(h), w=int(h), cin=int(c), cout=int(c), kernel=3)
+                     for h, c in zip(rng.choice([16, 96], 8), rng.choice([16, 24, 32, 40, 48], 8),
+                                     strict=True)])
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+    noise = np.random.default_rng(4).normal(1.0, 0.01, len(nets))
+
+    def truth(net: list[OpSpec]) -> float:
+        aligned = sum(term_values(s, ["aligned_conv_gflops"])[0] for s in net)
+        return 0.01 + float(np.sum(table.predict(net))) - 3.0 * aligned
+
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    assert any(term_values(s, ["spilled_layout_mb"])[0] > 0 for n in nets for s in n)
+    terms = ["per_kernel", "aligned_conv_gflops", "spilled_layout_mb"]
+    fit = solve_composition(table, calibration, terms=terms,
+                            optional={"aligned_conv_gflops", "spilled_layout_mb"})
+    assert fit.summary["optional_terms_dropped"] == ["spilled_layout_mb"]
+    assert set(fit.terms) == {"per_kernel", "aligned_conv_gflops"}
+    every = solve_composition(table, calibration, terms=terms)
+    assert fit.summary["rmspe_pct_loo"] <= every.summary["rmspe_pct_loo"]
