@@ -72,8 +72,9 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
     """Fit kernel models on the op records, then (if the dataset holds measured networks and
     `calibrate`) the per-kind composition scales on those networks - plus the
     `composition_terms` (a per-kernel cost, the layout conversions a kernel timed alone pays,
-    its weights streamed in inside a network) when there are at least MIN_NETWORKS_FOR_TERMS
-    of them.
+    its weights streamed in inside a network, ...; see model_level.COMPOSITION_TERMS) when
+    there are at least MIN_NETWORKS_FOR_TERMS of them - the OPTIONAL_TERMS only where they
+    lower the calibration networks' leave-one-out error.
 
     Fusion rules (`fusion`, else the dataset card's "fusion" entry from `latbench bench
     fusion`) decide how networks are split into kernels; they go into the manifest."""
