@@ -34,6 +34,7 @@ class PlanDataset:
     config: CampaignConfig
     plan: Any
     subjects: list[Any]
+    extras: list[Any]  # the `extra` subjects measured beside the plan's (not already in it)
     summary: Any
     seconds: float
 
@@ -54,4 +55,5 @@ def measure_plan(plan_name: str, dataset: Path, flags: list[str],
     extra = [s for s in extra if s.key not in planned]
     summary = measure_into_dataset([*subjects, *extra], device, "onnxruntime", dataset, config,
                                    card={"plan": plan.to_dict(), "flags": flags})
-    return PlanDataset(device, config, plan, subjects, summary, time.perf_counter() - started)
+    return PlanDataset(device, config, plan, subjects, extra, summary,
+                       time.perf_counter() - started)

@@ -49,8 +49,8 @@ def main() -> None:
     measured = measure_plan(args.plan, out / "dataset", sys.argv[1:],
                             extra=[dataclasses.replace(n, kernels=None) for n in candidates])
     device, config, subjects = measured.device, measured.config, measured.subjects
-    plan_keys = {s.key for s in subjects}
-    networks = [n for n in candidates if n.key not in plan_keys]
+    extra_keys = {s.key for s in measured.extras}
+    networks = [n for n in candidates if n.key in extra_keys]
     summary, dataset_s = measured.summary, measured.seconds
     records = LatencyDataset.open(out / "dataset").records()
     held_ms = dict(zip(records["key"], records["min_ms"].astype(float), strict=True))
