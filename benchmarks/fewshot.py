@@ -145,7 +145,10 @@ def closest_reference(table) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=10, help="draws of the K samples per device")
+    parser.add_argument("--k10-draws", type=int, default=50,
+                        help="draws for the K = 10 figure the target is judged on (the mean "
+                             "over 10 draws moves by about a point from one set to the next)")
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
@@ -158,6 +161,7 @@ def main() -> None:
     for space in SPACES:
         table = load_reference(data / space / "latency_ms.csv")
         frame = leave_one_device_out(space, table, KS, seeds)
+        many = leave_one_device_out(space, table, (10,), range(args.k10_draws))
         strat = leave_one_device_out(space, table, (10,), seeds, selection="stratified")
         raw = leave_one_device_out(space, table, (10,), seeds, candidates=[
             c.replace("ref", "rawref") for c in DEFAULT_CANDIDATES[space]])
@@ -170,6 +174,9 @@ def main() -> None:
                   "| K | samples chosen | mean Spearman | mean within 10% |", "|---|---|---|---|"]
         for k, row in means.iterrows():
             lines.append(f"| {k} | random | {row['spearman']:.3f} | {row['within10']:.1%} |")
+        judged = many[["spearman", "within10"]].mean()
+        lines.append(f"| 10 | random, {args.k10_draws} draws | {judged['spearman']:.3f} | "
+                     f"{judged['within10']:.1%} |")
         s = strat[["spearman", "within10"]].mean()
         lines.append(f"| 10 | stratified | {s['spearman']:.3f} | {s['within10']:.1%} |")
         r = raw[["spearman", "within10"]].mean()
@@ -187,8 +194,14 @@ def main() -> None:
                      f"row order divided out (uses the truth) | "
                      f"{drift['spearman_drift_removed'].mean():.3f} | "
                      f"{drift['within10_drift_removed'].mean():.1%} |")
-        headline.append((space, means.loc[10, "spearman"], means.loc[10, "within10"],
-                         own["spearman"].mean(), drift["spearman_drift_removed"].mean()))
+        lowest = own.nsmallest(2, "spearman")
+        perfect_elsewhere = (len(own) - 2 + lowest["spearman"].sum()) / len(own)
+        headline.append((space, judged["spearman"], judged["within10"],
+                         own["spearman"].mean(), drift["spearman_drift_removed"].mean(),
+                         ", ".join(f"{d} {v:.3f}" for d, v in zip(lowest["device"],
+                                                                  lowest["spearman"],
+                                                                  strict=True)),
+                         perfect_elsewhere))
         per_device = frame[frame["k"] == 10].groupby("device", sort=False)
         lines.append(f"| closest reference | as measured, no fit | {near['spearman'].mean():.3f} "
                      "| - |")
@@ -219,14 +232,16 @@ def main() -> None:
     both_s = np.mean([h[1] for h in headline])
     both_w = np.mean([h[2] for h in headline])
     lines += ["Target (issue 4), K = 10: mean Spearman >= 0.96 and mean within-10% >= 0.80. "
-              "Reached per space: " + "; ".join(
+              f"Reached per space (K = 10, {args.k10_draws} draws): " + "; ".join(
                   f"{s}: Spearman {sp:.3f} ({'yes' if sp >= 0.96 else 'no'}), within-10% "
-                  f"{w:.1%} ({'yes' if w >= 0.80 else 'no'})" for s, sp, w, _, _ in headline)
+                  f"{w:.1%} ({'yes' if w >= 0.80 else 'no'})" for s, sp, w, *_ in headline)
               + f". Mean of the two spaces: Spearman {both_s:.3f}, within-10% {both_w:.1%}."
               + "".join(f" On {s} even the device's own measurements reach only {o:.3f} mean "
                         f"Spearman (own data), and {d:.3f} with the drift along the row order "
-                        "divided out: 0.96 is beyond what its measurements allow."
-                        for s, _, _, o, d in headline if o < 0.96)]
+                        f"divided out; its two noisiest devices' own data ({low}) would hold "
+                        f"the mean to {cap:.3f} even if every other device were ranked "
+                        "perfectly: 0.96 is beyond what its measurements allow."
+                        for s, _, _, o, d, low, cap in headline if o < 0.96)]
     publish("fewshot", "Few-shot transfer to unseen devices (end-to-end only)", lines,
             write=not args.no_write)
 

@@ -536,8 +536,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     from predictor.fewshot import predict_csv
 
-    result = predict_csv(args.space, Path(args.reference), Path(args.samples), Path(args.query),
-                         Path(args.out), exclude=args.exclude_device or ())
+    result, model = predict_csv(args.space, Path(args.reference), Path(args.samples),
+                                Path(args.query), Path(args.out),
+                                exclude=args.exclude_device or ())
+    bases = ", ".join(f"{c} {w:.2f}" for c, w in model.weights_by_candidate_.items())
+    alike = ", ".join(f"{d} {w:.0%}" for d, w in list(model.reference_shares().items())[:3])
+    print(f"fitted on {model.n_samples_} samples: leave-one-out error on them "
+          f"{100 * model.loo_rmspe_:.1f}% RMSPE (what to expect on the rest, roughly); "
+          f"bases {bases}")
+    if alike:
+        print(f"most like: {alike} of the predicted latency")
     print(f"{len(result)} predictions written to {args.out}")
     return 0
 

@@ -8,7 +8,10 @@ layers'), so a new device whose per-layer costs are a non-negative mix of the re
 devices' costs has latencies that are the same non-negative mix of the reference latencies.
 A non-negative least-squares fit of that mix on relative error needs no tuning and cannot
 over-fit wildly on K = 10 samples (most weights end at exactly 0, i.e. it picks the most
-similar reference devices).
+similar reference devices). Ten noisy samples still cannot pin down a mix of twelve devices,
+so the mix is fitted as an average: every mix of one or two reference devices (each well
+determined by ten samples) and the full mix, weighted by 1 / (leave-one-out RMSPE)^4 - the
+evidence of the samples themselves decides, and with more samples the full mix takes over.
 
 The reference columns are first *denoised* (basis `ref`): each reference device's latencies are
 replaced by an additive per-layer cost table fitted to all of its architectures (ridge on a
@@ -21,29 +24,35 @@ architecture and drop the rest. (Basis `rawref` keeps the measured columns, as b
 unlike every reference (a runtime that prunes dead cells of NAS-Bench-201, which the others
 compute) are better described by the architecture itself, so on NAS-Bench-201 a second basis of
 arch features (op counts, counts of live ops) is fitted the same way, and the two predictions
-are averaged with weights 1 / (leave-one-out error on the K samples)^2 - the only choice made,
-and made from the samples alone. (On FBNet op counts ignore which stage a block sits in and
-only add noise, so FBNet uses the reference basis alone.)
+are combined with the convex weights that best predict each sample from the others
+(stacking the two bases' leave-one-out predictions) - the only choice made, and made from the
+samples alone. (On FBNet op counts ignore which stage a block sits in and only add noise, so
+FBNet uses the reference basis alone.)
 
 Measured on the shared data, K = 10, leave-one-device-out, 10 random draws (BENCHMARKS.md,
-section fewshot): denoising raised FBNet's mean Spearman from 0.886 to 0.914 and within-10%
-from 88.3% to 89.9%; NAS-Bench-201 from 0.961 / 78.9% to 0.965 / 79.8% (about 79% on other
-draws of the samples). Tried and not kept (no gain beyond draw-to-draw noise, or a loss):
-per-stage or per-stage-group corrections of the mixed table (FBNet), ridge instead of NNLS,
-single-reference candidates, "pruned" reference tables for NAS-Bench-201, L1 / Huber fits,
-re-scaling the prediction to put most samples within 10%, and rounding predictions to integers
-when all samples are integers (the predictions are not within 0.5 ms, so scipy's tie-averaged
-Spearman does not gain).
+section fewshot): denoising raised FBNet's mean Spearman from 0.886 to 0.914 and within-10% from
+88.3% to 89.9%; NAS-Bench-201 from 0.961 / 78.9% to 0.965 / 79.8%. Averaging the small mixes and
+stacking the bases then took NAS-Bench-201 from 0.962 / 79.2% to 0.964 / 80.4% over the same 50
+draws (K = 5: 64.4% -> 69.3%, K = 50: 83.2% -> 84.8%; the Xeons and phones gain 2-5 points,
+pixel3, which prunes dead cells and is unlike every reference, loses 5), FBNet from 0.917 /
+90.7% to 0.918 / 90.9% (within draw noise). Also tried for NAS-Bench-201, no gain: bagging the
+NNLS fit, re-scaling by the samples' median ratio, a log-space Gaussian process with the
+references' covariance, PCA-truncated or clustered reference bases. Tried earlier and not kept
+(no gain beyond draw-to-draw noise, or a loss): per-stage or per-stage-group corrections of the
+mixed table (FBNet), ridge instead of NNLS, single-reference candidates, "pruned" reference
+tables for NAS-Bench-201, L1 / Huber fits, re-scaling the prediction to put most samples within
+10%, and rounding predictions to integers when all samples are integers (the predictions are not
+within 0.5 ms, so scipy's tie-averaged Spearman does not gain).
 
 What the data allows: this model family fitted to ALL architectures of the held-out device
 (`fit_all`) reaches 0.933 mean Spearman on FBNet - the integer-ms phones reach only 0.73-0.89
 and 1080ti_1 0.949 (its near-duplicate titanx_1 rank-correlates with it at 0.946) - so 0.96 on
-FBNet is beyond the data. On NAS-Bench-201 it reaches 86.5% within-10%; with K = 10 the CPUs
-lose most (57% instead of 73%): their clock regimes make the level that 10 samples give vary
-by several percent. Those regimes, and most of the phones' noise, are drift along the table's
-row order: an additive table's error, averaged over 100 consecutive rows, spreads by 5-8% on
-the phones and on gold_6240 / silver_4114 (i.i.d. noise would give about 1%). Dividing that
-drift out (with the truth: a bound, not a method) lifts an additive table of all FBNet
+FBNet is beyond the data. On NAS-Bench-201 it reaches 86.5% within-10%; with K = 10 the Xeons
+lose most (about 60% instead of 71-73%): their clock regimes make the level that 10 samples give
+vary by several percent. Those regimes, and most of the phones' noise, are drift along the
+table's row order: an additive table's error, averaged over 100 consecutive rows, spreads by
+5-8% on the phones and on gold_6240 / silver_4114 (i.i.d. noise would give about 1%). Dividing
+that drift out (with the truth: a bound, not a method) lifts an additive table of all FBNet
 architectures from 0.940 to 0.959 mean Spearman - still short of 0.96 - and NAS-Bench-201's
 within-10% from 85.6% to 91.5% (gold_6240 70.7% -> 97.5%). No model of the architecture can
 follow measurement drift (benchmarks/fewshot.py, `order_drift`).
@@ -51,7 +60,7 @@ follow measurement drift (benchmarks/fewshot.py, `order_drift`).
 
 from __future__ import annotations
 
-import math
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -232,6 +241,11 @@ def load_reference(path: str | Path, devices: Sequence[str] | None = None) -> Re
 
 
 # --- the model -------------------------------------------------------------------------------
+INTERCEPT_COLUMNS = 2  # every design starts with an intercept of either sign
+MIX_SIZES = (1, 2)  # reference devices per small mix averaged by the `ref` / `rawref` bases
+MIX_SHARPNESS = 4  # a mix's weight: 1 / (its leave-one-out RMSPE on the samples)^4
+
+
 def _nnls_relative(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """w >= 0 minimising sum((design @ w / target - 1)^2)."""
     from scipy.optimize import nnls
@@ -240,17 +254,92 @@ def _nnls_relative(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     return weights
 
 
+def _loo_predictions(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Each sample predicted by the NNLS fit to the other samples."""
+    every = np.arange(len(target))
+    return np.array([design[i] @ _nnls_relative(design[every != i], target[every != i])
+                     for i in every])
+
+
+def _rmspe(predicted: np.ndarray, target: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(predicted / target - 1))))
+
+
+@dataclass(frozen=True)
+class BasisFit:
+    """One basis fitted to the samples: coefficients over its design's columns, and each
+    sample's leave-one-out prediction (what the basis would have said without it)."""
+
+    coef: np.ndarray
+    loo: np.ndarray
+
+
+def fit_full_mix(design: np.ndarray, target: np.ndarray) -> BasisFit:
+    """NNLS over every column of the design at once."""
+    return BasisFit(_nnls_relative(design, target), _loo_predictions(design, target))
+
+
+def average_by_loo(fits: Sequence[BasisFit], target: np.ndarray) -> BasisFit:
+    """Fits averaged with weights 1 / (their leave-one-out RMSPE)^MIX_SHARPNESS (coefficients
+    over the same columns; leave-one-out predictions averaged with the same weights)."""
+    scores = np.array([_rmspe(fit.loo, target) for fit in fits])
+    weights = 1.0 / np.maximum(scores, 1e-9) ** MIX_SHARPNESS
+    weights /= weights.sum()
+    return BasisFit(sum(w * fit.coef for w, fit in zip(weights, fits, strict=True)),
+                    sum(w * fit.loo for w, fit in zip(weights, fits, strict=True)))
+
+
+def fit_small_mixes(design: np.ndarray, target: np.ndarray) -> BasisFit:
+    """Every mix of one or two reference columns (`MIX_SIZES`, each with the intercepts),
+    averaged by `average_by_loo`: ten samples cannot pin down a mix of twelve reference
+    devices - NNLS over all of them fits the samples' noise with whichever corner of the cone
+    it lands in - but a mix of one or two is well determined, and averaging the ones that
+    predict left-out samples best describes the device without committing to one."""
+    references = range(INTERCEPT_COLUMNS, design.shape[1])
+    subsets = [s for size in MIX_SIZES for s in itertools.combinations(references, size)]
+    fits = []
+    for subset in subsets:
+        columns = [*range(INTERCEPT_COLUMNS), *subset]
+        fit = fit_full_mix(design[:, columns], target)
+        coef = np.zeros(design.shape[1])
+        coef[columns] = fit.coef
+        fits.append(BasisFit(coef, fit.loo))
+    return average_by_loo(fits, target)
+
+
+def fit_reference_mix(design: np.ndarray, target: np.ndarray) -> BasisFit:
+    """The small mixes' average and the full mix, averaged by `average_by_loo`: with ten
+    samples the small mixes win; with more samples, or a device that needs many references
+    at once (FBNet's stage-dependent costs), the full mix takes over."""
+    if design.shape[1] <= INTERCEPT_COLUMNS + 1:  # one reference or none: nothing to mix
+        return fit_full_mix(design, target)
+    return average_by_loo([fit_small_mixes(design, target), fit_full_mix(design, target)],
+                          target)
+
+
+def stacking_weights(loo: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Convex weights of the bases (columns of `loo`, their leave-one-out predictions) that
+    best predict the samples on relative error: uses how the bases' errors co-vary, not only
+    how large each is."""
+    weights = _nnls_relative(loo, target)
+    if weights.sum() <= 0:
+        return np.full(loo.shape[1], 1.0 / loo.shape[1])
+    return weights / weights.sum()
+
+
 class FewShotPredictor:
     """Predict a new device's latency of every architecture from K of its measurements.
 
     `fit(archs, ms)` takes the K samples; `predict(archs)` any architectures of the reference
     table. Bases (`candidates`): `ref` the reference devices as additive cost tables fitted to
     all their architectures (denoised), `rawref` as measured, `arch` architecture features;
-    `a+b` joins two. Each candidate basis is fitted by non-negative least squares on relative error;
-    with `combine="ensemble"` (default) their predictions are averaged with weights
-    1 / (leave-one-out mean squared relative error), with `combine="select"` the best one is
-    used. `weights_by_candidate_` and `cv_rmspe_` say what the samples decided;
-    `candidate_` is the basis with the most weight.
+    `a+b` joins two. A reference basis alone is fitted as the average of its small mixes
+    (`fit_reference_mix`), any other by non-negative least squares on relative error over all its
+    columns. With `combine="ensemble"` (default) the bases' predictions are combined with the
+    weights that best predict the samples left out one at a time (`stacking_weights`), with
+    `combine="select"` the basis of least leave-one-out error is used. `weights_by_candidate_`
+    and `cv_rmspe_` say what the samples decided; `candidate_` is the basis with the most
+    weight.
     """
 
     def __init__(self, space: str, reference: ReferenceTable,
@@ -275,7 +364,7 @@ class FewShotPredictor:
 
     def _design(self, candidate: str, rows: np.ndarray | slice) -> np.ndarray:
         n = len(self.reference.archs) if isinstance(rows, slice) else len(rows)
-        parts = [np.ones((n, 1)), -np.ones((n, 1))]  # intercept of either sign
+        parts = [np.ones((n, 1)), -np.ones((n, 1))]  # INTERCEPT_COLUMNS
         bases = candidate.split("+")
         if "ref" in bases:
             parts.append(self._tables[rows])
@@ -296,25 +385,38 @@ class FewShotPredictor:
             raise PredictorError("sample latencies must be finite and positive")
         if len(set(rows.tolist())) != len(rows):
             raise PredictorError("sample architectures repeat")
-        if len(self.candidates) == 1:
-            scores = {self.candidates[0]: math.nan}
-        else:
-            scores = {c: self._loo_rmspe(c, rows, target) for c in self.candidates}
-        self.cv_rmspe_ = scores
-        best = min(self.candidates, key=lambda c: (scores[c] if len(scores) > 1 else 0.0,
-                                                   self.candidates.index(c)))
+        fits = {c: (fit_reference_mix if c in ("ref", "rawref") else fit_full_mix)(
+            self._design(c, rows), target) for c in self.candidates}
+        self.cv_rmspe_ = {c: _rmspe(fit.loo, target) for c, fit in fits.items()}
         if self.combine == "select" or len(self.candidates) == 1:
+            best = min(self.candidates, key=lambda c: self.cv_rmspe_[c])
             share = {c: float(c == best) for c in self.candidates}
         else:
-            inverse = {c: 1.0 / max(scores[c], 1e-6) ** 2 for c in self.candidates}
-            total = sum(inverse.values())
-            share = {c: v / total for c, v in inverse.items()}
+            loo = np.column_stack([fits[c].loo for c in self.candidates])
+            share = dict(zip(self.candidates, map(float, stacking_weights(loo, target)),
+                             strict=True))
         self.weights_by_candidate_ = share
         self.candidate_ = max(share, key=lambda c: share[c])
-        self.coef_ = {c: _nnls_relative(self._design(c, rows), target)
-                      for c in self.candidates if share[c] > 0}
+        self.coef_ = {c: fits[c].coef for c in self.candidates if share[c] > 0}
+        self.loo_rmspe_ = _rmspe(sum(share[c] * fits[c].loo for c in self.candidates), target)
         self.n_samples_ = len(rows)
         return self
+
+    def reference_shares(self) -> dict[str, float]:
+        """Share of the mean prediction each reference device carries (largest first): which
+        devices the samples say the new one resembles."""
+        self._check_fitted()
+        shares = np.zeros(len(self.reference.devices))
+        for candidate, coef in self.coef_.items():
+            bases = candidate.split("+")
+            if "ref" in bases or "rawref" in bases:
+                columns = self._tables if "ref" in bases else self.reference.ms
+                weights = coef[INTERCEPT_COLUMNS:INTERCEPT_COLUMNS + columns.shape[1]]
+                shares += self.weights_by_candidate_[candidate] * weights * columns.mean(axis=0)
+        total = float(self.predict_all().mean())
+        order = np.argsort(-shares, kind="stable")
+        return {self.reference.devices[i]: float(shares[i] / total) for i in order
+                if shares[i] > 0}
 
     def fit_all(self, latency_ms: Sequence[float]) -> FewShotPredictor:
         """Fit every candidate basis to the device's latency of ALL reference architectures
@@ -327,8 +429,8 @@ class FewShotPredictor:
         if not np.all(np.isfinite(target)) or np.any(target <= 0):
             raise PredictorError("latencies must be finite and positive")
         coef = {c: _nnls_relative(self._design(c, slice(None)), target) for c in self.candidates}
-        scores = {c: float(np.sqrt(np.mean(np.square(
-            self._design(c, slice(None)) @ coef[c] / target - 1)))) for c in self.candidates}
+        scores = {c: _rmspe(self._design(c, slice(None)) @ coef[c], target)
+                  for c in self.candidates}
         best = min(self.candidates, key=lambda c: scores[c])
         self.cv_rmspe_ = scores
         self.weights_by_candidate_ = {c: float(c == best) for c in self.candidates}
@@ -336,15 +438,6 @@ class FewShotPredictor:
         self.coef_ = {best: coef[best]}
         self.n_samples_ = len(target)
         return self
-
-    def _loo_rmspe(self, candidate: str, rows: np.ndarray, target: np.ndarray) -> float:
-        design = self._design(candidate, rows)
-        errors = []
-        for i in range(len(rows)):
-            keep = np.arange(len(rows)) != i
-            w = _nnls_relative(design[keep], target[keep])
-            errors.append(float(design[i] @ w) / target[i] - 1)
-        return float(np.sqrt(np.mean(np.square(errors))))
 
     def _combined(self, rows: np.ndarray | slice) -> np.ndarray:
         self._check_fitted()
@@ -416,9 +509,10 @@ def leave_one_device_out(space: str, reference: ReferenceTable, ks: Sequence[int
 
 
 def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Path,
-                exclude: Sequence[str] = ()) -> pd.DataFrame:
+                exclude: Sequence[str] = ()) -> tuple[pd.DataFrame, FewShotPredictor]:
     """The `latbench predictor fewshot` command: samples CSV (arch, latency_ms) and query CSV
-    (arch) in, `arch,predicted_ms` for every query row out."""
+    (arch) in, `arch,predicted_ms` for every query row out; the fitted model says what the
+    samples decided."""
     from bench.store import atomic_write_text
 
     table = load_reference(reference)
@@ -432,7 +526,7 @@ def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Pa
     result = pd.DataFrame({"arch": query_frame["arch"].astype(str), "predicted_ms": predicted})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, result.to_csv(index=False))
-    return result
+    return result, model
 
 
 def _read_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:

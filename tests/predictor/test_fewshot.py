@@ -20,11 +20,14 @@ from predictor.fewshot import (
     fbnet_features,
     fbnet_onehot,
     fit_cost_tables,
+    fit_full_mix,
+    fit_reference_mix,
     leave_one_device_out,
     load_reference,
     nb201_features,
     nb201_onehot,
     select_samples,
+    stacking_weights,
     table_features,
 )
 
@@ -178,7 +181,7 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         load_reference(bad)
 
 
-def test_fewshot_command(tmp_path: Path) -> None:
+def test_fewshot_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     reference = slice_csv("nasbench201", 400, tmp_path)
     full = pd.read_csv(reference)
     rng = np.random.default_rng(3)
@@ -193,6 +196,9 @@ def test_fewshot_command(tmp_path: Path) -> None:
     assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
                  str(reference), "--samples", str(samples), "--query", str(query),
                  "--out", str(out), "--exclude-device", "pixel3"]) == 0
+    said = capsys.readouterr().out
+    assert "fitted on 10 samples: leave-one-out error on them" in said
+    assert "most like: " in said and f"{len(queried)} predictions written" in said
     result = pd.read_csv(out)
     assert list(result.columns) == ["arch", "predicted_ms"]
     assert result["arch"].tolist() == queried["arch"].tolist()
@@ -214,7 +220,10 @@ def test_select_uses_one_basis_and_ensemble_mixes(tmp_path: Path) -> None:
     select.fit(archs, ms)
     assert sorted(select.weights_by_candidate_.values()) == [0.0, 1.0]
     mix = FewShotPredictor("nasbench201", table.without("gold_6240")).fit(archs, ms)
-    assert 0 < min(mix.weights_by_candidate_.values()) < 1
+    assert sum(mix.weights_by_candidate_.values()) == pytest.approx(1.0)
+    by_hand = sum(share * (mix._design(c, slice(None)) @ mix.coef_[c])
+                  for c, share in mix.weights_by_candidate_.items() if share > 0)
+    np.testing.assert_allclose(mix.predict_all(), np.maximum(by_hand, 1e-3 * table.ms.min()))
     with pytest.raises(ConfigError, match="combination"):
         FewShotPredictor("nasbench201", table, combine="vote")
     with pytest.raises(ConfigError, match="candidate"):
@@ -222,3 +231,36 @@ def test_select_uses_one_basis_and_ensemble_mixes(tmp_path: Path) -> None:
     raw = FewShotPredictor("nasbench201", table.without("gold_6240"),
                            candidates=["rawref+arch"]).fit(archs, ms)
     assert raw._tables is None and raw.coef_["rawref+arch"].shape == (2 + 11 + 9,)
+
+
+def test_small_mixes_find_a_two_device_mix_that_ten_samples_cannot_pin_down_in_full() -> None:
+    archs, exact = synthetic_fbnet(2000, 12, seed=5)
+    truth = 0.6 * exact[:, 1] + 0.3 * exact[:, 7] + 0.5
+    design = np.hstack([np.ones((len(archs), 1)), -np.ones((len(archs), 1)), exact])
+    rng = np.random.default_rng(6)
+    errors = {"mixes": [], "full": []}
+    for _ in range(10):
+        picked = rng.choice(len(archs), 10, replace=False)
+        noisy = truth[picked] * rng.normal(1.0, 0.03, 10)  # measured with 3% noise
+        for name, fit in (("mixes", fit_reference_mix), ("full", fit_full_mix)):
+            coef = fit(design[picked], noisy).coef
+            errors[name].append(np.sqrt(np.mean(np.square(design @ coef / truth - 1))))
+    assert np.mean(errors["mixes"]) < 0.8 * np.mean(errors["full"]), errors
+    exact_fit = fit_reference_mix(design[:10], truth[:10])
+    np.testing.assert_allclose(design @ exact_fit.coef, truth, rtol=0.01)
+    assert exact_fit.loo.shape == (10,)
+    np.testing.assert_allclose(exact_fit.loo, truth[:10], rtol=0.01)
+    # A device that is a mix of five references: no pair describes it, the full mix takes over.
+    wide = exact[:, [0, 2, 4, 6, 8]] @ np.array([0.3, 0.2, 0.2, 0.2, 0.1])
+    picked = rng.choice(len(archs), 60, replace=False)
+    coef = fit_reference_mix(design[picked], wide[picked]).coef
+    np.testing.assert_allclose(design @ coef, wide, rtol=0.02)
+
+
+def test_stacking_weights_use_how_the_errors_co_vary() -> None:
+    truth = np.linspace(1.0, 5.0, 10)
+    wobble = 0.1 * np.where(np.arange(10) % 2 == 0, 1.0, -1.0)
+    opposite = np.column_stack([truth * (1 + wobble), truth * (1 - wobble)])
+    np.testing.assert_allclose(stacking_weights(opposite, truth), [0.5, 0.5], atol=1e-6)
+    one_exact = np.column_stack([truth * (1 + wobble), truth])
+    np.testing.assert_allclose(stacking_weights(one_exact, truth), [0.0, 1.0], atol=1e-6)
