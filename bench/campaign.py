@@ -168,6 +168,10 @@ class CampaignSummary:
     drift_tolerance: float = 0.10
 
     def merge(self, other: CampaignSummary) -> None:
+        """Add another summary's counts: a device worker's, or a later campaign's."""
+        self.total += other.total
+        self.skipped += other.skipped
+        self.seconds += other.seconds
         self.measured += other.measured
         self.failed += other.failed
         self.redone_batches += other.redone_batches
@@ -227,6 +231,18 @@ def detect_slowdown(batches: Sequence[BatchDrift], tolerance: float) -> str:
     if math.isfinite(freqs[0][0]) and math.isfinite(freqs[-1][1]) and freqs[0][0] > 0:
         text += f", clock {freqs[0][0] / 1e3:.0f} -> {freqs[-1][1] / 1e3:.0f} MHz"
     return text + " (throttling or a growing background load)"
+
+
+def median_probe_ms(records: Any) -> float | None:
+    """Median reference-probe time over stored records (a frame with `reference_ms`): the
+    machine's speed level while they were measured; None when no record has a probe. Two
+    campaigns on the same machine compare by it - on this VM the level moved by 10% between
+    sessions a day apart."""
+    if "reference_ms" not in getattr(records, "columns", ()):
+        return None
+    probe = np.asarray(records["reference_ms"], dtype=np.float64)
+    probe = probe[np.isfinite(probe) & (probe > 0)]
+    return float(np.median(probe)) if len(probe) else None
 
 
 def _estimate_timeout(n_models: int, settings: RunSettings) -> float:

@@ -318,6 +318,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+PASSES_HELP = ("measure the networks N times, one whole pass after another, and score "
+               "against the median: on a machine with slow phases a network's time moves by "
+               "several percent between passes (the report gives the spread); default 1")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
     from predictor.evaluate import evaluate, settings_from_manifest, write_report
@@ -333,13 +338,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.predictor) / "eval")
     with Bars("networks") as bars:
         report = evaluate(predictor, manifest, networks, device, out, args.runtime,
-                          _campaign_config(args, settings), bars)
+                          _campaign_config(args, settings), bars, passes=args.passes)
     paths = write_report(report, out)
     _print_table(f"held-out networks ({report.statistic})",
                  ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"],
                  [(f, int(m["n"]), f"{m['rmse_ms']:.4f}", f"{m['rmspe_pct']:.2f}",
                    f"{m['within10']:.1%}", f"{m['spearman']:.3f}")
                   for f, m in report.metrics.items()])
+    print(report.measurement)
     print(f"report: {paths['markdown']}  scatter: {paths['scatter']}")
     _report_failures(report.campaign)
     return 0
@@ -516,7 +522,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         report = compare_predictors(Path(args.data), networks, names, device, out,
                                     args.runtime, args.statistic,
                                     _json_params(args.params, "--params"),
-                                    _campaign_config(args, _run_settings_defaults()), bars)
+                                    _campaign_config(args, _run_settings_defaults()), bars,
+                                    passes=args.passes)
     paths = write_comparison(report, out)
     rows = []
     for name, families in report.metrics.items():
@@ -528,6 +535,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _print_table(f"held-out networks ({report.statistic})",
                  ["predictor", "family", "n", "covered", "RMSPE %", "within 10%", "Spearman"],
                  rows)
+    print(report.measurement)
     print(f"report: {paths['markdown']}")
     _report_failures(report.campaign)
     return 0
@@ -634,8 +642,9 @@ def _add_predictor_tools(bench_sub: Any, pred_sub: Any) -> None:
     compare = pred_sub.add_parser(
         "compare", help="fit the zoo on one dataset, score every member on the same networks",
         description="Fit each predictor on the dataset, measure the held-out networks once "
-                    "(never the calibration networks), and report RMSE, RMSPE, within-5/10/15%%,"
-                    " Spearman and Kendall per family and predictor, with PNG plots.")
+                    "for all of them (never the calibration networks), and report RMSE, RMSPE, "
+                    "within-5/10/15%%, Spearman and Kendall per family and predictor, with PNG "
+                    "plots.")
     compare.add_argument("--data", required=True, help="operator dataset")
     compare.add_argument("--networks", default="nasbench-macro:50",
                          help="network set, as for `predictor eval` (default nasbench-macro:50)")
@@ -644,6 +653,8 @@ def _add_predictor_tools(bench_sub: Any, pred_sub: Any) -> None:
     compare.add_argument("--out", required=True, help="report directory")
     compare.add_argument("--params", help='per-predictor parameters as JSON, e.g. '
                                           '\'{"rf": {"n_estimators": 100}}\'')
+    compare.add_argument("--passes", type=int, default=1, metavar="N",
+                         help=PASSES_HELP)
     _add_dataset_measuring(compare, seed=1, seed_help="seed for sampling networks")
     compare.set_defaults(func=cmd_compare)
 
@@ -899,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runtime (default: the predictor's)")
     ev.add_argument("--out", help="report directory (default PREDICTOR/eval)")
     ev.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
+    ev.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
     _add_run_settings(ev, defaults_from_predictor=True)
     ev.set_defaults(func=cmd_eval)
 

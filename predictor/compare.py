@@ -1,8 +1,9 @@
-"""Compare the predictor zoo side by side on one held-out split, measured once.
+"""Compare the predictor zoo side by side on one held-out split.
 
 Every member is fitted on the same operator dataset (same statistic, same composition
-calibration networks), the held-out networks (never the calibration ones) are measured once
-end to end, and each member is scored per network family. A lookup table only prices the
+calibration networks), the held-out networks (never the calibration ones) are measured end to
+end once for all members (in one pass or several, scored against the median), and each member
+is scored per network family. A lookup table only prices the
 kernels it holds: networks with other kernels are counted as not covered (its coverage is
 reported) rather than guessed.
 """
@@ -44,6 +45,7 @@ class ComparisonReport:
     metrics: dict[str, dict[str, dict[str, float]]]  # predictor -> family (and "all") -> metrics
     statistic: str
     campaign: CampaignSummary
+    measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
 
     def frame(self) -> pd.DataFrame:
         rows = [{"predictor": p, "family": f, **m} for p, fam in self.metrics.items()
@@ -109,11 +111,13 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
                        config: CampaignConfig | None = None,
                        progress: ProgressSink | None = None,
                        exclude_calibration: bool = True,
-                       measured_ms: Mapping[str, float] | None = None) -> ComparisonReport:
+                       measured_ms: Mapping[str, float] | None = None,
+                       passes: int = 1, measurement: str = "") -> ComparisonReport:
     """Fit each named predictor on `data_dir` (into out_dir/predictors/NAME), measure the
-    networks once (out_dir/networks), score every predictor on them. `measured_ms` (key ->
-    ms, the predictors' statistic) supplies networks already measured, e.g. in the dataset's
-    own campaign; the others are measured here."""
+    networks in `passes` passes (out_dir/networks, networks-pass2, ...), score every predictor
+    on the median. `measured_ms` (key -> ms, the predictors' statistic) supplies networks
+    already measured, e.g. in the dataset's own campaign, and `measurement` says how; the
+    others are measured here."""
     if not names:
         raise PredictorError("no predictors to compare")
     out_dir = Path(out_dir)
@@ -131,10 +135,15 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
     settings = settings_from_manifest(first_info)
     given = dict(measured_ms or {})
     to_measure = [n for n in held_out if n.key not in given]
-    measured, summary = measure_networks(to_measure, device, runtime, settings, statistic,
-                                         out_dir / "networks", config, progress) \
-        if to_measure else ({}, CampaignSummary())
-    measured = {**given, **measured}
+    if to_measure:
+        times = measure_networks(to_measure, device, runtime, settings, statistic,
+                                 out_dir / "networks", config, progress, passes=passes)
+        measured, summary = {**given, **times.median()}, times.campaign
+        trained_probe = (first_info.get("dataset") or {}).get("reference_probe_ms")
+        measurement = " ".join(filter(None, [measurement, times.note(),
+                                             times.level_note(trained_probe)]))
+    else:
+        measured, summary = given, CampaignSummary()
     rows = []
     for name, (model, _) in fitted.items():
         attach = getattr(model, "attach_", None)
@@ -148,7 +157,7 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
             rows.append({"predictor": name, "network": net.key, "family": net.family,
                          "predicted_ms": predicted, "measured_ms": measured[net.key]})
     table = error_table(rows, len(held_out), device, out_dir)
-    return ComparisonReport(table, score(table), statistic, summary)
+    return ComparisonReport(table, score(table), statistic, summary, measurement)
 
 
 def write_comparison(report: ComparisonReport, out_dir: Path,
@@ -167,8 +176,8 @@ def write_comparison(report: ComparisonReport, out_dir: Path,
     atomic_write_text(paths["csv"], report.table.to_csv(index=False))
     atomic_write_text(paths["markdown"],
                       f"# {title}\n\nMeasured statistic: `{report.statistic}`. Every predictor "
-                      "is scored on the same networks, measured once; *covered* is the share of "
-                      "networks whose every kernel the predictor can price.\n\n"
+                      f"is scored on the same networks. {report.measurement} *Covered* is the "
+                      "share of networks whose every kernel the predictor can price.\n\n"
                       f"{report.markdown()}\n![predicted vs measured](compare_scatter.png)\n\n"
                       "![within 10%](compare_within10.png)\n")
     _plots(report, paths["scatter"], paths["bars"], title)

@@ -10,19 +10,26 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject, run_campaign
+from bench.campaign import (
+    CampaignConfig,
+    CampaignSummary,
+    ProgressSink,
+    Subject,
+    median_probe_ms,
+    run_campaign,
+)
 from bench.ops import OpSpec
 from bench.runners import RunSettings
 from bench.store import LatencyDataset, atomic_write_text
 from device_agents import Device
-from latbench.errors import DatasetError, PredictorError
+from latbench.errors import ConfigError, DatasetError, PredictorError
 from predictor.model_level import predict_network
 
 
@@ -83,12 +90,75 @@ def settings_from_manifest(manifest: dict[str, Any]) -> RunSettings:
     return RunSettings(**raw)
 
 
+LEVEL_WARNING = 0.05  # probe shift against the predictor's dataset worth a warning
+
+
+@dataclass
+class NetworkTimes:
+    """End-to-end times of networks measured in one or more passes (every network once per
+    pass, the passes one after another). On a machine with slow phases the same network differs
+    by several percent from one pass to the next; the median over passes resists a phase that
+    hits one pass, and the spread between passes says how noisy the truth itself is."""
+
+    passes: list[dict[str, float]]  # per pass: key -> statistic ms
+    campaign: CampaignSummary
+    probe_ms: list[float | None] = field(default_factory=list)  # per pass: median probe
+
+    def median(self) -> dict[str, float]:
+        """Key -> median over the passes that measured it."""
+        keys = sorted({k for times in self.passes for k in times})
+        return {k: float(np.median([t[k] for t in self.passes if k in t])) for k in keys}
+
+    def spread_pct(self) -> tuple[float, float] | None:
+        """Median and 90th percentile over networks of (slowest / fastest pass - 1), in %;
+        None when no network was measured in two passes."""
+        keys = {k for times in self.passes for k in times}
+        spreads = []
+        for key in keys:
+            values = [t[key] for t in self.passes if key in t]
+            if len(values) > 1:
+                spreads.append(100 * (max(values) / min(values) - 1))
+        if not spreads:
+            return None
+        return float(np.median(spreads)), float(np.percentile(spreads, 90))
+
+    def note(self) -> str:
+        """One sentence for reports: how the truth was measured."""
+        if len(self.passes) == 1:
+            return "Networks measured in one pass."
+        spread = self.spread_pct()
+        text = f"Networks measured in {len(self.passes)} passes, scored against the median"
+        if spread is None:
+            return text + "."
+        return (text + f"; spread between the passes per network (slowest / fastest - 1): "
+                f"median {spread[0]:.1f}%, p90 {spread[1]:.1f}%.")
+
+    def level_note(self, trained_probe_ms: float | None) -> str:
+        """The machine's speed level now against when the predictor's kernels were measured,
+        by the campaigns' reference probe: a shift between sessions moves every measured
+        network alike, a bias no predictor can see."""
+        now = [p for p in self.probe_ms if p]
+        if not trained_probe_ms or not now:
+            return ""
+        probe = float(np.median(now))
+        shift = probe / trained_probe_ms - 1
+        text = (f"Reference probe {100 * shift:+.1f}% against the predictor's dataset "
+                f"({probe:.4f} vs {trained_probe_ms:.4f} ms)")
+        if abs(shift) <= LEVEL_WARNING:
+            return text + "."
+        return (text + f": WARNING, the machine ran {'slower' if shift > 0 else 'faster'} than "
+                "when the kernels were measured, and the measured networks carry part of that "
+                "(on this project's VM a day apart: probe +10%, networks +5-6%). Measure the "
+                "networks in the same session as the dataset, or read the bias as the machine's.")
+
+
 @dataclass
 class EvaluationReport:
     table: pd.DataFrame          # one row per network: family, predicted_ms, measured_ms, error
     metrics: dict[str, dict[str, float]]  # family (and "all") -> metrics
     statistic: str
     campaign: CampaignSummary
+    measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
 
     def markdown(self) -> str:
         rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
@@ -114,9 +184,10 @@ def error_table(rows: list[dict[str, Any]], n_networks: int, device: Device, out
 
 def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subject],
              device: Device, out_dir: Path, runtime: str | None = None,
-             config: CampaignConfig | None = None, progress: ProgressSink | None = None
-             ) -> EvaluationReport:
-    """Measure `networks` on `device` (resumable, in `out_dir/networks`), score predictions."""
+             config: CampaignConfig | None = None, progress: ProgressSink | None = None,
+             passes: int = 1) -> EvaluationReport:
+    """Measure `networks` on `device` in `passes` passes (resumable, in `out_dir/networks`,
+    `networks-pass2`, ...), score predictions against the median."""
     if not networks:
         raise PredictorError("no networks to evaluate on")
     runtime = runtime or manifest.get("runtime")
@@ -127,9 +198,10 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
     settings = settings_from_manifest(manifest)
     out_dir = Path(out_dir)
     predictions = predict_networks(predictor, networks)  # unknown kernels fail before measuring
-    measured, summary = measure_networks(networks, device, runtime, settings, statistic,
-                                         out_dir / "networks", config, progress,
-                                         predictor_path=manifest.get("path", ""))
+    times = measure_networks(networks, device, runtime, settings, statistic,
+                             out_dir / "networks", config, progress,
+                             predictor_path=manifest.get("path", ""), passes=passes)
+    measured = times.median()
     rows = []
     for net in networks:
         if net.key not in measured:
@@ -141,25 +213,43 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
                for family, group in table.groupby("family", sort=True)}
     if len(metrics) > 1:
         metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
-    return EvaluationReport(table, metrics, statistic, summary)
+    trained_probe = (manifest.get("dataset") or {}).get("reference_probe_ms")
+    measurement = " ".join(filter(None, [times.note(), times.level_note(trained_probe)]))
+    return EvaluationReport(table, metrics, statistic, times.campaign, measurement)
+
+
+def pass_directory(out: Path, index: int) -> Path:
+    """Dataset of pass `index` (0-based): `out` itself for the first, `out-pass2`, ... after."""
+    out = Path(out)
+    return out if index == 0 else out.with_name(f"{out.name}-pass{index + 1}")
 
 
 def measure_networks(networks: Sequence[Subject], device: Device, runtime: str,
                      settings: RunSettings, statistic: str, out: Path,
                      config: CampaignConfig | None = None, progress: ProgressSink | None = None,
-                     predictor_path: str = "") -> tuple[dict[str, float], CampaignSummary]:
-    """Measure networks end to end (resumable dataset at `out`); key -> `statistic` ms."""
+                     predictor_path: str = "", passes: int = 1) -> NetworkTimes:
+    """Measure networks end to end in `passes` passes, one after another, each a resumable
+    dataset (`pass_directory`); per pass key -> `statistic` ms."""
+    if passes < 1:
+        raise ConfigError(f"passes must be at least 1, got {passes}")
     base = config or CampaignConfig()
     config = CampaignConfig(**{**base.__dict__, "settings": settings})
-    dataset = LatencyDataset.create(Path(out), {
-        "purpose": "held-out networks for predictor evaluation",
-        "predictor": predictor_path, "device": device.name, "runtime": runtime,
-        "run_settings": settings.__dict__})
-    summary = run_campaign(networks, [device], [runtime], dataset, config, progress)
-    records = dataset.records()
-    records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
-                      & (records["settings"] == settings.key(runtime))]
-    return dict(zip(records["key"], records[statistic].astype(float), strict=True)), summary
+    times = NetworkTimes([], CampaignSummary())
+    for index in range(passes):
+        dataset = LatencyDataset.create(pass_directory(out, index), {
+            "purpose": "held-out networks for predictor evaluation",
+            "pass": f"{index + 1} of {passes}",
+            "predictor": predictor_path, "device": device.name, "runtime": runtime,
+            "run_settings": settings.__dict__})
+        summary = run_campaign(networks, [device], [runtime], dataset, config, progress)
+        times.campaign.merge(summary)
+        records = dataset.records()
+        records = records[(records["device"] == device.name) & (records["runtime"] == runtime)
+                          & (records["settings"] == settings.key(runtime))]
+        times.passes.append(dict(zip(records["key"], records[statistic].astype(float),
+                                     strict=True)))
+        times.probe_ms.append(median_probe_ms(records))
+    return times
 
 
 def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predictor evaluation"
@@ -173,7 +263,8 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
                                             "metrics": report.metrics}, indent=2) + "\n")
     atomic_write_text(paths["csv"], report.table.to_csv(index=False))
     atomic_write_text(paths["markdown"],
-                      f"# {title}\n\nMeasured statistic: `{report.statistic}`.\n\n"
+                      f"# {title}\n\nMeasured statistic: `{report.statistic}`. "
+                      f"{report.measurement}\n\n"
                       f"{report.markdown()}\n\n![predicted vs measured](scatter.png)\n")
     scatter_plot(report.table, paths["scatter"], title)
     return paths

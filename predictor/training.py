@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.campaign import median_probe_ms
 from bench.fusion import FusionRules
 from bench.ops import OpSpec
 from bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
@@ -112,6 +113,7 @@ def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
         "run_settings": card.get("run_settings", {}),
         "statistic": statistic,
         "dataset": {"path": str(Path(data_dir).resolve()), "n_records": int(len(ops)),
+                    "reference_probe_ms": median_probe_ms(ops),
                     "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
                     "created": card.get("created")},
         "composition": composition,

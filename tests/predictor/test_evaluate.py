@@ -17,9 +17,10 @@ from bench.ops import OpSpec
 from bench.runners import RunSettings
 from bench.store import LatencyDataset
 from device_agents import local_device
-from latbench.errors import PredictorError, UnknownKernelError
+from latbench.errors import ConfigError, PredictorError, UnknownKernelError
 from predictor.evaluate import (
     EvaluationReport,
+    NetworkTimes,
     error_metrics,
     evaluate,
     network_kernels,
@@ -189,10 +190,66 @@ def test_evaluate_end_to_end(fitted) -> None:
     assert metrics["rmspe_pct"] < 75
     assert report.campaign.measured == 4 and report.campaign.failed == 0
     assert "| macro-like | 4 |" in report.markdown()
+    # the predictor remembers the machine's level while its kernels were measured
+    trained_probe = manifest["dataset"]["reference_probe_ms"]
+    assert trained_probe == pytest.approx(float(np.median(
+        LatencyDataset.open(root / "dataset").records()["reference_ms"])))
+    assert report.measurement.startswith("Networks measured in one pass. Reference probe ")
 
     again = evaluate(predictor, manifest, networks, device, root / "eval")
     assert again.campaign.skipped == 4 and again.campaign.measured == 0  # resumed, not re-measured
     pd.testing.assert_frame_equal(again.table, report.table)
+
+
+def test_evaluate_in_passes_scores_the_median(fitted, tmp_path: Path) -> None:
+    predictor, manifest, device, _ = fitted
+    networks = subjects()
+    report = evaluate(predictor, manifest, networks, device, tmp_path / "eval",
+                      config=CampaignConfig(drift_pause_s=0.05), passes=3)
+    statistic = manifest["statistic"]
+    folders = [tmp_path / "eval" / name for name in ("networks", "networks-pass2",
+                                                      "networks-pass3")]
+    per_pass = []
+    for folder in folders:
+        records = LatencyDataset.open(folder).records()
+        assert sorted(records["key"]) == sorted(NETWORKS)  # every network once per pass
+        per_pass.append(dict(zip(records["key"], records[statistic], strict=True)))
+    table = report.table.set_index("network")
+    for key in NETWORKS:
+        assert table.loc[key, "measured_ms"] == pytest.approx(
+            float(np.median([times[key] for times in per_pass])))
+    assert report.campaign.measured == 12 and report.campaign.total == 12
+    assert report.measurement.startswith("Networks measured in 3 passes, scored against the "
+                                         "median; spread between the passes per network")
+    assert report.measurement in write_report(report, tmp_path / "out")["markdown"].read_text()
+    again = evaluate(predictor, manifest, networks, device, tmp_path / "eval", passes=3)
+    assert again.campaign.skipped == 12 and again.campaign.measured == 0
+    pd.testing.assert_frame_equal(again.table, report.table)
+    with pytest.raises(ConfigError, match="passes must be at least 1"):
+        evaluate(predictor, manifest, networks, device, tmp_path / "none", passes=0)
+    assert not (tmp_path / "none").exists()
+
+
+def test_network_times_median_and_spread() -> None:
+    times = NetworkTimes([{"a": 1.0, "b": 2.0}, {"a": 1.2, "b": 2.0}, {"a": 1.1}],
+                         CampaignSummary())
+    assert times.median() == {"a": pytest.approx(1.1), "b": 2.0}
+    median, p90 = times.spread_pct()
+    assert median == pytest.approx(10.0) and p90 == pytest.approx(18.0)  # spreads 20% and 0%
+    one = NetworkTimes([{"a": 1.0}], CampaignSummary())
+    assert one.spread_pct() is None and one.note() == "Networks measured in one pass."
+
+
+def test_level_note_warns_when_the_machine_runs_at_another_speed() -> None:
+    times = NetworkTimes([{"a": 1.0}, {"a": 1.0}], CampaignSummary(), probe_ms=[0.084, 0.086])
+    assert times.level_note(None) == ""
+    same = times.level_note(0.084)
+    assert same.startswith("Reference probe +1.2% against the predictor's dataset")
+    assert "WARNING" not in same
+    slower = times.level_note(0.077)
+    assert "+10.4%" in slower and "WARNING, the machine ran slower" in slower
+    assert "ran faster" in times.level_note(0.095)
+    assert NetworkTimes([{"a": 1.0}], CampaignSummary(), probe_ms=[None]).level_note(0.08) == ""
 
 
 def test_evaluate_refusals(fitted, tmp_path: Path) -> None:
