@@ -70,11 +70,22 @@ class NetworkPrediction:
 #   not at all; on the families benchmark's calibration networks this term lowered the
 #   leave-one-out error more than any other tried (4.39 -> 3.63%, 4.06 -> 3.52%,
 #   5.37 -> 4.79% for xgboost), fit coefficient about -0.06 ms/MB.
+# - "unaligned_add_pool_mb": input + output MB of Add and pooling kernels whose channel count
+#   is not a multiple of CHANNEL_BLOCK. At aligned widths ONNX Runtime folds a residual Add
+#   (and its ReLU) into the blocked convolution and pools in the blocked layout; at other
+#   widths it does neither, and wraps them in layout reorders. Per-node profile of a ResNet
+#   of base width 24: 25 us of ReorderInput/ReorderOutput, an 18 us NCHW max pool (5 us at
+#   width 16) and 8 us of separate Add and ReLU, all absent from the kernels timed alone; such
+#   nets were predicted 9-12% too low in five runs out of five. On the families benchmark's
+#   calibration networks the term lowered the leave-one-out error in all five stored runs
+#   (3.17 -> 3.09, 3.52 -> 3.38, 4.16 -> 4.07, 4.79 -> 4.62, 3.63 -> 3.38% for xgboost), fit
+#   coefficient +0.04..+0.09 ms/MB.
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb")
+                     "spilled_layout_mb", "unaligned_add_pool_mb")
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
-OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb"})
+OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb"})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
+BLOCK_FALLBACK_KINDS = frozenset({"add", "pool"})  # fused / blocked only at aligned widths
 CHANNEL_BLOCK = 16
 SPILL_BYTES = 1_000_000  # half the 2 MB per-core L2 of the CPU the term was found on
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
@@ -99,6 +110,9 @@ def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
             spilled = sum(max(0.0, b - SPILL_BYTES) for b in (cost.input_bytes,
                                                               cost.output_bytes))
             out.append(spilled / 1e6 if spec.kind in LAYOUT_KINDS else 0.0)
+        elif term == "unaligned_add_pool_mb":
+            unaligned = spec.kind in BLOCK_FALLBACK_KINDS and (spec.cin or 0) % CHANNEL_BLOCK
+            out.append((cost.input_bytes + cost.output_bytes) / 1e6 if unaligned else 0.0)
         else:
             raise PredictorError(f"unknown composition term {term!r}; known: "
                                  f"{', '.join(COMPOSITION_TERMS)}")

@@ -229,3 +229,52 @@ def test_each_optional_term_is_chosen_on_its_own() -> None:
     assert set(fit.terms) == {"per_kernel", "aligned_conv_gflops"}
     every = solve_composition(table, calibration, terms=terms)
     assert fit.summary["rmspe_pct_loo"] <= every.summary["rmspe_pct_loo"]
+
+
+def test_unaligned_add_pool_term_counts_adds_and_pools_off_the_channel_block() -> None:
+    """In + out MB of Add and pooling kernels whose channels are not whole 16-blocks."""
+    add = OpSpec("add", h=24, w=24, cin=24)
+    pool = OpSpec("pool", h=48, w=48, cin=40, pool="max", kernel=3, stride=2)
+    for spec in (add, pool):
+        cost = kernel_cost(spec)
+        assert term_values(spec, ["unaligned_add_pool_mb"]) == [
+            pytest.approx((cost.input_bytes + cost.output_bytes) / 1e6)]
+    for other in (OpSpec("add", h=24, w=24, cin=32),
+                  OpSpec("pool", h=48, w=48, cin=16, pool="max", kernel=3, stride=2),
+                  OpSpec("conv", h=24, w=24, cin=24, cout=24, kernel=3)):
+        assert term_values(other, ["unaligned_add_pool_mb"]) == [0.0]
+
+
+def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None:
+    """ResNet-like chains of mixed widths whose unaligned Add and pool kernels pay extra in the
+    network (as ONNX Runtime's reorders do): the term is kept and its cost recovered, and an
+    optional term that says nothing here is dropped."""
+    rng = np.random.default_rng(5)
+    nets = []
+    for _ in range(40):
+        c = int(rng.choice([16, 24, 32, 40, 48]))
+        h = int(rng.choice([16, 24, 32]))
+        net = [OpSpec("pool", h=2 * h, w=2 * h, cin=c, pool="max", kernel=3, stride=2)]
+        for _ in range(int(rng.integers(2, 6))):
+            net += [OpSpec("conv", h=h, w=h, cin=c, cout=c, kernel=3), OpSpec("add", h=h, w=h,
+                                                                             cin=c)]
+        nets.append(net)
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.005 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+    per_mb = 0.08
+    noise = np.random.default_rng(6).normal(1.0, 0.005, len(nets))
+
+    def truth(net: list[OpSpec]) -> float:
+        unaligned = sum(term_values(s, ["unaligned_add_pool_mb"])[0] for s in net)
+        return 0.01 + float(np.sum(table.predict(net))) + per_mb * unaligned
+
+    assert any(term_values(s, ["unaligned_add_pool_mb"])[0] > 0 for n in nets for s in n)
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    terms = ["per_kernel", "aligned_conv_gflops", "unaligned_add_pool_mb"]
+    fit = solve_composition(table, calibration, terms=terms,
+                            optional={"aligned_conv_gflops", "unaligned_add_pool_mb"})
+    assert fit.summary["optional_terms_dropped"] == ["aligned_conv_gflops"]
+    assert fit.terms["unaligned_add_pool_mb"] == pytest.approx(per_mb, rel=0.1)
+    without = solve_composition(table, calibration, terms=["per_kernel"])
+    assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
