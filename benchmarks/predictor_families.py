@@ -95,12 +95,13 @@ def main() -> None:
         if args.passes > 1 else NetworkTimes([], CampaignSummary())
     passes_s = time.perf_counter() - started
     times = NetworkTimes([first, *later.passes], later.campaign)
+    where = ("The first pass was measured in the dataset's campaign, the others after it."
+             if args.passes > 1 else "Measured in the dataset's campaign.")
     names = [n.strip() for n in args.predictors.split(",") if n.strip()]
     started = time.perf_counter()
     report = compare_predictors(out / "dataset", networks, names, device, out / "compare",
                                 config=config, measured_ms=times.median(),
-                                measurement="The first pass was measured in the dataset's "
-                                            "campaign, the others after it. " + times.note())
+                                measurement=f"{where} {times.note()}")
     compare_s = time.perf_counter() - started
     paths = write_comparison(report, out / "compare", "Held-out networks, local CPU")
     n_ops = sum(s.subject == "op" for s in subjects)
@@ -114,11 +115,12 @@ def main() -> None:
         f"an earlier run; {summary.failed} failed, {summary.redone_batches} batches redone "
         "after a slow phase). Held-out networks (seed 2024, none used for calibration): "
         + ", ".join(f"{f} {n}" for f, n in sorted(counts.items()))
-        + f"; measured end to end in {len(times.passes)} passes - the first in the dataset's "
-        "campaign (their batches mixed in time with the plan's, so a slow phase of the machine "
-        f"hits them and the calibration networks alike), the others after it ({passes_s:.0f} s,"
-        f" {later.campaign.redone_batches} batches redone) - and every predictor scored against "
-        f"the median ({compare_s:.0f} s for fitting and scoring). {times.note()} "
+        + "; measured end to end in the dataset's campaign (their batches mixed in time with "
+        "the plan's, so a slow phase of the machine hits them and the calibration networks "
+        "alike)" + (f", then in {args.passes - 1} more passes after it ({passes_s:.0f} s, "
+                    f"{later.campaign.redone_batches} batches redone), every predictor scored "
+                    "against the median" if args.passes > 1 else "")
+        + f"; fitting and scoring took {compare_s:.0f} s. {times.note()} "
         "ONNX Runtime CPU, 1 thread, "
         "5 interleaved rounds x 20 runs, "
         "statistic `min_ms`. *covered*: share of networks whose every kernel the predictor "
