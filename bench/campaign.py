@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bench.export.graph import LayerGraph, chain_graph, spec_graph
-from bench.ops import OpSpec
-from bench.runners import (
+from latbench.bench.export.graph import LayerGraph, chain_graph, spec_graph
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import (
     OVERHEAD_SPEC,
     RUNNERS,
     BatchResult,
@@ -41,9 +41,9 @@ from bench.runners import (
     RunSettings,
     get_runner,
 )
-from bench.stats import flatten
-from bench.store import LatencyDataset, LatencyRecord, make_job_key, utc_now
-from device_agents import Device
+from latbench.bench.stats import flatten
+from latbench.bench.store import LatencyDataset, LatencyRecord, make_job_key, utc_now
+from latbench.device_agents import Device
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
@@ -588,7 +588,7 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
                          progress: ProgressSink | None = None) -> CampaignSummary:
     """Measure subjects on one device into the dataset at `out` (created or resumed), keeping a
     card with the device's facts, software versions and the exact run settings."""
-    from device_agents import fetch_facts
+    from latbench.device_agents import fetch_facts
 
     facts = fetch_facts(device)
     dataset = LatencyDataset.create(out, {
@@ -625,7 +625,7 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
     rerunning the same command retries them. With `runtimes=None` each device is measured with
     every runtime it lists; otherwise with those of `runtimes` it has.
     """
-    from device_agents import check_devices
+    from latbench.device_agents import check_devices
 
     checks = check_devices(devices, check_timeout_s)
     dataset = LatencyDataset.create(out, {

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.campaign import CampaignConfig, ProgressSink, Subject, measure_into_dataset
-from bench.export.graph import GraphBuilder, LayerGraph, emit_spec
-from bench.ops import ACTIVATIONS, OpSpec
-from bench.stats import DEFAULT_STATISTIC
-from bench.store import LatencyDataset
-from device_agents import Device
+from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, measure_into_dataset
+from latbench.bench.export.graph import GraphBuilder, LayerGraph, emit_spec
+from latbench.bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.stats import DEFAULT_STATISTIC
+from latbench.bench.store import LatencyDataset
+from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)

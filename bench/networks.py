@@ -93,7 +93,7 @@ class NetworkDef:
 
     def to_onnx(self, *, dynamo: bool = False, opset: int = 17) -> bytes:
         """ONNX bytes of the built module (see `bench.export.from_torch.torch_to_onnx`)."""
-        from bench.export.from_torch import torch_to_onnx
+        from latbench.bench.export.from_torch import torch_to_onnx
 
         return torch_to_onnx(self.build(), self.input_shape, dynamo=dynamo, opset=opset)
 

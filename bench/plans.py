@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.ops import KEY_FIELDS, OpSpec, decompose
+from latbench.bench.ops import KEY_FIELDS, OpSpec, decompose
 from latbench.errors import ConfigError, SpecError
 
 SpaceResolver = Callable[[str], list[OpSpec]]

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
-from bench.runners import RunSettings
-from bench.store import LatencyDataset, LatencyRecord, atomic_write_text
-from device_agents import Device
+from latbench.bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, LatencyRecord, atomic_write_text
+from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def repeat_dataset(data: Path, out: Path, device: Device, *, sample: int | None 
     """Measure the records of the dataset at `data` again into OUT/remeasured (resumable) and
     compare. `sample` picks that many records at random (seeded); `device` must be the device
     the records were measured on (its name is checked)."""
-    from bench.campaign import measure_into_dataset
+    from latbench.bench.campaign import measure_into_dataset
 
     source = LatencyDataset.open(data)
     card = source.card

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_agents.agent.latbench_agent import (
+from latbench.device_agents.agent.latbench_agent import (
     STOP_REASONS,
     ci_rel_width,
     median_ci,

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import DatasetError
 
 log = logging.getLogger(__name__)

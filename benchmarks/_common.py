@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.campaign import CampaignConfig, measure_into_dataset
-from bench.plans import load_plan
-from bench.runners import RunSettings
-from device_agents import local_device
-from search.networks import plan_subjects
+from latbench.bench.campaign import CampaignConfig, measure_into_dataset
+from latbench.bench.plans import load_plan
+from latbench.bench.runners import RunSettings
+from latbench.device_agents import local_device
+from latbench.search.networks import plan_subjects
 
 
 def fresh_dir(path: str | Path, keep: bool = False) -> Path:

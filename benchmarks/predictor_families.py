@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignSummary  # noqa: E402
-from bench.store import LatencyDataset  # noqa: E402
-from predictor.compare import compare_predictors, write_comparison  # noqa: E402
-from predictor.evaluate import NetworkTimes, error_metrics, measure_networks  # noqa: E402
-from search.networks import resolve_networks  # noqa: E402
+from latbench.bench.campaign import CampaignSummary  # noqa: E402
+from latbench.bench.store import LatencyDataset  # noqa: E402
+from latbench.predictor.compare import compare_predictors, write_comparison  # noqa: E402
+from latbench.predictor.evaluate import NetworkTimes, error_metrics, measure_networks  # noqa: E402
+from latbench.search.networks import resolve_networks  # noqa: E402
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet")
 

@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
-from bench.plans import build_specs, load_plan  # noqa: E402
-from bench.repeat import compare_records  # noqa: E402
-from bench.runners import RunSettings  # noqa: E402
-from bench.store import LatencyDataset  # noqa: E402
-from device_agents import local_device  # noqa: E402
-from search.networks import space_kernels  # noqa: E402
+from latbench.bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
+from latbench.bench.plans import build_specs, load_plan  # noqa: E402
+from latbench.bench.repeat import compare_records  # noqa: E402
+from latbench.bench.runners import RunSettings  # noqa: E402
+from latbench.bench.store import LatencyDataset  # noqa: E402
+from latbench.device_agents import local_device  # noqa: E402
+from latbench.search.networks import space_kernels  # noqa: E402
 
 TARGET_MEDIAN, TARGET_P90 = 0.02, 0.05
 STATS = ("min_ms", "round_min_median_ms", "median_ms", "mean_ms", "p90_ms")
@@ -55,7 +55,7 @@ def pick_specs(n: int, seed: int) -> list:
 def interleaved_pairs(subjects: list, settings: RunSettings, device, batch_size: int
                       ) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """Two copies of every kernel measured in the same agent calls: (A frame, B frame, s)."""
-    from bench.runners import ModelFile, get_runner
+    from latbench.bench.runners import ModelFile, get_runner
 
     runner = get_runner("onnxruntime")
     rows: dict[str, list[dict]] = {"A": [], "B": []}

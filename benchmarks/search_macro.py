@@ -22,24 +22,23 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig  # noqa: E402
-from device_agents import local_device  # noqa: E402
-from predictor.evaluate import settings_from_manifest  # noqa: E402
-from predictor.io import load_predictor  # noqa: E402
-from predictor.model_level import safety_margin  # noqa: E402
-from predictor.training import fit_from_dataset  # noqa: E402
-from search.accuracy import make_source  # noqa: E402
-from search.budget import measure_winners  # noqa: E402
-from search.latency import LatencyTable, choices_matrix  # noqa: E402
-from search.spaces import get_space  # noqa: E402
-from search.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
-from search.strategies import SearchResult, get_strategy  # noqa: E402
+from latbench.bench.campaign import CampaignConfig  # noqa: E402
+from latbench.device_agents import local_device  # noqa: E402
+from latbench.predictor.evaluate import settings_from_manifest  # noqa: E402
+from latbench.predictor.io import load_predictor  # noqa: E402
+from latbench.predictor.model_level import safety_margin  # noqa: E402
+from latbench.predictor.training import fit_from_dataset  # noqa: E402
+from latbench.search.accuracy import make_source  # noqa: E402
+from latbench.search.budget import measure_winners  # noqa: E402
+from latbench.search.latency import LatencyTable, choices_matrix  # noqa: E402
+from latbench.search.spaces import get_space  # noqa: E402
+from latbench.search.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
+from latbench.search.strategies import SearchResult, get_strategy  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 LEAD_PREDICTOR = Path("/tmp/latbench-bench/predictor_accuracy/predictor-composed")

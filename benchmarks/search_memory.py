@@ -44,9 +44,9 @@ def child(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from search.latency import LatencyTable
-    from search.spaces import Arch, get_space
-    from search.supernet import SupernetConfig, SupernetSearch
+    from latbench.search.latency import LatencyTable
+    from latbench.search.spaces import Arch, get_space
+    from latbench.search.supernet import SupernetConfig, SupernetSearch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
 
-from bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
-from bench.plans import build_specs, load_plan  # noqa: E402
-from bench.runners import RunSettings  # noqa: E402
-from bench.store import LatencyDataset  # noqa: E402
-from device_agents import local_device  # noqa: E402
-from search.networks import space_kernels  # noqa: E402
+from latbench.bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
+from latbench.bench.plans import build_specs, load_plan  # noqa: E402
+from latbench.bench.runners import RunSettings  # noqa: E402
+from latbench.bench.store import LatencyDataset  # noqa: E402
+from latbench.device_agents import local_device  # noqa: E402
+from latbench.search.networks import space_kernels  # noqa: E402
 
 TARGET = 0.02
 PROTOCOLS = {

@@ -6,8 +6,8 @@ Importing it registers the local, ssh and adb transports.
 
 from __future__ import annotations
 
-from device_agents.adb import ADBTransport
-from device_agents.fleet import (
+from latbench.device_agents.adb import ADBTransport
+from latbench.device_agents.fleet import (
     AGENT_SCRIPT,
     CHECK_HEADER,
     RUNTIME_MODULES,
@@ -24,10 +24,10 @@ from device_agents.fleet import (
     local_runtimes,
     parse_fleet,
 )
-from device_agents.local import LocalTransport
-from device_agents.ssh import SSHTransport
-from device_agents.tools import TOOL_RUNTIMES
-from device_agents.transport import (
+from latbench.device_agents.local import LocalTransport
+from latbench.device_agents.ssh import SSHTransport
+from latbench.device_agents.tools import TOOL_RUNTIMES
+from latbench.device_agents.transport import (
     TRANSPORTS,
     CommandResult,
     Transport,

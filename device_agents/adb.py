@@ -21,8 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
-from device_agents.transport import (
+from latbench.device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
+from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
     check_argv,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from device_agents.agent.latbench_agent import parse_cpu_list, parse_cpu_model
-from device_agents.transport import Transport, check_remote_path
+from latbench.device_agents.agent.latbench_agent import parse_cpu_list, parse_cpu_model
+from latbench.device_agents.transport import Transport, check_remote_path
 
 # Thermal zones, one "zone millidegrees type" line each; part of both scripts below.
 _TEMPS_SECTION = r"""echo @temps

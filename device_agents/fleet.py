@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agents.local import LocalTransport
-from device_agents.tools import TOOL_RUNTIMES
-from device_agents.transport import Transport, check_remote_path
+from latbench.device_agents.local import LocalTransport
+from latbench.device_agents.tools import TOOL_RUNTIMES
+from latbench.device_agents.transport import Transport, check_remote_path
 from latbench.errors import AgentError, ConfigError, LatbenchError, TransportError
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def describe_transport(transport: Transport) -> str:
 def local_runtimes() -> tuple[str, ...]:
     """Runtimes importable by this interpreter, without importing them (that is slow); GPU
     runtimes only when this machine has a CUDA device node."""
-    from device_agents.agent.latbench_agent import cuda_device_nodes
+    from latbench.device_agents.agent.latbench_agent import cuda_device_nodes
 
     has_cuda = bool(cuda_device_nodes())
     return tuple(name for name, modules in RUNTIME_MODULES.items()
@@ -148,7 +148,7 @@ def fetch_facts(device: Device, timeout_s: float = 120.0) -> dict[str, Any]:
     free space in its work dir) for the dataset card and health checks. A device without
     Python is asked through its shell instead (see device_agents.facts)."""
     if device.python is None:
-        from device_agents.facts import shell_facts
+        from latbench.device_agents.facts import shell_facts
 
         return {"status": "ok", **shell_facts(device.transport, device.work_dir, timeout_s)}
     remote_dir = posixpath.join(device.work_dir, f"facts-{uuid.uuid4().hex}")
@@ -370,7 +370,7 @@ def _make_transport(kind: str, values: Mapping[str, Any], here: str, insecure: b
         return LocalTransport()
     retry = {k: values[k] for k in ("connect_timeout_s", "connect_retries") if k in values}
     if kind == "ssh":
-        from device_agents.ssh import SSHTransport
+        from latbench.device_agents.ssh import SSHTransport
 
         password = None
         if "password_env" in values:
@@ -384,7 +384,7 @@ def _make_transport(kind: str, values: Mapping[str, Any], here: str, insecure: b
             insecure_accept_unknown_host_key=(
                 insecure or values.get("insecure_accept_unknown_host_key", False)),
             password=password, **retry)
-    from device_agents.adb import ADBTransport
+    from latbench.device_agents.adb import ADBTransport
 
     return ADBTransport(values["serial"], adb=values.get("adb", "adb"),
                         server_port=values.get("adb_server_port"), **retry)
@@ -437,7 +437,7 @@ LOW_FREE_BYTES = 200 * 1024 * 1024
 
 def device_facts(device: Device, timeout_s: float = 60.0) -> dict[str, Any]:
     """Facts through the agent where Python runs, else (or if the agent fails) the shell."""
-    from device_agents.facts import shell_facts
+    from latbench.device_agents.facts import shell_facts
 
     facts: dict[str, Any]
     if device.python is not None:

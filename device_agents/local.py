@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from device_agents.transport import (
+from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
     check_argv,

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
-from device_agents.transport import (
+from latbench.device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
+from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
     check_argv,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
+from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench import __version__
 from latbench.errors import ConfigError, LatbenchError
 
@@ -26,7 +26,7 @@ RUNTIMES = ("onnxruntime", "litert", "tflite-benchmark-model", "onnxruntime-perf
 
 # --- shared helpers ---------------------------------------------------------------------------
 def _device(name: str, threads: int) -> Any:
-    from device_agents import local_device
+    from latbench.device_agents import local_device
 
     if name != "local":
         raise ConfigError(f"unknown device {name!r}: this latbench knows the local CPU "
@@ -36,7 +36,7 @@ def _device(name: str, threads: int) -> Any:
 
 def _run_settings(args: argparse.Namespace) -> Any:
     """Stopping rule by default (--target-ci); --fixed-runs: --rounds x --runs per model."""
-    from bench.runners import RunSettings
+    from latbench.bench.runners import RunSettings
 
     fixed = args.fixed_runs
     runs = args.runs if args.runs is not None else (20 if fixed else 10)
@@ -48,7 +48,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 
 def _campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
-    from bench.campaign import CampaignConfig
+    from latbench.bench.campaign import CampaignConfig
 
     return CampaignConfig(settings=settings or _run_settings(args), batch_size=args.batch_size,
                           timeout_s=args.timeout, drift_tolerance=args.drift_tolerance,
@@ -62,13 +62,13 @@ def _campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
 
 def _require_runtime(device: Any, runtime: str) -> None:
     """A GPU runtime on a device without CUDA: a clean "unavailable: no CUDA device" error."""
-    from bench.runners.gpu import require_runtime
+    from latbench.bench.runners.gpu import require_runtime
 
     require_runtime(device, runtime)
 
 
 def _space_resolver(name: str) -> list[Any]:
-    from search.networks import space_kernels
+    from latbench.search.networks import space_kernels
 
     return space_kernels(name)
 
@@ -113,7 +113,7 @@ def _report_failures(summary: Any) -> None:
 
 # --- commands ---------------------------------------------------------------------------------
 def _fleet(args: argparse.Namespace) -> list[Any]:
-    from device_agents import load_fleet
+    from latbench.device_agents import load_fleet
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     return load_fleet(args.fleet, insecure_accept_unknown_host_key=args.insecure_host_keys,
@@ -124,8 +124,8 @@ def _measure_on_fleet(args: argparse.Namespace, subjects: list[Any], card: dict[
                       what: str) -> int:
     """Measure subjects on every device of --fleet into --out; print per-device checks, the
     summary and the failures; non-zero exit if any job failed."""
-    from bench.campaign import measure_fleet_into_dataset
-    from device_agents import CHECK_HEADER, check_row
+    from latbench.bench.campaign import measure_fleet_into_dataset
+    from latbench.device_agents import CHECK_HEADER, check_row
     from latbench.progress import Bars
 
     devices = _fleet(args)
@@ -146,7 +146,7 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     --out; print the summary and the failures; non-zero exit if any job failed."""
     if args.fleet:
         return _measure_on_fleet(args, subjects, card, what)
-    from bench.campaign import measure_into_dataset
+    from latbench.bench.campaign import measure_into_dataset
     from latbench.progress import Bars
 
     runtime = _one_runtime(args.runtime)
@@ -160,8 +160,8 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
 
 
 def cmd_bench_ops(args: argparse.Namespace) -> int:
-    from bench.plans import load_plan
-    from search.networks import plan_subjects
+    from latbench.bench.plans import load_plan
+    from latbench.search.networks import plan_subjects
 
     plan = load_plan(args.plan)
     subjects = plan_subjects(plan)
@@ -180,7 +180,7 @@ def _one_runtime(runtimes: list[str] | None) -> str:
 
 
 def cmd_bench_networks(args: argparse.Namespace) -> int:
-    from search.networks import resolve_networks
+    from latbench.search.networks import resolve_networks
 
     subjects = resolve_networks(args.networks, args.seed)
     card = {"networks": args.networks, "seed": args.seed, "flags": sys.argv[1:]}
@@ -190,8 +190,8 @@ def cmd_bench_networks(args: argparse.Namespace) -> int:
 def _network_resolver(key: str, family: str) -> Any:
     """A search-space network subject from its dataset key ("nasbench-macro:0123..."), or None
     (hand-built families and user .onnx files cannot be rebuilt from a key)."""
-    from search.networks import arch_subject
-    from search.spaces import SPACES, get_space
+    from latbench.search.networks import arch_subject
+    from latbench.search.spaces import SPACES, get_space
 
     name, _, code = key.partition(":")
     if name not in SPACES or not code:
@@ -204,8 +204,8 @@ def _network_resolver(key: str, family: str) -> Any:
 
 
 def cmd_bench_repeat(args: argparse.Namespace) -> int:
-    from bench.repeat import REPORT_HEADER, repeat_dataset, write_repeat_report
-    from bench.store import LatencyDataset
+    from latbench.bench.repeat import REPORT_HEADER, repeat_dataset, write_repeat_report
+    from latbench.bench.store import LatencyDataset
     from latbench.progress import Bars
 
     data = Path(args.data)
@@ -240,7 +240,7 @@ def cmd_bench_repeat(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:
-    from device_agents import CHECK_HEADER, check_devices, check_row
+    from latbench.device_agents import CHECK_HEADER, check_devices, check_row
 
     devices = _fleet(args)
     checks = check_devices(devices, timeout_s=args.check_timeout)
@@ -260,7 +260,7 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
 def cmd_bench_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from bench.plans import build_specs, load_plan
+    from latbench.bench.plans import build_specs, load_plan
 
     plan = load_plan(args.plan)
     specs = build_specs(plan, _space_resolver)
@@ -274,13 +274,13 @@ def cmd_bench_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from predictor.training import fit_from_dataset
+    from latbench.predictor.training import fit_from_dataset
 
     params = _json_params(args.params, "--params")
     rules = None
     if args.fusion:
-        from bench.store import LatencyDataset
-        from predictor.fusion import rules_from_card
+        from latbench.bench.store import LatencyDataset
+        from latbench.predictor.fusion import rules_from_card
 
         rules = rules_from_card(LatencyDataset.open(Path(args.fusion)).card)
         if rules is None:
@@ -297,8 +297,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from predictor.io import load_predictor
-    from predictor.model_level import predict_onnx
+    from latbench.predictor.io import load_predictor
+    from latbench.predictor.model_level import predict_onnx
 
     path = Path(args.model)
     if not path.is_file():
@@ -325,9 +325,9 @@ PASSES_HELP = ("measure the networks N times, one whole pass after another, and 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
-    from predictor.evaluate import evaluate, settings_from_manifest, write_report
-    from predictor.io import load_predictor
-    from search.networks import resolve_networks
+    from latbench.predictor.evaluate import evaluate, settings_from_manifest, write_report
+    from latbench.predictor.io import load_predictor
+    from latbench.search.networks import resolve_networks
 
     predictor, manifest = load_predictor(Path(args.predictor))
     manifest["path"] = str(args.predictor)
@@ -355,9 +355,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from latbench.progress import Bars
-    from predictor.evaluate import settings_from_manifest
-    from search.budget import OUTCOME_HEADER, BudgetOutcome, measure_winners
-    from search.run import SearchJob, parse_options, prepare, run_job, write_outputs
+    from latbench.predictor.evaluate import settings_from_manifest
+    from latbench.search.budget import OUTCOME_HEADER, BudgetOutcome, measure_winners
+    from latbench.search.run import SearchJob, parse_options, prepare, run_job, write_outputs
 
     options = parse_options(args.option, "--option")
     if args.queries is not None:
@@ -368,7 +368,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     args.strategy, options, args.accuracy, args.data, args.seed)
     dist_info = None
     if job.strategy.startswith("proxyless"):
-        from search.supernet import init_distributed
+        from latbench.search.supernet import init_distributed
 
         dist_info = init_distributed()  # under torchrun: one process per rank
     lead = dist_info is None or dist_info.rank == 0
@@ -390,7 +390,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             results = run_job(prepared, args.budget_ms, bars, dist_info)
     finally:
         if dist_info is not None:
-            from search.supernet import close_distributed
+            from latbench.search.supernet import close_distributed
 
             close_distributed(dist_info)
     if not lead:
@@ -464,7 +464,7 @@ def _json_params(text: str | None, flag: str) -> Any:
 
 
 def cmd_bench_fusion(args: argparse.Namespace) -> int:
-    from bench.fusion import default_pairs, measure_fusion
+    from latbench.bench.fusion import default_pairs, measure_fusion
     from latbench.progress import Bars
 
     producers = args.producers.split(",") if args.producers else None
@@ -485,7 +485,7 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
-    from predictor.adaptive import adapt_dataset
+    from latbench.predictor.adaptive import adapt_dataset
 
     device = _device(args.device, 1)
     with Bars("new kernels") as bars:
@@ -504,15 +504,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _run_settings_defaults() -> Any:
-    from bench.runners import RunSettings
+    from latbench.bench.runners import RunSettings
 
     return RunSettings()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
-    from predictor.compare import compare_predictors, write_comparison
-    from search.networks import resolve_networks
+    from latbench.predictor.compare import compare_predictors, write_comparison
+    from latbench.search.networks import resolve_networks
 
     names = [n.strip() for n in args.predictors.split(",") if n.strip()]
     networks = resolve_networks(args.networks, args.seed)
@@ -542,7 +542,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
-    from predictor.fewshot import predict_csv
+    from latbench.predictor.fewshot import predict_csv
 
     result, model = predict_csv(args.space, Path(args.reference), Path(args.samples),
                                 Path(args.query), Path(args.out),
@@ -559,8 +559,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_import(args: argparse.Namespace) -> int:
-    from predictor.io import save_predictor
-    from predictor.lut import read_table
+    from latbench.predictor.io import save_predictor
+    from latbench.predictor.lut import read_table
 
     table = read_table(Path(args.table), args.format)
     predictor = table.predictor()
@@ -575,8 +575,8 @@ def cmd_lut_import(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_export(args: argparse.Namespace) -> int:
-    from predictor.io import load_predictor
-    from predictor.lut import export_table, read_table, table_layout, write_table
+    from latbench.predictor.io import load_predictor
+    from latbench.predictor.lut import export_table, read_table, table_layout, write_table
 
     predictor, _ = load_predictor(Path(args.predictor))
     if bool(args.space) == bool(args.like):
@@ -586,8 +586,8 @@ def cmd_lut_export(args: argparse.Namespace) -> int:
         fmt = args.format or read_table(Path(args.like)).format
         table = export_table(predictor, table_layout(Path(args.like), fmt), fmt)
     else:
-        from search.lut_export import export_space_table
-        from search.spaces import get_space
+        from latbench.search.lut_export import export_space_table
+        from latbench.search.spaces import get_space
 
         options = {"resolution": args.resolution} if args.resolution else {}
         fmt = args.format or "proxyless"

@@ -19,22 +19,22 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.campaign import CampaignConfig, measure_into_dataset
-from bench.plans import load_plan
-from bench.runners import RunSettings
-from bench.store import LatencyDataset, atomic_write_text
-from device_agents import local_device
+from latbench.bench.campaign import CampaignConfig, measure_into_dataset
+from latbench.bench.plans import load_plan
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, atomic_write_text
+from latbench.device_agents import local_device
 from latbench.errors import LatbenchError
 from latbench.progress import Bars
-from predictor.evaluate import evaluate, write_report
-from predictor.io import load_predictor
-from predictor.model_level import safety_margin
-from predictor.training import fit_from_dataset
-from search.budget import OUTCOME_HEADER, measure_winners, search_budgets
-from search.latency import LatencyTable, choices_matrix
-from search.networks import plan_subjects, resolve_networks
-from search.spaces import get_space
-from search.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_table
+from latbench.predictor.evaluate import evaluate, write_report
+from latbench.predictor.io import load_predictor
+from latbench.predictor.model_level import safety_margin
+from latbench.predictor.training import fit_from_dataset
+from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.networks import plan_subjects, resolve_networks
+from latbench.search.spaces import get_space
+from latbench.search.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_table
 
 RUNTIME = "onnxruntime"
 BUDGET_QUANTILES = (0.2, 0.5, 0.8)

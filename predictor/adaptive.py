@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.ops import OpSpec
-from bench.plans import perturb
+from latbench.bench.ops import OpSpec
+from latbench.bench.plans import perturb
 from latbench.errors import PredictorError, UnknownKernelError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def adaptive_fit(specs: Sequence[OpSpec], ms: Sequence[float], measure: Measure,
     kernels and latencies. Without an explicit `holdout`, a random `holdout_fraction` of the
     initial kernels is set aside for the per-round error and never trained on.
     """
-    from predictor.evaluate import error_metrics
+    from latbench.predictor.evaluate import error_metrics
 
     if rounds < 0:
         raise PredictorError(f"rounds must be >= 0, got {rounds}")
@@ -190,14 +190,14 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
     """`latbench predictor adapt`: adaptive rounds on an operator dataset, measuring new kernels
     on `device` into the same dataset (same run settings as its card), then the final
     predictor fitted on everything (with composition calibration) written to `out`."""
-    from bench.campaign import CampaignConfig, Subject, measure_into_dataset
-    from bench.fusion import kernel_times
-    from bench.runners import RunSettings
-    from bench.stats import DEFAULT_STATISTIC
-    from bench.store import LatencyDataset, atomic_write_text
-    from predictor.features import training_pairs
-    from predictor.models import get_predictor_class
-    from predictor.training import fit_from_dataset, select_records
+    from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
+    from latbench.bench.fusion import kernel_times
+    from latbench.bench.runners import RunSettings
+    from latbench.bench.stats import DEFAULT_STATISTIC
+    from latbench.bench.store import LatencyDataset, atomic_write_text
+    from latbench.predictor.features import training_pairs
+    from latbench.predictor.models import get_predictor_class
+    from latbench.predictor.training import fit_from_dataset, select_records
 
     statistic = statistic or DEFAULT_STATISTIC
     dataset = LatencyDataset.open(data_dir)

@@ -20,20 +20,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
-from bench.stats import DEFAULT_STATISTIC
-from bench.store import atomic_write_text
-from device_agents import Device
+from latbench.bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
+from latbench.bench.stats import DEFAULT_STATISTIC
+from latbench.bench.store import atomic_write_text
+from latbench.device_agents import Device
 from latbench.errors import PredictorError, UnknownKernelError
-from predictor.evaluate import (
+from latbench.predictor.evaluate import (
     error_metrics,
     error_table,
     measure_networks,
     network_kernels,
     settings_from_manifest,
 )
-from predictor.model_level import predict_network
-from predictor.training import fit_from_dataset
+from latbench.predictor.model_level import predict_network
+from latbench.predictor.training import fit_from_dataset
 
 METRIC_COLUMNS = ("n", "coverage", "rmse_ms", "rmspe_pct", "within5", "within10", "within15",
                   "spearman", "kendall", "bias_pct")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.campaign import (
+from latbench.bench.campaign import (
     CampaignConfig,
     CampaignSummary,
     ProgressSink,
@@ -25,12 +25,12 @@ from bench.campaign import (
     median_probe_ms,
     run_campaign,
 )
-from bench.ops import OpSpec
-from bench.runners import RunSettings
-from bench.store import LatencyDataset, atomic_write_text
-from device_agents import Device
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, atomic_write_text
+from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError, PredictorError
-from predictor.model_level import predict_network
+from latbench.predictor.model_level import predict_network
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -65,8 +65,8 @@ def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None
                     ) -> list[OpSpec]:
     """A network's kernels: known for search-space architectures, else split from its ONNX;
     split by the fusion rules `attach` when given (else the default rules)."""
-    from predictor.fusion import apply_attach
-    from predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
+    from latbench.predictor.fusion import apply_attach
+    from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
 
     if network.kernels is not None:
         kernels = list(network.kernels)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
+from latbench.bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
 from latbench.errors import DatasetError
 
 FEATURE_VERSION = 2

@@ -487,7 +487,7 @@ def leave_one_device_out(space: str, reference: ReferenceTable, ks: Sequence[int
     """For each device as the unseen one (the others as reference), K and seed: fit on K
     samples, score on every other architecture. Rows: device, k, seed, spearman, within10,
     rmspe_pct, candidate. `candidates`: the bases (default: the space's)."""
-    from predictor.evaluate import error_metrics
+    from latbench.predictor.evaluate import error_metrics
 
     rows = []
     for device in devices or reference.devices:
@@ -513,7 +513,7 @@ def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Pa
     """The `latbench predictor fewshot` command: samples CSV (arch, latency_ms) and query CSV
     (arch) in, `arch,predicted_ms` for every query row out; the fitted model says what the
     samples decided."""
-    from bench.store import atomic_write_text
+    from latbench.bench.store import atomic_write_text
 
     table = load_reference(reference)
     for device in exclude:

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from bench.fusion import FusionRules
-from bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.fusion import FusionRules
+from latbench.bench.ops import ACTIVATIONS, OpSpec
 from latbench.errors import PredictorError
-from predictor.kernels import DEFAULT_ATTACH
+from latbench.predictor.kernels import DEFAULT_ATTACH
 
 Attach = frozenset[tuple[str, str]]
 

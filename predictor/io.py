@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from latbench.errors import PredictorError
-from predictor.features import (
+from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     FEATURE_WIDTH,
     SUPPORTED_FEATURE_VERSIONS,
 )
-from predictor.models import KernelPredictor, get_predictor_class, predictor_names
+from latbench.predictor.models import KernelPredictor, get_predictor_class, predictor_names
 
 MANIFEST = "manifest.json"
 FORMAT = "latbench-predictor"
@@ -136,7 +136,7 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
     predictor.feature_version_ = version
     fusion = manifest.get("fusion")
     if isinstance(fusion, dict) and "attach" in fusion:
-        from predictor.fusion import attach_from_json
+        from latbench.predictor.fusion import attach_from_json
 
         predictor.attach_ = attach_from_json(fusion["attach"])
     return predictor, manifest

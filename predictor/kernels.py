@@ -25,7 +25,7 @@ import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.ops import ACTIVATIONS, OpSpec
 from latbench.errors import ParseError, SpecError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)

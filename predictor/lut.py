@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
-from predictor.models import KernelPredictor, register_predictor
+from latbench.predictor.models import KernelPredictor, register_predictor
 
 FORMATS = ("proxyless", "ofa")
 SPREAD_FIELD = {"proxyless": "var", "ofa": "std"}
@@ -85,7 +85,7 @@ class LookupTablePredictor(KernelPredictor):
     def from_entries(cls, entries: dict[str, float], call_overhead_ms: float = 0.0
                      ) -> LookupTablePredictor:
         """A table from spec key -> ms as given (0 ms allowed: merged kernels)."""
-        from predictor.features import FEATURE_VERSION
+        from latbench.predictor.features import FEATURE_VERSION
 
         table = cls()
         table.models_ = {}
@@ -316,7 +316,7 @@ def export_table(predictor: Any, layout: Sequence[tuple[str, Sequence[OpSpec]]],
                  ) -> dict[str, dict[str, float | int]]:
     """Price every entry of `layout` with `predictor` (sum over an entry's kernels, with the
     predictor's composition scales) as a table in `fmt`: {key: {count, mean, var|std}}."""
-    from predictor.model_level import composed_kernel_ms
+    from latbench.predictor.model_level import composed_kernel_ms
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown lookup table format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -346,7 +346,7 @@ def write_table(table: dict[str, dict[str, float | int]], path: str | Path) -> P
     """Write a table as YAML (keys in the given order, floats exact)."""
     import yaml
 
-    from bench.store import atomic_write_text
+    from latbench.bench.store import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError, UnknownKernelError
 from latbench.registry import Registry
-from predictor.features import BASELINE_FEATURES, FEATURE_NAMES, FEATURE_VERSION, feature_matrix
+from latbench.predictor.features import BASELINE_FEATURES, FEATURE_NAMES, FEATURE_VERSION, feature_matrix
 
 PREDICTORS: Registry[type[KernelPredictor]] = Registry("predictor", PredictorError)
 
@@ -375,7 +375,7 @@ class LinearKernelPredictor(KernelPredictor):
 
 
 # Members registered in modules of their own, imported on first lookup (they import this one).
-_ZOO_MODULES = ("predictor.lut",)
+_ZOO_MODULES = ("latbench.predictor.lut",)
 
 
 def _import_zoo() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from latbench.errors import ConfigError, SearchError
-from search.spaces.base import Arch, SearchSpace
+from latbench.search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def make_source(spec: str, space: SearchSpace, table: Mapping[str, float] | None
     """"table", "surrogate[:gbm|mlp[:N]]" or "proxy:NAME" (e.g. proxy:naswot, proxy:vote)."""
     kind, _, rest = spec.partition(":")
     if kind == "proxy":
-        from search.proxies import ProxyScorer
+        from latbench.search.proxies import ProxyScorer
 
         return ProxyAccuracy(ProxyScorer(space, rest or "naswot", batch, seed))
     if table is None:

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.campaign import CampaignConfig, ProgressSink, Subject, run_campaign
-from bench.store import LatencyDataset
-from device_agents import Device
+from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, run_campaign
+from latbench.bench.store import LatencyDataset
+from latbench.device_agents import Device
 from latbench.errors import SearchError
-from predictor.evaluate import settings_from_manifest
-from search.latency import LatencyTable
-from search.networks import arch_subject
-from search.spaces.base import SearchSpace
-from search.strategies import SearchResult, get_strategy
+from latbench.predictor.evaluate import settings_from_manifest
+from latbench.search.latency import LatencyTable
+from latbench.search.networks import arch_subject
+from latbench.search.spaces.base import SearchSpace
+from latbench.search.strategies import SearchResult, get_strategy
 
 
 @dataclass(frozen=True)

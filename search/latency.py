@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import SearchError
-from predictor.model_level import composed_kernel_ms
-from search.spaces.base import Arch, SearchSpace
+from latbench.predictor.model_level import composed_kernel_ms
+from latbench.search.spaces.base import Arch, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LatencyTable:
                    ms_per_kernel: float = 0.005) -> LatencyTable:
         """A roofline-free analytical table (ms = per-kernel overhead + FLOPs x rate): no
         device, no predictor; for trying strategies offline and for tests."""
-        from predictor.features import kernel_cost
+        from latbench.predictor.features import kernel_cost
 
         def ms(specs: Sequence[Any]) -> float:
             return float(sum(ms_per_kernel + ms_per_gflop * kernel_cost(s).flops / 1e9

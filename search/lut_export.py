@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import ConfigError
-from predictor.lut import export_table, layout_keys
-from search.spaces.base import SearchSpace
+from latbench.predictor.lut import export_table, layout_keys
+from latbench.search.spaces.base import SearchSpace
 
 
 def space_layout(space: SearchSpace, fmt: str) -> list[tuple[str, tuple[OpSpec, ...]]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.campaign import Subject
-from bench.networks import NetworkDef, list_families, sample_networks
-from bench.ops import OpSpec
-from bench.plans import Plan, build_specs
+from latbench.bench.campaign import Subject
+from latbench.bench.networks import NetworkDef, list_families, sample_networks
+from latbench.bench.ops import OpSpec
+from latbench.bench.plans import Plan, build_specs
 from latbench.errors import ConfigError
-from search.spaces import SPACES, Arch, SearchSpace, get_space
+from latbench.search.spaces import SPACES, Arch, SearchSpace, get_space
 
 
 def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:
@@ -53,7 +53,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
                      exclude: Collection[str], with_kernels: bool = False) -> list[Subject]:
     """Family networks; `with_kernels` exports and splits them now, so a dataset can keep
     their kernels for composition calibration."""
-    from predictor.kernels import onnx_to_kernels
+    from latbench.predictor.kernels import onnx_to_kernels
 
     out = []
     for net in sample_networks(name, count, rng):
@@ -68,7 +68,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
 def family_kernels(spec: str) -> list[OpSpec]:
     """Kernels of sampled family networks, for plans: "family:NAME:COUNT[:SEED]" (the ONNX
     export of each network split into kernels; duplicates once)."""
-    from predictor.kernels import onnx_to_kernels
+    from latbench.predictor.kernels import onnx_to_kernels
 
     parts = spec.split(":")
     if len(parts) not in (3, 4) or parts[0] != "family" or parts[1] not in list_families():

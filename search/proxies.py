@@ -21,7 +21,7 @@ import numpy as np
 
 from latbench.errors import ConfigError, SearchError
 from latbench.registry import Registry
-from search.spaces.base import Arch, SearchSpace
+from latbench.search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class ProxyScorer:
         self.name = name
         self.seed = seed
         if batch is None:
-            from search.data import random_batch
+            from latbench.search.data import random_batch
 
             batch = random_batch(batch_size, space.input_shape[-1],
                                  getattr(space, "num_classes", 10), seed)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import ConfigError
-from search.latency import LatencyTable, choices_matrix
-from search.spaces import SearchSpace, get_space
-from search.strategies.base import SearchResult
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.spaces import SearchSpace, get_space
+from latbench.search.strategies.base import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def build_space(job: SearchJob, num_classes: int | None = None) -> tuple[SearchS
 
 def accuracy_for(job: SearchJob, space: SearchSpace, table: Mapping[str, float] | None) -> Any:
     """What the strategy scores architectures with (None for strategies that train)."""
-    from search.accuracy import make_source
+    from latbench.search.accuracy import make_source
 
     if job.trains:
         return None
@@ -135,7 +135,7 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
             margin: float | None = None) -> Prepared:
     """Space, latency table (a predictor directory, or "flops" for the analytical table),
     benchmark accuracy table when the space has one, search data when the strategy trains."""
-    from search.data import load_data
+    from latbench.search.data import load_data
 
     data = None
     if job.trains:
@@ -149,8 +149,8 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
         table = LatencyTable.from_flops(space)
         margin = 0.0 if margin is None else margin
     else:
-        from predictor.io import load_predictor
-        from predictor.model_level import safety_margin
+        from latbench.predictor.io import load_predictor
+        from latbench.predictor.model_level import safety_margin
 
         model, manifest = load_predictor(Path(predictor))
         table = LatencyTable.from_predictor(space, model, manifest.get("device", ""),
@@ -158,7 +158,7 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
         margin = safety_margin(manifest) if margin is None else margin
     accuracy_table = None
     if job.space == "nasbench-macro" and data_dir is not None and not job.trains:
-        from search.spaces.nasbench_macro import load_accuracy_table
+        from latbench.search.spaces.nasbench_macro import load_accuracy_table
 
         accuracy_table = load_accuracy_table(data_dir)
     return Prepared(job, space, options, table, manifest, accuracy_table, margin, data)
@@ -166,7 +166,7 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
 
 def run_job(prepared: Prepared, budgets_ms: Sequence[float], progress: Any = None,
             dist_info: Any = None) -> list[tuple[float, SearchResult]]:
-    from search.budget import search_budgets
+    from latbench.search.budget import search_budgets
 
     job = prepared.job
     accuracy = accuracy_for(job, prepared.space, prepared.accuracy_table)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import ConfigError, SearchError
-from search.latency import (
+from latbench.search.latency import (
     LatencyTable,
     additive_loss,
     masked_softmax,
@@ -42,7 +42,7 @@ from search.latency import (
     padded_table,
     repair_to_budget,
 )
-from search.spaces.base import Arch, SearchSpace
+from latbench.search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ class SupernetSearch:
             torch.manual_seed(self.config.seed)
             self.supernet = classes.Supernet(space).to(self.device)
         self.arch = classes.ArchParameters(table).to(self.device)
-        from search.latency import ExpectedLatency
+        from latbench.search.latency import ExpectedLatency
 
         self.expected_latency = ExpectedLatency(table).to(self.device)
         self.rng = np.random.default_rng(self.config.seed)
@@ -609,7 +609,7 @@ class SupernetSearch:
     # --- loop --------------------------------------------------------------------------------
     def train(self, data: Any, progress: Any = None) -> list[dict[str, Any]]:
         """Warm-up epochs (weights only), then alternate weight and architecture updates."""
-        from search.data import loader
+        from latbench.search.data import loader
 
         c = self.config
         rank, world = (0, 1) if self.dist is None else (self.dist.rank, self.dist.world_size)
@@ -700,7 +700,7 @@ class SupernetSearch:
         """Derive the architecture, take its weights out of the supernet, fine-tune and test."""
         import torch
 
-        from search.data import loader
+        from latbench.search.data import loader
 
         c = self.config
         arch, repaired = self.derive(budget_ms)

@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
-# tests/standins importable as `standins`; the repository root as well, so that the folders
-# tests/device_agents, tests/bench (no __init__) never shadow the real packages as namespace
-# packages, however pytest is started.
-_TESTS = Path(__file__).resolve().parent
-for _path in (str(_TESTS.parent), str(_TESTS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+# tests/standins importable as `standins`.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from standins.adb_standin_device import StandInAdbDevice  # noqa: E402
 from standins.sshd_host import INSTALL_HINT, SshdHost, find_sshd, free_port, keygen  # noqa: E402

@@ -14,14 +14,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bench.export.graph import chain_graph
-from bench.export.to_onnx import to_onnx
-from bench.ops import OpSpec
-from bench.store import LatencyDataset
+from latbench.bench.export.graph import chain_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.ops import OpSpec
+from latbench.bench.store import LatencyDataset
 from latbench.cli import main
-from predictor.features import kernel_cost
-from predictor.io import save_predictor
-from predictor.models import XGBoostKernelPredictor
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.io import save_predictor
+from latbench.predictor.models import XGBoostKernelPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.store import LatencyDataset
+from latbench.bench.store import LatencyDataset
 from latbench.demo import DemoOptions, run_demo
-from predictor.io import read_manifest
-from search.latency import LatencyTable
-from search.spaces import get_space
+from latbench.predictor.io import read_manifest
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces import get_space
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"

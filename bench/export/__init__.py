@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bench.export.graph import GraphBuilder, LayerGraph, chain_graph, emit_spec, spec_graph
+from latbench.bench.export.graph import GraphBuilder, LayerGraph, chain_graph, emit_spec, spec_graph
 
 __all__ = ["GraphBuilder", "LayerGraph", "chain_graph", "emit_spec", "spec_graph"]

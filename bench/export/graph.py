@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.ops import OpSpec, se_gate
+from latbench.bench.ops import OpSpec, se_gate
 from latbench.errors import ExportError
 
 # Layer ops of the graph (not spec kinds): each maps to one or a few runtime operators.

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.export.graph import Layer, LayerGraph
+from latbench.bench.export.graph import Layer, LayerGraph
 from latbench.errors import ExportError
 
 OPSET = 17

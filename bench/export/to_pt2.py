@@ -14,8 +14,8 @@ import io
 import json
 from typing import Any
 
-from bench.export.graph import LayerGraph
-from bench.export.reference import apply_layer
+from latbench.bench.export.graph import LayerGraph
+from latbench.bench.export.reference import apply_layer
 from latbench.errors import ExportError
 
 EXTRA_FILE = "latbench.json"

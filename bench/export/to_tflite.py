@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.export.graph import Layer, LayerGraph
+from latbench.bench.export.graph import Layer, LayerGraph
 from latbench.errors import ExportError
 
 logger = logging.getLogger(__name__)

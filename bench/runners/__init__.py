@@ -7,7 +7,7 @@ onnxruntime-cuda and torch-cuda (GPU, through the agent; unavailable without a C
 
 from __future__ import annotations
 
-from bench.runners.base import (
+from latbench.bench.runners.base import (
     OVERHEAD_ID,
     OVERHEAD_SPEC,
     PROBES,
@@ -24,10 +24,10 @@ from bench.runners.base import (
     get_runner,
     register_runner,
 )
-from bench.runners.gpu import GPU_RUNTIMES, OnnxRuntimeCudaRunner, TorchCudaRunner
-from bench.runners.litert import LiteRTRunner
-from bench.runners.native import BenchmarkModelRunner, NativeToolRunner, PerfTestRunner
-from bench.runners.onnxruntime import OnnxRuntimeRunner
+from latbench.bench.runners.gpu import GPU_RUNTIMES, OnnxRuntimeCudaRunner, TorchCudaRunner
+from latbench.bench.runners.litert import LiteRTRunner
+from latbench.bench.runners.native import BenchmarkModelRunner, NativeToolRunner, PerfTestRunner
+from latbench.bench.runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
     "GPU_RUNTIMES",

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from bench.export.graph import LayerGraph, spec_graph
-from bench.ops import OpSpec
-from bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
-from device_agents import AGENT_SCRIPT, CommandResult, Device
+from latbench.bench.export.graph import LayerGraph, spec_graph
+from latbench.bench.ops import OpSpec
+from latbench.bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
+from latbench.device_agents import AGENT_SCRIPT, CommandResult, Device
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 from latbench.registry import Registry
 

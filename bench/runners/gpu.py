@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench.export.graph import LayerGraph
-from bench.runners.base import AgentRunner, BatchResult, ModelFile, RunSettings, register_runner
-from device_agents import Device, LocalTransport
-from device_agents.agent.latbench_agent import cuda_unavailable
+from latbench.bench.export.graph import LayerGraph
+from latbench.bench.runners.base import AgentRunner, BatchResult, ModelFile, RunSettings, register_runner
+from latbench.device_agents import Device, LocalTransport
+from latbench.device_agents.agent.latbench_agent import cuda_unavailable
 from latbench.errors import RunnerError
 
 GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")
@@ -48,7 +48,7 @@ class OnnxRuntimeCudaRunner(_GpuRunner):
     suffix = ".onnx"
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_onnx import to_onnx
+        from latbench.bench.export.to_onnx import to_onnx
 
         return to_onnx(graph)
 
@@ -60,6 +60,6 @@ class TorchCudaRunner(_GpuRunner):
     suffix = ".pt2"
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_pt2 import to_pt2
+        from latbench.bench.export.to_pt2 import to_pt2
 
         return to_pt2(graph)

@@ -7,8 +7,8 @@ delegates.
 
 from __future__ import annotations
 
-from bench.export.graph import LayerGraph
-from bench.runners.base import AgentRunner, register_runner
+from latbench.bench.export.graph import LayerGraph
+from latbench.bench.runners.base import AgentRunner, register_runner
 
 
 @register_runner("litert")
@@ -18,6 +18,6 @@ class LiteRTRunner(AgentRunner):
     suffix = ".tflite"
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_tflite import to_tflite
+        from latbench.bench.export.to_tflite import to_tflite
 
         return to_tflite(graph)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.export.graph import LayerGraph
-from bench.runners.base import (
+from latbench.bench.export.graph import LayerGraph
+from latbench.bench.runners.base import (
     CLEANUP_TIMEOUT_S,
     OVERHEAD_ID,
     PROBES,
@@ -46,10 +46,10 @@ from bench.runners.base import (
     RunSettings,
     register_runner,
 )
-from bench.stats import Stats
-from device_agents import Device
-from device_agents.facts import dynamic_facts
-from device_agents.tools import TOOL_RUNTIMES
+from latbench.bench.stats import Stats
+from latbench.device_agents import Device
+from latbench.device_agents.facts import dynamic_facts
+from latbench.device_agents.tools import TOOL_RUNTIMES
 from latbench.errors import ParseError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
@@ -225,12 +225,12 @@ class BenchmarkModelRunner(NativeToolRunner):
     delegates = ("xnnpack", "builtin", "gpu")
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_tflite import to_tflite
+        from latbench.bench.export.to_tflite import to_tflite
 
         return to_tflite(graph)
 
     def flags(self, settings: RunSettings, device: Device) -> Any:
-        from device_agents.tools.benchmark_model import BenchmarkModelFlags
+        from latbench.device_agents.tools.benchmark_model import BenchmarkModelFlags
 
         return BenchmarkModelFlags(
             num_threads=settings.threads, warmup_runs=settings.warmup, num_runs=settings.runs,
@@ -238,7 +238,7 @@ class BenchmarkModelRunner(NativeToolRunner):
             extra=tuple(device.tool_args.get(self.tool, ())))
 
     def figures(self, output: str) -> RoundFigures:
-        from device_agents.tools.benchmark_model import parse_benchmark_model
+        from latbench.device_agents.tools.benchmark_model import parse_benchmark_model
 
         s = parse_benchmark_model(output).inference
         return RoundFigures(n=s.count, min_ms=s.min_us / 1e3, mean_ms=s.avg_us / 1e3,
@@ -255,19 +255,19 @@ class PerfTestRunner(NativeToolRunner):
     tool = TOOL_RUNTIMES["onnxruntime-perf-test"]
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_onnx import to_onnx
+        from latbench.bench.export.to_onnx import to_onnx
 
         return to_onnx(graph)
 
     def flags(self, settings: RunSettings, device: Device) -> Any:
-        from device_agents.tools.ort_perf_test import PerfTestFlags
+        from latbench.device_agents.tools.ort_perf_test import PerfTestFlags
 
         return PerfTestFlags(threads=settings.threads, runs=settings.runs,
                              graph_opt=settings.graph_opt,
                              extra=tuple(device.tool_args.get(self.tool, ())))
 
     def figures(self, output: str) -> RoundFigures:
-        from device_agents.tools.ort_perf_test import parse_perf_test
+        from latbench.device_agents.tools.ort_perf_test import parse_perf_test
 
         r = parse_perf_test(output)
         nan = math.nan

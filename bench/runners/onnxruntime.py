@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.export.graph import LayerGraph
-from bench.runners.base import AgentRunner, register_runner
+from latbench.bench.export.graph import LayerGraph
+from latbench.bench.runners.base import AgentRunner, register_runner
 
 
 @register_runner("onnxruntime")
@@ -13,6 +13,6 @@ class OnnxRuntimeRunner(AgentRunner):
     suffix = ".onnx"
 
     def export(self, graph: LayerGraph) -> bytes:
-        from bench.export.to_onnx import to_onnx
+        from latbench.bench.export.to_onnx import to_onnx
 
         return to_onnx(graph)

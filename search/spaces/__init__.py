@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.spaces import nasbench201, nasbench_macro, proxyless  # noqa: F401  (registers them)
-from search.spaces.base import SPACES, Arch, SearchSpace, get_space, register_space
+from latbench.search.spaces import nasbench201, nasbench_macro, proxyless  # noqa: F401  (registers them)
+from latbench.search.spaces.base import SPACES, Arch, SearchSpace, get_space, register_space
 
 __all__ = ["SPACES", "Arch", "SearchSpace", "get_space", "register_space"]

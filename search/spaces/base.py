@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import SearchError
 from latbench.registry import Registry
 
@@ -63,7 +63,7 @@ class SearchSpace(ABC):
 
     def to_onnx(self, arch: Arch, module: Any = None) -> bytes:
         """ONNX bytes of the architecture (of `module`, e.g. trained weights, if given)."""
-        from bench.export.from_torch import torch_to_onnx
+        from latbench.bench.export.from_torch import torch_to_onnx
 
         return torch_to_onnx(self.to_torch(arch) if module is None else module,
                              self.input_shape)
@@ -73,7 +73,7 @@ class SearchSpace(ABC):
         chain space: prefix kernels, one mixed operation per layer, suffix kernels)."""
         import torch.nn as nn
 
-        from search.spaces.modules import chain_module, kernel_module
+        from latbench.search.spaces.modules import chain_module, kernel_module
 
         prefix, suffix = self.fixed_ops()
         return nn.Sequential(*[kernel_module(s) for s in prefix],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.ops import OpSpec, se_gate
+from latbench.bench.ops import OpSpec, se_gate
 from latbench.errors import SearchError
 
 

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import SearchError
-from search.spaces.base import Arch, SearchSpace, register_space
+from latbench.search.spaces.base import Arch, SearchSpace, register_space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edges in the benchmark's order, as (to node, from node).
@@ -235,7 +235,7 @@ def make_op(op: str, channels: int) -> Any:
     """A trainable module for one edge operation (channels in = out, stride 1)."""
     import torch.nn as nn
 
-    from search.spaces.modules import conv_bn_act
+    from latbench.search.spaces.modules import conv_bn_act
 
     if op == "none":
         return _torch().Zero()
@@ -253,7 +253,7 @@ def _torch() -> SimpleNamespace:
     """The torch module classes, defined on first use (importing the space needs no torch)."""
     import torch.nn as nn
 
-    from search.spaces.modules import conv_bn_act
+    from latbench.search.spaces.modules import conv_bn_act
 
     class Zero(nn.Module):
         def forward(self, x):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import DatasetError, SearchError
-from search.spaces.base import Arch, SearchSpace, register_space
+from latbench.search.spaces.base import Arch, SearchSpace, register_space
 
 STAGES = ((2, 64), (3, 128), (3, 256))
 STEM_CHANNELS = 32
@@ -92,7 +92,7 @@ class NasBenchMacro(SearchSpace):
         return Arch(self.name, tuple(int(ch) for ch in text))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from search.spaces.modules import chain_module
+        from latbench.search.spaces.modules import chain_module
 
         space = self if num_classes in (None, self.num_classes) else \
             NasBenchMacro(self.resolution, num_classes)

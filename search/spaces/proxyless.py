@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import SearchError
-from search.spaces.base import Arch, SearchSpace, register_space
+from latbench.search.spaces.base import Arch, SearchSpace, register_space
 
 # (output channels, layers, stride of the first layer) as in ProxylessNAS (mobile).
 DEFAULT_STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -113,7 +113,7 @@ class ProxylessSpace(SearchSpace):
         return Arch(self.name, tuple(choices))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from search.spaces.modules import chain_module
+        from latbench.search.spaces.modules import chain_module
 
         if num_classes not in (None, self.num_classes):
             raise SearchError("build the proxyless space with num_classes= to change the head")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from search.strategies import (  # noqa: F401  (registers the strategies)
+from latbench.search.strategies import (  # noqa: F401  (registers the strategies)
     evolution,
     exhaustive,
     halving,
     proxyless,
 )
-from search.strategies.base import STRATEGIES, SearchResult, get_strategy, register_strategy
+from latbench.search.strategies.base import STRATEGIES, SearchResult, get_strategy, register_strategy
 
 __all__ = ["STRATEGIES", "SearchResult", "get_strategy", "register_strategy"]

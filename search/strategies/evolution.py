@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import ConfigError, SearchError
-from search.accuracy import AccuracySource, as_source
-from search.latency import LatencyTable, repair_to_budget
-from search.spaces.base import Arch, SearchSpace
-from search.strategies.base import SearchResult, register_strategy
+from latbench.search.accuracy import AccuracySource, as_source
+from latbench.search.latency import LatencyTable, repair_to_budget
+from latbench.search.spaces.base import Arch, SearchSpace
+from latbench.search.strategies.base import SearchResult, register_strategy
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class _Ledger:
 
 
 def _proxy(name: str | None, space: SearchSpace, batch: Any, seed: int) -> Any:
-    from search.proxies import ProxyScorer
+    from latbench.search.proxies import ProxyScorer
 
     return ProxyScorer(space, name or "naswot", batch, seed)
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from latbench.errors import SearchError
-from search.latency import LatencyTable, choices_matrix
-from search.spaces.base import SearchSpace
-from search.strategies.base import SearchResult, register_strategy
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.spaces.base import SearchSpace
+from latbench.search.strategies.base import SearchResult, register_strategy
 
 
 @register_strategy("exhaustive")

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import ConfigError, SearchError
-from search.latency import LatencyTable
-from search.spaces.base import Arch, SearchSpace
-from search.strategies.base import SearchResult, register_strategy
-from search.strategies.evolution import sample_feasible
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces.base import Arch, SearchSpace
+from latbench.search.strategies.base import SearchResult, register_strategy
+from latbench.search.strategies.evolution import sample_feasible
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class SuccessiveHalving:
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Any,
                budget_ms: float) -> SearchResult:
-        from search.data import load_data, loader
-        from search.supernet import accuracy as test_accuracy
+        from latbench.search.data import load_data, loader
+        from latbench.search.supernet import accuracy as test_accuracy
 
         data = load_data(self.data or "digits", space.input_shape[-1], self.seed)
         if data.num_classes != getattr(space, "num_classes", data.num_classes):
@@ -159,7 +159,7 @@ class SuccessiveHalving:
                     rng: np.random.Generator, seen: set[tuple[int, ...]]) -> list[Arch]:
         if not self.proxy:
             return sample_feasible(space, table, budget_ms, n, rng, exclude=seen)
-        from search.proxies import ProxyScorer
+        from latbench.search.proxies import ProxyScorer
 
         pool = sample_feasible(space, table, budget_ms, 4 * n, rng, exclude=seen)
         scores = ProxyScorer(space, self.proxy, seed=self.seed)(pool)

@@ -12,9 +12,9 @@ from dataclasses import fields, replace
 from typing import Any
 
 from latbench.errors import ConfigError
-from search.latency import LatencyTable
-from search.spaces.base import SearchSpace
-from search.strategies.base import SearchResult, register_strategy
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces.base import SearchSpace
+from latbench.search.strategies.base import SearchResult, register_strategy
 
 
 class ProxylessSearch:
@@ -23,7 +23,7 @@ class ProxylessSearch:
 
     def __init__(self, data: Any = None, config: Any = None, progress: Any = None,
                  dist_info: Any = None, **options: Any) -> None:
-        from search.supernet import SupernetConfig
+        from latbench.search.supernet import SupernetConfig
 
         names = {f.name for f in fields(SupernetConfig)}
         unknown = sorted(set(options) - names)
@@ -38,8 +38,8 @@ class ProxylessSearch:
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Any,
                budget_ms: float) -> SearchResult:
-        from search.data import load_data
-        from search.supernet import search_supernet
+        from latbench.search.data import load_data
+        from latbench.search.supernet import search_supernet
 
         data = load_data(self.data or "digits", space.input_shape[-1], self.config.seed)
         run = search_supernet(space, table, data, budget_ms, self.config, self.progress,

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-import bench.campaign as campaign
-from bench.campaign import (
+import latbench.bench.campaign as campaign
+from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
     network_kernels,
     plan_batches,
     run_campaign,
 )
-from bench.ops import OpSpec
-from bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
-from bench.store import LatencyDataset, make_job_key
-from device_agents import CommandResult, Device, local_device
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
+from latbench.bench.store import LatencyDataset, make_job_key
+from latbench.device_agents import CommandResult, Device, local_device
 from latbench.errors import ConfigError, TransportError
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=2)

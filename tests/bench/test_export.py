@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.export.graph import GraphBuilder, Layer, LayerGraph, chain_graph, spec_graph
-from bench.export.reference import run_reference
-from bench.export.to_onnx import to_onnx
-from bench.export.to_tflite import same_padding_matches, to_tflite
-from bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.export.graph import GraphBuilder, Layer, LayerGraph, chain_graph, spec_graph
+from latbench.bench.export.reference import run_reference
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.export.to_tflite import same_padding_matches, to_tflite
+from latbench.bench.ops import ACTIVATIONS, OpSpec
 from latbench.errors import ExportError
 
 REL_TOL = 1e-4
@@ -169,7 +169,7 @@ def test_grouped_conv_split_lowering_matches_reference(spec: OpSpec) -> None:
 
 
 def test_every_kind_and_activation_is_covered() -> None:
-    from bench.ops import OP_KINDS, POOL_TYPES
+    from latbench.bench.ops import OP_KINDS, POOL_TYPES
 
     assert {s.kind for s in SPECS} == set(OP_KINDS)
     assert {s.pool for s in SPECS if s.kind == "pool"} == set(POOL_TYPES)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import bench.campaign as campaign
-from bench.campaign import BatchDrift, CampaignConfig, Subject, detect_slowdown, run_campaign
-from bench.export.graph import spec_graph
-from bench.ops import OpSpec
-from bench.runners import (
+import latbench.bench.campaign as campaign
+from latbench.bench.campaign import BatchDrift, CampaignConfig, Subject, detect_slowdown, run_campaign
+from latbench.bench.export.graph import spec_graph
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import (
     REFERENCE_ID,
     BatchResult,
     ModelFile,
@@ -22,8 +22,8 @@ from bench.runners import (
     RunSettings,
     get_runner,
 )
-from bench.stats import STOP_REASONS
-from device_agents import CommandResult, Device, LocalTransport, local_device
+from latbench.bench.stats import STOP_REASONS
+from latbench.device_agents import CommandResult, Device, LocalTransport, local_device
 from latbench.errors import AgentError, ConfigError
 
 ADAPTIVE = RunSettings(threads=1, warmup=2, runs=5, target_ci=0.05, min_runs=10, max_runs=60,

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import stats
-from bench.stats import (
+from latbench.bench import stats
+from latbench.bench.stats import (
     BIMODAL_MIN_SAMPLES,
     ci_rel_width,
     is_bimodal,
@@ -19,7 +19,7 @@ from bench.stats import (
     stop_reason,
     tail_ratio,
 )
-from device_agents.agent import latbench_agent as agent
+from latbench.device_agents.agent import latbench_agent as agent
 
 RULE = {"target_rel_width": 0.02, "confidence": 0.95, "min_runs": 20, "max_runs": 400,
         "max_seconds": 10.0}

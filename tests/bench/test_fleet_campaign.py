@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 from standins.procs import wait_gone
 
-from bench.campaign import (
+from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
     measure_fleet_into_dataset,
     run_campaign,
 )
-from bench.ops import OpSpec
-from bench.runners import RunSettings
-from bench.store import LatencyDataset, make_job_key
-from device_agents import ADBTransport, Device, LocalTransport, SSHTransport
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, make_job_key
+from latbench.device_agents import ADBTransport, Device, LocalTransport, SSHTransport
 from latbench import cli
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=1)
@@ -239,8 +239,8 @@ def test_cli_bench_ops_and_networks_on_a_fleet(sshd_hosts, client_key, known_hos
 
 
 def test_records_carry_temperature_and_clock_around_the_batch(tmp_path: Path) -> None:
-    from bench.campaign import _record
-    from bench.runners import BatchResult, Measurement
+    from latbench.bench.campaign import _record
+    from latbench.bench.runners import BatchResult, Measurement
 
     device = Device(name="board", transport=LocalTransport(), runtimes=("onnxruntime",),
                     work_dir=str(tmp_path))

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from bench.export.from_torch import torch_to_onnx
-from bench.networks import (
+from latbench.bench.export.from_torch import torch_to_onnx
+from latbench.bench.networks import (
     FAMILIES,
     NetworkDef,
     list_families,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.ops import OpSpec, decompose
-from bench.plans import PRESETS, Plan, RandomKernels, build_specs, load_plan, perturb, random_spec
+from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.plans import PRESETS, Plan, RandomKernels, build_specs, load_plan, perturb, random_spec
 from latbench.errors import ConfigError
 
 EXTRA_KEY = "pool:n=1,h=8,w=8,cin=256,pool=gavg,k=1,s=1,p=0,dtype=float32"
@@ -29,7 +29,7 @@ def toy_resolver(name: str) -> list[OpSpec]:
 def real_resolver(name: str) -> list[OpSpec]:
     """The CLI's resolver, except that family kernel sets ("family:NAME:COUNT", each network
     exported with torch and split) are cut to one network, to keep the test fast."""
-    from search.networks import space_kernels
+    from latbench.search.networks import space_kernels
 
     if name.startswith("family:"):
         family = name.split(":")[1]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.ops import OpSpec
-from bench.repeat import compare_records
-from bench.store import LatencyDataset
+from latbench.bench.ops import OpSpec
+from latbench.bench.repeat import compare_records
+from latbench.bench.store import LatencyDataset
 from latbench.cli import main
 
 SPECS = [OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3),
@@ -76,7 +76,7 @@ def test_bench_repeat_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_bench_repeat_refuses_another_device(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from bench.store import LatencyRecord
+    from latbench.bench.store import LatencyRecord
 
     data = tmp_path / "data"
     ds = LatencyDataset.create(data, {"run_settings": {"threads": 1}})

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.export.graph import spec_graph
-from bench.ops import OpSpec
-from bench.runners import (
+from latbench.bench.export.graph import spec_graph
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import (
     OVERHEAD_ID,
     REFERENCE_ID,
     RUNNERS,
@@ -24,7 +24,7 @@ from bench.runners import (
     get_runner,
     register_runner,
 )
-from device_agents import CommandResult, Device, LocalTransport, local_device
+from latbench.device_agents import CommandResult, Device, LocalTransport, local_device
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 
 BIG = OpSpec("conv", h=32, w=32, cin=64, cout=64, kernel=3)

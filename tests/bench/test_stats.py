@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import Stats, flatten, round_medians, round_spread, summarize
+from latbench.bench.stats import Stats, flatten, round_medians, round_spread, summarize
 from latbench.errors import LatbenchError
 
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from bench.ops import OpSpec
-from bench.store import (
+from latbench.bench.ops import OpSpec
+from latbench.bench.store import (
     ADDED_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -237,8 +237,8 @@ def test_garbage_left_while_a_writer_holds_the_lock_is_cleaned_by_the_next_appen
 
 _CHILD = textwrap.dedent("""
     import sys
-    from bench.ops import OpSpec
-    from bench.store import LatencyDataset, LatencyRecord
+    from latbench.bench.ops import OpSpec
+    from latbench.bench.store import LatencyDataset, LatencyRecord
 
     root, device, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     stall_after = int(sys.argv[4]) if len(sys.argv) > 4 else -1
@@ -452,9 +452,9 @@ def test_read_only_copy_can_be_read(tmp_path, monkeypatch):
             raise PermissionError(13, "Read-only file system", str(path))
         return real_open(path, flags, *args)
 
-    import bench.store
+    import latbench.bench.store as store_module
 
-    monkeypatch.setattr(bench.store.os, "open", read_only_open)
+    monkeypatch.setattr(store_module.os, "open", read_only_open)
     assert len(load_dataset(root)) == 4
     assert not (root / ".lock").exists()
     with pytest.raises(DatasetError, match="lock file"):

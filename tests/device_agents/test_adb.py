@@ -12,7 +12,7 @@ import pytest
 from standins.adb_standin_device import StandInAdbDevice
 from standins.procs import TRICKY, wait_gone
 
-from device_agents import ADBTransport, Transport, get_transport_class
+from latbench.device_agents import ADBTransport, Transport, get_transport_class
 from latbench.errors import TransportError
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.export.graph import spec_graph
-from bench.export.to_onnx import to_onnx
-from bench.export.to_tflite import to_tflite
-from bench.ops import OpSpec
-from device_agents import AGENT_SCRIPT
-from device_agents.agent import latbench_agent as agent
+from latbench.bench.export.graph import spec_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.export.to_tflite import to_tflite
+from latbench.bench.ops import OpSpec
+from latbench.device_agents import AGENT_SCRIPT
+from latbench.device_agents.agent import latbench_agent as agent
 
 SPEC = OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3)
 

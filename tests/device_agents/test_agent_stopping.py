@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.export.graph import spec_graph
-from bench.export.to_onnx import to_onnx
-from bench.ops import OpSpec
-from device_agents import AGENT_SCRIPT
-from device_agents.agent import latbench_agent as agent
+from latbench.bench.export.graph import spec_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.ops import OpSpec
+from latbench.device_agents import AGENT_SCRIPT
+from latbench.device_agents.agent import latbench_agent as agent
 
 RULE = {"target_rel_width": 0.02, "confidence": 0.95, "min_runs": 20, "max_runs": 200,
         "max_seconds": 30.0}

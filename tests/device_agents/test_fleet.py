@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from device_agents import (
+from latbench.device_agents import (
     ADBTransport,
     LocalTransport,
     SSHTransport,

@@ -14,8 +14,8 @@ import pytest
 from standins.procs import TRICKY, wait_gone
 from standins.sshd_host import keygen
 
-from device_agents import SSHTransport, Transport, get_transport_class
-from device_agents.remote import kill_argv, split_pid, wrap_argv
+from latbench.device_agents import SSHTransport, Transport, get_transport_class
+from latbench.device_agents.remote import kill_argv, split_pid, wrap_argv
 from latbench.errors import TransportError
 
 
@@ -130,7 +130,7 @@ def test_wrong_key_fails_at_once_and_never_shows_secrets(sshd_hosts, client_key,
 def test_dead_host_is_retried_with_backoff_and_reconnected_when_back(sshd_hosts, client_key,
                                                                      known_hosts, caplog) -> None:
     host = sshd_hosts("a")
-    caplog.set_level(logging.INFO, logger="device_agents.ssh")
+    caplog.set_level(logging.INFO, logger="latbench.device_agents.ssh")
     t = transport(host, client_key, known_hosts(host), connect_retries=3, backoff_s=0.2)
     assert t.run(["true"], 30).ok
     host.kill()

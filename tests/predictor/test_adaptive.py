@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError
-from predictor.adaptive import adaptive_fit, neighbours, out_of_fold, reports_markdown
-from predictor.features import kernel_cost
-from predictor.models import get_predictor_class
+from latbench.predictor.adaptive import adaptive_fit, neighbours, out_of_fold, reports_markdown
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.models import get_predictor_class
 
 
 def target_ms(spec: OpSpec) -> float:
@@ -88,12 +88,12 @@ def test_neighbours_are_new_and_bounded() -> None:
 
 
 def test_adapt_command_grows_the_dataset_and_writes_a_predictor(tmp_path) -> None:
-    from bench.campaign import CampaignConfig, Subject, measure_into_dataset
-    from bench.runners import RunSettings
-    from bench.store import LatencyDataset
-    from device_agents import local_device
+    from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
+    from latbench.bench.runners import RunSettings
+    from latbench.bench.store import LatencyDataset
+    from latbench.device_agents import local_device
     from latbench.cli import main
-    from predictor.io import load_predictor
+    from latbench.predictor.io import load_predictor
 
     rng = np.random.default_rng(5)
     specs = {s.key(): s for s in (random_conv(rng) for _ in range(30))}

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.campaign import CampaignConfig, Subject, measure_into_dataset
-from bench.export.graph import chain_graph
-from bench.export.to_onnx import to_onnx
-from bench.ops import OpSpec
-from bench.runners import RunSettings
-from bench.store import LatencyDataset
-from device_agents import local_device
+from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
+from latbench.bench.export.graph import chain_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset
+from latbench.device_agents import local_device
 from latbench.cli import main
-from predictor.compare import compare_predictors, score, write_comparison
+from latbench.predictor.compare import compare_predictors, score, write_comparison
 
 FAST = RunSettings(warmup=1, runs=4, rounds=2)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError
-from predictor.features import kernel_cost
-from predictor.io import load_predictor, save_predictor
-from predictor.model_level import (
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.io import load_predictor, save_predictor
+from latbench.predictor.model_level import (
     MIN_SHARE,
     SPILL_BYTES,
     composed_kernel_ms,
@@ -22,7 +22,7 @@ from predictor.model_level import (
     solve_composition,
     term_values,
 )
-from predictor.models import get_predictor_class
+from latbench.predictor.models import get_predictor_class
 
 PER_KERNEL = 0.004
 PER_MB = -0.02

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.campaign import CampaignConfig, CampaignSummary, Subject, measure_into_dataset
-from bench.ops import OpSpec
-from bench.runners import RunSettings
-from bench.store import LatencyDataset
-from device_agents import local_device
+from latbench.bench.campaign import CampaignConfig, CampaignSummary, Subject, measure_into_dataset
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset
+from latbench.device_agents import local_device
 from latbench.errors import ConfigError, PredictorError, UnknownKernelError
-from predictor.evaluate import (
+from latbench.predictor.evaluate import (
     EvaluationReport,
     NetworkTimes,
     error_metrics,
@@ -27,9 +27,9 @@ from predictor.evaluate import (
     settings_from_manifest,
     write_report,
 )
-from predictor.io import load_predictor
-from predictor.model_level import predict_network
-from predictor.training import fit_from_dataset
+from latbench.predictor.io import load_predictor
+from latbench.predictor.model_level import predict_network
+from latbench.predictor.training import fit_from_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -270,8 +270,8 @@ def test_evaluate_refusals(fitted, tmp_path: Path) -> None:
 
 
 def test_network_kernels() -> None:
-    from bench.export.graph import chain_graph
-    from bench.export.to_onnx import to_onnx
+    from latbench.bench.export.graph import chain_graph
+    from latbench.bench.export.to_onnx import to_onnx
 
     specs = NETWORKS["macro-like:a"]
     assert network_kernels(subjects()[0]) == specs

@@ -11,8 +11,8 @@ import pytest
 
 from latbench.cli import main
 from latbench.errors import ConfigError, DatasetError, PredictorError
-from predictor.evaluate import error_metrics
-from predictor.fewshot import (
+from latbench.predictor.evaluate import error_metrics
+from latbench.predictor.fewshot import (
     FBNET_CHOICES,
     FBNET_LAYERS,
     FewShotPredictor,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.campaign import CampaignConfig, Subject
-from bench.export.graph import chain_graph
-from bench.export.to_onnx import to_onnx
-from bench.fusion import (
+from latbench.bench.campaign import CampaignConfig, Subject
+from latbench.bench.export.graph import chain_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.fusion import (
     FusionPair,
     FusionRules,
     decide,
@@ -19,16 +19,16 @@ from bench.fusion import (
     detect_fusion,
     measure_fusion,
 )
-from bench.ops import OpSpec
-from bench.runners import RunSettings
-from bench.store import LatencyDataset, LatencyRecord
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, LatencyRecord
 from latbench.errors import ConfigError
-from predictor.features import kernel_cost
-from predictor.fusion import apply_attach, attach_from_rules, rules_from_card
-from predictor.io import load_predictor
-from predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
-from predictor.model_level import predict_onnx
-from predictor.training import fit_from_dataset
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.fusion import apply_attach, attach_from_rules, rules_from_card
+from latbench.predictor.io import load_predictor
+from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
+from latbench.predictor.model_level import predict_onnx
+from latbench.predictor.training import fit_from_dataset
 
 FUSED = {("conv", "relu"), ("conv", "relu6"), ("dwconv", "relu"), ("add", "relu"),
          ("conv", "add")}
@@ -162,7 +162,7 @@ def test_fit_reads_the_rules_from_the_card(tmp_path: Path) -> None:
 
 
 def test_measure_fusion_on_the_local_cpu(tmp_path: Path) -> None:
-    from device_agents import local_device
+    from latbench.device_agents import local_device
 
     pairs = default_pairs(["conv"], ["hswish"])[:1]
     config = CampaignConfig(settings=RunSettings(warmup=2, runs=5, rounds=2), drift_retries=0)

@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.export.from_torch import torch_to_onnx
-from bench.export.graph import chain_graph, spec_graph
-from bench.export.to_onnx import to_onnx
-from bench.networks import sample_networks
-from bench.ops import ACTIVATIONS, OpSpec, decompose
+from latbench.bench.export.from_torch import torch_to_onnx
+from latbench.bench.export.graph import chain_graph, spec_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.networks import sample_networks
+from latbench.bench.ops import ACTIVATIONS, OpSpec, decompose
 from latbench.errors import ParseError, UnsupportedModelError
-from predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels, se_ratio
+from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels, se_ratio
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet", "mobilenetv3")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.cli import main
 from latbench.errors import ConfigError, UnknownKernelError
-from predictor.io import load_predictor, save_predictor
-from predictor.lut import (
+from latbench.predictor.io import load_predictor, save_predictor
+from latbench.predictor.lut import (
     export_table,
     import_table,
     layout_keys,
@@ -22,9 +22,9 @@ from predictor.lut import (
     table_layout,
     write_table,
 )
-from predictor.models import get_predictor_class
-from search.lut_export import export_space_table, space_layout
-from search.spaces import get_space
+from latbench.predictor.models import get_predictor_class
+from latbench.search.lut_export import export_space_table, space_layout
+from latbench.search.spaces import get_space
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "luts"
 PROXYLESS = DATA / "proxylessnas-pixel" / "pixel_trim.yaml"

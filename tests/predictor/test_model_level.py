@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.export.graph import chain_graph
-from bench.export.to_onnx import to_onnx
-from bench.ops import OpSpec, decompose
+from latbench.bench.export.graph import chain_graph
+from latbench.bench.export.to_onnx import to_onnx
+from latbench.bench.ops import OpSpec, decompose
 from latbench.errors import PredictorError
-from predictor.features import kernel_cost
-from predictor.model_level import (
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.model_level import (
     SCALE_BOUNDS,
     composed_kernel_ms,
     fit_composition,
@@ -21,8 +21,8 @@ from predictor.model_level import (
     predict_onnx,
     safety_margin,
 )
-from predictor.models import XGBoostKernelPredictor
-from search.spaces import get_space
+from latbench.predictor.models import XGBoostKernelPredictor
+from latbench.search.spaces import get_space
 
 OVERHEAD_MS = 0.04
 

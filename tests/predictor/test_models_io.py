@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError, UnknownKernelError
-from predictor import io as pio
-from predictor.features import (
+from latbench.predictor import io as pio
+from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     feature_matrix,
     kernel_cost,
     kernel_features,
 )
-from predictor.io import MANIFEST, load_predictor, read_manifest, save_predictor
-from predictor.models import PREDICTORS, XGBoostKernelPredictor, register_predictor
+from latbench.predictor.io import MANIFEST, load_predictor, read_manifest, save_predictor
+from latbench.predictor.models import PREDICTORS, XGBoostKernelPredictor, register_predictor
 
 EVERY_KIND = [
     OpSpec("conv", h=32, w=32, cin=16, cout=32, kernel=3, act="relu"),
@@ -68,7 +68,7 @@ def fitted(data) -> XGBoostKernelPredictor:
 
 # --- features ---------------------------------------------------------------------------------
 def test_features_finite_for_every_kind() -> None:
-    from bench.ops import OP_KINDS
+    from latbench.bench.ops import OP_KINDS
 
     assert {s.kind for s in EVERY_KIND} == set(OP_KINDS)
     matrix = feature_matrix(EVERY_KIND)
@@ -97,7 +97,7 @@ def test_conv_cost_exact() -> None:
     add = kernel_cost(OpSpec("add", h=4, w=4, cin=8))
     assert add.flops == 128 and add.input_bytes == 2 * 128 * 4  # two inputs
     mb = OpSpec("mbconv", h=8, w=8, cin=16, cout=16, kernel=3, expand=6)
-    from bench.ops import decompose
+    from latbench.bench.ops import decompose
 
     assert kernel_cost(mb).flops == sum(kernel_cost(p).flops for p in decompose(mb))
 
@@ -294,7 +294,7 @@ def test_feature_version_1_predictors_still_load(tmp_path: Path) -> None:
     and predicts exactly what it did: saved predictors must not stop working on an upgrade."""
     import xgboost
 
-    from predictor.features import FEATURE_NAMES_V1
+    from latbench.predictor.features import FEATURE_NAMES_V1
 
     specs, ms = synthetic_data()
     old = XGBoostKernelPredictor()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.latency import LatencyTable
-from search.spaces import SearchSpace, get_space
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces import SearchSpace, get_space
 
 
 @pytest.fixture(scope="module")

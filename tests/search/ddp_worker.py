@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from search.data import digits
-from search.latency import LatencyTable
-from search.spaces import get_space
-from search.supernet import SupernetConfig, SupernetSearch, init_distributed
+from latbench.search.data import digits
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces import get_space
+from latbench.search.supernet import SupernetConfig, SupernetSearch, init_distributed
 
 
 def main(out: Path, mode: str) -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ops import OpSpec, decompose
+from latbench.bench.ops import OpSpec, decompose
 from latbench.errors import ConfigError, SearchError, UnknownKernelError
-from predictor.features import kernel_cost
-from predictor.model_level import predict_network
-from predictor.models import XGBoostKernelPredictor
-from search.budget import search_budgets
-from search.latency import LatencyTable, choices_matrix
-from search.spaces import Arch, get_space
-from search.strategies import STRATEGIES, get_strategy
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.model_level import predict_network
+from latbench.predictor.models import XGBoostKernelPredictor
+from latbench.search.budget import search_budgets
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.spaces import Arch, get_space
+from latbench.search.strategies import STRATEGIES, get_strategy
 
 
 def synthetic_ms(spec: OpSpec) -> float:
@@ -218,7 +218,7 @@ def test_search_budgets_refusals(macro, kwargs, error, match) -> None:
 
 def test_strategy_registry() -> None:
     assert "exhaustive" in STRATEGIES
-    from search.strategies import register_strategy
+    from latbench.search.strategies import register_strategy
 
     with pytest.raises(ConfigError, match="registered twice"):
         register_strategy("exhaustive")(object)

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.ops import OpSpec, decompose
+from latbench.bench.ops import OpSpec, decompose
 from latbench.cli import main
-from predictor.features import kernel_cost
-from predictor.io import save_predictor
-from predictor.kernels import onnx_to_kernels
-from predictor.models import XGBoostKernelPredictor
-from search.run import load_winner, pareto_front
-from search.spaces import get_space
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.io import save_predictor
+from latbench.predictor.kernels import onnx_to_kernels
+from latbench.predictor.models import XGBoostKernelPredictor
+from latbench.search.run import load_winner, pareto_front
+from latbench.search.spaces import get_space
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from latbench.errors import ConfigError, DatasetError
-from search.data import (
+from latbench.search.data import (
     ImageFolder,
     batch_of,
     digits,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from latbench.errors import ConfigError, SearchError
-from search.accuracy import SurrogateAccuracy, TableAccuracy, make_source, one_hot
-from search.latency import LatencyTable, choices_matrix
-from search.strategies import get_strategy
-from search.strategies.evolution import sample_feasible
+from latbench.search.accuracy import SurrogateAccuracy, TableAccuracy, make_source, one_hot
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.strategies import get_strategy
+from latbench.search.strategies.evolution import sample_feasible
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

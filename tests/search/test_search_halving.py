@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from latbench.errors import ConfigError
-from search.data import digits
-from search.strategies import get_strategy
-from search.strategies.halving import bracket_epochs, hyperband_brackets, rungs
+from latbench.search.data import digits
+from latbench.search.strategies import get_strategy
+from latbench.search.strategies.halving import bracket_epochs, hyperband_brackets, rungs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latbench.errors import SearchError
-from search.latency import (
+from latbench.search.latency import (
     ExpectedLatency,
     LatencyTable,
     additive_loss,
@@ -18,7 +18,7 @@ from search.latency import (
     padded_table,
     repair_to_budget,
 )
-from search.spaces import Arch, get_space
+from latbench.search.spaces import Arch, get_space
 
 # Layers with different numbers of candidates (as in the proxyless space's skips).
 TABLE = LatencyTable("toy", 1.5, ((0.3, 0.9, 1.7), (0.0, 0.4), (0.2, 0.25, 0.6, 1.1)))
@@ -75,7 +75,7 @@ def test_shape_is_checked() -> None:
     with pytest.raises(SearchError, match="shape"):
         ExpectedLatency(TABLE)(torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ImportError):
-        from search.latency import NotThere  # noqa: F401
+        from latbench.search.latency import NotThere  # noqa: F401
 
 
 def test_loss_forms() -> None:

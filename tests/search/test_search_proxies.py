@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from latbench.errors import ConfigError
-from search.data import random_batch
-from search.proxies import (
+from latbench.search.data import random_batch
+from latbench.search.proxies import (
     PROXIES,
     VOTE_OF,
     ProxyScorer,
@@ -20,7 +20,7 @@ from search.proxies import (
     spearman,
     vote,
 )
-from search.spaces import SPACES, get_space
+from latbench.search.spaces import SPACES, get_space
 
 SMALL = {  # every registered space, sized for a test
     "nasbench-macro": {"resolution": 8},

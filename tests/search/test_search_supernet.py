@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from latbench.errors import ConfigError, SearchError
-from search.data import digits, loader
-from search.latency import LatencyTable
-from search.spaces import Arch, get_space
-from search.strategies import get_strategy
-from search.supernet import (
+from latbench.search.data import digits, loader
+from latbench.search.latency import LatencyTable
+from latbench.search.spaces import Arch, get_space
+from latbench.search.strategies import get_strategy
+from latbench.search.supernet import (
     Path,
     SupernetConfig,
     SupernetSearch,

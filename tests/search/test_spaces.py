@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ops import OpSpec
+from latbench.bench.ops import OpSpec
 from latbench.errors import ConfigError, DatasetError, SearchError
-from search.spaces import SPACES, Arch, get_space, register_space
-from search.spaces.nasbench_macro import (
+from latbench.search.spaces import SPACES, Arch, get_space, register_space
+from latbench.search.spaces.nasbench_macro import (
     PUBLIC_SOURCE,
     NasBenchMacro,
     accuracy_table_path,
     load_accuracy_table,
 )
-from search.spaces.proxyless import ProxylessSpace
+from latbench.search.spaces.proxyless import ProxylessSpace
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
