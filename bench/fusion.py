@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, measure_into_dataset
 from latbench.bench.export.graph import GraphBuilder, LayerGraph, emit_spec
 from latbench.bench.ops import ACTIVATIONS, OpSpec
 from latbench.bench.stats import DEFAULT_STATISTIC
 from latbench.bench.store import LatencyDataset
 from latbench.device_agents import Device
+
 from latbench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)

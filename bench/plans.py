@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from latbench.bench.ops import KEY_FIELDS, OpSpec, decompose
+
 from latbench.errors import ConfigError, SpecError
 
 SpaceResolver = Callable[[str], list[OpSpec]]

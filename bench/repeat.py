@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from latbench.bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord, atomic_write_text
 from latbench.device_agents import Device
+
 from latbench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)

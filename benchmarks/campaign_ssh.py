@@ -27,14 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path[1:1] = [str(ROOT), str(ROOT / "tests")]
 
 from _report import publish  # noqa: E402
-from standins.sshd_host import SshdHost, keygen  # noqa: E402
-
-from latbench.bench.campaign import CampaignConfig, Subject, measure_fleet_into_dataset, run_campaign  # noqa: E402,I001
+from latbench.bench.campaign import (  # noqa: E402,I001
+    CampaignConfig,
+    Subject,
+    measure_fleet_into_dataset,
+    run_campaign,
+)
 from latbench.bench.plans import build_specs, load_plan  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.store import LatencyDataset, make_job_key  # noqa: E402
 from latbench.device_agents import Device, LocalTransport, SSHTransport  # noqa: E402
 from latbench.search.networks import space_kernels  # noqa: E402
+from standins.sshd_host import SshdHost, keygen  # noqa: E402
 
 
 class KillMidway:

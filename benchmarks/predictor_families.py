@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
-
 from latbench.bench.campaign import CampaignSummary  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.predictor.compare import compare_predictors, write_comparison  # noqa: E402

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
-
 from latbench.bench.campaign import CampaignConfig  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
 from latbench.predictor.evaluate import settings_from_manifest  # noqa: E402

@@ -43,7 +43,6 @@ def child(cfg: dict) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
-
     from latbench.search.latency import LatencyTable
     from latbench.search.spaces import Arch, get_space
     from latbench.search.supernet import SupernetConfig, SupernetSearch

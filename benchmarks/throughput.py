@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
-
 from latbench.bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
 from latbench.bench.plans import build_specs, load_plan  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402

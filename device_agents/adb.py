@@ -34,6 +34,7 @@ from latbench.device_agents.transport import (
     register_transport,
     start_process,
 )
+
 from latbench.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)

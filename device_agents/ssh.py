@@ -39,6 +39,7 @@ from latbench.device_agents.transport import (
     describe,
     register_transport,
 )
+
 from latbench.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)

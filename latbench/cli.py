@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench import __version__
+from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import ConfigError, LatbenchError
 
 log = logging.getLogger("latbench")
@@ -324,9 +324,9 @@ PASSES_HELP = ("measure the networks N times, one whole pass after another, and 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from latbench.progress import Bars
     from latbench.predictor.evaluate import evaluate, settings_from_manifest, write_report
     from latbench.predictor.io import load_predictor
+    from latbench.progress import Bars
     from latbench.search.networks import resolve_networks
 
     predictor, manifest = load_predictor(Path(args.predictor))
@@ -354,8 +354,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from latbench.progress import Bars
     from latbench.predictor.evaluate import settings_from_manifest
+    from latbench.progress import Bars
     from latbench.search.budget import OUTCOME_HEADER, BudgetOutcome, measure_winners
     from latbench.search.run import SearchJob, parse_options, prepare, run_job, write_outputs
 
@@ -484,8 +484,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from latbench.progress import Bars
     from latbench.predictor.adaptive import adapt_dataset
+    from latbench.progress import Bars
 
     device = _device(args.device, 1)
     with Bars("new kernels") as bars:
@@ -510,8 +510,8 @@ def _run_settings_defaults() -> Any:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from latbench.progress import Bars
     from latbench.predictor.compare import compare_predictors, write_comparison
+    from latbench.progress import Bars
     from latbench.search.networks import resolve_networks
 
     names = [n.strip() for n in args.predictors.split(",") if n.strip()]

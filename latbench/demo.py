@@ -25,11 +25,11 @@ from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import local_device
 from latbench.errors import LatbenchError
-from latbench.progress import Bars
 from latbench.predictor.evaluate import evaluate, write_report
 from latbench.predictor.io import load_predictor
 from latbench.predictor.model_level import safety_margin
 from latbench.predictor.training import fit_from_dataset
+from latbench.progress import Bars
 from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.search.networks import plan_subjects, resolve_networks

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from latbench.bench.campaign import (
     CampaignConfig,
     CampaignSummary,
@@ -29,8 +28,9 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
-from latbench.errors import ConfigError, DatasetError, PredictorError
 from latbench.predictor.model_level import predict_network
+
+from latbench.errors import ConfigError, DatasetError, PredictorError
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:

@@ -18,8 +18,9 @@ from typing import Any
 
 from latbench.bench.fusion import FusionRules
 from latbench.bench.ops import ACTIVATIONS, OpSpec
-from latbench.errors import PredictorError
 from latbench.predictor.kernels import DEFAULT_ATTACH
+
+from latbench.errors import PredictorError
 
 Attach = frozenset[tuple[str, str]]
 

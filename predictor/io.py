@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from latbench.errors import PredictorError
 from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
@@ -24,6 +23,8 @@ from latbench.predictor.features import (
     SUPPORTED_FEATURE_VERSIONS,
 )
 from latbench.predictor.models import KernelPredictor, get_predictor_class, predictor_names
+
+from latbench.errors import PredictorError
 
 MANIFEST = "manifest.json"
 FORMAT = "latbench-predictor"

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from latbench.bench.ops import OpSpec
-from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
 from latbench.predictor.models import KernelPredictor, register_predictor
+
+from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
 
 FORMATS = ("proxyless", "ofa")
 SPREAD_FIELD = {"proxyless": "var", "ofa": "std"}
@@ -345,7 +345,6 @@ def table_layout(path: str | Path, fmt: str | None = None
 def write_table(table: dict[str, dict[str, float | int]], path: str | Path) -> Path:
     """Write a table as YAML (keys in the given order, floats exact)."""
     import yaml
-
     from latbench.bench.store import atomic_write_text
 
     path = Path(path)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from latbench.bench.ops import OpSpec
-from latbench.errors import PredictorError
 from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
+
+from latbench.errors import PredictorError
 
 SCALE_BOUNDS = (0.5, 2.0)
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from latbench.search.spaces.base import Arch, SearchSpace
 
 from latbench.errors import ConfigError, SearchError
-from latbench.search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 

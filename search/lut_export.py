@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.errors import ConfigError
 from latbench.predictor.lut import export_table, layout_keys
 from latbench.search.spaces.base import SearchSpace
+
+from latbench.errors import ConfigError
 
 
 def space_layout(space: SearchSpace, fmt: str) -> list[tuple[str, tuple[OpSpec, ...]]]:

@@ -13,13 +13,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
-
 from latbench.bench.campaign import Subject
 from latbench.bench.networks import NetworkDef, list_families, sample_networks
 from latbench.bench.ops import OpSpec
 from latbench.bench.plans import Plan, build_specs
-from latbench.errors import ConfigError
 from latbench.search.spaces import SPACES, Arch, SearchSpace, get_space
+
+from latbench.errors import ConfigError
 
 
 def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from latbench.search.spaces.base import Arch, SearchSpace
 
 from latbench.errors import ConfigError, SearchError
 from latbench.registry import Registry
-from latbench.search.spaces.base import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from latbench.errors import ConfigError
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.search.spaces import SearchSpace, get_space
 from latbench.search.strategies.base import SearchResult
+
+from latbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

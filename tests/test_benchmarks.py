@@ -64,7 +64,12 @@ def test_fewshot_order_drift_separates_drift_from_noise(monkeypatch: pytest.Monk
     assert script is not None and script.loader is not None
     fewshot_bench = importlib.util.module_from_spec(script)
     script.loader.exec_module(fewshot_bench)
-    from latbench.predictor.fewshot import FBNET_CHOICES, FBNET_LAYERS, ReferenceTable, table_features
+    from latbench.predictor.fewshot import (
+        FBNET_CHOICES,
+        FBNET_LAYERS,
+        ReferenceTable,
+        table_features,
+    )
 
     rng = np.random.default_rng(0)
     archs = tuple("-".join(rng.choice(FBNET_CHOICES, FBNET_LAYERS)) for _ in range(3000))

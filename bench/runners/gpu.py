@@ -14,9 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from latbench.bench.export.graph import LayerGraph
-from latbench.bench.runners.base import AgentRunner, BatchResult, ModelFile, RunSettings, register_runner
+from latbench.bench.runners.base import (
+    AgentRunner,
+    BatchResult,
+    ModelFile,
+    RunSettings,
+    register_runner,
+)
 from latbench.device_agents import Device, LocalTransport
 from latbench.device_agents.agent.latbench_agent import cuda_unavailable
+
 from latbench.errors import RunnerError
 
 GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from latbench.bench.ops import OpSpec, se_gate
+
 from latbench.errors import SearchError
 
 

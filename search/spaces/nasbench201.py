@@ -29,8 +29,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.errors import SearchError
 from latbench.search.spaces.base import Arch, SearchSpace, register_space
+
+from latbench.errors import SearchError
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edges in the benchmark's order, as (to node, from node).
@@ -234,7 +235,6 @@ class NasBench201(SearchSpace):
 def make_op(op: str, channels: int) -> Any:
     """A trainable module for one edge operation (channels in = out, stride 1)."""
     import torch.nn as nn
-
     from latbench.search.spaces.modules import conv_bn_act
 
     if op == "none":
@@ -252,7 +252,6 @@ def make_op(op: str, channels: int) -> Any:
 def _torch() -> SimpleNamespace:
     """The torch module classes, defined on first use (importing the space needs no torch)."""
     import torch.nn as nn
-
     from latbench.search.spaces.modules import conv_bn_act
 
     class Zero(nn.Module):

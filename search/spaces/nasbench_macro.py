@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.errors import DatasetError, SearchError
 from latbench.search.spaces.base import Arch, SearchSpace, register_space
+
+from latbench.errors import DatasetError, SearchError
 
 STAGES = ((2, 64), (3, 128), (3, 256))
 STEM_CHANNELS = 32

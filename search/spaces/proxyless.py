@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.errors import SearchError
 from latbench.search.spaces.base import Arch, SearchSpace, register_space
+
+from latbench.errors import SearchError
 
 # (output channels, layers, stride of the first layer) as in ProxylessNAS (mobile).
 DEFAULT_STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))

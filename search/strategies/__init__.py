@@ -8,6 +8,11 @@ from latbench.search.strategies import (  # noqa: F401  (registers the strategie
     halving,
     proxyless,
 )
-from latbench.search.strategies.base import STRATEGIES, SearchResult, get_strategy, register_strategy
+from latbench.search.strategies.base import (
+    STRATEGIES,
+    SearchResult,
+    get_strategy,
+    register_strategy,
+)
 
 __all__ = ["STRATEGIES", "SearchResult", "get_strategy", "register_strategy"]

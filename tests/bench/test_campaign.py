@@ -8,9 +8,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 import latbench.bench.campaign as campaign
+import pytest
 from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
@@ -22,6 +21,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
 from latbench.bench.store import LatencyDataset, make_job_key
 from latbench.device_agents import CommandResult, Device, local_device
+
 from latbench.errors import ConfigError, TransportError
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=2)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from standins.procs import wait_gone
-
 from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
@@ -23,6 +21,8 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, make_job_key
 from latbench.device_agents import ADBTransport, Device, LocalTransport, SSHTransport
+from standins.procs import wait_gone
+
 from latbench import cli
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=1)

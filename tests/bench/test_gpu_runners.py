@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from latbench.bench.export.graph import chain_graph, spec_graph
 from latbench.bench.export.reference import run_reference
 from latbench.bench.export.to_onnx import to_onnx
@@ -22,6 +21,7 @@ from latbench.bench.runners import GPU_RUNTIMES, ModelFile, RunSettings, get_run
 from latbench.device_agents import AGENT_SCRIPT, Device, LocalTransport, local_device
 from latbench.device_agents.agent import latbench_agent as agent
 from latbench.device_agents.fleet import _problems
+
 from latbench.cli import main
 from latbench.errors import RunnerError
 

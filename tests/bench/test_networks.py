@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
 from latbench.bench.export.from_torch import torch_to_onnx
 from latbench.bench.networks import (
     FAMILIES,
@@ -15,6 +14,7 @@ from latbench.bench.networks import (
     register_family,
     sample_networks,
 )
+
 from latbench.errors import ConfigError, ExportError
 
 EXPECTED_FAMILIES = ["efficientnet", "mobilenetv2", "mobilenetv3", "resnet"]

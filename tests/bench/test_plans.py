@@ -8,9 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from latbench.bench.ops import OpSpec, decompose
-from latbench.bench.plans import PRESETS, Plan, RandomKernels, build_specs, load_plan, perturb, random_spec
+from latbench.bench.plans import (
+    PRESETS,
+    Plan,
+    RandomKernels,
+    build_specs,
+    load_plan,
+    perturb,
+    random_spec,
+)
+
 from latbench.errors import ConfigError
 
 EXTRA_KEY = "pool:n=1,h=8,w=8,cin=256,pool=gavg,k=1,s=1,p=0,dtype=float32"

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from latbench.device_agents import (
     ADBTransport,
     LocalTransport,
@@ -19,6 +18,7 @@ from latbench.device_agents import (
     load_fleet,
     parse_fleet,
 )
+
 from latbench import cli
 from latbench.errors import ConfigError
 

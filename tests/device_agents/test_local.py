@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from latbench.device_agents import (
     TRANSPORTS,
     CommandResult,
@@ -21,6 +20,7 @@ from latbench.device_agents import (
     local_device,
     register_transport,
 )
+
 from latbench.errors import AgentError, ConfigError, TransportError
 
 

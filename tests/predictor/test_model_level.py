@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec, decompose
-from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.model_level import (
     SCALE_BOUNDS,
@@ -23,6 +21,8 @@ from latbench.predictor.model_level import (
 )
 from latbench.predictor.models import XGBoostKernelPredictor
 from latbench.search.spaces import get_space
+
+from latbench.errors import PredictorError
 
 OVERHEAD_MS = 0.04
 

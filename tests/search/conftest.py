@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from latbench.search.latency import LatencyTable
 from latbench.search.spaces import SearchSpace, get_space
 

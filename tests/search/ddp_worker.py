@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from latbench.search.data import digits
 from latbench.search.latency import LatencyTable
 from latbench.search.spaces import get_space

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from latbench.bench.ops import OpSpec
-from latbench.errors import ConfigError, DatasetError, SearchError
 from latbench.search.spaces import SPACES, Arch, get_space, register_space
 from latbench.search.spaces.nasbench_macro import (
     PUBLIC_SOURCE,
@@ -20,6 +18,8 @@ from latbench.search.spaces.nasbench_macro import (
     load_accuracy_table,
 )
 from latbench.search.spaces.proxyless import ProxylessSpace
+
+from latbench.errors import ConfigError, DatasetError, SearchError
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
