@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from latbench.bench.export.graph import LayerGraph, chain_graph, spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
@@ -43,7 +44,6 @@ from latbench.bench.runners import (
 from latbench.bench.stats import flatten
 from latbench.bench.store import LatencyDataset, LatencyRecord, make_job_key, utc_now
 from latbench.device_agents import Device
-
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)

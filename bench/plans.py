@@ -8,7 +8,8 @@ A plan combines
 - `specs`: explicit spec keys,
 - `networks`: whole networks to measure too, as `NAME:COUNT` network sets (e.g. random
   architectures of a space); a predictor uses them to learn how kernels compose into networks.
-Space kernels and networks come from resolvers the caller passes in (spaces live above bench).
+A space name resolves through `bench.network_sets.space_kernels` (search spaces and
+"family:NAME:COUNT" kernel sets); `plan_subjects` adds the plan's networks among its kernels.
 
 Example (YAML):
     name: my-phone
@@ -33,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latbench.bench.ops import KEY_FIELDS, OpSpec, decompose
 
+from latbench.bench.campaign import Subject
+from latbench.bench.network_sets import resolve_networks, space_kernels
+from latbench.bench.ops import KEY_FIELDS, OpSpec, decompose
 from latbench.errors import ConfigError, SpecError
 
 SpaceResolver = Callable[[str], list[OpSpec]]
@@ -193,8 +196,9 @@ def _strings(raw: dict[str, Any], name: str, origin: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def build_specs(plan: Plan, resolve_space: SpaceResolver | None = None) -> list[OpSpec]:
-    """The plan's kernels, deduplicated by key, in a deterministic order for a given seed."""
+def build_specs(plan: Plan, resolve_space: SpaceResolver = space_kernels) -> list[OpSpec]:
+    """The plan's kernels, deduplicated by key, in a deterministic order for a given seed.
+    `resolve_space` turns a plan's `spaces` entry into kernels (tests pass toy spaces)."""
     rng = np.random.default_rng(plan.seed)
     chosen: dict[str, OpSpec] = {}
 
@@ -203,9 +207,6 @@ def build_specs(plan: Plan, resolve_space: SpaceResolver | None = None) -> list[
 
     real: list[OpSpec] = []
     for space in plan.spaces:
-        if resolve_space is None:
-            raise ConfigError(f"plan {plan.name!r} uses search space {space!r} but no space "
-                              "resolver was given")
         real.extend(resolve_space(space))
     for spec in real:
         add(spec)
@@ -292,3 +293,19 @@ def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50)
             last_error = exc
     raise ConfigError(f"random {entry.kind} entry produced no valid kernel in {tries} tries: "
                       f"{last_error}")
+
+
+def plan_subjects(plan: Plan) -> list[Subject]:
+    """Everything a plan measures: its kernels with its calibration networks spread evenly
+    among them, so networks and kernels share batches and so the device's state: the
+    composition learns how kernels add up, not how the machine drifted between the two."""
+    kernels = [Subject.op(s) for s in build_specs(plan)]
+    if not plan.networks:
+        return kernels
+    networks = resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
+    step = len(kernels) / len(networks)
+    subjects: list[Subject] = []
+    for i, network in enumerate(networks):
+        subjects += kernels[round(i * step):round((i + 1) * step)]
+        subjects.append(network)
+    return subjects

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from latbench.bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
+from latbench.bench.network_sets import network_from_key
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord, atomic_write_text
 from latbench.device_agents import Device
-
 from latbench.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def subjects_for(records: pd.DataFrame, resolve_network: NetworkResolver | None
 
 def repeat_dataset(data: Path, out: Path, device: Device, *, sample: int | None = None,
                    seed: int = 0, runtime: str | None = None,
-                   resolve_network: NetworkResolver | None = None,
+                   resolve_network: NetworkResolver | None = network_from_key,
                    progress: ProgressSink | None = None) -> RepeatReport:
     """Measure the records of the dataset at `data` again into OUT/remeasured (resumable) and
     compare. `sample` picks that many records at random (seeded); `device` must be the device

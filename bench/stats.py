@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from latbench.device_agents.agent.latbench_agent import (
     STOP_REASONS,
     ci_rel_width,
@@ -28,7 +29,6 @@ from latbench.device_agents.agent.latbench_agent import (
     median_ci_ranks,
     stop_reason,
 )
-
 from latbench.errors import LatbenchError
 
 __all__ = [

@@ -34,8 +34,8 @@ from typing import IO, Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from latbench.bench.ops import OpSpec
 
+from latbench.bench.ops import OpSpec
 from latbench.errors import DatasetError
 
 log = logging.getLogger(__name__)

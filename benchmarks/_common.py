@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from latbench.bench.campaign import CampaignConfig, measure_into_dataset
-from latbench.bench.plans import load_plan
+from latbench.bench.plans import load_plan, plan_subjects
 from latbench.bench.runners import RunSettings
 from latbench.device_agents import local_device
-from latbench.search.networks import plan_subjects
 
 
 def fresh_dir(path: str | Path, keep: bool = False) -> Path:

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path[1:1] = [str(ROOT), str(ROOT / "tests")]
 
 from _report import publish  # noqa: E402
+from standins.sshd_host import SshdHost, keygen  # noqa: E402
+
 from latbench.bench.campaign import (  # noqa: E402,I001
     CampaignConfig,
     Subject,
@@ -37,8 +39,6 @@ from latbench.bench.plans import build_specs, load_plan  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.store import LatencyDataset, make_job_key  # noqa: E402
 from latbench.device_agents import Device, LocalTransport, SSHTransport  # noqa: E402
-from latbench.search.networks import space_kernels  # noqa: E402
-from standins.sshd_host import SshdHost, keygen  # noqa: E402
 
 
 class KillMidway:
@@ -89,7 +89,7 @@ def main() -> None:
     settings = RunSettings(threads=1, warmup=5, runs=10, rounds=2)
     config = CampaignConfig(settings=settings, batch_size=args.batch_size, calibration_runs=1,
                             drift_pause_s=0.5, max_device_failures=2)
-    specs = build_specs(load_plan("quick"), space_kernels)[:args.specs]
+    specs = build_specs(load_plan("quick"))[:args.specs]
     subjects = [Subject.op(s) for s in specs]
     jobs_per_device = len(subjects)
     batches = -(-jobs_per_device // args.batch_size)

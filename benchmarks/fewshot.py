@@ -34,6 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import publish  # noqa: E402
+
 from latbench.predictor.evaluate import error_metrics  # noqa: E402
 from latbench.predictor.fewshot import (  # noqa: E402
     DEFAULT_CANDIDATES,

@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
+
+from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.predictor.evaluate import evaluate, write_report  # noqa: E402
 from latbench.predictor.io import load_predictor  # noqa: E402
 from latbench.predictor.training import fit_from_dataset  # noqa: E402
-from latbench.search.networks import resolve_networks  # noqa: E402
 
 VARIANTS = (("composed", "composed", True), ("kernel sum", "sum", False))
 

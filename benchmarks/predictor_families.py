@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
+
 from latbench.bench.campaign import CampaignSummary  # noqa: E402
+from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.predictor.compare import compare_predictors, write_comparison  # noqa: E402
 from latbench.predictor.evaluate import NetworkTimes, error_metrics, measure_networks  # noqa: E402
-from latbench.search.networks import resolve_networks  # noqa: E402
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet")
 

@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _report import publish  # noqa: E402
+
+from latbench.bench.spaces import get_space  # noqa: E402
+from latbench.bench.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 from latbench.search.data import batch_of, digits, random_batch  # noqa: E402
 from latbench.search.proxies import PROXIES, spearman, vote  # noqa: E402
 from latbench.search.proxies import score as proxy_score  # noqa: E402
-from latbench.search.spaces import get_space  # noqa: E402
-from latbench.search.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 

@@ -33,20 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
+
 from latbench.bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
 from latbench.bench.plans import build_specs, load_plan  # noqa: E402
 from latbench.bench.repeat import compare_records  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
-from latbench.search.networks import space_kernels  # noqa: E402
 
 TARGET_MEDIAN, TARGET_P90 = 0.02, 0.05
 STATS = ("min_ms", "round_min_median_ms", "median_ms", "mean_ms", "p90_ms")
 
 
 def pick_specs(n: int, seed: int) -> list:
-    specs = build_specs(load_plan("nasbench-macro"), space_kernels)
+    specs = build_specs(load_plan("nasbench-macro"))
     rng = np.random.default_rng(seed)
     return [specs[i] for i in sorted(rng.choice(len(specs), min(n, len(specs)), replace=False))]
 

@@ -26,7 +26,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import fresh_dir, measure_plan  # noqa: E402
 from _report import publish  # noqa: E402
+
 from latbench.bench.campaign import CampaignConfig  # noqa: E402
+from latbench.bench.spaces import get_space  # noqa: E402
+from latbench.bench.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
 from latbench.predictor.evaluate import settings_from_manifest  # noqa: E402
 from latbench.predictor.io import load_predictor  # noqa: E402
@@ -35,8 +38,6 @@ from latbench.predictor.training import fit_from_dataset  # noqa: E402
 from latbench.search.accuracy import make_source  # noqa: E402
 from latbench.search.budget import measure_winners  # noqa: E402
 from latbench.search.latency import LatencyTable, choices_matrix  # noqa: E402
-from latbench.search.spaces import get_space  # noqa: E402
-from latbench.search.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 from latbench.search.strategies import SearchResult, get_strategy  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"

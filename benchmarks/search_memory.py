@@ -43,8 +43,9 @@ def child(cfg: dict) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
+
+    from latbench.bench.spaces import Arch, get_space
     from latbench.search.latency import LatencyTable
-    from latbench.search.spaces import Arch, get_space
     from latbench.search.supernet import SupernetConfig, SupernetSearch
 
     torch.set_num_threads(1)

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
+
 from latbench.bench.campaign import CampaignConfig, Subject, run_campaign  # noqa: E402
 from latbench.bench.plans import build_specs, load_plan  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
-from latbench.search.networks import space_kernels  # noqa: E402
 
 TARGET = 0.02
 PROTOCOLS = {
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
     out = fresh_dir(args.out)
-    specs = build_specs(load_plan("nasbench-macro"), space_kernels)
+    specs = build_specs(load_plan("nasbench-macro"))
     rng = np.random.default_rng(args.seed)
     picked = [specs[i] for i in sorted(rng.choice(len(specs), min(args.specs, len(specs)),
                                                   replace=False))]

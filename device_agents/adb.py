@@ -34,7 +34,6 @@ from latbench.device_agents.transport import (
     register_transport,
     start_process,
 )
-
 from latbench.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ from typing import Any
 from latbench.device_agents.local import LocalTransport
 from latbench.device_agents.tools import TOOL_RUNTIMES
 from latbench.device_agents.transport import Transport, check_remote_path
-
 from latbench.errors import AgentError, ConfigError, LatbenchError, TransportError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from latbench.device_agents.transport import (
     register_transport,
     start_process,
 )
-
 from latbench.errors import TransportError
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,6 @@ from latbench.device_agents.transport import (
     describe,
     register_transport,
 )
-
 from latbench.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from latbench.bench.ops import OpSpec
 from latbench.bench.plans import perturb
-
 from latbench.errors import PredictorError, UnknownKernelError
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from latbench.bench.campaign import CampaignConfig, CampaignSummary, ProgressSink, Subject
 from latbench.bench.stats import DEFAULT_STATISTIC
 from latbench.bench.store import atomic_write_text
 from latbench.device_agents import Device
+from latbench.errors import PredictorError, UnknownKernelError
 from latbench.predictor.evaluate import (
     error_metrics,
     error_table,
@@ -32,8 +34,6 @@ from latbench.predictor.evaluate import (
 )
 from latbench.predictor.model_level import predict_network
 from latbench.predictor.training import fit_from_dataset
-
-from latbench.errors import PredictorError, UnknownKernelError
 
 METRIC_COLUMNS = ("n", "coverage", "rmse_ms", "rmspe_pct", "within5", "within10", "within15",
                   "spearman", "kendall", "bias_pct")

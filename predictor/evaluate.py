@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from latbench.bench.campaign import (
     CampaignConfig,
     CampaignSummary,
@@ -28,9 +29,8 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
-from latbench.predictor.model_level import predict_network
-
 from latbench.errors import ConfigError, DatasetError, PredictorError
+from latbench.predictor.model_level import predict_network
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -65,8 +65,8 @@ def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None
                     ) -> list[OpSpec]:
     """A network's kernels: known for search-space architectures, else split from its ONNX;
     split by the fusion rules `attach` when given (else the default rules)."""
-    from latbench.predictor.fusion import apply_attach
-    from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
+    from latbench.bench.fusion import apply_attach
+    from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels
 
     if network.kernels is not None:
         kernels = list(network.kernels)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from latbench.bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
 
+from latbench.bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
 from latbench.errors import DatasetError
 
 FEATURE_VERSION = 2

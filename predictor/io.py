@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from latbench.errors import PredictorError
 from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
@@ -23,8 +24,6 @@ from latbench.predictor.features import (
     SUPPORTED_FEATURE_VERSIONS,
 )
 from latbench.predictor.models import KernelPredictor, get_predictor_class, predictor_names
-
-from latbench.errors import PredictorError
 
 MANIFEST = "manifest.json"
 FORMAT = "latbench-predictor"
@@ -137,7 +136,7 @@ def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
     predictor.feature_version_ = version
     fusion = manifest.get("fusion")
     if isinstance(fusion, dict) and "attach" in fusion:
-        from latbench.predictor.fusion import attach_from_json
+        from latbench.bench.fusion import attach_from_json
 
         predictor.attach_ = attach_from_json(fusion["attach"])
     return predictor, manifest

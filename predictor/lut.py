@@ -5,7 +5,7 @@ expansion *ratio* in the key, `var`) and Once-for-All (absolute *middle channels
 `se`/`hs` flags, `std`). Importing one gives a `LookupTablePredictor` over latbench kernels, so
 a table measured elsewhere plugs into the same network sums, searches and comparisons as a fitted
 predictor. Exporting goes the other way: any predictor priced over a layout of table keys (a
-search space's layers, see `search.lut_export`, or the keys of an existing table).
+search space's layers, see `space_layout` below, or the keys of an existing table).
 
 Key formats (HxWxC, output after the layer's stride):
 - `Conv-input:...-output:...` the stem 3x3 conv; `Conv_1` the 1x1 head conv; `Conv_2` (OFA) the
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latbench.bench.ops import OpSpec
-from latbench.predictor.models import KernelPredictor, register_predictor
 
+from latbench.bench.ops import OpSpec
+from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
+from latbench.predictor.models import KernelPredictor, register_predictor
 
 FORMATS = ("proxyless", "ofa")
 SPREAD_FIELD = {"proxyless": "var", "ofa": "std"}
@@ -345,9 +346,35 @@ def table_layout(path: str | Path, fmt: str | None = None
 def write_table(table: dict[str, dict[str, float | int]], path: str | Path) -> Path:
     """Write a table as YAML (keys in the given order, floats exact)."""
     import yaml
+
     from latbench.bench.store import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(table, sort_keys=False, default_flow_style=False))
     return path
+
+
+# --- a search space's table ---------------------------------------------------------------
+
+
+def space_layout(space: SearchSpace, fmt: str) -> list[tuple[str, tuple[OpSpec, ...]]]:
+    """Every table entry any architecture of `space` needs: stem, every candidate of every
+    searchable layer, head; each key once, in network order."""
+    prefix, suffix = space.fixed_ops()
+    middle = [spec for layer in range(space.n_layers) for cand in space.candidates(layer)
+              for spec in cand]
+    entries: dict[str, tuple[OpSpec, ...]] = {}
+    for key, specs in layout_keys([*prefix, *middle, *suffix], fmt):
+        known = entries.setdefault(key, specs)
+        if known != specs:
+            raise ConfigError(f"space {space.name}: table key {key} stands for two different "
+                              f"kernels ({known[0].key()} and {specs[0].key()}); the {fmt} "
+                              "format cannot tell them apart")
+    return list(entries.items())
+
+
+def export_space_table(predictor: Any, space: SearchSpace, fmt: str
+                       ) -> dict[str, dict[str, float | int]]:
+    """The predictor's estimate of every entry of the space's table, in `fmt`."""
+    return export_table(predictor, space_layout(space, fmt), fmt)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latbench.bench.ops import OpSpec
-from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
 
+from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError
+from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
 
 SCALE_BOUNDS = (0.5, 2.0)
 
@@ -151,8 +151,8 @@ def predict_network(predictor: Any, specs: Sequence[OpSpec]) -> NetworkPredictio
 
 def predict_onnx(predictor: Any, model: bytes | str | Path) -> NetworkPrediction:
     """Split the model into kernels with the predictor's fusion rules, then sum."""
-    from latbench.predictor.fusion import predictor_attach
-    from latbench.predictor.kernels import onnx_to_kernels
+    from latbench.bench.fusion import predictor_attach
+    from latbench.bench.kernels import onnx_to_kernels
 
     return predict_network(predictor, onnx_to_kernels(model, attach=predictor_attach(predictor)))
 

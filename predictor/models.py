@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+
 from latbench.bench.ops import OpSpec
+from latbench.errors import PredictorError, UnknownKernelError
 from latbench.predictor.features import (
     BASELINE_FEATURES,
     FEATURE_NAMES,
     FEATURE_VERSION,
     feature_matrix,
 )
-from sklearn.base import BaseEstimator, RegressorMixin
-
-from latbench.errors import PredictorError, UnknownKernelError
 from latbench.registry import Registry
 
 PREDICTORS: Registry[type[KernelPredictor]] = Registry("predictor", PredictorError)

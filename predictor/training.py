@@ -7,23 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from latbench.bench.campaign import median_probe_ms
-from latbench.bench.fusion import FusionRules
-from latbench.bench.ops import OpSpec
-from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
-from latbench.bench.store import LatencyDataset
-from latbench.predictor.features import training_pairs
-from latbench.predictor.fusion import (
+from latbench.bench.fusion import (
+    FusionRules,
     apply_attach,
     attach_from_rules,
     manifest_entry,
     rules_from_card,
 )
+from latbench.bench.ops import OpSpec
+from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
+from latbench.bench.store import LatencyDataset
+from latbench.errors import DatasetError, PredictorError, UnknownKernelError
+from latbench.predictor.features import training_pairs
 from latbench.predictor.io import save_predictor
 from latbench.predictor.model_level import COMPOSITION_TERMS, OPTIONAL_TERMS, fit_composition
 from latbench.predictor.models import KernelPredictor, get_predictor_class
-
-from latbench.errors import DatasetError, PredictorError, UnknownKernelError
 
 # The composition terms need networks of varied size to be told apart from the kind scales.
 MIN_NETWORKS_FOR_TERMS = 10

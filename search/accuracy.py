@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from latbench.search.spaces.base import Arch, SearchSpace
 
+from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import ConfigError, SearchError
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, run_campaign
+from latbench.bench.network_sets import arch_subject
+from latbench.bench.spaces.base import SearchSpace
 from latbench.bench.store import LatencyDataset
 from latbench.device_agents import Device
+from latbench.errors import SearchError
 from latbench.predictor.evaluate import settings_from_manifest
 from latbench.search.latency import LatencyTable
-from latbench.search.networks import arch_subject
-from latbench.search.spaces.base import SearchSpace
 from latbench.search.strategies import SearchResult, get_strategy
-
-from latbench.errors import SearchError
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latbench.predictor.model_level import composed_kernel_ms
-from latbench.search.spaces.base import Arch, SearchSpace
 
+from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import SearchError
+from latbench.predictor.model_level import composed_kernel_ms
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from latbench.search.spaces.base import Arch, SearchSpace
 
+from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import ConfigError, SearchError
 from latbench.registry import Registry
 

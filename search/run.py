@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.spaces import SearchSpace, get_space
-from latbench.search.strategies.base import SearchResult
 
+from latbench.bench.spaces import SearchSpace, get_space
 from latbench.errors import ConfigError
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.strategies.base import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
         margin = safety_margin(manifest) if margin is None else margin
     accuracy_table = None
     if job.space == "nasbench-macro" and data_dir is not None and not job.trains:
-        from latbench.search.spaces.nasbench_macro import load_accuracy_table
+        from latbench.bench.spaces.nasbench_macro import load_accuracy_table
 
         accuracy_table = load_accuracy_table(data_dir)
     return Prepared(job, space, options, table, manifest, accuracy_table, margin, data)

@@ -32,6 +32,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from latbench.bench.spaces.base import Arch, SearchSpace
+from latbench.errors import ConfigError, SearchError
 from latbench.search.latency import (
     LatencyTable,
     additive_loss,
@@ -40,9 +43,6 @@ from latbench.search.latency import (
     padded_table,
     repair_to_budget,
 )
-from latbench.search.spaces.base import Arch, SearchSpace
-
-from latbench.errors import ConfigError, SearchError
 
 log = logging.getLogger(__name__)
 
@@ -699,6 +699,7 @@ class SupernetSearch:
                ) -> SupernetRun:
         """Derive the architecture, take its weights out of the supernet, fine-tune and test."""
         import torch
+
         from latbench.search.data import loader
 
         c = self.config

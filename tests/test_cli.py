@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec
 from latbench.bench.store import LatencyDataset
+from latbench.cli import main
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.io import save_predictor
 from latbench.predictor.models import XGBoostKernelPredictor
-from onnx import TensorProto, helper
-
-from latbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from latbench.bench.spaces import get_space
 from latbench.bench.store import LatencyDataset
+from latbench.pipeline import DemoOptions, run_demo
 from latbench.predictor.io import read_manifest
 from latbench.search.latency import LatencyTable
-from latbench.search.spaces import get_space
-
-from latbench.demo import DemoOptions, run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from latbench.bench.ops import OpSpec, se_gate
 
+from latbench.bench.ops import OpSpec, se_gate
 from latbench.errors import ExportError
 
 # Layer ops of the graph (not spec kinds): each maps to one or a few runtime operators.

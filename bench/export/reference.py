@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from latbench.bench.export.graph import Layer, LayerGraph
 
+from latbench.bench.export.graph import Layer, LayerGraph
 from latbench.errors import ExportError
 
 

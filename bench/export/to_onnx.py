@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from latbench.bench.export.graph import Layer, LayerGraph
 from onnx import TensorProto, helper, numpy_helper
 
+from latbench.bench.export.graph import Layer, LayerGraph
 from latbench.errors import ExportError
 
 OPSET = 17

@@ -16,7 +16,6 @@ from typing import Any
 
 from latbench.bench.export.graph import LayerGraph
 from latbench.bench.export.reference import apply_layer
-
 from latbench.errors import ExportError
 
 EXTRA_FILE = "latbench.json"

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from latbench.bench.export.graph import Layer, LayerGraph
 
+from latbench.bench.export.graph import Layer, LayerGraph
 from latbench.errors import ExportError
 
 logger = logging.getLogger(__name__)

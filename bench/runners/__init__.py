@@ -24,7 +24,12 @@ from latbench.bench.runners.base import (
     get_runner,
     register_runner,
 )
-from latbench.bench.runners.gpu import GPU_RUNTIMES, OnnxRuntimeCudaRunner, TorchCudaRunner
+from latbench.bench.runners.gpu import (
+    GPU_RUNTIMES,
+    OnnxRuntimeCudaRunner,
+    TorchCudaRunner,
+    require_runtime,
+)
 from latbench.bench.runners.litert import LiteRTRunner
 from latbench.bench.runners.native import BenchmarkModelRunner, NativeToolRunner, PerfTestRunner
 from latbench.bench.runners.onnxruntime import OnnxRuntimeRunner
@@ -53,4 +58,5 @@ __all__ = [
     "TorchCudaRunner",
     "get_runner",
     "register_runner",
+    "require_runtime",
 ]

@@ -23,7 +23,6 @@ from latbench.bench.export.graph import LayerGraph, spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
 from latbench.device_agents import AGENT_SCRIPT, CommandResult, Device
-
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 from latbench.registry import Registry
 

@@ -23,7 +23,6 @@ from latbench.bench.runners.base import (
 )
 from latbench.device_agents import Device, LocalTransport
 from latbench.device_agents.agent.latbench_agent import cuda_unavailable
-
 from latbench.errors import RunnerError
 
 GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")

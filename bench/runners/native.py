@@ -50,7 +50,6 @@ from latbench.bench.stats import Stats
 from latbench.device_agents import Device
 from latbench.device_agents.facts import dynamic_facts
 from latbench.device_agents.tools import TOOL_RUNTIMES
-
 from latbench.errors import ParseError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)

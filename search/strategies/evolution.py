@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from latbench.bench.spaces.base import Arch, SearchSpace
+from latbench.errors import ConfigError, SearchError
 from latbench.search.accuracy import AccuracySource, as_source
 from latbench.search.latency import LatencyTable, repair_to_budget
-from latbench.search.spaces.base import Arch, SearchSpace
 from latbench.search.strategies.base import SearchResult, register_strategy
-
-from latbench.errors import ConfigError, SearchError
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.spaces.base import SearchSpace
-from latbench.search.strategies.base import SearchResult, register_strategy
 
+from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import SearchError
+from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.search.strategies.base import SearchResult, register_strategy
 
 
 @register_strategy("exhaustive")

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from latbench.bench.spaces.base import Arch, SearchSpace
+from latbench.errors import ConfigError, SearchError
 from latbench.search.latency import LatencyTable
-from latbench.search.spaces.base import Arch, SearchSpace
 from latbench.search.strategies.base import SearchResult, register_strategy
 from latbench.search.strategies.evolution import sample_feasible
-
-from latbench.errors import ConfigError, SearchError
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from latbench.search.latency import LatencyTable
-from latbench.search.spaces.base import SearchSpace
-from latbench.search.strategies.base import SearchResult, register_strategy
-
+from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import ConfigError
+from latbench.search.latency import LatencyTable
+from latbench.search.strategies.base import SearchResult, register_strategy
 
 
 class ProxylessSearch:

@@ -8,8 +8,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import latbench.bench.campaign as campaign
 import pytest
+
+import latbench.bench.campaign as campaign
 from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
@@ -21,7 +22,6 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
 from latbench.bench.store import LatencyDataset, make_job_key
 from latbench.device_agents import CommandResult, Device, local_device
-
 from latbench.errors import ConfigError, TransportError
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=2)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from latbench.bench.export.graph import GraphBuilder, Layer, LayerGraph, chain_graph, spec_graph
 from latbench.bench.export.reference import run_reference
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.export.to_tflite import same_padding_matches, to_tflite
 from latbench.bench.ops import ACTIVATIONS, OpSpec
-
 from latbench.errors import ExportError
 
 REL_TOL = 1e-4

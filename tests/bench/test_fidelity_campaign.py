@@ -8,8 +8,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import latbench.bench.campaign as campaign
 import pytest
+
+import latbench.bench.campaign as campaign
 from latbench.bench.campaign import (
     BatchDrift,
     CampaignConfig,
@@ -29,7 +30,6 @@ from latbench.bench.runners import (
 )
 from latbench.bench.stats import STOP_REASONS
 from latbench.device_agents import CommandResult, Device, LocalTransport, local_device
-
 from latbench.errors import AgentError, ConfigError
 
 ADAPTIVE = RunSettings(threads=1, warmup=2, runs=5, target_ci=0.05, min_runs=10, max_runs=60,

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from latbench.bench import stats
 from latbench.bench.stats import (
     BIMODAL_MIN_SAMPLES,

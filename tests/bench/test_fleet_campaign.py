@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
+from standins.procs import wait_gone
+
+from latbench import cli
 from latbench.bench.campaign import (
     CampaignConfig,
     Subject,
@@ -21,9 +23,6 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, make_job_key
 from latbench.device_agents import ADBTransport, Device, LocalTransport, SSHTransport
-from standins.procs import wait_gone
-
-from latbench import cli
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=1)
 SPECS = [
@@ -208,7 +207,7 @@ def test_onnxruntime_perf_test_runner(perf_test_binary, tmp_path: Path) -> None:
     assert frame["raw_output"].str.contains("Average inference time cost").all()
 
 
-def test_cli_bench_ops_and_networks_on_a_fleet(sshd_hosts, client_key, known_hosts,
+def test_cli_bench_ops_and_networks_on_a_fleet(sshd_hosts, client_key, known_hosts, capsys,
                                                tmp_path: Path) -> None:
     a, b = sshd_hosts("a"), sshd_hosts("b")
     kh = known_hosts(a, b)
@@ -233,9 +232,10 @@ def test_cli_bench_ops_and_networks_on_a_fleet(sshd_hosts, client_key, known_hos
                      "--only", "b", *common]) == 0
     frame = LatencyDataset.open(nets).records()
     assert list(frame["device"]) == ["b", "b"] and set(frame["subject"]) == {"network"}
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "ops", "--device", "local", "--fleet", str(fleet), "--out",
-                  str(out)])
+    # --device picks a device of --fleet; one the inventory lacks is named in the error
+    assert cli.main(["bench", "ops", "--device", "local", "--fleet", str(fleet), "--out",
+                     str(out)]) == 1
+    assert "has no device 'local'; it has a, b" in capsys.readouterr().err
 
 
 def test_records_carry_temperature_and_clock_around_the_batch(tmp_path: Path) -> None:

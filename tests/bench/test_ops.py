@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
-from latbench.bench.ops import ACTIVATIONS, KEY_FIELDS, OP_KINDS, OpSpec, decompose, se_gate
 
+from latbench.bench.ops import ACTIVATIONS, KEY_FIELDS, OP_KINDS, OpSpec, decompose, se_gate
 from latbench.errors import SpecError
 
 # (spec, key it must produce). Copied from the code when these tests were written: a change that

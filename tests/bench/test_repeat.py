@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from latbench.bench.ops import OpSpec
 from latbench.bench.repeat import compare_records
 from latbench.bench.store import LatencyDataset
-
 from latbench.cli import main
 
 SPECS = [OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3),

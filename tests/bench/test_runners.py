@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
 from latbench.bench.export.graph import spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
@@ -24,7 +25,6 @@ from latbench.bench.runners import (
     register_runner,
 )
 from latbench.device_agents import CommandResult, Device, LocalTransport, local_device
-
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 
 BIG = OpSpec("conv", h=32, w=32, cin=64, cout=64, kernel=3)

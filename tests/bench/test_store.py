@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+
 from latbench.bench.ops import OpSpec
 from latbench.bench.store import (
     ADDED_COLUMNS,
@@ -29,7 +30,6 @@ from latbench.bench.store import (
     load_dataset,
     make_job_key,
 )
-
 from latbench.errors import DatasetError
 
 SPECS = [

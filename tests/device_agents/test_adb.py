@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from latbench.device_agents import ADBTransport, Transport, get_transport_class
 from standins.adb_standin_device import StandInAdbDevice
 from standins.procs import TRICKY, wait_gone
 
+from latbench.device_agents import ADBTransport, Transport, get_transport_class
 from latbench.errors import TransportError
 
 

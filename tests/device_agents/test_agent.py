@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from latbench.bench.export.graph import spec_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.export.to_tflite import to_tflite

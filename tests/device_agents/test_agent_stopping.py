@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.export.graph import spec_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec

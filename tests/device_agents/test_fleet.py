@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from latbench import cli
 from latbench.device_agents import (
     ADBTransport,
     LocalTransport,
@@ -18,8 +20,6 @@ from latbench.device_agents import (
     load_fleet,
     parse_fleet,
 )
-
-from latbench import cli
 from latbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

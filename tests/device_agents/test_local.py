@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from latbench.device_agents import (
     TRANSPORTS,
     CommandResult,
@@ -20,7 +21,6 @@ from latbench.device_agents import (
     local_device,
     register_transport,
 )
-
 from latbench.errors import AgentError, ConfigError, TransportError
 
 

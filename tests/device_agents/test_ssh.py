@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from latbench.device_agents import SSHTransport, Transport, get_transport_class
-from latbench.device_agents.remote import kill_argv, split_pid, wrap_argv
 from standins.procs import TRICKY, wait_gone
 from standins.sshd_host import keygen
 
+from latbench.device_agents import SSHTransport, Transport, get_transport_class
+from latbench.device_agents.remote import kill_argv, split_pid, wrap_argv
 from latbench.errors import TransportError
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from latbench.device_agents.facts import parse_df_free_bytes, parse_dynamic_facts, parse_shell_facts
 from latbench.device_agents.tools.benchmark_model import (
     BenchmarkModelFlags,
@@ -13,7 +14,6 @@ from latbench.device_agents.tools.benchmark_model import (
     parse_stat_line,
 )
 from latbench.device_agents.tools.ort_perf_test import PerfTestFlags, parse_perf_test
-
 from latbench.errors import ParseError
 
 # TF 2.16-style run on a phone: TFLITE_LOG lines with "INFO: ", percentiles on stat lines,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from latbench.bench.ops import OpSpec
+from latbench.errors import PredictorError
 from latbench.predictor.adaptive import adaptive_fit, neighbours, out_of_fold, reports_markdown
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.models import get_predictor_class
-
-from latbench.errors import PredictorError
 
 
 def target_ms(spec: OpSpec) -> float:
@@ -91,10 +91,9 @@ def test_adapt_command_grows_the_dataset_and_writes_a_predictor(tmp_path) -> Non
     from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
     from latbench.bench.runners import RunSettings
     from latbench.bench.store import LatencyDataset
+    from latbench.cli import main
     from latbench.device_agents import local_device
     from latbench.predictor.io import load_predictor
-
-    from latbench.cli import main
 
     rng = np.random.default_rng(5)
     specs = {s.key(): s for s in (random_conv(rng) for _ in range(30))}

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset
+from latbench.cli import main
 from latbench.device_agents import local_device
 from latbench.predictor.compare import compare_predictors, score, write_comparison
-
-from latbench.cli import main
 
 FAST = RunSettings(warmup=1, runs=4, rounds=2)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.ops import OpSpec
+from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.io import load_predictor, save_predictor
 from latbench.predictor.model_level import (
@@ -21,8 +23,6 @@ from latbench.predictor.model_level import (
     term_values,
 )
 from latbench.predictor.models import get_predictor_class
-
-from latbench.errors import PredictorError
 
 PER_KERNEL = 0.004
 PER_MB = -0.02

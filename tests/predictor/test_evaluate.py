@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from latbench.bench.campaign import CampaignConfig, CampaignSummary, Subject, measure_into_dataset
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset
 from latbench.device_agents import local_device
+from latbench.errors import ConfigError, PredictorError, UnknownKernelError
 from latbench.predictor.evaluate import (
     EvaluationReport,
     NetworkTimes,
@@ -28,8 +30,6 @@ from latbench.predictor.evaluate import (
 from latbench.predictor.io import load_predictor
 from latbench.predictor.model_level import predict_network
 from latbench.predictor.training import fit_from_dataset
-
-from latbench.errors import ConfigError, PredictorError, UnknownKernelError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

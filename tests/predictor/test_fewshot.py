@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from latbench.cli import main
+from latbench.errors import ConfigError, DatasetError, PredictorError
 from latbench.predictor.evaluate import error_metrics
 from latbench.predictor.fewshot import (
     FBNET_CHOICES,
@@ -27,9 +30,6 @@ from latbench.predictor.fewshot import (
     stacking_weights,
     table_features,
 )
-
-from latbench.cli import main
-from latbench.errors import ConfigError, DatasetError, PredictorError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -7,28 +7,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.campaign import CampaignConfig, Subject
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.fusion import (
     FusionPair,
     FusionRules,
+    apply_attach,
+    attach_from_rules,
     decide,
     default_pairs,
     detect_fusion,
     measure_fusion,
+    rules_from_card,
 )
+from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
+from latbench.errors import ConfigError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.fusion import apply_attach, attach_from_rules, rules_from_card
 from latbench.predictor.io import load_predictor
-from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels
 from latbench.predictor.model_level import predict_onnx
 from latbench.predictor.training import fit_from_dataset
-
-from latbench.errors import ConfigError
 
 FUSED = {("conv", "relu"), ("conv", "relu6"), ("dwconv", "relu"), ("add", "relu"),
          ("conv", "add")}

@@ -8,23 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from latbench.bench.ops import OpSpec
+from latbench.bench.spaces import get_space
+from latbench.cli import main
+from latbench.errors import ConfigError, UnknownKernelError
 from latbench.predictor.io import load_predictor, save_predictor
 from latbench.predictor.lut import (
+    export_space_table,
     export_table,
     import_table,
     layout_keys,
     parse_key,
     read_table,
+    space_layout,
     table_layout,
     write_table,
 )
 from latbench.predictor.models import get_predictor_class
-from latbench.search.lut_export import export_space_table, space_layout
-from latbench.search.spaces import get_space
-
-from latbench.cli import main
-from latbench.errors import ConfigError, UnknownKernelError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "luts"
 PROXYLESS = DATA / "proxylessnas-pixel" / "pixel_trim.yaml"

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.spaces import get_space
+from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.model_level import (
     SCALE_BOUNDS,
@@ -20,9 +23,6 @@ from latbench.predictor.model_level import (
     safety_margin,
 )
 from latbench.predictor.models import XGBoostKernelPredictor
-from latbench.search.spaces import get_space
-
-from latbench.errors import PredictorError
 
 OVERHEAD_MS = 0.04
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+
 from latbench.bench.ops import OpSpec
+from latbench.errors import PredictorError, UnknownKernelError
 from latbench.predictor import io as pio
 from latbench.predictor.features import (
     FEATURE_NAMES,
@@ -19,9 +22,6 @@ from latbench.predictor.features import (
 )
 from latbench.predictor.io import MANIFEST, load_predictor, read_manifest, save_predictor
 from latbench.predictor.models import PREDICTORS, XGBoostKernelPredictor, register_predictor
-from sklearn.base import clone
-
-from latbench.errors import PredictorError, UnknownKernelError
 
 EVERY_KIND = [
     OpSpec("conv", h=32, w=32, cin=16, cout=32, kernel=3, act="relu"),
@@ -293,6 +293,7 @@ def test_feature_version_1_predictors_still_load(tmp_path: Path) -> None:
     """A predictor saved before feature version 2 (no baselines, the v1 columns) keeps loading
     and predicts exactly what it did: saved predictors must not stop working on an upgrade."""
     import xgboost
+
     from latbench.predictor.features import FEATURE_NAMES_V1
 
     specs, ms = synthetic_data()

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+
 from latbench.bench.ops import OpSpec
+from latbench.errors import PredictorError, UnknownKernelError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.io import load_predictor, read_manifest, save_predictor
 from latbench.predictor.models import TreeArrays, get_predictor_class, predictor_names
-from sklearn.base import clone
-
-from latbench.errors import PredictorError, UnknownKernelError
 
 # Small settings so the contract suite stays fast; every member must accept its own defaults too.
 FAST_PARAMS = {"xgboost": {"n_estimators": 40, "max_depth": 3, "n_jobs": 1},
@@ -130,8 +130,9 @@ def test_lut_keeps_the_geometric_mean_of_repeats() -> None:
 
 
 def test_forest_arrays_reproduce_sklearn(data) -> None:
-    from latbench.predictor.features import feature_matrix
     from sklearn.ensemble import RandomForestRegressor
+
+    from latbench.predictor.features import feature_matrix
 
     specs, y = data
     x = feature_matrix(specs)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import pytest
+
+from latbench.bench.spaces import SearchSpace, get_space
 from latbench.search.latency import LatencyTable
-from latbench.search.spaces import SearchSpace, get_space
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import torch
+
+from latbench.bench.spaces import get_space
 from latbench.search.data import digits
 from latbench.search.latency import LatencyTable
-from latbench.search.spaces import get_space
 from latbench.search.supernet import SupernetConfig, SupernetSearch, init_distributed
 
 

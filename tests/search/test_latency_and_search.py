@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.spaces import Arch, get_space
+from latbench.errors import ConfigError, SearchError, UnknownKernelError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.model_level import predict_network
 from latbench.predictor.models import XGBoostKernelPredictor
 from latbench.search.budget import search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.spaces import Arch, get_space
 from latbench.search.strategies import STRATEGIES, get_strategy
-
-from latbench.errors import ConfigError, SearchError, UnknownKernelError
 
 
 def synthetic_ms(spec: OpSpec) -> float:

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from latbench.bench.ops import OpSpec, decompose
-from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import save_predictor
-from latbench.predictor.kernels import onnx_to_kernels
-from latbench.predictor.models import XGBoostKernelPredictor
-from latbench.search.run import load_winner, pareto_front
-from latbench.search.spaces import get_space
 from PIL import Image
 
+from latbench.bench.kernels import onnx_to_kernels
+from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.spaces import get_space
 from latbench.cli import main
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.io import save_predictor
+from latbench.predictor.models import XGBoostKernelPredictor
+from latbench.search.run import load_winner, pareto_front
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"

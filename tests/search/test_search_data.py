@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from latbench.errors import ConfigError, DatasetError
 from latbench.search.data import (
     ImageFolder,
     batch_of,
@@ -13,9 +16,6 @@ from latbench.search.data import (
     loader,
     random_batch,
 )
-from PIL import Image
-
-from latbench.errors import ConfigError, DatasetError
 
 
 def test_digits_splits_are_stratified_disjoint_and_sized() -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from latbench.errors import ConfigError, SearchError
 from latbench.search.accuracy import SurrogateAccuracy, TableAccuracy, make_source, one_hot
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.search.strategies import get_strategy
 from latbench.search.strategies.evolution import sample_feasible
-
-from latbench.errors import ConfigError, SearchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

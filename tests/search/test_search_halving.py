@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from latbench.errors import ConfigError
 from latbench.search.data import digits
 from latbench.search.strategies import get_strategy
 from latbench.search.strategies.halving import bracket_epochs, hyperband_brackets, rungs
-
-from latbench.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,6 +8,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
+from latbench.bench.spaces import Arch, get_space
+from latbench.errors import SearchError
 from latbench.search.latency import (
     ExpectedLatency,
     LatencyTable,
@@ -16,9 +19,6 @@ from latbench.search.latency import (
     padded_table,
     repair_to_budget,
 )
-from latbench.search.spaces import Arch, get_space
-
-from latbench.errors import SearchError
 
 # Layers with different numbers of candidates (as in the proxyless space's skips).
 TABLE = LatencyTable("toy", 1.5, ((0.3, 0.9, 1.7), (0.0, 0.4), (0.2, 0.25, 0.6, 1.1)))

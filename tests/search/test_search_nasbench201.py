@@ -9,14 +9,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from latbench.bench.ops import OpSpec, decompose
-from latbench.predictor.features import kernel_cost
-from latbench.predictor.kernels import onnx_to_kernels
-from latbench.search.latency import LatencyTable
-from latbench.search.spaces import Arch, get_space
-from latbench.search.spaces.nasbench201 import OPS, NasBench201, live_edges
 
+from latbench.bench.kernels import onnx_to_kernels
+from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.spaces import Arch, get_space
+from latbench.bench.spaces.nasbench201 import OPS, NasBench201, live_edges
 from latbench.errors import SearchError
+from latbench.predictor.features import kernel_cost
+from latbench.search.latency import LatencyTable
 
 ALL_3X3 = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
            "+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
@@ -141,6 +141,7 @@ def test_table_is_additive_per_edge() -> None:
 ])
 def test_extracted_network_is_the_supernet_path(name: str, options: dict) -> None:
     import torch
+
     from latbench.search.supernet import Path, build_supernet
 
     space = get_space(name, **options)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from latbench.bench.spaces import SPACES, get_space
+from latbench.errors import ConfigError
 from latbench.search.data import random_batch
 from latbench.search.proxies import (
     PROXIES,
@@ -18,9 +21,6 @@ from latbench.search.proxies import (
     spearman,
     vote,
 )
-from latbench.search.spaces import SPACES, get_space
-
-from latbench.errors import ConfigError
 
 SMALL = {  # every registered space, sized for a test
     "nasbench-macro": {"resolution": 8},

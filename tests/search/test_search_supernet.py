@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from latbench.bench.spaces import Arch, get_space
+from latbench.errors import ConfigError, SearchError
 from latbench.search.data import digits, loader
 from latbench.search.latency import LatencyTable
-from latbench.search.spaces import Arch, get_space
 from latbench.search.strategies import get_strategy
 from latbench.search.supernet import (
     Path,
@@ -18,8 +20,6 @@ from latbench.search.supernet import (
     build_supernet,
     search_supernet,
 )
-
-from latbench.errors import ConfigError, SearchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

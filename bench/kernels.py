@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
-from latbench.bench.ops import ACTIVATIONS, OpSpec
 from onnx import numpy_helper
 
+from latbench.bench.ops import ACTIVATIONS, OpSpec
 from latbench.errors import ParseError, SpecError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from latbench.bench.export.from_torch import torch_to_onnx
 from latbench.bench.export.graph import chain_graph, spec_graph
 from latbench.bench.export.to_onnx import to_onnx
-from latbench.bench.networks import sample_networks
+from latbench.bench.families import sample_networks
+from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels, se_ratio
 from latbench.bench.ops import ACTIVATIONS, OpSpec, decompose
-from latbench.predictor.kernels import DEFAULT_ATTACH, onnx_to_kernels, se_ratio
-from onnx import TensorProto, helper, numpy_helper
-
 from latbench.errors import ParseError, UnsupportedModelError
 
 FAMILIES = ("mobilenetv2", "resnet", "efficientnet", "mobilenetv3")

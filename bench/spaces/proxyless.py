@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.search.spaces.base import Arch, SearchSpace, register_space
-
+from latbench.bench.spaces.base import Arch, SearchSpace, register_space
 from latbench.errors import SearchError
 
 # (output channels, layers, stride of the first layer) as in ProxylessNAS (mobile).
@@ -114,7 +113,7 @@ class ProxylessSpace(SearchSpace):
         return Arch(self.name, tuple(choices))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from latbench.search.spaces.modules import chain_module
+        from latbench.bench.spaces.modules import chain_module
 
         if num_classes not in (None, self.num_classes):
             raise SearchError("build the proxyless space with num_classes= to change the head")

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from latbench.bench.ops import OpSpec, se_gate
-
 from latbench.errors import SearchError
 
 

@@ -29,8 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.search.spaces.base import Arch, SearchSpace, register_space
-
+from latbench.bench.spaces.base import Arch, SearchSpace, register_space
 from latbench.errors import SearchError
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -235,7 +234,8 @@ class NasBench201(SearchSpace):
 def make_op(op: str, channels: int) -> Any:
     """A trainable module for one edge operation (channels in = out, stride 1)."""
     import torch.nn as nn
-    from latbench.search.spaces.modules import conv_bn_act
+
+    from latbench.bench.spaces.modules import conv_bn_act
 
     if op == "none":
         return _torch().Zero()
@@ -252,7 +252,8 @@ def make_op(op: str, channels: int) -> Any:
 def _torch() -> SimpleNamespace:
     """The torch module classes, defined on first use (importing the space needs no torch)."""
     import torch.nn as nn
-    from latbench.search.spaces.modules import conv_bn_act
+
+    from latbench.bench.spaces.modules import conv_bn_act
 
     class Zero(nn.Module):
         def forward(self, x):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+
 from latbench.bench.export.from_torch import torch_to_onnx
-from latbench.bench.networks import (
+from latbench.bench.families import (
     FAMILIES,
     NetworkDef,
     list_families,
@@ -14,7 +15,6 @@ from latbench.bench.networks import (
     register_family,
     sample_networks,
 )
-
 from latbench.errors import ConfigError, ExportError
 
 EXPECTED_FAMILIES = ["efficientnet", "mobilenetv2", "mobilenetv3", "resnet"]

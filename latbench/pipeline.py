@@ -1,4 +1,4 @@
-"""`latbench demo`: the whole flow on the local CPU, written into runs/<timestamp>/.
+"""The whole flow on one device, written into runs/<timestamp>/ (what `latbench demo` runs).
 
 measure kernels -> dataset -> fit predictor -> held-out networks measured end to end -> search
 under three budgets -> measure the winners -> report.md. Each step is the same library call a
@@ -8,7 +8,6 @@ user would make with the CLI, so the demo doubles as the end-to-end check of the
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,10 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from latbench.bench.campaign import CampaignConfig, measure_into_dataset
-from latbench.bench.plans import load_plan
+from latbench.bench.network_sets import resolve_networks
+from latbench.bench.plans import load_plan, plan_subjects
 from latbench.bench.runners import RunSettings
+from latbench.bench.spaces import get_space
+from latbench.bench.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_table
 from latbench.bench.store import LatencyDataset, atomic_write_text
-from latbench.device_agents import local_device
+from latbench.device_agents import Device, local_device
 from latbench.errors import LatbenchError
 from latbench.predictor.evaluate import evaluate, write_report
 from latbench.predictor.io import load_predictor
@@ -32,21 +34,9 @@ from latbench.predictor.training import fit_from_dataset
 from latbench.progress import Bars
 from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.networks import plan_subjects, resolve_networks
-from latbench.search.spaces import get_space
-from latbench.search.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_table
 
 RUNTIME = "onnxruntime"
 BUDGET_QUANTILES = (0.2, 0.5, 0.8)
-
-
-def default_data_dir() -> Path | None:
-    """`$LATBENCH_DATA` if set, else `../shared/data` beside the working directory if present."""
-    env = os.environ.get("LATBENCH_DATA")
-    if env:
-        return Path(env)
-    candidate = Path("..") / "shared" / "data"
-    return candidate if candidate.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -85,13 +75,15 @@ def _new_run_dir(root: Path) -> Path:
     return path
 
 
-def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
+def run_demo(options: DemoOptions, console: Console | None = None,
+             device: Device | None = None) -> Path:
+    """Run the whole flow on `device` (default: this machine) into a new run folder."""
     console = console or Console(stderr=True)
     run_dir = _new_run_dir(Path(options.runs_root))
     console.print(f"[bold]latbench demo[/] ({'quick' if options.quick else 'full'}) -> {run_dir}")
     settings = RunSettings(threads=1)
     config = CampaignConfig(settings=settings)
-    device = local_device(threads=1)
+    device = device or local_device(threads=1)
     timings: dict[str, float] = {}
     report: dict[str, Any] = {"options": {"quick": options.quick, "plan": options.plan,
                                           "networks": options.network_spec, "seed": options.seed}}
@@ -102,7 +94,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
     subjects = plan_subjects(plan)
     n_kernels = sum(1 for s in subjects if s.subject == "op")
     console.print(f"1/5 measuring {n_kernels} kernels and {len(subjects) - n_kernels} "
-                  f"calibration networks of plan {plan.name!r} ({RUNTIME}, 1 thread)")
+                  f"calibration networks of plan {plan.name!r} on {device.name} "
+                  f"({RUNTIME}, 1 thread)")
     with Bars("kernels", console) as bars:
         summary = measure_into_dataset(subjects, device, RUNTIME, run_dir / "dataset", config,
                                        card={"plan": plan.to_dict(), "flags": ["demo"]},
@@ -133,7 +126,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
     with Bars("networks", console) as bars:
         evaluation = evaluate(predictor, manifest, networks, device, run_dir / "eval",
                               config=config, progress=bars)
-    write_report(evaluation, run_dir / "eval", "Held-out networks, local CPU")
+    write_report(evaluation, run_dir / "eval", f"Held-out networks, {device.name}")
     timings["evaluation"] = time.perf_counter() - started
     report["evaluation"] = evaluation.metrics
 
@@ -164,7 +157,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> Path:
         report["search_margin"] = margin
         report["search"] = [o.to_json() for o in outcomes]
         search_rows = [o.row() for o in outcomes]
-        _pareto_plot(predicted_all, space, accuracy, outcomes, run_dir / "search_pareto.png")
+        _pareto_plot(predicted_all, space, accuracy, outcomes, run_dir / "search_pareto.png",
+                     device.name)
     timings["search"] = time.perf_counter() - started
     report["timings_s"] = timings
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
@@ -184,7 +178,7 @@ def _accuracy_table(data_dir: Path | None) -> dict[str, float] | None:
 
 
 def _pareto_plot(latency: np.ndarray, space: Any, accuracy: dict[str, float],
-                 outcomes: list[Any], path: Path) -> None:
+                 outcomes: list[Any], path: Path, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,7 +196,7 @@ def _pareto_plot(latency: np.ndarray, space: Any, accuracy: dict[str, float],
                        zorder=3)
     ax.scatter([], [], color="tab:orange", label="winner, predicted")
     ax.scatter([], [], color="tab:red", marker="x", label="winner, measured")
-    ax.set_xlabel("latency on the local CPU (ms)")
+    ax.set_xlabel(f"latency on {device} (ms)")
     ax.set_ylabel("NAS-Bench-Macro CIFAR-10 accuracy (%)")
     ax.set_ylim(max(80.0, float(acc.min())), float(acc.max()) + 0.5)
     ax.legend(loc="lower right", fontsize=8)
@@ -218,7 +212,8 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
     lines = [
         "# latbench demo report", "",
         f"- date: {card.get('created')}",
-        f"- device: local CPU `{facts.get('cpu_model')}`, {facts.get('cores')} cores, "
+        f"- device: {manifest.get('device')} `{facts.get('cpu_model')}`, "
+        f"{facts.get('cores')} cores, "
         f"governor {facts.get('governor')}",
         f"- runtime: {manifest.get('runtime')} {manifest.get('runtime_version')}, settings "
         f"`{manifest.get('settings')}`",

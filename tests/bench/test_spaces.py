@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from latbench.bench.ops import OpSpec
-from latbench.search.spaces import SPACES, Arch, get_space, register_space
-from latbench.search.spaces.nasbench_macro import (
+from latbench.bench.spaces import SPACES, Arch, get_space, register_space
+from latbench.bench.spaces.nasbench_macro import (
     PUBLIC_SOURCE,
     NasBenchMacro,
     accuracy_table_path,
     load_accuracy_table,
 )
-from latbench.search.spaces.proxyless import ProxylessSpace
-
+from latbench.bench.spaces.proxyless import ProxylessSpace
 from latbench.errors import ConfigError, DatasetError, SearchError
 
 REPO = Path(__file__).resolve().parents[2]

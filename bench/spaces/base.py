@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from latbench.bench.ops import OpSpec
 
+from latbench.bench.ops import OpSpec
 from latbench.errors import SearchError
 from latbench.registry import Registry
 
@@ -72,7 +72,8 @@ class SearchSpace(ABC):
         """The network with `mixed(layer, candidate_modules)` at every searchable layer (a
         chain space: prefix kernels, one mixed operation per layer, suffix kernels)."""
         import torch.nn as nn
-        from latbench.search.spaces.modules import chain_module, kernel_module
+
+        from latbench.bench.spaces.modules import chain_module, kernel_module
 
         prefix, suffix = self.fixed_ops()
         return nn.Sequential(*[kernel_module(s) for s in prefix],

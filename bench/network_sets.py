@@ -13,13 +13,12 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
-from latbench.bench.campaign import Subject
-from latbench.bench.networks import NetworkDef, list_families, sample_networks
-from latbench.bench.ops import OpSpec
-from latbench.bench.plans import Plan, build_specs
-from latbench.search.spaces import SPACES, Arch, SearchSpace, get_space
 
-from latbench.errors import ConfigError
+from latbench.bench.campaign import Subject
+from latbench.bench.families import NetworkDef, list_families, sample_networks
+from latbench.bench.ops import OpSpec
+from latbench.bench.spaces import SPACES, Arch, SearchSpace, get_space
+from latbench.errors import ConfigError, LatbenchError
 
 
 def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:
@@ -30,6 +29,19 @@ def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subj
         return Subject.chain(key, space.name, space.ops(arch))
     return Subject.onnx_model(key, space.name, functools.cache(lambda: space.to_onnx(arch)),
                               kernels=space.ops(arch))
+
+
+def network_from_key(key: str, family: str = "") -> Subject | None:
+    """A search-space network subject from its dataset key ("nasbench-macro:0123..."), or None
+    (hand-built families and user .onnx files cannot be rebuilt from a key)."""
+    name, _, code = key.partition(":")
+    if name not in SPACES or not code:
+        return None
+    try:
+        space = get_space(name)
+        return arch_subject(space, space.decode(code), key)
+    except (LatbenchError, ValueError, KeyError):
+        return None
 
 
 def _space_networks(name: str, count: int, rng: np.random.Generator,
@@ -53,7 +65,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
                      exclude: Collection[str], with_kernels: bool = False) -> list[Subject]:
     """Family networks; `with_kernels` exports and splits them now, so a dataset can keep
     their kernels for composition calibration."""
-    from latbench.predictor.kernels import onnx_to_kernels
+    from latbench.bench.kernels import onnx_to_kernels
 
     out = []
     for net in sample_networks(name, count, rng):
@@ -68,7 +80,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
 def family_kernels(spec: str) -> list[OpSpec]:
     """Kernels of sampled family networks, for plans: "family:NAME:COUNT[:SEED]" (the ONNX
     export of each network split into kernels; duplicates once)."""
-    from latbench.predictor.kernels import onnx_to_kernels
+    from latbench.bench.kernels import onnx_to_kernels
 
     parts = spec.split(":")
     if len(parts) not in (3, 4) or parts[0] != "family" or parts[1] not in list_families():
@@ -102,22 +114,6 @@ def _file_networks(path: Path) -> list[Subject]:
     if not files:
         raise ConfigError(f"no .onnx files in {path}")
     return [Subject.onnx_model(f"onnx:{f.name}", "onnx", f.read_bytes) for f in files]
-
-
-def plan_subjects(plan: Plan) -> list[Subject]:
-    """Everything a plan measures: its kernels with its calibration networks spread evenly
-    among them, so networks and kernels share batches and so the device's state: the
-    composition learns how kernels add up, not how the machine drifted between the two."""
-    kernels = [Subject.op(s) for s in build_specs(plan, space_kernels)]
-    if not plan.networks:
-        return kernels
-    networks = resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
-    step = len(kernels) / len(networks)
-    subjects: list[Subject] = []
-    for i, network in enumerate(networks):
-        subjects += kernels[round(i * step):round((i + 1) * step)]
-        subjects.append(network)
-    return subjects
 
 
 def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),

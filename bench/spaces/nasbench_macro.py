@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.bench.ops import OpSpec
-from latbench.search.spaces.base import Arch, SearchSpace, register_space
-
+from latbench.bench.spaces.base import Arch, SearchSpace, register_space
 from latbench.errors import DatasetError, SearchError
 
 STAGES = ((2, 64), (3, 128), (3, 256))
@@ -93,7 +92,7 @@ class NasBenchMacro(SearchSpace):
         return Arch(self.name, tuple(int(ch) for ch in text))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from latbench.search.spaces.modules import chain_module
+        from latbench.bench.spaces.modules import chain_module
 
         space = self if num_classes in (None, self.num_classes) else \
             NasBenchMacro(self.resolution, num_classes)

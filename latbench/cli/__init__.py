@@ -1,0 +1,55 @@
+"""latbench command line: one module per stage, each adding its own subcommands.
+
+Every latbench error is printed as one line on stderr with a non-zero exit; tracebacks are for
+bugs (use --debug to see them for latbench errors too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from latbench import __version__
+from latbench.cli import bench, demo, devices, predictor, search, transfer
+from latbench.errors import LatbenchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latbench",
+        description="On-device latency of neural networks: measure operators on a device, "
+                    "build a dataset, fit a predictor, check it on held-out networks, search "
+                    "architectures under a latency budget.",
+        epilog="Start with `latbench demo --quick`. Every command has --help.")
+    parser.add_argument("--version", action="version", version=f"latbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench.add_commands(sub)
+    devices.add_commands(sub)
+    pred = sub.add_parser("predictor", help="fit, evaluate and transfer latency predictors")
+    pred_sub = pred.add_subparsers(dest="predictor_command", required=True, metavar="SUBCOMMAND")
+    predictor.add_commands(sub, pred_sub)
+    transfer.add_commands(pred_sub)
+    search.add_commands(sub)
+    demo.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LatbenchError as exc:
+        if args.debug:
+            raise
+        print(f"latbench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("latbench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,260 @@
+"""`latbench bench`: what a plan measures, and measuring kernels, networks, fusion pairs and
+repeats on any device of a fleet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from latbench.cli.common import (
+    add_device_options,
+    add_json,
+    add_run_settings,
+    add_statistic,
+    campaign_config,
+    campaign_done,
+    devices,
+    one_device,
+    print_json,
+    print_table,
+    report_failures,
+    runtime_names,
+)
+from latbench.errors import ConfigError
+
+
+def _one_runtime(runtimes: list[str] | None) -> str:
+    if not runtimes:
+        return "onnxruntime"
+    if len(runtimes) > 1:
+        raise ConfigError("several --runtime values need --fleet; with --device give one")
+    return runtimes[0]
+
+
+def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any],
+             what: str) -> int:
+    """Measure subjects on the devices --device / --fleet name into --out; print the summary
+    and the failures; non-zero exit if any job failed.
+
+    With --fleet every device's health is checked first and each device is measured with every
+    runtime it lists (or --runtime); with --device alone, one runtime (default onnxruntime)."""
+    from latbench.bench.campaign import measure_fleet_into_dataset, measure_into_dataset
+    from latbench.bench.runners import require_runtime
+    from latbench.progress import Bars
+
+    targets = devices(args, threads=args.threads)
+    config = campaign_config(args)
+    if args.fleet:
+        from latbench.device_agents import CHECK_HEADER, check_row
+
+        with Bars("measuring") as bars:
+            summary, checks = measure_fleet_into_dataset(
+                subjects, targets, args.runtime, Path(args.out), config, card=card,
+                progress=bars, check_timeout_s=args.check_timeout)
+        down = [c for c in checks if not c.reachable]
+        if down and not args.json:
+            print_table("unreachable devices (their jobs are marked failed; rerun to retry)",
+                        CHECK_HEADER, [check_row(c) for c in down])
+        return campaign_done(f"{what} {args.out} ({len(targets)} devices)", summary, args.json)
+    runtime = _one_runtime(args.runtime)
+    device = targets[0]
+    require_runtime(device, runtime)
+    with Bars("measuring") as bars:
+        summary = measure_into_dataset(subjects, device, runtime, Path(args.out), config,
+                                       card=card, progress=bars)
+    return campaign_done(f"{what} {args.out}", summary, args.json)
+
+
+def cmd_bench_ops(args: argparse.Namespace) -> int:
+    from latbench.bench.plans import load_plan, plan_subjects
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of kernels, got {args.limit}")
+    plan = load_plan(args.plan)
+    subjects = plan_subjects(plan)
+    if args.limit:
+        subjects = subjects[:args.limit]
+    card = {"plan": plan.to_dict(), "flags": sys.argv[1:]}
+    return _measure(args, subjects, card, "operator dataset")
+
+
+def cmd_bench_networks(args: argparse.Namespace) -> int:
+    from latbench.bench.network_sets import resolve_networks
+
+    subjects = resolve_networks(args.networks, args.seed)
+    card = {"networks": args.networks, "seed": args.seed, "flags": sys.argv[1:]}
+    return _measure(args, subjects, card, "network dataset")
+
+
+def cmd_bench_plan(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from latbench.bench.plans import build_specs, load_plan
+
+    plan = load_plan(args.plan)
+    specs = build_specs(plan)
+    counts = Counter(s.kind for s in specs)
+    if args.json:
+        print_json({"plan": plan.name, "kernels": len(specs), "by_kind": dict(sorted(
+            counts.items())), "keys": [s.key() for s in specs] if args.keys else None})
+        return 0
+    print_table(f"plan {plan.name}: {len(specs)} kernels", ["kind", "kernels"],
+                sorted(counts.items()))
+    if args.keys:
+        for spec in specs:
+            print(spec.key())
+    return 0
+
+
+def cmd_bench_repeat(args: argparse.Namespace) -> int:
+    from latbench.bench.network_sets import network_from_key
+    from latbench.bench.repeat import REPORT_HEADER, repeat_dataset, write_repeat_report
+    from latbench.bench.store import LatencyDataset
+    from latbench.progress import Bars
+
+    data = Path(args.data)
+    if args.fleet and not args.device:
+        names = sorted(set(LatencyDataset.open(data).records()["device"]))
+        if len(names) != 1:
+            raise ConfigError(f"dataset {data} was measured on {', '.join(names)}; pass "
+                              "--device NAME with the one to measure again")
+        args.device = names[0]
+    device = one_device(args)
+    out = Path(args.out) if args.out else data.parent / f"{data.name}-repeat"
+    with Bars("measuring again") as bars:
+        report = repeat_dataset(data, out, device, sample=args.sample, seed=args.seed,
+                                runtime=args.runtime, resolve_network=network_from_key,
+                                progress=bars)
+    paths = write_repeat_report(report, out)
+    if args.json:
+        print_json({**report.to_json(), "report": {k: str(v) for k, v in paths.items()}})
+        return 0
+    print_table(f"repeatability of {data} on {report.device}/{report.runtime} "
+                f"({report.n_records} records)", REPORT_HEADER, report.rows())
+    if report.skipped:
+        print(f"{len(report.skipped)} records could not be measured again (see "
+              f"{paths['markdown']})", file=sys.stderr)
+    print(f"report: {paths['markdown']}  json: {paths['json']}  histogram: "
+          f"{paths['histogram']}")
+    if report.campaign is not None:
+        report_failures(report.campaign)
+    return 0
+
+
+def cmd_bench_fusion(args: argparse.Namespace) -> int:
+    from latbench.bench.fusion import default_pairs, measure_fusion
+    from latbench.progress import Bars
+
+    if not 0 < args.alpha <= 1:
+        raise ConfigError(f"--alpha must be in (0, 1], got {args.alpha}")
+    producers = args.producers.split(",") if args.producers else None
+    pairs = default_pairs(*([producers] if producers else []))
+    device = one_device(args, threads=args.threads)
+    with Bars("fusion pairs") as bars:
+        rules = measure_fusion(device, args.runtime, Path(args.out), campaign_config(args),
+                               args.alpha, args.statistic, pairs, bars)
+    if args.json:
+        print_json({"device": device.name, "runtime": args.runtime, "alpha": rules.alpha,
+                    "pairs": [{"producer": p, "follower": f, "saving": s,
+                               "fused": (p, f) in rules.fused}
+                              for (p, f), s in rules.savings().items()]})
+        return 0
+    print_table(f"fusion on {device.name}/{args.runtime} (alpha {rules.alpha:g}: fused when "
+                "T_A + T_B - T_AB > alpha * min(T_A, T_B))",
+                ["producer", "follower", "median saving / min(T_A, T_B)", "fused"],
+                [(p, f, f"{s:.2f}", "yes" if (p, f) in rules.fused else "no")
+                 for (p, f), s in rules.savings().items()])
+    print(f"rules stored in {Path(args.out) / 'card.json'} (key 'fusion'); "
+          "`latbench predictor fit` on this dataset uses them")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="measure operators and networks on devices")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    runtimes = runtime_names()
+
+    ops = bench_sub.add_parser(
+        "ops", help="measure a plan's kernels into a dataset (resumable)",
+        description="Measure every kernel of a sampling plan on a device (or every device of a "
+                    "fleet) and store the records in a Parquet dataset with its card. Rerunning "
+                    "the same command resumes: kernels already stored are skipped, failed ones "
+                    "are retried.")
+    ops.add_argument("--runtime", choices=runtimes, nargs="+", default=None,
+                     help="runtime(s) (default: onnxruntime on one device; every runtime each "
+                          "device lists with --fleet)")
+    ops.add_argument("--plan", default="quick",
+                     help="a preset (quick, nasbench-macro, mobilenetv2, random, families) or "
+                          "a YAML/TOML plan file (default quick)")
+    ops.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    ops.add_argument("--limit", type=int, default=None,
+                     help="measure only the first N kernels (N >= 1)")
+    add_json(ops)
+    add_device_options(ops)
+    add_run_settings(ops)
+    ops.set_defaults(func=cmd_bench_ops)
+
+    nets = bench_sub.add_parser(
+        "networks", help="measure whole networks into a dataset (resumable)",
+        description="Measure whole networks end to end on a device or a fleet and store the "
+                    "records in a Parquet dataset. Rerunning the same command resumes.")
+    nets.add_argument("--networks", required=True,
+                      help="network set: comma-separated NAME:COUNT (nasbench-macro, proxyless, "
+                           "nasbench201, mobilenetv2, mobilenetv3, efficientnet, resnet) and/or "
+                           ".onnx paths")
+    nets.add_argument("--runtime", choices=runtimes, nargs="+", default=None,
+                      help="runtime(s) (default as for `bench ops`)")
+    nets.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
+    nets.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    add_json(nets)
+    add_device_options(nets)
+    add_run_settings(nets)
+    nets.set_defaults(func=cmd_bench_networks)
+
+    repeat = bench_sub.add_parser(
+        "repeat", help="measure a dataset again and report how far its numbers move",
+        description="Measure the records of a dataset (or a random sample of them) again on "
+                    "the same device with the same runtime and settings (read from the card "
+                    "and the records), and report per statistic the median and p90 of the "
+                    "per-record relative difference |new/old - 1|, as a table, JSON and a "
+                    "histogram PNG (see docs/measurement.md).")
+    repeat.add_argument("--data", required=True, help="dataset directory to measure again")
+    repeat.add_argument("--sample", type=int, default=None,
+                        help="measure only N records drawn at random (default: all)")
+    repeat.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    repeat.add_argument("--out", help="report directory, also holding the new measurement "
+                                      "(default DATA-repeat next to the dataset)")
+    repeat.add_argument("--runtime", choices=runtimes,
+                        help="which runtime's records (needed when the dataset has several)")
+    add_json(repeat)
+    add_device_options(repeat, what="device the dataset was measured on")
+    repeat.set_defaults(func=cmd_bench_repeat)
+
+    plan = bench_sub.add_parser("plan", help="show which kernels a plan measures")
+    plan.add_argument("plan", help="preset name or plan file")
+    plan.add_argument("--keys", action="store_true", help="print every kernel key")
+    add_json(plan)
+    plan.set_defaults(func=cmd_bench_plan)
+
+    fusion = bench_sub.add_parser(
+        "fusion", help="measure which op pairs the runtime fuses (rules for the kernel split)",
+        description="Measure op pairs (conv/dwconv/linear/add followed by each activation, "
+                    "conv/dwconv followed by a residual add): A alone, B alone and A->B. A pair "
+                    "is fused when T_A + T_B - T_AB > alpha * min(T_A, T_B). The records and the "
+                    "rules go into the dataset at --out (its card, key 'fusion'); give the "
+                    "operator dataset itself and `latbench predictor fit` uses them.")
+    fusion.add_argument("--runtime", choices=runtimes, default="onnxruntime",
+                        help="runtime (default onnxruntime)")
+    fusion.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    fusion.add_argument("--alpha", type=float, default=0.5,
+                        help="fused when the saving exceeds alpha * min(T_A, T_B); in (0, 1] "
+                             "(default 0.5)")
+    add_statistic(fusion)
+    fusion.add_argument("--producers", help="comma-separated producer kinds (default: conv, "
+                                            "dwconv, linear, add)")
+    add_json(fusion)
+    add_device_options(fusion)
+    add_run_settings(fusion)
+    fusion.set_defaults(func=cmd_bench_fusion)

@@ -1,0 +1,263 @@
+"""What every stage's commands share: option groups, device resolution, tables, campaign
+summaries, JSON output.
+
+Handlers stay thin: parse, call one library function, print. Anything a library user would also
+need (resolving devices, run settings from a predictor) lives in the library; this module only
+turns flags into those calls and results into text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
+from latbench.errors import ConfigError
+
+PASSES_HELP = ("measure the networks N times, one whole pass after another, and score "
+               "against the median: on a machine with slow phases a network's time moves by "
+               "several percent between passes (the report gives the spread); default 1")
+
+
+def runtime_names() -> list[str]:
+    """Every registered runtime, for --runtime choices."""
+    from latbench.bench.runners import RUNNERS
+
+    return sorted(RUNNERS)
+
+
+# --- output -----------------------------------------------------------------------------------
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table on stdout. Piped, the console is as wide as the table needs: no cell is
+    cut or folded (an architecture string or an error message must stay readable)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    if sys.stdout.isatty():
+        Console().print(table)
+    else:
+        Console(width=100_000, no_color=True, highlight=False).print(table)
+
+
+def print_json(value: Any) -> None:
+    """JSON on stdout; NaN and infinity become null (strict JSON readers reject them)."""
+    print(json.dumps(_finite(value), indent=2, default=str))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def summary_rows(summary: Any) -> list[tuple[str, Any]]:
+    return [("jobs", summary.total), ("already stored", summary.skipped),
+            ("measured", summary.measured), ("failed", summary.failed),
+            ("batches redone after a slow phase", summary.redone_batches),
+            ("batches stored drifted (flagged)", getattr(summary, "drifted_batches", 0)),
+            ("seconds", f"{summary.seconds:.1f}")]
+
+
+def summary_json(summary: Any) -> dict[str, Any]:
+    return {"jobs": summary.total, "already_stored": summary.skipped,
+            "measured": summary.measured, "failed": summary.failed,
+            "redone_batches": summary.redone_batches,
+            "drifted_batches": getattr(summary, "drifted_batches", 0),
+            "seconds": round(summary.seconds, 3),
+            "failures": [{"device": d, "job": k, "error": e} for d, k, e in summary.failures]}
+
+
+def campaign_done(title: str, summary: Any, as_json: bool = False) -> int:
+    """Print a campaign's summary and failures; exit code 1 if any job failed."""
+    if as_json:
+        print_json(summary_json(summary))
+    else:
+        print_table(title, ["", "value"], summary_rows(summary))
+        report_failures(summary)
+    return 1 if summary.failed else 0
+
+
+def report_failures(summary: Any) -> None:
+    for line in getattr(summary, "drift_report", lambda: [])():
+        print(f"drift: {line}")
+    if not summary.failures:
+        return
+    print_table("failures", ["device", "job", "error"],
+                [(d, k, e) for d, k, e in summary.failures[:20]])
+    if len(summary.failures) > 20:
+        print(f"... and {len(summary.failures) - 20} more failures", file=sys.stderr)
+
+
+# --- parsing helpers --------------------------------------------------------------------------
+def json_params(text: str | None, flag: str) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} is not valid JSON: {exc}") from exc
+
+
+def data_dir(given: str | None) -> Path | None:
+    """--data-dir if given (it must exist), else the default reference data folder."""
+    from latbench.paths import default_data_dir
+
+    if given:
+        path = Path(given)
+        if not path.is_dir():
+            raise ConfigError(f"data dir {path} does not exist")
+        return path
+    return default_data_dir()
+
+
+# --- devices ----------------------------------------------------------------------------------
+def devices(args: argparse.Namespace, threads: int | None = None) -> list[Any]:
+    """The devices --device NAME / --fleet FILE (with --only) name; see
+    `bench.devices.resolve_devices`."""
+    from latbench.bench.devices import resolve_devices
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] \
+        if getattr(args, "only", None) else None
+    return resolve_devices(getattr(args, "device", None), getattr(args, "fleet", None),
+                           only=only, threads=threads,
+                           insecure_accept_unknown_host_key=getattr(args, "insecure_host_keys",
+                                                                    False))
+
+
+def one_device(args: argparse.Namespace, threads: int | None = None) -> Any:
+    """The one device a command measures on: --device NAME, or the single device --fleet
+    (with --only / --device) leaves."""
+    found = devices(args, threads)
+    if len(found) != 1:
+        raise ConfigError(f"this command measures on one device; --fleet {args.fleet} has "
+                          f"{', '.join(d.name for d in found)}: pick one with --device NAME")
+    return found[0]
+
+
+# --- option groups ----------------------------------------------------------------------------
+def run_settings(args: argparse.Namespace) -> Any:
+    """Stopping rule by default (--target-ci); --fixed-runs: --rounds x --runs per model."""
+    from latbench.bench.runners import RunSettings
+
+    fixed = args.fixed_runs
+    runs = args.runs if args.runs is not None else (20 if fixed else 10)
+    return RunSettings(threads=args.threads, warmup=args.warmup, runs=runs,
+                       rounds=args.rounds, graph_opt=args.graph_opt, delegate=args.delegate,
+                       target_ci=None if fixed else args.target_ci, confidence=args.confidence,
+                       min_runs=args.min_runs, max_runs=args.max_runs,
+                       max_seconds=args.max_seconds, futility=args.futility or None)
+
+
+def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
+    from latbench.bench.campaign import CampaignConfig
+
+    return CampaignConfig(settings=settings or run_settings(args), batch_size=args.batch_size,
+                          timeout_s=args.timeout, drift_tolerance=args.drift_tolerance,
+                          cooldown_s=args.cooldown,
+                          max_device_failures=getattr(args, "max_device_failures", 3),
+                          calibration_runs=getattr(args, "calibration_runs", 3),
+                          drift_correct=getattr(args, "drift_correct", False),
+                          keep_samples=getattr(args, "keep_samples", False),
+                          shuffle_seed=None if getattr(args, "keep_order", False) else 0)
+
+
+def add_device_options(p: argparse.ArgumentParser, *, fleet_required: bool = False,
+                       what: str = "device to measure on") -> None:
+    """--device NAME, --fleet FILE, --only, host-key trust and the health-check timeout."""
+    g = p.add_argument_group("device (see docs/fleet.md)")
+    if not fleet_required:
+        g.add_argument("--device", help=f"{what}: 'local' or a device of --fleet (default "
+                                        "local, or the only device of --fleet)")
+    g.add_argument("--fleet", required=fleet_required,
+                   help="fleet inventory TOML file (see docs/fleet.md)")
+    g.add_argument("--only", help="comma-separated device names of the fleet to use")
+    g.add_argument("--insecure-accept-unknown-host-key", dest="insecure_host_keys",
+                   action="store_true",
+                   help="trust SSH host keys missing from known_hosts WITHOUT verifying them "
+                        "(a changed key is still refused)")
+    g.add_argument("--check-timeout", type=float, default=60.0,
+                   help="seconds per device for its health check (default 60)")
+
+
+def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool = False) -> None:
+    g = p.add_argument_group("measurement settings")
+    if not defaults_from_predictor:
+        g.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+        g.add_argument("--warmup", type=int, default=10,
+                       help="untimed calls per model before timing (default 10)")
+        g.add_argument("--runs", type=int, default=None,
+                       help="timed calls per model per round (default 10 with the stopping "
+                            "rule, 20 with --fixed-runs)")
+        g.add_argument("--rounds", type=int, default=5,
+                       help="interleaved rounds over each batch with --fixed-runs (default 5)")
+        g.add_argument("--target-ci", type=float, default=0.02,
+                       help="stopping rule: repeat rounds until the confidence interval of the "
+                            "median is within this relative width (default 0.02 = 2%%)")
+        g.add_argument("--fixed-runs", action="store_true",
+                       help="no stopping rule: exactly --rounds x --runs timed calls per model "
+                            "(the protocol of datasets measured before the rule existed)")
+        g.add_argument("--confidence", type=float, default=0.95,
+                       help="confidence of the median's interval (default 0.95)")
+        g.add_argument("--min-runs", type=int, default=20,
+                       help="stopping rule: never stop a model before this many runs "
+                            "(default 20)")
+        g.add_argument("--max-runs", type=int, default=1000,
+                       help="stopping rule: stop a model at this many runs (default 1000)")
+        g.add_argument("--max-seconds", type=float, default=5.0,
+                       help="stopping rule: stop a model after this much timing (default 5)")
+        g.add_argument("--futility", type=float, default=4.0,
+                       help="stopping rule: stop a model early when reaching --target-ci is "
+                            "projected to take more than this many times --max-seconds "
+                            "(default 4; 0: measure such models up to the caps)")
+        g.add_argument("--graph-opt", default="all",
+                       choices=("disable", "basic", "extended", "all"),
+                       help="ONNX Runtime graph optimisation level (default all)")
+        g.add_argument("--delegate", default="xnnpack", choices=("xnnpack", "builtin", "gpu"),
+                       help="LiteRT kernels: XNNPACK delegate or built-in (default xnnpack); "
+                            "gpu: the GPU delegate, with tflite-benchmark-model only")
+    g.add_argument("--batch-size", type=int, default=40,
+                   help="models per agent call (default 40)")
+    g.add_argument("--timeout", type=float, default=None,
+                   help="seconds per batch before it is marked failed (default: estimated)")
+    g.add_argument("--drift-tolerance", type=float, default=0.10,
+                   help="redo a batch whose reference probe is this much slower than the "
+                        "device's best (default 0.10)")
+    g.add_argument("--cooldown", type=float, default=0.0,
+                   help="seconds to pause between batches (default 0)")
+    g.add_argument("--max-device-failures", type=int, default=3,
+                   help="failed batches in a row before a device's remaining jobs are marked "
+                        "failed (default 3)")
+    g.add_argument("--calibration-runs", type=int, default=3,
+                   help="probe-only batches per device before measuring (default 3)")
+    g.add_argument("--drift-correct", action="store_true",
+                   help="also store drift-corrected statistics (*_corrected_ms: raw / the "
+                        "batch's drift ratio), next to the raw ones")
+    g.add_argument("--keep-samples", action="store_true",
+                   help="store every timed sample with its record (samples_ms column)")
+    g.add_argument("--keep-order", action="store_true",
+                   help="measure the subjects in the order given instead of a seeded random "
+                        "order (the default spreads a slow phase over every kind of subject "
+                        "rather than biasing whichever ones were listed together)")
+
+
+def add_statistic(p: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    p.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=RECORD_STATISTICS,
+                   help=help_text or f"latency statistic (default {DEFAULT_STATISTIC})")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")

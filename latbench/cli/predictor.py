@@ -1,0 +1,268 @@
+"""`latbench predictor fit|eval|compare|adapt` and `latbench predict`: fit predictors on a
+dataset, predict a model, and score predictors on held-out networks measured on any device."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from latbench.cli.common import (
+    PASSES_HELP,
+    add_device_options,
+    add_json,
+    add_run_settings,
+    add_statistic,
+    campaign_config,
+    json_params,
+    one_device,
+    print_json,
+    print_table,
+    report_failures,
+    runtime_names,
+)
+from latbench.errors import ConfigError
+
+METRIC_HEADER = ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"]
+
+
+def _metric_rows(metrics: dict[str, dict[str, float]]) -> list[tuple[Any, ...]]:
+    return [(f, int(m["n"]), f"{m['rmse_ms']:.4f}", f"{m['rmspe_pct']:.2f}",
+             f"{m['within10']:.1%}", f"{m['spearman']:.3f}") for f, m in metrics.items()]
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from latbench.predictor.training import fit_from_dataset
+
+    params = json_params(args.params, "--params")
+    rules = None
+    if args.fusion:
+        from latbench.bench.fusion import rules_from_card
+        from latbench.bench.store import LatencyDataset
+
+        rules = rules_from_card(LatencyDataset.open(Path(args.fusion)).card)
+        if rules is None:
+            raise ConfigError(f"dataset {args.fusion} holds no fusion rules; measure them with "
+                              "`latbench bench fusion`")
+    model, info = fit_from_dataset(Path(args.data), Path(args.out), args.predictor,
+                                   args.statistic, args.device, args.runtime, params,
+                                   fusion=rules)
+    if args.json:
+        print_json({"predictor": str(args.out), "kinds": model.n_train_, **info})
+        return 0
+    print_table(f"predictor {args.out}", ["kernel kind", "training kernels"],
+                sorted(model.n_train_.items()))
+    print(f"device {info['device']}, runtime {info['runtime']} {info['runtime_version']}, "
+          f"statistic {info['statistic']}, call overhead {model.call_overhead_ms_:.4f} ms")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from latbench.predictor.io import load_predictor
+    from latbench.predictor.model_level import predict_onnx
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    predictor, manifest = load_predictor(Path(args.predictor))
+    prediction = predict_onnx(predictor, path)
+    if args.json:
+        print_json({"model": str(path), "device": manifest.get("device"),
+                    "runtime": manifest.get("runtime"), **prediction.to_json()})
+        return 0
+    print_table(f"{path.name} on {manifest.get('device')} / {manifest.get('runtime')}",
+                ["kernel kind", "kernels", "predicted ms"],
+                [(kind, sum(1 for s, _ in prediction.kernels if s.kind == kind), f"{ms:.4f}")
+                 for kind, ms in sorted(prediction.by_kind().items())])
+    print(f"predicted latency: {prediction.predicted_ms:.4f} ms "
+          f"(including {prediction.overhead_ms:.4f} ms runtime call overhead)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from latbench.bench.network_sets import resolve_networks
+    from latbench.predictor.evaluate import evaluate, settings_from_manifest, write_report
+    from latbench.predictor.io import load_predictor
+    from latbench.progress import Bars
+
+    predictor, manifest = load_predictor(Path(args.predictor))
+    manifest["path"] = str(args.predictor)
+    calibrated_on = manifest.get("composition", {}).get("keys", [])
+    networks = resolve_networks(args.networks, args.seed, exclude=calibrated_on)
+    settings = settings_from_manifest(manifest)
+    device = one_device(args, threads=settings.threads)
+    out = Path(args.out or Path(args.predictor) / "eval")
+    with Bars("networks") as bars:
+        report = evaluate(predictor, manifest, networks, device, out, args.runtime,
+                          campaign_config(args, settings), bars, passes=args.passes)
+    paths = write_report(report, out)
+    if args.json:
+        print_json({"device": device.name, "statistic": report.statistic,
+                    "metrics": report.metrics, "measurement": report.measurement,
+                    "report": {k: str(v) for k, v in paths.items()}})
+        return 0
+    print_table(f"held-out networks on {device.name} ({report.statistic})", METRIC_HEADER,
+                _metric_rows(report.metrics))
+    print(report.measurement)
+    print(f"report: {paths['markdown']}  scatter: {paths['scatter']}")
+    report_failures(report.campaign)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from latbench.bench.network_sets import resolve_networks
+    from latbench.bench.runners import RunSettings
+    from latbench.predictor.compare import compare_predictors, write_comparison
+    from latbench.progress import Bars
+
+    names = [n.strip() for n in args.predictors.split(",") if n.strip()]
+    networks = resolve_networks(args.networks, args.seed)
+    device = one_device(args)
+    out = Path(args.out)
+    with Bars("networks") as bars:
+        report = compare_predictors(Path(args.data), networks, names, device, out,
+                                    args.runtime, args.statistic,
+                                    json_params(args.params, "--params"),
+                                    campaign_config(args, RunSettings()), bars,
+                                    passes=args.passes)
+    paths = write_comparison(report, out)
+    if args.json:
+        print_json({"device": device.name, "statistic": report.statistic,
+                    "metrics": report.metrics, "measurement": report.measurement,
+                    "report": str(paths["markdown"])})
+        return 0
+    rows = []
+    for name, families in report.metrics.items():
+        for family, m in families.items():
+            empty = m["n"] == 0
+            rows.append((name, family, int(m["n"]), f"{m['coverage']:.0%}",
+                         "-" if empty else f"{m['rmspe_pct']:.2f}",
+                         "-" if empty else f"{m['within10']:.1%}",
+                         "-" if empty else f"{m['spearman']:.3f}"))
+    print_table(f"held-out networks on {device.name} ({report.statistic})",
+                ["predictor", "family", "n", "covered", "RMSPE %", "within 10%", "Spearman"],
+                rows)
+    print(report.measurement)
+    print(f"report: {paths['markdown']}")
+    report_failures(report.campaign)
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from latbench.bench.runners import RunSettings
+    from latbench.predictor.adaptive import adapt_dataset
+    from latbench.progress import Bars
+
+    device = one_device(args)
+    with Bars("new kernels") as bars:
+        model, info, reports = adapt_dataset(
+            Path(args.data), Path(args.out), device, args.rounds, args.predictor,
+            json_params(args.params, "--params"), args.statistic, args.runtime,
+            args.threshold, args.per_point, args.max_new, args.seed,
+            campaign_config(args, RunSettings()), bars)
+    if args.json:
+        print_json({"predictor": str(args.out), "rounds": [r.__dict__ for r in reports]})
+        return 0
+    print_table("adaptive sampling (held-out kernels)",
+                ["round", "training kernels", "flagged", "new", "held-out RMSPE %",
+                 "held-out within 10%"],
+                [(r.round, r.n_train, r.n_flagged, r.n_new, f"{r.holdout_rmspe_pct:.2f}",
+                  f"{r.holdout_within10:.1%}") for r in reports])
+    print(f"predictor written to {args.out} (report: {Path(args.out) / 'adapt.md'})")
+    return 0
+
+
+def _add_dataset_measuring(p: argparse.ArgumentParser, seed: int, seed_help: str) -> None:
+    """Options of the commands that fit on an operator dataset and measure more with its
+    device, runtime and run settings (predictor adapt, predictor compare)."""
+    add_statistic(p)
+    p.add_argument("--runtime", choices=runtime_names(), help="runtime (default: the dataset's)")
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    add_json(p)
+    add_device_options(p)
+    add_run_settings(p, defaults_from_predictor=True)
+
+
+def add_commands(sub: Any, pred_sub: Any) -> None:
+    """`predict` at the top level; fit, eval, compare, adapt under `predictor`."""
+    predict = sub.add_parser("predict", help="predict the latency of an ONNX model")
+    predict.add_argument("model", help="ONNX file")
+    predict.add_argument("--predictor", required=True, help="predictor directory")
+    predict.add_argument("--json", action="store_true",
+                         help="print a JSON object (with predicted_ms and per-kernel figures)")
+    predict.set_defaults(func=cmd_predict)
+
+    fit = pred_sub.add_parser("fit", help="fit a per-kernel predictor on a dataset")
+    fit.add_argument("--data", required=True, help="dataset directory (from `latbench bench ops`)")
+    fit.add_argument("--out", required=True, help="predictor directory to write")
+    fit.add_argument("--predictor", default="xgboost", help="predictor type (default xgboost)")
+    add_statistic(fit, "which latency statistic to learn (default min_ms: timing noise only "
+                       "ever adds time, so the minimum is the most repeatable figure on a "
+                       "shared or throttling device; median_ms for typical latency)")
+    fit.add_argument("--device", help="use only this device's records")
+    fit.add_argument("--runtime", choices=runtime_names(), help="use only this runtime's records")
+    fit.add_argument("--params", help='predictor parameters as JSON, e.g. \'{"max_depth": 4}\'')
+    fit.add_argument("--fusion", help="take the fusion rules from this dataset (its card) "
+                                      "instead of the --data dataset's own")
+    add_json(fit)
+    fit.set_defaults(func=cmd_fit)
+
+    ev = pred_sub.add_parser(
+        "eval", help="measure held-out networks end to end and score a predictor",
+        description="Measure whole networks on a device (the local CPU or any device of a "
+                    "fleet) with the runner and settings the predictor was trained with, and "
+                    "report RMSE, RMSPE, within-5/10/15%% accuracy, Spearman and Kendall per "
+                    "family, with a predicted-vs-measured scatter plot.")
+    ev.add_argument("--predictor", required=True, help="predictor directory")
+    ev.add_argument("--networks", default="nasbench-macro:50",
+                    help="network set: comma-separated NAME:COUNT (search spaces: "
+                         "nasbench-macro, proxyless, nasbench201; families: mobilenetv2, "
+                         "mobilenetv3, efficientnet, resnet) and/or .onnx paths (default "
+                         "nasbench-macro:50)")
+    ev.add_argument("--runtime", choices=runtime_names(),
+                    help="runtime (default: the predictor's)")
+    ev.add_argument("--out", help="report directory (default PREDICTOR/eval)")
+    ev.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
+    ev.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
+    add_json(ev)
+    add_device_options(ev)
+    add_run_settings(ev, defaults_from_predictor=True)
+    ev.set_defaults(func=cmd_eval)
+
+    compare = pred_sub.add_parser(
+        "compare", help="fit the zoo on one dataset, score every member on the same networks",
+        description="Fit each predictor on the dataset, measure the held-out networks once "
+                    "for all of them (never the calibration networks), and report RMSE, RMSPE, "
+                    "within-5/10/15%%, Spearman and Kendall per family and predictor, with PNG "
+                    "plots.")
+    compare.add_argument("--data", required=True, help="operator dataset")
+    compare.add_argument("--networks", default="nasbench-macro:50",
+                         help="network set, as for `predictor eval` (default nasbench-macro:50)")
+    compare.add_argument("--predictors", default="xgboost,rf,linear,lut",
+                         help="comma-separated zoo members (default xgboost,rf,linear,lut)")
+    compare.add_argument("--out", required=True, help="report directory")
+    compare.add_argument("--params", help='per-predictor parameters as JSON, e.g. '
+                                          '\'{"rf": {"n_estimators": 100}}\'')
+    compare.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
+    _add_dataset_measuring(compare, seed=1, seed_help="seed for sampling networks")
+    compare.set_defaults(func=cmd_compare)
+
+    adapt = pred_sub.add_parser(
+        "adapt", help="adaptive sampling: measure kernels near the worst predictions, refit",
+        description="After a first fit, find kernels whose out-of-fold prediction is off by "
+                    "more than --threshold, measure random neighbours of them into the dataset "
+                    "(with its own run settings), refit; repeat for --rounds. Reports the "
+                    "error per round on held-out kernels, then writes the final predictor.")
+    adapt.add_argument("--data", required=True, help="operator dataset (grows)")
+    adapt.add_argument("--out", required=True, help="predictor directory to write")
+    adapt.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    adapt.add_argument("--per-point", type=int, default=2,
+                       help="neighbours measured per flagged kernel (default 2)")
+    adapt.add_argument("--max-new", type=int, default=60,
+                       help="new kernels per round at most (default 60)")
+    adapt.add_argument("--threshold", type=float, default=0.10,
+                       help="relative error that flags a kernel (default 0.10)")
+    adapt.add_argument("--predictor", default="xgboost", help="predictor type (default xgboost)")
+    adapt.add_argument("--params", help="predictor parameters as JSON")
+    _add_dataset_measuring(adapt, seed=0, seed_help="seed")
+    adapt.set_defaults(func=cmd_adapt)

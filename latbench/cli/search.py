@@ -1,0 +1,124 @@
+"""`latbench search`: the most accurate architecture under each latency budget, optionally
+measured on any device of a fleet."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from latbench.cli.common import (
+    add_device_options,
+    add_json,
+    add_run_settings,
+    campaign_config,
+    data_dir,
+    print_json,
+    print_table,
+)
+from latbench.errors import ConfigError
+
+
+def _budgets(values: list[float]) -> list[float]:
+    for value in values:
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"--budget-ms must be positive, finite milliseconds, got {value}")
+    return values
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from latbench.bench.runners import RunSettings
+    from latbench.progress import Bars
+    from latbench.search.budget import OUTCOME_HEADER
+    from latbench.search.run import SearchJob, parse_options
+    from latbench.search.session import run_search
+
+    budgets = _budgets(args.budget_ms)
+    options = parse_options(args.option, "--option")
+    if args.queries is not None:
+        options["max_queries"] = args.queries
+    if args.epochs is not None:
+        options["max_epochs" if args.strategy == "halving" else "epochs"] = args.epochs
+    job = SearchJob(args.space, parse_options(args.space_option, "--space-option"),
+                    args.strategy, options, args.accuracy, args.data, args.seed)
+
+    def announce(prepared: Any) -> None:
+        fastest, slowest = prepared.latency_range()
+        space_options = f" {prepared.space_options}" if prepared.space_options else ""
+        print(f"{args.strategy} on {args.space}{space_options} (predicted "
+              f"{fastest:.4g} to {slowest:.4g} ms): searching under each budget / "
+              f"(1 + {prepared.margin:.3f}) (safety margin)", file=sys.stderr)
+
+    session = run_search(job, args.predictor, budgets, data_dir=data_dir(args.data_dir),
+                         margin=args.margin, out=args.out, measure=args.measure,
+                         device=args.device, fleet=args.fleet,
+                         config=campaign_config(args, RunSettings()), progress=Bars,
+                         on_prepared=announce)
+    if not session.lead:
+        return 0
+    if args.json:
+        print_json(session.to_json())
+        return 0
+    print_table(f"{args.space} / {args.strategy}: best accuracy under each budget",
+                (*OUTCOME_HEADER, "queries"),
+                [(*o.row(), r.queries)
+                 for o, (_, r) in zip(session.outcomes, session.results, strict=True)])
+    for budget, folder in session.folders.items():
+        print(f"budget {budget:g} ms: {folder}/ (winner.txt, winner.onnx, winner.pt, "
+              "pareto.png, history.csv)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    search = sub.add_parser(
+        "search", help="most accurate architecture under a latency budget",
+        description="Search a space for the most accurate architecture whose predicted "
+                    "latency is within each budget; with --measure, measure each winner on the "
+                    "device (the local CPU or any device of a fleet) and report predicted vs "
+                    "measured latency.")
+    search.add_argument("--space", default="nasbench-macro",
+                        help="search space: nasbench-macro, nasbench201, proxyless")
+    search.add_argument("--space-option", action="append", metavar="KEY=VALUE",
+                        help="space option, repeatable (e.g. resolution=64, width_mult=0.5, "
+                             "cells=5, num_classes=1000; JSON values)")
+    search.add_argument("--predictor", required=True,
+                        help="predictor directory, or 'flops' for an analytical FLOPs table "
+                             "(no device: trying strategies offline)")
+    search.add_argument("--budget-ms", type=float, nargs="+", required=True,
+                        help="one or more latency budgets in ms (positive)")
+    search.add_argument("--strategy", default="exhaustive",
+                        help="exhaustive, evolution, random (an accuracy source), halving, "
+                             "proxyless-g, proxyless-r (train on --data) (default exhaustive)")
+    search.add_argument("--accuracy",
+                        help="accuracy source for evolution/random: table (NAS-Bench-Macro), "
+                             "surrogate[:gbm|mlp[:N]] (a predictor trained on N table queries) "
+                             "or proxy:NAME (zero-cost: synflow, snip, grasp, fisher, jacob_cov, "
+                             "grad_norm, naswot, vote) (default table if the space has one, "
+                             "else proxy:naswot)")
+    search.add_argument("--data", default="digits",
+                        help="training data for halving/proxyless: digits or an image folder "
+                             "path (default digits)")
+    search.add_argument("--queries", type=int, help="evolution/random: most table queries "
+                                                     "(default 500)")
+    search.add_argument("--epochs", type=int, help="proxyless: supernet epochs; halving: most "
+                                                    "epochs per candidate")
+    search.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="strategy option, repeatable (e.g. population=30, warmup=200, "
+                             "proposals=4, mode=full, loss=additive, lam=0.5, eta=3, "
+                             "hyperband=true)")
+    search.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    search.add_argument("--margin", type=float, default=None,
+                        help="search under budget / (1 + MARGIN) so measured winners stay within "
+                             "the budget (default: the predictor's 95th-percentile "
+                             "under-prediction on calibration networks left out of its fit)")
+    search.add_argument("--data-dir", help="reference data folder (default $LATBENCH_DATA or "
+                                           "shared/data beside the latbench checkout)")
+    search.add_argument("--measure", action="store_true", help="measure the winners")
+    search.add_argument("--out",
+                        help="output folder: per budget history, pareto.png, winner.txt/.pt/"
+                             ".onnx; measured winners (default PREDICTOR/search)")
+    add_json(search)
+    add_device_options(search, what="device for --measure")
+    add_run_settings(search, defaults_from_predictor=True)
+    search.set_defaults(func=cmd_search)

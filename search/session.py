@@ -1,0 +1,114 @@
+"""One search as a user runs it: prepare, search under every budget, write each budget's folder
+and outcome, and measure the winners on the device - for the command line and for scripts.
+
+Under torchrun (strategies that train a supernet with several processes) every rank searches;
+only rank 0 writes folders and measures. The distributed set-up and tear-down live here too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latbench.bench.campaign import CampaignConfig
+from latbench.errors import ConfigError
+from latbench.search.budget import BudgetOutcome, measure_winners
+from latbench.search.run import Prepared, SearchJob, prepare, run_job, write_outputs
+from latbench.search.strategies import SearchResult
+
+
+@dataclass
+class SearchSession:
+    """What a search produced: per budget the result, the outcome (measured when asked) and the
+    folder it was written to. `lead` is False on the other ranks of a distributed run."""
+
+    prepared: Prepared | None
+    results: list[tuple[float, SearchResult]] = field(default_factory=list)
+    outcomes: list[BudgetOutcome] = field(default_factory=list)
+    folders: dict[float, Path] = field(default_factory=dict)
+    lead: bool = True
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{**o.to_json(), **r.to_json(), "budget_ms": b,
+                 "folder": str(self.folders.get(b, ""))}
+                for o, (b, r) in zip(self.outcomes, self.results, strict=True)]
+
+
+def default_out(predictor: str) -> Path:
+    """Where a search writes without --out: beside the predictor, or runs/search for flops."""
+    return Path(predictor) / "search" if predictor != "flops" else Path("runs") / "search"
+
+
+def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
+               data_dir: Path | None = None, margin: float | None = None,
+               out: Path | None = None, measure: bool = False, device: str | None = None,
+               fleet: str | None = None, config: CampaignConfig | None = None,
+               progress: Callable[[str], Any] | None = None,
+               on_prepared: Callable[[Prepared], None] | None = None) -> SearchSession:
+    """Search `job` under each budget with the latency table of `predictor` (a predictor
+    folder, or "flops").
+
+    Folders (history, Pareto plot, winner files, outcome.json) are written for every budget
+    when `out` is given or the strategy is not exhaustive. With `measure`, the winners are
+    measured on `device` (of `fleet`) with the predictor's runtime and settings. `progress`
+    makes a progress sink for a phase ("search", "winners")."""
+    dist_info = None
+    if job.trains and job.strategy.startswith("proxyless"):
+        from latbench.search.supernet import init_distributed
+
+        dist_info = init_distributed()  # under torchrun: one process per rank
+    lead = dist_info is None or dist_info.rank == 0
+    if job.strategy == "exhaustive" and data_dir is None:
+        raise ConfigError("no reference data: pass --data-dir or set LATBENCH_DATA")
+    prepared = prepare(job, predictor, data_dir, margin)
+    if measure and not prepared.measurable:
+        raise ConfigError("--measure needs a predictor directory (the flops table has no "
+                          "device or runtime to measure with)")
+    if lead and on_prepared is not None:
+        on_prepared(prepared)
+    try:
+        with (_sink(progress, "search") if lead else nullcontext()) as bars:
+            results = run_job(prepared, budgets_ms, bars, dist_info)
+    finally:
+        if dist_info is not None:
+            from latbench.search.supernet import close_distributed
+
+            close_distributed(dist_info)
+    if not lead:
+        return SearchSession(prepared, results, lead=False)
+    write_folders = out is not None or job.strategy != "exhaustive"
+    out = Path(out) if out is not None else default_out(predictor)
+    session = SearchSession(prepared, results)
+    if write_folders:
+        for budget, result in results:
+            folder = out / f"{job.strategy}-{budget:g}ms"
+            write_outputs(folder, prepared.space, prepared.space_options, prepared.table,
+                          result, budget, prepared.accuracy_table)
+            session.folders[budget] = folder
+    if measure:
+        from latbench.bench.devices import resolve_device
+        from latbench.predictor.evaluate import settings_from_manifest
+
+        settings = settings_from_manifest(prepared.manifest)
+        target = resolve_device(device, fleet, threads=settings.threads)
+        with _sink(progress, "winners") as bars:
+            session.outcomes = measure_winners(prepared.space, results, prepared.manifest,
+                                               target, out / "winners", config, bars)
+    else:
+        session.outcomes = [BudgetOutcome(b, r.budget_ms, r.arch, r.accuracy, r.predicted_ms,
+                                          None, r.feasible, r.evaluated) for b, r in results]
+    for (budget, _), outcome in zip(results, session.outcomes, strict=True):
+        if budget in session.folders:
+            (session.folders[budget] / "outcome.json").write_text(
+                json.dumps(outcome.to_json(), indent=1) + "\n")
+    return session
+
+
+def _sink(progress: Callable[[str], Any] | None, phase: str) -> Any:
+    """A context manager yielding a ProgressSink for `phase` (or None)."""
+    return progress(phase) if progress is not None else nullcontext()
+

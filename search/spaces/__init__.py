@@ -1,8 +1,0 @@
-"""Search spaces: a registry of spaces (importing this package registers them)."""
-
-from __future__ import annotations
-
-from latbench.search.spaces import nasbench201, nasbench_macro, proxyless  # noqa: F401  (registers them)
-from latbench.search.spaces.base import SPACES, Arch, SearchSpace, get_space, register_space
-
-__all__ = ["SPACES", "Arch", "SearchSpace", "get_space", "register_space"]
