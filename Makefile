@@ -11,10 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Pinned dependencies first (torch==2.13.0 is the CPU build), then latbench itself.
+# Pinned dependencies first (torch==2.13.0 is the CPU build), then latbench with every extra
+# ([all]: torch, litert, fleet, plots); the lock already holds them, so nothing more is fetched.
 $(INSTALLED): $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet -e '.[all]'
 	touch $@
 
 $(TEST_INSTALLED): $(INSTALLED) requirements-test.lock

@@ -12,6 +12,12 @@ speed) and `drift_flag` (still above the tolerance after the retries). With `dri
 the statistics scaled by best / batch reference (i.e. divided by drift_ratio) are stored too,
 next to the raw ones. The summary keeps every stored batch's drift, and `drift_report` says
 whether the device slowed down over the campaign (throttling) - see docs/measurement.md.
+
+A campaign holds the dataset's campaign lock (`bench.store.campaign_lock`) for its whole run: a
+second campaign on the same dataset waits for it (`CampaignConfig.lock_wait_s`) or refuses,
+instead of measuring the jobs the first one is measuring. Progress advances per job: the
+runner's `progress` callback reports models as they finish, and the bar never counts a batch
+twice when it is measured again after a slow phase.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from latbench.bench.runners import (
     get_runner,
 )
 from latbench.bench.stats import flatten
-from latbench.bench.store import LatencyDataset, LatencyRecord, make_job_key, utc_now
+from latbench.bench.store import (
+    LatencyDataset,
+    LatencyRecord,
+    campaign_lock,
+    make_job_key,
+    utc_now,
+)
 from latbench.device_agents import Device
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
@@ -89,9 +101,13 @@ class Subject:
 
 
 class ProgressSink(Protocol):
+    """Where long work reports how far it is: one lane per device/runtime (or phase); `advance`
+    adds jobs done since the last call (fractions allowed, never negative), `note` says
+    something about a lane."""
+
     def start(self, lane: str, total: int) -> None: ...
 
-    def advance(self, lane: str, done: int) -> None: ...
+    def advance(self, lane: str, done: float) -> None: ...
 
     def note(self, lane: str, text: str) -> None: ...
 
@@ -100,7 +116,7 @@ class _Silent:
     def start(self, lane: str, total: int) -> None:
         pass
 
-    def advance(self, lane: str, done: int) -> None:
+    def advance(self, lane: str, done: float) -> None:
         pass
 
     def note(self, lane: str, text: str) -> None:
@@ -122,6 +138,9 @@ class CampaignConfig:
     keep_samples: bool = False      # store every raw sample (a list column)
     # Seed of the job order (see `plan_batches`); None keeps the given order in batches.
     shuffle_seed: int | None = 0
+    # Seconds to wait for another campaign holding the dataset (0: refuse at once; inf: wait).
+    # A property of this run, not of the dataset: cards do not keep it.
+    lock_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -132,6 +151,13 @@ class CampaignConfig:
             raise ConfigError("calibration_runs must be >= 0 and max_device_failures >= 1")
         if self.drift_tolerance <= 0:
             raise ConfigError(f"drift tolerance must be > 0, got {self.drift_tolerance}")
+        if not self.lock_wait_s >= 0:  # also refuses NaN
+            raise ConfigError("the wait for another campaign on the dataset must be >= 0 "
+                              f"seconds (inf: as long as it takes), got {self.lock_wait_s}")
+
+    def card(self) -> dict[str, Any]:
+        """The campaign settings a dataset card keeps (run settings are kept apart)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("settings", "lock_wait_s")}
 
 
 @dataclass(frozen=True)
@@ -236,8 +262,8 @@ def detect_slowdown(batches: Sequence[BatchDrift], tolerance: float) -> str:
 def median_probe_ms(records: Any) -> float | None:
     """Median reference-probe time over stored records (a frame with `reference_ms`): the
     machine's speed level while they were measured; None when no record has a probe. Two
-    campaigns on the same machine compare by it - on this VM the level moved by 10% between
-    sessions a day apart."""
+    campaigns on the same machine compare by it: a machine's level moves between sessions
+    (docs/measurement.md)."""
     if "reference_ms" not in getattr(records, "columns", ()):
         return None
     probe = np.asarray(records["reference_ms"], dtype=np.float64)
@@ -327,10 +353,9 @@ def plan_batches(jobs: Sequence[Subject], size: int, seed: int | None = 0
     batch takes about as long as a slow phase lasts (a noisy neighbour, a burst of throttling):
     measured in the order given, a slow phase biases a whole group. Shuffled, it lands on a
     random mix. Kernels and networks still go in separate batches, the batches in random order:
-    a network's time depends a little on what it is measured beside (on this project's CPU,
-    about 0.5% slower among microsecond kernels than among networks), so calibration networks
-    in a dataset and held-out networks measured later see the same company. `seed=None` keeps
-    the order given, cut in consecutive slices.
+    a network's time depends a little on what it is measured beside (docs/measurement.md), so
+    calibration networks in a dataset and held-out networks measured later see the same
+    company. `seed=None` keeps the order given, cut in consecutive slices.
     """
     jobs = list(jobs)
     if seed is None:
@@ -344,6 +369,42 @@ def plan_batches(jobs: Sequence[Subject], size: int, seed: int | None = 0
                for i in range(0, len(group), size)]
     order.shuffle(batches)
     return batches
+
+
+class _BatchBar:
+    """One batch's share of its lane's bar: models finished advance it as the runner reports
+    them, an attempt measured again after a slow phase advances it only past what the earlier
+    attempt showed, and `finish` adds what was never reported (failed or exported-failed jobs,
+    runners that report nothing), so a batch counts exactly its size once."""
+
+    def __init__(self, progress: ProgressSink, lane: str, size: int) -> None:
+        self.progress, self.lane, self.size = progress, lane, size
+        self.models = size
+        self.shown = 0.0     # advanced on the bar for this batch
+        self.reported = 0.0  # finished models the current attempt reported
+        self._lock = threading.Lock()
+
+    def attempt(self, models: int) -> None:
+        """A (new) attempt over `models` models starts: its reports count from zero."""
+        with self._lock:
+            self.models, self.reported = models, 0.0
+
+    def __call__(self, finished: float) -> None:
+        """The runner's callback: `finished` more models are done in this attempt."""
+        if not finished > 0:
+            return
+        with self._lock:
+            self.reported += finished
+            step = min(self.reported, self.models) - self.shown
+            if step > 0:
+                self.shown += step
+                self.progress.advance(self.lane, step)
+
+    def finish(self) -> None:
+        with self._lock:
+            step, self.shown = self.size - self.shown, float(self.size)
+        if step > 0:
+            self.progress.advance(self.lane, step)
 
 
 class _DeviceWorker:
@@ -384,8 +445,9 @@ class _DeviceWorker:
             if self.stop.is_set():
                 break
             batch_id = uuid.uuid4().hex[:12]
+            bar = _BatchBar(self.progress, self.lane, len(batch))
             try:
-                records, redone, drift = self._measure_batch(batch, batch_id)
+                records, redone, drift = self._measure_batch(batch, batch_id, bar)
                 summary.redone_batches += redone
                 if drift is not None:
                     summary.drift.append(drift)
@@ -406,7 +468,7 @@ class _DeviceWorker:
                 else:
                     summary.failed += 1
                     summary.failures.append((self.device.name, rec.key, rec.error))
-            self.progress.advance(self.lane, len(batch))
+            bar.finish()
             if consecutive_failures >= self.config.max_device_failures:
                 rest = [job for later in self.batches[number + 1:] for job in later]
                 error = (f"device {self.device.name} gave up after {consecutive_failures} "
@@ -423,7 +485,7 @@ class _DeviceWorker:
                 time.sleep(self.config.cooldown_s)
         return summary
 
-    def _measure_batch(self, batch: list[Subject], batch_id: str
+    def _measure_batch(self, batch: list[Subject], batch_id: str, bar: _BatchBar
                        ) -> tuple[list[LatencyRecord], int, BatchDrift | None]:
         models, export_failed = [], {}
         for index, subject in enumerate(batch):
@@ -436,7 +498,9 @@ class _DeviceWorker:
         if models:
             timeout = self.config.timeout_s or _estimate_timeout(len(models), self.settings)
             for attempt in range(self.config.drift_retries + 1):
-                result = self.runner.measure(self.device, models, self.settings, timeout)
+                bar.attempt(len(models))
+                result = self.runner.measure(self.device, models, self.settings, timeout,
+                                             progress=bar)
                 ratio = result.reference_ms / self.best_reference
                 self.best_reference = min(self.best_reference, result.reference_ms)
                 if not ratio > 1 + self.config.drift_tolerance:
@@ -485,19 +549,18 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
     one is an error unless `skip_missing_runtimes` (fleets mixing phones and boards).
     Devices named in `unreachable` (name -> error, e.g. from a health check) are not
     contacted: their missing jobs are stored as failed at once, so a rerun retries them.
+    The dataset's campaign lock is held from reading which jobs are done to the last record
+    (see `bench.store.campaign_lock`; `config.lock_wait_s` says how long to wait for it).
     """
     config = config or CampaignConfig()
     progress = progress or _Silent()
-    unreachable = dict(unreachable or {})
     keys = [s.key for s in subjects]
     if len(set(keys)) != len(keys):
         raise ConfigError("campaign subjects have duplicate keys")
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise ConfigError(f"campaign devices have duplicate names: {sorted(names)}")
-    done = dataset.done_keys()
-    summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
-    lanes = []
+    lanes: list[tuple[Device, str]] = []
     for device in devices:
         wanted = device.runtimes if runtimes is None else runtimes
         for runtime in wanted:
@@ -512,29 +575,51 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
                                   "that reports statistics, not samples, so it cannot apply the "
                                   "stopping rule (target_ci); measure it with the fixed protocol "
                                   "(--fixed-runs)")
-            settings_key = config.settings.key(runtime)
-            todo = [s for s in subjects
-                    if make_job_key(s.key, device.name, runtime, settings_key) not in done]
-            summary.total += len(subjects)
-            summary.skipped += len(subjects) - len(todo)
-            lanes.append((device, runtime, todo))
+            lanes.append((device, runtime))
     if not lanes:
         raise ConfigError(f"no device has any of the runtimes {', '.join(runtimes or [])}")
-    for device, runtime, todo in [lane for lane in lanes if lane[0].name in unreachable]:
+    with campaign_lock(dataset.root, config.lock_wait_s, _lock_note(progress, dataset.root)):
+        return _run_lanes(subjects, lanes, dataset, config, progress, dict(unreachable or {}))
+
+
+def _lock_note(progress: ProgressSink, root: Path) -> Callable[[str], None]:
+    """Says on the progress sink (and in the log) that a campaign waits for the dataset."""
+    def note(text: str) -> None:
+        log.info("%s", text)
+        progress.note(str(root), text)
+    return note
+
+
+def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
+               dataset: LatencyDataset, config: CampaignConfig, progress: ProgressSink,
+               unreachable: Mapping[str, str]) -> CampaignSummary:
+    """`run_campaign` once it holds the dataset: what is missing, measured device by device."""
+    done = dataset.done_keys()
+    summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
+    work: list[tuple[Device, str, list[Subject]]] = []
+    for device, runtime in lanes:
+        settings_key = config.settings.key(runtime)
+        todo = [s for s in subjects
+                if make_job_key(s.key, device.name, runtime, settings_key) not in done]
+        summary.total += len(subjects)
+        summary.skipped += len(subjects) - len(todo)
+        if device.name not in unreachable:
+            work.append((device, runtime, todo))
+            continue
+        lane = f"{device.name}/{runtime}"
         error = f"device {device.name} unreachable: {unreachable[device.name]}"
-        failed = [_failed_record(s, device, runtime, config.settings.key(runtime), error, "",
+        failed = [_failed_record(s, device, runtime, settings_key, error, "",
                                  config.settings.threads) for s in todo]
         dataset.append(failed)
         summary.failed += len(failed)
         summary.failures.extend((device.name, r.key, error) for r in failed)
-        progress.start(f"{device.name}/{runtime}", len(todo))
-        progress.advance(f"{device.name}/{runtime}", len(todo))
-        progress.note(f"{device.name}/{runtime}", error)
-    lanes = [lane for lane in lanes if lane[0].name not in unreachable]
+        progress.start(lane, len(todo))
+        progress.advance(lane, len(todo))
+        progress.note(lane, error)
     started = time.perf_counter()
     stop = threading.Event()
     by_device: dict[str, list[tuple[Device, str, list[Subject]]]] = {}
-    for lane in lanes:
+    for lane in work:
         by_device.setdefault(lane[0].name, []).append(lane)
 
     def device_work(device_lanes: list[tuple[Device, str, list[Subject]]]) -> CampaignSummary:
@@ -587,27 +672,30 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
                          config: CampaignConfig, card: dict[str, Any] | None = None,
                          progress: ProgressSink | None = None) -> CampaignSummary:
     """Measure subjects on one device into the dataset at `out` (created or resumed), keeping a
-    card with the device's facts, software versions and the exact run settings."""
+    card with the device's facts, software versions and the exact run settings. The dataset's
+    campaign lock is held throughout, so a refused second campaign writes nothing."""
     from latbench.device_agents import fetch_facts
 
-    facts = fetch_facts(device)
-    dataset = LatencyDataset.create(out, {
-        **(card or {}),
-        "device": device.name,
-        "runtime": runtime,
-        "device_facts": facts,
-        "host_software": software_versions(),
-        "run_settings": asdict(config.settings),
-        "settings": config.settings.key(runtime),
-        "campaign": {k: v for k, v in asdict(config).items() if k != "settings"},
-    })
-    dataset.update_card(network_kernels=network_kernels(subjects, dataset.card))
-    summary = run_campaign(subjects, [device], [runtime], dataset, config, progress)
-    versions = sorted(set(dataset.records()["runtime_version"].dropna()))
-    after = fetch_facts(device)
-    dataset.update_card(runtime_versions=versions,
-                        temps_after=after.get("temps_c"), governor_after=after.get("governor"),
-                        drift_last_run=summary.drift_json())
+    progress = progress or _Silent()
+    with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
+        facts = fetch_facts(device)
+        dataset = LatencyDataset.create(out, {
+            **(card or {}),
+            "device": device.name,
+            "runtime": runtime,
+            "device_facts": facts,
+            "host_software": software_versions(),
+            "run_settings": asdict(config.settings),
+            "settings": config.settings.key(runtime),
+            "campaign": config.card(),
+        })
+        dataset.update_card(network_kernels=network_kernels(subjects, dataset.card))
+        summary = run_campaign(subjects, [device], [runtime], dataset, config, progress)
+        versions = sorted(set(dataset.records()["runtime_version"].dropna()))
+        after = fetch_facts(device)
+        dataset.update_card(runtime_versions=versions, temps_after=after.get("temps_c"),
+                            governor_after=after.get("governor"),
+                            drift_last_run=summary.drift_json())
     return summary
 
 
@@ -627,34 +715,38 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
     """
     from latbench.device_agents import check_devices
 
-    checks = check_devices(devices, check_timeout_s)
-    dataset = LatencyDataset.create(out, {
-        **(card or {}),
-        "host_software": software_versions(),
-        "run_settings": asdict(config.settings),
-        "campaign": {k: v for k, v in asdict(config).items() if k != "settings"},
-    })
-    known = dict(dataset.card.get("device_facts") or {})
-    for check in checks:
-        entry = {"address": check.address, "checked": utc_now()}
-        if check.reachable:
-            known[check.device] = {**entry, **check.facts, "problems": list(check.problems)}
-        else:
-            known.setdefault(check.device, {**entry, "error": check.error})
-    dataset.update_card(device_facts=known,
-                        network_kernels=network_kernels(subjects, dataset.card))
-    unreachable = {c.device: c.error for c in checks if not c.reachable}
-    summary = run_campaign(subjects, devices, runtimes, dataset, config, progress,
-                           skip_missing_runtimes=runtimes is not None, unreachable=unreachable)
-    records = dataset.records()
-    versions: dict[str, dict[str, list[str]]] = {}
-    for (device, runtime), group in records.groupby(["device", "runtime"]):
-        versions.setdefault(str(device), {})[str(runtime)] = sorted(
-            set(group["runtime_version"].dropna()))
-    after = check_devices([d for d in devices if d.name not in unreachable], check_timeout_s)
-    dataset.update_card(runtime_versions=versions, drift_last_run=summary.drift_json(),
-                        facts_after={
-        c.device: {"temps_c": c.facts.get("temps_c"), "governor": c.facts.get("governor"),
-                   "cur_freq_khz": c.facts.get("cur_freq_khz")}
-        for c in after if c.reachable})
+    progress = progress or _Silent()
+    with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
+        checks = check_devices(devices, check_timeout_s)
+        dataset = LatencyDataset.create(out, {
+            **(card or {}),
+            "host_software": software_versions(),
+            "run_settings": asdict(config.settings),
+            "campaign": config.card(),
+        })
+        known = dict(dataset.card.get("device_facts") or {})
+        for check in checks:
+            entry = {"address": check.address, "checked": utc_now()}
+            if check.reachable:
+                known[check.device] = {**entry, **check.facts, "problems": list(check.problems)}
+            else:
+                known.setdefault(check.device, {**entry, "error": check.error})
+        dataset.update_card(device_facts=known,
+                            network_kernels=network_kernels(subjects, dataset.card))
+        unreachable = {c.device: c.error for c in checks if not c.reachable}
+        summary = run_campaign(subjects, devices, runtimes, dataset, config, progress,
+                               skip_missing_runtimes=runtimes is not None,
+                               unreachable=unreachable)
+        records = dataset.records()
+        versions: dict[str, dict[str, list[str]]] = {}
+        for (device, runtime), group in records.groupby(["device", "runtime"]):
+            versions.setdefault(str(device), {})[str(runtime)] = sorted(
+                set(group["runtime_version"].dropna()))
+        after = check_devices([d for d in devices if d.name not in unreachable],
+                              check_timeout_s)
+        dataset.update_card(runtime_versions=versions, drift_last_run=summary.drift_json(),
+                            facts_after={
+            c.device: {"temps_c": c.facts.get("temps_c"), "governor": c.facts.get("governor"),
+                       "cur_freq_khz": c.facts.get("cur_freq_khz")}
+            for c in after if c.reachable})
     return summary, checks

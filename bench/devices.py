@@ -17,6 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+# Registers the runners, and with them the runtimes a fleet file is checked against.
+import latbench.bench.runners  # noqa: F401
 from latbench.device_agents import Device, load_fleet, local_device
 from latbench.errors import ConfigError
 

@@ -9,14 +9,15 @@ statistics), so exporters and the kernel parser must fold it.
 Families: "mobilenetv2" (inverted residuals, ReLU6), "resnet" (BasicBlocks, ReLU),
 "efficientnet" (MBConv + squeeze-excite, SiLU), "mobilenetv3" (h-swish/ReLU, SE with a
 hard-sigmoid gate; SE as 1x1 convs or as Linear layers).
+
+Sampling needs no torch; the modules are built by bench/families_torch.py, imported when a
+network is built.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -82,35 +83,15 @@ class NetworkDef:
 
     def build(self) -> Any:
         """The torch module in eval mode; weights and BatchNorm statistics drawn from `seed`."""
-        import torch
+        from latbench.bench.families_torch import build
 
-        family = FAMILIES.lookup(self.family)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            module = family.build(self.config)
-        _randomise_batchnorm(module, self.seed)
-        return module.eval()
+        return build(self)
 
     def to_onnx(self, *, dynamo: bool = False, opset: int = 17) -> bytes:
         """ONNX bytes of the built module (see `bench.export.from_torch.torch_to_onnx`)."""
         from latbench.bench.export.from_torch import torch_to_onnx
 
         return torch_to_onnx(self.build(), self.input_shape, dynamo=dynamo, opset=opset)
-
-
-def _randomise_batchnorm(module: Any, seed: int) -> None:
-    """Give every BatchNorm non-trivial statistics, so folding it changes the conv weights."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                c = layer.num_features
-                layer.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
-                layer.running_var.copy_(0.5 + torch.rand(c, generator=generator))
-                layer.weight.copy_(0.5 + torch.rand(c, generator=generator))
-                layer.bias.copy_(0.1 * torch.randn(c, generator=generator))
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -234,7 +215,9 @@ class MobileNetV2Family:
         return f"mobilenetv2_r{resolution}_w{width:g}_{_blocks_code(blocks, starts)}", config
 
     def build(self, config: MobileNetConfig) -> Any:
-        return _layers().MobileNet(config)
+        from latbench.bench.families_torch import MobileNet
+
+        return MobileNet(config)
 
 
 @register_family("efficientnet")
@@ -258,7 +241,9 @@ class EfficientNetFamily:
         return f"efficientnet_r{resolution}_w{width:g}_{_blocks_code(blocks, starts)}", config
 
     def build(self, config: MobileNetConfig) -> Any:
-        return _layers().MobileNet(config)
+        from latbench.bench.families_torch import MobileNet
+
+        return MobileNet(config)
 
 
 @register_family("mobilenetv3")
@@ -288,7 +273,9 @@ class MobileNetV3Family:
         return name, config
 
     def build(self, config: MobileNetConfig) -> Any:
-        return _layers().MobileNet(config)
+        from latbench.bench.families_torch import MobileNet
+
+        return MobileNet(config)
 
 
 @register_family("resnet")
@@ -304,128 +291,6 @@ class ResNetFamily:
         return f"resnet_r{resolution}_b{base}_d{''.join(map(str, depths))}", config
 
     def build(self, config: ResNetConfig) -> Any:
-        return _layers().ResNet(config)
+        from latbench.bench.families_torch import ResNet
 
-
-# --- torch modules --------------------------------------------------------------------------
-@functools.cache
-def _layers() -> SimpleNamespace:
-    """The torch module classes, defined once on first use so importing this file needs no
-    torch (cached so isinstance checks hold across builds)."""
-    from torch import nn
-
-    def activation(name: str) -> nn.Module:
-        modules = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish,
-                   "hsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "swish": nn.SiLU}
-        if name not in modules:
-            raise ConfigError(f"network activation {name!r} unknown; known: {sorted(modules)}")
-        return modules[name]()
-
-    class ConvBNAct(nn.Sequential):
-        """Conv (no bias) -> BatchNorm -> activation; `act_name` says which, for tests."""
-
-        def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                     act: str = "none") -> None:
-            layers: list[nn.Module] = [
-                nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-                nn.BatchNorm2d(cout)]
-            if act != "none":
-                layers.append(activation(act))
-            super().__init__(*layers)
-            self.act_name = act
-
-    class SqueezeExcite(nn.Module):
-        """x * gate(fc2(act(fc1(mean_hw(x))))), the FCs as 1x1 convs or Linear layers."""
-
-        def __init__(self, channels: int, mid: int, act: str, gate: str, fc: bool) -> None:
-            super().__init__()
-            self.channels, self.mid, self.fc = channels, mid, fc
-            if fc:
-                self.reduce: nn.Module = nn.Linear(channels, mid)
-                self.expand: nn.Module = nn.Linear(mid, channels)
-            else:
-                self.pool = nn.AdaptiveAvgPool2d(1)
-                self.reduce = nn.Conv2d(channels, mid, 1)
-                self.expand = nn.Conv2d(mid, channels, 1)
-            self.act = activation(act)
-            self.gate = activation(gate)
-
-        def forward(self, x):
-            if self.fc:
-                n, c = x.shape[0], x.shape[1]
-                s = self.gate(self.expand(self.act(self.reduce(x.mean((2, 3))))))
-                return x * s.view(n, c, 1, 1)
-            return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
-
-    class InvertedResidual(nn.Module):
-        def __init__(self, block: BlockConfig, se_act: str, se_gate: str, se_fc: bool) -> None:
-            super().__init__()
-            layers: list[nn.Module] = []
-            if block.mid != block.cin:
-                layers.append(ConvBNAct(block.cin, block.mid, 1, act=block.act))
-            layers.append(ConvBNAct(block.mid, block.mid, block.kernel, block.stride,
-                                    groups=block.mid, act=block.act))
-            if block.se_mid:
-                layers.append(SqueezeExcite(block.mid, block.se_mid, se_act, se_gate, se_fc))
-            layers.append(ConvBNAct(block.mid, block.cout, 1))
-            self.body = nn.Sequential(*layers)
-            self.residual = block.stride == 1 and block.cin == block.cout
-
-        def forward(self, x):
-            y = self.body(x)
-            return x + y if self.residual else y
-
-    class MobileNet(nn.Module):
-        def __init__(self, config: MobileNetConfig) -> None:
-            super().__init__()
-            c = config
-            layers: list[nn.Module] = [ConvBNAct(3, c.stem, 3, 2, act=c.stem_act)]
-            layers += [InvertedResidual(b, c.se_act, c.se_gate, c.se_fc) for b in c.blocks]
-            layers.append(ConvBNAct(c.blocks[-1].cout, c.head, 1, act=c.head_act))
-            self.features = nn.Sequential(*layers)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            head: list[nn.Module] = [nn.Flatten()]
-            features = c.head
-            if c.hidden:
-                head += [nn.Linear(features, c.hidden), activation(c.hidden_act)]
-                features = c.hidden
-            head += [nn.Dropout(0.2), nn.Linear(features, c.classes)]
-            self.classifier = nn.Sequential(*head)
-
-        def forward(self, x):
-            return self.classifier(self.pool(self.features(x)))
-
-    class BasicBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = ConvBNAct(cin, cout, 3, stride, act="relu")
-            self.conv2 = ConvBNAct(cout, cout, 3)
-            self.shortcut: nn.Module = (ConvBNAct(cin, cout, 1, stride)
-                                        if stride != 1 or cin != cout else nn.Identity())
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-    class ResNet(nn.Module):
-        def __init__(self, config: ResNetConfig) -> None:
-            super().__init__()
-            cin = config.widths[0]
-            layers: list[nn.Module] = [ConvBNAct(3, cin, 7, 2, act="relu"),
-                                       nn.MaxPool2d(3, 2, 1)]
-            for stage, (width, depth) in enumerate(zip(config.widths, config.depths,
-                                                       strict=True)):
-                for i in range(depth):
-                    stride = 2 if stage > 0 and i == 0 else 1
-                    layers.append(BasicBlock(cin, width, stride))
-                    cin = width
-            self.features = nn.Sequential(*layers)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin, config.classes))
-
-        def forward(self, x):
-            return self.classifier(self.pool(self.features(x)))
-
-    return SimpleNamespace(ConvBNAct=ConvBNAct, SqueezeExcite=SqueezeExcite,
-                           InvertedResidual=InvertedResidual, MobileNet=MobileNet,
-                           BasicBlock=BasicBlock, ResNet=ResNet)
+        return ResNet(config)

@@ -313,16 +313,6 @@ def attach_from_json(raw: Any) -> Attach:
         raise PredictorError(f"fusion attach list is malformed: {raw!r}") from exc
 
 
-def manifest_entry(rules: FusionRules) -> dict[str, Any]:
-    """What a predictor manifest keeps: the attach set used and the measured rules."""
-    return {"attach": attach_to_json(attach_from_rules(rules)), "rules": rules.to_json()}
-
-
-def predictor_attach(predictor: Any) -> Attach:
-    """The attach set a predictor was trained with (the default when it has none)."""
-    return getattr(predictor, "attach_", None) or DEFAULT_ATTACH
-
-
 def apply_attach(specs: Sequence[OpSpec], attach: Collection[tuple[str, str]]) -> list[OpSpec]:
     """Split kernels whose activation the runtime does not fuse: `conv act=relu` becomes
     `conv act=none` + an "act" kernel when (conv, relu) is not in `attach`. Fused blocks

@@ -11,6 +11,12 @@ A plan combines
 A space name resolves through `bench.network_sets.space_kernels` (search spaces and
 "family:NAME:COUNT" kernel sets); `plan_subjects` adds the plan's networks among its kernels.
 
+A plan is checked before anything is measured: a wrong key or type when it is loaded, and
+sizes no kernel can have when its kernels are built (a size, channel count, kernel or stride
+below 1, a range with min > max, a kernel larger than every padded input of its entry, groups
+dividing none of its channel counts, an explicit spec that is not a valid kernel). Every
+refusal names the plan file (or preset) and the entry.
+
 Example (YAML):
     name: my-phone
     seed: 0
@@ -60,6 +66,12 @@ class Plan:
     random: tuple[RandomKernels, ...] = ()
     specs: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
+    # Where the plan came from ("plan file PATH", "plan preset 'quick'"), for messages.
+    origin: str = field(default="", compare=False)
+
+    @property
+    def where(self) -> str:
+        return self.origin or f"plan {self.name!r}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "spaces": list(self.spaces),
@@ -99,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "random": {"random": list(_WIDE_RANDOM)},
     # NAS-Bench-Macro plus the hand-built families (MobileNetV2, ResNet, EfficientNet): the
     # kernels of 30 sampled networks of each family as their ONNX export splits them
-    # ("family:NAME:COUNT" spaces, resolved in search/networks.py), a neighbour of each, and
+    # ("family:NAME:COUNT" spaces, resolved in bench/network_sets.py), a neighbour of each, and
     # calibration networks of every family.
     "families": {"spaces": ["nasbench-macro", "family:mobilenetv2:30", "family:resnet:30",
                             "family:efficientnet:30"],
@@ -113,7 +125,7 @@ def load_plan(source: str | Path) -> Plan:
     """A preset by name, or a plan file (.yaml/.yml/.toml)."""
     text = str(source)
     if text in PRESETS:
-        return _plan_from_dict({"name": text, **PRESETS[text]}, origin=f"preset {text!r}")
+        return _plan_from_dict({"name": text, **PRESETS[text]}, origin=f"plan preset {text!r}")
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"plan {text!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
@@ -135,7 +147,7 @@ def load_plan(source: str | Path) -> Plan:
         raise
     if not isinstance(raw, dict):
         raise ConfigError(f"plan file {path} must hold a mapping")
-    return _plan_from_dict({"name": path.stem, **raw}, origin=str(path))
+    return _plan_from_dict({"name": path.stem, **raw}, origin=f"plan file {path}")
 
 
 _PLAN_KEYS = {"name", "seed", "spaces", "primitives", "around", "random", "specs", "networks"}
@@ -160,23 +172,24 @@ def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
             raise ConfigError(f"{origin}: random entry {i} has unknown kind {entry['kind']!r}")
         bad = set(rest) - allowed - {"kind"}
         if bad:
-            raise ConfigError(f"{origin}: random {entry['kind']} entry cannot set "
-                              f"{', '.join(sorted(bad))}")
+            raise ConfigError(f"{origin}: random entry {i}: a random {entry['kind']} entry "
+                              f"cannot set {', '.join(sorted(bad))}")
         count = _integer(entry["count"], f"{origin}: random entry {i} count", minimum=0)
         randoms.append(RandomKernels(entry["kind"], count, rest))
     specs = _strings(raw, "specs", origin)
-    for key in specs:
+    for i, key in enumerate(specs):
         try:
             OpSpec.from_key(key)
         except SpecError as exc:
-            raise ConfigError(f"{origin}: {exc}") from exc
+            raise ConfigError(f"{origin}: specs entry {i}: {exc}") from exc
     primitives = raw.get("primitives", True)
     if not isinstance(primitives, bool):
         raise ConfigError(f"{origin}: 'primitives' must be true or false, got {primitives!r}")
     return Plan(name=str(raw["name"]), seed=_integer(raw.get("seed", 0), f"{origin}: seed"),
                 spaces=_strings(raw, "spaces", origin), primitives=primitives,
                 around=_integer(raw.get("around", 0), f"{origin}: around", minimum=0),
-                random=tuple(randoms), specs=specs, networks=_strings(raw, "networks", origin))
+                random=tuple(randoms), specs=specs, networks=_strings(raw, "networks", origin),
+                origin=origin)
 
 
 def _integer(value: Any, what: str, minimum: int | None = None) -> int:
@@ -205,9 +218,14 @@ def build_specs(plan: Plan, resolve_space: SpaceResolver = space_kernels) -> lis
     def add(spec: OpSpec) -> None:
         chosen.setdefault(spec.key(), spec)
 
+    for i, entry in enumerate(plan.random):  # every entry, before anything is drawn
+        check_random_entry(entry, f"{plan.where}: random entry {i} ({entry.kind})")
     real: list[OpSpec] = []
-    for space in plan.spaces:
-        real.extend(resolve_space(space))
+    for i, space in enumerate(plan.spaces):
+        try:
+            real.extend(resolve_space(space))
+        except ConfigError as exc:
+            raise ConfigError(f"{plan.where}: spaces entry {i}: {exc}") from exc
     for spec in real:
         add(spec)
         if plan.primitives:
@@ -220,13 +238,16 @@ def build_specs(plan: Plan, resolve_space: SpaceResolver = space_kernels) -> lis
             if plan.primitives:
                 for part in decompose(variant):
                     add(part)
-    for entry in plan.random:
+    for i, entry in enumerate(plan.random):
         for _ in range(entry.count):
-            add(random_spec(entry, rng))
-    for key in plan.specs:
-        add(OpSpec.from_key(key))
+            add(random_spec(entry, rng, label=f"{plan.where}: random entry {i} ({entry.kind})"))
+    for i, key in enumerate(plan.specs):
+        try:
+            add(OpSpec.from_key(key))
+        except SpecError as exc:
+            raise ConfigError(f"{plan.where}: specs entry {i}: {exc}") from exc
     if not chosen:
-        raise ConfigError(f"plan {plan.name!r} produces no kernels")
+        raise ConfigError(f"{plan.where} produces no kernels")
     return list(chosen.values())
 
 
@@ -264,24 +285,125 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
     return spec
 
 
+# Integer fields of a random entry, with the least value each can take (None: any; a negative
+# pad means the kind's default padding, and cout 0 means "as cin").
+_INT_FIELDS: dict[str, int | None] = {"h": 1, "w": 1, "cin": 1, "cout": 0, "kernel": 1,
+                                      "stride": 1, "groups": 1, "batch": 1, "pad": None}
+
+
+def check_random_entry(entry: RandomKernels, label: str) -> None:
+    """Refuse values no kernel of a random entry can have, before any is drawn: a ConfigError
+    starting with `label` (the plan and entry) and naming the field and value."""
+    domains: dict[str, tuple[list[Any], bool]] = {}  # field -> (values, is a {min, max} range)
+    for name, value in entry.fields.items():
+        if isinstance(value, dict):
+            if set(value) != {"min", "max"}:
+                raise ConfigError(f"{label}: bad {name} range {value}: a range is "
+                                  "{min: M, max: N}")
+            lo, hi = value["min"], value["max"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) \
+                    or lo < 1 or hi < lo:
+                why = f" (min {lo} > max {hi})" if isinstance(lo, int) and isinstance(
+                    hi, int) and lo > hi else ""
+                raise ConfigError(f"{label}: bad {name} range {value}: need 1 <= min <= max"
+                                  f"{why}")
+            domains[name] = ([lo, hi], True)
+            continue
+        choices = list(value) if isinstance(value, Sequence) and not isinstance(value, str) \
+            else [value]
+        if not choices:
+            raise ConfigError(f"{label}: an empty list of choices for {name}")
+        for choice in choices:
+            _check_choice(name, choice, label)
+        domains[name] = (choices, False)
+    if entry.kind in ("conv", "dwconv", "pool"):
+        _check_kernel_fits(entry.kind, domains, label)
+    if entry.kind == "conv" and "groups" in domains:
+        _check_groups(domains, label)
+
+
+def _check_choice(name: str, value: Any, label: str) -> None:
+    if name in _INT_FIELDS:
+        least = _INT_FIELDS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or (
+                least is not None and value < least):
+            need = "an integer" if least is None else f"an integer >= {least}"
+            raise ConfigError(f"{label}: {name} {value!r} is impossible: {name} must be {need}")
+    elif name == "expand" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                               or not value > 0):
+        raise ConfigError(f"{label}: expand {value!r} is impossible: it must be a number > 0")
+
+
+def _check_kernel_fits(kind: str, domains: dict[str, tuple[list[Any], bool]],
+                       label: str) -> None:
+    """Every size and every kernel listed must fit some padded input of the entry: out =
+    (size + 2 pad - kernel) // stride + 1 >= 1, i.e. size + 2 pad >= kernel. Ranges stand for
+    their most permissive end (fits only improves with a larger size or pad)."""
+    pools = domains.get("pool", (["avg"], False))[0]
+    if kind == "pool" and "gavg" in pools:  # a global pool has no kernel
+        return
+
+    def pad_of(kernel: int, pad: int) -> int:
+        if pad >= 0:
+            return pad
+        return kernel // 2 if kind != "pool" else (kernel - 1) // 2
+
+    kernels, kernel_range = domains.get("kernel", ([1], False))
+    pads, _ = domains.get("pad", ([-1], False))
+    shown_pads = ["default" if p < 0 else p for p in pads]
+    for side in ("h", "w"):
+        if side == "w" and "w" not in domains:
+            continue  # w follows h
+        sizes, size_range = domains.get(side) or domains.get("h") or ([1], False)
+        for k in (kernels[:1] if kernel_range else kernels):
+            if not any(s + 2 * pad_of(k, p) >= k for s in sizes for p in pads):
+                raise ConfigError(f"{label}: kernel {k} is larger than every padded input of "
+                                  f"the entry ({side} at most {max(sizes)}, pad {shown_pads})")
+        for size in (sizes[-1:] if size_range else sizes):
+            if not any(size + 2 * pad_of(k, p) >= k for k in kernels for p in pads):
+                raise ConfigError(f"{label}: {side} {size} is smaller than every kernel of the "
+                                  f"entry with its padding (kernel {kernels}, pad "
+                                  f"{shown_pads})")
+
+
+def _check_groups(domains: dict[str, tuple[list[Any], bool]], label: str) -> None:
+    """Every groups value listed must divide some cin and some cout of the entry (cout 0 or
+    absent: as cin)."""
+    groups, groups_range = domains["groups"]
+    if groups_range:
+        return
+
+    def divisible(name: str, g: int) -> bool:
+        values, is_range = domains.get(name, ([1], False))
+        if is_range:
+            return values[1] // g * g >= values[0]
+        return any(v % g == 0 for v in values)
+
+    couts = domains.get("cout", ([0], False))[0]
+    for g in groups:
+        if not divisible("cin", g):
+            raise ConfigError(f"{label}: groups {g} divides none of the cin values "
+                              f"({domains.get('cin', ([1], False))[0]})")
+        if 0 not in couts and not divisible("cout", g):
+            raise ConfigError(f"{label}: groups {g} divides none of the cout values ({couts})")
+
+
 def _draw(value: Any, rng: np.random.Generator) -> Any:
+    """One value of a random entry's field: a {min, max} range (log-uniform), a choice from a
+    list, or the value itself (see `check_random_entry` for what is valid)."""
     if isinstance(value, dict):
-        if set(value) != {"min", "max"}:
-            raise ConfigError(f"bad range {value}: a range is {{min: M, max: N}}")
         lo, hi = value["min"], value["max"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) \
-                or lo < 1 or hi < lo:
-            raise ConfigError(f"bad range {value}: need 1 <= min <= max")
         return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.999)) - 1e-9)))
     if isinstance(value, Sequence) and not isinstance(value, str):
-        if not value:
-            raise ConfigError("an empty list of choices in a random plan entry")
         item = value[int(rng.integers(len(value)))]
         return item.item() if hasattr(item, "item") else item
     return value
 
 
-def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50) -> OpSpec:
+def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50,
+                label: str | None = None) -> OpSpec:
+    """Draw from an entry (checked by `check_random_entry`) until a combination is a valid
+    kernel; a ConfigError starting with `label` after `tries` invalid ones."""
     last_error: Exception | None = None
     for _ in range(tries):
         values = {name: _draw(v, rng) for name, v in entry.fields.items()}
@@ -291,8 +413,8 @@ def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50)
             return OpSpec(entry.kind, **values)
         except (SpecError, TypeError) as exc:
             last_error = exc
-    raise ConfigError(f"random {entry.kind} entry produced no valid kernel in {tries} tries: "
-                      f"{last_error}")
+    raise ConfigError(f"{label or f'random {entry.kind} entry'} produced no valid kernel in "
+                      f"{tries} tries: {last_error}")
 
 
 def plan_subjects(plan: Plan) -> list[Subject]:

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def settings_from_card(card: dict[str, Any]) -> RunSettings:
 def campaign_from_card(card: dict[str, Any], settings: RunSettings) -> CampaignConfig:
     """The card's campaign settings (batch size, drift control...) with `settings`."""
     raw = card.get("campaign") if isinstance(card.get("campaign"), dict) else {}
-    known = {f.name for f in fields(CampaignConfig)} - {"settings"}
+    known = {f.name for f in fields(CampaignConfig)} - {"settings", "lock_wait_s"}
     return CampaignConfig(settings=settings, **{k: v for k, v in raw.items() if k in known})
 
 
@@ -168,10 +168,12 @@ def subjects_for(records: pd.DataFrame, resolve_network: NetworkResolver | None
 def repeat_dataset(data: Path, out: Path, device: Device, *, sample: int | None = None,
                    seed: int = 0, runtime: str | None = None,
                    resolve_network: NetworkResolver | None = network_from_key,
-                   progress: ProgressSink | None = None) -> RepeatReport:
+                   progress: ProgressSink | None = None,
+                   lock_wait_s: float = 0.0) -> RepeatReport:
     """Measure the records of the dataset at `data` again into OUT/remeasured (resumable) and
     compare. `sample` picks that many records at random (seeded); `device` must be the device
-    the records were measured on (its name is checked)."""
+    the records were measured on (its name is checked); `lock_wait_s` is how long to wait for
+    another campaign measuring into OUT/remeasured."""
     from latbench.bench.campaign import measure_into_dataset
 
     source = LatencyDataset.open(data)
@@ -191,7 +193,7 @@ def repeat_dataset(data: Path, out: Path, device: Device, *, sample: int | None 
     subjects, skipped = subjects_for(chosen, resolve_network)
     if not subjects:
         raise ConfigError(f"none of the {len(chosen)} chosen records can be measured again")
-    config = campaign_from_card(card, settings)
+    config = replace(campaign_from_card(card, settings), lock_wait_s=lock_wait_s)
     out = Path(out)
     summary = measure_into_dataset(subjects, device, runtime_name, out / "remeasured", config,
                                    card={"repeat_of": str(Path(data).resolve()),

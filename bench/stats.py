@@ -2,8 +2,8 @@
 
 Latency samples are skewed (a floor set by the hardware, a long tail of interruptions). Timing
 noise only ever adds time, so on a shared or throttling device the minimum is the most repeatable
-figure (measured on this project's 2-core machine: repeated measurements of the same networks
-differ by a median 1.7-2% on min vs 2.5-8% on median); the median is the typical latency.
+figure (docs/measurement.md gives the repeatability measured for both); the median is the
+typical latency.
 Samples come in interleaved rounds; `summarize` pools them, `round_medians` keeps them apart so
 drift between rounds can be seen.
 

@@ -6,11 +6,14 @@ A dataset is a directory that any Parquet tool can read (`pd.read_parquet(DIR / 
     DIR/records/part-*.parquet    ok records, one row per job key over all parts
     DIR/failures.parquet          jobs whose last attempt failed (absent when there are none)
     DIR/.lock                     flock target guarding writers across processes
+    DIR/.campaign.lock            flock target held by the one campaign measuring into DIR
 
 Why it is built this way: measurement campaigns run for hours on flaky devices and get killed.
 Every write goes to a hidden temp file (pyarrow skips names starting with "." or "_"), is fsynced
 and then renamed into place, so a reader sees the old state or the new part and never half a
 file. The job key makes appends idempotent, so rerunning an interrupted build resumes it.
+A campaign holds `campaign_lock` for its whole run, so a second campaign started on the same
+dataset waits or refuses instead of measuring every job again; readers never take a lock.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ CARD_FILE = "card.json"
 RECORDS_DIR = "records"
 FAILURES_FILE = "failures.parquet"
 LOCK_FILE = ".lock"
+CAMPAIGN_LOCK_FILE = ".campaign.lock"
 COMPACT_JOURNAL = ".compact.json"
 STORE_CARD_KEYS = ("schema_version", "created", "updated", "n_records")
 SUBJECTS = ("op", "network")
@@ -363,7 +367,8 @@ class LatencyDataset:
             raise DatasetError(f"cannot create dataset at {path}: it is a file")
         if path.is_dir():
             strays = [p.name for p in path.iterdir()
-                      if p.name not in (RECORDS_DIR, LOCK_FILE, FAILURES_FILE)
+                      if p.name not in (RECORDS_DIR, LOCK_FILE, CAMPAIGN_LOCK_FILE,
+                                        FAILURES_FILE)
                       and not _is_temp(p.name)]
             if strays:
                 raise DatasetError(f"cannot create dataset at {path}: directory is not empty and "
@@ -662,6 +667,116 @@ class LatencyDataset:
         _atomic_write(path, lambda f: pq.write_table(table, f))
 
 
+# --- the campaign lock ------------------------------------------------------------------------
+@contextlib.contextmanager
+def campaign_lock(root: str | os.PathLike[str], wait_s: float = 0.0,
+                  on_wait: Callable[[str], None] | None = None,
+                  poll_s: float = 0.2) -> Iterator[None]:
+    """Hold the campaign lock of the dataset at `root` (created if missing) while the block runs.
+
+    One campaign measures into a dataset at a time: two would each see the same jobs missing and
+    measure every one of them twice. The lock is `flock(DIR/.campaign.lock)`, so the system drops
+    it when its holder exits, crashes or is killed; the file names the holder (pid, host, since
+    when) for the others' messages. Another holder makes this wait up to `wait_s` seconds
+    (`math.inf`: as long as it takes; `on_wait` hears once why), then raise a DatasetError naming
+    the dataset and the holder; `wait_s=0` refuses at once. The lock is re-entrant within one
+    thread (a campaign function calling another on the same dataset). A folder this call created
+    and that holds nothing but the lock when the block ends is removed again.
+    """
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"cannot measure into dataset {path}: it is a file")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    me = {"pid": os.getpid(), "thread": threading.get_ident(), "host": os.uname().nodename}
+    fd = _acquire_campaign_lock(path, me, wait_s, on_wait, poll_s)
+    if fd is None:  # this thread holds it already
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if created and {p.name for p in path.iterdir()} == {CAMPAIGN_LOCK_FILE}:
+                (path / CAMPAIGN_LOCK_FILE).unlink()
+                for folder in created:  # innermost first; stops at one that is not empty
+                    folder.rmdir()
+            else:
+                os.ftruncate(fd, 0)
+        except OSError as exc:
+            log.debug("leaving the campaign lock of %s as it is: %s", path, exc)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _acquire_campaign_lock(path: Path, me: dict[str, Any], wait_s: float,
+                           on_wait: Callable[[str], None] | None, poll_s: float) -> int | None:
+    """The locked descriptor of DIR/.campaign.lock, or None when `me` holds the lock already."""
+    if math.isnan(wait_s) or wait_s < 0:
+        raise DatasetError(f"waiting for the campaign lock of dataset {path}: the wait must be "
+                           f">= 0 seconds, got {wait_s}")
+    lock = path / CAMPAIGN_LOCK_FILE
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=True)  # again if the last holder removed it
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # removed between the two calls by its last holder
+            continue
+        except OSError as exc:
+            raise DatasetError(f"cannot open the campaign lock of dataset {path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if {k: holder.get(k) for k in me} == me:
+                return None
+            who = _describe_holder(holder)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+                raise DatasetError(f"dataset {path} is being measured by another campaign "
+                                   f"({who}){waited}; wait for it (--lock-wait SECONDS) or "
+                                   "measure into another folder") from None
+            if not told and on_wait is not None:
+                on_wait(f"dataset {path} is being measured by another campaign ({who}); "
+                        "waiting for it" + ("" if math.isinf(wait_s) else
+                                            f" (up to {wait_s:g} s)"))
+                told = True
+            time.sleep(min(poll_s, left))
+            continue
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:  # its last holder removed it: take the new one
+            same = False
+        if not same:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            continue
+        text = json.dumps({**me, "since": utc_now()}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode("utf-8"), 0)
+        return fd
+
+
+def _lock_holder(fd: int) -> dict[str, Any]:
+    """What the holder wrote into the lock file ({} while it has not written yet)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe_holder(holder: Mapping[str, Any]) -> str:
+    if "pid" not in holder:
+        return "its process has not said who it is yet"
+    return (f"pid {holder['pid']} on {holder.get('host', 'an unknown host')} since "
+            f"{holder.get('since', 'an unknown time')}")
+
+
 # --- module helpers ---------------------------------------------------------------------------
 def load_dataset(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The one-call loader: all ok records of the dataset at `path` as a DataFrame."""
@@ -767,11 +882,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 __all__ = [
+    "CAMPAIGN_LOCK_FILE",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SPEC_FIELDS",
     "LatencyDataset",
     "LatencyRecord",
+    "campaign_lock",
     "load_dataset",
     "make_job_key",
     "utc_now",

@@ -24,8 +24,7 @@ from _report import publish  # noqa: E402
 
 from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.predictor.evaluate import evaluate, write_report  # noqa: E402
-from latbench.predictor.io import load_predictor  # noqa: E402
-from latbench.predictor.training import fit_from_dataset  # noqa: E402
+from latbench.predictor.latency_predictor import LatencyPredictor  # noqa: E402
 
 VARIANTS = (("composed", "composed", True), ("kernel sum", "sum", False))
 
@@ -33,16 +32,16 @@ VARIANTS = (("composed", "composed", True), ("kernel sum", "sum", False))
 def one_run(plan: str, networks: int, out: Path, keep: bool, seed: int) -> dict:
     out = fresh_dir(out, keep)
     measured = measure_plan(plan, out / "dataset", sys.argv[1:])
-    fitted = {name: fit_from_dataset(out / "dataset", out / f"predictor-{tag}",
-                                     calibrate=calibrate)[1]
-              for name, tag, calibrate in VARIANTS}
+    fitted = {}
+    for name, tag, calibrate in VARIANTS:
+        fitted[name] = LatencyPredictor(calibrate=calibrate, cv_folds=0).fit(out / "dataset")
+        fitted[name].save(out / f"predictor-{tag}")
     held_out = resolve_networks(f"nasbench-macro:{networks}", seed=seed,
-                                exclude=fitted["composed"]["composition"].get("keys", []))
+                                exclude=fitted["composed"].calibration_keys)
     metrics = {}
     for name, tag, _ in VARIANTS:
-        predictor, manifest = load_predictor(out / f"predictor-{tag}")
         # Both predictors share one measurement of the held-out networks (resumed dataset).
-        report = evaluate(predictor, manifest, held_out, measured.device, out / "eval",
+        report = evaluate(fitted[name], held_out, measured.device, out / "eval",
                           config=measured.config)
         write_report(report, out / f"eval-{tag}")
         metrics[name] = report.metrics["nasbench-macro"]

@@ -31,14 +31,15 @@ from latbench.bench.campaign import CampaignConfig  # noqa: E402
 from latbench.bench.spaces import get_space  # noqa: E402
 from latbench.bench.spaces.nasbench_macro import load_accuracy_table  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
-from latbench.predictor.evaluate import settings_from_manifest  # noqa: E402
-from latbench.predictor.io import load_predictor  # noqa: E402
-from latbench.predictor.model_level import safety_margin  # noqa: E402
-from latbench.predictor.training import fit_from_dataset  # noqa: E402
+from latbench.predictor.latency_predictor import LatencyPredictor  # noqa: E402
 from latbench.search.accuracy import make_source  # noqa: E402
 from latbench.search.budget import measure_winners  # noqa: E402
 from latbench.search.latency import LatencyTable, choices_matrix  # noqa: E402
-from latbench.search.strategies import SearchResult, get_strategy  # noqa: E402
+from latbench.search.strategies import (  # noqa: E402
+    SearchContext,
+    SearchResult,
+    get_strategy,
+)
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 LEAD_PREDICTOR = Path("/tmp/latbench-bench/predictor_accuracy/predictor-composed")
@@ -47,8 +48,7 @@ QUANTILES = (0.2, 0.5, 0.8)
 
 def build_predictor(out: Path) -> Path:
     measure_plan("nasbench-macro", fresh_dir(out) / "dataset", ["benchmarks/search_macro.py"])
-    fit_from_dataset(out / "dataset", out / "predictor")
-    return out / "predictor"
+    return LatencyPredictor(cv_folds=0).fit(out / "dataset").save(out / "predictor")
 
 
 def main() -> None:
@@ -69,23 +69,21 @@ def main() -> None:
     else:
         print("building a predictor (plan nasbench-macro) ...", flush=True)
         predictor_path = build_predictor(out / "build")
-    predictor, manifest = load_predictor(predictor_path)
+    predictor = LatencyPredictor.load(predictor_path)
     space = get_space("nasbench-macro")
     accuracy = load_accuracy_table(DATA_DIR)
-    table = LatencyTable.from_predictor(space, predictor, manifest.get("device", ""),
-                                        manifest.get("runtime", ""))
+    table = LatencyTable.from_predictor(space, predictor)
     archs = space.all_archs()
     latency = table.latencies(choices_matrix(archs))
     acc = np.array([accuracy[space.encode(a)] for a in archs])
-    margin = safety_margin(manifest)
+    margin = predictor.safety_margin()
     budgets = [float(np.quantile(latency, q)) for q in QUANTILES]
     strategies = {
-        "evolution": lambda seed: (get_strategy("evolution", max_queries=args.queries,
-                                                seed=seed), accuracy),
-        "random": lambda seed: (get_strategy("random", max_queries=args.queries, seed=seed),
-                                accuracy),
+        "evolution": lambda seed: (get_strategy("evolution", max_queries=args.queries),
+                                   accuracy),
+        "random": lambda seed: (get_strategy("random", max_queries=args.queries), accuracy),
         "evolution, GBM accuracy predictor": lambda seed: (
-            get_strategy("evolution", max_queries=args.queries, seed=seed, verify_top=10),
+            get_strategy("evolution", max_queries=args.queries, verify_top=10),
             make_source("surrogate:gbm:100", space, accuracy, seed=seed)),
     }
     rows, winners = [], []
@@ -99,7 +97,8 @@ def main() -> None:
             gaps, queries = [], []
             for seed in range(args.seeds):
                 strategy, source = make(seed)
-                result: SearchResult = strategy.search(space, table, source, target)
+                result: SearchResult = strategy.search(space, table, source, target,
+                                                       SearchContext(seed=seed))
                 assert result.predicted_ms <= target
                 gaps.append(best - result.accuracy)
                 queries.append(result.queries)
@@ -116,8 +115,8 @@ def main() -> None:
         distinct: dict[tuple[float, str], tuple[float, SearchResult]] = {}
         for budget, result in winners:
             distinct.setdefault((budget, result.arch), (budget, result))
-        settings = settings_from_manifest(manifest)
-        outcomes = measure_winners(space, list(distinct.values()), manifest,
+        settings = predictor.run_settings()
+        outcomes = measure_winners(space, list(distinct.values()), predictor,
                                    local_device(threads=settings.threads), out / "winners",
                                    CampaignConfig(settings=settings))
         for o in outcomes:
@@ -130,8 +129,8 @@ def main() -> None:
     lines = [
         f"NAS-Bench-Macro (6,561 architectures, CIFAR-10 accuracy from the benchmark's table); "
         f"latency of every architecture predicted by `{predictor_path}` "
-        f"({manifest.get('device')}, {manifest.get('runtime')}, statistic "
-        f"{manifest.get('statistic', 'min_ms')}); budgets at the 20/50/80th percentiles of the "
+        f"({predictor.device}, {predictor.runtime}, statistic "
+        f"{predictor.statistic}); budgets at the 20/50/80th percentiles of the "
         f"predicted latency; searches aim at budget / (1 + {margin:.3f}) (the predictor's "
         f"under-prediction margin). {args.seeds} seeds per strategy, at most {args.queries} "
         f"table queries (distinct architectures looked up). Gap = best accuracy under the "

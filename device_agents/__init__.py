@@ -1,7 +1,8 @@
 """How a device is reached (transports) and what runs on it (the agent script, native tools).
 
 This package imports nothing of bench, predictor or search; `agent/` imports nothing of latbench.
-Importing it registers the local, ssh and adb transports.
+Importing it registers the local, ssh and adb transports. It knows no runtime by name: the
+runtime registry (`RUNTIMES`) is filled by registering runners (importing latbench.bench.runners).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from latbench.device_agents.adb import ADBTransport
 from latbench.device_agents.fleet import (
     AGENT_SCRIPT,
     CHECK_HEADER,
-    RUNTIME_MODULES,
     Device,
     DeviceCheck,
     check_device,
@@ -24,12 +24,14 @@ from latbench.device_agents.fleet import (
     local_runtimes,
     parse_fleet,
 )
+from latbench.device_agents.inventory import BadField, InventoryFields
 from latbench.device_agents.local import LocalTransport
+from latbench.device_agents.runtimes import RUNTIMES, RuntimeNeeds, register_runtime
 from latbench.device_agents.ssh import SSHTransport
-from latbench.device_agents.tools import TOOL_RUNTIMES
 from latbench.device_agents.transport import (
     TRANSPORTS,
     CommandResult,
+    LineCallback,
     Transport,
     get_transport_class,
     register_transport,
@@ -39,14 +41,17 @@ __all__ = [
     "ADBTransport",
     "AGENT_SCRIPT",
     "CHECK_HEADER",
-    "RUNTIME_MODULES",
+    "RUNTIMES",
     "SSHTransport",
-    "TOOL_RUNTIMES",
     "TRANSPORTS",
+    "BadField",
     "CommandResult",
     "Device",
     "DeviceCheck",
+    "InventoryFields",
+    "LineCallback",
     "LocalTransport",
+    "RuntimeNeeds",
     "Transport",
     "check_device",
     "check_devices",
@@ -59,5 +64,6 @@ __all__ = [
     "local_device",
     "local_runtimes",
     "parse_fleet",
+    "register_runtime",
     "register_transport",
 ]

@@ -20,11 +20,20 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Self
 
-from latbench.device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
+from latbench.device_agents.inventory import InventoryFields, integer, positive, text
+from latbench.device_agents.remote import (
+    KILL_TIMEOUT_S,
+    command_lines,
+    kill_argv,
+    split_pid,
+    wrap_argv,
+)
 from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
+    LineCallback,
     check_argv,
     check_remote_path,
     check_timeout,
@@ -49,6 +58,16 @@ class ADBTransport(ClosesOnExit):
     """Run commands and copy files on an Android device through `adb`."""
 
     name = "adb"
+    inventory = InventoryFields(
+        fields={"serial": text, "adb": text, "adb_server_port": integer(1, 65535),
+                "connect_timeout_s": positive, "connect_retries": integer(1)},
+        required=("serial",), work_dir="/data/local/tmp/latbench")
+
+    @classmethod
+    def from_inventory(cls, values: Mapping[str, Any], env: Mapping[str, str]) -> Self:
+        retry = {k: values[k] for k in ("connect_timeout_s", "connect_retries") if k in values}
+        return cls(values["serial"], adb=values.get("adb", "adb"),
+                   server_port=values.get("adb_server_port"), **retry)
 
     def __init__(self, serial: str, *, adb: str = "adb", server_port: int | None = None,
                  connect_timeout_s: float = 20.0, connect_retries: int = 3,
@@ -154,7 +173,8 @@ class ADBTransport(ClosesOnExit):
         self._ready = False
 
     # --- commands ----------------------------------------------------------------------------
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float,
+            on_stderr: LineCallback | None = None) -> CommandResult:
         args = check_argv(argv)
         timeout = check_timeout(timeout_s)
         self.connect()
@@ -165,7 +185,7 @@ class ADBTransport(ClosesOnExit):
         except OSError as exc:
             raise TransportError(f"cannot start adb for {describe(args)} on {self.address}: "
                                  f"{exc}") from exc
-        out, err, timed_out = communicate(proc, timeout)
+        out, err, timed_out = communicate(proc, timeout, command_lines(on_stderr))
         if timed_out:
             pid, _ = split_pid(decode(err))
             self._kill_remote(pid, args)

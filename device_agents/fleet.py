@@ -5,46 +5,49 @@ An inventory is a TOML file with one `[devices.NAME]` table per device (plus opt
 connecting) transports, and `check_devices` asks every device for its facts in parallel and keeps
 each device's error next to its result (pyinfra/fabric style), so one dead board never hides the
 state of the others. `local_device()` builds the record for the machine latbench runs on.
+
+Which runtimes exist and what they need comes from the runtime registry (device_agents.runtimes,
+filled by registering runners); which transports exist and what their tables hold, from the
+transport registry (each transport class declares its inventory fields).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import logging
-import math
 import os
 import posixpath
+import shutil
 import sys
 import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latbench.device_agents.inventory import (
+    BadField,
+    Check,
+    InventoryFields,
+    integer,
+    names,
+    text,
+)
 from latbench.device_agents.local import LocalTransport
-from latbench.device_agents.tools import TOOL_RUNTIMES
-from latbench.device_agents.transport import Transport, check_remote_path
+from latbench.device_agents.runtimes import RUNTIMES, tool_fields
+from latbench.device_agents.transport import TRANSPORTS, Transport, check_remote_path
 from latbench.errors import AgentError, ConfigError, LatbenchError, TransportError
 
 log = logging.getLogger(__name__)
 
 # The standalone script pushed to devices; runners copy it next to each batch.
 AGENT_SCRIPT = Path(__file__).resolve().parent / "agent" / "latbench_agent.py"
-
-# Runtime name (as runners call it) -> Python modules any one of which provides it on a device.
-RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("onnxruntime",),
-    "litert": ("ai_edge_litert", "tflite_runtime"),
-    "onnxruntime-cuda": ("onnxruntime",),
-    "torch-cuda": ("torch",),
-}
-# Runtimes that need a CUDA device besides their module (see bench/runners/gpu.py).
-CUDA_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Device:
         if self.python is not None and (not isinstance(self.python, str) or not self.python):
             raise ConfigError(f"device {self.name}: python must be an interpreter name or path, "
                               f"got {self.python!r}")
-        agent_runtimes = [r for r in self.runtimes if r in RUNTIME_MODULES]
+        agent_runtimes = [r for r in self.runtimes if r in RUNTIMES and RUNTIMES[r].agent]
         if agent_runtimes and self.python is None:
             raise ConfigError(f"device {self.name}: runtimes {', '.join(agent_runtimes)} run "
                               "through the Python agent, but the device has no python set")
@@ -103,7 +106,7 @@ class Device:
                 raise ConfigError(f"device {self.name}: {tool} flags must be strings starting "
                                   f"with '-', got {list(args)!r}")
         for runtime in self.runtimes:
-            tool = TOOL_RUNTIMES.get(runtime)
+            tool = RUNTIMES[runtime].tool if runtime in RUNTIMES else None
             if tool is not None and not self.tools.get(tool):
                 raise ConfigError(f"device {self.name}: runtime {runtime} needs the path of its "
                                   f"{tool} binary")
@@ -120,22 +123,27 @@ def describe_transport(transport: Transport) -> str:
 
 
 def local_runtimes() -> tuple[str, ...]:
-    """Runtimes importable by this interpreter, without importing them (that is slow); GPU
-    runtimes only when this machine has a CUDA device node."""
+    """Registered agent runtimes importable by this interpreter, found without importing them
+    (that is slow); runtimes that need CUDA only when this machine has a CUDA device node."""
     from latbench.device_agents.agent.latbench_agent import cuda_device_nodes
 
     has_cuda = bool(cuda_device_nodes())
-    return tuple(name for name, modules in RUNTIME_MODULES.items()
-                 if (has_cuda or name not in CUDA_RUNTIMES)
-                 and any(importlib.util.find_spec(m) is not None for m in modules))
+    return tuple(name for name, needs in RUNTIMES.items()
+                 if needs.agent and (has_cuda or not needs.cuda)
+                 and any(importlib.util.find_spec(m) is not None for m in needs.modules))
 
 
 def local_device(work_dir: str | None = None, threads: int = 1,
                  cpu_affinity: tuple[int, ...] | None = None) -> Device:
     """This machine as a Device: LocalTransport, this interpreter (so the agent sees the same
-    runtimes as latbench), and a fresh temporary work dir unless one is given."""
+    runtimes as latbench), and a fresh temporary work dir unless one is given.
+
+    A temporary work dir is removed when this process exits, also after KeyboardInterrupt or
+    (through the CLI, which turns SIGTERM into an interrupt) termination; batches remove their
+    own folders in it as they end."""
     if work_dir is None:
         work_dir = tempfile.mkdtemp(prefix="latbench-local-")
+        atexit.register(_remove_work_dir, work_dir, os.getpid())
     work_dir = os.path.abspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     return Device(name="local", transport=LocalTransport(), runtimes=local_runtimes(),
@@ -143,10 +151,18 @@ def local_device(work_dir: str | None = None, threads: int = 1,
                   python=sys.executable)
 
 
+def _remove_work_dir(path: str, owner: int) -> None:
+    """Remove a temporary work dir at exit, in the process that made it only (a forked child
+    inherits the exit hook but not the folder's ownership)."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def fetch_facts(device: Device, timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the agent's `facts` on the device (CPU, governor, temperatures, runtime versions,
-    free space in its work dir) for the dataset card and health checks. A device without
-    Python is asked through its shell instead (see device_agents.facts)."""
+    free space in its work dir) for the dataset card and health checks; the agent also reports
+    the modules the device's registered runtimes need. A device without Python is asked
+    through its shell instead (see device_agents.facts)."""
     if device.python is None:
         from latbench.device_agents.facts import shell_facts
 
@@ -160,8 +176,12 @@ def fetch_facts(device: Device, timeout_s: float = 120.0) -> dict[str, Any]:
                              f"{made.stderr.strip()}")
     try:
         transport.push(AGENT_SCRIPT, script)
-        result = transport.run([device.python, script, "facts", "--work-dir", device.work_dir],
-                               timeout_s)
+        modules = dict.fromkeys(m for r in device.runtimes if r in RUNTIMES
+                                for m in RUNTIMES[r].modules)
+        argv = [device.python, script, "facts", "--work-dir", device.work_dir]
+        for module in modules:
+            argv += ["--module", module]
+        result = transport.run(argv, timeout_s)
     finally:
         try:
             transport.run(["rm", "-rf", remote_dir], timeout_s)
@@ -181,87 +201,38 @@ def fetch_facts(device: Device, timeout_s: float = 120.0) -> dict[str, Any]:
 
 
 # --- inventories ------------------------------------------------------------------------------
-TRANSPORT_KINDS = ("local", "ssh", "adb")
-DEFAULT_WORK_DIRS = {"ssh": "/tmp/latbench", "adb": "/data/local/tmp/latbench"}
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-class _Bad(ValueError):
-    """A field value is invalid; the message says how (the caller adds device and field)."""
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if (not isinstance(value, int) or isinstance(value, bool) or value < lo
-                or (hi is not None and value > hi)):
-            bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise _Bad(f"must be an integer {bounds}, got {value!r}")
-        return value
-    return check
-
-
-def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not math.isfinite(value):
-        raise _Bad(f"must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false, got {value!r}")
-    return value
-
-
-def _str_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or any(not isinstance(v, str) or not v for v in value):
-        raise _Bad(f"must be a list of names, got {value!r}")
-    if len(set(value)) != len(value):
-        raise _Bad(f"lists a name twice: {value!r}")
-    return tuple(value)
+# The runtime of a device that has a Python but lists no runtimes and no tools.
+DEFAULT_AGENT_RUNTIME = "onnxruntime"
 
 
 def _cpu_list(value: Any) -> tuple[int, ...]:
     if (not isinstance(value, list) or not value
             or any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in value)):
-        raise _Bad(f"must be a non-empty list of CPU ids >= 0, got {value!r}")
+        raise BadField(f"must be a non-empty list of CPU ids >= 0, got {value!r}")
     return tuple(value)
 
 
 def _remote_dir(value: Any) -> str:
     try:
-        return check_remote_path(_str(value)).rstrip("/") or "/"
+        return check_remote_path(text(value)).rstrip("/") or "/"
     except TransportError as exc:
-        raise _Bad(str(exc)) from None
+        raise BadField(str(exc)) from None
 
 
-_Field = Callable[[Any], Any]
-COMMON_FIELDS: dict[str, _Field] = {
-    "transport": _str, "runtimes": _str_list, "threads": _int(1), "cpu_affinity": _cpu_list,
-    "work_dir": _remote_dir, "python": _str, "description": _str,
-    **{tool: _str for tool in TOOL_RUNTIMES.values()},  # local paths of tool binaries
-    **{f"{tool}_args": _str_list for tool in TOOL_RUNTIMES.values()},  # their extra flags
+# Fields every device may have, whatever its transport.
+COMMON_FIELDS: dict[str, Check] = {
+    "transport": text, "runtimes": names, "threads": integer(1),
+    "cpu_affinity": _cpu_list, "work_dir": _remote_dir, "python": text, "description": text,
 }
-TRANSPORT_FIELDS: dict[str, dict[str, _Field]] = {
-    "local": {},
-    "ssh": {"host": _str, "port": _int(1, 65535), "user": _str, "key_file": _str,
-            "known_hosts": _str, "insecure_accept_unknown_host_key": _bool,
-            "password_env": _str, "connect_timeout_s": _positive, "connect_retries": _int(1)},
-    "adb": {"serial": _str, "adb": _str, "adb_server_port": _int(1, 65535),
-            "connect_timeout_s": _positive, "connect_retries": _int(1)},
-}
-REQUIRED_FIELDS = {"local": (), "ssh": ("host",), "adb": ("serial",)}
-PATH_FIELDS = ("key_file", "known_hosts", *TOOL_RUNTIMES.values())
 
 
-def _known_runtimes() -> tuple[str, ...]:
-    return (*RUNTIME_MODULES, *TOOL_RUNTIMES)
+def device_fields() -> dict[str, Check]:
+    """The common fields plus, for each registered native tool, the local path of its binary
+    and `{tool}_args`, its extra flags."""
+    tools = tool_fields()
+    return {**COMMON_FIELDS, **{tool: text for tool in tools},
+            **{f"{tool}_args": names for tool in tools}}
 
 
 def parse_fleet(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = ".",
@@ -271,7 +242,8 @@ def parse_fleet(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = "
 
     Relative paths (key files, known_hosts, tool binaries) are taken relative to `base_dir`,
     the inventory's folder. Every error names the inventory, the device and the field.
-    `insecure_accept_unknown_host_key` (the CLI flag) turns the flag on for every SSH device.
+    `insecure_accept_unknown_host_key` (the CLI flag) turns that field on for every device
+    whose transport has it (SSH).
     """
     env = os.environ if env is None else env
     where = f"fleet {source}"
@@ -285,7 +257,8 @@ def parse_fleet(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = "
         raise ConfigError(f"{where}: [defaults] must be a table")
     if not isinstance(devices, Mapping) or not devices:
         raise ConfigError(f"{where}: no devices; add one [devices.NAME] table per device")
-    every_field = set(COMMON_FIELDS).union(*TRANSPORT_FIELDS.values())
+    every_field = set(device_fields()).union(
+        *(cls.inventory.fields for cls in TRANSPORTS.values()))
     bad_defaults = sorted(set(defaults) - every_field)
     if bad_defaults:
         raise ConfigError(f"{where}: [defaults]: unknown field(s) {bad_defaults}; known: "
@@ -306,88 +279,70 @@ def _parse_device(name: str, table: Mapping[str, Any], defaults: Mapping[str, An
         raise ConfigError(f"{here}: device names may hold only letters, digits, '.', '_' and "
                           "'-'")
     kind = table.get("transport", defaults.get("transport"))
-    if kind not in TRANSPORT_KINDS:
-        raise ConfigError(f"{here}: field 'transport' must be one of "
-                          f"{', '.join(TRANSPORT_KINDS)}, got {kind!r}")
-    allowed = {**COMMON_FIELDS, **TRANSPORT_FIELDS[kind]}
+    if not isinstance(kind, str) or kind not in TRANSPORTS:
+        raise ConfigError(f"{here}: field 'transport' must be one of {TRANSPORTS.known()}, "
+                          f"got {kind!r}")
+    transport_class = TRANSPORTS[kind]
+    spec: InventoryFields = transport_class.inventory
+    common = device_fields()
+    allowed = {**common, **spec.fields}
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise ConfigError(f"{here}: unknown field(s) {unknown} for a {kind} device; known: "
                           f"{', '.join(sorted(allowed))}")
     merged = {k: v for k, v in defaults.items() if k in allowed}
     merged.update(table)
+    if insecure and "insecure_accept_unknown_host_key" in spec.fields:
+        merged["insecure_accept_unknown_host_key"] = True
     values: dict[str, Any] = {}
     for key, value in merged.items():
         try:
             values[key] = allowed[key](value)
-        except _Bad as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{here}: field {key!r} {exc}") from None
-    for key in REQUIRED_FIELDS[kind]:
+    for key in spec.required:
         if key not in values:
             raise ConfigError(f"{here}: field {key!r} is required for a {kind} device")
-    for key in PATH_FIELDS:
+    tools_known = tool_fields()
+    for key in (*spec.paths, *tools_known):
         if key in values:
             path = Path(values[key]).expanduser()
             values[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
-    tools = {tool: values[tool] for tool in TOOL_RUNTIMES.values() if tool in values}
-    tool_args = {tool: values[f"{tool}_args"] for tool in TOOL_RUNTIMES.values()
+    tools = {tool: values[tool] for tool in tools_known if tool in values}
+    tool_args = {tool: values[f"{tool}_args"] for tool in tools_known
                  if f"{tool}_args" in values}
     for tool, path in tools.items():
         if not Path(path).is_file():
             raise ConfigError(f"{here}: field {tool!r}: binary {path} does not exist")
+    python = values.get("python", spec.python)
     runtimes = values.get("runtimes")
     if runtimes is None:
-        runtimes = (local_runtimes() if kind == "local" else
-                    tuple(r for r, tool in TOOL_RUNTIMES.items() if tool in tools) or
-                    (("onnxruntime",) if kind == "ssh" else ()))
-    unknown_rt = [r for r in runtimes if r not in _known_runtimes()]
+        runtimes = (local_runtimes() if spec.here else
+                    tuple(r for r, needs in RUNTIMES.items() if needs.tool in tools) or
+                    ((DEFAULT_AGENT_RUNTIME,) if python is not None else ()))
+    unknown_rt = [r for r in runtimes if r not in RUNTIMES]
     if unknown_rt:
         raise ConfigError(f"{here}: field 'runtimes': unknown runtime(s) {unknown_rt}; known: "
-                          f"{', '.join(_known_runtimes())}")
+                          f"{RUNTIMES.known()}")
     for runtime in runtimes:
-        tool = TOOL_RUNTIMES.get(runtime)
+        tool = RUNTIMES[runtime].tool
         if tool is not None and tool not in tools:
             raise ConfigError(f"{here}: field 'runtimes': runtime {runtime} needs field "
                               f"{tool!r} (the local path of the binary latbench pushes)")
-    python = values.get("python")
-    if python is None:
-        python = {"local": sys.executable, "ssh": "python3"}.get(kind)
-    work_dir = values.get("work_dir") or DEFAULT_WORK_DIRS.get(kind)
+    work_dir = values.get("work_dir") or spec.work_dir
     if work_dir is None:
         work_dir = os.path.join(tempfile.gettempdir(), f"latbench-{name}")
-    transport = _make_transport(kind, values, here, insecure, env)
+    try:
+        transport = transport_class.from_inventory(
+            {k: v for k, v in values.items() if k in spec.fields}, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{here}: {exc}") from None
     try:
         return Device(name=name, transport=transport, runtimes=runtimes, work_dir=work_dir,
                       threads=values.get("threads", 1), cpu_affinity=values.get("cpu_affinity"),
                       python=python, tools=tools, tool_args=tool_args)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _make_transport(kind: str, values: Mapping[str, Any], here: str, insecure: bool,
-                    env: Mapping[str, str]) -> Transport:
-    if kind == "local":
-        return LocalTransport()
-    retry = {k: values[k] for k in ("connect_timeout_s", "connect_retries") if k in values}
-    if kind == "ssh":
-        from latbench.device_agents.ssh import SSHTransport
-
-        password = None
-        if "password_env" in values:
-            password = env.get(values["password_env"])
-            if password is None:
-                raise ConfigError(f"{here}: field 'password_env': environment variable "
-                                  f"{values['password_env']} is not set")
-        return SSHTransport(
-            values["host"], port=values.get("port", 22), user=values.get("user"),
-            key_file=values.get("key_file"), known_hosts=values.get("known_hosts"),
-            insecure_accept_unknown_host_key=(
-                insecure or values.get("insecure_accept_unknown_host_key", False)),
-            password=password, **retry)
-    from latbench.device_agents.adb import ADBTransport
-
-    return ADBTransport(values["serial"], adb=values.get("adb", "adb"),
-                        server_port=values.get("adb_server_port"), **retry)
 
 
 def load_fleet(path: str | os.PathLike[str], *, insecure_accept_unknown_host_key: bool = False,
@@ -457,14 +412,16 @@ def device_facts(device: Device, timeout_s: float = 60.0) -> dict[str, Any]:
 def _problems(device: Device, facts: Mapping[str, Any]) -> list[str]:
     problems = []
     if facts.get("agent_error"):
-        problems.append(f"agent cannot run with {device.python}: {facts['agent_error'][:200]}")
+        problems.append(f"agent cannot run with {device.python}: {facts['agent_error']}")
     versions = facts.get("runtimes") or {}
     for runtime in device.runtimes:
-        modules = RUNTIME_MODULES.get(runtime)
-        if modules and facts.get("source") == "agent" and not any(versions.get(m)
-                                                                   for m in modules):
+        needs = RUNTIMES.get(runtime)
+        if needs is None:
+            continue
+        if needs.agent and facts.get("source") == "agent" and not any(versions.get(m)
+                                                                       for m in needs.modules):
             problems.append(f"runtime {runtime} is listed but not importable on the device")
-        if runtime in CUDA_RUNTIMES and facts.get("cuda_devices") == []:
+        if needs.cuda and facts.get("cuda_devices") == []:
             problems.append(f"runtime {runtime} unavailable: no CUDA device")
     free = facts.get("free_bytes")
     if isinstance(free, int) and free < LOW_FREE_BYTES:
@@ -522,8 +479,8 @@ def check_row(check: DeviceCheck) -> tuple[str, ...]:
     """One table row (CHECK_HEADER order) for a check."""
     f = check.facts
     if not check.reachable:
-        error = check.error if len(check.error) <= 160 else check.error[:157] + "..."
-        return (check.device, check.address, "NO", "-", "-", "-", "-", "-", "-", "-", error)
+        return (check.device, check.address, "NO", "-", "-", "-", "-", "-", "-", "-",
+                check.error)
     os_text = " ".join(str(x) for x in (f.get("os"), f.get("kernel")) if x) or "-"
     if f.get("android"):
         os_text = f"Android {f['android'].get('android') or '?'} ({os_text})"

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Self
 
+from latbench.device_agents.inventory import InventoryFields
 from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
+    LineCallback,
     check_argv,
     check_remote_path,
     check_timeout,
@@ -35,12 +39,20 @@ class LocalTransport(ClosesOnExit):
     """Run commands and copy files on this machine."""
 
     name = "local"
+    # No fields of its own; the agent runs with this very interpreter, so the runtimes default
+    # to what it can import.
+    inventory = InventoryFields(python=sys.executable, here=True)
+
+    @classmethod
+    def from_inventory(cls, values: Mapping[str, Any], env: Mapping[str, str]) -> Self:
+        return cls()
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         # None = inherit the caller's environment, as a remote shell would have its own.
         self._env = dict(env) if env is not None else None
 
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float,
+            on_stderr: LineCallback | None = None) -> CommandResult:
         args = check_argv(argv)
         timeout = check_timeout(timeout_s)
         start = time.perf_counter()
@@ -48,7 +60,7 @@ class LocalTransport(ClosesOnExit):
             proc = start_process(args, self._env)
         except OSError as exc:
             raise TransportError(f"cannot start {describe(args)} on local: {exc}") from exc
-        out, err, timed_out = communicate(proc, timeout)
+        out, err, timed_out = communicate(proc, timeout, on_stderr)
         if timed_out:
             raise TransportError(f"command {describe(args)} on local timed out after "
                                  f"{timeout:g} s; its process group was killed")

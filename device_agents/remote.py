@@ -12,7 +12,7 @@ heating the device and skewing the next batch.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PID_MARKER = "latbench-pid"
 # A constant: nothing user-given is pasted into it; argv follows as "$@".
@@ -48,6 +48,15 @@ def split_pid(stderr: str) -> tuple[tuple[int, int] | None, str]:
             return None, stderr
         return (pid, group), "".join(lines[:index] + lines[index + 1:])
     return None, stderr
+
+
+def command_lines(on_stderr: Callable[[str], bool] | None
+                  ) -> Callable[[str], bool] | None:
+    """A stderr line callback that never sees (nor consumes) the wrapper's pid line, so the
+    caller gets only the command's own lines and the transport always finds the pid."""
+    if on_stderr is None:
+        return None
+    return lambda line: not line.startswith(PID_MARKER + " ") and on_stderr(line)
 
 
 def kill_argv(ids: tuple[int, int]) -> list[str]:

@@ -10,7 +10,10 @@ Why it is built this way:
   killed with its whole process group instead of being left running.
 - Connection failures (refused, timeout, reset) are retried with exponential back-off;
   authentication and host-key failures are not (retrying cannot fix them).
-- Keys and passwords are never logged and never appear in errors or in repr().
+- The private key is loaded here, not by paramiko's key search, so an encrypted key without a
+  passphrase, a wrong passphrase or a file that is no key each get their own message; a
+  known_hosts file is checked line by line, so a malformed line is named, not skipped.
+- Keys, passwords and passphrases are never logged and never appear in errors or in repr().
 """
 
 from __future__ import annotations
@@ -24,14 +27,29 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from latbench.device_agents.remote import KILL_TIMEOUT_S, kill_argv, split_pid, wrap_argv
+from latbench.device_agents.inventory import (
+    InventoryFields,
+    flag,
+    integer,
+    positive,
+    text,
+)
+from latbench.device_agents.remote import (
+    KILL_TIMEOUT_S,
+    command_lines,
+    kill_argv,
+    split_pid,
+    wrap_argv,
+)
 from latbench.device_agents.transport import (
     ClosesOnExit,
     CommandResult,
+    LineCallback,
+    LineFilter,
     check_argv,
     check_remote_path,
     check_timeout,
@@ -65,18 +83,44 @@ class SSHTransport(ClosesOnExit):
     """Run commands and copy files (SFTP) on a host over SSH; connects on first use.
 
     `known_hosts` defaults to ~/.ssh/known_hosts; `key_file` is the private key to log in with
-    (agent and ~/.ssh keys are not searched, so the inventory says exactly which key is used);
-    `password` (e.g. read from an environment variable named in the inventory) is used for
-    password login or to decrypt the key and is never logged.
+    (~/.ssh keys are not searched, so the inventory says exactly which key is used);
+    `passphrase` decrypts an encrypted key; `password` is used for password login (and to
+    decrypt the key when no passphrase is given); `ssh_agent` also offers the keys of a running
+    ssh-agent ($SSH_AUTH_SOCK). Secrets come from environment variables named in the inventory
+    and are never logged.
     """
 
     name = "ssh"
+    inventory = InventoryFields(
+        fields={"host": text, "port": integer(1, 65535), "user": text, "key_file": text,
+                "known_hosts": text, "insecure_accept_unknown_host_key": flag,
+                "password_env": text, "passphrase_env": text, "ssh_agent": flag,
+                "connect_timeout_s": positive, "connect_retries": integer(1)},
+        required=("host",), paths=("key_file", "known_hosts"), work_dir="/tmp/latbench",
+        python="python3")
+
+    @classmethod
+    def from_inventory(cls, values: Mapping[str, Any], env: Mapping[str, str]) -> Self:
+        secrets = {}
+        for secret, field_name in (("password", "password_env"), ("passphrase", "passphrase_env")):
+            if field_name in values:
+                secrets[secret] = env.get(values[field_name])
+                if secrets[secret] is None:
+                    raise ConfigError(f"field {field_name!r}: environment variable "
+                                      f"{values[field_name]} is not set")
+        retry = {k: values[k] for k in ("connect_timeout_s", "connect_retries") if k in values}
+        return cls(values["host"], port=values.get("port", 22), user=values.get("user"),
+                   key_file=values.get("key_file"), known_hosts=values.get("known_hosts"),
+                   insecure_accept_unknown_host_key=values.get(
+                       "insecure_accept_unknown_host_key", False),
+                   ssh_agent=values.get("ssh_agent", False), **secrets, **retry)
 
     def __init__(self, host: str, *, port: int = 22, user: str | None = None,
                  key_file: str | os.PathLike[str] | None = None,
                  known_hosts: str | os.PathLike[str] | None = None,
                  insecure_accept_unknown_host_key: bool = False,
-                 password: str | None = None,
+                 password: str | None = None, passphrase: str | None = None,
+                 ssh_agent: bool = False,
                  connect_timeout_s: float = 10.0, connect_retries: int = 3,
                  backoff_s: float = 0.5, keepalive_s: float = 15.0,
                  io_timeout_s: float = 300.0) -> None:
@@ -94,6 +138,8 @@ class SSHTransport(ClosesOnExit):
                             else Path("~/.ssh/known_hosts").expanduser())
         self.insecure_accept_unknown_host_key = bool(insecure_accept_unknown_host_key)
         self._password = password
+        self._passphrase = passphrase
+        self.ssh_agent = bool(ssh_agent)
         self.connect_timeout_s = check_timeout(connect_timeout_s)
         self.connect_retries = connect_retries
         self.backoff_s = float(backoff_s)
@@ -159,8 +205,9 @@ class SSHTransport(ClosesOnExit):
                 key = f"key file {self.key_file}" if self.key_file else "no key file"
                 raise TransportError(
                     f"authentication as {self.user} on {self.host}:{self.port} failed ({key}"
-                    f"{', password given' if self._password else ''}); check that the key is "
-                    "in the device's authorized_keys") from None
+                    f"{', password given' if self._password else ''}"
+                    f"{', ssh-agent keys offered' if self.ssh_agent else ''}); check that the "
+                    "key is in the device's authorized_keys") from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 # Refused, unreachable, timed out, reset during the handshake: worth retrying.
                 last = exc
@@ -173,26 +220,19 @@ class SSHTransport(ClosesOnExit):
 
         client = paramiko.SSHClient()
         if self.known_hosts.is_file():
-            try:
-                client.load_host_keys(str(self.known_hosts))
-            except (OSError, paramiko.SSHException) as exc:
-                raise TransportError(f"cannot read known_hosts file {self.known_hosts}: "
-                                     f"{exc}") from exc
+            self._load_known_hosts(client)
         elif not self.insecure_accept_unknown_host_key:
             raise TransportError(f"known_hosts file {self.known_hosts} for {self.address} does "
                                  "not exist; host keys cannot be verified (create it, or pass "
                                  "--insecure-accept-unknown-host-key)")
         client.set_missing_host_key_policy(_Policy(self.insecure_accept_unknown_host_key))
-        if self.key_file is not None and not self.key_file.is_file():
-            raise TransportError(f"ssh key file {self.key_file} for {self.address} does not "
-                                 "exist")
+        pkey = self._private_key()
         try:
             client.connect(
-                self.host, port=self.port, username=self.user,
-                key_filename=str(self.key_file) if self.key_file else None,
+                self.host, port=self.port, username=self.user, pkey=pkey,
                 password=self._password, timeout=self.connect_timeout_s,
                 banner_timeout=self.connect_timeout_s, auth_timeout=self.connect_timeout_s,
-                allow_agent=False, look_for_keys=False)
+                allow_agent=self.ssh_agent, look_for_keys=False)
         except BaseException:
             client.close()
             raise
@@ -206,6 +246,66 @@ class SSHTransport(ClosesOnExit):
                 transport.set_keepalive(max(1, int(self.keepalive_s)))
         log.debug("ssh %s: connected", self.address)
         return client
+
+    def _load_known_hosts(self, client: Any) -> None:
+        """Load the known_hosts file into `client`, refusing a malformed line by its number
+        (paramiko would skip some silently and crash on others). Marker lines
+        (@cert-authority, @revoked) and key types paramiko does not know are passed over."""
+        import paramiko
+        from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+        path = self.known_hosts
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TransportError(f"cannot read known_hosts file {path}: {exc}") from None
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", "@")):
+                continue
+            problem = ""
+            if len(line.split()) < 3:
+                problem = "it needs a host pattern, a key type and a base64 key"
+            else:
+                try:
+                    HostKeyEntry.from_line(line, number)
+                except (InvalidHostKey, paramiko.SSHException, ValueError) as exc:
+                    problem = f"its key does not decode: {_safe_text(exc)[:120]}"
+            if problem:
+                raise TransportError(f"known_hosts file {path} line {number} is malformed "
+                                     f"({problem}): {line[:80]!r}; fix or delete that line")
+        try:
+            client.load_host_keys(str(path))
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(f"cannot read known_hosts file {path}: {exc}") from None
+
+    def _private_key(self) -> Any:
+        """The key file loaded (decrypted with the passphrase, or else the password), or None
+        when there is none or it is left to the ssh-agent. A TransportError says whether the
+        key is encrypted without a passphrase, the passphrase is wrong, or it is no key."""
+        if self.key_file is None:
+            return None
+        if not self.key_file.is_file():
+            raise TransportError(f"ssh key file {self.key_file} for {self.address} does not "
+                                 "exist")
+        secret = self._passphrase if self._passphrase is not None else self._password
+        key, encrypted, errors = _load_key(self.key_file, secret)
+        if key is not None:
+            return key
+        if encrypted and secret is None:
+            if self.ssh_agent:
+                return None  # the agent holds the decrypted key, if it was added there
+            raise TransportError(
+                f"ssh key file {self.key_file} for {self.address} is encrypted and no "
+                "passphrase was given: set passphrase_env in the device's fleet entry to the "
+                "name of an environment variable holding the passphrase, or add the key to an "
+                f"ssh-agent (ssh-add {self.key_file}) and set ssh_agent = true")
+        if secret is not None and _load_key(self.key_file, None)[1]:
+            raise TransportError(f"ssh key file {self.key_file} for {self.address} could not be "
+                                 "decrypted with the passphrase given (passphrase_env, or "
+                                 "password_env when there is no passphrase)")
+        raise TransportError(f"ssh key file {self.key_file} for {self.address} is not a private "
+                             f"key latbench can read ({'; '.join(errors)})")
 
     def _drop(self) -> None:
         """Forget the connection (and its SFTP session) so the next call reconnects."""
@@ -223,7 +323,8 @@ class SSHTransport(ClosesOnExit):
         self._drop()
 
     # --- commands ----------------------------------------------------------------------------
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float,
+            on_stderr: LineCallback | None = None) -> CommandResult:
         import paramiko
 
         args = check_argv(argv)
@@ -248,7 +349,7 @@ class SSHTransport(ClosesOnExit):
                     continue
                 raise TransportError(f"cannot start {describe(args)} on {self.address}: "
                                      f"{type(exc).__name__}: {_safe_text(exc)}") from None
-        out, err = bytearray(), bytearray()
+        out, err = bytearray(), LineFilter(command_lines(on_stderr))
         pid: tuple[int, int] | None = None
         try:
             while True:
@@ -257,10 +358,10 @@ class SSHTransport(ClosesOnExit):
                     out += channel.recv(65536)
                     got = True
                 while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
+                    err.feed(channel.recv_stderr(65536))
                     got = True
-                if pid is None and b"\n" in err:
-                    pid, _ = split_pid(decode(bytes(err)))
+                if pid is None and b"\n" in err.kept:
+                    pid, _ = split_pid(decode(bytes(err.kept)))
                 if (channel.exit_status_ready() and channel.eof_received
                         and not channel.recv_ready() and not channel.recv_stderr_ready()):
                     break
@@ -297,7 +398,7 @@ class SSHTransport(ClosesOnExit):
         finally:
             channel.close()
         duration = time.perf_counter() - start
-        _, stderr = split_pid(decode(bytes(err)))
+        _, stderr = split_pid(decode(err.finish()))
         # code -1 on a live connection: the command died from a signal (sshd sends no status)
         log.debug("ssh %s: %s -> %d in %.3f s", self.address, describe(args), code, duration)
         return CommandResult(args, code, decode(bytes(out)), stderr, duration)
@@ -391,6 +492,28 @@ class SSHTransport(ClosesOnExit):
             self._drop()
             raise TransportError(f"pull from {self.address}: copying {remote} to {local} "
                                  f"failed: {type(exc).__name__}: {_safe_text(exc)}") from None
+
+
+def _load_key(path: Path, secret: str | None) -> tuple[Any, bool, list[str]]:
+    """(key or None, whether the file is encrypted and needs a secret, why each key type
+    failed). Each key type paramiko has is tried in turn: there is no one loader that reports
+    an encrypted file as such."""
+    import paramiko
+
+    encrypted, errors = False, []
+    for name in ("Ed25519Key", "ECDSAKey", "RSAKey", "DSSKey"):
+        key_class = getattr(paramiko, name, None)
+        if key_class is None:
+            continue
+        try:
+            return key_class.from_private_key_file(str(path), password=secret), False, []
+        except paramiko.PasswordRequiredException:
+            encrypted = True
+        except (paramiko.SSHException, ValueError, TypeError) as exc:
+            errors.append(f"{name}: {_safe_text(exc)[:80]}")
+        except OSError as exc:
+            raise TransportError(f"cannot read ssh key file {path}: {exc}") from None
+    return None, encrypted, errors
 
 
 class _Policy:

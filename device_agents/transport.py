@@ -3,22 +3,30 @@
 A transport runs argv lists (never one shell string: quoting is the transport's job, so a model
 path with spaces cannot turn into a second command) and copies files both ways. Local, SSH and
 ADB transports implement the same four methods, so runners and campaigns never know which one
-they hold.
+they hold. While a command runs, its stderr can be handed line by line to a callback (the agent
+reports progress that way) without changing what the result's stderr holds otherwise.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self, runtime_checkable
 
-from latbench.errors import TransportError
+from latbench.device_agents.inventory import InventoryFields
+from latbench.errors import ConfigError, TransportError
 from latbench.registry import Registry
+
+# Called with each complete stderr line (no newline) while a command runs; a line for which it
+# returns True is consumed: it is left out of the result's stderr.
+LineCallback = Callable[[str], bool]
 
 # name -> Transport class; filled by @register_transport.
 TRANSPORTS: Registry[type] = Registry("transport")
@@ -46,9 +54,11 @@ class Transport(Protocol):
 
     name: str
 
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float,
+            on_stderr: LineCallback | None = None) -> CommandResult:
         """Run argv on the device; raise TransportError on timeout or if it cannot start.
-        A non-zero exit code is not an error here: it is in the result."""
+        A non-zero exit code is not an error here: it is in the result. `on_stderr` gets
+        each stderr line as it arrives (see LineCallback)."""
         ...
 
     def push(self, local: Path, remote: str) -> None:
@@ -78,8 +88,24 @@ class ClosesOnExit:
 
 
 def register_transport(name: str) -> Callable[[type], type]:
-    """Class decorator adding a transport under `name`; a second class for a name is refused."""
-    return TRANSPORTS.register(name)
+    """Class decorator adding a transport under `name`; a second class for a name is refused.
+
+    The class describes itself: `inventory` (an InventoryFields: the fields a fleet table may
+    hold for it) and the classmethod `from_inventory(values, env)`, which builds the transport
+    from a table's checked values (its own fields only) and the environment (for secrets named
+    by a field), raising ConfigError that names the field when a value cannot be used.
+    """
+
+    def decorator(cls: type) -> type:
+        if name not in TRANSPORTS:  # a taken name is refused by `add`, naming its holder
+            if not isinstance(getattr(cls, "inventory", None), InventoryFields) \
+                    or not callable(getattr(cls, "from_inventory", None)):
+                raise ConfigError(f"transport {name!r} ({cls.__qualname__}) must declare "
+                                  "`inventory = InventoryFields(...)` and a classmethod "
+                                  "`from_inventory(values, env)`")
+        return TRANSPORTS.add(name, cls)
+
+    return decorator
 
 
 def get_transport_class(name: str) -> type:
@@ -143,37 +169,102 @@ def start_process(argv: Sequence[str], env: dict[str, str] | None) -> subprocess
                             stderr=subprocess.PIPE, env=env, start_new_session=True)
 
 
-def kill_process_group(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """SIGKILL the child's process group (it leads its own session), reap the child and return
-    what it printed.
+class LineFilter:
+    """Collects a byte stream, handing each complete line to a callback as it arrives; keeps
+    the bytes of every line the callback does not consume (all of them without a callback),
+    so what is kept is byte for byte the stream minus the consumed lines."""
 
-    A grandchild that escaped into its own session may still hold the pipes open, so draining
-    them is bounded; the pipes are closed rather than waited on forever (and b"" returned).
-    """
+    def __init__(self, on_line: LineCallback | None) -> None:
+        self.on_line = on_line
+        self.kept = bytearray()
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self.on_line is None:
+            self.kept += data
+            return
+        self._partial += data
+        while (end := self._partial.find(b"\n")) >= 0:
+            line = bytes(self._partial[:end + 1])
+            del self._partial[:end + 1]
+            self._offer(line)
+
+    def finish(self) -> bytes:
+        """Everything kept, the last unterminated line offered to the callback too."""
+        if self._partial:
+            line = bytes(self._partial)
+            self._partial.clear()
+            self._offer(line)
+        return bytes(self.kept)
+
+    def _offer(self, line: bytes) -> None:
+        if self.on_line is None or not self.on_line(decode(line).rstrip("\r\n")):
+            self.kept += line
+
+
+_KILL_DRAIN_S = 5.0  # how long a killed process's pipes are read before they are closed
+
+
+def _drain(proc: subprocess.Popen[bytes], deadline: float, out: bytearray,
+           err: LineFilter) -> bool:
+    """Read stdout and stderr until both end (True) or `deadline` passes (False)."""
+    with selectors.DefaultSelector() as selector:
+        for pipe, sink in ((proc.stdout, out.extend), (proc.stderr, err.feed)):
+            if pipe is not None and not pipe.closed:
+                selector.register(pipe, selectors.EVENT_READ, sink)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for key, _ in selector.select(remaining):
+                data = os.read(key.fd, 65536)
+                if data:
+                    key.data(data)
+                else:
+                    selector.unregister(key.fileobj)
+    return True
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group (it leads its own session)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
-    try:
-        return proc.communicate(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-        return b"", b""
 
 
-def communicate(proc: subprocess.Popen[bytes], timeout_s: float
-                ) -> tuple[bytes, bytes, bool]:
-    """(stdout, stderr, timed out) of a process from `start_process`. After `timeout_s` (or
-    on any interruption, which is re-raised) its process group is killed."""
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def communicate(proc: subprocess.Popen[bytes], timeout_s: float,
+                on_stderr: LineCallback | None = None) -> tuple[bytes, bytes, bool]:
+    """(stdout, stderr, timed out) of a process from `start_process`, with stderr lines handed
+    to `on_stderr` as they arrive (consumed ones left out). After `timeout_s` (or on any
+    interruption, which is re-raised) its process group is killed.
+
+    A grandchild that escaped into its own session may still hold the pipes open after the
+    kill, so reading them then is bounded; the pipes are closed rather than waited on forever.
+    """
+    out, err = bytearray(), LineFilter(on_stderr)
+    deadline = time.monotonic() + timeout_s
     try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        out, err = kill_process_group(proc)
-        return out, err, True
+        finished = _drain(proc, deadline, out, err)
+        if finished:  # both pipes ended; the process may still run without them
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                finished = False
+        if not finished:
+            _kill_group(proc)
+            _drain(proc, time.monotonic() + _KILL_DRAIN_S, out, err)
     except BaseException:
-        kill_process_group(proc)
+        _kill_group(proc)
+        _close_pipes(proc)
+        proc.wait()
         raise
-    return out, err, False
+    _close_pipes(proc)
+    proc.wait()
+    return bytes(out), err.finish(), not finished

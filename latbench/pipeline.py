@@ -28,9 +28,7 @@ from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device, local_device
 from latbench.errors import LatbenchError
 from latbench.predictor.evaluate import evaluate, write_report
-from latbench.predictor.io import load_predictor
-from latbench.predictor.model_level import safety_margin
-from latbench.predictor.training import fit_from_dataset
+from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.progress import Bars
 from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
@@ -109,22 +107,21 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     # 2. predictor
     started = time.perf_counter()
     console.print("2/5 fitting the xgboost per-kernel predictor")
-    predictor, info = fit_from_dataset(run_dir / "dataset", run_dir / "predictor")
-    predictor, manifest = load_predictor(run_dir / "predictor")
-    manifest["path"] = str(run_dir / "predictor")
+    predictor = LatencyPredictor().fit(run_dir / "dataset")
+    predictor.save(run_dir / "predictor")
     timings["predictor"] = time.perf_counter() - started
-    composition = info["composition"]
-    report["predictor"] = {"kinds": predictor.n_train_, "statistic": info["statistic"],
+    composition = predictor.composition_.summary
+    report["predictor"] = {"kinds": predictor.n_train, "statistic": predictor.statistic,
                            "call_overhead_ms": predictor.call_overhead_ms_,
                            "composition": {k: v for k, v in composition.items() if k != "keys"}}
 
     # 3. held-out networks (never the calibration networks)
     started = time.perf_counter()
     networks = resolve_networks(options.network_spec, seed=options.seed + 1,
-                                exclude=composition.get("keys", []))
+                                exclude=predictor.calibration_keys)
     console.print(f"3/5 measuring {len(networks)} held-out networks end to end")
     with Bars("networks", console) as bars:
-        evaluation = evaluate(predictor, manifest, networks, device, run_dir / "eval",
+        evaluation = evaluate(predictor, networks, device, run_dir / "eval",
                               config=config, progress=bars)
     write_report(evaluation, run_dir / "eval", f"Held-out networks, {device.name}")
     timings["evaluation"] = time.perf_counter() - started
@@ -148,11 +145,11 @@ def run_demo(options: DemoOptions, console: Console | None = None,
         budgets = [float(f"{q:.3g}") for q in np.quantile(predicted_all, BUDGET_QUANTILES)]
         console.print(f"4/5 searching all {space.size} architectures under budgets "
                       f"{', '.join(f'{b:g} ms' for b in budgets)}")
-        margin = safety_margin(manifest)
+        margin = predictor.safety_margin()
         results = search_budgets(space, table, accuracy, budgets, margin=margin)
         console.print("5/5 measuring the winners")
         with Bars("winners", console) as bars:
-            outcomes = measure_winners(space, results, manifest, device,
+            outcomes = measure_winners(space, results, predictor, device,
                                        run_dir / "search" / "winners", config, bars)
         report["search_margin"] = margin
         report["search"] = [o.to_json() for o in outcomes]
@@ -162,7 +159,7 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     timings["search"] = time.perf_counter() - started
     report["timings_s"] = timings
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    atomic_write_text(run_dir / "report.md", _markdown(report, card, manifest, evaluation,
+    atomic_write_text(run_dir / "report.md", _markdown(report, card, predictor.info_, evaluation,
                                                        search_rows, search_note))
     _print_summary(console, evaluation, search_rows, run_dir)
     return run_dir
@@ -179,30 +176,15 @@ def _accuracy_table(data_dir: Path | None) -> dict[str, float] | None:
 
 def _pareto_plot(latency: np.ndarray, space: Any, accuracy: dict[str, float],
                  outcomes: list[Any], path: Path, device: str) -> None:
-    import matplotlib
+    from latbench.search.pareto import pareto_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    codes = [space.encode(a) for a in space.all_archs()]
-    acc = np.array([accuracy[c] for c in codes])
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter(latency, acc, s=3, alpha=0.3, color="grey", label="all 6,561 (predicted)")
-    for o in outcomes:
-        ax.axvline(o.budget_ms, color="tab:blue", lw=0.8, ls="--")
-        ax.scatter([o.predicted_ms], [o.accuracy], color="tab:orange", s=40, zorder=3)
-        if o.measured_ms is not None:
-            ax.scatter([o.measured_ms], [o.accuracy], color="tab:red", marker="x", s=50,
-                       zorder=3)
-    ax.scatter([], [], color="tab:orange", label="winner, predicted")
-    ax.scatter([], [], color="tab:red", marker="x", label="winner, measured")
-    ax.set_xlabel(f"latency on {device} (ms)")
-    ax.set_ylabel("NAS-Bench-Macro CIFAR-10 accuracy (%)")
-    ax.set_ylim(max(80.0, float(acc.min())), float(acc.max()) + 0.5)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    acc = np.array([accuracy[space.encode(a)] for a in space.all_archs()])
+    figure = pareto_figure(
+        latency, acc, outcomes, points_label=f"all {len(acc):,} (predicted)",
+        latency_label=f"latency on {device} (ms): predicted; winners also measured",
+        accuracy_label="NAS-Bench-Macro CIFAR-10 accuracy (%)",
+        ylim=(max(80.0, float(acc.min())), float(acc.max()) + 0.5))
+    save_figure(figure, path)
 
 
 def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, Any],

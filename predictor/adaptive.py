@@ -22,6 +22,7 @@ import numpy as np
 from latbench.bench.ops import OpSpec
 from latbench.bench.plans import perturb
 from latbench.errors import PredictorError, UnknownKernelError
+from latbench.predictor.latency_predictor import LatencyPredictor
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +187,21 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
                   statistic: str | None = None, runtime: str | None = None,
                   threshold: float = 0.10, per_point: int = 2, max_new: int = 100,
                   seed: int = 0, config: Any = None, progress: Any = None
-                  ) -> tuple[Any, dict[str, Any], list[RoundReport]]:
+                  ) -> tuple[LatencyPredictor, list[RoundReport]]:
     """`latbench predictor adapt`: adaptive rounds on an operator dataset, measuring new kernels
     on `device` into the same dataset (same run settings as its card), then the final
     predictor fitted on everything (with composition calibration) written to `out`."""
+    from sklearn.base import clone
+
     from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
     from latbench.bench.fusion import kernel_times
     from latbench.bench.runners import RunSettings
     from latbench.bench.stats import DEFAULT_STATISTIC
     from latbench.bench.store import LatencyDataset, atomic_write_text
     from latbench.predictor.features import training_pairs
-    from latbench.predictor.models import get_predictor_class
-    from latbench.predictor.training import fit_from_dataset, select_records
+    from latbench.predictor.training import select_records
 
+    final = LatencyPredictor(predictor, params)  # parameters checked before measuring
     statistic = statistic or DEFAULT_STATISTIC
     dataset = LatencyDataset.open(data_dir)
     ops = select_records(dataset.records(), device.name, runtime)
@@ -211,7 +214,6 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
     base = config or CampaignConfig()
     config = CampaignConfig(**{**base.__dict__, "settings": settings})
     specs, kernel_ms, _ = training_pairs(ops, statistic)
-    model_class = get_predictor_class(predictor)
 
     def measure(new: list[OpSpec]) -> dict[str, float]:
         subjects = [Subject.op(s) for s in new]
@@ -224,11 +226,10 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
         return {s.key(): times[s.key()] for s in new if s.key() in times}
 
     _, reports, _, _ = adaptive_fit(
-        specs, kernel_ms, measure, lambda: model_class(**(params or {})), rounds,
+        specs, kernel_ms, measure, lambda: clone(final.kernel_model), rounds,
         np.random.default_rng(seed), threshold, per_point, max_new)
-    final, info = fit_from_dataset(Path(data_dir), Path(out), predictor, statistic,
-                                   device.name, runtime, params)
-    out = Path(out)
+    final.fit(Path(data_dir), statistic=statistic, device=device.name, runtime=runtime)
+    out = final.save(Path(out))
     summary = {"rounds": [r.to_json() for r in reports], "threshold": threshold,
                "per_point": per_point, "max_new": max_new, "seed": seed,
                "statistic": statistic, "predictor": predictor}
@@ -236,4 +237,4 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
     atomic_write_text(out / "adapt.md", "# Adaptive sampling\n\nError per round on held-out "
                       "kernels (never trained on during the rounds).\n\n"
                       + reports_markdown(reports) + "\n")
-    return final, info, reports
+    return final, reports

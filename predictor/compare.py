@@ -30,10 +30,9 @@ from latbench.predictor.evaluate import (
     error_table,
     measure_networks,
     network_kernels,
-    settings_from_manifest,
+    readable_log_axes,
 )
-from latbench.predictor.model_level import predict_network
-from latbench.predictor.training import fit_from_dataset
+from latbench.predictor.latency_predictor import LatencyPredictor
 
 METRIC_COLUMNS = ("n", "coverage", "rmse_ms", "rmspe_pct", "within5", "within10", "within15",
                   "spearman", "kendall", "bias_pct")
@@ -120,38 +119,45 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
     others are measured here."""
     if not names:
         raise PredictorError("no predictors to compare")
+    if params is not None and not isinstance(params, Mapping):
+        raise PredictorError("per-predictor parameters must be a JSON object of predictor name: "
+                             f"{{parameter: value}}, got {type(params).__name__}")
+    unknown = sorted(set(params or {}) - set(names))
+    if unknown:
+        raise PredictorError(f"parameters given for {', '.join(map(repr, unknown))}, which is "
+                             f"not among the predictors compared ({', '.join(names)})")
     out_dir = Path(out_dir)
-    fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for name in names:
-        fitted[name] = fit_from_dataset(Path(data_dir), out_dir / "predictors" / name, name,
-                                        statistic, device.name, runtime,
-                                        (params or {}).get(name))
-    first_info = next(iter(fitted.values()))[1]
-    calibration = set(first_info.get("composition", {}).get("keys", []))
+    members = {name: LatencyPredictor(name, (params or {}).get(name), cv_folds=0)
+               for name in names}  # every member's parameters checked before any fit
+    fitted: dict[str, LatencyPredictor] = {}
+    for name, member in members.items():
+        member.fit(Path(data_dir), statistic=statistic, device=device.name, runtime=runtime)
+        member.save(out_dir / "predictors" / name)
+        fitted[name] = member
+    first = next(iter(fitted.values()))
+    calibration = set(first.calibration_keys)
     held_out = [n for n in networks if not (exclude_calibration and n.key in calibration)]
     if not held_out:
         raise PredictorError("every network given is a calibration network of the predictors")
-    runtime = first_info["runtime"]
-    settings = settings_from_manifest(first_info)
+    runtime = first.runtime
+    settings = first.run_settings()
     given = dict(measured_ms or {})
     to_measure = [n for n in held_out if n.key not in given]
     if to_measure:
         times = measure_networks(to_measure, device, runtime, settings, statistic,
                                  out_dir / "networks", config, progress, passes=passes)
         measured, summary = {**given, **times.median()}, times.campaign
-        trained_probe = (first_info.get("dataset") or {}).get("reference_probe_ms")
         measurement = " ".join(filter(None, [measurement, times.note(),
-                                             times.level_note(trained_probe)]))
+                                             times.level_note(first.reference_probe_ms)]))
     else:
         measured, summary = given, CampaignSummary()
     rows = []
-    for name, (model, _) in fitted.items():
-        attach = getattr(model, "attach_", None)
+    for name, model in fitted.items():
         for net in held_out:
             if net.key not in measured:
                 continue
             try:
-                predicted = predict_network(model, network_kernels(net, attach)).predicted_ms
+                predicted = model.predict(network_kernels(net, model.attach_)).predicted_ms
             except UnknownKernelError:
                 predicted = math.nan
             rows.append({"predictor": name, "network": net.key, "family": net.family,
@@ -209,10 +215,7 @@ def _plots(report: ComparisonReport, scatter: Path, bars: Path, title: str) -> N
         m = report.metrics[name].get("all") or next(iter(report.metrics[name].values()))
         within = "n/a" if m["n"] == 0 else f"{m['within10']:.0%}"
         ax.set_title(f"{name}: {within} within 10%", fontsize=10)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
+        readable_log_axes(ax, lo, hi)
         ax.set_xlabel("measured ms")
         ax.set_ylabel("predicted ms")
         if not rows.empty:

@@ -1,8 +1,8 @@
 """Held-out evaluation: measure whole networks end to end, compare with predictions.
 
 Networks are measured with the same runner and settings the predictor's training kernels were
-measured with (read from its manifest), through a resumable campaign, so a report can be rebuilt
-or extended without measuring twice. Metrics are per network family and overall.
+measured with (`LatencyPredictor.run_settings`), through a resumable campaign, so a report can be
+rebuilt or extended without measuring twice. Metrics are per network family and overall.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,9 @@ from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError, PredictorError
-from latbench.predictor.model_level import predict_network
+
+if TYPE_CHECKING:
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -77,17 +79,11 @@ def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None
     raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export")
 
 
-def predict_networks(predictor: Any, networks: Sequence[Subject]) -> dict[str, float]:
-    attach = getattr(predictor, "attach_", None)
-    return {n.key: predict_network(predictor, network_kernels(n, attach)).predicted_ms
+def predict_networks(predictor: LatencyPredictor, networks: Sequence[Subject]
+                     ) -> dict[str, float]:
+    """Key -> predicted ms, each network split with the predictor's fusion rules."""
+    return {n.key: predictor.predict(network_kernels(n, predictor.attach_)).predicted_ms
             for n in networks}
-
-
-def settings_from_manifest(manifest: dict[str, Any]) -> RunSettings:
-    raw = manifest.get("run_settings")
-    if not isinstance(raw, dict):
-        raise PredictorError("predictor manifest has no run_settings; refit it with this latbench")
-    return RunSettings(**raw)
 
 
 LEVEL_WARNING = 0.05  # probe shift against the predictor's dataset worth a warning
@@ -147,9 +143,9 @@ class NetworkTimes:
         if abs(shift) <= LEVEL_WARNING:
             return text + "."
         return (text + f": WARNING, the machine ran {'slower' if shift > 0 else 'faster'} than "
-                "when the kernels were measured, and the measured networks carry part of that "
-                "(on this project's VM a day apart: probe +10%, networks +5-6%). Measure the "
-                "networks in the same session as the dataset, or read the bias as the machine's.")
+                "when the kernels were measured, and the measured networks carry part of that. "
+                "Measure the networks in the same session as the dataset, or read the bias as "
+                "the machine's.")
 
 
 @dataclass
@@ -182,25 +178,24 @@ def error_table(rows: list[dict[str, Any]], n_networks: int, device: Device, out
     return table
 
 
-def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subject],
-             device: Device, out_dir: Path, runtime: str | None = None,
-             config: CampaignConfig | None = None, progress: ProgressSink | None = None,
-             passes: int = 1) -> EvaluationReport:
+def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: Device,
+             out_dir: Path, runtime: str | None = None, config: CampaignConfig | None = None,
+             progress: ProgressSink | None = None, passes: int = 1) -> EvaluationReport:
     """Measure `networks` on `device` in `passes` passes (resumable, in `out_dir/networks`,
     `networks-pass2`, ...), score predictions against the median."""
     if not networks:
         raise PredictorError("no networks to evaluate on")
-    runtime = runtime or manifest.get("runtime")
-    if manifest.get("runtime") and runtime != manifest["runtime"]:
-        raise PredictorError(f"predictor was trained on {manifest['runtime']} measurements; "
+    runtime = runtime or predictor.runtime
+    if predictor.runtime and runtime != predictor.runtime:
+        raise PredictorError(f"predictor was trained on {predictor.runtime} measurements; "
                              f"evaluating it on {runtime} would compare different runtimes")
-    statistic = manifest.get("statistic", "median_ms")
-    settings = settings_from_manifest(manifest)
+    statistic = predictor.statistic
+    settings = predictor.run_settings()
     out_dir = Path(out_dir)
     predictions = predict_networks(predictor, networks)  # unknown kernels fail before measuring
     times = measure_networks(networks, device, runtime, settings, statistic,
                              out_dir / "networks", config, progress,
-                             predictor_path=manifest.get("path", ""), passes=passes)
+                             predictor_path=str(predictor.path or ""), passes=passes)
     measured = times.median()
     rows = []
     for net in networks:
@@ -213,8 +208,8 @@ def evaluate(predictor: Any, manifest: dict[str, Any], networks: Sequence[Subjec
                for family, group in table.groupby("family", sort=True)}
     if len(metrics) > 1:
         metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
-    trained_probe = (manifest.get("dataset") or {}).get("reference_probe_ms")
-    measurement = " ".join(filter(None, [times.note(), times.level_note(trained_probe)]))
+    measurement = " ".join(filter(None, [times.note(),
+                                         times.level_note(predictor.reference_probe_ms)]))
     return EvaluationReport(table, metrics, statistic, times.campaign, measurement)
 
 
@@ -270,9 +265,43 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     return paths
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis from `lo` to `hi` that read as plain numbers: 1-2-5 steps of
+    each decade, every integer multiple when that gives fewer than three, else values spread
+    over a narrow range, rounded to the fewest digits that keep them apart."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1, 2, 5), range(1, 10)):
+        ticks = [float(f"{m * 10.0 ** e:.12g}") for e in decades for m in subs]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    for digits in range(2, 12):
+        ticks = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(lo, hi, 4)})
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return [lo, hi]
+
+
+def readable_log_axes(ax: Any, lo: float, hi: float) -> None:
+    """Both axes log-scaled from `lo` to `hi`, labelled with plain numbers (`log_ticks`), never
+    only with powers of ten."""
+    import matplotlib.ticker as ticker
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = log_ticks(lo, hi)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.FixedLocator(ticks))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+        axis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+
+
 def scatter_plot(table: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -287,13 +316,7 @@ def scatter_plot(table: pd.DataFrame, path: Path, title: str) -> None:
         within = float(np.mean(np.abs(group["error_pct"]) <= 10))
         ax.scatter(group["measured_ms"], group["predicted_ms"], s=14, alpha=0.8,
                    label=f"{family} (n={len(group)}, {within:.0%} within 10%)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
+    readable_log_axes(ax, lo, hi)
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(title)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from latbench.bench.ops import ACTIVATIONS, POOL_TYPES, OpSpec, decompose
+from latbench.bench.ops import ACTIVATIONS, KEY_FIELDS, POOL_TYPES, OpSpec, decompose
 from latbench.errors import DatasetError
 
 FEATURE_VERSION = 2
@@ -134,6 +134,29 @@ def feature_matrix(specs: Sequence[OpSpec], version: int = FEATURE_VERSION) -> n
     if not specs:
         return np.zeros((0, width))
     return np.stack([kernel_features(s) for s in specs])[:, :width]
+
+
+# Shape fields whose training range a predictor keeps (per kind, those its key holds), and FLOPs.
+RANGE_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "expand")
+
+
+def range_values(spec: OpSpec) -> dict[str, float]:
+    """The values of `spec` a training range is kept for: its kind's RANGE_FIELDS and FLOPs."""
+    out = {name: float(getattr(spec, name)) for name in RANGE_FIELDS
+           if name in KEY_FIELDS[spec.kind]}
+    out["flops"] = kernel_cost(spec).flops
+    return out
+
+
+def training_ranges(specs: Sequence[OpSpec]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per kernel kind, (min, max) of each `range_values` entry over `specs`."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    for spec in specs:
+        by_name = seen.setdefault(spec.kind, {})
+        for name, value in range_values(spec).items():
+            by_name.setdefault(name, []).append(value)
+    return {kind: {name: (min(values), max(values)) for name, values in by_name.items()}
+            for kind, by_name in sorted(seen.items())}
 
 
 def training_pairs(records: pd.DataFrame, statistic: str = "median_ms"

@@ -2,66 +2,20 @@
 
 Given the latency of every architecture of a space on some reference devices (a wide CSV:
 `index, arch, <device>...`) and K architectures measured on a new device, predict the rest.
-
-Why this method: latency is additive in milliseconds (a network's time is the sum of its
-layers'), so a new device whose per-layer costs are a non-negative mix of the reference
-devices' costs has latencies that are the same non-negative mix of the reference latencies.
-A non-negative least-squares fit of that mix on relative error needs no tuning and cannot
-over-fit wildly on K = 10 samples (most weights end at exactly 0, i.e. it picks the most
-similar reference devices). Ten noisy samples still cannot pin down a mix of twelve devices,
-so the mix is fitted as an average: every mix of one or two reference devices (each well
-determined by ten samples) and the full mix, weighted by 1 / (leave-one-out RMSPE)^4 - the
-evidence of the samples themselves decides, and with more samples the full mix takes over.
-
-The reference columns are first *denoised* (basis `ref`): each reference device's latencies are
-replaced by an additive per-layer cost table fitted to all of its architectures (ridge on a
-per-position one-hot of the layer choices; NAS-Bench-201 adds op counts and counts of live
-ops). The references are measured, so they carry their own noise - integer-millisecond phones,
-and CPUs whose figures fall in two clock regimes about 15% apart that cluster by the table's
-row index (likely the measurement order), not by the architecture - and a mix of raw columns
-passes that noise on to every prediction. The fitted tables keep what is a property of the
-architecture and drop the rest. (Basis `rawref` keeps the measured columns, as before.) Devices
-unlike every reference (a runtime that prunes dead cells of NAS-Bench-201, which the others
-compute) are better described by the architecture itself, so on NAS-Bench-201 a second basis of
-arch features (op counts, counts of live ops) is fitted the same way, and the two predictions
-are combined with the convex weights that best predict each sample from the others
-(stacking the two bases' leave-one-out predictions) - the only choice made, and made from the
-samples alone. (On FBNet op counts ignore which stage a block sits in and only add noise, so
-FBNet uses the reference basis alone.)
-
-Measured on the shared data, K = 10, leave-one-device-out, 10 random draws (BENCHMARKS.md,
-section fewshot): denoising raised FBNet's mean Spearman from 0.886 to 0.914 and within-10% from
-88.3% to 89.9%; NAS-Bench-201 from 0.961 / 78.9% to 0.965 / 79.8%. Averaging the small mixes and
-stacking the bases then took NAS-Bench-201 from 0.962 / 79.2% to 0.964 / 80.4% over the same 50
-draws (K = 5: 64.4% -> 69.3%, K = 50: 83.2% -> 84.8%; the Xeons and phones gain 2-5 points,
-pixel3, which prunes dead cells and is unlike every reference, loses 5), FBNet from 0.917 /
-90.7% to 0.918 / 90.9% (within draw noise). Also tried for NAS-Bench-201, no gain: bagging the
-NNLS fit, re-scaling by the samples' median ratio, a log-space Gaussian process with the
-references' covariance, PCA-truncated or clustered reference bases. Tried earlier and not kept
-(no gain beyond draw-to-draw noise, or a loss): per-stage or per-stage-group corrections of the
-mixed table (FBNet), ridge instead of NNLS, single-reference candidates, "pruned" reference
-tables for NAS-Bench-201, L1 / Huber fits, re-scaling the prediction to put most samples within
-10%, and rounding predictions to integers when all samples are integers (the predictions are not
-within 0.5 ms, so scipy's tie-averaged Spearman does not gain).
-
-What the data allows: this model family fitted to ALL architectures of the held-out device
-(`fit_all`) reaches 0.933 mean Spearman on FBNet - the integer-ms phones reach only 0.73-0.89
-and 1080ti_1 0.949 (its near-duplicate titanx_1 rank-correlates with it at 0.946) - so 0.96 on
-FBNet is beyond the data. On NAS-Bench-201 it reaches 86.5% within-10%; with K = 10 the Xeons
-lose most (about 60% instead of 71-73%): their clock regimes make the level that 10 samples give
-vary by several percent. Those regimes, and most of the phones' noise, are drift along the
-table's row order: an additive table's error, averaged over 100 consecutive rows, spreads by
-5-8% on the phones and on gold_6240 / silver_4114 (i.i.d. noise would give about 1%). Dividing
-that drift out (with the truth: a bound, not a method) lifts an additive table of all FBNet
-architectures from 0.940 to 0.959 mean Spearman - still short of 0.96 - and NAS-Bench-201's
-within-10% from 85.6% to 91.5% (gold_6240 70.7% -> 97.5%). No model of the architecture can
-follow measurement drift (benchmarks/fewshot.py, `order_drift`).
+Latency is additive in milliseconds, so a device whose per-layer costs are a non-negative mix of
+the reference devices' has latencies that are the same mix of the reference latencies. The model
+fits that mix by non-negative least squares on relative error - averaged over every mix of one
+or two references and the full mix, weighted by leave-one-out error, since ten samples cannot
+pin down a mix of twelve - over reference columns first denoised into additive per-layer cost
+tables (the references are measurements too). On NAS-Bench-201 a second basis of architecture
+features (op counts, live-op counts) carries devices unlike every reference, the two stacked
+on their leave-one-out predictions. docs/predictors.md ("Few-shot transfer") has the reasons
+and the measurements behind each choice, and what was tried and not kept.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latbench.errors import ConfigError, DatasetError, PredictorError
+from latbench.bench.spaces.nasbench201 import EDGES, OPS, NasBench201, live_edges
+from latbench.errors import ConfigError, DatasetError, PredictorError, SearchError
 
 SPACES = ("nasbench201", "fbnet")
 # Bases: `ref` the reference devices' latencies as additive per-layer cost tables (denoised),
@@ -80,34 +35,28 @@ CANDIDATES = ("ref", "ref+arch", "arch", "rawref", "rawref+arch")
 DEFAULT_CANDIDATES = {"nasbench201": ("ref", "arch"), "fbnet": ("ref",)}
 
 # --- architecture features -------------------------------------------------------------------
-NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in string order
-_NB201_TOKEN = re.compile(r"([a-z_0-9]+)~(\d)")
 FBNET_CHOICES = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
                  "skip")
 FBNET_LAYERS = 22
 
 
+def nb201_ops(arch: str) -> tuple[str, ...]:
+    """The op on each edge of a NAS-Bench-201 cell string (bench.spaces.nasbench201 order)."""
+    try:
+        return tuple(OPS[choice] for choice in NasBench201().decode(arch).choices)
+    except SearchError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def nb201_features(arch: str) -> list[float]:
     """Counts of each non-none op, counts of the *live* ones (on a path from the cell input to
     its output), and whether the output is connected at all."""
-    tokens = _NB201_TOKEN.findall(arch)
-    if len(tokens) != len(NB201_EDGES) or any(op not in NB201_OPS for op, _ in tokens):
-        raise ConfigError(f"not a NAS-Bench-201 cell string: {arch!r}")
-    ops = {edge: op for edge, (op, _) in zip(NB201_EDGES, tokens, strict=True)}
-    reach = {0}
-    for node in (1, 2, 3):
-        if any(ops[(node, src)] != "none" and src in reach for src in range(node)):
-            reach.add(node)
-    feeds = {3}
-    for node in (2, 1, 0):
-        if any(ops[(dst, node)] != "none" and dst in feeds for dst in range(node + 1, 4)):
-            feeds.add(node)
-    counted = NB201_OPS[1:]
-    every = [sum(op == name for op in ops.values()) for name in counted]
-    live = [sum(1 for (dst, src), op in ops.items() if op == name and src in reach
-                and dst in feeds) for name in counted]
-    return [*map(float, every), *map(float, live), float(3 in reach)]
+    ops = nb201_ops(arch)
+    live = live_edges(ops)
+    counted = OPS[1:]
+    every = [sum(op == name for op in ops) for name in counted]
+    live_counts = [sum(ops[e] == name for e in live) for name in counted]
+    return [*map(float, every), *map(float, live_counts), float(bool(live))]
 
 
 def fbnet_features(arch: str) -> list[float]:
@@ -127,9 +76,9 @@ def nb201_onehot(arch: str) -> list[float]:
     """One-hot of the op on each of the six edges (6 x 5), plus `nb201_features`: the terms of
     an additive per-edge cost table, with live-op counts for runtimes that skip dead ops."""
     counts = nb201_features(arch)  # validates the string
-    onehot = [0.0] * (len(NB201_EDGES) * len(NB201_OPS))
-    for edge, (op, _) in enumerate(_NB201_TOKEN.findall(arch)):
-        onehot[edge * len(NB201_OPS) + NB201_OPS.index(op)] = 1.0
+    onehot = [0.0] * (len(EDGES) * len(OPS))
+    for edge, op in enumerate(nb201_ops(arch)):
+        onehot[edge * len(OPS) + OPS.index(op)] = 1.0
     return [*onehot, *counts]
 
 
@@ -265,6 +214,13 @@ def _rmspe(predicted: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(predicted / target - 1))))
 
 
+def median_relative_error(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Median of |predicted / target - 1|: what a typical sample is off by. Unlike RMSPE it
+    does not explode when one sample is tiny (a 0.001 ms sample predicted at 0.6 ms would make
+    the RMSPE of ten samples 19,000%)."""
+    return float(np.median(np.abs(predicted / target - 1)))
+
+
 @dataclass(frozen=True)
 class BasisFit:
     """One basis fitted to the samples: coefficients over its design's columns, and each
@@ -339,7 +295,8 @@ class FewShotPredictor:
     weights that best predict the samples left out one at a time (`stacking_weights`), with
     `combine="select"` the basis of least leave-one-out error is used. `weights_by_candidate_`
     and `cv_rmspe_` say what the samples decided; `candidate_` is the basis with the most
-    weight.
+    weight; `loo_error_` the median relative error of the samples' leave-one-out predictions
+    (`median_relative_error`), a rough estimate of the error on the rest.
     """
 
     def __init__(self, space: str, reference: ReferenceTable,
@@ -398,7 +355,8 @@ class FewShotPredictor:
         self.weights_by_candidate_ = share
         self.candidate_ = max(share, key=lambda c: share[c])
         self.coef_ = {c: fits[c].coef for c in self.candidates if share[c] > 0}
-        self.loo_rmspe_ = _rmspe(sum(share[c] * fits[c].loo for c in self.candidates), target)
+        self.loo_error_ = median_relative_error(
+            sum(share[c] * fits[c].loo for c in self.candidates), target)
         self.n_samples_ = len(rows)
         return self
 
@@ -521,7 +479,7 @@ def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Pa
     sample_frame = _read_columns(samples, ("arch", "latency_ms"))
     query_frame = _read_columns(query, ("arch",))
     model = FewShotPredictor(space, table).fit(sample_frame["arch"].astype(str).tolist(),
-                                               sample_frame["latency_ms"].astype(float))
+                                               _latencies(sample_frame, samples))
     predicted = model.predict(query_frame["arch"].astype(str).tolist())
     result = pd.DataFrame({"arch": query_frame["arch"].astype(str), "predicted_ms": predicted})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -529,9 +487,25 @@ def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Pa
     return result, model
 
 
+def _latencies(frame: pd.DataFrame, path: Path, column: str = "latency_ms") -> np.ndarray:
+    """The `column` of a samples CSV as positive finite ms; anything else is an error naming
+    the file, its line and the value."""
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = raw.iloc[row]
+        shown = "an empty cell" if not str(value).strip() else repr(value)
+        why = "not a latency in ms" if not np.isfinite(values[row]) else "not positive"
+        raise DatasetError(f"{path}, line {row + 2}: {column} is {shown}, {why}"
+                           + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""))
+    return values
+
+
 def _read_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
     missing = [c for c in columns if c not in frame.columns]

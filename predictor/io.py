@@ -1,36 +1,50 @@
-"""Save and load predictors as plain files: a JSON manifest plus one model file per kernel kind.
+"""A predictor folder on disk: a JSON manifest plus one model file per kernel kind.
 
 No pickle: xgboost JSON (or numpy arrays for other members) reloads across library versions, and
-the manifest says what the predictor was trained for (device, runtime, settings, feature version)
-so a mismatch is caught at load time instead of silently mispredicting.
+the manifest says what the predictor was trained for (device, runtime, settings, feature
+version) so a mismatch is caught at load time instead of silently mispredicting. A folder is
+untrusted input: the manifest's schema is checked field by field, model files must lie inside
+the folder, and an unreadable model file is an error naming it. `LatencyPredictor.save` and
+`LatencyPredictor.load` (latency_predictor.py) are the users of this module.
+
+Format versions: 1 (until the network-level predictor object) and 2 (adds the training ranges
+and the fit summary); both load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from latbench.bench.ops import OP_KINDS
 from latbench.errors import PredictorError
 from latbench.predictor.features import (
     FEATURE_NAMES,
-    FEATURE_VERSION,
     FEATURE_WIDTH,
     SUPPORTED_FEATURE_VERSIONS,
 )
-from latbench.predictor.models import KernelPredictor, get_predictor_class, predictor_names
+from latbench.predictor.models import (
+    KernelPredictor,
+    check_params,
+    get_predictor_class,
+    predictor_names,
+)
 
 MANIFEST = "manifest.json"
 FORMAT = "latbench-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     out = {}
     for dist in ("latbench", "xgboost-cpu", "xgboost", "scikit-learn", "numpy"):
         try:
@@ -40,40 +54,37 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def save_predictor(predictor: KernelPredictor, path: Path, info: dict[str, Any] | None = None
-                   ) -> Path:
-    """Write the predictor to directory `path`, replacing it atomically if it exists."""
-    if not hasattr(predictor, "models_"):
+def write_predictor(path: Path, kernels: KernelPredictor, manifest: dict[str, Any]) -> Path:
+    """Write the fitted `kernels` and `manifest` (plus the format fields and the `kinds` table
+    this writes) to directory `path`, replacing it atomically if it is a predictor."""
+    if not hasattr(kernels, "models_"):
         raise PredictorError("cannot save a predictor that is not fitted")
     path = Path(path)
     if path.exists() and not (path / MANIFEST).is_file():
         raise PredictorError(f"{path} exists and is not a latbench predictor; refusing to "
                              "overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    version = getattr(predictor, "feature_version_", FEATURE_VERSION)
+    version = kernels.feature_version_
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (staging / "kernels").mkdir()
         kinds = {}
-        for kind, model in sorted(predictor.models_.items()):
-            name = predictor.save_kind(model, staging / "kernels" / kind)
-            kinds[kind] = {"file": f"kernels/{name}", "n_train": predictor.n_train_[kind]}
-        manifest = {
+        for kind, model in sorted(kernels.models_.items()):
+            name = kernels.save_kind(model, staging / "kernels" / kind)
+            kinds[kind] = {"file": f"kernels/{name}", "n_train": kernels.n_train_[kind]}
+        full = {
+            **manifest,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "predictor": predictor.registry_name,
-            "params": predictor.get_params(),
+            "predictor": kernels.registry_name,
+            "params": kernels.get_params(),
             "feature_version": version,
             "feature_names": list(FEATURE_NAMES[:FEATURE_WIDTH[version]]),
-            "call_overhead_ms": predictor.call_overhead_ms_,
-            "kind_scale": dict(getattr(predictor, "kind_scale_", {}) or {}),
-            "composition_terms": dict(getattr(predictor, "composition_terms_", {}) or {}),
             "kinds": kinds,
-            "library_versions": _versions(),
+            "library_versions": library_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **(info or {}),
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
         _swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -92,51 +103,149 @@ def _swap_in(staging: Path, path: Path) -> None:
         os.replace(staging, path)
 
 
+# --- reading ------------------------------------------------------------------------------------
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the predictor folder `path`, its schema checked (errors name the field)."""
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
         raise PredictorError(f"no predictor at {path} (missing {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"cannot read {manifest_path}: {exc}") from exc
     except ValueError as exc:
         raise PredictorError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PredictorError(f"{manifest_path} is not a latbench predictor manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PredictorError(f"{path}: predictor format {manifest.get('format_version')} is not "
-                             f"supported (this latbench reads {FORMAT_VERSION})")
-    return manifest
-
-
-def load_predictor(path: Path) -> tuple[KernelPredictor, dict[str, Any]]:
-    """The predictor stored at `path` and its manifest."""
-    path = Path(path)
-    manifest = read_manifest(path)
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        raise PredictorError(f"{path}: predictor format {manifest.get('format_version')!r} is "
+                             f"not supported (this latbench reads "
+                             f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))})")
+    _check_schema(manifest, manifest_path)
     version = manifest["feature_version"]
     if version not in SUPPORTED_FEATURE_VERSIONS:
         raise PredictorError(f"{path} was trained on features v{version}, this latbench reads "
                              f"v{', v'.join(map(str, SUPPORTED_FEATURE_VERSIONS))}; refit it")
+    return manifest
+
+
+def read_kernels(path: Path, manifest: dict[str, Any]) -> KernelPredictor:
+    """The fitted kernel predictor stored in folder `path` (manifest from `read_manifest`)."""
+    path = Path(path)
     name = manifest["predictor"]
     if name not in predictor_names():
         raise PredictorError(f"{path}: unknown predictor type {name!r}; known: "
                              f"{', '.join(predictor_names())}")
-    predictor = get_predictor_class(name)(**manifest["params"])
-    predictor.models_ = {}
-    predictor.n_train_ = {}
+    try:
+        params = check_params(name, manifest["params"])
+    except PredictorError as exc:
+        raise PredictorError(f"{path / MANIFEST}: field 'params': {exc}") from exc
+    kernels = get_predictor_class(name)(**params)
+    models, n_train = {}, {}
     for kind, entry in manifest["kinds"].items():
-        file = path / entry["file"]
+        file = inside(path, entry["file"], f"kinds.{kind}.file")
         if not file.is_file():
-            raise PredictorError(f"{path}: model file for kernel kind {kind!r} is missing ({file})")
-        predictor.models_[kind] = predictor.load_kind(file)
-        predictor.n_train_[kind] = int(entry["n_train"])
-    predictor.call_overhead_ms_ = float(manifest["call_overhead_ms"])
-    predictor.kind_scale_ = {k: float(v) for k, v in manifest.get("kind_scale", {}).items()}
-    predictor.composition_terms_ = {k: float(v) for k, v in
-                                    (manifest.get("composition_terms") or {}).items()}
-    predictor.feature_version_ = version
-    fusion = manifest.get("fusion")
-    if isinstance(fusion, dict) and "attach" in fusion:
-        from latbench.bench.fusion import attach_from_json
+            raise PredictorError(f"{path}: model file for kernel kind {kind!r} is missing "
+                                 f"({file})")
+        models[kind] = kernels.load_kind(file)
+        n_train[kind] = entry["n_train"]
+    kernels.models_, kernels.n_train_ = models, n_train
+    kernels.feature_version_ = manifest["feature_version"]
+    return kernels
 
-        predictor.attach_ = attach_from_json(fusion["attach"])
-    return predictor, manifest
+
+def inside(root: Path, entry: str, field: str) -> Path:
+    """`root / entry`, refusing an absolute path, `..` or anything resolving outside `root` (a
+    manifest must not make another folder's files load as this predictor's)."""
+    parts = PurePosixPath(entry).parts
+    if (PurePosixPath(entry).is_absolute() or PureWindowsPath(entry).is_absolute()
+            or PureWindowsPath(entry).drive or ".." in parts or "\\" in entry or not parts):
+        raise PredictorError(f"{root / MANIFEST}: field {field!r} ({entry!r}) must be a "
+                             "relative path inside the predictor folder")
+    file = (root / entry).resolve()
+    if not file.is_relative_to(root.resolve()):
+        raise PredictorError(f"{root / MANIFEST}: field {field!r} ({entry!r}) points outside "
+                             "the predictor folder")
+    return file
+
+
+# --- the schema ---------------------------------------------------------------------------------
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+
+
+def _ranges(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(fields, dict) and all(
+            isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r)
+            for r in fields.values())
+        for fields in value.values())
+
+
+def _attach_list(value: Any) -> bool:
+    return isinstance(value, dict) and (
+        "attach" not in value or isinstance(value["attach"], list) and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in value["attach"]))
+
+
+# field -> (required, check, what it must be)
+_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "predictor": (True, lambda v: isinstance(v, str), "a string"),
+    "params": (True, lambda v: isinstance(v, dict), "an object"),
+    "feature_version": (True, _is_count, "an integer"),
+    "call_overhead_ms": (True, lambda v: _is_number(v) and v >= 0,
+                         "a finite, non-negative number"),
+    "kinds": (True, lambda v: isinstance(v, dict) and bool(v),
+              "a non-empty object mapping kernel kind to its model file"),
+    "kind_scale": (False, _number_map, "an object of kernel kind: number"),
+    "composition_terms": (False, _number_map, "an object of term: number"),
+    "composition": (False, lambda v: v is None or isinstance(v, dict), "an object"),
+    "fusion": (False, _attach_list, "an object whose 'attach' lists [producer, follower] pairs"),
+    "run_settings": (False, lambda v: isinstance(v, dict), "an object"),
+    "dataset": (False, lambda v: v is None or isinstance(v, dict), "an object"),
+    "training_ranges": (False, _ranges, "an object of kind: {feature: [low, high]}"),
+    "fit_summary": (False, lambda v: isinstance(v, dict), "an object"),
+    "feature_names": (False, lambda v: isinstance(v, list), "a list"),
+    **{name: (False, lambda v: v is None or isinstance(v, str), "a string")
+       for name in ("device", "runtime", "runtime_version", "settings", "statistic")},
+}
+
+
+def _check_schema(manifest: dict[str, Any], where: Path) -> None:
+    for name, (required, check, what) in _FIELDS.items():
+        if name not in manifest:
+            if required:
+                raise PredictorError(f"{where}: field {name!r} is missing")
+            continue
+        if not check(manifest[name]):
+            raise PredictorError(f"{where}: field {name!r} must be {what}, got "
+                                 f"{_kind_of(manifest[name])}")
+    for kind, entry in manifest["kinds"].items():
+        if kind not in OP_KINDS:
+            raise PredictorError(f"{where}: field 'kinds' names unknown kernel kind {kind!r}")
+        if not isinstance(entry, dict):
+            raise PredictorError(f"{where}: field 'kinds.{kind}' must be an object with 'file' "
+                                 f"and 'n_train', got {_kind_of(entry)}")
+        if not isinstance(entry.get("file"), str):
+            raise PredictorError(f"{where}: field 'kinds.{kind}.file' must be a string, got "
+                                 f"{_kind_of(entry.get('file'))}")
+        if not _is_count(entry.get("n_train")):
+            raise PredictorError(f"{where}: field 'kinds.{kind}.n_train' must be a "
+                                 f"non-negative integer, got {entry.get('n_train')!r}")

@@ -2,10 +2,11 @@
 
 Many published spaces ship per-layer latency tables instead of a model: ProxylessNAS (mobile,
 expansion *ratio* in the key, `var`) and Once-for-All (absolute *middle channels* in the key,
-`se`/`hs` flags, `std`). Importing one gives a `LookupTablePredictor` over latbench kernels, so
-a table measured elsewhere plugs into the same network sums, searches and comparisons as a fitted
-predictor. Exporting goes the other way: any predictor priced over a layout of table keys (a
-search space's layers, see `space_layout` below, or the keys of an existing table).
+`se`/`hs` flags, `std`). Importing one gives a `LatencyPredictor` with a `LookupTablePredictor`
+over latbench kernels inside, so a table measured elsewhere plugs into the same network sums,
+searches and comparisons as a fitted predictor. Exporting goes the other way: any predictor
+priced over a layout of table keys (a search space's layers, see `space_layout` below, or the
+keys of an existing table).
 
 Key formats (HxWxC, output after the layer's stride):
 - `Conv-input:...-output:...` the stem 3x3 conv; `Conv_1` the 1x1 head conv; `Conv_2` (OFA) the
@@ -24,7 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
 from latbench.predictor.models import KernelPredictor, register_predictor
+
+if TYPE_CHECKING:
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
 FORMATS = ("proxyless", "ofa")
 SPREAD_FIELD = {"proxyless": "var", "ofa": "std"}
@@ -83,21 +87,19 @@ class LookupTablePredictor(KernelPredictor):
         return {str(k): float(v) for k, v in table.items()}
 
     @classmethod
-    def from_entries(cls, entries: dict[str, float], call_overhead_ms: float = 0.0
-                     ) -> LookupTablePredictor:
+    def from_entries(cls, entries: dict[str, float]) -> LookupTablePredictor:
         """A table from spec key -> ms as given (0 ms allowed: merged kernels)."""
         from latbench.predictor.features import FEATURE_VERSION
 
-        table = cls()
-        table.models_ = {}
-        table.n_train_ = {}
+        models: dict[str, dict[str, float]] = {}
         for key, ms in entries.items():
             spec = OpSpec.from_key(key)
             if not math.isfinite(ms) or ms < 0:
                 raise PredictorError(f"lookup entry {key} has latency {ms!r}")
-            table.models_.setdefault(spec.kind, {})[key] = float(ms)
-        table.n_train_ = {kind: len(t) for kind, t in table.models_.items()}
-        table.call_overhead_ms_ = float(call_overhead_ms)
+            models.setdefault(spec.kind, {})[key] = float(ms)
+        table = cls()
+        table.models_ = models
+        table.n_train_ = {kind: len(t) for kind, t in models.items()}
         table.feature_version_ = FEATURE_VERSION
         return table
 
@@ -255,9 +257,21 @@ def read_table(path: str | Path, fmt: str | None = None) -> LayerTable:
     return LayerTable(fmt, entries, str(path), merged)
 
 
-def import_table(path: str | Path, fmt: str | None = None) -> LookupTablePredictor:
-    """A YAML layer table as an exact predictor."""
-    return read_table(path, fmt).predictor()
+def import_table(path: str | Path, fmt: str | None = None, device: str = "",
+                 runtime: str = "") -> LatencyPredictor:
+    """A YAML layer table as an exact network-level predictor (a lookup table inside, no
+    composition, no call overhead: the table's entries are what a network sums); the manifest
+    records the table's source, format, entries and merged kernels, and the `device` and
+    `runtime` it was measured on when given."""
+    from latbench.predictor.latency_predictor import LatencyPredictor
+
+    table = read_table(path, fmt)
+    specs = [spec for entry in table.entries for spec in entry.specs]
+    return LatencyPredictor.from_kernels(
+        table.predictor(), ranges_from=specs,
+        info={"device": device, "runtime": runtime,
+              "lut": {"source": str(Path(path).resolve()), "format": table.format,
+                      "entries": len(table.entries), "merged": table.merged}})
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -313,17 +327,15 @@ def layout_keys(specs: Sequence[OpSpec], fmt: str) -> list[tuple[str, tuple[OpSp
     return out
 
 
-def export_table(predictor: Any, layout: Sequence[tuple[str, Sequence[OpSpec]]], fmt: str
-                 ) -> dict[str, dict[str, float | int]]:
+def export_table(predictor: LatencyPredictor, layout: Sequence[tuple[str, Sequence[OpSpec]]],
+                 fmt: str) -> dict[str, dict[str, float | int]]:
     """Price every entry of `layout` with `predictor` (sum over an entry's kernels, with the
-    predictor's composition scales) as a table in `fmt`: {key: {count, mean, var|std}}."""
-    from latbench.predictor.model_level import composed_kernel_ms
-
+    predictor's composition) as a table in `fmt`: {key: {count, mean, var|std}}."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown lookup table format {fmt!r}; known: {', '.join(FORMATS)}")
     keys = [key for key, _ in layout]
     flat = [spec for _, specs in layout for spec in specs]
-    prices = composed_kernel_ms(predictor, flat)
+    prices = predictor.kernel_ms(flat)
     table: dict[str, dict[str, float | int]] = {}
     at = 0
     for key, specs in layout:
@@ -374,7 +386,7 @@ def space_layout(space: SearchSpace, fmt: str) -> list[tuple[str, tuple[OpSpec, 
     return list(entries.items())
 
 
-def export_space_table(predictor: Any, space: SearchSpace, fmt: str
+def export_space_table(predictor: LatencyPredictor, space: SearchSpace, fmt: str
                        ) -> dict[str, dict[str, float | int]]:
     """The predictor's estimate of every entry of the space's table, in `fmt`."""
     return export_table(predictor, space_layout(space, fmt), fmt)

@@ -8,14 +8,18 @@ kernel look faster than it is.
 The tree members (xgboost, rf) learn the residual over a log-linear baseline (log latency
 linear in log FLOPs, padded FLOPs and log sizes): trees are piecewise constant, so on their own
 they price a layer unlike any they saw (a 3-channel stem, an unusual width) like its nearest
-seen neighbour; over the baseline they only correct it. On kernels of held-out ResNet nets this
-took conv kernels within 10% from 65% to 91%.
+seen neighbour; over the baseline they only correct it (docs/predictors.md has the figures).
+
+The call overhead, the composition into networks and the manifest belong to the network-level
+`LatencyPredictor` (latency_predictor.py), which holds one of these.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +93,6 @@ class ResidualModel:
     residual: Any
 
     def base(self, features: np.ndarray) -> np.ndarray:
-        if self.baseline is None:
-            return np.zeros(len(features))
         return predict_log_linear(self.baseline, features, BASELINE_COLUMNS)
 
 
@@ -100,8 +102,7 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
     registry_name = ""
     learns_residual = False  # tree members: fit the residual over a log-linear baseline
 
-    def fit(self, X: Sequence[OpSpec], y: Sequence[float], call_overhead_ms: float = 0.0
-            ) -> KernelPredictor:
+    def fit(self, X: Sequence[OpSpec], y: Sequence[float]) -> KernelPredictor:
         specs = list(X)
         target = np.asarray(y, dtype=np.float64)
         if len(specs) != len(target):
@@ -110,13 +111,18 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
             raise PredictorError("cannot fit a predictor on zero kernels")
         if np.any(~np.isfinite(target)) or np.any(target <= 0):
             raise PredictorError("kernel latencies must be finite and positive")
-        self.models_: dict[str, Any] = {}
-        self.n_train_: dict[str, int] = {}
-        self.feature_version_ = FEATURE_VERSION
+        models: dict[str, Any] = {}
+        n_train: dict[str, int] = {}
         for kind, rows, kind_specs, features in _by_kind(specs):
-            self.models_[kind] = self._fit_specs(kind_specs, features, target[rows])
-            self.n_train_[kind] = len(kind_specs)
-        self.call_overhead_ms_ = float(call_overhead_ms)
+            try:
+                models[kind] = self._fit_specs(kind_specs, features, target[rows])
+            except ValueError as exc:  # sklearn's and xgboost's parameter errors among them
+                raise PredictorError(
+                    f"{self.registry_name or type(self).__name__} could not be fitted on the "
+                    f"{kind} kernels with parameters {self.get_params()}: "
+                    f"{first_line(exc)}") from exc
+            n_train[kind] = len(kind_specs)
+        self.models_, self.n_train_, self.feature_version_ = models, n_train, FEATURE_VERSION
         return self
 
     def predict(self, X: Sequence[OpSpec]) -> np.ndarray:
@@ -153,8 +159,10 @@ class KernelPredictor(RegressorMixin, BaseEstimator):
         return ResidualModel(baseline, self._fit_kind(features, log_ms - base))
 
     def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
-        if isinstance(model, ResidualModel):
+        if isinstance(model, ResidualModel) and model.baseline is not None:
             return np.exp(model.base(features) + self._predict_kind(model.residual, features))
+        if isinstance(model, ResidualModel):  # saved before baselines: exactly as it was then
+            return np.exp(self._predict_kind(model.residual, features))
         return np.exp(self._predict_kind(model, features))
 
     def save_kind(self, model: Any, path: Path) -> str:
@@ -238,8 +246,14 @@ class XGBoostKernelPredictor(KernelPredictor):
         return target.name
 
     def _load_kind(self, path: Path) -> Any:
+        import xgboost
+
         model = self._regressor()
-        model.load_model(path)
+        try:
+            model.load_model(path)
+        except (xgboost.core.XGBoostError, OSError, ValueError) as exc:
+            raise PredictorError(f"{path} is not a saved xgboost model: "
+                                 f"{first_line(exc)}") from exc
         return model
 
 
@@ -377,6 +391,67 @@ class LinearKernelPredictor(KernelPredictor):
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise PredictorError(f"{path} is not a saved linear model: {exc}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (xgboost appends native stack traces)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_PARAM_TYPES = (int, float, str, bool, type(None))  # what a JSON --params value can be
+
+
+def _accepted_types(cls: type[KernelPredictor], name: str, default: Any) -> tuple[type, ...] | None:
+    """The types `name` accepts: from the constructor's annotation, else from its default
+    (None when anything goes: no annotation and a None default)."""
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(name)
+    except (NameError, TypeError):
+        hint = None
+    if hint is not None:
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) or \
+            typing.get_origin(hint) is typing.Union else (hint,)
+        accepted = tuple(a for a in args if isinstance(a, type))
+        if accepted and all(a in _PARAM_TYPES for a in accepted):
+            return accepted
+    if default is None:
+        return None
+    return (type(default),)
+
+
+def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in accepted
+    if isinstance(value, int) and float in accepted:
+        return True
+    return isinstance(value, accepted)
+
+
+def check_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`params` for registered predictor `name`, checked against its constructor: every name
+    one of its get_params(), every value of the type its default (or annotation) says; bad
+    input raises PredictorError naming the parameter and the predictor."""
+    cls = get_predictor_class(name)
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise PredictorError(f"parameters of predictor {name!r} must be a JSON object of "
+                             f"name: value, got {type(params).__name__}")
+    defaults = cls().get_params()
+    out = {}
+    for key, value in params.items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise PredictorError(f"predictor {name!r} has no parameter {key!r}; its "
+                                 f"parameters: {known}")
+        accepted = _accepted_types(cls, key, defaults[key])
+        if accepted is not None and not _type_ok(value, accepted):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in accepted)
+            raise PredictorError(f"predictor {name!r} parameter {key!r} must be {wanted}, got "
+                                 f"{value!r}")
+        out[key] = value
+    return out
 
 
 # Members registered in modules of their own, imported on first lookup (they import this one).

@@ -1,32 +1,21 @@
-"""Fit a predictor from a latency dataset, keeping what it was trained for in its manifest."""
+"""What a predictor is fitted on: a dataset's records of one setup, its calibration networks, and
+the cross-validated error per kernel kind that `predictor fit` reports."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from latbench.bench.campaign import median_probe_ms
-from latbench.bench.fusion import (
-    FusionRules,
-    apply_attach,
-    attach_from_rules,
-    manifest_entry,
-    rules_from_card,
-)
+from latbench.bench.fusion import apply_attach
 from latbench.bench.ops import OpSpec
-from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
-from latbench.bench.store import LatencyDataset
-from latbench.errors import DatasetError, PredictorError, UnknownKernelError
-from latbench.predictor.features import training_pairs
-from latbench.predictor.io import save_predictor
-from latbench.predictor.model_level import COMPOSITION_TERMS, OPTIONAL_TERMS, fit_composition
-from latbench.predictor.models import KernelPredictor, get_predictor_class
+from latbench.errors import DatasetError, UnknownKernelError
 
-# The composition terms need networks of varied size to be told apart from the kind scales.
-MIN_NETWORKS_FOR_TERMS = 10
+CV_FOLDS = 5
+CV_SEED = 0
+MIN_CV_RECORDS_PER_FOLD = 2  # a kind with fewer than folds x this records is not cross-validated
 
 
 def select_records(records: pd.DataFrame, device: str | None = None,
@@ -69,71 +58,46 @@ def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.Da
     return out
 
 
-def fit_from_dataset(data_dir: Path, out: Path, predictor: str = "xgboost",
-                     statistic: str = DEFAULT_STATISTIC, device: str | None = None,
-                     runtime: str | None = None, params: dict[str, Any] | None = None,
-                     calibrate: bool = True, fusion: FusionRules | None = None,
-                     composition_terms: Sequence[str] = COMPOSITION_TERMS
-                     ) -> tuple[KernelPredictor, dict[str, Any]]:
-    """Fit kernel models on the op records, then (if the dataset holds measured networks and
-    `calibrate`) the per-kind composition scales on those networks - plus the
-    `composition_terms` (a per-kernel cost, the layout conversions a kernel timed alone pays,
-    its weights streamed in inside a network, ...; see model_level.COMPOSITION_TERMS) when
-    there are at least MIN_NETWORKS_FOR_TERMS of them - the OPTIONAL_TERMS only where they
-    lower the calibration networks' leave-one-out error.
-
-    Fusion rules (`fusion`, else the dataset card's "fusion" entry from `latbench bench
-    fusion`) decide how networks are split into kernels; they go into the manifest."""
-    if statistic not in RECORD_STATISTICS:
-        raise PredictorError(f"unknown statistic {statistic!r}; choose one of "
-                             f"{', '.join(RECORD_STATISTICS)}")
-    model_class = get_predictor_class(predictor)
-    dataset = LatencyDataset.open(data_dir)
-    records = dataset.records()
-    if records.empty:
-        raise DatasetError(f"dataset at {data_dir} has no records")
-    ops = select_records(records, device, runtime)
-    specs, kernel_ms, overhead = training_pairs(ops, statistic)
-    model = model_class(**(params or {})).fit(specs, kernel_ms, call_overhead_ms=overhead)
-    first = ops.iloc[0]
-    card = dataset.card
-    rules = fusion or rules_from_card(card)
-    attach = attach_from_rules(rules) if rules is not None else None
-    if attach is not None:
-        model.attach_ = attach
-    composition: dict[str, Any] = {"networks": 0}
-    networks = calibration_networks(records, card, ops, statistic, attach) if calibrate else []
-    networks = [n for n in networks if _can_price(model, n[1])]
-    if networks:
-        calibration = [(kernels, ms) for _, kernels, ms in networks]
-        terms = list(composition_terms) if len(networks) >= MIN_NETWORKS_FOR_TERMS else []
-        composition = fit_composition(model, calibration, terms=terms,
-                                      optional=OPTIONAL_TERMS)
-        composition["keys"] = [key for key, _, _ in networks]
-    info = {
-        "device": str(first["device"]),
-        "runtime": str(first["runtime"]),
-        "runtime_version": str(first["runtime_version"]),
-        "settings": str(first["settings"]),
-        "run_settings": card.get("run_settings", {}),
-        "statistic": statistic,
-        "dataset": {"path": str(Path(data_dir).resolve()), "n_records": int(len(ops)),
-                    "reference_probe_ms": median_probe_ms(ops),
-                    "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
-                    "created": card.get("created")},
-        "composition": composition,
-    }
-    if rules is not None:
-        info["fusion"] = manifest_entry(rules)
-    save_predictor(model, out, info)
-    return model, info
-
-
-def _can_price(model: KernelPredictor, kernels: list[OpSpec]) -> bool:
-    """False for a calibration network with a kernel the model cannot price (a lookup table
-    lacking one of its kernels): it is left out of the calibration rather than failing it."""
+def can_price(kernels: Any, specs: list[OpSpec]) -> bool:
+    """False for a network with a kernel the kernel predictor cannot price (a lookup table
+    lacking one of its kernels): such a network is left out of the calibration."""
     try:
-        model.predict(kernels)
+        kernels.predict(specs)
     except UnknownKernelError:
         return False
     return True
+
+
+def cross_validate(template: Any, specs: Sequence[OpSpec], ms: np.ndarray,
+                   folds: int = CV_FOLDS, seed: int = CV_SEED) -> dict[str, dict[str, Any]]:
+    """Per kernel kind, the kernel model's K-fold error on that kind's records (a clone of
+    `template` fitted per fold; KFold shuffled with `seed`): {"folds", "rmspe_pct",
+    "within10"}, or {"skipped": why} for a kind with too few records or kernels the model
+    cannot price when it did not see them (a lookup table)."""
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold
+
+    from latbench.predictor.evaluate import error_metrics
+
+    kinds = np.array([s.kind for s in specs])
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kinds.tolist())):
+        rows = np.flatnonzero(kinds == kind)
+        needed = folds * MIN_CV_RECORDS_PER_FOLD
+        if len(rows) < needed:
+            out[kind] = {"skipped": f"{len(rows)} records, {folds}-fold needs {needed}"}
+            continue
+        predicted = np.full(len(rows), np.nan)
+        for train, test in KFold(folds, shuffle=True, random_state=seed).split(rows):
+            model = clone(template).fit([specs[i] for i in rows[train]], ms[rows[train]])
+            try:
+                predicted[test] = model.predict([specs[i] for i in rows[test]])
+            except UnknownKernelError:
+                continue
+        done = np.isfinite(predicted)
+        if not done.all():
+            out[kind] = {"skipped": "the model cannot price kernels it was not fitted on"}
+            continue
+        m = error_metrics(predicted, ms[rows])
+        out[kind] = {"folds": folds, "rmspe_pct": m["rmspe_pct"], "within10": m["within10"]}
+    return out

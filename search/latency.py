@@ -2,24 +2,27 @@
 
 Because a layer-wise space's latency is a sum over its kernels, the table gives any
 architecture's predicted latency with one lookup per layer, which is what lets a search query
-millions of architectures, and lets a supernet take gradients of the expected latency:
-`ExpectedLatency` is a torch module computing E[lat] = fixed + sum_l softmax(alpha_l) . T_l.
+millions of architectures, and lets a supernet take gradients of the expected latency
+(`search.expected_latency.ExpectedLatency`, the torch side: E[lat] = fixed +
+sum_l softmax(alpha_l) . T_l). The loss forms and the masked softmax work on any tensor type
+and live here with the table.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import SearchError
-from latbench.predictor.model_level import composed_kernel_ms
+
+if TYPE_CHECKING:
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
 
 @dataclass(frozen=True)
@@ -31,17 +34,19 @@ class LatencyTable:
     runtime: str = ""
 
     @classmethod
-    def from_predictor(cls, space: SearchSpace, predictor: Any, device: str = "",
-                       runtime: str = "") -> LatencyTable:
-        """Predict every candidate once; the fixed part includes one call overhead."""
+    def from_predictor(cls, space: SearchSpace, predictor: LatencyPredictor,
+                       device: str | None = None, runtime: str | None = None) -> LatencyTable:
+        """Predict every candidate once; the fixed part includes one call overhead. The table
+        names the predictor's device and runtime unless `device` / `runtime` say otherwise."""
         prefix, suffix = space.fixed_ops()
-        fixed = float(np.sum(composed_kernel_ms(predictor, [*prefix, *suffix])))
-        fixed += float(getattr(predictor, "call_overhead_ms_", 0.0))
+        fixed = float(np.sum(predictor.kernel_ms([*prefix, *suffix])))
+        fixed += predictor.call_overhead_ms_
         rows = []
         for layer in range(space.n_layers):
-            rows.append(tuple(float(np.sum(composed_kernel_ms(predictor, candidate)))
+            rows.append(tuple(float(np.sum(predictor.kernel_ms(candidate)))
                               for candidate in space.candidates(layer)))
-        return cls(space.name, fixed, tuple(rows), device, runtime)
+        return cls(space.name, fixed, tuple(rows), predictor.device if device is None else device,
+                   predictor.runtime if runtime is None else runtime)
 
     @classmethod
     def from_flops(cls, space: SearchSpace, ms_per_gflop: float = 1.0,
@@ -140,50 +145,6 @@ def multiplicative_loss(ce: Any, latency_ms: Any, target_ms: float, beta: float,
     if hinge:
         ratio = ratio.clamp(min=1.0)
     return ce * ratio ** beta
-
-
-def __getattr__(name: str) -> Any:
-    # ExpectedLatency subclasses torch.nn.Module; defining it on first use keeps torch out of
-    # every import of this module (the CLI's exhaustive search needs no torch).
-    if name == "ExpectedLatency":
-        return _expected_latency_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _expected_latency_class() -> type:
-    import torch
-    import torch.nn as nn
-
-    class ExpectedLatency(nn.Module):
-        """E[lat] = fixed + sum_l softmax(alpha_l) . T_l in ms, differentiable in alpha.
-
-        `alpha` is (n_layers, max candidates); entries past a layer's candidate count are
-        masked out (layers may have different numbers of candidates).
-        """
-
-        def __init__(self, table: LatencyTable) -> None:
-            super().__init__()
-            ms, mask = padded_table(table)
-            self.space = table.space
-            self.register_buffer("fixed_ms", torch.tensor(float(table.fixed_ms),
-                                                          dtype=torch.float64))
-            self.register_buffer("layer_ms", torch.from_numpy(ms))
-            self.register_buffer("mask", torch.from_numpy(mask))
-
-        def forward(self, alpha: Any) -> Any:
-            if alpha.shape != self.layer_ms.shape:
-                raise SearchError(f"alpha of shape {tuple(alpha.shape)} given to a latency "
-                                  f"table of shape {tuple(self.layer_ms.shape)} "
-                                  f"({self.space})")
-            probs = masked_softmax(alpha, self.mask)
-            return self.fixed_ms.to(alpha.dtype) + (probs * self.layer_ms.to(alpha.dtype)).sum()
-
-        def per_layer(self, alpha: Any) -> Any:
-            """Expected ms of each layer (without the fixed part)."""
-            return (masked_softmax(alpha, self.mask) * self.layer_ms.to(alpha.dtype)).sum(-1)
-
-    return ExpectedLatency
 
 
 def repair_to_budget(choices: Sequence[int], table: LatencyTable, budget_ms: float,

@@ -12,7 +12,6 @@ best). `ProxyScorer` caches scores per architecture.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -331,17 +330,13 @@ class ProxyScorer:
         return out / len(self.components)
 
 
-@functools.cache
-def _spearman() -> Callable[..., Any]:
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation over the pairs where both are finite (NaN under 3 pairs)."""
     from scipy.stats import spearmanr
 
-    return spearmanr
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
         return float("nan")
-    return float(_spearman()(a[ok], b[ok]).statistic)
+    return float(spearmanr(a[ok], b[ok]).statistic)

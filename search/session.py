@@ -1,13 +1,13 @@
-"""One search as a user runs it: prepare, search under every budget, write each budget's folder
-and outcome, and measure the winners on the device - for the command line and for scripts.
+"""One search as a user runs it: prepare, search under every budget, measure the winners on the
+device when asked, and write each budget's folder (search.outputs) - for the command line and
+for scripts.
 
-Under torchrun (strategies that train a supernet with several processes) every rank searches;
-only rank 0 writes folders and measures. The distributed set-up and tear-down live here too.
+Under torchrun a strategy that declares `distributed` joins the process group; every rank
+searches, only rank 0 measures and writes folders. The set-up and tear-down live here too.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,8 +16,9 @@ from typing import Any
 
 from latbench.bench.campaign import CampaignConfig
 from latbench.errors import ConfigError
-from latbench.search.budget import BudgetOutcome, measure_winners
-from latbench.search.run import Prepared, SearchJob, prepare, run_job, write_outputs
+from latbench.search.budget import BudgetOutcome, check_budgets, measure_winners
+from latbench.search.outputs import write_outputs
+from latbench.search.run import Prepared, SearchJob, prepare, run_job
 from latbench.search.strategies import SearchResult
 
 
@@ -43,6 +44,12 @@ def default_out(predictor: str) -> Path:
     return Path(predictor) / "search" if predictor != "flops" else Path("runs") / "search"
 
 
+def unmeasured(results: Sequence[tuple[float, SearchResult]]) -> list[BudgetOutcome]:
+    """Outcomes of results whose winners were not measured."""
+    return [BudgetOutcome(b, r.budget_ms, r.arch, r.accuracy, r.predicted_ms, None, r.feasible,
+                          r.evaluated) for b, r in results]
+
+
 def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
                data_dir: Path | None = None, margin: float | None = None,
                out: Path | None = None, measure: bool = False, device: str | None = None,
@@ -52,27 +59,28 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     """Search `job` under each budget with the latency table of `predictor` (a predictor
     folder, or "flops").
 
-    Folders (history, Pareto plot, winner files, outcome.json) are written for every budget
-    when `out` is given or the strategy is not exhaustive. With `measure`, the winners are
-    measured on `device` (of `fleet`) with the predictor's runtime and settings. `progress`
-    makes a progress sink for a phase ("search", "winners")."""
+    A budget's folder `<out>/<strategy>-<budget>ms` (history, Pareto plot, winner files,
+    outcome.json) is written when `out` is given, or by default (`default_out`) when the
+    search has more to keep than its table row: a history of evaluations or a trained
+    network. With `measure`, the winners are measured on `device` (of `fleet`) with the
+    predictor's runtime and settings before the folders are written, so the plots show them.
+    `progress` makes a progress sink for a phase ("search", "winners")."""
+    budgets = check_budgets(budgets_ms)
     dist_info = None
-    if job.trains and job.strategy.startswith("proxyless"):
+    if job.strategy_class.distributed:
         from latbench.search.supernet import init_distributed
 
         dist_info = init_distributed()  # under torchrun: one process per rank
     lead = dist_info is None or dist_info.rank == 0
-    if job.strategy == "exhaustive" and data_dir is None:
-        raise ConfigError("no reference data: pass --data-dir or set LATBENCH_DATA")
-    prepared = prepare(job, predictor, data_dir, margin)
-    if measure and not prepared.measurable:
-        raise ConfigError("--measure needs a predictor directory (the flops table has no "
-                          "device or runtime to measure with)")
-    if lead and on_prepared is not None:
-        on_prepared(prepared)
     try:
+        prepared = prepare(job, predictor, data_dir, margin)
+        if measure and not prepared.measurable:
+            raise ConfigError("--measure needs a predictor directory (the flops table has no "
+                              "device or runtime to measure with)")
+        if lead and on_prepared is not None:
+            on_prepared(prepared)
         with (_sink(progress, "search") if lead else nullcontext()) as bars:
-            results = run_job(prepared, budgets_ms, bars, dist_info)
+            results = run_job(prepared, budgets, bars, dist_info)
     finally:
         if dist_info is not None:
             from latbench.search.supernet import close_distributed
@@ -80,35 +88,26 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
             close_distributed(dist_info)
     if not lead:
         return SearchSession(prepared, results, lead=False)
-    write_folders = out is not None or job.strategy != "exhaustive"
-    out = Path(out) if out is not None else default_out(predictor)
-    session = SearchSession(prepared, results)
-    if write_folders:
-        for budget, result in results:
-            folder = out / f"{job.strategy}-{budget:g}ms"
-            write_outputs(folder, prepared.space, prepared.space_options, prepared.table,
-                          result, budget, prepared.accuracy_table)
-            session.folders[budget] = folder
+    base = Path(out) if out is not None else default_out(predictor)
+    session = SearchSession(prepared, results, unmeasured(results))
     if measure:
         from latbench.bench.devices import resolve_device
-        from latbench.predictor.evaluate import settings_from_manifest
 
-        settings = settings_from_manifest(prepared.manifest)
+        settings = prepared.predictor.run_settings()
         target = resolve_device(device, fleet, threads=settings.threads)
         with _sink(progress, "winners") as bars:
-            session.outcomes = measure_winners(prepared.space, results, prepared.manifest,
-                                               target, out / "winners", config, bars)
-    else:
-        session.outcomes = [BudgetOutcome(b, r.budget_ms, r.arch, r.accuracy, r.predicted_ms,
-                                          None, r.feasible, r.evaluated) for b, r in results]
-    for (budget, _), outcome in zip(results, session.outcomes, strict=True):
-        if budget in session.folders:
-            (session.folders[budget] / "outcome.json").write_text(
-                json.dumps(outcome.to_json(), indent=1) + "\n")
+            session.outcomes = measure_winners(prepared.space, results, prepared.predictor,
+                                               target, base / "winners", config, bars)
+    for (budget, result), outcome in zip(results, session.outcomes, strict=True):
+        if out is None and not result.history and result.module is None:
+            continue
+        folder = base / f"{job.strategy}-{budget:g}ms"
+        write_outputs(folder, prepared.space, prepared.space_options, prepared.table, result,
+                      outcome, prepared.accuracy_table)
+        session.folders[budget] = folder
     return session
 
 
 def _sink(progress: Callable[[str], Any] | None, phase: str) -> Any:
     """A context manager yielding a ProgressSink for `phase` (or None)."""
     return progress(phase) if progress is not None else nullcontext()
-

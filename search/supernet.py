@@ -17,24 +17,31 @@ with a moving-average baseline.
 Under `torchrun` (WORLD_SIZE > 1) weights train with DistributedDataParallel (gloo on CPU, nccl
 on GPU); every rank samples the same paths (rank 0's are broadcast) and the alpha gradient is
 all-reduced, so ranks keep identical weights and architecture parameters.
+
+This module imports torch; the strategies import it only when they train.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import ConfigError, SearchError
+from latbench.search.data import loader
+from latbench.search.expected_latency import ExpectedLatency
 from latbench.search.latency import (
     LatencyTable,
     additive_loss,
@@ -52,7 +59,7 @@ LOSSES = ("additive", "multiplicative")
 
 @dataclass(frozen=True)
 class SupernetConfig:
-    """How a supernet trains. Defaults are sized for a 2-core CPU and the digits data."""
+    """How a supernet trains. Defaults are sized for CPU training on the digits data."""
 
     mode: str = "two_path"
     epochs: int = 4
@@ -137,104 +144,94 @@ class SupernetRun:
                 "seconds": self.seconds}
 
 
-# --- torch classes (defined on first use) ----------------------------------------------------
-@functools.cache
-def _classes() -> SimpleNamespace:
-    import torch
-    import torch.nn as nn
+# --- torch modules ------------------------------------------------------------------------
+class PathHolder:
+    """The path of the forward in progress, shared by a supernet's mixed operations."""
 
-    class PathHolder:
-        """The path of the forward in progress, shared by a supernet's mixed operations."""
-
-        def __init__(self) -> None:
-            self.path: Path | None = None
-
-    class MixedOp(nn.Module):
-        """One searchable layer: its candidates, run as the current path says."""
-
-        def __init__(self, layer: int, candidates: list[nn.Module], holder: PathHolder) -> None:
-            super().__init__()
-            self.layer = layer
-            self.candidates = nn.ModuleList(candidates)
-            self._holder = holder
-
-        def forward(self, x):
-            path = self._holder.path
-            if path is None:
-                raise SearchError("a supernet runs only with a path: supernet(x, path)")
-            layer = self.layer
-            if path.kind == "single":
-                return self.candidates[path.choices[layer]](x)
-            if path.kind == "full":
-                weights = path.weights[layer]
-                return sum(weights[k] * op(x) for k, op in enumerate(self.candidates))
-            if path.kind == "binary":
-                pair, a = path.pairs[layer], path.active[layer]
-                out = self.candidates[pair[a]](x)
-                if pair[0] == pair[1]:
-                    return out
-                with torch.no_grad():
-                    other = self.candidates[pair[1 - a]](x)
-                gates = path.gates[layer]
-                # value: the active output; d/d(gate_k) = <dL/dout, out_k> for both candidates
-                return (out + (gates[a] - gates[a].detach()) * out.detach()
-                        + (gates[1 - a] - gates[1 - a].detach()) * other)
-            raise SearchError(f"unknown path kind {path.kind!r}")
-
-    class Supernet(nn.Module):
-        """The space's network with a MixedOp per searchable layer; forward(x, path)."""
-
-        def __init__(self, space: SearchSpace) -> None:
-            super().__init__()
-            self.space_name = space.name
-            self._holder = PathHolder()
-            self.mixed: list[MixedOp] = []
-
-            def make(layer: int, candidates: list[nn.Module]) -> MixedOp:
-                op = MixedOp(layer, candidates, self._holder)
-                self.mixed.append(op)
-                return op
-
-            self.body = space.supernet_body(make)
-            self.n_layers = space.n_layers
-
-        def forward(self, x, path: Path):
-            self._holder.path = path
-            try:
-                return self.body(x)
-            finally:
-                self._holder.path = None
-
-    class ArchParameters(nn.Module):
-        """alpha: (n_layers, max candidates) logits, masked where a layer has fewer."""
-
-        def __init__(self, table: LatencyTable) -> None:
-            super().__init__()
-            _, mask = padded_table(table)
-            self.register_buffer("mask", torch.from_numpy(mask))
-            self.alpha = nn.Parameter(torch.zeros(mask.shape, dtype=torch.float64))
-
-        def probs(self):
-            return masked_softmax(self.alpha, self.mask)
-
-        def log_probs(self):
-            return self.alpha.masked_fill(~self.mask, float("-inf")).log_softmax(-1)
-
-        def argmax(self) -> tuple[int, ...]:
-            masked = self.alpha.detach().masked_fill(~self.mask, float("-inf"))
-            return tuple(int(i) for i in masked.argmax(-1))
-
-    return SimpleNamespace(MixedOp=MixedOp, Supernet=Supernet, ArchParameters=ArchParameters)
+    def __init__(self) -> None:
+        self.path: Path | None = None
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("MixedOp", "Supernet", "ArchParameters"):
-        return getattr(_classes(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class MixedOp(nn.Module):
+    """One searchable layer: its candidates, run as the current path says."""
+
+    def __init__(self, layer: int, candidates: list[nn.Module], holder: PathHolder) -> None:
+        super().__init__()
+        self.layer = layer
+        self.candidates = nn.ModuleList(candidates)
+        self._holder = holder
+
+    def forward(self, x):
+        path = self._holder.path
+        if path is None:
+            raise SearchError("a supernet runs only with a path: supernet(x, path)")
+        layer = self.layer
+        if path.kind == "single":
+            return self.candidates[path.choices[layer]](x)
+        if path.kind == "full":
+            weights = path.weights[layer]
+            return sum(weights[k] * op(x) for k, op in enumerate(self.candidates))
+        if path.kind == "binary":
+            pair, a = path.pairs[layer], path.active[layer]
+            out = self.candidates[pair[a]](x)
+            if pair[0] == pair[1]:
+                return out
+            with torch.no_grad():
+                other = self.candidates[pair[1 - a]](x)
+            gates = path.gates[layer]
+            # value: the active output; d/d(gate_k) = <dL/dout, out_k> for both candidates
+            return (out + (gates[a] - gates[a].detach()) * out.detach()
+                    + (gates[1 - a] - gates[1 - a].detach()) * other)
+        raise SearchError(f"unknown path kind {path.kind!r}")
 
 
-def build_supernet(space: SearchSpace) -> Any:
-    return _classes().Supernet(space)
+class Supernet(nn.Module):
+    """The space's network with a MixedOp per searchable layer; forward(x, path)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space_name = space.name
+        self._holder = PathHolder()
+        self.mixed: list[MixedOp] = []
+
+        def make(layer: int, candidates: list[nn.Module]) -> MixedOp:
+            op = MixedOp(layer, candidates, self._holder)
+            self.mixed.append(op)
+            return op
+
+        self.body = space.supernet_body(make)
+        self.n_layers = space.n_layers
+
+    def forward(self, x, path: Path):
+        self._holder.path = path
+        try:
+            return self.body(x)
+        finally:
+            self._holder.path = None
+
+
+class ArchParameters(nn.Module):
+    """alpha: (n_layers, max candidates) logits, masked where a layer has fewer."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        super().__init__()
+        _, mask = padded_table(table)
+        self.register_buffer("mask", torch.from_numpy(mask))
+        self.alpha = nn.Parameter(torch.zeros(mask.shape, dtype=torch.float64))
+
+    def probs(self):
+        return masked_softmax(self.alpha, self.mask)
+
+    def log_probs(self):
+        return self.alpha.masked_fill(~self.mask, float("-inf")).log_softmax(-1)
+
+    def argmax(self) -> tuple[int, ...]:
+        masked = self.alpha.detach().masked_fill(~self.mask, float("-inf"))
+        return tuple(int(i) for i in masked.argmax(-1))
+
+
+def build_supernet(space: SearchSpace) -> Supernet:
+    return Supernet(space)
 
 
 # --- distributed ---------------------------------------------------------------------------
@@ -251,8 +248,6 @@ def init_distributed(backend: str | None = None) -> Distributed | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    import torch
-    import torch.distributed as dist
 
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
@@ -264,7 +259,6 @@ def init_distributed(backend: str | None = None) -> Distributed | None:
 def close_distributed(dist_info: Distributed | None) -> None:
     if dist_info is None:
         return
-    import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -273,7 +267,6 @@ def close_distributed(dist_info: Distributed | None) -> None:
 def _all_average(tensor: Any, dist_info: Distributed | None) -> None:
     if dist_info is None:
         return
-    import torch.distributed as dist
 
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     tensor.div_(dist_info.world_size)
@@ -284,8 +277,6 @@ def _broadcast_choices(choices: np.ndarray, dist_info: Distributed | None,
     """Every rank takes rank 0's sample (ranks draw the same anyway; this guarantees it)."""
     if dist_info is None:
         return choices
-    import torch
-    import torch.distributed as dist
 
     tensor = torch.as_tensor(np.asarray(choices, dtype=np.int64), device=device)
     dist.broadcast(tensor, src=0)
@@ -298,7 +289,6 @@ def _broadcast_buffers(module: Any, dist_info: Distributed | None) -> None:
     identical by gradient averaging)."""
     if dist_info is None:
         return
-    import torch.distributed as dist
 
     for tensor in module.buffers():
         dist.broadcast(tensor.data, src=0)
@@ -309,8 +299,6 @@ def _broadcast_buffers(module: Any, dist_info: Distributed | None) -> None:
 def batch_stat_norm(module: Any) -> Iterator[None]:
     """Normalise with batch statistics without touching running statistics (scoring one path
     of a supernet, whose running statistics mix every path)."""
-    import torch.nn as nn
-
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.training, m.momentum) for m in norms]
     for m in norms:
@@ -352,8 +340,6 @@ def _sample(probs: np.ndarray, rng: np.random.Generator, k: int = 1) -> np.ndarr
 def accuracy(module: Any, loader: Any, device: Any, path: Path | None = None,
              max_batches: int | None = None) -> float:
     """Top-1 accuracy in % (a supernet scored on `path` normalises with batch statistics)."""
-    import torch
-
     correct = total = 0
     was_training = module.training
     module.eval()
@@ -379,9 +365,6 @@ def train_epochs(module: Any, loader: Any, epochs: int, lr: float, device: Any,
                  momentum: float = 0.9, weight_decay: float = 4e-5,
                  max_steps: int | None = None, progress: Any = None, lane: str = "") -> None:
     """Plain SGD training of a network with a cosine schedule (fine-tuning a derived one)."""
-    import torch
-    import torch.nn.functional as F
-
     if epochs <= 0:
         return
     optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum,
@@ -410,8 +393,6 @@ class SupernetSearch:
     def __init__(self, space: SearchSpace, table: LatencyTable, target_ms: float,
                  config: SupernetConfig | None = None,
                  dist_info: Distributed | None = None) -> None:
-        import torch
-
         if table.space != space.name:
             raise SearchError(f"latency table of space {table.space!r} given to a "
                               f"{space.name} supernet")
@@ -425,15 +406,12 @@ class SupernetSearch:
         self.device = torch.device(self.config.device)
         if self.dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        classes = _classes()
         # Same seed on every rank: initial weights (and path samples, below) agree. The global
         # generator is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            self.supernet = classes.Supernet(space).to(self.device)
-        self.arch = classes.ArchParameters(table).to(self.device)
-        from latbench.search.latency import ExpectedLatency
-
+            self.supernet = Supernet(space).to(self.device)
+        self.arch = ArchParameters(table).to(self.device)
         self.expected_latency = ExpectedLatency(table).to(self.device)
         self.rng = np.random.default_rng(self.config.seed)
         self.baseline: float | None = None
@@ -449,8 +427,6 @@ class SupernetSearch:
         self.arch_opt = torch.optim.Adam([self.arch.alpha], lr=c.arch_lr, betas=(0.0, 0.999))
         self.train_net: Any = self.supernet
         if self.dist is not None:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_net = DistributedDataParallel(self.supernet, device_ids=ids,
                                                      find_unused_parameters=True)
@@ -482,8 +458,6 @@ class SupernetSearch:
     def weight_step(self, x: Any, y: Any) -> tuple[float, tuple[int, ...] | None]:
         """One weight update: a sampled single path (two_path, reinforce) or all candidates
         weighted by softmax(alpha) (full)."""
-        import torch.nn.functional as F
-
         if self.config.mode == "full":
             path = Path.full(self.arch.probs().detach().to(torch_dtype(x)))
             choices = None
@@ -507,9 +481,6 @@ class SupernetSearch:
         return self._gradient_step(x, y, binary=(mode == "two_path"))
 
     def _gradient_step(self, x: Any, y: Any, binary: bool) -> float:
-        import torch
-        import torch.nn.functional as F
-
         alpha = self.arch.alpha
         self.arch_opt.zero_grad(set_to_none=True)
         if binary:
@@ -546,8 +517,6 @@ class SupernetSearch:
     def _binary_connect(self, path: Path) -> None:
         """dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i) over the two sampled candidates
         (p: softmax of their alphas), added to the latency term's gradient."""
-        import torch
-
         alpha = self.arch.alpha
         if alpha.grad is None:
             alpha.grad = torch.zeros_like(alpha)
@@ -564,8 +533,6 @@ class SupernetSearch:
     def _rescale(self, path: Path, old: Any) -> None:
         """Keep the two sampled candidates' total probability mass as before the update (the
         others' probabilities stay put), as ProxylessNAS does."""
-        import torch
-
         alpha = self.arch.alpha
         with torch.no_grad():
             for i, (a, b) in enumerate(path.pairs):
@@ -576,8 +543,6 @@ class SupernetSearch:
                 alpha[i, idx] += offset
 
     def _reinforce_step(self, x: Any, y: Any) -> float:
-        import torch
-
         c = self.config
         samples = _broadcast_choices(
             np.stack([_sample(self._probs(), self.rng)[:, 0] for _ in range(c.reinforce_samples)]),
@@ -609,8 +574,6 @@ class SupernetSearch:
     # --- loop --------------------------------------------------------------------------------
     def train(self, data: Any, progress: Any = None) -> list[dict[str, Any]]:
         """Warm-up epochs (weights only), then alternate weight and architecture updates."""
-        from latbench.search.data import loader
-
         c = self.config
         rank, world = (0, 1) if self.dist is None else (self.dist.rank, self.dist.world_size)
         train = loader(data.train, c.batch_size, True, c.seed, rank, world, drop_last=True)
@@ -624,7 +587,6 @@ class SupernetSearch:
             progress.start(lane, steps * c.epochs)
         val_epoch = 0
         val_iter = iter(self._epoch(val, val_epoch))
-        import torch
 
         total_steps = steps * c.epochs
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.weight_opt,
@@ -664,8 +626,6 @@ class SupernetSearch:
 
     def _record(self, epoch: int, val: Any, losses: list[float], arch_losses: list[float],
                 seconds: float) -> dict[str, Any]:
-        import torch
-
         choices = self.arch.argmax()
         probs = self._probs()
         with torch.no_grad():
@@ -698,10 +658,6 @@ class SupernetSearch:
     def finish(self, data: Any, budget_ms: float | None = None, progress: Any = None
                ) -> SupernetRun:
         """Derive the architecture, take its weights out of the supernet, fine-tune and test."""
-        import torch
-
-        from latbench.search.data import loader
-
         c = self.config
         arch, repaired = self.derive(budget_ms)
         module = self.space.extract(self.supernet.body, arch).to(self.device)
@@ -754,7 +710,7 @@ def search_supernet(space: SearchSpace, table: LatencyTable, data: Any, budget_m
     return run
 
 
-__all__ = ["MODES", "Distributed", "Path", "SupernetConfig", "SupernetRun", "SupernetSearch",
-           "accuracy", "batch_stat_norm", "build_supernet", "close_distributed",
-           "init_distributed",
-           "search_supernet", "train_epochs"]
+__all__ = ["MODES", "ArchParameters", "Distributed", "MixedOp", "Path", "Supernet",
+           "SupernetConfig", "SupernetRun", "SupernetSearch", "accuracy", "batch_stat_norm",
+           "build_supernet", "close_distributed", "init_distributed", "search_supernet",
+           "train_epochs"]

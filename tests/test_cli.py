@@ -20,7 +20,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.store import LatencyDataset
 from latbench.cli import main
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import save_predictor
+from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.models import XGBoostKernelPredictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +62,10 @@ def synthetic_predictor(tmp_path_factory) -> Path:
         specs += [OpSpec("conv", h=16, w=16, cin=c, cout=c, kernel=3),
                   OpSpec("dwconv", h=16, w=16, cin=c, kernel=3)]
     model = XGBoostKernelPredictor(n_estimators=10, n_jobs=1).fit(
-        specs, [0.01 + 1e-9 * kernel_cost(s).flops for s in specs], call_overhead_ms=0.02)
-    return save_predictor(model, tmp_path_factory.mktemp("cli") / "predictor",
-                          {"device": "local", "runtime": "onnxruntime"})
+        specs, [0.01 + 1e-9 * kernel_cost(s).flops for s in specs])
+    return LatencyPredictor.from_kernels(
+        model, call_overhead_ms=0.02, info={"device": "local", "runtime": "onnxruntime"},
+    ).save(tmp_path_factory.mktemp("cli") / "predictor")
 
 
 # --- help ---------------------------------------------------------------------------------------
@@ -107,6 +108,50 @@ def test_unknown_kind_in_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path
     plan.write_text("specs: ['warp:n=1,h=8,w=8,cin=8,dtype=float32']\n")
     code, _, err = run(capsys, "bench", "ops", "--plan", str(plan), "--out", str(out))
     assert_one_line_error(code, err, "unknown op kind 'warp'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_bench_ops_limit_must_be_positive(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                          limit: str) -> None:
+    out = tmp_path / "dataset"
+    code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", limit,
+                            "--out", str(out))
+    assert_one_line_error(code, err, "--limit must be a positive number of kernels",
+                          f"got {limit}")
+    assert stdout == "" and not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("alpha", ["0", "1.5", "nan", "-0.5", "inf"])
+def test_bench_fusion_alpha_must_be_in_0_1(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           alpha: str) -> None:
+    out = tmp_path / "fusion"
+    code, stdout, err = run(capsys, "bench", "fusion", "--alpha", alpha, "--out", str(out))
+    assert_one_line_error(code, err, "--alpha must be in (0, 1]", f"got {float(alpha)}")
+    assert stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_impossible_plan_entry_names_file_and_entry(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    plan = tmp_path / "phone.yaml"
+    plan.write_text("random:\n  - {kind: conv, count: 4, h: [8], cin: [16]}\n"
+                    "  - {kind: conv, count: 4, h: [4], cin: [16], kernel: [7], pad: [0]}\n")
+    out = tmp_path / "dataset"
+    for command in (["bench", "ops", "--plan", str(plan), "--out", str(out)],
+                    ["bench", "plan", str(plan)]):
+        code, stdout, err = run(capsys, *command)
+        assert_one_line_error(code, err, f"plan file {plan}: random entry 1 (conv): kernel 7 "
+                                         "is larger than every padded input")
+        assert stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phone.yaml"]
+
+
+def test_bad_lock_wait(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    code, _, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", "1",
+                       "--lock-wait", "-1", "--out", str(out))
+    assert_one_line_error(code, err, "must be >= 0 seconds", "got -1.0")
     assert not out.exists()
 
 
@@ -223,3 +268,35 @@ def test_measure_fit_predict(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     code, out, err = run(capsys, "predict", str(model), "--predictor", str(predictor))
     assert code == 0, err
     assert "predicted latency:" in out
+
+
+# --- --json -------------------------------------------------------------------------------------
+def test_bench_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "bench", "plan", "quick", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["plan"] == "quick" and report["keys"] is None
+    assert report["kernels"] == sum(report["by_kind"].values()) > 0
+    code, out, err = run(capsys, "bench", "plan", "quick", "--json", "--keys")
+    assert code == 0, err
+    keys = json.loads(out)["keys"]
+    assert len(keys) == len(set(keys)) == report["kernels"]
+    assert all(OpSpec.from_key(k).key() == k for k in keys)
+
+
+def test_bench_ops_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    plan = tmp_path / "tiny.yaml"
+    plan.write_text("name: tiny\nspecs:\n" + "".join(f"  - '{s.key()}'\n" for s in CHAIN[:2]))
+    data = tmp_path / "data"
+    measure = ["bench", "ops", "--plan", str(plan), "--out", str(data), "--runs", "3",
+               "--rounds", "1", "--warmup", "1", "--fixed-runs", "--calibration-runs", "0",
+               "--json"]
+    code, out, err = run(capsys, *measure)
+    assert code == 0, err
+    report = json.loads(out)  # stdout holds the JSON and nothing else (bars go to stderr)
+    assert (report["jobs"], report["already_stored"], report["measured"], report["failed"]) \
+        == (2, 0, 2, 0)
+    assert report["failures"] == [] and report["seconds"] > 0
+    code, out, err = run(capsys, *measure)
+    assert code == 0, err
+    assert (json.loads(out)["already_stored"], json.loads(out)["measured"]) == (2, 0)

@@ -1,8 +1,10 @@
 """Runners: model files -> timed samples on a device with one runtime.
 
-Importing this package registers the built-in runners in `RUNNERS`: onnxruntime and litert
-(through the Python agent), tflite-benchmark-model and onnxruntime-perf-test (native tools),
-onnxruntime-cuda and torch-cuda (GPU, through the agent; unavailable without a CUDA device).
+Importing this package registers the built-in runners in `RUNNERS` (and their needs in the
+device layer's runtime registry): onnxruntime and litert (through the Python agent),
+tflite-benchmark-model and onnxruntime-perf-test (native tools), onnxruntime-cuda and torch-cuda
+(GPU, through the agent; unavailable without a CUDA device). A new runtime is one class with
+`@register_runner(name)`; see base.py.
 """
 
 from __future__ import annotations
@@ -18,24 +20,21 @@ from latbench.bench.runners.base import (
     BatchResult,
     Measurement,
     ModelFile,
+    ProgressCallback,
     Runner,
     RunnerBase,
     RunSettings,
     get_runner,
     register_runner,
-)
-from latbench.bench.runners.gpu import (
-    GPU_RUNTIMES,
-    OnnxRuntimeCudaRunner,
-    TorchCudaRunner,
     require_runtime,
+    unregister_runner,
 )
+from latbench.bench.runners.gpu import OnnxRuntimeCudaRunner, TorchCudaRunner
 from latbench.bench.runners.litert import LiteRTRunner
 from latbench.bench.runners.native import BenchmarkModelRunner, NativeToolRunner, PerfTestRunner
 from latbench.bench.runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
-    "GPU_RUNTIMES",
     "OVERHEAD_ID",
     "OVERHEAD_SPEC",
     "PROBES",
@@ -52,6 +51,7 @@ __all__ = [
     "OnnxRuntimeCudaRunner",
     "OnnxRuntimeRunner",
     "PerfTestRunner",
+    "ProgressCallback",
     "RunSettings",
     "Runner",
     "RunnerBase",
@@ -59,4 +59,5 @@ __all__ = [
     "get_runner",
     "register_runner",
     "require_runtime",
+    "unregister_runner",
 ]

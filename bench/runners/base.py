@@ -3,6 +3,13 @@
 A runner turns model files into timed samples on a device with one runtime. Runtimes differ only
 in how a model is exported and which agent backend times it, so the host-side work (push a
 batch, run the agent, parse its JSON, clean up) lives once here in `AgentRunner`.
+
+A runner class describes its runtime (timm style): `needs` (what a device must offer: Python
+modules, CUDA, a native tool), `settings_fields` (the RunSettings fields that belong in its
+settings key) and `formats` (the model file suffixes it runs; the first is what `export`
+writes). `@register_runner(name)` is the one registration: it also enters the needs in the
+device layer's runtime registry, which fleet validation, `local_runtimes()` and the health
+checks read.
 """
 
 from __future__ import annotations
@@ -15,14 +22,23 @@ import statistics
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from latbench.bench.export.graph import LayerGraph, spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
-from latbench.device_agents import AGENT_SCRIPT, CommandResult, Device
+from latbench.device_agents import (
+    AGENT_SCRIPT,
+    RUNTIMES,
+    CommandResult,
+    Device,
+    LocalTransport,
+    RuntimeNeeds,
+    register_runtime,
+)
+from latbench.device_agents.agent.latbench_agent import cuda_unavailable, parse_progress
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 from latbench.registry import Registry
 
@@ -31,15 +47,6 @@ log = logging.getLogger(__name__)
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
 DELEGATES = ("xnnpack", "builtin", "gpu")  # "gpu": native tools only (benchmark_model)
 
-# Settings fields that matter per runtime beyond the common ones, with their short key names.
-RUNTIME_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnxruntime": (("graph_opt", "opt"),),
-    "litert": (("delegate", "delegate"),),
-    "onnxruntime-cuda": (("graph_opt", "opt"),),
-    "torch-cuda": (),
-    "tflite-benchmark-model": (("delegate", "delegate"),),
-    "onnxruntime-perf-test": (("graph_opt", "opt"),),
-}
 _COMMON_SETTINGS = ("threads", "warmup", "runs", "rounds")
 # With the stopping rule, "rounds" is decided by the rule, and the rule's parameters are keyed.
 _ADAPTIVE_SETTINGS = (("threads", "threads"), ("warmup", "warmup"), ("runs", "runs"),
@@ -141,16 +148,18 @@ class RunSettings:
         "threads=1,warmup=10,runs=20,rounds=5,opt=all"; it is stored with every record.
         With the stopping rule: "threads=1,warmup=10,runs=10,target_ci=0.02,confidence=0.95,
         min_runs=20,max_runs=1000,max_s=5,futility=4,opt=all" (futility=off without it). The
-        fixed protocol's key is unchanged, so datasets measured before the rule still resume."""
-        if runtime not in RUNTIME_SETTINGS:
+        fixed protocol's key is unchanged, so datasets measured before the rule still resume.
+        The runtime-specific fields are those its runner declares (`settings_fields`)."""
+        if runtime not in RUNNERS:
             raise ConfigError(f"no settings key defined for runtime {runtime!r}; known: "
-                              f"{', '.join(sorted(RUNTIME_SETTINGS))}")
+                              f"{RUNNERS.known()}")
         if self.adaptive:
             parts = [f"{short}={_key_value(getattr(self, name))}"
                      for name, short in _ADAPTIVE_SETTINGS]
         else:
             parts = [f"{name}={getattr(self, name)}" for name in _COMMON_SETTINGS]
-        parts += [f"{short}={getattr(self, name)}" for name, short in RUNTIME_SETTINGS[runtime]]
+        parts += [f"{short}={getattr(self, name)}"
+                  for name, short in RUNNERS[runtime].settings_fields]
         return ",".join(parts)
 
 
@@ -250,18 +259,28 @@ class BatchResult:
         raise KeyError(model_id)
 
 
+# Called by a runner with the number of models finished since its last call (fractional while
+# models are part-way through their rounds).
+ProgressCallback = Callable[[float], None]
+
+
 @runtime_checkable
 class Runner(Protocol):
     name: str
     suffix: str
+    formats: tuple[str, ...]
+    needs: RuntimeNeeds
+    settings_fields: tuple[tuple[str, str], ...]
 
     def export(self, graph: LayerGraph) -> bytes:
         """Model file bytes for this runtime."""
         ...
 
     def measure(self, device: Device, models: Sequence[ModelFile], settings: RunSettings,
-                timeout_s: float) -> BatchResult:
-        """Time `models` on `device`; per-model failures are in the result, not raised."""
+                timeout_s: float, progress: ProgressCallback | None = None) -> BatchResult:
+        """Time `models` on `device`; per-model failures are in the result, not raised.
+        `progress`, if given, is called as models finish, with increments that add up to
+        len(models) once the batch has returned; after an error what was reported stands."""
         ...
 
 
@@ -269,18 +288,52 @@ class Runner(Protocol):
 RUNNERS: Registry[type] = Registry("runner")
 
 T = TypeVar("T", bound=type)
+_SETTINGS_FIELDS = {f.name for f in fields(RunSettings)}
 
 
 def register_runner(name: str) -> Callable[[T], T]:
-    """Class decorator adding a runner under `name` (also set as its `name`); duplicates are
-    refused."""
+    """Class decorator adding a runner under `name` (also set as its `name`, and its `suffix`
+    set to its first format) and its needs to the device layer's runtime registry; a taken
+    name, or a class that does not describe itself, is refused."""
 
     def decorator(cls: T) -> T:
+        if name not in RUNNERS and name not in RUNTIMES:  # `add` refuses a taken name
+            _check_description(name, cls)
         RUNNERS.add(name, cls)
+        try:
+            register_runtime(name, cls.needs)  # type: ignore[attr-defined]
+        except ConfigError:
+            del RUNNERS[name]
+            raise
         cls.name = name  # type: ignore[attr-defined]
+        cls.suffix = cls.formats[0]  # type: ignore[attr-defined]
         return cls
 
     return decorator
+
+
+def _check_description(name: str, cls: type) -> None:
+    where = f"runner {name!r} ({cls.__qualname__})"
+    if not isinstance(getattr(cls, "needs", None), RuntimeNeeds):
+        raise ConfigError(f"{where} must declare `needs = RuntimeNeeds(...)`")
+    formats = getattr(cls, "formats", None)
+    if (not isinstance(formats, tuple) or not formats
+            or any(not isinstance(f, str) or not f.startswith(".") or len(f) < 2
+                   for f in formats)):
+        raise ConfigError(f"{where} must declare `formats`, a non-empty tuple of model file "
+                          f"suffixes such as '.onnx', got {formats!r}")
+    settings = getattr(cls, "settings_fields", None)
+    if not isinstance(settings, tuple) or any(
+            not isinstance(pair, tuple) or len(pair) != 2 or pair[0] not in _SETTINGS_FIELDS
+            or not isinstance(pair[1], str) or not pair[1] for pair in settings):
+        raise ConfigError(f"{where} must declare `settings_fields`, a tuple of (RunSettings "
+                          f"field, short key name) pairs, got {settings!r}")
+
+
+def unregister_runner(name: str) -> None:
+    """Remove a runner and its runtime needs (plug-in tests register throwaway runners)."""
+    RUNNERS.pop(name, None)
+    RUNTIMES.pop(name, None)
 
 
 def get_runner(name: str) -> Runner:
@@ -288,15 +341,30 @@ def get_runner(name: str) -> Runner:
     return RUNNERS.lookup(name)()
 
 
+def require_runtime(device: Device, runtime: str) -> None:
+    """RunnerError when `runtime` needs a CUDA device and `device` does not list it, saying why
+    (on this machine: no CUDA device node, or the runtime's module missing)."""
+    runner = RUNNERS.get(runtime)
+    if runner is None or not runner.needs.cuda or runtime in device.runtimes:
+        return
+    reason = cuda_unavailable(runtime) if isinstance(device.transport, LocalTransport) else None
+    raise RunnerError(f"{reason or f'runtime {runtime} unavailable'} on device {device.name} "
+                      f"(it has: {', '.join(device.runtimes) or 'none'})")
+
+
 class RunnerBase:
     """What the agent runner and the native-tool runners share: the probe models (exported once
     per runner), checking a batch's model ids, and removing a batch dir on the device.
 
-    Subclasses set `name` (via @register_runner) and `suffix`, and implement `export`.
+    Subclasses declare `needs`, `settings_fields` and `formats` (see the module docstring)
+    and implement `export`; @register_runner sets `name` and `suffix`.
     """
 
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
+    needs: ClassVar[RuntimeNeeds]
+    settings_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
+    formats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}
@@ -358,13 +426,15 @@ class AgentRunner(RunnerBase):
                            for i, p in models]}
 
     def measure(self, device: Device, models: Sequence[ModelFile],
-                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: ProgressCallback | None = None) -> BatchResult:
         # No settings: the defaults, with the device's own thread count.
         settings = settings or RunSettings(threads=device.threads)
+        require_runtime(device, self.name)
         if device.python is None:
             raise RunnerError(f"runtime {self.name} runs through the Python agent, but device "
                               f"{device.name} has no python")
-        uses_delegate = any(f == "delegate" for f, _ in RUNTIME_SETTINGS.get(self.name, ()))
+        uses_delegate = any(f == "delegate" for f, _ in self.settings_fields)
         if uses_delegate and settings.delegate not in self.delegates:
             raise RunnerError(f"delegate {settings.delegate} is not available with runtime "
                               f"{self.name} (it has {', '.join(self.delegates)}); use "
@@ -402,10 +472,13 @@ class AgentRunner(RunnerBase):
                 argv = [device.python, uploads[0][1], "measure", request_path]
                 log.info("measuring %d models with %s on %s", len(models), self.name,
                          device.name)
-                result = transport.run(argv, timeout_s)
+                lines = _AgentProgress(progress, len(models))
+                result = transport.run(argv, timeout_s, on_stderr=lines.line)
             finally:
                 self._cleanup(device, remote_dir)
-        return self._parse(device, result, settings, ids)
+        batch_result = self._parse(device, result, settings, ids)
+        lines.finish()
+        return batch_result
 
     @staticmethod
     def _check(device: Device, result: CommandResult, what: str) -> None:
@@ -505,6 +578,32 @@ class AgentRunner(RunnerBase):
         if any(x < 0 or x != x for r in samples for x in r):
             raise AgentError(f"{where}: model {model_id} has negative or NaN samples")
         return Measurement(model_id, "ok", samples, "", stop_reason=reason)
+
+
+class _AgentProgress:
+    """The agent's progress lines -> the caller's increments. The agent counts every model of
+    the batch, probes included; the caller counts only its own models, so the agent's fraction
+    done is scaled to them. Progress lines are consumed (left out of the command's stderr)."""
+
+    def __init__(self, progress: ProgressCallback | None, models: int) -> None:
+        self.progress, self.models, self.reported = progress, models, 0.0
+
+    def line(self, text: str) -> bool:
+        parsed = parse_progress(text)
+        if parsed is None:
+            return False
+        done, total = parsed
+        self._report_up_to(self.models * done / total)
+        return True
+
+    def finish(self) -> None:
+        """Every model is done: report what the lines left over."""
+        self._report_up_to(float(self.models))
+
+    def _report_up_to(self, target: float) -> None:
+        if self.progress is not None and target > self.reported:
+            step, self.reported = target - self.reported, target
+            self.progress(step)
 
 
 def _as_dict(value: object) -> dict[str, Any]:

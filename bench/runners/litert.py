@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from latbench.bench.export.graph import LayerGraph
 from latbench.bench.runners.base import AgentRunner, register_runner
+from latbench.device_agents import RuntimeNeeds
 
 
 @register_runner("litert")
 class LiteRTRunner(AgentRunner):
     """Times TFLite models with the LiteRT interpreter on the device."""
 
-    suffix = ".tflite"
+    needs = RuntimeNeeds(modules=("ai_edge_litert", "tflite_runtime"))
+    settings_fields = (("delegate", "delegate"),)
+    formats = (".tflite",)
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_tflite import to_tflite

@@ -2,9 +2,10 @@
 
 `tflite-benchmark-model` runs TFLite's `benchmark_model` (Android phones, boards without
 Python); `onnxruntime-perf-test` runs `onnxruntime_perf_test`. The user's binary (its local path
-is in the fleet inventory) is pushed with the models of a batch, run once per model and round
-(rounds interleave the models, as the agent does, so a slow phase spreads over all of them),
-its output parsed by the pure parsers in device_agents.tools, and the batch dir removed.
+is in the fleet inventory, in the field the runner's `needs.tool` names) is pushed with the
+models of a batch, run once per model and round (rounds interleave the models, as the agent
+does, so a slow phase spreads over all of them), its output parsed by the pure parsers in
+device_agents.tools, and the batch dir removed. Progress is reported as each run ends.
 
 What a record holds, since a tool reports statistics rather than samples:
 - min_ms: the smallest run; mean_ms: the mean over all runs; std_ms: the pooled standard
@@ -42,15 +43,15 @@ from latbench.bench.runners.base import (
     BatchResult,
     Measurement,
     ModelFile,
+    ProgressCallback,
     RunnerBase,
     RunSettings,
     register_runner,
 )
 from latbench.bench.stats import Stats
-from latbench.device_agents import Device
+from latbench.device_agents import Device, RuntimeNeeds
 from latbench.device_agents.facts import dynamic_facts
-from latbench.device_agents.tools import TOOL_RUNTIMES
-from latbench.errors import ParseError, RunnerError, TransportError
+from latbench.errors import ConfigError, ParseError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,22 @@ def combine_rounds(rounds: Sequence[RoundFigures]) -> tuple[Stats, float]:
 
 
 class NativeToolRunner(RunnerBase):
-    """Shared host side of tool-based runtimes. Subclasses set `suffix` and `tool` and
-    implement `export`, `flags` (-> object with argv(binary, model) and text()) and `figures`
-    (raw output -> RoundFigures, ParseError when the run failed)."""
+    """Shared host side of tool-based runtimes. Subclasses declare `needs` with the tool's
+    inventory field (`RuntimeNeeds(tool=...)`), `settings_fields` and `formats`, and implement
+    `export`, `flags` (-> object with argv(binary, model) and text()) and `figures` (raw
+    output -> RoundFigures, ParseError when the run failed)."""
 
-    tool: ClassVar[str] = ""
     delegates: ClassVar[tuple[str, ...]] = ()
+    stopping_rule: ClassVar[bool] = False  # a tool reports statistics, not samples
+
+    @property
+    def tool(self) -> str:
+        """The tool's inventory field (also the key of Device.tools and Device.tool_args)."""
+        tool = self.needs.tool
+        if tool is None:
+            raise ConfigError(f"runner {self.name} drives a native tool but its needs name "
+                              "none")
+        return tool
 
     def flags(self, settings: RunSettings, device: Device) -> Any:
         raise NotImplementedError
@@ -110,16 +121,17 @@ class NativeToolRunner(RunnerBase):
         return ["taskset", format(mask, "x")]
 
     def measure(self, device: Device, models: Sequence[ModelFile],
-                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: ProgressCallback | None = None) -> BatchResult:
         settings = settings or RunSettings(threads=device.threads)
         if self.name not in device.runtimes:
             raise RunnerError(f"runtime {self.name} is not listed for device {device.name} "
                               f"(it has: {', '.join(device.runtimes) or 'none'})")
-        binary = device.tools.get(self.tool)
+        tool = self.tool
+        binary = device.tools.get(tool)
         if not binary or not Path(binary).is_file():
             raise RunnerError(f"runtime {self.name} on device {device.name} needs the local path "
-                              f"of its {self.tool} binary (fleet field {self.tool!r}); got "
-                              f"{binary!r}")
+                              f"of its {tool} binary (fleet field {tool!r}); got {binary!r}")
         if self.delegates and settings.delegate not in self.delegates:
             raise RunnerError(f"delegate {settings.delegate} is not available with {self.name}")
         models = list(models)
@@ -134,6 +146,14 @@ class NativeToolRunner(RunnerBase):
         outputs: dict[str, list[str]] = {i: [] for i, _ in items}
         rounds: dict[str, list[RoundFigures]] = {i: [] for i, _ in items}
         errors: dict[str, str] = {}
+        # The caller's models count for progress: 1/rounds per run, the rest when one fails.
+        share = {m.id: 0 for m in models}
+
+        def advance(model_id: str, runs: int) -> None:
+            if progress is not None and model_id in share and runs > 0:
+                share[model_id] += runs
+                progress(runs / settings.rounds)
+
         with tempfile.TemporaryDirectory(prefix="latbench-tool-batch-") as tmp:
             made = transport.run(["mkdir", "-p", remote_dir], CLEANUP_TIMEOUT_S)
             if not made.ok:
@@ -168,11 +188,13 @@ class NativeToolRunner(RunnerBase):
                                                  f"{result.returncode}) ---\n{text.strip()}")
                         try:
                             if not result.ok:
-                                raise ParseError(f"{self.tool} exited {result.returncode}")
+                                raise ParseError(f"{tool} exited {result.returncode}")
                             rounds[model_id].append(self.figures(text))
+                            advance(model_id, 1)
                         except ParseError as exc:
                             tail = " | ".join(text.strip().splitlines()[-3:])
                             errors[model_id] = f"{exc} (output ends: {tail[-300:]!r})"
+                            advance(model_id, settings.rounds - share.get(model_id, 0))
                 facts_after = dynamic_facts(transport, cpu)
             finally:
                 self._cleanup(device, remote_dir)
@@ -198,7 +220,7 @@ class NativeToolRunner(RunnerBase):
         return BatchResult(
             measurements=[measurements[i] for i in ids],
             runtime=self.name,
-            runtime_version=_binary_version(self.tool, Path(binary)),
+            runtime_version=_binary_version(tool, Path(binary)),
             overhead_ms=overhead.median_ms if math.isfinite(overhead.median_ms)
             else overhead.mean_ms,
             reference_ms=min(r.median_ms if math.isfinite(r.median_ms) else r.mean_ms
@@ -220,8 +242,9 @@ class BenchmarkModelRunner(NativeToolRunner):
     """TFLite models timed by the user's `benchmark_model` binary (delegate xnnpack, builtin
     = --use_xnnpack=false, or gpu = --use_gpu=true)."""
 
-    suffix = ".tflite"
-    tool = TOOL_RUNTIMES["tflite-benchmark-model"]
+    needs = RuntimeNeeds(tool="benchmark_model")
+    settings_fields = (("delegate", "delegate"),)
+    formats = (".tflite",)
     delegates = ("xnnpack", "builtin", "gpu")
 
     def export(self, graph: LayerGraph) -> bytes:
@@ -251,8 +274,9 @@ class PerfTestRunner(NativeToolRunner):
     """ONNX models timed by the user's `onnxruntime_perf_test` binary (CPU provider). The tool
     has no warm-up count: its untimed first inference is the only warm-up."""
 
-    suffix = ".onnx"
-    tool = TOOL_RUNTIMES["onnxruntime-perf-test"]
+    needs = RuntimeNeeds(tool="onnxruntime_perf_test")
+    settings_fields = (("graph_opt", "opt"),)
+    formats = (".onnx",)
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_onnx import to_onnx

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from latbench.bench.export.graph import LayerGraph
 from latbench.bench.runners.base import AgentRunner, register_runner
+from latbench.device_agents import RuntimeNeeds
 
 
 @register_runner("onnxruntime")
 class OnnxRuntimeRunner(AgentRunner):
     """Times ONNX models with onnxruntime's CPUExecutionProvider on the device."""
 
-    suffix = ".onnx"
+    needs = RuntimeNeeds(modules=("onnxruntime",))
+    settings_fields = (("graph_opt", "opt"),)
+    formats = (".onnx",)
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_onnx import to_onnx

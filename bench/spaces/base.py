@@ -1,5 +1,8 @@
 """What every search space offers: sample, mutate, kernels, PyTorch model, string encoding.
 
+A space is a torch-free description (bench measures and predicts from its kernels without
+torch); the methods building PyTorch modules import their builder modules when called.
+
 Spaces here are layer-wise: a fixed prefix and suffix of kernels around searchable layers, each
 layer choosing one candidate (a list of kernels, empty for a skipped layer). That makes
 latency additive per (layer, candidate), which is what LatencyTable relies on.
@@ -8,9 +11,10 @@ latency additive per (layer, candidate), which is what LatencyTable relies on.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,6 +39,9 @@ class SearchSpace(ABC):
     # A chain space's network is exactly its kernels one after another (measured from
     # `bench.export.graph.chain_graph`); a cell space (a DAG) is measured from its ONNX export.
     is_chain: bool = True
+    # Options a search that trains networks uses when the user set none: small enough to train
+    # on a CPU with the 8x8 digits (each is printed, and any can be overridden).
+    training_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @property
     @abstractmethod
@@ -71,38 +78,30 @@ class SearchSpace(ABC):
     def supernet_body(self, mixed: Callable[[int, list[Any]], Any]) -> Any:
         """The network with `mixed(layer, candidate_modules)` at every searchable layer (a
         chain space: prefix kernels, one mixed operation per layer, suffix kernels)."""
-        import torch.nn as nn
-
-        from latbench.bench.spaces.modules import chain_module, kernel_module
+        from latbench.bench.spaces.modules import chain_supernet_body
 
         prefix, suffix = self.fixed_ops()
-        return nn.Sequential(*[kernel_module(s) for s in prefix],
-                             *[mixed(i, [chain_module(c) for c in self.candidates(i)])
-                               for i in range(self.n_layers)],
-                             *[kernel_module(s) for s in suffix])
+        return chain_supernet_body(prefix, [self.candidates(i) for i in range(self.n_layers)],
+                                   suffix, mixed)
 
     def extract(self, body: Any, arch: Arch) -> Any:
         """The architecture's network holding copies of the chosen candidates' weights, built
         like `to_torch(arch)` (same modules, same state_dict keys)."""
-        import copy
+        from latbench.bench.spaces.modules import extract_chain
 
-        import torch.nn as nn
+        return extract_chain(body, self.check(arch).choices)
 
-        self.check(arch)
-        modules: list[Any] = []
-        for child in body:
-            if hasattr(child, "candidates"):
-                modules.extend(child.candidates[arch.choices[child.layer]])
-            else:
-                modules.append(child)
-        return copy.deepcopy(nn.Sequential(*modules))
+    def accuracy_table(self, data_dir: Path) -> dict[str, float] | None:
+        """The benchmark accuracy of every architecture (keyed by `encode`) when the space is a
+        benchmark with a table in the reference data folder `data_dir`; None otherwise."""
+        return None
 
     def n_candidates(self, layer: int) -> int:
         return self.candidate_counts()[layer]
 
     def candidate_counts(self) -> tuple[int, ...]:
-        """Candidates per layer, counted once: `check` runs for every architecture a search
-        encodes, and rebuilding each layer's kernels there made a 6,561-arch scan take seconds."""
+        """Candidates per layer, counted once and kept: `check` runs for every architecture a
+        search encodes, and counting builds every candidate's kernels."""
         counts = self.__dict__.get("_candidate_counts")
         if counts is None:
             counts = tuple(len(self.candidates(i)) for i in range(self.n_layers))

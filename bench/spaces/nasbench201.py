@@ -23,9 +23,7 @@ otherwise.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from latbench.bench.ops import OpSpec
@@ -75,6 +73,7 @@ def edge_kernels(op: str, size: int, channels: int) -> list[OpSpec]:
 class NasBench201(SearchSpace):
     name = "nasbench201"
     is_chain = False
+    training_defaults = {"cells": 2}
 
     def __init__(self, resolution: int = 32, channels: int = 16, cells: int = 5,
                  num_classes: int = 10) -> None:
@@ -196,130 +195,22 @@ class NasBench201(SearchSpace):
                               f"{', '.join(OPS)}") from None
         return Arch(self.name, tuple(OPS.index(op) for op in ops))
 
-    # --- PyTorch ------------------------------------------------------------------------------
+    # --- PyTorch (bench.spaces.nasbench201_torch) ------------------------------------------
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
+        from latbench.bench.spaces.nasbench201_torch import network
+
         if num_classes not in (None, self.num_classes):
             raise SearchError("build the nasbench201 space with num_classes= to change the head")
-        ops = self.op_names(arch)
-        return self._network(lambda edge, cell, c: make_op(ops[edge], c), ops)
+        return network(self, self.op_names(arch))
 
     def supernet_body(self, mixed: Callable[[int, list[Any]], Any]) -> Any:
         """The network with a mixed operation (over OPS) on every edge of every cell."""
-        return self._network(lambda edge, cell, c: mixed(edge, [make_op(op, c) for op in OPS]),
-                             None)
+        from latbench.bench.spaces.nasbench201_torch import supernet_body
+
+        return supernet_body(self, mixed)
 
     def extract(self, body: Any, arch: Arch) -> Any:
         """The architecture's network holding copies of the chosen candidates' weights."""
-        import copy
+        from latbench.bench.spaces.nasbench201_torch import extract
 
-        ops = self.op_names(arch)
-        cell_class = _torch().Cell
-        cells = [cell for stage in body.stages for cell in stage if isinstance(cell, cell_class)]
-        network = self._network(
-            lambda edge, cell, c: copy.deepcopy(cells[cell].edges[str(edge)]
-                                                .candidates[arch.choices[edge]]), ops)
-        fixed = {k: v for k, v in body.state_dict().items() if ".edges." not in k}
-        missing = [k for k in network.state_dict() if ".edges." not in k and k not in fixed]
-        if missing:
-            raise SearchError(f"supernet body lacks {missing[0]} of the nasbench201 network")
-        network.load_state_dict({**network.state_dict(), **fixed})
-        return network
-
-    def _network(self, make_edge: Callable[[int, int, int], Any],
-                 ops: tuple[str, ...] | None) -> Any:
-        t = _torch()
-        return t.Network(self, make_edge, ops)
-
-
-def make_op(op: str, channels: int) -> Any:
-    """A trainable module for one edge operation (channels in = out, stride 1)."""
-    import torch.nn as nn
-
-    from latbench.bench.spaces.modules import conv_bn_act
-
-    if op == "none":
-        return _torch().Zero()
-    if op == "skip_connect":
-        return nn.Identity()
-    if op in ("nor_conv_1x1", "nor_conv_3x3"):
-        return conv_bn_act(channels, channels, 1 if op.endswith("1x1") else 3, act="relu")
-    if op == "avg_pool_3x3":
-        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-    raise SearchError(f"unknown NAS-Bench-201 operation {op!r}; known: {', '.join(OPS)}")
-
-
-@functools.cache
-def _torch() -> SimpleNamespace:
-    """The torch module classes, defined on first use (importing the space needs no torch)."""
-    import torch.nn as nn
-
-    from latbench.bench.spaces.modules import conv_bn_act
-
-    class Zero(nn.Module):
-        def forward(self, x):
-            return x * 0.0
-
-    class Cell(nn.Module):
-        """Node j = sum of its edges; `ops` None = every edge present (a supernet cell)."""
-
-        def __init__(self, make_edge: Callable[[int], Any], ops: tuple[str, ...] | None) -> None:
-            super().__init__()
-            self.live = list(range(len(EDGES))) if ops is None else live_edges(ops)
-            self.dead = ops is not None and not self.live
-            self.edges = nn.ModuleDict({str(e): make_edge(e) for e in self.live})
-
-        def forward(self, x):
-            if self.dead:
-                return x * 0.0
-            nodes = [x]
-            for node in (1, 2, 3):
-                total = None
-                for e in self.live:
-                    to, frm = EDGES[e]
-                    if to != node or nodes[frm] is None:
-                        continue
-                    y = self.edges[str(e)](nodes[frm])
-                    total = y if total is None else total + y
-                nodes.append(total)
-            return nodes[3]
-
-    class Reduction(nn.Module):
-        def __init__(self, cin: int, cout: int) -> None:
-            super().__init__()
-            self.conv_a = conv_bn_act(cin, cout, 3, 2, act="relu")
-            self.conv_b = conv_bn_act(cout, cout, 3)
-            self.downsample = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1,
-                                                                          bias=False))
-
-        def forward(self, x):
-            return self.downsample(x) + self.conv_b(self.conv_a(x))
-
-    class Network(nn.Module):
-        def __init__(self, space: NasBench201, make_edge: Callable[[int, int, int], Any],
-                     ops: tuple[str, ...] | None) -> None:
-            super().__init__()
-            self.stem = conv_bn_act(3, space.channels, 3)
-            stages = []
-            cell_index = 0
-            for s, (_, c) in enumerate(space.stages):
-                blocks: list[nn.Module] = []
-                if s:
-                    blocks.append(Reduction(space.stages[s - 1][1], c))
-                for _ in range(space.cells):
-                    index = cell_index
-                    blocks.append(Cell(lambda e, i=index, c=c: make_edge(e, i, c), ops))
-                    cell_index += 1
-                stages.append(nn.Sequential(*blocks))
-            self.stages = nn.ModuleList(stages)
-            c = space.stages[-1][1]
-            self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Linear(c, space.num_classes)
-
-        def forward(self, x):
-            x = self.stem(x)
-            for stage in self.stages:
-                x = stage(x)
-            return self.classifier(self.pool(self.lastact(x)).flatten(1))
-
-    return SimpleNamespace(Zero=Zero, Cell=Cell, Reduction=Reduction, Network=Network)
+        return extract(self, body, self.check(arch).choices)

@@ -98,6 +98,10 @@ class NasBenchMacro(SearchSpace):
             NasBenchMacro(self.resolution, num_classes)
         return chain_module(space.ops(arch))
 
+    def accuracy_table(self, data_dir: Path) -> dict[str, float]:
+        """The benchmark's CIFAR-10 accuracy table (see `load_accuracy_table`)."""
+        return load_accuracy_table(data_dir)
+
 
 def accuracy_table_path(data_dir: Path) -> Path:
     return Path(data_dir) / "nas-bench-macro" / "nas-bench-macro_cifar10.json"

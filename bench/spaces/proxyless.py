@@ -37,6 +37,7 @@ class MBLayer:
 @register_space("proxyless")
 class ProxylessSpace(SearchSpace):
     name = "proxyless"
+    training_defaults = {"resolution": 32, "width_mult": 0.35}
 
     def __init__(self, resolution: int = 224, width_mult: float = 1.0,
                  stages: Sequence[Sequence[int]] = DEFAULT_STAGES, num_classes: int = 1000,

@@ -4,13 +4,15 @@
 Pushed to a device and run there as a standalone script (Python >= 3.7, stdlib + numpy + one
 runtime; nothing of latbench is importable on a device):
 
-    python3 latbench_agent.py facts [--work-dir DIR]
+    python3 latbench_agent.py facts [--work-dir DIR] [--module NAME ...]
     python3 latbench_agent.py measure REQUEST.json
 
 It prints exactly one JSON object on stdout. Success: exit 0 with {"status": "ok", ...}. A fatal
 error (bad request, runtime missing) exits non-zero with {"status": "error", "kind": ...,
 "error": ...}. Anything the runtime itself prints to stdout (native logging) is diverted to
-stderr so it cannot corrupt that object.
+stderr so it cannot corrupt that object. While measuring, it reports on stderr how far the
+batch is, one line `latbench-progress DONE TOTAL` each time a model gets further (DONE counts
+models, fractional under the fixed protocol: a model is 1/rounds further after each round).
 
 The agent never executes anything it receives: it only loads model files into the runtime.
 """
@@ -160,11 +162,33 @@ def installed_version(module: str, dist: str) -> str | None:
         return None
 
 
-def runtime_versions() -> dict[str, str | None]:
-    return {"onnxruntime": module_version("onnxruntime", "onnxruntime"),
-            "ai_edge_litert": module_version("ai_edge_litert", "ai-edge-litert"),
-            "tflite_runtime": module_version("tflite_runtime", "tflite-runtime"),
-            "torch": installed_version("torch", "torch")}
+def runtime_versions(modules=()) -> dict[str, str | None]:
+    """Versions of the runtimes the agent has backends for, plus any other `modules` the host
+    asks about (found without importing them; "installed" when they carry no version)."""
+    versions = {"onnxruntime": module_version("onnxruntime", "onnxruntime"),
+                "ai_edge_litert": module_version("ai_edge_litert", "ai-edge-litert"),
+                "tflite_runtime": module_version("tflite_runtime", "tflite-runtime"),
+                "torch": installed_version("torch", "torch")}
+    for module in modules:
+        if module not in versions:
+            versions[module] = extra_module_version(module)
+    return versions
+
+
+def extra_module_version(module: str) -> str | None:
+    """Version of a top-level module the host asked about, None when it is not installed."""
+    import importlib.util
+
+    try:
+        if not module.isidentifier() or importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for dist in (module, module.replace("_", "-")):
+        version = installed_version(module, dist)
+        if version:
+            return version
+    return "installed"
 
 
 def cuda_device_nodes() -> list[str]:
@@ -189,7 +213,7 @@ def free_bytes(path: str) -> int | None:
         return None
 
 
-def facts(work_dir: str) -> dict:
+def facts(work_dir: str, modules=()) -> dict:
     try:
         import numpy
 
@@ -212,7 +236,7 @@ def facts(work_dir: str) -> dict:
         "load_avg": load_average(),
         "python": platform.python_version(),
         "numpy": numpy_version,
-        "runtimes": runtime_versions(),
+        "runtimes": runtime_versions(modules),
         "cuda_devices": cuda_device_nodes(),
         "work_dir": os.path.abspath(work_dir),
         "free_bytes": free_bytes(work_dir),
@@ -352,6 +376,53 @@ def validate_stop(raw: object) -> dict | None:
 
 # --------------------------------------------------------------------------------------------
 # measure
+
+PROGRESS_MARKER = "latbench-progress"
+
+
+class Progress:
+    """How far a batch is, as `latbench-progress DONE TOTAL` lines on stderr (see the module
+    docstring), so the host can move its progress bar while a batch of many models runs.
+
+    Each model has `steps` steps (its rounds under the fixed protocol, one under a stopping
+    rule); DONE is the steps taken over all models divided by `steps`, so it is exact once
+    every model is finished. A failed model is finished at once.
+    """
+
+    def __init__(self, ids, steps: int, stream=None) -> None:
+        self.taken = {model_id: 0 for model_id in ids}
+        self.steps = steps
+        self.stream = stream
+        self.total_taken = 0
+
+    def advance(self, model_id, steps: int = 1) -> None:
+        before = self.taken[model_id]
+        after = min(self.steps, before + steps)
+        if after > before:
+            self.taken[model_id] = after
+            self.total_taken += after - before
+            stream = self.stream or sys.stderr
+            stream.write(f"{PROGRESS_MARKER} {self.total_taken / self.steps:.6f} "
+                         f"{len(self.taken)}\n")
+            stream.flush()
+
+    def finish(self, model_id) -> None:
+        self.advance(model_id, self.steps)
+
+
+def parse_progress(line: str):
+    """(done, total) from one of the agent's progress lines; None for any other line."""
+    parts = line.split()
+    if len(parts) != 3 or parts[0] != PROGRESS_MARKER:
+        return None
+    try:
+        done, total = float(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if total < 1 or not 0.0 <= done <= total + 1e-6:
+        return None
+    return min(done, float(total)), total
+
 
 def _int_field(req: dict, name: str, minimum: int) -> int:
     value = req.get(name)
@@ -676,6 +747,8 @@ def measure(req: dict, base_dir: str) -> dict:
     cpu = affinity[0] if affinity else 0
     rng = np.random.default_rng(0)
     order_rng = random.Random(0)  # the order of models within each round
+    rule = req.get("stop")
+    progress = Progress([m["id"] for m in req["models"]], 1 if rule else req["rounds"])
     results = []
     runners = {}
     tracked = {m["id"] for m in req["models"] if m.get("track")}
@@ -686,6 +759,7 @@ def measure(req: dict, base_dir: str) -> dict:
             runners[m["id"]] = backend.load(path, rng)
         except Exception as exc:  # one bad model must not stop the batch
             results[-1].update(status="failed", error=f"load failed: {error_text(exc)}")
+            progress.finish(m["id"])
     by_id = {r["id"]: r for r in results}
 
     def fail(model_id: str, stage: str, exc: BaseException) -> None:
@@ -693,6 +767,7 @@ def measure(req: dict, base_dir: str) -> dict:
                                error=f"{stage} failed: {error_text(exc)}")
         by_id[model_id].pop("stop", None)
         runners.pop(model_id, None)
+        progress.finish(model_id)
 
     for model_id, run in list(runners.items()):
         try:
@@ -704,7 +779,6 @@ def measure(req: dict, base_dir: str) -> dict:
     facts_before = dynamic_facts(cpu)
     clock = time.perf_counter_ns
     runs = req["runs"]
-    rule = req.get("stop")
     self_timed = bool(getattr(backend, "self_timed", False))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not model latency
@@ -720,12 +794,15 @@ def measure(req: dict, base_dir: str) -> dict:
                         fail(model_id, "run", exc)
                         continue
                     by_id[model_id]["samples_ms"].append(samples)
+                    progress.advance(model_id)
         else:
             measure_until_stop(runners, by_id, tracked, rule, runs, self_timed, clock, fail,
-                               order_rng)
+                               order_rng, progress)
     finally:
         if gc_was_enabled:
             gc.enable()
+    for model_id in by_id:
+        progress.finish(model_id)
     facts_after = dynamic_facts(cpu)
     return {"status": "ok", "agent_version": AGENT_VERSION, "runtime": req["runtime"],
             "runtime_version": backend.version,
@@ -735,7 +812,7 @@ def measure(req: dict, base_dir: str) -> dict:
 
 
 def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, runs: int,
-                       self_timed: bool, clock, fail, order_rng) -> None:
+                       self_timed: bool, clock, fail, order_rng, progress=None) -> None:
     """Interleaved rounds under a stopping rule (see `measure`); fills each result's samples
     and its "stop" entry {"reason", "n", "ci_rel_width", "seconds"}."""
     pooled = {model_id: [] for model_id in runners}
@@ -769,6 +846,8 @@ def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, run
                 active.remove(model_id)
                 by_id[model_id]["stop"] = stop_entry(reason, pooled[model_id], seconds[model_id],
                                                      rule)
+                if progress is not None:
+                    progress.finish(model_id)
     for model_id in active:  # tracked models: stopped because every other model stopped
         by_id[model_id]["stop"] = stop_entry("tracked", pooled[model_id], seconds[model_id],
                                              rule)
@@ -784,7 +863,8 @@ def stop_entry(reason: str, samples: list, seconds: float, rule: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # entry point
 
-USAGE = "usage: latbench_agent.py facts [--work-dir DIR] | measure REQUEST.json"
+USAGE = ("usage: latbench_agent.py facts [--work-dir DIR] [--module NAME ...] | "
+         "measure REQUEST.json")
 
 
 def run_command(argv: list[str]) -> dict:
@@ -793,11 +873,18 @@ def run_command(argv: list[str]) -> dict:
     command, args = argv[0], argv[1:]
     if command == "facts":
         work_dir = os.getcwd()
-        if args[:1] == ["--work-dir"] and len(args) == 2:
-            work_dir = args[1]
-        elif args:
+        modules = []
+        if len(args) % 2:
             raise AgentFailure("bad_request", USAGE, EXIT_BAD_REQUEST)
-        return {"status": "ok", **facts(work_dir)}
+        for index in range(0, len(args), 2):
+            option, value = args[index], args[index + 1]
+            if option == "--work-dir":
+                work_dir = value
+            elif option == "--module":
+                modules.append(value)
+            else:
+                raise AgentFailure("bad_request", USAGE, EXIT_BAD_REQUEST)
+        return {"status": "ok", **facts(work_dir, modules)}
     if command == "measure":
         if len(args) != 1:
             raise AgentFailure("bad_request", USAGE, EXIT_BAD_REQUEST)

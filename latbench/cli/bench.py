@@ -126,7 +126,7 @@ def cmd_bench_repeat(args: argparse.Namespace) -> int:
     with Bars("measuring again") as bars:
         report = repeat_dataset(data, out, device, sample=args.sample, seed=args.seed,
                                 runtime=args.runtime, resolve_network=network_from_key,
-                                progress=bars)
+                                progress=bars, lock_wait_s=args.lock_wait)
     paths = write_repeat_report(report, out)
     if args.json:
         print_json({**report.to_json(), "report": {k: str(v) for k, v in paths.items()}})
@@ -228,6 +228,9 @@ def add_commands(sub: Any) -> None:
                                       "(default DATA-repeat next to the dataset)")
     repeat.add_argument("--runtime", choices=runtimes,
                         help="which runtime's records (needed when the dataset has several)")
+    repeat.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long for another campaign measuring into the same "
+                             "folder (default 0: refuse at once; inf: as long as it takes)")
     add_json(repeat)
     add_device_options(repeat, what="device the dataset was measured on")
     repeat.set_defaults(func=cmd_bench_repeat)

@@ -172,18 +172,25 @@ def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
                           calibration_runs=getattr(args, "calibration_runs", 3),
                           drift_correct=getattr(args, "drift_correct", False),
                           keep_samples=getattr(args, "keep_samples", False),
-                          shuffle_seed=None if getattr(args, "keep_order", False) else 0)
+                          shuffle_seed=None if getattr(args, "keep_order", False) else 0,
+                          lock_wait_s=getattr(args, "lock_wait", 0.0))
 
 
 def add_device_options(p: argparse.ArgumentParser, *, fleet_required: bool = False,
                        what: str = "device to measure on") -> None:
-    """--device NAME, --fleet FILE, --only, host-key trust and the health-check timeout."""
+    """--device NAME, --fleet FILE, --only, host-key trust and the health-check timeout.
+    `fleet_required`: a fleet must be named, by --fleet or $LATBENCH_FLEET."""
+    import os
+
+    from latbench.bench.devices import FLEET_ENV
+
     g = p.add_argument_group("device (see docs/fleet.md)")
     if not fleet_required:
         g.add_argument("--device", help=f"{what}: 'local' or a device of --fleet (default "
                                         "local, or the only device of --fleet)")
-    g.add_argument("--fleet", required=fleet_required,
-                   help="fleet inventory TOML file (see docs/fleet.md)")
+    g.add_argument("--fleet", required=fleet_required and not os.environ.get(FLEET_ENV),
+                   help="fleet inventory TOML file (see docs/fleet.md; default "
+                        "$LATBENCH_FLEET)")
     g.add_argument("--only", help="comma-separated device names of the fleet to use")
     g.add_argument("--insecure-accept-unknown-host-key", dest="insecure_host_keys",
                    action="store_true",
@@ -248,6 +255,9 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
                         "batch's drift ratio), next to the raw ones")
     g.add_argument("--keep-samples", action="store_true",
                    help="store every timed sample with its record (samples_ms column)")
+    g.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another campaign measuring into the same dataset "
+                        "to finish (default 0: refuse at once; inf: as long as it takes)")
     g.add_argument("--keep-order", action="store_true",
                    help="measure the subjects in the order given instead of a seeded random "
                         "order (the default spreads a slow phase over every kind of subject "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -10,6 +11,7 @@ from latbench.cli.common import add_device_options, add_json, devices, print_jso
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:
+    from latbench.bench.devices import FLEET_ENV
     from latbench.device_agents import CHECK_HEADER, check_devices, check_row
 
     checks = check_devices(devices(args), timeout_s=args.check_timeout)
@@ -18,7 +20,8 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
                      "error": c.error, "problems": list(c.problems), "facts": c.facts,
                      "seconds": round(c.seconds, 3)} for c in checks])
     else:
-        print_table(f"fleet {args.fleet}", CHECK_HEADER, [check_row(c) for c in checks])
+        print_table(f"fleet {args.fleet or os.environ[FLEET_ENV]}", CHECK_HEADER,
+                    [check_row(c) for c in checks])
     down = [c.device for c in checks if not c.reachable]
     if down:
         print(f"latbench: {len(down)} of {len(checks)} devices unreachable: "

@@ -32,9 +32,10 @@ def _metric_rows(metrics: dict[str, dict[str, float]]) -> list[tuple[Any, ...]]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from latbench.predictor.training import fit_from_dataset
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
-    params = json_params(args.params, "--params")
+    predictor = LatencyPredictor(args.predictor, json_params(args.params, "--params"),
+                                 cv_folds=args.cv_folds)
     rules = None
     if args.fusion:
         from latbench.bench.fusion import rules_from_card
@@ -44,56 +45,97 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if rules is None:
             raise ConfigError(f"dataset {args.fusion} holds no fusion rules; measure them with "
                               "`latbench bench fusion`")
-    model, info = fit_from_dataset(Path(args.data), Path(args.out), args.predictor,
-                                   args.statistic, args.device, args.runtime, params,
-                                   fusion=rules)
+    predictor.fit(Path(args.data), statistic=args.statistic, device=args.device,
+                  runtime=args.runtime, fusion=rules)
+    predictor.save(Path(args.out))
+    info, summary = predictor.info_, predictor.fit_summary_
     if args.json:
-        print_json({"predictor": str(args.out), "kinds": model.n_train_, **info})
+        print_json({"predictor": str(args.out), "kernel_model": args.predictor,
+                    **{k: info.get(k) for k in ("device", "runtime", "runtime_version",
+                                                "settings", "statistic")},
+                    "summary": summary})
         return 0
-    print_table(f"predictor {args.out}", ["kernel kind", "training kernels"],
-                sorted(model.n_train_.items()))
+    print_table(f"predictor {args.out}", ["kernel kind", "kernels", "CV RMSPE %",
+                                          "CV within 10%", "training range"],
+                [(kind, k["kernels"], *_cv_cells(k["cv"]), _range_text(k["range"]))
+                 for kind, k in summary["kinds"].items()])
+    if skipped := [f"{kind} ({k['cv']['skipped']})" for kind, k in summary["kinds"].items()
+                   if k["cv"] and "skipped" in k["cv"]]:
+        print(f"not cross-validated: {'; '.join(skipped)}")
+    calibration = summary["calibration"]
+    if calibration.get("networks"):
+        loo = calibration.get("rmspe_pct_loo")
+        print(f"calibration on {calibration['networks']} measured networks: RMSPE "
+              f"{calibration['rmspe_pct_composed']:.2f}% composed, "
+              + (f"{loo:.2f}% leave-one-out, " if loo is not None else "")
+              + f"{calibration['rmspe_pct_sum']:.2f}% as the plain sum of kernels")
+    else:
+        print("calibration: the dataset holds no measured networks; a network is the plain sum "
+              "of its kernels")
+    print(f"safety margin for searches: {100 * summary['safety_margin']:.1f}%")
     print(f"device {info['device']}, runtime {info['runtime']} {info['runtime_version']}, "
-          f"statistic {info['statistic']}, call overhead {model.call_overhead_ms_:.4f} ms")
+          f"statistic {info['statistic']}, call overhead {summary['call_overhead_ms']:.4f} ms")
     return 0
 
 
+def _cv_cells(cv: dict[str, Any] | None) -> tuple[str, str]:
+    if not cv or "skipped" in cv:
+        return "-", "-"
+    return f"{cv['rmspe_pct']:.2f}", f"{cv['within10']:.1%}"
+
+
+def _range_text(ranges: dict[str, list[float]]) -> str:
+    """`h 8-32, cin 3-96, ..., MFLOPs 0.1-42` (w only where it differs from h)."""
+    parts = []
+    for name, (low, high) in ranges.items():
+        if name == "w" and ranges.get("h") == [low, high]:
+            continue
+        if name == "flops":
+            parts.append(f"MFLOPs {low / 1e6:.3g}-{high / 1e6:.3g}")
+        else:
+            parts.append(f"{name} {low:g}-{high:g}")
+    return ", ".join(parts)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from latbench.predictor.io import load_predictor
-    from latbench.predictor.model_level import predict_onnx
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
     path = Path(args.model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
-    predictor, manifest = load_predictor(Path(args.predictor))
-    prediction = predict_onnx(predictor, path)
+    predictor = LatencyPredictor.load(Path(args.predictor))
+    prediction = predictor.predict(path)
     if args.json:
-        print_json({"model": str(path), "device": manifest.get("device"),
-                    "runtime": manifest.get("runtime"), **prediction.to_json()})
+        print_json({"model": str(path), "device": predictor.device,
+                    "runtime": predictor.runtime, **prediction.to_json()})
         return 0
-    print_table(f"{path.name} on {manifest.get('device')} / {manifest.get('runtime')}",
+    print_table(f"{path.name} on {predictor.device} / {predictor.runtime}",
                 ["kernel kind", "kernels", "predicted ms"],
                 [(kind, sum(1 for s, _ in prediction.kernels if s.kind == kind), f"{ms:.4f}")
                  for kind, ms in sorted(prediction.by_kind().items())])
     print(f"predicted latency: {prediction.predicted_ms:.4f} ms "
           f"(including {prediction.overhead_ms:.4f} ms runtime call overhead)")
+    if prediction.out_of_range:
+        outside = prediction.out_of_range
+        print(f"outside the training range ({len(outside)}): "
+              + "; ".join(o.describe() for o in outside[:5])
+              + (f"; and {len(outside) - 5} more" if len(outside) > 5 else ""))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.bench.network_sets import resolve_networks
-    from latbench.predictor.evaluate import evaluate, settings_from_manifest, write_report
-    from latbench.predictor.io import load_predictor
+    from latbench.predictor.evaluate import evaluate, write_report
+    from latbench.predictor.latency_predictor import LatencyPredictor
     from latbench.progress import Bars
 
-    predictor, manifest = load_predictor(Path(args.predictor))
-    manifest["path"] = str(args.predictor)
-    calibrated_on = manifest.get("composition", {}).get("keys", [])
-    networks = resolve_networks(args.networks, args.seed, exclude=calibrated_on)
-    settings = settings_from_manifest(manifest)
+    predictor = LatencyPredictor.load(Path(args.predictor))
+    networks = resolve_networks(args.networks, args.seed, exclude=predictor.calibration_keys)
+    settings = predictor.run_settings()
     device = one_device(args, threads=settings.threads)
     out = Path(args.out or Path(args.predictor) / "eval")
     with Bars("networks") as bars:
-        report = evaluate(predictor, manifest, networks, device, out, args.runtime,
+        report = evaluate(predictor, networks, device, out, args.runtime,
                           campaign_config(args, settings), bars, passes=args.passes)
     paths = write_report(report, out)
     if args.json:
@@ -155,7 +197,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     device = one_device(args)
     with Bars("new kernels") as bars:
-        model, info, reports = adapt_dataset(
+        _, reports = adapt_dataset(
             Path(args.data), Path(args.out), device, args.rounds, args.predictor,
             json_params(args.params, "--params"), args.statistic, args.runtime,
             args.threshold, args.per_point, args.max_new, args.seed,
@@ -204,6 +246,9 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     fit.add_argument("--params", help='predictor parameters as JSON, e.g. \'{"max_depth": 4}\'')
     fit.add_argument("--fusion", help="take the fusion rules from this dataset (its card) "
                                       "instead of the --data dataset's own")
+    fit.add_argument("--cv-folds", type=int, default=5, metavar="K",
+                     help="K-fold cross-validation of each kernel kind's model for the summary "
+                          "(default 5; 0 skips it)")
     add_json(fit)
     fit.set_defaults(func=cmd_fit)
 

@@ -4,7 +4,6 @@ measured on any device of a fleet."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
@@ -17,31 +16,20 @@ from latbench.cli.common import (
     print_json,
     print_table,
 )
-from latbench.errors import ConfigError
-
-
-def _budgets(values: list[float]) -> list[float]:
-    for value in values:
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"--budget-ms must be positive, finite milliseconds, got {value}")
-    return values
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from latbench.bench.runners import RunSettings
     from latbench.progress import Bars
-    from latbench.search.budget import OUTCOME_HEADER
+    from latbench.search.budget import OUTCOME_HEADER, check_budgets
+    from latbench.search.outputs import accuracy_label
     from latbench.search.run import SearchJob, parse_options
     from latbench.search.session import run_search
 
-    budgets = _budgets(args.budget_ms)
-    options = parse_options(args.option, "--option")
-    if args.queries is not None:
-        options["max_queries"] = args.queries
-    if args.epochs is not None:
-        options["max_epochs" if args.strategy == "halving" else "epochs"] = args.epochs
+    budgets = check_budgets(args.budget_ms, "--budget-ms")
     job = SearchJob(args.space, parse_options(args.space_option, "--space-option"),
-                    args.strategy, options, args.accuracy, args.data, args.seed)
+                    args.strategy, parse_options(args.option, "--option"), args.accuracy,
+                    args.data, args.seed, args.queries, args.epochs)
 
     def announce(prepared: Any) -> None:
         fastest, slowest = prepared.latency_range()
@@ -60,7 +48,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print_json(session.to_json())
         return 0
-    print_table(f"{args.space} / {args.strategy}: best accuracy under each budget",
+    what = accuracy_label(session.results[0][1])
+    print_table(f"{args.space} / {args.strategy}: the most accurate under each budget "
+                f"(accuracy: {what})",
                 (*OUTCOME_HEADER, "queries"),
                 [(*o.row(), r.queries)
                  for o, (_, r) in zip(session.outcomes, session.results, strict=True)])
@@ -70,15 +60,41 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+class _RegistryHelp(argparse.HelpFormatter):
+    """Lists the registered spaces and strategies in `search --help` when it is shown (importing
+    them at every start of the command line would slow every command)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if action.dest == "space":
+            from latbench.bench.spaces import SPACES
+
+            return f"{text}: {', '.join(sorted(SPACES))} (default %(default)s)"
+        if action.dest == "strategy":
+            from latbench.search.strategies import STRATEGIES
+
+            return f"{text}: {'; '.join(_describe(n, c) for n, c in sorted(STRATEGIES.items()))}" \
+                   " (default %(default)s)"
+        return text
+
+
+def _describe(name: str, cls: Any) -> str:
+    scores = "trains on --data" if cls.trains else f"scores with {'/'.join(cls.accuracy_sources)}"
+    limits = [f"--{flag} sets {option}" for flag, option in (("queries", cls.queries_option),
+                                                             ("epochs", cls.epochs_option))
+              if option]
+    return f"{name} ({', '.join([scores, *limits])})"
+
+
 def add_commands(sub: Any) -> None:
     search = sub.add_parser(
         "search", help="most accurate architecture under a latency budget",
+        formatter_class=_RegistryHelp,
         description="Search a space for the most accurate architecture whose predicted "
                     "latency is within each budget; with --measure, measure each winner on the "
                     "device (the local CPU or any device of a fleet) and report predicted vs "
                     "measured latency.")
-    search.add_argument("--space", default="nasbench-macro",
-                        help="search space: nasbench-macro, nasbench201, proxyless")
+    search.add_argument("--space", default="nasbench-macro", help="search space")
     search.add_argument("--space-option", action="append", metavar="KEY=VALUE",
                         help="space option, repeatable (e.g. resolution=64, width_mult=0.5, "
                              "cells=5, num_classes=1000; JSON values)")
@@ -87,26 +103,24 @@ def add_commands(sub: Any) -> None:
                              "(no device: trying strategies offline)")
     search.add_argument("--budget-ms", type=float, nargs="+", required=True,
                         help="one or more latency budgets in ms (positive)")
-    search.add_argument("--strategy", default="exhaustive",
-                        help="exhaustive, evolution, random (an accuracy source), halving, "
-                             "proxyless-g, proxyless-r (train on --data) (default exhaustive)")
+    search.add_argument("--strategy", default="exhaustive", help="search strategy")
     search.add_argument("--accuracy",
-                        help="accuracy source for evolution/random: table (NAS-Bench-Macro), "
-                             "surrogate[:gbm|mlp[:N]] (a predictor trained on N table queries) "
-                             "or proxy:NAME (zero-cost: synflow, snip, grasp, fisher, jacob_cov, "
-                             "grad_norm, naswot, vote) (default table if the space has one, "
-                             "else proxy:naswot)")
+                        help="accuracy source of strategies that score with one: table "
+                             "(NAS-Bench-Macro), surrogate[:gbm|mlp[:N]] (a predictor trained "
+                             "on N table queries) or proxy:NAME (zero-cost: synflow, snip, "
+                             "grasp, fisher, jacob_cov, grad_norm, naswot, vote) (default table "
+                             "if the space has one, else proxy:naswot)")
     search.add_argument("--data", default="digits",
-                        help="training data for halving/proxyless: digits or an image folder "
-                             "path (default digits)")
-    search.add_argument("--queries", type=int, help="evolution/random: most table queries "
-                                                     "(default 500)")
-    search.add_argument("--epochs", type=int, help="proxyless: supernet epochs; halving: most "
-                                                    "epochs per candidate")
+                        help="training data of strategies that train: digits or an image "
+                             "folder path (default digits)")
+    search.add_argument("--queries", type=int,
+                        help="most table queries, for strategies with a query limit")
+    search.add_argument("--epochs", type=int,
+                        help="training epochs, for strategies that train (see --strategy)")
     search.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="strategy option, repeatable (e.g. population=30, warmup=200, "
                              "proposals=4, mode=full, loss=additive, lam=0.5, eta=3, "
-                             "hyperband=true)")
+                             "hyperband=true; an unknown one is refused, naming the known ones)")
     search.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     search.add_argument("--margin", type=float, default=None,
                         help="search under budget / (1 + MARGIN) so measured winners stay within "
@@ -117,7 +131,9 @@ def add_commands(sub: Any) -> None:
     search.add_argument("--measure", action="store_true", help="measure the winners")
     search.add_argument("--out",
                         help="output folder: per budget history, pareto.png, winner.txt/.pt/"
-                             ".onnx; measured winners (default PREDICTOR/search)")
+                             ".onnx, outcome.json; measured winners (default PREDICTOR/search; "
+                             "without --out nothing is written for searches that keep no "
+                             "history, such as exhaustive)")
     add_json(search)
     add_device_options(search, what="device for --measure")
     add_run_settings(search, defaults_from_predictor=True)

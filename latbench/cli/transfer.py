@@ -19,15 +19,16 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
                                 exclude=args.exclude_device or ())
     shares = model.reference_shares()
     if args.json:
-        print_json({"samples": model.n_samples_, "loo_rmspe_pct": 100 * model.loo_rmspe_,
+        print_json({"samples": model.n_samples_,
+                    "loo_median_relative_error_pct": 100 * model.loo_error_,
                     "bases": model.weights_by_candidate_, "reference_shares": shares,
                     "predictions": len(result), "out": str(args.out)})
         return 0
     bases = ", ".join(f"{c} {w:.2f}" for c, w in model.weights_by_candidate_.items())
     alike = ", ".join(f"{d} {w:.0%}" for d, w in list(shares.items())[:3])
     print(f"fitted on {model.n_samples_} samples: leave-one-out error on them "
-          f"{100 * model.loo_rmspe_:.1f}% RMSPE (what to expect on the rest, roughly); "
-          f"bases {bases}")
+          f"{100 * model.loo_error_:.1f}% (median |predicted / measured - 1|; what to expect "
+          f"on the rest, roughly); bases {bases}")
     if alike:
         print(f"most like: {alike} of the predicted latency")
     print(f"{len(result)} predictions written to {args.out}")
@@ -35,27 +36,24 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_import(args: argparse.Namespace) -> int:
-    from latbench.predictor.io import save_predictor
-    from latbench.predictor.lut import read_table
+    from latbench.predictor.lut import import_table
 
-    table = read_table(Path(args.table), args.format)
-    predictor = table.predictor()
-    save_predictor(predictor, Path(args.out), {
-        "device": args.device_name or "", "runtime": args.runtime_name or "",
-        "lut": {"source": str(Path(args.table).resolve()), "format": table.format,
-                "entries": len(table.entries), "merged": table.merged}})
+    predictor = import_table(Path(args.table), args.format, args.device_name or "",
+                             args.runtime_name or "")
+    predictor.save(Path(args.out))
+    lut = predictor.info_["lut"]
     if args.json:
-        print_json({"predictor": str(args.out), "format": table.format,
-                    "entries": len(table.entries), "kinds": predictor.n_train_})
+        print_json({"predictor": str(args.out), "format": lut["format"],
+                    "entries": lut["entries"], "kinds": predictor.n_train})
         return 0
-    print_table(f"lookup table {args.table} ({table.format})", ["kernel kind", "entries"],
-                sorted(predictor.n_train_.items()))
+    print_table(f"lookup table {args.table} ({lut['format']})", ["kernel kind", "entries"],
+                sorted(predictor.n_train.items()))
     print(f"predictor written to {args.out}")
     return 0
 
 
 def cmd_lut_export(args: argparse.Namespace) -> int:
-    from latbench.predictor.io import load_predictor
+    from latbench.predictor.latency_predictor import LatencyPredictor
     from latbench.predictor.lut import (
         export_space_table,
         export_table,
@@ -67,7 +65,7 @@ def cmd_lut_export(args: argparse.Namespace) -> int:
     if bool(args.space) == bool(args.like):
         raise ConfigError("give exactly one of --space (a search space's layers) or --like "
                           "(the keys of an existing table)")
-    predictor, _ = load_predictor(Path(args.predictor))
+    predictor = LatencyPredictor.load(Path(args.predictor))
     if args.like:
         fmt = args.format or read_table(Path(args.like)).format
         table = export_table(predictor, table_layout(Path(args.like), fmt), fmt)

@@ -1,4 +1,5 @@
-"""Search strategies, each a swappable object registered by name."""
+"""Search strategies, each a swappable `Strategy` registered by name (importing this package
+registers the built-in ones)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from latbench.search.strategies import (  # noqa: F401  (registers the strategie
 )
 from latbench.search.strategies.base import (
     STRATEGIES,
+    SearchContext,
     SearchResult,
+    Strategy,
     get_strategy,
     register_strategy,
+    strategy_class,
 )
 
-__all__ = ["STRATEGIES", "SearchResult", "get_strategy", "register_strategy"]
+__all__ = ["STRATEGIES", "SearchContext", "SearchResult", "Strategy", "get_strategy",
+           "register_strategy", "strategy_class"]

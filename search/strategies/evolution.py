@@ -25,7 +25,12 @@ from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import ConfigError, SearchError
 from latbench.search.accuracy import AccuracySource, as_source
 from latbench.search.latency import LatencyTable, repair_to_budget
-from latbench.search.strategies.base import SearchResult, register_strategy
+from latbench.search.strategies.base import (
+    SearchContext,
+    SearchResult,
+    Strategy,
+    register_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +108,16 @@ def _proxy(name: str | None, space: SearchSpace, batch: Any, seed: int) -> Any:
 
 
 @register_strategy("evolution")
-class EvolutionSearch:
+class EvolutionSearch(Strategy):
     """Regularized evolution within a latency budget (see the module docstring)."""
 
-    name = "evolution"
+    queries_option = "max_queries"
 
     def __init__(self, population: int = 20, tournament: int = 5, max_queries: int = 500,
                  crossover: float = 0.3, mutation_rate: float | None = None, aging: bool = True,
                  warmup: int = 0, proposals: int = 1, proxy: str = "naswot",
-                 proxy_batch: Any = None, verify_top: int = 10, max_attempts: int = 100,
-                 seed: int = 0, progress: Any = None) -> None:
+                 proxy_batch: Any = None, verify_top: int = 10,
+                 max_attempts: int = 100) -> None:
         if population < 2 or not 1 <= tournament <= population:
             raise ConfigError(f"evolution needs population >= 2 and 1 <= tournament <= "
                               f"population, got {population} and {tournament}")
@@ -124,14 +129,15 @@ class EvolutionSearch:
             mutation_rate
         self.aging, self.warmup, self.proposals = aging, warmup, proposals
         self.proxy, self.proxy_batch, self.verify_top = proxy, proxy_batch, verify_top
-        self.max_attempts, self.seed, self.progress = max_attempts, seed, progress
+        self.max_attempts = max_attempts
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Any,
-               budget_ms: float) -> SearchResult:
+               budget_ms: float, context: SearchContext | None = None) -> SearchResult:
+        context = context or SearchContext()
         source = as_source(accuracy, space)
-        rng = np.random.default_rng(self.seed)
-        ledger = _Ledger(space, table, source, self.progress, self.max_queries, self.name)
-        scorer = (_proxy(self.proxy, space, self.proxy_batch, self.seed)
+        rng = np.random.default_rng(context.seed)
+        ledger = _Ledger(space, table, source, context.progress, self.max_queries, self.name)
+        scorer = (_proxy(self.proxy, space, self.proxy_batch, context.seed)
                   if self.warmup or self.proposals > 1 else None)
 
         def spent() -> bool:
@@ -204,30 +210,29 @@ class EvolutionSearch:
 
 
 @register_strategy("random")
-class RandomSearch:
+class RandomSearch(Strategy):
     """Uniform random architectures within the budget; with `warmup` >= max_queries, draw that
     many, and evaluate them in the order a zero-cost proxy ranks them."""
 
-    name = "random"
+    queries_option = "max_queries"
 
     def __init__(self, max_queries: int = 500, warmup: int = 0, proxy: str = "naswot",
-                 proxy_batch: Any = None, verify_top: int = 10, seed: int = 0,
-                 progress: Any = None) -> None:
+                 proxy_batch: Any = None, verify_top: int = 10) -> None:
         if max_queries < 1:
             raise ConfigError(f"random search needs max_queries >= 1, got {max_queries}")
         self.max_queries, self.warmup, self.proxy = max_queries, warmup, proxy
-        self.proxy_batch, self.verify_top, self.seed = proxy_batch, verify_top, seed
-        self.progress = progress
+        self.proxy_batch, self.verify_top = proxy_batch, verify_top
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Any,
-               budget_ms: float) -> SearchResult:
+               budget_ms: float, context: SearchContext | None = None) -> SearchResult:
+        context = context or SearchContext()
         source = as_source(accuracy, space)
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(context.seed)
         archs = sample_feasible(space, table, budget_ms, max(self.warmup, self.max_queries), rng)
         if self.warmup and archs:
-            scores = _proxy(self.proxy, space, self.proxy_batch, self.seed)(archs)
+            scores = _proxy(self.proxy, space, self.proxy_batch, context.seed)(archs)
             archs = [archs[i] for i in np.argsort(-scores, kind="stable")]
-        ledger = _Ledger(space, table, source, self.progress, self.max_queries, self.name)
+        ledger = _Ledger(space, table, source, context.progress, self.max_queries, self.name)
         for arch in archs:
             if source.queries >= self.max_queries or len(ledger.scores) >= self.max_queries:
                 break

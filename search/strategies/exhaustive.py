@@ -9,17 +9,23 @@ import numpy as np
 from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import SearchError
 from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.strategies.base import SearchResult, register_strategy
+from latbench.search.strategies.base import (
+    SearchContext,
+    SearchResult,
+    Strategy,
+    register_strategy,
+)
 
 
 @register_strategy("exhaustive")
-class ExhaustiveSearch:
-    """The most accurate architecture whose predicted latency is within the budget."""
+class ExhaustiveSearch(Strategy):
+    """The most accurate architecture whose predicted latency is within the budget, read from
+    an accuracy table of the whole space."""
 
-    name = "exhaustive"
+    accuracy_sources = ("table",)
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Mapping[str, float],
-               budget_ms: float) -> SearchResult:
+               budget_ms: float, context: SearchContext | None = None) -> SearchResult:
         archs = space.all_archs()
         latency = table.latencies(choices_matrix(archs))
         codes = [space.encode(a) for a in archs]

@@ -19,7 +19,12 @@ import numpy as np
 from latbench.bench.spaces.base import Arch, SearchSpace
 from latbench.errors import ConfigError, SearchError
 from latbench.search.latency import LatencyTable
-from latbench.search.strategies.base import SearchResult, register_strategy
+from latbench.search.strategies.base import (
+    SearchContext,
+    SearchResult,
+    Strategy,
+    register_strategy,
+)
 from latbench.search.strategies.evolution import sample_feasible
 
 log = logging.getLogger(__name__)
@@ -68,25 +73,25 @@ def hyperband_brackets(min_epochs: int, max_epochs: int, eta: int) -> list[tuple
 
 
 @register_strategy("halving")
-class SuccessiveHalving:
+class SuccessiveHalving(Strategy):
     """Train candidates and halve them (see the module docstring); `hyperband=True` runs the
     Hyperband brackets. `epoch_budget`, when given, sizes the single bracket's candidates."""
 
-    name = "halving"
+    trains = True
+    accuracy_sources = ()
+    epochs_option = "max_epochs"
 
-    def __init__(self, data: Any = None, n_candidates: int = 9, min_epochs: int = 1,
-                 max_epochs: int = 3, eta: int = 3, hyperband: bool = False,
-                 epoch_budget: int | None = None, batch_size: int = 64, lr: float = 0.05,
-                 max_steps: int | None = None, proxy: str | None = None, seed: int = 0,
-                 device: str = "cpu", progress: Any = None) -> None:
+    def __init__(self, n_candidates: int = 9, min_epochs: int = 1, max_epochs: int = 3,
+                 eta: int = 3, hyperband: bool = False, epoch_budget: int | None = None,
+                 batch_size: int = 64, lr: float = 0.05, max_steps: int | None = None,
+                 proxy: str | None = None, device: str = "cpu") -> None:
         if eta < 2 or min_epochs < 1 or max_epochs < min_epochs or n_candidates < 1:
             raise ConfigError("successive halving needs eta >= 2, 1 <= min_epochs <= "
                               "max_epochs and n_candidates >= 1")
-        self.data, self.n_candidates, self.min_epochs = data, n_candidates, min_epochs
+        self.n_candidates, self.min_epochs = n_candidates, min_epochs
         self.max_epochs, self.eta, self.hyperband = max_epochs, eta, hyperband
         self.epoch_budget, self.batch_size, self.lr = epoch_budget, batch_size, lr
-        self.max_steps, self.proxy, self.seed = max_steps, proxy, seed
-        self.device, self.progress = device, progress
+        self.max_steps, self.proxy, self.device = max_steps, proxy, device
 
     def _n_for_budget(self) -> int:
         n = self.n_candidates
@@ -102,42 +107,44 @@ class SuccessiveHalving:
         return n
 
     def search(self, space: SearchSpace, table: LatencyTable, accuracy: Any,
-               budget_ms: float) -> SearchResult:
+               budget_ms: float, context: SearchContext | None = None) -> SearchResult:
         from latbench.search.data import load_data, loader
         from latbench.search.supernet import accuracy as test_accuracy
 
-        data = load_data(self.data or "digits", space.input_shape[-1], self.seed)
+        context = context or SearchContext()
+        seed, progress = context.seed, context.progress
+        data = load_data(context.data, space.input_shape[-1], seed)
         if data.num_classes != getattr(space, "num_classes", data.num_classes):
             raise ConfigError(f"space {space.name} has {space.num_classes} classes, the data "
                               f"{data.num_classes}")
         started = time.perf_counter()
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(seed)
         if self.hyperband:
             brackets = hyperband_brackets(self.min_epochs, self.max_epochs, self.eta)
         else:
             brackets = [(self._n_for_budget(), self.min_epochs)]
         total_epochs = sum(bracket_epochs(n, r, self.max_epochs, self.eta) for n, r in brackets)
-        train = loader(data.train, self.batch_size, True, self.seed)
+        train = loader(data.train, self.batch_size, True, seed)
         val = loader(data.val, self.batch_size, False)
         steps = len(train) if self.max_steps is None else min(self.max_steps, len(train))
         lane = "halving" if not self.hyperband else "hyperband"
-        if self.progress is not None:
-            self.progress.start(lane, total_epochs * steps)
+        if progress is not None:
+            progress.start(lane, total_epochs * steps)
         history: list[dict[str, Any]] = []
         finalists: list[_Candidate] = []
         seen: set[tuple[int, ...]] = set()
         for b, (n, first) in enumerate(brackets):
-            archs = self._candidates(space, table, budget_ms, n, rng, seen)
+            archs = self._candidates(space, table, budget_ms, n, rng, seen, seed)
             if not archs:
                 raise SearchError(f"no {space.name} architecture is predicted under "
                                   f"{budget_ms:.4g} ms")
             seen.update(a.choices for a in archs)
-            pool = [self._build(space, a) for a in archs]
+            pool = [self._build(space, a, seed) for a in archs]
             for k, r in rungs(len(pool), first, self.max_epochs, self.eta):
                 pool = sorted(pool, key=lambda c: c.val_accuracy, reverse=True)[:k] \
                     if pool[0].epochs else pool
                 for cand in pool:
-                    self._train_to(cand, r, train, steps, lane)
+                    self._train_to(cand, r, train, steps, lane, progress)
                     cand.val_accuracy = test_accuracy(cand.module, val, self.device)
                     cand.history.append(cand.val_accuracy)
                     history.append({"bracket": b, "arch": space.encode(cand.arch),
@@ -156,27 +163,28 @@ class SuccessiveHalving:
                                   "seconds": time.perf_counter() - started})
 
     def _candidates(self, space: SearchSpace, table: LatencyTable, budget_ms: float, n: int,
-                    rng: np.random.Generator, seen: set[tuple[int, ...]]) -> list[Arch]:
+                    rng: np.random.Generator, seen: set[tuple[int, ...]],
+                    seed: int) -> list[Arch]:
         if not self.proxy:
             return sample_feasible(space, table, budget_ms, n, rng, exclude=seen)
         from latbench.search.proxies import ProxyScorer
 
         pool = sample_feasible(space, table, budget_ms, 4 * n, rng, exclude=seen)
-        scores = ProxyScorer(space, self.proxy, seed=self.seed)(pool)
+        scores = ProxyScorer(space, self.proxy, seed=seed)(pool)
         return [pool[i] for i in np.argsort(-scores, kind="stable")[:n]]
 
-    def _build(self, space: SearchSpace, arch: Arch) -> _Candidate:
+    def _build(self, space: SearchSpace, arch: Arch, seed: int) -> _Candidate:
         import torch
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(seed)
             module = space.to_torch(arch).to(self.device)
         optimizer = torch.optim.SGD(module.parameters(), lr=self.lr, momentum=0.9,
                                     weight_decay=4e-5, nesterov=True)
         return _Candidate(arch, module, optimizer)
 
     def _train_to(self, cand: _Candidate, epochs: int, train: Any, steps: int,
-                  lane: str) -> None:
+                  lane: str, progress: Any) -> None:
         import torch.nn.functional as F
 
         cand.module.train()
@@ -192,6 +200,6 @@ class SuccessiveHalving:
                 cand.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 cand.optimizer.step()
-                if self.progress is not None:
-                    self.progress.advance(lane, 1)
+                if progress is not None:
+                    progress.advance(lane, 1)
             cand.epochs += 1

@@ -1,11 +1,18 @@
 """Campaigns on the local CPU with ONNX Runtime: one record per job, resuming, failed exports,
-redoing batches measured in a slow phase, and giving up on a dead device without stopping the
-others."""
+redoing batches measured in a slow phase, giving up on a dead device without stopping the
+others, progress per job, and the dataset's campaign lock between real processes."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,9 +27,10 @@ from latbench.bench.campaign import (
 )
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
-from latbench.bench.store import LatencyDataset, make_job_key
+from latbench.bench.store import CAMPAIGN_LOCK_FILE, LatencyDataset, campaign_lock, make_job_key
+from latbench.cli import main
 from latbench.device_agents import CommandResult, Device, local_device
-from latbench.errors import ConfigError, TransportError
+from latbench.errors import ConfigError, DatasetError, RunnerError, TransportError
 
 SETTINGS = RunSettings(threads=1, warmup=1, runs=3, rounds=2)
 SPECS = [
@@ -166,8 +174,9 @@ class SlowOnceRunner(OnnxRuntimeRunner):
         self.batch_sizes: list[int] = []
 
     def measure(self, device: Device, models: Sequence[ModelFile],
-                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
-        result = super().measure(device, models, settings, timeout_s)
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: Callable[[float], None] | None = None) -> BatchResult:
+        result = super().measure(device, models, settings, timeout_s, progress)
         self.calls += 1
         self.batch_sizes.append(len(models))
         return dataclasses.replace(result, reference_ms=5.0 if self.calls in self.slow_calls
@@ -278,3 +287,309 @@ def test_network_subjects_and_kernels(tmp_path: Path, device: Device) -> None:
     row = dataset.records().iloc[0]
     assert (row["key"], row["subject"], row["family"], row["kind"]) == ("toy:1", "network",
                                                                          "toy", "network")
+
+
+# --- progress per job ---------------------------------------------------------------------------
+class Lanes:
+    """A progress sink that keeps every call."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.advances: list[tuple[str, float]] = []
+        self.notes: list[tuple[str, str]] = []
+
+    def start(self, lane: str, total: int) -> None:
+        self.totals[lane] = total
+
+    def advance(self, lane: str, done: float) -> None:
+        assert done > 0
+        self.advances.append((lane, done))
+
+    def note(self, lane: str, text: str) -> None:
+        self.notes.append((lane, text))
+
+    def done(self, lane: str) -> float:
+        return sum(d for name, d in self.advances if name == lane)
+
+
+class ReportingRunner(SlowOnceRunner):
+    """The real runner measuring for real; it then reports each model finished through the
+    `progress` callback (in halves, as a runner streaming partial progress would), and fails
+    the calls listed in `fail_calls` after reporting one model."""
+
+    def __init__(self, slow_calls: set[int], fail_calls: frozenset[int] = frozenset()) -> None:
+        super().__init__(slow_calls)
+        self.fail_calls = fail_calls
+
+    def measure(self, device: Device, models: Sequence[ModelFile],
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: Callable[[float], None] | None = None) -> BatchResult:
+        result = super().measure(device, models, settings, timeout_s)
+        if models[0].id == "calibration":  # probes are not jobs: no callback
+            assert progress is None
+            return result
+        assert progress is not None  # the campaign passes it to every batch
+        if self.calls in self.fail_calls:
+            progress(1.0)
+            raise RunnerError("the runtime crashed after one model")
+        for _ in models:
+            progress(0.5)
+            progress(0.5)
+        return result
+
+
+def test_progress_advances_per_job_and_never_twice_for_a_redone_batch(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calls 1-3 calibrate; call 4 (first batch) is slow and redone as call 5
+    runner = ReportingRunner(slow_calls={4})
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = LatencyDataset.create(tmp_path / "ds", {})
+    sink = Lanes()
+    summary = run_campaign(subjects(SPECS[:5]), [device], ["onnxruntime"], dataset,
+                           config(batch_size=3, shuffle_seed=None), sink)
+    assert summary.redone_batches == 1 and summary.measured == 5
+    assert sink.totals == {"local/onnxruntime": 5}
+    # every model advanced the bar as it was reported: 3 models x 2 halves, then 2 x 2; the
+    # redone attempt reported its 3 models again and added nothing
+    assert [d for _, d in sink.advances] == [0.5] * 10
+    assert sink.done("local/onnxruntime") == 5
+    assert any("measuring the batch again" in text for _, text in sink.notes)
+
+
+def test_failed_batch_still_advances_the_bar_to_its_size(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ReportingRunner(slow_calls=set(), fail_calls=frozenset({4}))
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = LatencyDataset.create(tmp_path / "ds", {})
+    sink = Lanes()
+    summary = run_campaign(subjects(SPECS[:5]), [device], ["onnxruntime"], dataset,
+                           config(batch_size=3, shuffle_seed=None), sink)
+    assert (summary.measured, summary.failed) == (2, 3)
+    # the failed batch: 1 model reported, the other 2 added when it was stored as failed
+    assert [d for _, d in sink.advances] == [1.0, 2.0, 0.5, 0.5, 0.5, 0.5]
+    assert sink.done("local/onnxruntime") == 5
+
+
+class SilentRunner(SlowOnceRunner):
+    """The real runner, reporting no progress while it measures."""
+
+    def measure(self, device: Device, models: Sequence[ModelFile],
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: Callable[[float], None] | None = None) -> BatchResult:
+        return super().measure(device, models, settings, timeout_s)
+
+
+def test_runner_reporting_no_progress_advances_per_batch(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = SilentRunner(slow_calls=set())
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = LatencyDataset.create(tmp_path / "ds", {})
+    sink = Lanes()
+    run_campaign(subjects(SPECS[:5]), [device], ["onnxruntime"], dataset,
+                 config(batch_size=3, shuffle_seed=None), sink)
+    assert [d for _, d in sink.advances] == [3, 2]
+
+
+def test_time_left_column_estimates_from_the_lane_pace() -> None:
+    from rich.progress import Progress
+
+    from latbench.progress import TimeLeftColumn
+
+    now = [100.0]
+    progress = Progress(TimeLeftColumn(), get_time=lambda: now[0], auto_refresh=False)
+    column = TimeLeftColumn()
+    task_id = progress.add_task("lane", total=10)
+    task = progress.tasks[0]
+    assert column.render(task).plain == "-:--:--"  # nothing done yet: no estimate
+    now[0] += 60.0
+    progress.advance(task_id, 2)  # 2 jobs in a minute: 8 left take 4 minutes
+    assert column.render(task).plain == "0:04:00"
+    now[0] += 600.0  # a long batch, no advance: the estimate stays, from the average pace
+    progress.advance(task_id, 3)  # 5 in 11 minutes
+    assert column.render(task).plain == "0:11:00"
+    progress.advance(task_id, 5)
+    assert column.render(task).plain == "0:11:00"  # finished: the lane's elapsed time
+
+
+def test_bars_add_fractions_up_to_whole_jobs() -> None:
+    import io
+
+    from rich.console import Console
+
+    from latbench.progress import Bars
+
+    with Bars("measuring", Console(file=io.StringIO())) as bars:
+        bars.start("board/onnxruntime", 3)
+        for _ in range(30):
+            bars.advance("board/onnxruntime", 0.1)  # 30 x 0.1 is 2.9999999999999996 in floats
+        task = bars.progress.tasks[0]
+        assert task.completed == 3 and task.finished
+
+
+# --- the campaign lock: one campaign per dataset, across real processes -------------------------
+LATBENCH = str(Path(sys.executable).parent / "latbench")
+FAST = ["--warmup", "1", "--runs", "3", "--rounds", "1", "--fixed-runs", "--calibration-runs",
+        "0", "--check-timeout", "600"]
+
+
+def gated_fleet(tmp_path: Path) -> tuple[Path, Path]:
+    """A fleet with one local device whose Python waits for a gate file before starting: a
+    campaign on it holds its dataset until the test opens the gate. Returns (fleet, gate)."""
+    gate = tmp_path / "gate"
+    python = tmp_path / "gated-python"
+    python.write_text(f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\n"
+                      f"exec '{sys.executable}' \"$@\"\n")
+    python.chmod(0o755)
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[devices.gated]\ntransport = "local"\npython = "{python}"\n'
+                     f'work_dir = "{tmp_path / "work"}"\nruntimes = ["onnxruntime"]\n')
+    return fleet, gate
+
+
+def tiny_plan(tmp_path: Path) -> Path:
+    plan = tmp_path / "tiny.yaml"
+    plan.write_text("specs:\n" + "".join(f"  - '{s.key()}'\n" for s in SPECS[:3]))
+    return plan
+
+
+def start_campaign(out: Path, plan: Path, fleet: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([LATBENCH, "bench", "ops", "--plan", str(plan), "--out", str(out),
+                             "--fleet", str(fleet), "--device", "gated", *FAST, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    """Wait (up to minutes on a loaded machine) until `ready()`; fail if `proc` exits first."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the campaign exited first: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: gave up waiting")
+        time.sleep(0.05)
+
+
+def holder(out: Path) -> dict:
+    try:
+        return json.loads((out / CAMPAIGN_LOCK_FILE).read_text() or "{}")
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_second_campaign_refuses_or_waits_and_measures_nothing_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet, gate = gated_fleet(tmp_path)
+    plan, out = tiny_plan(tmp_path), tmp_path / "ds"
+    first = start_campaign(out, plan, fleet)
+    procs = [first]
+    try:
+        wait_for("first campaign holds the dataset", lambda: holder(out).get("pid") == first.pid,
+                 first)
+        # a second campaign in this process: refused at once, one line naming dataset and pid
+        code = main(["bench", "ops", "--plan", str(plan), "--out", str(out), "--fleet",
+                     str(fleet), "--device", "gated", *FAST])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1, err
+        assert err[0].startswith(f"latbench: error: dataset {out} is being measured by another "
+                                 f"campaign (pid {first.pid} on ")
+        assert sorted(p.name for p in out.iterdir()) == [CAMPAIGN_LOCK_FILE]  # wrote nothing
+        assert holder(out)["pid"] == first.pid
+
+        # a third, in another process, waits for the first and then finds every job stored
+        third = start_campaign(out, plan, fleet, "--lock-wait", "inf")
+        procs.append(third)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(third.stderr), daemon=True)
+        reader.start()
+        wait_for("third campaign waits", lambda: any("waiting for it" in line
+                                                     for line in lines), third)
+        gate.touch()
+        assert first.wait(timeout=300) == 0, first.communicate()
+        third.wait(timeout=300)
+        out_third = third.stdout.read()
+        reader.join(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert third.returncode == 0, lines
+    assert f"dataset {out} is being measured by another campaign (pid {first.pid}" in \
+        "".join(lines)
+    assert summary_value(out_third, "already stored") == 3
+    assert summary_value(out_third, "measured") == 0
+    assert len(LatencyDataset.open(out).records()) == 3
+    assert holder(out) == {}  # released: the file no longer names anyone
+
+
+def summary_value(out: str, label: str) -> int:
+    import re
+
+    match = re.search(rf"{re.escape(label)}\s*[│|]\s*(\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def test_killed_campaign_releases_the_dataset(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    fleet, _ = gated_fleet(tmp_path)  # the gate never opens: the campaign hangs until killed
+    plan, out = tiny_plan(tmp_path), tmp_path / "ds"
+    hung = start_campaign(out, plan, fleet)
+    try:
+        wait_for("campaign holds the dataset", lambda: holder(out).get("pid") == hung.pid, hung)
+    finally:
+        os.killpg(hung.pid, signal.SIGKILL)
+        hung.wait()
+    assert holder(out)["pid"] == hung.pid  # it had no chance to clear the file
+    code = main(["bench", "ops", "--plan", str(plan), "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert summary_value(captured.out, "measured") == 3
+    assert len(LatencyDataset.open(out).records()) == 3
+
+
+def test_lock_waits_up_to_its_timeout_is_reentrant_and_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "ds"
+    heard: list[str] = []
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from latbench.bench.store import campaign_lock\n"
+         f"with campaign_lock({str(out)!r}):\n"
+         "    print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(DatasetError, match=r"after waiting 0\.3 s; wait for it"):
+            with campaign_lock(out, wait_s=0.3, on_wait=heard.append, poll_s=0.05):
+                pass
+        assert heard == [f"dataset {out} is being measured by another campaign (pid "
+                         f"{child.pid} on {os.uname().nodename} since "
+                         f"{holder(out)['since']}); waiting for it (up to 0.3 s)"]
+    finally:
+        child.communicate("\n", timeout=60)
+    assert child.returncode == 0
+    assert not (tmp_path / "new").exists()  # the child made the folders and removed them
+
+    with campaign_lock(out):
+        with campaign_lock(out):  # the same thread again: no deadlock
+            dataset = LatencyDataset.create(out, {})
+        # another thread of this process is a different campaign
+        errors: list[Exception] = []
+
+        def other() -> None:
+            try:
+                with campaign_lock(out):
+                    pass
+            except DatasetError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1 and "being measured by another campaign" in str(errors[0])
+    assert out.is_dir() and dataset.card  # a dataset it created stays
+    with pytest.raises(ConfigError, match="must be >= 0 seconds"):
+        config(lock_wait_s=-1)
+    with pytest.raises(ConfigError, match="must be >= 0 seconds"):
+        config(lock_wait_s=float("nan"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
@@ -165,3 +167,32 @@ def test_export_failure_names_the_module():
 
 def test_family_registry_is_a_plain_dict():
     assert isinstance(FAMILIES, dict) and sorted(FAMILIES) == EXPECTED_FAMILIES
+
+
+@pytest.mark.parametrize("family", list_families())
+def test_every_family_builds_exports_and_parses(family):
+    """Every registered family: sample, build, export to ONNX, and the kernel parser reads the
+    export (convolutions and the classifier included)."""
+    import torch
+
+    from latbench.bench.kernels import onnx_to_kernels
+
+    net = min(sample_networks(family, 3, np.random.default_rng(7)),
+              key=lambda n: n.config.resolution)
+    module = net.build()
+    with torch.no_grad():
+        y = module(torch.zeros(net.input_shape))
+    assert tuple(y.shape) == (1, net.config.classes)
+    kinds = Counter(k.kind for k in onnx_to_kernels(net.to_onnx()))
+    # every conv and linear layer is one kernel, except those inside a squeeze-excite block,
+    # which is one "se" kernel of its own
+    se_blocks = [m for m in module.modules() if type(m).__name__ == "SqueezeExcite"]
+    in_se = [layer for block in se_blocks for layer in block.modules()]
+
+    def outside_se(kind: type) -> int:
+        return sum(isinstance(m, kind) for m in module.modules()) - \
+            sum(isinstance(m, kind) for m in in_se)
+
+    assert kinds["conv"] + kinds["dwconv"] == outside_se(torch.nn.Conv2d) > 0
+    assert kinds["linear"] == outside_se(torch.nn.Linear) >= 1
+    assert kinds["se"] == len(se_blocks)

@@ -5,7 +5,7 @@ correction, kept samples, and the refusals."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -102,7 +102,7 @@ class AdaptiveCanned(LocalTransport):
         self.make = make
         self.request: dict | None = None
 
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float, on_stderr=None) -> CommandResult:
         import json
 
         if "measure" not in argv:
@@ -172,8 +172,9 @@ class SlowingRunner(OnnxRuntimeRunner):
         self.references = list(references)
 
     def measure(self, device: Device, models: Sequence[ModelFile],
-                settings: RunSettings | None = None, timeout_s: float = 600.0) -> BatchResult:
-        result = super().measure(device, models, settings, timeout_s)
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: Callable[[float], None] | None = None) -> BatchResult:
+        result = super().measure(device, models, settings, timeout_s, progress)
         return dataclasses.replace(result, reference_ms=self.references.pop(0))
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from standins.procs import wait_gone
 
+import latbench.bench.campaign as campaign
 from latbench import cli
 from latbench.bench.campaign import (
     CampaignConfig,
@@ -20,7 +23,7 @@ from latbench.bench.campaign import (
     run_campaign,
 )
 from latbench.bench.ops import OpSpec
-from latbench.bench.runners import RunSettings
+from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
 from latbench.bench.store import LatencyDataset, make_job_key
 from latbench.device_agents import ADBTransport, Device, LocalTransport, SSHTransport
 
@@ -72,7 +75,7 @@ class KillAfterFirstBatch:
     def start(self, lane: str, total: int) -> None:
         pass
 
-    def advance(self, lane: str, done: int) -> None:
+    def advance(self, lane: str, done: float) -> None:
         if lane == self.lane and not self.killed:
             self.host.kill()
             self.killed = True
@@ -81,12 +84,26 @@ class KillAfterFirstBatch:
         self.notes.append((lane, text))
 
 
+class PerBatchRunner(OnnxRuntimeRunner):
+    """The real runner, reporting no progress while it measures: the campaign then advances
+    the bar once a batch is stored."""
+
+    def measure(self, device: Device, models: Sequence[ModelFile],
+                settings: RunSettings | None = None, timeout_s: float = 600.0,
+                progress: Callable[[float], None] | None = None) -> BatchResult:
+        return super().measure(device, models, settings, timeout_s)
+
+
 def test_killed_host_fails_alone_and_rerun_completes(sshd_hosts, client_key, known_hosts,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     hosts = {name: sshd_hosts(name) for name in ("a", "b", "c")}
     kh = known_hosts(*hosts.values())
     devices = [ssh_device(n, h, client_key, kh) for n, h in hosts.items()]
     out = tmp_path / "ds"
+    # The bar advances once a batch is stored, which is when the sink kills the host: between
+    # two batches.
+    monkeypatch.setattr(campaign, "get_runner", lambda name: PerBatchRunner())
     sink = KillAfterFirstBatch("c/onnxruntime", hosts["c"])
     summary, checks = measure_fleet_into_dataset(subjects(), devices, None, out,
                                                  config(max_device_failures=1), progress=sink)
@@ -255,3 +272,29 @@ def test_records_carry_temperature_and_clock_around_the_batch(tmp_path: Path) ->
     assert (rec.temp_before_c, rec.temp_after_c) == (44.0, 52.0)
     assert rec.freq_before_khz == 1_800_000 and math.isnan(rec.freq_after_khz)
     assert rec.raw_output == "" and rec.tool_flags == "" and rec.min_ms == 1.0
+
+
+def test_progress_over_ssh_advances_as_models_finish(sshd_hosts, client_key, known_hosts,
+                                                     tmp_path: Path) -> None:
+    """The agent's progress lines travel back over SSH while a batch runs: one batch of four
+    kernels moves its lane's bar several times, and by exactly four jobs in all."""
+    host = sshd_hosts("board")
+    device = ssh_device("board", host, client_key, known_hosts(host))
+    advances: list[tuple[str, float]] = []
+
+    class Sink:
+        def start(self, lane: str, total: int) -> None:
+            assert (lane, total) == ("board/onnxruntime", 4)
+
+        def advance(self, lane: str, done: float) -> None:
+            advances.append((lane, done))
+
+        def note(self, lane: str, text: str) -> None:
+            pass
+
+    dataset = LatencyDataset.create(tmp_path / "ds", {})
+    summary = run_campaign(subjects(SPECS[:4]), [device], ["onnxruntime"], dataset,
+                           config(batch_size=4), Sink())
+    assert summary.measured == 4 and len(dataset.records()) == 4
+    assert len(advances) > 1 and all(d > 0 for _, d in advances)
+    assert sum(d for _, d in advances) == pytest.approx(4)

@@ -18,7 +18,7 @@ from latbench.bench.export.reference import run_reference
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.export.to_pt2 import to_pt2
 from latbench.bench.ops import OpSpec
-from latbench.bench.runners import GPU_RUNTIMES, ModelFile, RunSettings, get_runner
+from latbench.bench.runners import RUNNERS, ModelFile, RunSettings, get_runner
 from latbench.cli import main
 from latbench.device_agents import AGENT_SCRIPT, Device, LocalTransport, local_device
 from latbench.device_agents.agent import latbench_agent as agent
@@ -26,6 +26,8 @@ from latbench.device_agents.fleet import _problems
 from latbench.errors import RunnerError
 
 SPEC = OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3, act="relu")
+# Every registered runtime that needs a CUDA device.
+GPU_RUNTIMES = [name for name, runner in RUNNERS.items() if runner.needs.cuda]
 
 
 def test_this_machine_has_no_cuda_device() -> None:

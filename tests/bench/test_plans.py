@@ -268,3 +268,83 @@ def test_to_dict_round_trips(tmp_path: Path) -> None:
     plan = load_plan(write(tmp_path, "my-phone.yaml", YAML_PLAN))
     again = load_plan(write(tmp_path, "again.yaml", yaml.safe_dump(plan.to_dict())))
     assert again == plan
+
+
+# --- impossible sizes: refused before anything is measured, naming the file and the entry ----
+@pytest.mark.parametrize(("entries", "match"), [
+    ("  - {kind: conv, count: 2, h: [8], kernel: [7], pad: [0], cin: [8]}\n"
+     "  - {kind: conv, count: 2, h: [4], kernel: [7], pad: [0], cin: [8]}\n",
+     r"random entry 1 \(conv\): kernel 7 is larger than every padded input of the entry "
+     r"\(h at most 4, pad \[0\]\)"),
+    ("  - {kind: pool, count: 2, h: [2, 8], kernel: [5], pad: [0], cin: [8], pool: [max]}\n",
+     r"random entry 0 \(pool\): h 2 is smaller than every kernel of the entry"),
+    ("  - {kind: conv, count: 2, h: {min: 1, max: 3}, kernel: [5], pad: [0]}\n",
+     r"random entry 0 \(conv\): kernel 5 is larger than every padded input of the entry "
+     r"\(h at most 3"),
+    ("  - {kind: conv, count: 2, h: [0, 8], cin: [8]}\n",
+     r"random entry 0 \(conv\): h 0 is impossible: h must be an integer >= 1"),
+    ("  - {kind: dwconv, count: 2, h: [8], w: [-4], cin: [8]}\n",
+     r"random entry 0 \(dwconv\): w -4 is impossible"),
+    ("  - {kind: linear, count: 2, cin: [0]}\n",
+     r"random entry 0 \(linear\): cin 0 is impossible"),
+    ("  - {kind: conv, count: 2, h: [8], cin: [8], stride: [1, 0]}\n",
+     r"random entry 0 \(conv\): stride 0 is impossible: stride must be an integer >= 1"),
+    ("  - {kind: conv, count: 2, h: [8], cin: [8], kernel: [3.5]}\n",
+     r"random entry 0 \(conv\): kernel 3.5 is impossible"),
+    ("  - {kind: conv, count: 2, h: [8], cin: {min: 64, max: 8}}\n",
+     r"random entry 0 \(conv\): bad cin range .*need 1 <= min <= max \(min 64 > max 8\)"),
+    ("  - {kind: conv, count: 2, h: [8], cin: [8, 16], cout: [8], groups: [3]}\n",
+     r"random entry 0 \(conv\): groups 3 divides none of the cin values \(\[8, 16\]\)"),
+    ("  - {kind: conv, count: 2, h: [8], cin: [12], cout: {min: 4, max: 5}, groups: [3]}\n",
+     r"random entry 0 \(conv\): groups 3 divides none of the cout values"),
+    ("  - {kind: mbconv, count: 2, h: [8], cin: [8], expand: [0]}\n",
+     r"random entry 0 \(mbconv\): expand 0 is impossible: it must be a number > 0"),
+])
+def test_impossible_random_entries_are_refused_naming_file_and_entry(
+        tmp_path: Path, entries: str, match: str) -> None:
+    path = write(tmp_path, "phone.yaml", "random:\n" + entries)
+    plan = load_plan(path)
+    with pytest.raises(ConfigError, match=match) as info:
+        build_specs(plan, toy_resolver)
+    assert str(info.value).startswith(f"plan file {path}: random entry ")
+
+
+@pytest.mark.parametrize(("key", "match"), [
+    ("conv:n=1,h=4,w=4,cin=8,cout=8,k=7,s=1,p=0,g=1,act=none,dtype=float32", "empty output"),
+    ("conv:n=1,h=8,w=8,cin=8,cout=8,k=3,s=1,p=1,g=3,act=none,dtype=float32",
+     "groups=3 must divide cin=8"),
+    ("conv:n=1,h=0,w=8,cin=8,cout=8,k=3,s=1,p=1,g=1,act=none,dtype=float32",
+     "h must be a positive integer"),
+    ("dwconv:n=1,h=8,w=8,cin=8,k=3,s=0,p=1,act=none,dtype=float32",
+     "stride must be a positive integer"),
+])
+def test_impossible_spec_entries_are_refused_naming_file_and_entry(
+        tmp_path: Path, key: str, match: str) -> None:
+    path = write(tmp_path, "phone.toml", f"specs = ['{EXTRA_KEY}', '{key}']\n")
+    with pytest.raises(ConfigError, match=match) as info:
+        load_plan(path)
+    assert str(info.value).startswith(f"plan file {path}: specs entry 1: ")
+
+
+def test_entries_with_some_impossible_combinations_still_build(tmp_path: Path) -> None:
+    """Only values no combination can use are refused: a 7x7 kernel over [4, 16] inputs fits
+    the 16s, groups 4 divides some of the channel range."""
+    plan = load_plan(write(tmp_path, "ok.yaml", (
+        "random:\n"
+        "  - {kind: conv, count: 6, h: [4, 16], kernel: [3, 7], pad: [0], cin: {min: 8, max: 64},"
+        " cout: [16, 32], groups: [1, 4]}\n")))
+    specs = build_specs(plan, toy_resolver)
+    assert specs and all(s.h + 2 * s.pad >= s.kernel for s in specs)
+    assert all(s.cin % s.groups == 0 == s.cout % s.groups for s in specs)
+
+
+def test_refusals_while_building_name_the_plan_and_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "spaces: [toy, nowhere]\n")
+    with pytest.raises(ConfigError, match=r"spaces entry 1: unknown search space 'nowhere'") \
+            as info:
+        build_specs(load_plan(path), toy_resolver)
+    assert str(info.value).startswith(f"plan file {path}: ")
+    with pytest.raises(ConfigError, match=r"random entry 0 \(conv\) produced no valid kernel"):
+        build_specs(Plan("p", random=(RandomKernels("conv", 1, {"act": ["gelu"]}),)))
+    with pytest.raises(ConfigError, match=r"^plan 'p': random entry 0 \(conv\)"):
+        build_specs(Plan("p", random=(RandomKernels("conv", 1, {"stride": 0}),)))

@@ -24,7 +24,13 @@ from latbench.bench.runners import (
     get_runner,
     register_runner,
 )
-from latbench.device_agents import CommandResult, Device, LocalTransport, local_device
+from latbench.device_agents import (
+    CommandResult,
+    Device,
+    LineCallback,
+    LocalTransport,
+    local_device,
+)
 from latbench.errors import AgentError, ConfigError, RunnerError, TransportError
 
 BIG = OpSpec("conv", h=32, w=32, cin=64, cout=64, kernel=3)
@@ -167,9 +173,10 @@ class CannedTransport(LocalTransport):
         self.returncode = returncode
         self.request: dict | None = None
 
-    def run(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout_s: float,
+            on_stderr: LineCallback | None = None) -> CommandResult:
         if "measure" not in argv:
-            return super().run(argv, timeout_s)
+            return super().run(argv, timeout_s, on_stderr)
         self.request = json.loads(Path(argv[-1]).read_text())
         reply = self.reply(self.request) if callable(self.reply) else self.reply
         stdout = reply if isinstance(reply, str) else json.dumps(reply)
@@ -258,3 +265,78 @@ def test_failed_measurement_has_no_stats() -> None:
     assert not m.ok and m.stats is None
     ok = Measurement("y", "ok", ((2.0, 4.0), (3.0,)))
     assert ok.stats is not None and ok.stats.median_ms == 3.0 and ok.stats.n_runs == 3
+
+
+class ProgressLog:
+    """A progress callback that also notes whether the batch was still on the device (its
+    folder in the work dir) when it was called: then it was streamed, not reported at the end."""
+
+    def __init__(self, work_dir: str) -> None:
+        self.work_dir = work_dir
+        self.steps: list[float] = []
+        self.during_batch = 0
+
+    def __call__(self, step: float) -> None:
+        assert step > 0
+        self.steps.append(step)
+        self.during_batch += any(n.startswith("batch-") for n in os.listdir(self.work_dir))
+
+
+def test_local_batch_reports_progress_per_model(device: Device) -> None:
+    runner = get_runner("onnxruntime")
+    models = [ModelFile(f"m{i}", runner.export(spec_graph(SMALL))) for i in range(3)]
+    models.append(ModelFile("corrupt", b"\x00not a model" * 8))
+    log = ProgressLog(device.work_dir)
+    result = runner.measure(device, models, QUICK, timeout_s=300, progress=log)
+    assert [m.ok for m in result.measurements] == [True, True, True, False]
+    assert sum(log.steps) == pytest.approx(len(models))
+    assert len(log.steps) > len(models) and log.during_batch >= len(models)
+
+
+def test_ssh_batch_reports_progress_per_model(sshd_hosts, client_key, known_hosts) -> None:
+    import sys
+
+    from latbench.device_agents import SSHTransport
+
+    host = sshd_hosts("a")
+    transport = SSHTransport("127.0.0.1", port=host.port, key_file=client_key,
+                             known_hosts=known_hosts(host), connect_retries=1)
+    board = Device("board", transport, ("onnxruntime",), str(host.work_dir),
+                   python=sys.executable)
+    runner = get_runner("onnxruntime")
+    models = [ModelFile(f"m{i}", runner.export(spec_graph(SMALL))) for i in range(4)]
+    log = ProgressLog(board.work_dir)
+    with transport:
+        result = runner.measure(board, models, RunSettings(warmup=1, runs=3, target_ci=0.5,
+                                                           min_runs=3, max_runs=9),
+                                timeout_s=300, progress=log)
+    assert all(m.ok for m in result.measurements)
+    assert sum(log.steps) == pytest.approx(len(models)) and log.during_batch >= 1
+    assert leftovers(board) == []
+
+
+def test_native_tool_reports_progress_as_each_run_ends(benchmark_model_binary,
+                                                       tmp_path: Path) -> None:
+    phone = Device("phone", LocalTransport(), ("tflite-benchmark-model",), str(tmp_path / "w"),
+                   python=None, tools={"benchmark_model": str(benchmark_model_binary)})
+    runner = get_runner("tflite-benchmark-model")
+    models = [ModelFile(f"m{i}", runner.export(spec_graph(SMALL))) for i in range(3)]
+    steps: list[float] = []
+    result = runner.measure(phone, models, RunSettings(warmup=1, runs=3, rounds=2), 300,
+                            progress=steps.append)
+    assert all(m.ok for m in result.measurements)
+    assert steps == [0.5] * 6  # one step per model and round, probes not counted
+
+
+def test_progress_lines_never_reach_errors(tmp_path: Path) -> None:
+    """The agent's progress lines are consumed even when nobody listens: a failing batch's
+    error shows the agent's own stderr only."""
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\necho 'latbench-progress 1.000000 3' >&2\n"
+                      "echo 'real trouble' >&2\nexit 5\n")
+    script.chmod(0o755)
+    device = Device("fake", LocalTransport(), ("onnxruntime",), str(tmp_path / "w"),
+                    python=str(script))
+    with pytest.raises(AgentError, match="real trouble") as info:
+        get_runner("onnxruntime").measure(device, [ModelFile("a", b"1")], QUICK, 30)
+    assert "latbench-progress" not in str(info.value)

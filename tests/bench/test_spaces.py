@@ -316,3 +316,40 @@ def test_registry() -> None:
         register_space("proxyless")(ProxylessSpace)
     with pytest.raises(ConfigError, match="unknown search space 'nope'"):
         get_space("nope")
+
+
+# --- every registered space --------------------------------------------------------------------
+# Small options for the spaces a test would otherwise build large; a space registered without an
+# entry here is tested with its defaults.
+SMALL_SPACES = {
+    "nasbench-macro": {"resolution": 8},
+    "nasbench201": {"resolution": 8, "channels": 4, "cells": 1},
+    "proxyless": {"resolution": 32, "width_mult": 0.35, "num_classes": 10,
+                  "stages": ((16, 2, 2), (24, 2, 2))},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_round_trips_and_builds(name: str) -> None:
+    import torch
+
+    space = get_space(name, **SMALL_SPACES.get(name, {}))
+    counts = [space.n_candidates(i) for i in range(space.n_layers)]
+    assert space.size == int(np.prod(counts)) and min(counts) >= 1
+    assert all(len(space.candidate_names(i)) == counts[i] for i in range(space.n_layers))
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(5)]
+    for arch in archs:
+        text = space.encode(arch)
+        assert isinstance(text, str) and space.decode(text) == arch
+        specs = space.ops(arch)
+        assert specs and all(isinstance(s, OpSpec) for s in specs)
+        assert specs[0].input_shape == space.input_shape
+        if space.is_chain:
+            assert_chain(specs)
+        child = space.mutate(arch, rng)
+        assert child != arch and space.check(child) == child
+    model = space.to_torch(archs[0]).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, *space.input_shape[1:]))
+    assert tuple(y.shape) == (2, space.num_classes) and torch.isfinite(y).all()

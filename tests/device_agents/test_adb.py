@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from standins.adb_standin_device import StandInAdbDevice
-from standins.procs import TRICKY, wait_gone
+from standins.procs import HANDSHAKE, TRICKY, handshake, wait_gone
 
 from latbench.device_agents import ADBTransport, Transport, get_transport_class
 from latbench.errors import TransportError
@@ -78,3 +78,12 @@ def test_device_without_shell_v2_is_refused(adb_server) -> None:
             phone_transport(adb_server, old).run(["true"], 30)
     finally:
         old.stop()
+
+
+def test_stderr_lines_stream_to_a_callback_while_the_command_runs(adb_server, standin_phone,
+                                                                  tmp_path: Path) -> None:
+    t = phone_transport(adb_server, standin_phone)
+    seen, on_line = handshake(tmp_path / "flag")
+    result = t.run(["sh", "-c", HANDSHAKE, "sh", str(tmp_path / "flag")], 60, on_stderr=on_line)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\n", "keep-1\nkeep-2\n")
+    assert seen == ["keep-1", "latbench-test ping", "keep-2"]  # not the wrapper's pid line

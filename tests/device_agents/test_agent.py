@@ -295,3 +295,48 @@ def test_rounds_visit_models_in_changing_orders(monkeypatch: pytest.MonkeyPatch,
         assert len(predecessors) > 1
         orders.append(rounds)
     assert orders[0] == orders[1]  # seeded: the same request gives the same schedule
+
+
+def test_facts_reports_the_modules_the_host_asks_about(script: Path, tmp_path: Path) -> None:
+    code, facts, _ = run_agent(script, "facts", "--module", "json", "--work-dir", str(tmp_path),
+                               "--module", "latbench_no_such_module")
+    assert code == 0 and facts["work_dir"] == str(tmp_path)
+    assert facts["runtimes"]["json"] == "installed"  # stdlib: no distribution, no version
+    assert facts["runtimes"]["latbench_no_such_module"] is None
+    import onnxruntime
+
+    assert facts["runtimes"]["onnxruntime"] == onnxruntime.__version__
+    code, reply, _ = run_agent(script, "facts", "--module")
+    assert code == agent.EXIT_BAD_REQUEST and reply["status"] == "error"
+
+
+def progress_lines(stderr: str) -> list[tuple[float, int]]:
+    parsed = [agent.parse_progress(line) for line in stderr.splitlines()]
+    return [p for p in parsed if p is not None]
+
+
+@pytest.mark.parametrize("stop", [None, {"target_rel_width": 0.5, "confidence": 0.9,
+                                         "min_runs": 3, "max_runs": 9, "max_seconds": 5.0,
+                                         "futility": None}])
+def test_measure_reports_progress_on_stderr(script: Path, tmp_path: Path, stop) -> None:
+    good = tmp_path / "good.onnx"
+    good.write_bytes(to_onnx(spec_graph(SPEC)))
+    models = [("a", good), ("b", good), ("broken", tmp_path / "missing.onnx"), ("c", good)]
+    req = write_request(tmp_path, models, rounds=3, runs=3, stop=stop)
+    code, reply, stderr = run_agent(script, "measure", str(req))
+    assert code == 0 and reply["status"] == "ok"
+    lines = progress_lines(stderr)
+    assert lines and all(total == 4 for _, total in lines)
+    done = [d for d, _ in lines]
+    assert done == sorted(done) and done[-1] == 4.0 and done[0] >= 1.0  # the broken one first
+    if stop is None:  # a third of a model per round: fractional steps
+        assert any(d != int(d) for d in done) and len(done) == 1 + 3 * 3
+
+
+@pytest.mark.parametrize("line", ["latbench-progress 1.5", "latbench-progress x 4",
+                                  "latbench-progress 5 4", "latbench-progress 1 0",
+                                  "latbench-progress nan 4", "latbench-progressed 1 4",
+                                  "INFO: latbench-progress 1 4"])
+def test_parse_progress_refuses_other_lines(line: str) -> None:
+    assert agent.parse_progress(line) is None
+    assert agent.parse_progress("latbench-progress 1.500000 4") == (1.5, 4)

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from standins.sshd_host import encrypted_copy
 
+import latbench.bench.runners  # noqa: F401  (registers the runtimes fleets are checked against)
 from latbench import cli
 from latbench.device_agents import (
     ADBTransport,
+    DeviceCheck,
     LocalTransport,
     SSHTransport,
     check_devices,
@@ -170,3 +173,57 @@ def test_unknown_host_key_in_a_fleet_needs_the_explicit_flag(sshd_hosts, client_
                                         only=["stranger"]))
     assert trusting[0].reachable
     assert kh.read_text() == known.known_hosts_line()  # nothing was added to known_hosts
+
+
+def test_passphrase_comes_from_the_environment(tmp_path: Path) -> None:
+    (device,) = parse_fleet({"devices": {"d": {**GOOD, "passphrase_env": "PP",
+                                               "ssh_agent": True}}}, env={"PP": "open sesame"})
+    assert device.transport._passphrase == "open sesame" and device.transport.ssh_agent
+    assert "open sesame" not in repr(device.transport)
+    with pytest.raises(ConfigError, match="device 'd': field 'passphrase_env': environment "
+                                          "variable PP is not set"):
+        parse_fleet({"devices": {"d": {**GOOD, "passphrase_env": "PP"}}}, source="f.toml",
+                    env={})
+
+
+def test_check_row_keeps_the_whole_error() -> None:
+    error = "TransportError: " + "a long and specific cause " * 20 + "THE END"
+    row = check_row(DeviceCheck("d", "u@h:22", False, error=error))
+    assert row[-1] == error
+
+
+def test_cli_names_a_malformed_known_hosts_line_and_an_encrypted_key(
+        sshd_hosts, client_key, known_hosts, tmp_path: Path, capfd) -> None:
+    host = sshd_hosts("a")
+    kh = known_hosts(host)
+    broken = tmp_path / "broken_known_hosts"
+    broken.write_text(kh.read_text() + "127.0.0.1 ssh-ed25519\n")
+    locked = encrypted_copy(client_key, tmp_path / "locked" / "id_ed25519", "s3cret")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f"[devices.broken]\n{ssh_table(host, client_key, broken)}\n"
+                     f"[devices.locked]\n{ssh_table(host, locked, kh)}\n"
+                     f"[devices.unlocked]\n"
+                     f"{ssh_table(host, locked, kh, passphrase_env='LATBENCH_TEST_PP')}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LATBENCH_TEST_PP", "s3cret")
+        code = cli.main(["devices", "check", "--fleet", str(fleet), "--json"])
+    out, err = capfd.readouterr()
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == ["latbench: 2 of 3 devices unreachable: broken, locked"]
+    by = {r["device"]: r for r in json.loads(out)}
+    assert f"known_hosts file {broken} line 2 is malformed" in by["broken"]["error"]
+    assert "is encrypted and no passphrase was given" in by["locked"]["error"]
+    assert "passphrase_env" in by["locked"]["error"] and by["unlocked"]["reachable"]
+
+
+def test_devices_check_reads_the_fleet_from_the_environment(tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'[devices.here]\ntransport = "local"\nruntimes = ["onnxruntime"]\n'
+                     f'work_dir = "{tmp_path / "here"}"\n')
+    monkeypatch.setenv("LATBENCH_FLEET", str(fleet))
+    assert cli.main(["devices", "check", "--json"]) == 0
+    (check,) = json.loads(capsys.readouterr().out)
+    assert check["device"] == "here" and check["reachable"] and check["problems"] == []
+    assert cli.main(["devices", "check"]) == 0
+    assert f"fleet {fleet}" in capsys.readouterr().out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,3 +189,52 @@ def test_fetch_facts_garbage_is_an_agent_error(tmp_path: Path) -> None:
     device = Device("echo-box", LocalTransport(), (), str(tmp_path / "w"), python="echo")
     with pytest.raises(AgentError, match="echo-box"):
         fetch_facts(device, timeout_s=30)
+
+
+def test_local_work_dir_is_removed_at_exit(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    code = ("from latbench.device_agents import local_device\n"
+            "device = local_device()\n"
+            "print(device.work_dir)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    work_dir = Path(proc.stdout.strip())
+    assert work_dir.parent == tmp_path and work_dir.name.startswith("latbench-local-")
+    assert not work_dir.exists()
+    # A given work dir belongs to the caller and stays.
+    mine = tmp_path / "mine"
+    code = f"from latbench.device_agents import local_device\nlocal_device({str(mine)!r})\n"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert mine.is_dir()
+
+
+CLI = "import sys; from latbench.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_run_leaves_no_local_work_dir(tmp_path: Path, sig: int) -> None:
+    """A `bench ops` on the local device, interrupted while a batch is on the device: the
+    command ends as interrupted, and its temporary work dir is gone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    argv = ["bench", "ops", "--plan", "quick", "--limit", "4", "--batch-size", "1",
+            "--fixed-runs", "--runs", "3000", "--rounds", "1", "--calibration-runs", "1",
+            "--out", str(tmp_path / "ds")]
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("latbench-local-*/batch-*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no batch reached the local device"
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert list(tmp.glob("latbench-local-*")) == []

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from standins.procs import TRICKY, wait_gone
-from standins.sshd_host import keygen
+from standins.procs import HANDSHAKE, TRICKY, handshake, wait_gone
+from standins.sshd_host import SshAgent, encrypted_copy, keygen
 
 from latbench.device_agents import SSHTransport, Transport, get_transport_class
 from latbench.device_agents.remote import kill_argv, split_pid, wrap_argv
@@ -158,3 +158,77 @@ def test_host_dying_mid_command_is_a_transport_error(sshd_hosts, client_key,
         killer.join()
     assert wait_gone("271.828") == []
     t.close()
+
+
+def test_stderr_lines_stream_to_a_callback_while_the_command_runs(sshd_hosts, client_key,
+                                                                  known_hosts,
+                                                                  tmp_path: Path) -> None:
+    host = sshd_hosts("a")
+    seen, on_line = handshake(tmp_path / "flag")
+    with transport(host, client_key, known_hosts(host)) as t:
+        result = t.run(["sh", "-c", HANDSHAKE, "sh", str(tmp_path / "flag")], 60,
+                       on_stderr=on_line)
+        assert (result.returncode, result.stdout) == (0, "out\n")
+        assert result.stderr == "keep-1\nkeep-2\n"  # no ping, no wrapper pid line
+        assert seen == ["keep-1", "latbench-test ping", "keep-2"]  # not the wrapper's pid line
+        # The timeout still kills the remote group while lines are being streamed.
+        marker = "373.737"
+        lines: list[str] = []
+        with pytest.raises(TransportError, match="timed out after 1.5 s; remote process group"):
+            t.run(["sh", "-c", f"echo started >&2; sleep {marker}"], 1.5,
+                  on_stderr=lambda line: lines.append(line) or False)
+        assert "started" in lines and wait_gone(marker) == []
+
+
+@pytest.mark.parametrize("bad_line, problem", [
+    ("127.0.0.1 ssh-ed25519", "needs a host pattern, a key type and a base64 key"),
+    ("127.0.0.1 ssh-ed25519 AAAAC3Nza=C1", "does not decode"),
+    ("127.0.0.1 ssh-ed25519 !!!!", "does not decode"),
+])
+def test_malformed_known_hosts_line_is_named(sshd_hosts, client_key, known_hosts,
+                                             bad_line: str, problem: str) -> None:
+    host = sshd_hosts("a")
+    kh = known_hosts(host)
+    kh.write_text(f"# a comment\n{kh.read_text()}\n{bad_line}\n@revoked * ssh-rsa AAAA\n")
+    with pytest.raises(TransportError, match=rf"known_hosts file {kh} line 4 is malformed "
+                                             rf"\(.*{problem}.*fix or delete that line"):
+        transport(host, client_key, kh).run(["true"], 30)
+
+
+def test_encrypted_key_needs_a_passphrase_and_says_how_to_give_one(
+        sshd_hosts, client_key, known_hosts, tmp_path: Path, caplog) -> None:
+    host = sshd_hosts("a")
+    kh = known_hosts(host)
+    secret = "correct horse battery"
+    locked = encrypted_copy(client_key, tmp_path / "locked" / "id_ed25519", secret)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TransportError, match="is encrypted and no passphrase was given: set "
+                                             "passphrase_env .* ssh-agent") as info:
+        transport(host, locked, kh).run(["true"], 30)
+    assert "authorized_keys" not in str(info.value)
+    with pytest.raises(TransportError, match="could not be decrypted with the passphrase"):
+        transport(host, locked, kh, passphrase="wrong").run(["true"], 30)
+    with transport(host, locked, kh, passphrase=secret) as t:
+        assert t.run(["echo", "unlocked"], 30).stdout == "unlocked\n"
+    assert secret not in caplog.text and secret not in repr(t)
+    garbage = tmp_path / "not-a-key"
+    garbage.write_text("hello\n")
+    with pytest.raises(TransportError, match="is not a private key latbench can read"):
+        transport(host, garbage, kh).run(["true"], 30)
+
+
+def test_encrypted_key_held_by_an_ssh_agent(sshd_hosts, client_key, known_hosts,
+                                            tmp_path: Path, monkeypatch) -> None:
+    host = sshd_hosts("a")
+    kh = known_hosts(host)
+    locked = encrypted_copy(client_key, tmp_path / "locked" / "id_ed25519", "agent-held")
+    agent = SshAgent(tmp_path / "agent")
+    try:
+        agent.add(locked, "agent-held")
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(agent.socket))
+        with transport(host, locked, kh, ssh_agent=True) as t:
+            assert t.run(["echo", "via agent"], 30).stdout == "via agent\n"
+        with pytest.raises(TransportError, match="encrypted and no passphrase"):
+            transport(host, locked, kh).run(["true"], 30)  # agent not enabled for it
+    finally:
+        agent.stop()

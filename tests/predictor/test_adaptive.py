@@ -87,13 +87,16 @@ def test_neighbours_are_new_and_bounded() -> None:
     assert len({s.key() for s in out}) == len(out)
 
 
-def test_adapt_command_grows_the_dataset_and_writes_a_predictor(tmp_path) -> None:
+def test_adapt_command_grows_the_dataset_and_writes_a_predictor(tmp_path, capsys) -> None:
+    import json
+
     from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
     from latbench.bench.runners import RunSettings
     from latbench.bench.store import LatencyDataset
     from latbench.cli import main
     from latbench.device_agents import local_device
-    from latbench.predictor.io import load_predictor
+    from latbench.predictor.io import read_manifest
+    from latbench.predictor.latency_predictor import LatencyPredictor
 
     rng = np.random.default_rng(5)
     specs = {s.key(): s for s in (random_conv(rng) for _ in range(30))}
@@ -101,12 +104,15 @@ def test_adapt_command_grows_the_dataset_and_writes_a_predictor(tmp_path) -> Non
     measure_into_dataset([Subject.op(s) for s in specs.values()], local_device(threads=1),
                          "onnxruntime", tmp_path / "data", config)
     before = len(LatencyDataset.open(tmp_path / "data").records())
+    capsys.readouterr()
     assert main(["predictor", "adapt", "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "pred"), "--rounds", "1", "--max-new", "6", "--threshold",
-                 "0.0", "--predictor", "linear", "--drift-tolerance", "10"]) == 0
+                 "0.0", "--predictor", "linear", "--drift-tolerance", "10", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["predictor"] == str(tmp_path / "pred") and len(printed["rounds"]) == 2
     after = len(LatencyDataset.open(tmp_path / "data").records())
     assert after == before + 6  # threshold 0 flags every kernel; max-new caps the round
-    predictor, manifest = load_predictor(tmp_path / "pred")
-    assert manifest["predictor"] == "linear" and predictor.n_train_["conv"] == after
+    predictor, manifest = LatencyPredictor.load(tmp_path / "pred"), read_manifest(tmp_path / "pred")
+    assert manifest["predictor"] == "linear" and predictor.n_train["conv"] == after
     report = (tmp_path / "pred" / "adapt.md").read_text()
     assert "| 0 | 24 |" in report and "| 1 | 30 |" in report

@@ -3,6 +3,7 @@ networks, measured once on the local CPU; lookup-table coverage instead of guess
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _kernels(seed: int) -> list[OpSpec]:
             OpSpec("linear", cin=c, cout=10)]
 
 
-def test_compare_measures_once_and_scores_every_member(tmp_path: Path) -> None:
+def test_compare_measures_once_and_scores_every_member(tmp_path: Path, capsys) -> None:
     device = local_device(threads=1)
     config = CampaignConfig(settings=FAST, drift_retries=0)
     nets = [Subject.chain(f"toy:{i}", "toy", _kernels(i)) for i in range(8)]
@@ -100,8 +101,11 @@ def test_compare_measures_once_and_scores_every_member(tmp_path: Path) -> None:
     for net in held_out[:2]:
         (folder / f"{net.key.replace(':', '_')}.onnx").write_bytes(
             to_onnx(chain_graph(list(net.kernels))))
+    capsys.readouterr()
     assert main(["predictor", "compare", "--data", str(tmp_path / "data"), "--networks",
                  str(folder), "--predictors", "linear,lut", "--out", str(tmp_path / "cli"),
-                 "--drift-tolerance", "10"]) == 0
+                 "--drift-tolerance", "10", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # valid JSON: NaN metrics print as null
+    assert set(printed["metrics"]) == {"linear", "lut"}
     frame = pd.read_csv(tmp_path / "cli" / "predictions.csv")
     assert sorted(set(frame["predictor"])) == ["linear", "lut"] and set(frame["family"]) == {"onnx"}

@@ -12,13 +12,11 @@ import pytest
 from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import load_predictor, save_predictor
+from latbench.predictor.io import read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import (
     MIN_SHARE,
     SPILL_BYTES,
-    composed_kernel_ms,
-    fit_composition,
-    predict_network,
     solve_composition,
     term_values,
 )
@@ -26,6 +24,19 @@ from latbench.predictor.models import get_predictor_class
 
 PER_KERNEL = 0.004
 PER_MB = -0.02
+OVERHEAD_MS = 0.01
+
+
+def solve(table, calibration, **options):
+    """The composition of networks that pay OVERHEAD_MS once."""
+    return solve_composition(table, calibration, OVERHEAD_MS, **options)
+
+
+def composed(table, calibration, **options) -> LatencyPredictor:
+    """The network-level predictor around `table` with the composition fitted on
+    `calibration`."""
+    return LatencyPredictor.from_kernels(table, call_overhead_ms=OVERHEAD_MS,
+                                         composition=solve(table, calibration, **options))
 
 
 def kernels(rng: np.random.Generator) -> list[OpSpec]:
@@ -50,7 +61,7 @@ def setup():
     specs = list({s.key(): s for net in nets for s in net}.values())
     table = get_predictor_class("lut")().fit(
         specs, [0.01 + 0.002 * term_values(s, ["layout_bytes"])[0] * 50 + 1e-4 * s.cin
-                for s in specs], call_overhead_ms=0.01)
+                for s in specs])
 
     def truth(net: list[OpSpec]) -> float:
         raw = table.predict(net)
@@ -62,41 +73,41 @@ def setup():
 
 def test_terms_are_recovered_and_predict_new_networks(setup) -> None:
     table, nets, truth = setup
-    summary = fit_composition(table, [(n, truth(n)) for n in nets[:60]],
-                              terms=["per_kernel", "layout_bytes"])
+    predictor = composed(table, [(n, truth(n)) for n in nets[:60]],
+                         terms=["per_kernel", "layout_bytes"])
+    summary = predictor.composition_.summary
     assert summary["terms"]["per_kernel"] == pytest.approx(PER_KERNEL, rel=0.05)
     assert summary["terms"]["layout_bytes"] == pytest.approx(PER_MB, rel=0.05)
     assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
     for net in nets[60:]:
-        assert predict_network(table, net).predicted_ms == pytest.approx(truth(net), rel=0.01)
+        assert predictor.predict(net).predicted_ms == pytest.approx(truth(net), rel=0.01)
         # still a sum over kernels (what a per-layer latency table relies on)
-        assert composed_kernel_ms(table, net).sum() + 0.01 == pytest.approx(
-            predict_network(table, net).predicted_ms)
+        assert predictor.kernel_ms(net).sum() + 0.01 == pytest.approx(
+            predictor.predict(net).predicted_ms)
 
 
 def test_without_terms_nothing_changes(setup) -> None:
     table, nets, truth = setup
-    fit_composition(table, [(n, truth(n)) for n in nets[:60]])
-    assert table.composition_terms_ == {}
+    predictor = composed(table, [(n, truth(n)) for n in nets[:60]])
+    assert predictor.composition_.terms == {}
     raw = table.predict(nets[0])
-    scale = np.array([table.kind_scale_[s.kind] for s in nets[0]])
-    np.testing.assert_array_equal(composed_kernel_ms(table, nets[0]), raw * scale)
+    scale = np.array([predictor.composition_.kind_scale[s.kind] for s in nets[0]])
+    np.testing.assert_array_equal(predictor.kernel_ms(nets[0]), raw * scale)
 
 
 def test_terms_persist(setup, tmp_path: Path) -> None:
     table, nets, truth = setup
-    fit_composition(table, [(n, truth(n)) for n in nets[:60]], terms=["per_kernel"])
-    save_predictor(table, tmp_path / "p")
-    loaded, manifest = load_predictor(tmp_path / "p")
-    assert manifest["composition_terms"] == table.composition_terms_
-    assert predict_network(loaded, nets[70]).predicted_ms == \
-        predict_network(table, nets[70]).predicted_ms
+    predictor = composed(table, [(n, truth(n)) for n in nets[:60]], terms=["per_kernel"])
+    predictor.save(tmp_path / "p")
+    loaded, manifest = LatencyPredictor.load(tmp_path / "p"), read_manifest(tmp_path / "p")
+    assert manifest["composition_terms"] == predictor.composition_.terms
+    assert loaded.predict(nets[70]).predicted_ms == predictor.predict(nets[70]).predicted_ms
 
 
 def test_unknown_term_is_refused(setup) -> None:
     table, nets, truth = setup
     with pytest.raises(PredictorError, match="unknown composition term 'cache'"):
-        fit_composition(table, [(n, truth(n)) for n in nets[:5]], terms=["cache"])
+        solve(table, [(n, truth(n)) for n in nets[:5]], terms=["cache"])
 
 
 def test_weight_term_prices_cold_weights(setup) -> None:
@@ -111,10 +122,11 @@ def test_weight_term_prices_cold_weights(setup) -> None:
         weights = sum(term_values(s, ["weight_mb"])[0] for s in net)
         return 0.01 + float(np.sum(table.predict(net))) + per_weight_mb * weights
 
-    summary = fit_composition(table, [(n, truth(n)) for n in nets[:60]], terms=["weight_mb"])
-    assert summary["terms"]["weight_mb"] == pytest.approx(per_weight_mb, rel=0.05)
+    predictor = composed(table, [(n, truth(n)) for n in nets[:60]], terms=["weight_mb"])
+    assert predictor.composition_.summary["terms"]["weight_mb"] == pytest.approx(
+        per_weight_mb, rel=0.05)
     for net in nets[60:]:
-        assert predict_network(table, net).predicted_ms == pytest.approx(truth(net), rel=0.01)
+        assert predictor.predict(net).predicted_ms == pytest.approx(truth(net), rel=0.01)
 
 
 def test_aligned_conv_term_counts_only_block_aligned_convolutions() -> None:
@@ -149,7 +161,7 @@ def conv_table():
     nets = mixed_width_nets(rng, 40)
     specs = list({s.key(): s for net in nets for s in net}.values())
     table = get_predictor_class("lut")().fit(
-        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs])
     return table, nets
 
 
@@ -166,11 +178,10 @@ def test_optional_term_kept_only_when_it_lowers_leave_one_out_error(
         return 0.01 + float(np.sum(table.predict(net))) + aligned_ms_per_gflop * aligned
 
     calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
-    set_before = getattr(table, "composition_terms_", None)
-    fit = solve_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
-                            optional={"aligned_conv_gflops"})
-    forced = solve_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"])
-    plain = solve_composition(table, calibration, terms=["per_kernel"])
+    fit = solve(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
+                optional={"aligned_conv_gflops"})
+    forced = solve(table, calibration, terms=["per_kernel", "aligned_conv_gflops"])
+    plain = solve(table, calibration, terms=["per_kernel"])
     assert "optional_terms_dropped" not in forced.summary
     if aligned_ms_per_gflop:
         assert fit.summary["optional_terms_dropped"] == []
@@ -182,13 +193,13 @@ def test_optional_term_kept_only_when_it_lowers_leave_one_out_error(
         assert set(fit.terms) == {"per_kernel"}
         assert fit.summary["rmspe_pct_loo"] == plain.summary["rmspe_pct_loo"] \
             <= forced.summary["rmspe_pct_loo"]
-    # solving leaves the predictor alone; fitting sets what was chosen
-    assert getattr(table, "composition_terms_", None) == set_before
-    summary = fit_composition(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
-                              optional={"aligned_conv_gflops"})
-    assert table.composition_terms_ == fit.terms and summary == fit.summary
-    assert predict_network(table, nets[0]).predicted_ms == pytest.approx(
-        0.01 + composed_kernel_ms(table, nets[0]).sum())
+    # the network-level predictor carries what was chosen
+    predictor = composed(table, calibration, terms=["per_kernel", "aligned_conv_gflops"],
+                         optional={"aligned_conv_gflops"})
+    assert predictor.composition_.terms == fit.terms
+    assert predictor.composition_.summary == fit.summary
+    assert predictor.predict(nets[0]).predicted_ms == pytest.approx(
+        0.01 + predictor.kernel_ms(nets[0]).sum())
 
 
 def test_spilled_layout_term_counts_bytes_past_the_threshold() -> None:
@@ -213,7 +224,7 @@ def test_each_optional_term_is_chosen_on_its_own() -> None:
                                      strict=True)])
     specs = list({s.key(): s for net in nets for s in net}.values())
     table = get_predictor_class("lut")().fit(
-        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs])
     noise = np.random.default_rng(4).normal(1.0, 0.01, len(nets))
 
     def truth(net: list[OpSpec]) -> float:
@@ -223,11 +234,11 @@ def test_each_optional_term_is_chosen_on_its_own() -> None:
     calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
     assert any(term_values(s, ["spilled_layout_mb"])[0] > 0 for n in nets for s in n)
     terms = ["per_kernel", "aligned_conv_gflops", "spilled_layout_mb"]
-    fit = solve_composition(table, calibration, terms=terms,
-                            optional={"aligned_conv_gflops", "spilled_layout_mb"})
+    fit = solve(table, calibration, terms=terms,
+                optional={"aligned_conv_gflops", "spilled_layout_mb"})
     assert fit.summary["optional_terms_dropped"] == ["spilled_layout_mb"]
     assert set(fit.terms) == {"per_kernel", "aligned_conv_gflops"}
-    every = solve_composition(table, calibration, terms=terms)
+    every = solve(table, calibration, terms=terms)
     assert fit.summary["rmspe_pct_loo"] <= every.summary["rmspe_pct_loo"]
 
 
@@ -261,7 +272,7 @@ def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None
         nets.append(net)
     specs = list({s.key(): s for net in nets for s in net}.values())
     table = get_predictor_class("lut")().fit(
-        specs, [0.005 + 30 * kernel_cost(s).flops / 1e9 for s in specs], call_overhead_ms=0.01)
+        specs, [0.005 + 30 * kernel_cost(s).flops / 1e9 for s in specs])
     per_mb = 0.08
     noise = np.random.default_rng(6).normal(1.0, 0.005, len(nets))
 
@@ -272,9 +283,9 @@ def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None
     assert any(term_values(s, ["unaligned_add_pool_mb"])[0] > 0 for n in nets for s in n)
     calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
     terms = ["per_kernel", "aligned_conv_gflops", "unaligned_add_pool_mb"]
-    fit = solve_composition(table, calibration, terms=terms,
-                            optional={"aligned_conv_gflops", "unaligned_add_pool_mb"})
+    fit = solve(table, calibration, terms=terms,
+                optional={"aligned_conv_gflops", "unaligned_add_pool_mb"})
     assert fit.summary["optional_terms_dropped"] == ["aligned_conv_gflops"]
     assert fit.terms["unaligned_add_pool_mb"] == pytest.approx(per_mb, rel=0.1)
-    without = solve_composition(table, calibration, terms=["per_kernel"])
+    without = solve(table, calibration, terms=["per_kernel"])
     assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]

@@ -23,13 +23,12 @@ from latbench.predictor.evaluate import (
     NetworkTimes,
     error_metrics,
     evaluate,
+    log_ticks,
     network_kernels,
-    settings_from_manifest,
+    readable_log_axes,
     write_report,
 )
-from latbench.predictor.io import load_predictor
-from latbench.predictor.model_level import predict_network
-from latbench.predictor.training import fit_from_dataset
+from latbench.predictor.latency_predictor import LatencyPredictor
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,11 +103,43 @@ def test_write_report(tmp_path: Path) -> None:
     assert image[..., :3].std() > 0.05  # something was drawn
 
 
-def test_settings_from_manifest() -> None:
+def _with_info(info: dict) -> LatencyPredictor:
+    from latbench.predictor.models import get_predictor_class
+
+    kernels = get_predictor_class("lut")().fit([OpSpec("conv")], [1.0])
+    return LatencyPredictor.from_kernels(kernels, info=info)
+
+
+def test_run_settings_from_the_predictor() -> None:
     settings = RunSettings(threads=1, warmup=2, runs=4, rounds=2)
-    assert settings_from_manifest({"run_settings": settings.__dict__}) == settings
+    assert _with_info({"run_settings": settings.__dict__}).run_settings() == settings
     with pytest.raises(PredictorError, match="no run_settings"):
-        settings_from_manifest({})
+        _with_info({}).run_settings()
+    with pytest.raises(PredictorError, match="are not RunSettings"):
+        _with_info({"run_settings": {"threads": 1, "speed": "fast"}}).run_settings()
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.05, 40.0), (0.8, 3.0), (0.61, 0.93), (1.01, 1.05)])
+def test_log_axes_are_labelled_with_plain_numbers(lo: float, hi: float) -> None:
+    """Whatever the range - decades, less than one, a few percent - a log axis carries at
+    least two readable number labels (never only powers of ten, never none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ticks = log_ticks(lo, hi)
+    assert len(ticks) >= 2 and all(lo <= t <= hi for t in ticks)
+    fig, ax = plt.subplots()
+    ax.scatter([lo, hi], [lo, hi])
+    readable_log_axes(ax, lo, hi)
+    fig.canvas.draw()
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        shown = [t.get_text() for t in labels if t.get_text()]
+        assert len(shown) >= 2, shown
+        assert all("^" not in t and "$" not in t for t in shown), shown
+        assert sorted(float(t) for t in shown) == pytest.approx(sorted(ticks), rel=0.05)
+    plt.close(fig)
 
 
 # --- end to end on the local CPU ----------------------------------------------------------------
@@ -148,9 +179,10 @@ def fitted(tmp_path_factory) -> tuple:
     summary = measure_into_dataset([Subject.op(s) for s in kernels.values()], device,
                                    "onnxruntime", root / "dataset", CONFIG)
     assert summary.failed == 0 and summary.measured == len(kernels)
-    fit_from_dataset(root / "dataset", root / "predictor",
-                     params={"n_estimators": 30, "max_depth": 3, "n_jobs": 1})
-    predictor, manifest = load_predictor(root / "predictor")
+    LatencyPredictor(params={"n_estimators": 30, "max_depth": 3, "n_jobs": 1}).fit(
+        root / "dataset").save(root / "predictor")
+    predictor = LatencyPredictor.load(root / "predictor")
+    manifest = json.loads((root / "predictor" / "manifest.json").read_text())
     return predictor, manifest, device, root
 
 
@@ -160,16 +192,16 @@ def subjects() -> list[Subject]:
 
 def test_evaluate_end_to_end(fitted) -> None:
     predictor, manifest, device, root = fitted
-    assert settings_from_manifest(manifest) == SETTINGS
+    assert predictor.run_settings() == SETTINGS
     networks = subjects()
-    report = evaluate(predictor, manifest, networks, device, root / "eval",
+    report = evaluate(predictor, networks, device, root / "eval",
                       config=CampaignConfig(drift_pause_s=0.05))
     table = report.table.set_index("network")
     assert sorted(table.index) == sorted(NETWORKS)
     assert (table["family"] == "macro-like").all()
     for key, specs in NETWORKS.items():
         assert table.loc[key, "predicted_ms"] == pytest.approx(
-            predict_network(predictor, specs).predicted_ms)
+            predictor.predict(specs).predicted_ms)
     # measured with the predictor's settings, the statistic it was trained on
     records = LatencyDataset.open(root / "eval" / "networks").records()
     assert set(records["settings"]) == {SETTINGS.key("onnxruntime")}
@@ -196,7 +228,7 @@ def test_evaluate_end_to_end(fitted) -> None:
         LatencyDataset.open(root / "dataset").records()["reference_ms"])))
     assert report.measurement.startswith("Networks measured in one pass. Reference probe ")
 
-    again = evaluate(predictor, manifest, networks, device, root / "eval")
+    again = evaluate(predictor, networks, device, root / "eval")
     assert again.campaign.skipped == 4 and again.campaign.measured == 0  # resumed, not re-measured
     pd.testing.assert_frame_equal(again.table, report.table)
 
@@ -204,7 +236,7 @@ def test_evaluate_end_to_end(fitted) -> None:
 def test_evaluate_in_passes_scores_the_median(fitted, tmp_path: Path) -> None:
     predictor, manifest, device, _ = fitted
     networks = subjects()
-    report = evaluate(predictor, manifest, networks, device, tmp_path / "eval",
+    report = evaluate(predictor, networks, device, tmp_path / "eval",
                       config=CampaignConfig(drift_pause_s=0.05), passes=3)
     statistic = manifest["statistic"]
     folders = [tmp_path / "eval" / name for name in ("networks", "networks-pass2",
@@ -222,11 +254,11 @@ def test_evaluate_in_passes_scores_the_median(fitted, tmp_path: Path) -> None:
     assert report.measurement.startswith("Networks measured in 3 passes, scored against the "
                                          "median; spread between the passes per network")
     assert report.measurement in write_report(report, tmp_path / "out")["markdown"].read_text()
-    again = evaluate(predictor, manifest, networks, device, tmp_path / "eval", passes=3)
+    again = evaluate(predictor, networks, device, tmp_path / "eval", passes=3)
     assert again.campaign.skipped == 12 and again.campaign.measured == 0
     pd.testing.assert_frame_equal(again.table, report.table)
     with pytest.raises(ConfigError, match="passes must be at least 1"):
-        evaluate(predictor, manifest, networks, device, tmp_path / "none", passes=0)
+        evaluate(predictor, networks, device, tmp_path / "none", passes=0)
     assert not (tmp_path / "none").exists()
 
 
@@ -255,17 +287,19 @@ def test_level_note_warns_when_the_machine_runs_at_another_speed() -> None:
 def test_evaluate_refusals(fitted, tmp_path: Path) -> None:
     predictor, manifest, device, _ = fitted
     with pytest.raises(PredictorError, match="no networks"):
-        evaluate(predictor, manifest, [], device, tmp_path / "a")
+        evaluate(predictor, [], device, tmp_path / "a")
     with pytest.raises(PredictorError, match="trained on onnxruntime measurements"):
-        evaluate(predictor, manifest, subjects(), device, tmp_path / "b", runtime="litert")
-    no_settings = {k: v for k, v in manifest.items() if k != "run_settings"}
+        evaluate(predictor, subjects(), device, tmp_path / "b", runtime="litert")
+    no_settings = LatencyPredictor.from_kernels(
+        predictor.kernels_, info={k: v for k, v in predictor.info_.items()
+                                  if k != "run_settings"})
     with pytest.raises(PredictorError, match="no run_settings"):
-        evaluate(predictor, no_settings, subjects(), device, tmp_path / "c")
+        evaluate(no_settings, subjects(), device, tmp_path / "c")
     # a kernel the predictor never saw fails before anything is measured
     odd = Subject.chain("odd:1", "odd", [OpSpec("conv", h=8, w=8, cin=3, cout=8, kernel=3),
                                          OpSpec("act", h=8, w=8, cin=8, act="hswish")])
     with pytest.raises(UnknownKernelError, match="act"):
-        evaluate(predictor, manifest, [odd], device, tmp_path / "d")
+        evaluate(predictor, [odd], device, tmp_path / "d")
     assert not (tmp_path / "d").exists()
 
 
@@ -279,3 +313,24 @@ def test_network_kernels() -> None:
     assert [s.key() for s in network_kernels(onnx_only)] == [s.key() for s in specs]
     with pytest.raises(PredictorError, match="neither kernels nor an ONNX export"):
         network_kernels(Subject("x", "network"))
+
+
+def test_eval_command_prints_json(fitted, tmp_path: Path, capsys) -> None:
+    """`predictor eval --json` on ONNX files: valid JSON (NaN as null), the report written."""
+    from latbench.bench.export.graph import chain_graph
+    from latbench.bench.export.to_onnx import to_onnx
+    from latbench.cli import main
+
+    _, _, _, root = fitted
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    for width in (16, 32):  # the predictor knows no dwconv: no mbconv, which ONNX splits
+        (folder / f"plain{width}.onnx").write_bytes(to_onnx(chain_graph(tiny_net(width, None))))
+    capsys.readouterr()
+    assert main(["predictor", "eval", "--predictor", str(root / "predictor"), "--networks",
+                 str(folder), "--out", str(tmp_path / "report"), "--json",
+                 "--drift-tolerance", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["statistic"] == "min_ms" and printed["metrics"]["onnx"]["n"] == 2
+    assert printed["metrics"]["onnx"]["spearman"] is None  # NaN for two networks -> null
+    assert Path(printed["report"]["markdown"]).is_file()

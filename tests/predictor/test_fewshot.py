@@ -3,6 +3,7 @@ NAS-Bench-201 / FBNet latency tables, and the `latbench predictor fewshot` comma
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,86 @@ def test_stacking_weights_use_how_the_errors_co_vary() -> None:
     np.testing.assert_allclose(stacking_weights(opposite, truth), [0.5, 0.5], atol=1e-6)
     one_exact = np.column_stack([truth * (1 + wobble), truth])
     np.testing.assert_allclose(stacking_weights(one_exact, truth), [0.0, 1.0], atol=1e-6)
+
+
+def _fewshot_files(tmp_path: Path, rows: int = 300) -> tuple[Path, Path, pd.DataFrame]:
+    reference = slice_csv("nasbench201", rows, tmp_path)
+    full = pd.read_csv(reference)
+    query = tmp_path / "query.csv"
+    full[["arch"]].to_csv(query, index=False)
+    return reference, query, full
+
+
+@pytest.mark.parametrize(("cell", "shown", "why"), [
+    ("abc", "'abc'", "not a latency in ms"),
+    ("", "an empty cell", "not a latency in ms"),
+    ("-2.5", "'-2.5'", "not positive"),
+    ("inf", "'inf'", "not a latency in ms"),
+])
+def test_fewshot_bad_latencies_name_the_file_line_and_value(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], cell: str, shown: str,
+        why: str) -> None:
+    reference, query, full = _fewshot_files(tmp_path)
+    samples = tmp_path / "samples.csv"
+    lines = [f"{arch},{ms}" for arch, ms in zip(full["arch"][:6], full["pixel3"][:6],
+                                                strict=True)]
+    lines[2] = f"{full['arch'][2]},{cell}"
+    samples.write_text("arch,latency_ms\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "pred.csv"
+    capsys.readouterr()
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
+                 str(reference), "--samples", str(samples), "--query", str(query),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{samples}, line 4: latency_ms is {shown}, {why}" in err[0]
+    assert not out.exists()
+
+
+def test_median_relative_error_ignores_one_tiny_sample() -> None:
+    from latbench.predictor.fewshot import _rmspe, median_relative_error
+
+    target = np.array([10.0, 12.0, 8.0, 0.001, 11.0])
+    predicted = np.array([10.5, 11.4, 8.4, 0.65, 11.0])
+    assert median_relative_error(predicted, target) == pytest.approx(0.05)
+    assert _rmspe(predicted, target) > 100  # the RMSPE the command used to print: 29,000%
+
+
+def test_fewshot_error_estimate_survives_a_tiny_sample(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One sample measured at a thousandth of its true latency (a unit slip) must not turn the
+    error estimate into thousands of percent; the command says which error it reports."""
+    reference, query, full = _fewshot_files(tmp_path)
+    rows = np.random.default_rng(4).choice(len(full), 10, replace=False)
+    frame = full.iloc[rows][["arch", "gold_6240"]].rename(columns={"gold_6240": "latency_ms"})
+    frame.iloc[3, 1] = frame.iloc[3, 1] / 1000
+    samples = tmp_path / "samples.csv"
+    frame.to_csv(samples, index=False)
+    capsys.readouterr()
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
+                 str(reference), "--samples", str(samples), "--query", str(query), "--out",
+                 str(tmp_path / "pred.csv"), "--exclude-device", "gold_6240", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0 < printed["loo_median_relative_error_pct"] < 30
+    assert printed["samples"] == 10 and printed["predictions"] == len(full)
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference",
+                 str(reference), "--samples", str(samples), "--query", str(query), "--out",
+                 str(tmp_path / "pred.csv"), "--exclude-device", "gold_6240"]) == 0
+    assert "(median |predicted / measured - 1|;" in capsys.readouterr().out
+
+
+def test_nb201_cells_are_read_by_the_search_space() -> None:
+    """The few-shot features decode cells with bench.spaces.nasbench201 (one implementation)."""
+    from latbench.bench.spaces import get_space
+    from latbench.bench.spaces.nasbench201 import live_edges
+    from latbench.predictor.fewshot import nb201_ops
+
+    space = get_space("nasbench201")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = space.sample(rng)
+        ops = space.op_names(arch)
+        assert nb201_ops(space.encode(arch)) == ops
+        features = nb201_features(space.encode(arch))
+        assert sum(features[4:8]) == len(live_edges(ops))
+        assert features[-1] == float(bool(live_edges(ops)))

@@ -28,9 +28,8 @@ from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
 from latbench.errors import ConfigError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import load_predictor
-from latbench.predictor.model_level import predict_onnx
-from latbench.predictor.training import fit_from_dataset
+from latbench.predictor.io import read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
 
 FUSED = {("conv", "relu"), ("conv", "relu6"), ("dwconv", "relu"), ("add", "relu"),
          ("conv", "add")}
@@ -154,12 +153,12 @@ def test_fit_reads_the_rules_from_the_card(tmp_path: Path) -> None:
     rules = detect_fusion(default_pairs(["conv"]), synthetic_measure(FUSED))
     _synthetic_dataset(tmp_path / "data", rules)
     assert rules_from_card(LatencyDataset.open(tmp_path / "data").card).fused == rules.fused
-    fit_from_dataset(tmp_path / "data", tmp_path / "pred", "linear")
-    predictor, manifest = load_predictor(tmp_path / "pred")
+    LatencyPredictor("linear").fit(tmp_path / "data").save(tmp_path / "pred")
+    predictor, manifest = LatencyPredictor.load(tmp_path / "pred"), read_manifest(tmp_path / "pred")
     assert manifest["fusion"]["rules"]["fused"] == sorted([list(r) for r in rules.fused])
     assert predictor.attach_ == attach_from_rules(rules)
     net = to_onnx(chain_graph([OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3, act="swish")]))
-    prediction = predict_onnx(predictor, net)
+    prediction = predictor.predict(net)
     assert [s.kind for s, _ in prediction.kernels] == ["conv", "act"]
 
 
@@ -191,7 +190,7 @@ def test_bench_fusion_command(tmp_path: Path, capsys) -> None:
     assert rules is not None and {p for p, _ in rules.tested} <= {"dwconv"}
     assert main(["predictor", "fit", "--data", str(tmp_path / "f"), "--out",
                  str(tmp_path / "p"), "--predictor", "linear"]) == 0
-    _, manifest = load_predictor(tmp_path / "p")
+    manifest = read_manifest(tmp_path / "p")
     assert manifest["fusion"]["rules"]["tested"] == sorted([list(r) for r in rules.tested])
 
 

@@ -13,7 +13,8 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.spaces import get_space
 from latbench.cli import main
 from latbench.errors import ConfigError, UnknownKernelError
-from latbench.predictor.io import load_predictor, save_predictor
+from latbench.predictor.io import read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.lut import (
     export_space_table,
     export_table,
@@ -42,7 +43,7 @@ def test_import_export_round_trip_is_exact(path: Path, tmp_path: Path) -> None:
     table = read_table(path)
     assert table.format == ("proxyless" if "proxyless" in str(path) else "ofa")
     assert [e.key for e in table.entries] == list(raw)
-    predictor = table.predictor()
+    predictor = LatencyPredictor.from_kernels(table.predictor())
     exported = export_table(predictor, table_layout(path), table.format)
     assert list(exported) == list(raw)
     for key, row in raw.items():
@@ -51,8 +52,8 @@ def test_import_export_round_trip_is_exact(path: Path, tmp_path: Path) -> None:
     written = write_table(exported, tmp_path / "t.yaml")
     again = read_table(written)
     assert again.mean_by_key() == table.mean_by_key()
-    save_predictor(predictor, tmp_path / "p")
-    loaded, _ = load_predictor(tmp_path / "p")
+    predictor.save(tmp_path / "p")
+    loaded = LatencyPredictor.load(tmp_path / "p")
     assert export_table(loaded, table_layout(path), table.format) == exported
 
 
@@ -61,7 +62,8 @@ def test_every_shared_ofa_table_imports() -> None:
     for path in OFA:
         predictor = import_table(path)
         assert set(predictor.kinds) == {"conv", "linear", "mbconv", "pool"}
-        assert sum(predictor.n_train_.values()) == len(_raw(path))
+        assert sum(predictor.n_train.values()) == len(_raw(path))
+        assert predictor.info_["lut"]["entries"] == len(_raw(path))
 
 
 def test_key_meanings() -> None:
@@ -122,7 +124,7 @@ def test_any_predictor_exports_in_both_formats(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     model = get_predictor_class("linear")().fit(specs, rng.uniform(0.1, 2.0, len(specs)))
     for fmt, spread in (("proxyless", "var"), ("ofa", "std")):
-        table = export_space_table(model, space, fmt)
+        table = export_space_table(LatencyPredictor.from_kernels(model), space, fmt)
         assert all(set(row) == {"count", "mean", spread} for row in table.values())
         path = write_table(table, tmp_path / f"{fmt}.yaml")
         back = read_table(path)
@@ -143,7 +145,7 @@ def test_layout_refuses_kernels_outside_the_format() -> None:
 def test_cli_import_and_export(tmp_path: Path, capsys) -> None:
     assert main(["predictor", "lut", "import", "--table", str(PROXYLESS),
                  "--out", str(tmp_path / "pixel")]) == 0
-    predictor, manifest = load_predictor(tmp_path / "pixel")
+    manifest = read_manifest(tmp_path / "pixel")
     assert manifest["predictor"] == "lut" and manifest["lut"]["format"] == "proxyless"
     out = tmp_path / "again.yaml"
     assert main(["predictor", "lut", "export", "--predictor", str(tmp_path / "pixel"),
@@ -157,3 +159,16 @@ def test_cli_import_and_export(tmp_path: Path, capsys) -> None:
                  "--space", "proxyless", "--resolution", "160", "--out",
                  str(tmp_path / "x.yaml")]) == 1
     assert "lookup table has no entry" in capsys.readouterr().err
+
+
+def test_cli_import_json(tmp_path: Path, capsys) -> None:
+    import json
+
+    capsys.readouterr()
+    assert main(["predictor", "lut", "import", "--table", str(PROXYLESS), "--out",
+                 str(tmp_path / "pixel"), "--device-name", "pixel1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["format"] == "proxyless" and printed["entries"] == len(_raw(PROXYLESS))
+    assert sum(printed["kinds"].values()) == sum(
+        LatencyPredictor.load(tmp_path / "pixel").n_train.values())
+    assert read_manifest(tmp_path / "pixel")["device"] == "pixel1"

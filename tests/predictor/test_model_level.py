@@ -1,5 +1,5 @@
 """Whole-network prediction: the composition fit recovers known per-kind scales, the safety
-margin read from a manifest, and ONNX prediction agreeing with the kernel-level sum."""
+margin from its summary, and ONNX prediction agreeing with the kernel-level sum."""
 
 from __future__ import annotations
 
@@ -14,14 +14,8 @@ from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import get_space
 from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.model_level import (
-    SCALE_BOUNDS,
-    composed_kernel_ms,
-    fit_composition,
-    predict_network,
-    predict_onnx,
-    safety_margin,
-)
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.model_level import SCALE_BOUNDS, Composition, solve_composition
 from latbench.predictor.models import XGBoostKernelPredictor
 
 OVERHEAD_MS = 0.04
@@ -43,19 +37,27 @@ def predictor(macro) -> XGBoostKernelPredictor:
     specs = list({s.key(): s for s in [*specs, *(p for s in specs for p in decompose(s))]}
                  .values())
     model = XGBoostKernelPredictor(n_estimators=40, max_depth=3, n_jobs=1).fit(
-        specs, [synthetic_ms(s) for s in specs], call_overhead_ms=OVERHEAD_MS)
+        specs, [synthetic_ms(s) for s in specs])
     model.train_specs = specs  # test-only attribute: the kernels bags are drawn from
     return model
+
+
+def composed(predictor, calibration, **options) -> LatencyPredictor:
+    """The network-level predictor with the composition fitted on `calibration` (networks
+    paying OVERHEAD_MS once)."""
+    composition = solve_composition(predictor, calibration, OVERHEAD_MS, **options)
+    return LatencyPredictor.from_kernels(predictor, call_overhead_ms=OVERHEAD_MS,
+                                         composition=composition)
+
+
+def predict_network(predictor, kernels: list[OpSpec]):
+    """The plain sum (no composition) plus the call overhead."""
+    return LatencyPredictor.from_kernels(predictor, call_overhead_ms=OVERHEAD_MS).predict(kernels)
 
 
 def networks(macro, n: int, seed: int) -> list[list[OpSpec]]:
     rng = np.random.default_rng(seed)
     return [macro.ops(macro.sample(rng)) for _ in range(n)]
-
-
-def fresh_scales(predictor: XGBoostKernelPredictor) -> None:
-    if hasattr(predictor, "kind_scale_"):
-        del predictor.kind_scale_
 
 
 def true_latency(predictor, kernels: list[OpSpec], scale: dict[str, float]) -> float:
@@ -79,72 +81,58 @@ def bags(predictor, n: int, seed: int) -> list[list[OpSpec]]:
 
 @pytest.mark.parametrize("kind", ["mbconv", "conv", "dwconv"])
 def test_fit_composition_recovers_a_kind_scale(predictor, kind: str) -> None:
-    fresh_scales(predictor)
     truth = {kind: 1.1}
     calibration = [(k, true_latency(predictor, k, truth)) for k in bags(predictor, 80, seed=1)]
-    try:
-        # a weak prior: the least-squares fit itself must find the scales
-        summary = fit_composition(predictor, calibration, ridge=1e-4)
-        scales = predictor.kind_scale_
-        assert set(scales) == {"conv", "dwconv", "add", "mbconv", "pool", "linear"}
-        assert scales[kind] == pytest.approx(1.1, abs=0.005)
-        for other in ("conv", "dwconv", "mbconv"):
-            if other != kind:
-                assert scales[other] == pytest.approx(1.0, abs=0.005), other
-        # a kind no calibration network contains stays at exactly 1 (the ridge prior)
-        assert scales["add"] == 1.0
-        assert summary["kind_scale"] == scales and summary["networks"] == 80
-        assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
-        assert summary["underprediction_p90_pct"] >= 0
-        # leave-one-out: an exact composition predicts left-out networks exactly too
-        assert summary["rmspe_pct_loo"] < 0.5
-        assert 0 <= summary["underprediction_p95_loo_pct"] < 0.5
-        # the fitted composition generalises to networks it was not fitted on
-        for kernels in bags(predictor, 10, seed=2):
-            got = predict_network(predictor, kernels).predicted_ms
-            assert got == pytest.approx(true_latency(predictor, kernels, truth), rel=0.005)
-        # the default prior pulls towards 1 but never past the truth
-        fit_composition(predictor, calibration)
-        assert 1.0 < predictor.kind_scale_[kind] <= 1.1
-    finally:
-        fresh_scales(predictor)
+    # a weak prior: the least-squares fit itself must find the scales
+    network = composed(predictor, calibration, ridge=1e-4)
+    summary, found = network.composition_.summary, network.composition_.kind_scale
+    assert set(found) == {"conv", "dwconv", "add", "mbconv", "pool", "linear"}
+    assert found[kind] == pytest.approx(1.1, abs=0.005)
+    for other in ("conv", "dwconv", "mbconv"):
+        if other != kind:
+            assert found[other] == pytest.approx(1.0, abs=0.005), other
+    # a kind no calibration network contains stays at exactly 1 (the ridge prior)
+    assert found["add"] == 1.0
+    assert summary["kind_scale"] == found and summary["networks"] == 80
+    assert summary["rmspe_pct_composed"] < 0.5 < summary["rmspe_pct_sum"]
+    assert summary["underprediction_p90_pct"] >= 0
+    # leave-one-out: an exact composition predicts left-out networks exactly too
+    assert summary["rmspe_pct_loo"] < 0.5
+    assert 0 <= summary["underprediction_p95_loo_pct"] < 0.5
+    # the fitted composition generalises to networks it was not fitted on
+    for kernels in bags(predictor, 10, seed=2):
+        got = network.predict(kernels).predicted_ms
+        assert got == pytest.approx(true_latency(predictor, kernels, truth), rel=0.005)
+    # the default prior pulls towards 1 but never past the truth
+    assert 1.0 < composed(predictor, calibration).composition_.kind_scale[kind] <= 1.1
 
 
 def test_fit_composition_on_space_networks(macro, predictor) -> None:
     """NAS-Bench-Macro networks are mostly mbconv time: its scale is found, the rest stay ~1."""
-    fresh_scales(predictor)
     truth = {"mbconv": 1.1}
     calibration = [(k, true_latency(predictor, k, truth)) for k in networks(macro, 60, seed=1)]
-    fit_composition(predictor, calibration)
-    try:
-        assert predictor.kind_scale_["mbconv"] == pytest.approx(1.1, abs=0.015)
-        for other in ("conv", "pool", "linear"):
-            assert predictor.kind_scale_[other] == pytest.approx(1.0, abs=0.03), other
-        assert predictor.kind_scale_["dwconv"] == predictor.kind_scale_["add"] == 1.0
-    finally:
-        fresh_scales(predictor)
+    scales = composed(predictor, calibration).composition_.kind_scale
+    assert scales["mbconv"] == pytest.approx(1.1, abs=0.015)
+    for other in ("conv", "pool", "linear"):
+        assert scales[other] == pytest.approx(1.0, abs=0.03), other
+    assert scales["dwconv"] == scales["add"] == 1.0
 
 
 def test_composition_scales_are_bounded(macro, predictor) -> None:
-    fresh_scales(predictor)
-    try:
-        calibration = [(k, true_latency(predictor, k, {"mbconv": 5.0, "conv": 5.0}))
-                       for k in networks(macro, 30, seed=3)]
-        fit_composition(predictor, calibration)
-        assert max(predictor.kind_scale_.values()) <= SCALE_BOUNDS[1]
-        assert predictor.kind_scale_["mbconv"] == SCALE_BOUNDS[1]
-    finally:
-        fresh_scales(predictor)
+    calibration = [(k, true_latency(predictor, k, {"mbconv": 5.0, "conv": 5.0}))
+                   for k in networks(macro, 30, seed=3)]
+    scales = composed(predictor, calibration).composition_.kind_scale
+    assert max(scales.values()) <= SCALE_BOUNDS[1]
+    assert scales["mbconv"] == SCALE_BOUNDS[1]
 
 
 def test_composition_refusals(macro, predictor) -> None:
     kernels = networks(macro, 1, seed=4)[0]
     with pytest.raises(PredictorError, match="no calibration networks"):
-        fit_composition(predictor, [])
+        composed(predictor, [])
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(PredictorError, match="finite and positive"):
-            fit_composition(predictor, [(kernels, 1.0), (kernels, bad)])
-    assert not hasattr(predictor, "kind_scale_")
+            composed(predictor, [(kernels, 1.0), (kernels, bad)])
 
 
 def test_predict_network_parts(macro, predictor) -> None:
@@ -156,30 +144,28 @@ def test_predict_network_parts(macro, predictor) -> None:
     as_json = plain.to_json()
     assert as_json["n_kernels"] == len(kernels)
     assert [k["key"] for k in as_json["kernels"]] == [s.key() for s in kernels]
-    predictor.kind_scale_ = {"mbconv": 2.0}
-    try:
-        scaled = predict_network(predictor, kernels)
-        assert scaled.by_kind()["mbconv"] == pytest.approx(2 * plain.by_kind()["mbconv"])
-        assert scaled.by_kind()["conv"] == pytest.approx(plain.by_kind()["conv"])
-        np.testing.assert_allclose(composed_kernel_ms(predictor, kernels),
-                                   [ms for _, ms in scaled.kernels])
-    finally:
-        fresh_scales(predictor)
-    assert composed_kernel_ms(predictor, []).shape == (0,)
+    scaled_predictor = LatencyPredictor.from_kernels(predictor, call_overhead_ms=OVERHEAD_MS,
+                                                     composition=Composition({"mbconv": 2.0}))
+    scaled = scaled_predictor.predict(kernels)
+    assert scaled.by_kind()["mbconv"] == pytest.approx(2 * plain.by_kind()["mbconv"])
+    assert scaled.by_kind()["conv"] == pytest.approx(plain.by_kind()["conv"])
+    np.testing.assert_allclose(scaled_predictor.kernel_ms(kernels),
+                               [ms for _, ms in scaled.kernels])
+    assert scaled_predictor.kernel_ms([]).shape == (0,)
     empty = predict_network(predictor, [])
     assert empty.predicted_ms == OVERHEAD_MS and empty.kernels == ()
 
 
 def test_safety_margin() -> None:
-    assert safety_margin({"composition": {"underprediction_p90_pct": 4.5}}) == pytest.approx(
-        0.045)
+    assert Composition(summary={"underprediction_p90_pct": 4.5}).safety_margin() == \
+        pytest.approx(0.045)
     # the leave-one-out figure, when present, is what a search must cover
-    assert safety_margin({"composition": {"underprediction_p90_pct": 4.5,
-                                          "underprediction_p95_loo_pct": 6.0}}) == 0.06
-    assert safety_margin({"composition": {"underprediction_p90_pct": 0.0}}) == 0.0
-    assert safety_margin({"composition": {"networks": 0}}) == 0.03
-    assert safety_margin({}) == 0.03
-    assert safety_margin({"composition": None}, default=0.07) == 0.07
+    assert Composition(summary={"underprediction_p90_pct": 4.5,
+                                "underprediction_p95_loo_pct": 6.0}).safety_margin() == 0.06
+    assert Composition(summary={"underprediction_p90_pct": 0.0}).safety_margin() == 0.0
+    assert Composition(summary={"networks": 0}).safety_margin() == 0.03
+    assert Composition().safety_margin() == 0.03
+    assert Composition().safety_margin(default=0.07) == 0.07
 
 
 @pytest.mark.parametrize("code", ["12012012", "00000000", "22222222"])
@@ -188,15 +174,14 @@ def test_predict_onnx_equals_predict_network(tmp_path: Path, macro, predictor,
     specs = macro.ops(macro.decode(code))
     onnx_bytes = to_onnx(chain_graph(specs))
     primitives = [p for s in specs for p in decompose(s)]
-    predictor.kind_scale_ = {"conv": 1.05, "dwconv": 1.1}
-    try:
-        from_onnx = predict_onnx(predictor, onnx_bytes)
-        assert [s.key() for s, _ in from_onnx.kernels] == [p.key() for p in primitives]
-        expected = predict_network(predictor, primitives)
-        assert from_onnx.predicted_ms == pytest.approx(expected.predicted_ms, rel=1e-12)
-        path = tmp_path / "model.onnx"
-        path.write_bytes(onnx_bytes)
-        assert predict_onnx(predictor, path).predicted_ms == from_onnx.predicted_ms
-        assert predict_onnx(predictor, str(path)).predicted_ms == from_onnx.predicted_ms
-    finally:
-        fresh_scales(predictor)
+    scaled = LatencyPredictor.from_kernels(
+        predictor, call_overhead_ms=OVERHEAD_MS, composition=Composition({"conv": 1.05,
+                                                                          "dwconv": 1.1}))
+    from_onnx = scaled.predict(onnx_bytes)
+    assert [s.key() for s, _ in from_onnx.kernels] == [p.key() for p in primitives]
+    expected = scaled.predict(primitives)
+    assert from_onnx.predicted_ms == pytest.approx(expected.predicted_ms, rel=1e-12)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_bytes)
+    assert scaled.predict(path).predicted_ms == from_onnx.predicted_ms
+    assert scaled.predict(str(path)).predicted_ms == from_onnx.predicted_ms

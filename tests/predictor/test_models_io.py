@@ -20,7 +20,9 @@ from latbench.predictor.features import (
     kernel_cost,
     kernel_features,
 )
-from latbench.predictor.io import MANIFEST, load_predictor, read_manifest, save_predictor
+from latbench.predictor.io import MANIFEST, read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.model_level import Composition
 from latbench.predictor.models import PREDICTORS, XGBoostKernelPredictor, register_predictor
 
 EVERY_KIND = [
@@ -62,8 +64,18 @@ def data() -> tuple[list[OpSpec], np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(data) -> XGBoostKernelPredictor:
     specs, y = data
-    return XGBoostKernelPredictor(n_estimators=60, max_depth=4, n_jobs=1).fit(
-        specs, y, call_overhead_ms=0.03)
+    return XGBoostKernelPredictor(n_estimators=60, max_depth=4, n_jobs=1).fit(specs, y)
+
+
+def save_predictor(kernels, path: Path, info: dict | None = None,
+                   composition: Composition | None = None) -> Path:
+    """Save a fitted kernel predictor as a network-level predictor (call overhead 0.03 ms)."""
+    return LatencyPredictor.from_kernels(kernels, call_overhead_ms=0.03, info=info,
+                                         composition=composition).save(path)
+
+
+def load_predictor(path: Path) -> tuple[LatencyPredictor, dict]:
+    return LatencyPredictor.load(path), read_manifest(path)
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -107,7 +119,9 @@ def test_fit_predict_synthetic(data, fitted: XGBoostKernelPredictor) -> None:
     specs, y = data
     assert fitted.kinds == ["conv", "dwconv", "linear"]
     assert fitted.n_train_ == {"conv": 40, "dwconv": 40, "linear": 40}
-    assert fitted.call_overhead_ms_ == 0.03 and fitted.feature_version_ == FEATURE_VERSION
+    assert fitted.feature_version_ == FEATURE_VERSION
+    # the call overhead is the network-level predictor's, not a kernel model's
+    assert not hasattr(fitted, "call_overhead_ms_")
     pred = fitted.predict(specs)
     assert pred.shape == (len(specs),) and np.all(pred > 0)
     rel = np.abs(pred / y - 1)
@@ -171,22 +185,19 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_save_load_bit_for_bit(tmp_path: Path, data, fitted: XGBoostKernelPredictor) -> None:
     specs, _ = data
-    fitted.kind_scale_ = {"conv": 1.07}
-    try:
-        out = save_predictor(fitted, tmp_path / "pred", {"device": "local",
-                                                         "runtime": "onnxruntime"})
-    finally:
-        del fitted.kind_scale_
+    out = save_predictor(fitted, tmp_path / "pred", {"device": "local",
+                                                     "runtime": "onnxruntime"},
+                         Composition({"conv": 1.07}))
     loaded, manifest = load_predictor(out)
     probe = [*specs, OpSpec("conv", h=56, w=56, cin=3, cout=24, kernel=3, stride=2)]
-    assert np.array_equal(loaded.predict(probe), fitted.predict(probe))
-    assert loaded.get_params() == fitted.get_params()
-    assert loaded.n_train_ == fitted.n_train_
-    assert loaded.call_overhead_ms_ == fitted.call_overhead_ms_
-    assert loaded.kind_scale_ == {"conv": 1.07}
+    assert np.array_equal(loaded.kernels_.predict(probe), fitted.predict(probe))
+    assert loaded.kernels_.get_params() == fitted.get_params()
+    assert loaded.n_train == fitted.n_train_
+    assert loaded.call_overhead_ms_ == 0.03
+    assert loaded.composition_.kind_scale == {"conv": 1.07}
     assert manifest["device"] == "local" and manifest["runtime"] == "onnxruntime"
 
-    again = save_predictor(loaded, tmp_path / "again")
+    again = loaded.save(tmp_path / "again")
     first, second = _files(out), _files(again)
     assert sorted(first) == sorted(second) == [
         "kernels/conv.baseline.json", "kernels/conv.json", "kernels/dwconv.baseline.json",
@@ -195,7 +206,8 @@ def test_save_load_bit_for_bit(tmp_path: Path, data, fitted: XGBoostKernelPredic
         if name != MANIFEST:  # the manifest has a creation time; the models must be identical
             assert first[name] == second[name], name
     reloaded, _ = load_predictor(again)
-    assert np.array_equal(reloaded.predict(probe), fitted.predict(probe))
+    assert np.array_equal(reloaded.kernels_.predict(probe), fitted.predict(probe))
+    assert reloaded.predict(probe).predicted_ms == loaded.predict(probe).predicted_ms
 
 
 def test_manifest_records_versions(tmp_path: Path, fitted: XGBoostKernelPredictor) -> None:
@@ -271,6 +283,8 @@ def test_save_refuses_to_overwrite_other_dirs(tmp_path: Path,
     assert _files(precious) == {"chapter1.tex": b"do not delete"}
     with pytest.raises(PredictorError, match="not fitted"):
         save_predictor(XGBoostKernelPredictor(), tmp_path / "unfitted")
+    with pytest.raises(PredictorError, match="not fitted"):
+        LatencyPredictor().save(tmp_path / "unfitted")
     assert not (tmp_path / "unfitted").exists()
 
 
@@ -302,15 +316,15 @@ def test_feature_version_1_predictors_still_load(tmp_path: Path) -> None:
     booster = xgboost.XGBRegressor(n_estimators=20, max_depth=3).fit(
         feature_matrix(specs, version=1), np.log(ms))
     old.models_, old.n_train_ = {"conv": booster}, {"conv": len(specs)}
-    old.call_overhead_ms_, old.feature_version_ = 0.01, 1
+    old.feature_version_ = 1
     manifest = read_manifest(save_predictor(old, tmp_path / "v1"))
     assert manifest["feature_version"] == 1
     assert manifest["feature_names"] == list(FEATURE_NAMES_V1)
     assert not list((tmp_path / "v1").rglob("*.baseline.json"))
     loaded, _ = load_predictor(tmp_path / "v1")
-    assert loaded.feature_version_ == 1
+    assert loaded.kernels_.feature_version_ == 1
     expected = np.exp(booster.predict(feature_matrix(specs, version=1)))
-    np.testing.assert_allclose(loaded.predict(specs), expected, rtol=1e-6)
+    np.testing.assert_allclose(loaded.kernels_.predict(specs), expected, rtol=1e-6)
 
 
 def test_tree_members_extrapolate_over_their_baseline() -> None:

@@ -1,5 +1,6 @@
-"""Every predictor of the zoo passes the same estimator contract: fit, predict, save/load bit for
-bit, clone/get_params, unknown kernels raise naming them (never a silent zero)."""
+"""Every predictor of the zoo (every entry of PREDICTORS) passes the same estimator contract: fit,
+predict, save/load bit for bit inside a LatencyPredictor, clone/get_params, parameters checked by
+name and type, unknown kernels raise naming them (never a silent zero)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from sklearn.base import clone
 from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError, UnknownKernelError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import load_predictor, read_manifest, save_predictor
-from latbench.predictor.models import TreeArrays, get_predictor_class, predictor_names
+from latbench.predictor.io import read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.models import (
+    TreeArrays,
+    check_params,
+    get_predictor_class,
+    predictor_names,
+)
 
 # Small settings so the contract suite stays fast; every member must accept its own defaults too.
 FAST_PARAMS = {"xgboost": {"n_estimators": 40, "max_depth": 3, "n_jobs": 1},
@@ -44,11 +51,11 @@ def data() -> tuple[list[OpSpec], np.ndarray]:
     return synthetic()
 
 
-@pytest.fixture(scope="module", params=sorted(["xgboost", "rf", "linear", "lut"]))
+@pytest.fixture(scope="module", params=predictor_names())
 def fitted(request, data):
     specs, y = data
     cls = get_predictor_class(request.param)
-    return cls(**FAST_PARAMS.get(request.param, {})).fit(specs, y, call_overhead_ms=0.02)
+    return cls(**FAST_PARAMS.get(request.param, {})).fit(specs, y)
 
 
 def test_fit_predicts_positive_and_tracks_the_target(fitted, data) -> None:
@@ -60,7 +67,6 @@ def test_fit_predicts_positive_and_tracks_the_target(fitted, data) -> None:
     assert np.median(np.abs(np.log(predicted / y))) < np.log(1.5)
     assert fitted.kinds == ["conv", "linear"]
     assert fitted.n_train_ == {"conv": 40, "linear": 40}
-    assert fitted.call_overhead_ms_ == 0.02
 
 
 def test_lut_is_exact_and_xgboost_rf_beat_linear_on_new_kernels(data) -> None:
@@ -80,13 +86,19 @@ def test_save_load_round_trip_bit_for_bit(fitted, data, tmp_path: Path) -> None:
     probe = specs + synthetic(10, seed=2)[0]
     if fitted.registry_name == "lut":
         probe = specs
-    save_predictor(fitted, tmp_path / "p", {"device": "test"})
-    loaded, manifest = load_predictor(tmp_path / "p")
+    network = LatencyPredictor.from_kernels(fitted, call_overhead_ms=0.02,
+                                            info={"device": "test"}, ranges_from=specs)
+    network.save(tmp_path / "p")
+    manifest = read_manifest(tmp_path / "p")
+    reloaded = LatencyPredictor.load(tmp_path / "p")
+    loaded = reloaded.kernels_
     assert type(loaded) is type(fitted)
     assert manifest["predictor"] == fitted.registry_name
     assert loaded.get_params() == fitted.get_params()
     np.testing.assert_array_equal(loaded.predict(probe), fitted.predict(probe))
-    assert loaded.call_overhead_ms_ == fitted.call_overhead_ms_
+    assert reloaded.call_overhead_ms_ == 0.02 and reloaded.device == "test"
+    assert reloaded.predict(probe).predicted_ms == network.predict(probe).predicted_ms
+    assert reloaded.training_ranges_ == network.training_ranges_
     files = sorted(p.name for p in (tmp_path / "p" / "kernels").iterdir())
     assert files and not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in files)
     assert read_manifest(tmp_path / "p")["kinds"].keys() == {"conv", "linear"}
@@ -154,3 +166,37 @@ def test_fit_refuses_bad_targets(data) -> None:
 def test_unknown_predictor_name() -> None:
     with pytest.raises(PredictorError, match="unknown predictor 'nope'"):
         get_predictor_class("nope")
+
+
+@pytest.mark.parametrize("name", predictor_names())
+def test_params_are_checked_by_name_and_type(name: str) -> None:
+    defaults = get_predictor_class(name)().get_params()
+    assert check_params(name, dict(defaults)) == defaults  # its own defaults pass
+    assert check_params(name, None) == {}
+    with pytest.raises(PredictorError, match=f"predictor '{name}' has no parameter 'bogus'"):
+        check_params(name, {"bogus": 1})
+    with pytest.raises(PredictorError, match="must be a JSON object"):
+        check_params(name, [1, 2])
+    for param in defaults:  # no parameter takes a list
+        with pytest.raises(PredictorError, match=f"'{name}' parameter '{param}' must be"):
+            check_params(name, {param: [1]})
+    with pytest.raises(PredictorError, match="has no parameter 'bogus'"):
+        LatencyPredictor(name, {"bogus": 1})
+
+
+def test_param_types_follow_the_annotations() -> None:
+    assert check_params("xgboost", {"learning_rate": 1})  # an int where a float goes
+    assert check_params("rf", {"max_depth": None, "max_features": "sqrt", "n_jobs": 2})
+    for name, params in (("xgboost", {"max_depth": 3.5}), ("xgboost", {"n_estimators": True}),
+                         ("linear", {"ridge": False}), ("rf", {"max_features": [1]}),
+                         ("xgboost", {"random_state": None})):
+        with pytest.raises(PredictorError, match=f"parameter '{next(iter(params))}' must be"):
+            check_params(name, params)
+
+
+def test_library_errors_at_fit_name_the_predictor(data) -> None:
+    """A value of the right type the library refuses (no trees) is a PredictorError, not a
+    scikit-learn traceback."""
+    specs, y = data
+    with pytest.raises(PredictorError, match="rf could not be fitted .*n_estimators"):
+        get_predictor_class("rf")(n_estimators=0).fit(specs, y)

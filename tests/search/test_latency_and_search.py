@@ -13,7 +13,8 @@ from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import Arch, get_space
 from latbench.errors import ConfigError, SearchError, UnknownKernelError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.model_level import predict_network
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.model_level import Composition
 from latbench.predictor.models import XGBoostKernelPredictor
 from latbench.search.budget import search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
@@ -24,15 +25,15 @@ def synthetic_ms(spec: OpSpec) -> float:
     return 0.02 + 2e-9 * kernel_cost(spec).flops
 
 
-def fitted_predictor(space) -> XGBoostKernelPredictor:
+def fitted_predictor(space) -> LatencyPredictor:
     specs = space.layer_specs()
     specs = list({s.key(): s for s in [*specs, *(p for s in specs for p in decompose(s))]}
                  .values())
     model = XGBoostKernelPredictor(n_estimators=40, max_depth=3, n_jobs=1)
-    model.fit(specs, [synthetic_ms(s) for s in specs], call_overhead_ms=0.05)
-    # composition scales must reach the table as they reach predict_network
-    model.kind_scale_ = {"mbconv": 1.2, "conv": 0.9}
-    return model
+    model.fit(specs, [synthetic_ms(s) for s in specs])
+    # composition scales must reach the table as they reach a network's prediction
+    return LatencyPredictor.from_kernels(model, call_overhead_ms=0.05,
+                                         composition=Composition({"mbconv": 1.2, "conv": 0.9}))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def macro():
 
 
 @pytest.fixture(scope="module")
-def predictor(macro) -> XGBoostKernelPredictor:
+def predictor(macro) -> LatencyPredictor:
     return fitted_predictor(macro)
 
 
@@ -57,7 +58,7 @@ def test_table_equals_network_prediction(macro, predictor, table: LatencyTable) 
     rng = np.random.default_rng(0)
     archs = [macro.sample(rng) for _ in range(25)]
     for arch in archs:
-        expected = predict_network(predictor, macro.ops(arch)).predicted_ms
+        expected = predictor.predict(macro.ops(arch)).predicted_ms
         assert table.latency(arch) == pytest.approx(expected, rel=1e-9)
     # the identity candidate inside a stage costs nothing
     assert table.layer_ms[1][0] == 0.0
@@ -73,7 +74,7 @@ def test_table_for_proxyless_with_skips() -> None:
     rng = np.random.default_rng(1)
     archs = [space.sample(rng) for _ in range(10)]
     for arch in archs:
-        expected = predict_network(predictor, space.ops(arch)).predicted_ms
+        expected = predictor.predict(space.ops(arch)).predicted_ms
         assert table.latency(arch) == pytest.approx(expected, rel=1e-9)
     np.testing.assert_allclose(table.latencies(choices_matrix(archs)),
                                [table.latency(a) for a in archs], rtol=1e-12)
@@ -88,7 +89,7 @@ def test_unknown_kernel_surfaces(macro) -> None:
     model = XGBoostKernelPredictor(n_estimators=5, n_jobs=1).fit(
         specs, [synthetic_ms(s) for s in specs])
     with pytest.raises(UnknownKernelError, match="linear"):
-        LatencyTable.from_predictor(macro, model)
+        LatencyTable.from_predictor(macro, LatencyPredictor.from_kernels(model))
 
 
 def test_latencies_equal_latency(macro, table: LatencyTable) -> None:

@@ -18,9 +18,10 @@ from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import get_space
 from latbench.cli import main
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.io import save_predictor
+from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.models import XGBoostKernelPredictor
-from latbench.search.run import load_winner, pareto_front
+from latbench.search.outputs import load_winner
+from latbench.search.pareto import pareto_front
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
@@ -141,11 +142,12 @@ def predictor_dir(tmp_path_factory) -> Path:
         specs += [OpSpec("mul", h=s, w=s, cin=c) for s, c in ((16, 16), (8, 32), (4, 64))]
     specs = list({s.key(): s for s in specs}.values())
     model = XGBoostKernelPredictor(n_estimators=20, n_jobs=1).fit(
-        specs, [0.002 + 1e-9 * kernel_cost(s).flops for s in specs], call_overhead_ms=0.01)
-    return save_predictor(model, tmp_path_factory.mktemp("search") / "predictor",
-                          {"device": "local", "runtime": "onnxruntime", "statistic": "min_ms",
-                           "run_settings": {"threads": 1, "warmup": 2, "runs": 5,
-                                            "rounds": 1}})
+        specs, [0.002 + 1e-9 * kernel_cost(s).flops for s in specs])
+    return LatencyPredictor.from_kernels(
+        model, call_overhead_ms=0.01,
+        info={"device": "local", "runtime": "onnxruntime", "statistic": "min_ms",
+              "run_settings": {"threads": 1, "warmup": 2, "runs": 5, "rounds": 1}},
+    ).save(tmp_path_factory.mktemp("search") / "predictor")
 
 
 @pytest.mark.parametrize("space,options", [

@@ -10,7 +10,7 @@ import pytest
 from latbench.errors import ConfigError, SearchError
 from latbench.search.accuracy import SurrogateAccuracy, TableAccuracy, make_source, one_hot
 from latbench.search.latency import LatencyTable, choices_matrix
-from latbench.search.strategies import get_strategy
+from latbench.search.strategies import SearchContext, get_strategy
 from latbench.search.strategies.evolution import sample_feasible
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,8 +36,8 @@ def toy(space, seed: int) -> tuple[LatencyTable, dict[str, float], np.ndarray, n
 def test_budget_is_honoured_and_queries_capped(space, strategy: str, quantile: float) -> None:
     table, accuracy, lat, acc = toy(space, seed=1)
     budget = float(np.quantile(lat, quantile))
-    result = get_strategy(strategy, max_queries=120, seed=2).search(space, table, accuracy,
-                                                                     budget)
+    result = get_strategy(strategy, max_queries=120).search(space, table, accuracy, budget,
+                                                            SearchContext(seed=2))
     assert result.predicted_ms <= budget
     assert table.latency(space.decode(result.arch)) <= budget
     assert result.queries <= 120 and result.queries == len(result.history)
@@ -56,8 +56,8 @@ def test_evolution_finds_the_best_under_budget_and_beats_random(space) -> None:
         budget = float(np.quantile(lat, 0.5))
         best = float(acc[lat <= budget].max())
         for name in gaps:
-            result = get_strategy(name, max_queries=300, seed=seed).search(space, table,
-                                                                            accuracy, budget)
+            result = get_strategy(name, max_queries=300).search(space, table, accuracy,
+                                                                budget, SearchContext(seed=seed))
             gaps[name].append(best - result.accuracy)
     assert np.mean(gaps["evolution"]) < 0.2
     assert np.mean(gaps["evolution"]) < np.mean(gaps["random"])
@@ -69,7 +69,7 @@ def test_tight_budget_exhausts_the_feasible_region(space) -> None:
     feasible = {space.encode(a) for a, v in zip(space.all_archs(), lat, strict=True)
                 if v <= budget}
     result = get_strategy("evolution", population=5, tournament=2, max_queries=500,
-                          max_attempts=40, seed=0).search(space, table, accuracy, budget)
+                          max_attempts=40).search(space, table, accuracy, budget)
     assert {row["arch"] for row in result.history} <= feasible
     assert result.arch == max(feasible, key=accuracy.get)
     with pytest.raises(SearchError, match="predicted under"):
@@ -95,8 +95,8 @@ def test_surrogate_source_counts_its_training_and_verification(space) -> None:
     budget = float(np.quantile(lat, 0.5))
     source = make_source("surrogate:gbm:60", space, accuracy, seed=0)
     assert isinstance(source, SurrogateAccuracy)
-    result = get_strategy("evolution", max_queries=400, verify_top=10, seed=0).search(
-        space, table, source, budget)
+    result = get_strategy("evolution", max_queries=400, verify_top=10).search(
+        space, table, source, budget, SearchContext(seed=0))
     # 60 training look-ups + at most 10 to verify the finalists; evaluations are predictions
     assert 60 < result.queries <= 70 and result.evaluated >= 100
     assert result.accuracy == accuracy[result.arch] and result.predicted_ms <= budget
@@ -112,10 +112,10 @@ def test_zero_cost_warmup_and_move_proposal(space) -> None:
     table, accuracy, lat, _ = toy(space, seed=6)
     budget = float(np.quantile(lat, 0.6))
     result = get_strategy("evolution", population=6, tournament=3, max_queries=14, warmup=12,
-                          proposals=3, proxy="naswot", seed=0).search(space, table, accuracy,
-                                                                       budget)
+                          proposals=3, proxy="naswot").search(space, table, accuracy, budget,
+                                                              SearchContext(seed=0))
     assert result.queries == 14 and result.predicted_ms <= budget
-    warm = get_strategy("random", max_queries=5, warmup=10, proxy="synflow", seed=0)
+    warm = get_strategy("random", max_queries=5, warmup=10, proxy="synflow")
     result = warm.search(space, table, accuracy, budget)
     assert result.queries == 5 and result.predicted_ms <= budget
 
@@ -123,7 +123,7 @@ def test_zero_cost_warmup_and_move_proposal(space) -> None:
 def test_proxy_source_costs_no_queries(space) -> None:
     table, _, lat, _ = toy(space, seed=7)
     source = make_source("proxy:naswot", space)
-    result = get_strategy("random", max_queries=6, seed=0).search(
+    result = get_strategy("random", max_queries=6).search(
         space, table, source, float(np.quantile(lat, 0.5)))
     assert result.queries == 0 and result.evaluated == 6
     assert result.info["accuracy_source"] == "proxy:naswot"

@@ -8,7 +8,7 @@ import pytest
 
 from latbench.errors import ConfigError
 from latbench.search.data import digits
-from latbench.search.strategies import get_strategy
+from latbench.search.strategies import SearchContext, get_strategy
 from latbench.search.strategies.halving import bracket_epochs, hyperband_brackets, rungs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,9 +40,9 @@ def test_halving_trains_and_keeps_the_best(space, table, hyperband: bool) -> Non
     rng = np.random.default_rng(0)
     budget = float(np.median([table.latency(space.sample(rng)) for _ in range(200)]))
     options = dict(min_epochs=1, max_epochs=3 if hyperband else 2, eta=3 if hyperband else 2,
-                   hyperband=hyperband, n_candidates=4, max_steps=2, batch_size=32,
-                   data=digits(8))
-    result = get_strategy("halving", **options).search(space, table, None, budget)
+                   hyperband=hyperband, n_candidates=4, max_steps=2, batch_size=32)
+    result = get_strategy("halving", **options).search(space, table, None, budget,
+                                                       SearchContext(data=digits(8)))
     assert result.predicted_ms <= budget
     assert all(row["predicted_ms"] <= budget for row in result.history)
     if hyperband:

@@ -11,8 +11,8 @@ import torch
 
 from latbench.bench.spaces import Arch, get_space
 from latbench.errors import SearchError
+from latbench.search.expected_latency import ExpectedLatency
 from latbench.search.latency import (
-    ExpectedLatency,
     LatencyTable,
     additive_loss,
     multiplicative_loss,

@@ -16,6 +16,8 @@ from latbench.bench.spaces import Arch, get_space
 from latbench.bench.spaces.nasbench201 import OPS, NasBench201, live_edges
 from latbench.errors import SearchError
 from latbench.predictor.features import kernel_cost
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.model_level import Composition
 from latbench.search.latency import LatencyTable
 
 ALL_3X3 = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
@@ -113,7 +115,9 @@ class FlopsPredictor:
 def test_table_is_additive_per_edge() -> None:
     space = get_space("nasbench201")
     predictor = FlopsPredictor()
-    table = LatencyTable.from_predictor(space, predictor)
+    table = LatencyTable.from_predictor(space, LatencyPredictor.from_kernels(
+        predictor, call_overhead_ms=predictor.call_overhead_ms_,
+        composition=Composition(predictor.kind_scale_)))
     assert [len(r) for r in table.layer_ms] == [5] * 6
     assert all(row[0] == 0.0 for row in table.layer_ms)  # "none" costs nothing
 

@@ -110,3 +110,13 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(spearman([1, 2], [1, 2]))
+
+
+@pytest.mark.parametrize("proxy", proxy_names())
+def test_every_proxy_scores_a_tiny_network(space, proxy: str) -> None:
+    scorer = ProxyScorer(space, proxy, seed=0, batch_size=8)
+    rng = np.random.default_rng(4)
+    archs = [space.sample(rng) for _ in range(2)]
+    scores = scorer(archs)
+    assert scores.shape == (2,) and np.isfinite(scores).all(), scores
+    assert scorer.evaluations == 2

@@ -12,7 +12,7 @@ from latbench.bench.spaces import Arch, get_space
 from latbench.errors import ConfigError, SearchError
 from latbench.search.data import digits, loader
 from latbench.search.latency import LatencyTable
-from latbench.search.strategies import get_strategy
+from latbench.search.strategies import SearchContext, get_strategy
 from latbench.search.supernet import (
     Path,
     SupernetConfig,
@@ -225,16 +225,16 @@ def test_nasbench201_supernet_search(data) -> None:
 def test_strategies_are_registered_and_return_the_module(space, table, data) -> None:
     budget = middle_budget(space, table)
     for name in ("proxyless-g", "proxyless-r"):
-        strategy = get_strategy(name, data=data, epochs=1, warmup_epochs=0, max_steps=2,
+        strategy = get_strategy(name, epochs=1, warmup_epochs=0, max_steps=2,
                                 batch_size=32, finetune_epochs=0, eval_batches=1)
-        result = strategy.search(space, table, None, budget)
+        result = strategy.search(space, table, None, budget, SearchContext(data=data))
         assert result.strategy == name and result.predicted_ms <= budget
         assert result.module is not None and result.info["mode"] == (
             "two_path" if name == "proxyless-g" else "reinforce")
-    full = get_strategy("proxyless-g", data=data, mode="full", epochs=1)
+    full = get_strategy("proxyless-g", mode="full", epochs=1)
     assert full.config.mode == "full" and full.config.epochs == 1
-    with pytest.raises(ConfigError, match="unknown supernet option"):
-        get_strategy("proxyless-g", data=data, epoch=1)
+    with pytest.raises(ConfigError, match="unknown option 'epoch'; known: .*epochs"):
+        get_strategy("proxyless-g", epoch=1)
     with pytest.raises(ConfigError, match="REINFORCE"):
         get_strategy("proxyless-g", mode="reinforce")
 

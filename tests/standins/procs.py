@@ -1,10 +1,12 @@
 """Helpers for tests that check what runs on a (stand-in) device: find processes by a marker in
-their command line, wait until they are gone, and argv that tries to break quoting."""
+their command line, wait until they are gone, argv that tries to break quoting, and a command
+that proves a transport streams stderr while it runs."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Arguments a shell would mangle if a transport pasted them into a command string.
@@ -33,3 +35,24 @@ def wait_gone(marker: str, within_s: float = 10.0) -> list[int]:
     while (pids := alive_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return pids
+
+
+# Prints a line, then waits until the callback has seen it and made the flag file ($1): a
+# transport that handed stderr over only at the end would never let it finish (it times out).
+HANDSHAKE = ('echo keep-1 >&2; echo "latbench-test ping" >&2; '
+             'while [ ! -e "$1" ]; do sleep 0.05; done; echo keep-2 >&2; echo out')
+
+
+def handshake(flag: Path) -> tuple[list[str], Callable[[str], bool]]:
+    """(lines seen, stderr callback) for HANDSHAKE: the ping line makes the flag file and is
+    consumed; the others are kept."""
+    seen: list[str] = []
+
+    def on_line(line: str) -> bool:
+        seen.append(line)
+        if line == "latbench-test ping":
+            flag.touch()
+            return True
+        return False
+
+    return seen, on_line

@@ -45,6 +45,51 @@ def keygen(path: Path, comment: str = "latbench-test") -> Path:
     return path
 
 
+def encrypted_copy(key: Path, dest: Path, passphrase: str) -> Path:
+    """A copy of the private key `key` (same key pair) encrypted with `passphrase`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(key, dest)
+    dest.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", passphrase, "-f", str(dest)],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return dest
+
+
+class SshAgent:
+    """A real ssh-agent on a private socket, holding keys added with their passphrase (given
+    to ssh-add through an askpass script, as a desktop session would)."""
+
+    def __init__(self, root: Path) -> None:
+        if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+            raise RuntimeError("ssh-agent/ssh-add (openssh-client) are not installed")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.socket = self.root / "agent.sock"
+        self.proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(self.socket)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10.0
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("ssh-agent did not create its socket")
+            time.sleep(0.02)
+
+    def add(self, key: Path, passphrase: str) -> None:
+        askpass = self.root / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho '{passphrase}'\n")
+        askpass.chmod(0o700)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(self.socket), "SSH_ASKPASS": str(askpass),
+               "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+        subprocess.run(["ssh-add", str(key)], check=True, env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
 def descendants(pid: int) -> list[int]:
     """All live descendants of pid (from /proc), children before grandchildren."""
     children: dict[int, list[int]] = {}

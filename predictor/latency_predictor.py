@@ -1,0 +1,356 @@
+"""LatencyPredictor: the network-level predictor, one object from fit to save, load and predict.
+
+It owns everything a network's estimate depends on: the per-kernel model (a KernelPredictor of
+the zoo), the composition into networks (per-kind scales and terms, fitted on the dataset's
+measured networks), the fusion rules that split a network into kernels, the runtime's per-call
+overhead, the training range of every kernel kind and what it was trained for (device, runtime,
+settings, statistic, dataset). `fit` learns all of it from a dataset, `save`/`load` write and
+read a predictor folder (predictor/io.py), `predict` prices an ONNX model or a kernel list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latbench.bench.ops import OpSpec
+from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
+from latbench.errors import DatasetError, PredictorError
+from latbench.predictor.features import range_values, training_pairs, training_ranges
+from latbench.predictor.model_level import (
+    COMPOSITION_TERMS,
+    DEFAULT_MARGIN,
+    OPTIONAL_TERMS,
+    Composition,
+    NetworkPrediction,
+    OutOfRange,
+    solve_composition,
+)
+from latbench.predictor.models import KernelPredictor, check_params, get_predictor_class
+from latbench.predictor.training import (
+    CV_FOLDS,
+    CV_SEED,
+    calibration_networks,
+    can_price,
+    cross_validate,
+    select_records,
+)
+
+# The composition terms need networks of varied size to be told apart from the kind scales.
+MIN_NETWORKS_FOR_TERMS = 10
+# Manifest entries the object itself writes; everything else is what it was trained for (info_).
+_OWN_FIELDS = frozenset({
+    "format", "format_version", "predictor", "params", "feature_version", "feature_names",
+    "call_overhead_ms", "kind_scale", "composition_terms", "composition", "kinds", "fusion",
+    "training_ranges", "fit_summary", "library_versions", "created"})
+_LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhead_ms_",
+            "training_ranges_", "info_", "fit_summary_")
+
+
+class LatencyPredictor:
+    """A network's latency: its kernels' predictions, composed, plus one call overhead.
+
+    Configuration (constructor): the kernel model (a registered name with `params`, or a
+    KernelPredictor, which `fit` clones), whether to calibrate the composition on the
+    dataset's networks and with which terms, the folds of the per-kind cross-validation
+    (0: none).
+    Learned by `fit` (names end in `_`): `kernels_`, `composition_`, `attach_` (fusion attach
+    set, None for the default split), `fusion_rules_` (the rules' JSON), `call_overhead_ms_`,
+    `training_ranges_`, `info_` (device, runtime, runtime_version, settings, run_settings,
+    statistic, dataset, and what else a maker records, e.g. `lut`), `fit_summary_`.
+    """
+
+    def __init__(self, kernel_model: str | Any = "xgboost",
+                 params: Mapping[str, Any] | None = None, *, calibrate: bool = True,
+                 composition_terms: Sequence[str] = COMPOSITION_TERMS,
+                 cv_folds: int = CV_FOLDS, seed: int = CV_SEED) -> None:
+        if isinstance(kernel_model, str):
+            kernel_model = get_predictor_class(kernel_model)(
+                **check_params(kernel_model, params))
+        elif params:
+            raise PredictorError("give params with a predictor name, not with a "
+                                 "KernelPredictor instance")
+        if cv_folds != 0 and cv_folds < 2:
+            raise PredictorError(f"cv_folds must be 0 (no cross-validation) or at least 2, "
+                                 f"got {cv_folds}")
+        self.kernel_model = kernel_model
+        self.calibrate = calibrate
+        self.composition_terms = tuple(composition_terms)
+        self.cv_folds = cv_folds
+        self.seed = seed
+        self.path: Path | None = None  # the folder it was loaded from or saved to
+
+    # --- building ---------------------------------------------------------------------------
+    def fit(self, data: str | Path, *, statistic: str = DEFAULT_STATISTIC,
+            device: str | None = None, runtime: str | None = None,
+            fusion: Any = None) -> LatencyPredictor:
+        """Learn everything from the dataset at `data`: kernel models on the op records of one
+        (device, runtime, settings), the composition on the dataset's measured networks (if
+        any and `calibrate`; the terms only with MIN_NETWORKS_FOR_TERMS of them, the optional
+        ones only where they lower the leave-one-out error), the training ranges and the
+        per-kind cross-validated error. Fusion rules (`fusion`, a FusionRules, else the
+        dataset card's) decide how networks are split into kernels. Whatever an earlier fit
+        learned is reset first."""
+        from sklearn.base import clone
+
+        from latbench.bench.campaign import median_probe_ms
+        from latbench.bench.fusion import attach_from_rules, rules_from_card
+        from latbench.bench.store import LatencyDataset
+
+        self._reset()
+        if statistic not in RECORD_STATISTICS:
+            raise PredictorError(f"unknown statistic {statistic!r}; choose one of "
+                                 f"{', '.join(RECORD_STATISTICS)}")
+        dataset = LatencyDataset.open(Path(data))
+        records = dataset.records()
+        if records.empty:
+            raise DatasetError(f"dataset at {data} has no records")
+        ops = select_records(records, device, runtime)
+        specs, kernel_ms, overhead = training_pairs(ops, statistic)
+        kernels = clone(self.kernel_model).fit(specs, kernel_ms)
+        card = dataset.card
+        rules = fusion or rules_from_card(card)
+        attach = attach_from_rules(rules) if rules is not None else None
+        networks = calibration_networks(records, card, ops, statistic, attach) \
+            if self.calibrate else []
+        networks = [n for n in networks if can_price(kernels, n[1])]
+        composition = Composition()
+        if networks:
+            terms = self.composition_terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else ()
+            composition = solve_composition(kernels, [(k, ms) for _, k, ms in networks],
+                                            overhead, terms=terms, optional=OPTIONAL_TERMS)
+            composition.summary["keys"] = [key for key, _, _ in networks]
+        first = ops.iloc[0]
+        info = {
+            "device": str(first["device"]),
+            "runtime": str(first["runtime"]),
+            "runtime_version": str(first["runtime_version"]),
+            "settings": str(first["settings"]),
+            "run_settings": card.get("run_settings", {}),
+            "statistic": statistic,
+            "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
+                        "reference_probe_ms": median_probe_ms(ops),
+                        "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
+                        "created": card.get("created")},
+        }
+        cv = cross_validate(self.kernel_model, specs, kernel_ms, self.cv_folds, self.seed) \
+            if self.cv_folds else {}
+        self._set(kernels, composition, attach,
+                  None if rules is None else rules.to_json(), overhead,
+                  training_ranges(specs), info)
+        self.fit_summary_ = self._summary(cv)
+        return self
+
+    @classmethod
+    def from_kernels(cls, kernels: Any, *, call_overhead_ms: float = 0.0,
+                     composition: Composition | None = None,
+                     attach: frozenset[tuple[str, str]] | None = None,
+                     info: Mapping[str, Any] | None = None,
+                     ranges_from: Sequence[OpSpec] = ()) -> LatencyPredictor:
+        """A predictor around an already fitted kernel predictor (a lookup table, a model
+        fitted elsewhere): no composition unless given, training ranges of `ranges_from`."""
+        if not hasattr(kernels, "predict"):
+            raise PredictorError(f"{type(kernels).__name__} cannot predict kernels")
+        out = cls(kernels, cv_folds=0)
+        out._set(kernels, composition or Composition(), attach, None, call_overhead_ms,
+                 training_ranges(list(ranges_from)), dict(info or {}))
+        return out
+
+    def _set(self, kernels: Any, composition: Composition, attach: Any, rules: Any,
+             overhead: float, ranges: dict[str, dict[str, tuple[float, float]]],
+             info: dict[str, Any]) -> None:
+        self.kernels_ = kernels
+        self.composition_ = composition
+        self.attach_ = attach
+        self.fusion_rules_ = rules
+        self.call_overhead_ms_ = float(overhead)
+        self.training_ranges_ = ranges
+        self.info_ = info
+        self.fit_summary_: dict[str, Any] | None = None
+
+    def _reset(self) -> None:
+        for name in _LEARNED:
+            if hasattr(self, name):
+                delattr(self, name)
+        self.path = None
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "kernels_"):
+            raise PredictorError("LatencyPredictor is not fitted yet")
+
+    # --- predicting ---------------------------------------------------------------------------
+    def predict(self, network: str | Path | bytes | Sequence[OpSpec]) -> NetworkPrediction:
+        """Latency of a network: an ONNX model (path or bytes; split into kernels with the
+        fusion rules) or a list of kernels (priced as given), with its per-kernel breakdown
+        and the kernels outside the training range."""
+        self._check_fitted()
+        specs = self.split(network) if isinstance(network, str | Path | bytes) \
+            else list(network)
+        per_kernel = self.kernel_ms(specs)
+        return NetworkPrediction(float(per_kernel.sum()) + self.call_overhead_ms_,
+                                 self.call_overhead_ms_,
+                                 tuple(zip(specs, (float(v) for v in per_kernel), strict=True)),
+                                 tuple(self.out_of_range(specs)))
+
+    def kernel_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
+        """Each kernel's contribution to a network: its prediction, composed (scales, terms).
+        A network's latency is their sum plus `call_overhead_ms_`."""
+        self._check_fitted()
+        specs = list(specs)
+        if not specs:
+            return np.zeros(0)
+        return self.composition_.compose(self.kernels_.predict(specs), specs)
+
+    def split(self, model: str | Path | bytes) -> list[OpSpec]:
+        """The kernels of an ONNX model as this predictor's runtime runs them (fusion rules)."""
+        from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels
+
+        self._check_fitted()
+        return onnx_to_kernels(model, attach=self.attach_ or DEFAULT_ATTACH)
+
+    def out_of_range(self, specs: Sequence[OpSpec]) -> list[OutOfRange]:
+        """Kernels with a shape field or FLOPs outside what their kind was trained on."""
+        out = []
+        for spec in specs:
+            ranges = self.training_ranges_.get(spec.kind)
+            if not ranges:
+                continue
+            for name, value in range_values(spec).items():
+                if name in ranges and not ranges[name][0] <= value <= ranges[name][1]:
+                    out.append(OutOfRange(spec.key(), name, value, *ranges[name]))
+        return out
+
+    # --- what it was trained for --------------------------------------------------------------
+    @property
+    def kinds(self) -> list[str]:
+        self._check_fitted()
+        return list(self.kernels_.kinds)
+
+    @property
+    def n_train(self) -> dict[str, int]:
+        self._check_fitted()
+        return dict(self.kernels_.n_train_)
+
+    @property
+    def device(self) -> str:
+        return str(self.info_.get("device") or "")
+
+    @property
+    def runtime(self) -> str:
+        return str(self.info_.get("runtime") or "")
+
+    @property
+    def statistic(self) -> str:
+        """The statistic the kernels were trained on (median_ms when the maker did not say)."""
+        return str(self.info_.get("statistic") or "median_ms")
+
+    @property
+    def calibration_keys(self) -> list[str]:
+        return list(self.composition_.summary.get("keys") or [])
+
+    @property
+    def reference_probe_ms(self) -> float | None:
+        """Median reference probe of the dataset's campaign: the machine's speed level then."""
+        return (self.info_.get("dataset") or {}).get("reference_probe_ms")
+
+    def run_settings(self) -> Any:
+        """The RunSettings the training kernels were measured with (to measure alike)."""
+        from latbench.bench.runners import RunSettings
+
+        raw = self.info_.get("run_settings")
+        if not isinstance(raw, dict) or not raw:
+            where = f" {self.path}" if self.path else ""
+            raise PredictorError(f"predictor{where} has no run_settings; refit it with this "
+                                 "latbench")
+        try:
+            return RunSettings(**raw)
+        except TypeError as exc:
+            raise PredictorError(f"predictor run_settings {raw} are not RunSettings: "
+                                 f"{exc}") from exc
+
+    def safety_margin(self, default: float = DEFAULT_MARGIN) -> float:
+        """How much faster than a budget a search should aim (see Composition.safety_margin)."""
+        self._check_fitted()
+        return self.composition_.safety_margin(default)
+
+    def _summary(self, cv: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """What `predictor fit` reports: per kind the kernels, cross-validated error and
+        training range; the composition's calibration error; the safety margin."""
+        composition = self.composition_.summary
+        return {
+            "kinds": {kind: {"kernels": n, "cv": cv.get(kind),
+                             "range": {k: list(v) for k, v in
+                                       self.training_ranges_.get(kind, {}).items()}}
+                      for kind, n in sorted(self.kernels_.n_train_.items())},
+            "calibration": {key: composition[key] for key in (
+                "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
+                "underprediction_p95_loo_pct") if key in composition},
+            "safety_margin": self.safety_margin(),
+            "call_overhead_ms": self.call_overhead_ms_,
+        }
+
+    # --- files ------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """What `save` writes into manifest.json besides the format fields and model files."""
+        from latbench.bench.fusion import attach_to_json
+
+        self._check_fitted()
+        manifest = {
+            **self.info_,
+            "call_overhead_ms": self.call_overhead_ms_,
+            "kind_scale": dict(self.composition_.kind_scale),
+            "composition_terms": dict(self.composition_.terms),
+            "composition": dict(self.composition_.summary),
+            "training_ranges": {kind: {k: list(v) for k, v in ranges.items()}
+                                for kind, ranges in self.training_ranges_.items()},
+        }
+        if self.attach_ is not None:
+            manifest["fusion"] = {"attach": attach_to_json(self.attach_)}
+            if self.fusion_rules_ is not None:
+                manifest["fusion"]["rules"] = self.fusion_rules_
+        if self.fit_summary_ is not None:
+            manifest["fit_summary"] = self.fit_summary_
+        return manifest
+
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor folder `path` (atomically replacing a predictor there)."""
+        from latbench.predictor.io import write_predictor
+
+        self._check_fitted()
+        if not isinstance(self.kernels_, KernelPredictor):
+            raise PredictorError(f"{type(self.kernels_).__name__} is not a registered kernel "
+                                 "predictor and cannot be saved")
+        self.path = write_predictor(Path(path), self.kernels_, self.manifest())
+        return self.path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyPredictor:
+        """The predictor saved in folder `path` (by this or an earlier latbench)."""
+        from latbench.bench.fusion import attach_from_json
+        from latbench.predictor.io import MANIFEST, read_kernels, read_manifest
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        kernels = read_kernels(path, manifest)
+        unknown = sorted(set(manifest.get("composition_terms") or {}) - set(COMPOSITION_TERMS))
+        if unknown:
+            raise PredictorError(f"{path / MANIFEST}: field 'composition_terms' names unknown "
+                                 f"term {unknown[0]!r}; known: {', '.join(COMPOSITION_TERMS)}")
+        composition = Composition(
+            {k: float(v) for k, v in (manifest.get("kind_scale") or {}).items()},
+            {k: float(v) for k, v in (manifest.get("composition_terms") or {}).items()},
+            dict(manifest.get("composition") or {"networks": 0}))
+        fusion = manifest.get("fusion") or {}
+        out = cls(kernels, cv_folds=0)
+        out._set(kernels, composition,
+                 attach_from_json(fusion["attach"]) if "attach" in fusion else None,
+                 fusion.get("rules"), manifest["call_overhead_ms"],
+                 {kind: {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
+                  for kind, ranges in (manifest.get("training_ranges") or {}).items()},
+                 {k: v for k, v in manifest.items() if k not in _OWN_FIELDS})
+        out.fit_summary_ = manifest.get("fit_summary")
+        out.path = path
+        return out

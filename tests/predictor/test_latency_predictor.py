@@ -1,0 +1,408 @@
+"""LatencyPredictor: one object fitted on a dataset (kernel models, composition, fusion rules,
+call overhead, training ranges, fit summary), saved and loaded in one call each, predicting
+networks with what lay outside the training range; and a predictor folder as untrusted input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold
+
+from latbench.bench.fusion import FusionRules
+from latbench.bench.ops import OpSpec
+from latbench.bench.runners import RunSettings
+from latbench.bench.store import LatencyDataset, LatencyRecord
+from latbench.cli import main
+from latbench.errors import PredictorError
+from latbench.predictor.evaluate import error_metrics
+from latbench.predictor.features import kernel_cost, training_pairs
+from latbench.predictor.io import FORMAT_VERSION, MANIFEST, read_manifest
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.model_level import Composition
+from latbench.predictor.models import LinearKernelPredictor, get_predictor_class
+from latbench.predictor.training import select_records
+
+ROOT = Path(__file__).resolve().parents[2]
+MACRO = ROOT / "datasets" / "xeon-2core-onnxruntime-1t-nasbench-macro"
+TINY_ONNX = ROOT / "tests" / "data" / "predictors" / "tiny.onnx"
+
+
+def small_dataset(path: Path, seed: int = 0) -> Path:
+    """Op records of convs (30) and linears (4, too few to cross-validate), no networks."""
+    rng = np.random.default_rng(seed)
+    specs = [OpSpec("conv", h=int(h), w=int(h), cin=int(c), cout=int(c), kernel=3)
+             for h, c in zip(rng.choice([8, 16], 30), rng.integers(8, 48, 30), strict=True)]
+    specs += [OpSpec("linear", cin=int(c), cout=10) for c in (64, 128, 256, 512)]
+    records = [LatencyRecord.for_op(s, device="box", runtime="onnxruntime", settings="t1",
+                                    runtime_version="1.0",
+                                    min_ms=0.02 + 2e-9 * kernel_cost(s).flops,
+                                    median_ms=0.03 + 2e-9 * kernel_cost(s).flops,
+                                    overhead_ms=0.01)
+               for s in specs]
+    dataset = LatencyDataset.create(path, {"run_settings": RunSettings(threads=1).__dict__})
+    dataset.append(records)
+    return path
+
+
+@pytest.fixture(scope="module")
+def macro_linear(tmp_path_factory) -> tuple[LatencyPredictor, Path]:
+    predictor = LatencyPredictor("linear").fit(MACRO)
+    return predictor, predictor.save(tmp_path_factory.mktemp("lp") / "linear")
+
+
+@pytest.fixture(scope="module")
+def xgboost_dir(tmp_path_factory) -> Path:
+    """A small xgboost predictor saved from the small dataset (for the loading tests)."""
+    root = tmp_path_factory.mktemp("xgb")
+    predictor = LatencyPredictor("xgboost", {"n_estimators": 10, "max_depth": 3, "n_jobs": 1},
+                                 cv_folds=0)
+    return predictor.fit(small_dataset(root / "data")).save(root / "pred")
+
+
+# --- fit ----------------------------------------------------------------------------------------
+def test_fit_learns_everything_and_summarises_it(macro_linear) -> None:
+    predictor, path = macro_linear
+    summary = predictor.fit_summary_
+    ops = select_records(LatencyDataset.open(MACRO).records())
+    specs, ms, overhead = training_pairs(ops, "min_ms")
+    kinds = sorted({s.kind for s in specs})
+    assert predictor.kinds == kinds == ["add", "conv", "dwconv", "linear", "mbconv", "pool"]
+    assert predictor.call_overhead_ms_ == overhead > 0
+    assert predictor.statistic == "min_ms" and predictor.device and predictor.runtime
+    assert predictor.run_settings() == RunSettings(**LatencyDataset.open(MACRO).card[
+        "run_settings"])
+    # per kind: kernels, 5-fold error of the kernel model on that kind's records, the range
+    for kind in kinds:
+        rows = [i for i, s in enumerate(specs) if s.kind == kind]
+        entry = summary["kinds"][kind]
+        assert entry["kernels"] == len(rows) == predictor.n_train[kind]
+        predicted = np.empty(len(rows))
+        for train, test in KFold(5, shuffle=True, random_state=0).split(rows):
+            model = LinearKernelPredictor().fit([specs[rows[i]] for i in train],
+                                                ms[[rows[i] for i in train]])
+            predicted[test] = model.predict([specs[rows[i]] for i in test])
+        expected = error_metrics(predicted, ms[rows])
+        assert entry["cv"] == {"folds": 5, "rmspe_pct": pytest.approx(expected["rmspe_pct"]),
+                               "within10": pytest.approx(expected["within10"])}
+        flops = [kernel_cost(specs[i]).flops for i in rows]
+        assert entry["range"]["flops"] == [min(flops), max(flops)]
+        if kind != "linear":
+            assert entry["range"]["h"] == [min(specs[i].h for i in rows),
+                                           max(specs[i].h for i in rows)]
+    # the composition's calibration on the dataset's 60 networks, and the search margin
+    composition = predictor.composition_.summary
+    assert summary["calibration"]["networks"] == 60 == len(predictor.calibration_keys)
+    assert summary["calibration"]["rmspe_pct_loo"] == composition["rmspe_pct_loo"]
+    assert summary["safety_margin"] == predictor.safety_margin() == \
+        composition["underprediction_p95_loo_pct"] / 100
+    # all of it in the manifest
+    manifest = read_manifest(path)
+    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["fit_summary"] == json.loads(json.dumps(summary))
+    assert manifest["training_ranges"]["conv"]["cin"] == list(
+        predictor.training_ranges_["conv"]["cin"])
+
+
+def test_save_load_round_trip(macro_linear, tmp_path: Path) -> None:
+    predictor, path = macro_linear
+    loaded = LatencyPredictor.load(path)
+    assert loaded.path == path
+    for name in ("call_overhead_ms_", "training_ranges_", "info_", "fit_summary_", "attach_"):
+        assert getattr(loaded, name) == getattr(predictor, name), name
+    assert loaded.composition_ == predictor.composition_
+    nets = LatencyDataset.open(MACRO).card["network_kernels"]
+    for keys in list(nets.values())[:5]:
+        kernels = [OpSpec.from_key(k) for k in keys]
+        assert loaded.predict(kernels) == predictor.predict(kernels)
+    assert loaded.predict(TINY_ONNX) == predictor.predict(TINY_ONNX.read_bytes())
+    again = loaded.save(tmp_path / "again")
+    first, second = read_manifest(path), read_manifest(again)
+    first.pop("created"), second.pop("created")
+    assert first == second
+
+
+def test_fit_resets_what_an_earlier_fit_learned(tmp_path: Path) -> None:
+    rules = FusionRules(alpha=0.5, fused=frozenset(), tested=frozenset({("linear", "relu")}))
+    predictor = LatencyPredictor("linear", cv_folds=0).fit(MACRO, fusion=rules)
+    predictor.save(tmp_path / "first")
+    assert predictor.attach_ is not None and predictor.calibration_keys
+    assert predictor.composition_.kind_scale and predictor.path == tmp_path / "first"
+
+    other = small_dataset(tmp_path / "other")
+    predictor.fit(other, statistic="median_ms")
+    fresh = LatencyPredictor("linear", cv_folds=0).fit(other, statistic="median_ms")
+    assert predictor.kinds == fresh.kinds == ["conv", "linear"]
+    assert predictor.composition_ == fresh.composition_ == Composition()
+    assert predictor.attach_ is None and predictor.fusion_rules_ is None
+    assert predictor.path is None
+    assert predictor.training_ranges_ == fresh.training_ranges_
+    assert predictor.info_ == fresh.info_ and predictor.device == "box"
+    assert predictor.manifest() == fresh.manifest()
+    probe = [OpSpec("conv", h=8, w=8, cin=16, cout=16, kernel=3), OpSpec("linear", cin=64,
+                                                                        cout=10)]
+    assert predictor.predict(probe) == fresh.predict(probe)
+    # a fit that fails leaves nothing of the one before
+    with pytest.raises(PredictorError, match="unknown statistic"):
+        predictor.fit(other, statistic="p99_ms")
+    assert not hasattr(predictor, "kernels_")
+    with pytest.raises(PredictorError, match="not fitted"):
+        predictor.predict(probe)
+
+
+def test_too_few_records_are_not_cross_validated(tmp_path: Path, capsys) -> None:
+    data = small_dataset(tmp_path / "data")
+    predictor = LatencyPredictor("linear").fit(data)
+    cv = predictor.fit_summary_["kinds"]
+    assert cv["conv"]["cv"]["folds"] == 5
+    assert cv["linear"]["cv"] == {"skipped": "4 records, 5-fold needs 10"}
+    assert predictor.fit_summary_["calibration"] == {"networks": 0}
+    assert predictor.safety_margin() == 0.03
+    # a lookup table cannot price what it did not see: not cross-validated, and said so
+    table = LatencyPredictor("lut").fit(data)
+    assert table.fit_summary_["kinds"]["conv"]["cv"] == {
+        "skipped": "the model cannot price kernels it was not fitted on"}
+
+
+def test_predict_names_kernels_outside_the_training_range(macro_linear) -> None:
+    predictor, _ = macro_linear
+    conv_range = predictor.training_ranges_["conv"]
+    inside = OpSpec("conv", h=16, w=16, cin=int(conv_range["cin"][0]),
+                    cout=int(conv_range["cout"][0]), kernel=3)
+    wide = OpSpec("conv", h=16, w=16, cin=int(conv_range["cin"][1]) * 2,
+                  cout=int(conv_range["cout"][0]), kernel=3)
+    large = OpSpec("conv", h=int(conv_range["h"][1]) * 4, w=int(conv_range["w"][1]) * 4,
+                   cin=int(conv_range["cin"][0]), cout=int(conv_range["cout"][0]), kernel=3)
+    prediction = predictor.predict([inside, wide, large])
+    outside = {(o.kernel, o.feature) for o in prediction.out_of_range}
+    assert (wide.key(), "cin") in outside and (large.key(), "h") in outside
+    assert (large.key(), "w") in outside
+    assert not {o for o in outside if o[0] == inside.key()}
+    cin = next(o for o in prediction.out_of_range if o.feature == "cin")
+    assert cin.value == wide.cin and [cin.low, cin.high] == list(conv_range["cin"])
+    assert f"cin {wide.cin} > {conv_range['cin'][1]:g}" in cin.describe()
+    as_json = prediction.to_json()["out_of_range"]
+    assert {"kernel": wide.key(), "feature": "cin", "value": float(wide.cin),
+            "trained_range": list(conv_range["cin"])} in as_json
+
+
+def test_constructor_refusals() -> None:
+    with pytest.raises(PredictorError, match="unknown predictor 'nope'"):
+        LatencyPredictor("nope")
+    with pytest.raises(PredictorError, match="'xgboost' has no parameter 'max_dept'"):
+        LatencyPredictor("xgboost", {"max_dept": 3})
+    with pytest.raises(PredictorError, match="'xgboost' parameter 'max_depth' must be int"):
+        LatencyPredictor("xgboost", {"max_depth": "3"})
+    with pytest.raises(PredictorError, match="not with a KernelPredictor"):
+        LatencyPredictor(LinearKernelPredictor(), {"ridge": 1.0})
+    with pytest.raises(PredictorError, match="cv_folds"):
+        LatencyPredictor("linear", cv_folds=1)
+
+
+def test_a_kernel_predictor_instance_is_cloned(tmp_path: Path) -> None:
+    template = get_predictor_class("xgboost")(n_estimators=5, n_jobs=1)
+    predictor = LatencyPredictor(template, cv_folds=0).fit(small_dataset(tmp_path / "d"))
+    assert predictor.kernels_ is not template and not hasattr(template, "models_")
+    assert predictor.kernels_.get_params() == template.get_params()
+
+
+# --- the command line ---------------------------------------------------------------------------
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("latbench: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_fit_command_prints_the_summary(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    code, text, _ = run(capsys, "predictor", "fit", "--data", str(MACRO), "--out", str(out),
+                        "--predictor", "linear")
+    assert code == 0
+    for needle in ("CV RMSPE %", "CV within 10%", "training range", "mbconv", "MFLOPs",
+                   "calibration on 60 measured networks", "leave-one-out",
+                   "safety margin for searches: "):
+        assert needle in text, needle
+    code, text, _ = run(capsys, "predictor", "fit", "--data", str(MACRO), "--out", str(out),
+                        "--predictor", "linear", "--json", "--cv-folds", "3")
+    printed = json.loads(text)
+    assert printed["predictor"] == str(out) and printed["statistic"] == "min_ms"
+    assert printed["summary"]["kinds"]["conv"]["cv"]["folds"] == 3
+    assert printed["summary"] == read_manifest(out)["fit_summary"]
+
+
+def test_fit_says_which_kinds_were_not_cross_validated(tmp_path: Path, capsys) -> None:
+    code, text, _ = run(capsys, "predictor", "fit", "--data",
+                        str(small_dataset(tmp_path / "d")), "--out", str(tmp_path / "p"),
+                        "--predictor", "linear")
+    assert code == 0
+    assert "not cross-validated: linear (4 records, 5-fold needs 10)" in text
+    assert "the dataset holds no measured networks" in text
+
+
+def test_predict_command_json(macro_linear, capsys) -> None:
+    _, path = macro_linear
+    code, text, _ = run(capsys, "predict", str(TINY_ONNX), "--predictor", str(path), "--json")
+    assert code == 0
+    printed = json.loads(text)
+    assert printed["predicted_ms"] == LatencyPredictor.load(path).predict(TINY_ONNX).predicted_ms
+    assert isinstance(printed["out_of_range"], list) and printed["n_kernels"] == 10
+
+
+@pytest.mark.parametrize(("params", "needles"), [
+    ('{"max_dept": 3}', ("predictor 'xgboost' has no parameter 'max_dept'",)),
+    ('{"n_estimators": "many"}', ("'xgboost' parameter 'n_estimators' must be int",
+                                  "'many'")),
+    ('[3]', ("parameters of predictor 'xgboost' must be a JSON object",)),
+])
+def test_fit_refuses_bad_params(tmp_path: Path, capsys, params: str, needles) -> None:
+    code, _, err = run(capsys, "predictor", "fit", "--data", str(MACRO), "--out",
+                       str(tmp_path / "p"), "--params", params)
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "p").exists()
+
+
+def test_library_refusals_of_a_value_are_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "predictor", "fit", "--data", str(MACRO), "--out",
+                       str(tmp_path / "p"), "--predictor", "rf", "--params",
+                       '{"n_estimators": 0}')
+    one_line_error(code, err, "rf could not be fitted", "n_estimators")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(("params", "needles"), [
+    ('{"linear": {"ridge": "big"}}', ("'linear' parameter 'ridge' must be float",)),
+    ('{"xgboost": {"max_depth": 2}}', ("parameters given for 'xgboost'", "linear")),
+    ('["linear"]', ("must be a JSON object",)),
+])
+def test_compare_refuses_bad_params_before_measuring(tmp_path: Path, capsys, params: str,
+                                                     needles) -> None:
+    code, _, err = run(capsys, "predictor", "compare", "--data", str(MACRO), "--predictors",
+                       "linear", "--networks", "nasbench-macro:2", "--out",
+                       str(tmp_path / "cmp"), "--params", params)
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "cmp" / "networks").exists()
+
+
+def test_adapt_refuses_bad_params_before_measuring(tmp_path: Path, capsys) -> None:
+    data = small_dataset(tmp_path / "data")
+    before = len(LatencyDataset.open(data).records())
+    code, _, err = run(capsys, "predictor", "adapt", "--data", str(data), "--out",
+                       str(tmp_path / "p"), "--predictor", "linear", "--params",
+                       '{"alpha": 1.0}')
+    one_line_error(code, err, "predictor 'linear' has no parameter 'alpha'", "ridge")
+    assert len(LatencyDataset.open(data).records()) == before
+    assert not (tmp_path / "p").exists()
+
+
+# --- loading an untrusted folder ----------------------------------------------------------------
+def _edit(path: Path, change) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    change(manifest)
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+BAD_MANIFESTS = {
+    "kinds-as-list": (lambda m: m.update(kinds=list(m["kinds"])),
+                      ("field 'kinds' must be a non-empty object", "got a list")),
+    "kinds-missing": (lambda m: m.pop("kinds"), ("field 'kinds' is missing",)),
+    "overhead-text": (lambda m: m.update(call_overhead_ms="fast"),
+                      ("field 'call_overhead_ms' must be a finite, non-negative number",
+                       "got a string")),
+    "overhead-negative": (lambda m: m.update(call_overhead_ms=-1),
+                          ("field 'call_overhead_ms'",)),
+    "n_train-text": (lambda m: m["kinds"]["conv"].update(n_train="30"),
+                     ("field 'kinds.conv.n_train' must be a non-negative integer", "'30'")),
+    "n_train-float": (lambda m: m["kinds"]["conv"].update(n_train=30.5),
+                      ("field 'kinds.conv.n_train'",)),
+    "entry-not-object": (lambda m: m["kinds"].update(conv="kernels/conv.json"),
+                         ("field 'kinds.conv' must be an object",)),
+    "unknown-kind": (lambda m: m["kinds"].update(gelu=m["kinds"]["conv"]),
+                     ("unknown kernel kind 'gelu'",)),
+    "kind-scale-text": (lambda m: m.update(kind_scale={"conv": "1.1"}),
+                        ("field 'kind_scale'",)),
+    "params-list": (lambda m: m.update(params=[1]), ("field 'params' must be an object",)),
+    "params-unknown": (lambda m: m["params"].update(depth=3),
+                       ("field 'params'", "'xgboost' has no parameter 'depth'")),
+    "feature-version-text": (lambda m: m.update(feature_version="2"),
+                             ("field 'feature_version' must be an integer",)),
+    "unknown-term": (lambda m: m.update(composition_terms={"cache_mb": 0.1}),
+                     ("field 'composition_terms' names unknown term 'cache_mb'",)),
+    "attach-text": (lambda m: m.update(fusion={"attach": "conv+relu"}), ("field 'fusion'",)),
+    "absolute-file": (lambda m: m["kinds"]["conv"].update(file="/etc/passwd"),
+                      ("field 'kinds.conv.file'", "'/etc/passwd'",
+                       "must be a relative path inside the predictor folder")),
+    "dotdot-file": (lambda m: m["kinds"]["conv"].update(file="../other/kernels/conv.json"),
+                    ("field 'kinds.conv.file'", "relative path inside")),
+    "manifest-a-list": (lambda m: (m.clear(),), ("is not a latbench predictor manifest",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_bad_manifest_is_one_line_naming_the_field(xgboost_dir: Path, tmp_path: Path, capsys,
+                                                    case: str) -> None:
+    change, needles = BAD_MANIFESTS[case]
+    folder = _copy(xgboost_dir, tmp_path / "pred")
+    _copy(xgboost_dir, tmp_path / "other")  # a real model a `..` entry could reach
+    _edit(folder, change)
+    with pytest.raises(PredictorError) as info:
+        LatencyPredictor.load(folder)
+    for needle in needles:
+        assert needle in str(info.value)
+    code, _, err = run(capsys, "predict", str(TINY_ONNX), "--predictor", str(folder))
+    one_line_error(code, err, *needles)
+
+
+def test_a_model_file_linked_from_outside_is_refused(xgboost_dir: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    folder = _copy(xgboost_dir, tmp_path / "pred")
+    other = _copy(xgboost_dir, tmp_path / "other")
+    (folder / "kernels" / "conv.json").unlink()
+    os.symlink(other / "kernels" / "conv.json", folder / "kernels" / "conv.json")
+    code, _, err = run(capsys, "predict", str(TINY_ONNX), "--predictor", str(folder))
+    one_line_error(code, err, "field 'kinds.conv.file'", "points outside the predictor folder")
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("{not json", "is not a saved xgboost model"),
+    ('{"learner": 1}', "is not a saved xgboost model"),
+    ("[1, 2, 3]", "is not a saved xgboost model"),
+    ("", "is not a saved xgboost model"),
+])
+def test_corrupted_xgboost_file_is_one_line(xgboost_dir: Path, tmp_path: Path, capsys,
+                                            content: str, needle: str) -> None:
+    folder = _copy(xgboost_dir, tmp_path / "pred")
+    (folder / "kernels" / "conv.json").write_text(content)
+    code, _, err = run(capsys, "predict", str(TINY_ONNX), "--predictor", str(folder))
+    one_line_error(code, err, "conv.json", needle)
+
+
+@pytest.mark.parametrize("name", ["rf", "linear", "lut"])
+def test_corrupted_model_files_of_other_members(tmp_path: Path, name: str, capsys) -> None:
+    predictor = LatencyPredictor(name, {"n_estimators": 3} if name == "rf" else None,
+                                 cv_folds=0)
+    folder = predictor.fit(small_dataset(tmp_path / "d")).save(tmp_path / "pred")
+    (model,) = [p for p in (folder / "kernels").iterdir() if p.name.startswith("conv.")
+                and "baseline" not in p.name]
+    model.write_bytes(b"\x00garbage")
+    code, _, err = run(capsys, "predict", str(TINY_ONNX), "--predictor", str(folder))
+    one_line_error(code, err, str(model))
