@@ -19,6 +19,7 @@ from latbench.bench.families import NetworkDef, list_families, sample_networks
 from latbench.bench.ops import OpSpec
 from latbench.bench.spaces import SPACES, Arch, SearchSpace, get_space
 from latbench.errors import ConfigError, LatbenchError
+from latbench.extras import available
 
 
 def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:
@@ -64,9 +65,13 @@ def _space_networks(name: str, count: int, rng: np.random.Generator,
 def _family_networks(name: str, count: int, rng: np.random.Generator,
                      exclude: Collection[str], with_kernels: bool = False) -> list[Subject]:
     """Family networks; `with_kernels` exports and splits them now, so a dataset can keep
-    their kernels for composition calibration."""
+    their kernels for composition calibration. They are PyTorch modules: without torch this
+    fails here, before anything is measured."""
     from latbench.bench.kernels import onnx_to_kernels
 
+    if not available("torch"):
+        raise ConfigError(f"{name} networks are PyTorch modules and torch is not installed: "
+                          "pip install 'latbench[torch]'")
     out = []
     for net in sample_networks(name, count, rng):
         key = f"{name}:{net.name}"

@@ -27,6 +27,7 @@ from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord, atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError
+from latbench.extras import can_plot
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ def write_repeat_report(report: RepeatReport, out: Path) -> dict[str, Path]:
                       f"median of new / old - 1 (a systematic change between the runs).\n\n"
                       f"{report.markdown()}\n\n![histogram](repeat.png)\n"
                       + (f"\nNot measured again:\n{skipped}" if skipped else ""))
-    histogram(report, paths["histogram"])
+    if can_plot(paths["histogram"]):
+        histogram(report, paths["histogram"])
     return paths
 
 

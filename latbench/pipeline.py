@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from latbench.bench.campaign import CampaignConfig, measure_into_dataset
 from latbench.bench.network_sets import resolve_networks
@@ -27,11 +26,13 @@ from latbench.bench.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_ta
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device, local_device
 from latbench.errors import LatbenchError
+from latbench.extras import can_plot
 from latbench.predictor.evaluate import evaluate, write_report
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.progress import Bars
 from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
+from latbench.tables import print_table
 
 RUNTIME = "onnxruntime"
 BUDGET_QUANTILES = (0.2, 0.5, 0.8)
@@ -46,6 +47,7 @@ class DemoOptions:
     seed: int = 0
     families: tuple[str, ...] = field(default=())
     plan_name: str | None = None  # a preset or plan file instead of the default
+    print_summary: bool = True  # the summary tables on stdout (off: report.json only)
 
     @property
     def plan(self) -> str:
@@ -154,14 +156,16 @@ def run_demo(options: DemoOptions, console: Console | None = None,
         report["search_margin"] = margin
         report["search"] = [o.to_json() for o in outcomes]
         search_rows = [o.row() for o in outcomes]
-        _pareto_plot(predicted_all, space, accuracy, outcomes, run_dir / "search_pareto.png",
-                     device.name)
+        if can_plot(run_dir / "search_pareto.png"):
+            _pareto_plot(predicted_all, space, accuracy, outcomes,
+                         run_dir / "search_pareto.png", device.name)
     timings["search"] = time.perf_counter() - started
     report["timings_s"] = timings
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(run_dir / "report.md", _markdown(report, card, predictor.info_, evaluation,
                                                        search_rows, search_note))
-    _print_summary(console, evaluation, search_rows, run_dir)
+    if options.print_summary:
+        _print_summary(evaluation, search_rows, run_dir)
     return run_dir
 
 
@@ -239,21 +243,10 @@ def _composition_text(composition: dict[str, Any]) -> str:
             f"composed {composition['rmspe_pct_composed']:.2f}%.")
 
 
-def _print_summary(console: Console, evaluation: Any, search_rows: list[tuple[str, ...]],
-                   run_dir: Path) -> None:
-    table = Table(title="held-out networks")
-    for column in ("family", "n", "RMSPE %", "within 10%", "Spearman"):
-        table.add_column(column)
-    for family, m in evaluation.metrics.items():
-        table.add_row(family, str(int(m["n"])), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
-                      f"{m['spearman']:.3f}")
-    out = Console()
-    out.print(table)
+def _print_summary(evaluation: Any, search_rows: list[tuple[str, ...]], run_dir: Path) -> None:
+    print_table("held-out networks", ("family", "n", "RMSPE %", "within 10%", "Spearman"),
+                [(family, int(m["n"]), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
+                  f"{m['spearman']:.3f}") for family, m in evaluation.metrics.items()])
     if search_rows:
-        search = Table(title="search under budgets")
-        for column in OUTCOME_HEADER:
-            search.add_column(column)
-        for row in search_rows:
-            search.add_row(*row)
-        out.print(search)
-    out.print(f"everything is in {run_dir} (report.md)")
+        print_table("search under budgets", OUTCOME_HEADER, search_rows)
+    print(f"everything is in {run_dir} (report.md)")

@@ -25,6 +25,7 @@ from latbench.bench.stats import DEFAULT_STATISTIC
 from latbench.bench.store import atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import PredictorError, UnknownKernelError
+from latbench.extras import can_plot
 from latbench.predictor.evaluate import (
     error_metrics,
     error_table,
@@ -186,7 +187,8 @@ def write_comparison(report: ComparisonReport, out_dir: Path,
                       "share of networks whose every kernel the predictor can price.\n\n"
                       f"{report.markdown()}\n![predicted vs measured](compare_scatter.png)\n\n"
                       "![within 10%](compare_within10.png)\n")
-    _plots(report, paths["scatter"], paths["bars"], title)
+    if can_plot(paths["scatter"]):
+        _plots(report, paths["scatter"], paths["bars"], title)
     return paths
 
 

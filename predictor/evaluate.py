@@ -30,6 +30,7 @@ from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError, PredictorError
+from latbench.extras import can_plot
 
 if TYPE_CHECKING:
     from latbench.predictor.latency_predictor import LatencyPredictor
@@ -261,7 +262,8 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
                       f"# {title}\n\nMeasured statistic: `{report.statistic}`. "
                       f"{report.measurement}\n\n"
                       f"{report.markdown()}\n\n![predicted vs measured](scatter.png)\n")
-    scatter_plot(report.table, paths["scatter"], title)
+    if can_plot(paths["scatter"]):
+        scatter_plot(report.table, paths["scatter"], title)
     return paths
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from latbench.bench.spaces import SearchSpace, get_space
+from latbench.extras import can_plot
 from latbench.search.budget import BudgetOutcome
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.search.pareto import pareto_figure, save_figure
@@ -67,10 +68,11 @@ def write_outputs(out: Path, space: SearchSpace, space_options: Mapping[str, Any
               if "predicted_ms" in h and h.get("accuracy") is not None]
     title = (f"{space.name} / {result.strategy}, budget {outcome.budget_ms:g} ms: winner\n"
              + textwrap.fill(result.arch, 90))
-    figure = pareto_figure([p[0] for p in points], [p[1] for p in points], [outcome],
-                           background=background, title=title,
-                           accuracy_label=accuracy_label(result))
-    save_figure(figure, paths["pareto"])
+    if can_plot(paths["pareto"]):
+        figure = pareto_figure([p[0] for p in points], [p[1] for p in points], [outcome],
+                               background=background, title=title,
+                               accuracy_label=accuracy_label(result))
+        save_figure(figure, paths["pareto"])
     paths["arch"].write_text(result.arch + "\n")
     arch = space.decode(result.arch)
     trained = result.module is not None

@@ -91,7 +91,7 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     base = Path(out) if out is not None else default_out(predictor)
     session = SearchSession(prepared, results, unmeasured(results))
     if measure:
-        from latbench.bench.devices import resolve_device
+        from latbench.bench.targets import resolve_device
 
         settings = prepared.predictor.run_settings()
         target = resolve_device(device, fleet, threads=settings.threads)

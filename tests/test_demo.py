@@ -8,7 +8,7 @@ from pathlib import Path
 
 from latbench.bench.spaces import get_space
 from latbench.bench.store import LatencyDataset
-from latbench.pipeline import DemoOptions, run_demo
+from latbench.cli import main
 from latbench.predictor.io import read_manifest
 from latbench.search.latency import LatencyTable
 
@@ -25,13 +25,18 @@ networks: ["nasbench-macro:4"]
 """
 
 
-def test_tiny_demo(tmp_path: Path) -> None:
+def test_tiny_demo(tmp_path: Path, capsys) -> None:
+    """Through the CLI (`latbench demo --json`): stdout is the run's report as JSON."""
     assert (DATA_DIR / "nas-bench-macro").is_dir(), f"reference data missing at {DATA_DIR}"
     plan = tmp_path / "tiny.yaml"
     plan.write_text(TINY_PLAN)
-    run_dir = run_demo(DemoOptions(quick=True, data_dir=DATA_DIR, runs_root=tmp_path / "runs",
-                                   networks=5, seed=0, plan_name=str(plan)))
+    assert main(["demo", "--quick", "--data-dir", str(DATA_DIR), "--runs-root",
+                 str(tmp_path / "runs"), "--networks", "5", "--seed", "0", "--plan", str(plan),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    run_dir = Path(printed["run"])
     assert run_dir.parent == tmp_path / "runs"
+    assert printed["evaluation"] == json.loads((run_dir / "report.json").read_text())["evaluation"]
 
     # 1. the operator dataset: every kernel of the space and its primitives, 4 networks
     space = get_space("nasbench-macro")

@@ -4,6 +4,7 @@ extras, and reference data found from any working directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,6 +31,10 @@ class Blocker(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 sys.meta_path.insert(0, Blocker())
+import importlib.util
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: (
+    None if name.split(".")[0] in BLOCK else find_spec(name, *a))
 from latbench.cli import main
 code = main(sys.argv[2:])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
@@ -53,8 +58,13 @@ def test_pyproject_installs_every_package_under_latbench() -> None:
 
 
 def test_wheel_holds_one_top_level_name(tmp_path: Path) -> None:
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "runs", "*.egg-info", "__pycache__", ".*_cache", "datasets",
+        "tests", "benchmarks"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                             "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                             "--no-build-isolation", "-w", str(tmp_path), str(source)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("latbench-*.whl")
@@ -114,3 +124,42 @@ def test_default_data_dir_does_not_depend_on_the_working_directory(
     assert Path(found) == (ROOT.parent / "shared" / "data").resolve()
     monkeypatch.setenv("LATBENCH_DATA", str(tmp_path))
     assert Path(run_python(code, cwd=ROOT).stdout.strip()) == tmp_path
+
+
+def test_a_command_needing_a_missing_extra_names_it(tmp_path: Path) -> None:
+    """Family networks are PyTorch modules: without torch, one line naming the extra, before
+    anything is measured."""
+    result = run_python(BLOCKED_CLI, ",".join(OPTIONAL), "bench", "networks", "--networks",
+                        "resnet:1", "--out", str(tmp_path / "nets"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "latbench: error: resnet networks are PyTorch modules and torch is not installed: "
+        "pip install 'latbench[torch]'"]
+    assert not (tmp_path / "nets").exists()
+    # deeper in: the supernet search imports torch; the CLI turns that into the same advice
+    search = run_python(BLOCKED_CLI, ",".join(OPTIONAL), "search", "--space", "nasbench201",
+                        "--predictor", "flops", "--strategy", "proxyless-g", "--budget-ms",
+                        "1", "--out", str(tmp_path / "search"), cwd=tmp_path)
+    assert search.returncode == 1 and search.stderr.strip().splitlines()[-1] == (
+        "latbench: error: this needs torch, which is not installed: pip install "
+        "'latbench[torch]'")
+    assert not (tmp_path / "search").exists()
+
+
+def test_reports_are_written_without_plots_when_matplotlib_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from latbench import extras
+    from latbench.bench.campaign import CampaignSummary
+    from latbench.predictor.evaluate import EvaluationReport, error_metrics, write_report
+
+    monkeypatch.setattr(extras, "available", lambda module: module != "matplotlib")
+    metrics = {"all": error_metrics([1.0, 2.0, 3.1], [1.1, 2.0, 3.0])}
+    import pandas as pd
+
+    table = pd.DataFrame({"network": ["a", "b", "c"], "family": ["x"] * 3,
+                          "predicted_ms": [1.0, 2.0, 3.1], "measured_ms": [1.1, 2.0, 3.0]})
+    paths = write_report(EvaluationReport(table, metrics, "min_ms", CampaignSummary()),
+                         tmp_path / "eval")
+    assert paths["json"].is_file() and paths["markdown"].is_file()
+    assert not paths["scatter"].exists()
+    assert "plots need matplotlib (pip install 'latbench[plots]')" in caplog.text

@@ -78,7 +78,7 @@ class SearchSpace(ABC):
     def supernet_body(self, mixed: Callable[[int, list[Any]], Any]) -> Any:
         """The network with `mixed(layer, candidate_modules)` at every searchable layer (a
         chain space: prefix kernels, one mixed operation per layer, suffix kernels)."""
-        from latbench.bench.spaces.modules import chain_supernet_body
+        from latbench.bench.spaces.chain_torch import chain_supernet_body
 
         prefix, suffix = self.fixed_ops()
         return chain_supernet_body(prefix, [self.candidates(i) for i in range(self.n_layers)],
@@ -87,7 +87,7 @@ class SearchSpace(ABC):
     def extract(self, body: Any, arch: Arch) -> Any:
         """The architecture's network holding copies of the chosen candidates' weights, built
         like `to_torch(arch)` (same modules, same state_dict keys)."""
-        from latbench.bench.spaces.modules import extract_chain
+        from latbench.bench.spaces.chain_torch import extract_chain
 
         return extract_chain(body, self.check(arch).choices)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from latbench.bench.spaces.modules import conv_bn_act
+from latbench.bench.spaces.chain_torch import conv_bn_act
 from latbench.bench.spaces.nasbench201 import EDGES, OPS, live_edges
 from latbench.errors import SearchError
 

@@ -92,7 +92,7 @@ class NasBenchMacro(SearchSpace):
         return Arch(self.name, tuple(int(ch) for ch in text))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from latbench.bench.spaces.modules import chain_module
+        from latbench.bench.spaces.chain_torch import chain_module
 
         space = self if num_classes in (None, self.num_classes) else \
             NasBenchMacro(self.resolution, num_classes)

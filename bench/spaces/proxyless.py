@@ -114,7 +114,7 @@ class ProxylessSpace(SearchSpace):
         return Arch(self.name, tuple(choices))
 
     def to_torch(self, arch: Arch, num_classes: int | None = None) -> Any:
-        from latbench.bench.spaces.modules import chain_module
+        from latbench.bench.spaces.chain_torch import chain_module
 
         if num_classes not in (None, self.num_classes):
             raise SearchError("build the proxyless space with num_classes= to change the head")

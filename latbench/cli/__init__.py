@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from latbench import __version__
 from latbench.cli import bench, demo, devices, predictor, search, transfer
 from latbench.errors import LatbenchError
+from latbench.extras import missing_extra_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"latbench: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        advice = missing_extra_message(exc)
+        if advice is None or args.debug:
+            raise
+        print(f"latbench: error: {advice}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("latbench: interrupted; rerun the same command to resume", file=sys.stderr)

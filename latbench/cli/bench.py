@@ -17,12 +17,11 @@ from latbench.cli.common import (
     campaign_done,
     devices,
     one_device,
-    print_json,
-    print_table,
     report_failures,
     runtime_names,
 )
 from latbench.errors import ConfigError
+from latbench.tables import print_json, print_table
 
 
 def _one_runtime(runtimes: list[str] | None) -> str:
@@ -144,7 +143,7 @@ def cmd_bench_repeat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_fusion(args: argparse.Namespace) -> int:
-    from latbench.bench.fusion import default_pairs, measure_fusion
+    from latbench.bench.fusion import RESOLUTION_MS, default_pairs, measure_fusion
     from latbench.progress import Bars
 
     if not 0 < args.alpha <= 1:
@@ -155,17 +154,24 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     with Bars("fusion pairs") as bars:
         rules = measure_fusion(device, args.runtime, Path(args.out), campaign_config(args),
                                args.alpha, args.statistic, pairs, bars)
+    undecided = sorted({pair.rule for pair in pairs} - rules.tested)
     if args.json:
         print_json({"device": device.name, "runtime": args.runtime, "alpha": rules.alpha,
                     "pairs": [{"producer": p, "follower": f, "saving": s,
                                "fused": (p, f) in rules.fused}
-                              for (p, f), s in rules.savings().items()]})
+                              for (p, f), s in rules.savings().items()],
+                    "undecided": [list(rule) for rule in undecided]})
         return 0
     print_table(f"fusion on {device.name}/{args.runtime} (alpha {rules.alpha:g}: fused when "
                 "T_A + T_B - T_AB > alpha * min(T_A, T_B))",
                 ["producer", "follower", "median saving / min(T_A, T_B)", "fused"],
                 [(p, f, f"{s:.2f}", "yes" if (p, f) in rules.fused else "no")
                  for (p, f), s in rules.savings().items()])
+    if undecided:
+        print(f"{len(undecided)} pairs left undecided (the cheaper op ran under "
+              f"{RESOLUTION_MS:g} ms at every shape, or a measurement failed): "
+              f"{', '.join('+'.join(rule) for rule in undecided)}; the kernel split keeps "
+              "its default for them")
     print(f"rules stored in {Path(args.out) / 'card.json'} (key 'fusion'); "
           "`latbench predictor fit` on this dataset uses them")
     return 0

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import ConfigError
+from latbench.tables import print_json, print_table
 
 PASSES_HELP = ("measure the networks N times, one whole pass after another, and score "
                "against the median: on a machine with slow phases a network's time moves by "
@@ -32,38 +31,6 @@ def runtime_names() -> list[str]:
 
 
 # --- output -----------------------------------------------------------------------------------
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table on stdout. Piped, the console is as wide as the table needs: no cell is
-    cut or folded (an architecture string or an error message must stay readable)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in header:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(v) for v in row))
-    if sys.stdout.isatty():
-        Console().print(table)
-    else:
-        Console(width=100_000, no_color=True, highlight=False).print(table)
-
-
-def print_json(value: Any) -> None:
-    """JSON on stdout; NaN and infinity become null (strict JSON readers reject them)."""
-    print(json.dumps(_finite(value), indent=2, default=str))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def summary_rows(summary: Any) -> list[tuple[str, Any]]:
     return [("jobs", summary.total), ("already stored", summary.skipped),
             ("measured", summary.measured), ("failed", summary.failed),
@@ -127,8 +94,8 @@ def data_dir(given: str | None) -> Path | None:
 # --- devices ----------------------------------------------------------------------------------
 def devices(args: argparse.Namespace, threads: int | None = None) -> list[Any]:
     """The devices --device NAME / --fleet FILE (with --only) name; see
-    `bench.devices.resolve_devices`."""
-    from latbench.bench.devices import resolve_devices
+    `bench.targets.resolve_devices`."""
+    from latbench.bench.targets import resolve_devices
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if getattr(args, "only", None) else None
@@ -182,7 +149,7 @@ def add_device_options(p: argparse.ArgumentParser, *, fleet_required: bool = Fal
     `fleet_required`: a fleet must be named, by --fleet or $LATBENCH_FLEET."""
     import os
 
-    from latbench.bench.devices import FLEET_ENV
+    from latbench.bench.targets import FLEET_ENV
 
     g = p.add_argument_group("device (see docs/fleet.md)")
     if not fleet_required:

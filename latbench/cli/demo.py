@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from latbench.cli.common import add_device_options, data_dir, one_device
+from latbench.cli.common import add_device_options, add_json, data_dir, one_device
+from latbench.tables import print_json
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -14,8 +16,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     options = DemoOptions(quick=args.quick, data_dir=data_dir(args.data_dir),
                           runs_root=Path(args.runs_root), networks=args.networks,
-                          seed=args.seed, plan_name=args.plan)
-    run_demo(options, device=one_device(args, threads=1))
+                          seed=args.seed, plan_name=args.plan, print_summary=not args.json)
+    run_dir = run_demo(options, device=one_device(args, threads=1))
+    if args.json:
+        print_json({"run": str(run_dir),
+                    **json.loads((run_dir / "report.json").read_text())})
     return 0
 
 
@@ -36,5 +41,6 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed")
     demo.add_argument("--plan", help="plan preset or file instead of the default (quick: "
                                      "'quick', full: 'nasbench-macro')")
+    add_json(demo)
     add_device_options(demo)
     demo.set_defaults(func=cmd_demo)

@@ -7,11 +7,12 @@ import os
 import sys
 from typing import Any
 
-from latbench.cli.common import add_device_options, add_json, devices, print_json, print_table
+from latbench.cli.common import add_device_options, add_json, devices
+from latbench.tables import print_json, print_table
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:
-    from latbench.bench.devices import FLEET_ENV
+    from latbench.bench.targets import FLEET_ENV
     from latbench.device_agents import CHECK_HEADER, check_devices, check_row
 
     checks = check_devices(devices(args), timeout_s=args.check_timeout)

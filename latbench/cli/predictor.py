@@ -16,12 +16,11 @@ from latbench.cli.common import (
     campaign_config,
     json_params,
     one_device,
-    print_json,
-    print_table,
     report_failures,
     runtime_names,
 )
 from latbench.errors import ConfigError
+from latbench.tables import print_json, print_table
 
 METRIC_HEADER = ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"]
 

@@ -13,9 +13,8 @@ from latbench.cli.common import (
     add_run_settings,
     campaign_config,
     data_dir,
-    print_json,
-    print_table,
 )
+from latbench.tables import print_json, print_table
 
 
 def cmd_search(args: argparse.Namespace) -> int:

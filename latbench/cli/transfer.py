@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from latbench.cli.common import add_json, print_json, print_table
+from latbench.cli.common import add_json
 from latbench.errors import ConfigError
+from latbench.tables import print_json, print_table
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
