@@ -121,7 +121,7 @@ def test_default_data_dir_does_not_depend_on_the_working_directory(
     code = "from latbench.paths import default_data_dir; print(default_data_dir())"
     monkeypatch.delenv("LATBENCH_DATA", raising=False)
     found = run_python(code, cwd=tmp_path).stdout.strip()
-    assert Path(found) == (ROOT.parent / "shared" / "data").resolve()
+    assert Path(found).resolve() == (ROOT.parent / "shared" / "data").resolve()
     monkeypatch.setenv("LATBENCH_DATA", str(tmp_path))
     assert Path(run_python(code, cwd=ROOT).stdout.strip()) == tmp_path
 

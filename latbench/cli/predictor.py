@@ -255,7 +255,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
         "eval", help="measure held-out networks end to end and score a predictor",
         description="Measure whole networks on a device (the local CPU or any device of a "
                     "fleet) with the runner and settings the predictor was trained with, and "
-                    "report RMSE, RMSPE, within-5/10/15%% accuracy, Spearman and Kendall per "
+                    "report RMSE, RMSPE, within-5/10/15% accuracy, Spearman and Kendall per "
                     "family, with a predicted-vs-measured scatter plot.")
     ev.add_argument("--predictor", required=True, help="predictor directory")
     ev.add_argument("--networks", default="nasbench-macro:50",
@@ -277,7 +277,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
         "compare", help="fit the zoo on one dataset, score every member on the same networks",
         description="Fit each predictor on the dataset, measure the held-out networks once "
                     "for all of them (never the calibration networks), and report RMSE, RMSPE, "
-                    "within-5/10/15%%, Spearman and Kendall per family and predictor, with PNG "
+                    "within-5/10/15%, Spearman and Kendall per family and predictor, with PNG "
                     "plots.")
     compare.add_argument("--data", required=True, help="operator dataset")
     compare.add_argument("--networks", default="nasbench-macro:50",
