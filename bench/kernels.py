@@ -8,6 +8,17 @@ measured on a device can replace the default set.
 
 The matchers read the dialects of torch's two ONNX exporters (TorchScript and dynamo), with or
 without BatchNorm folded by the exporter, and latbench's own `bench.export.to_onnx`.
+
+Fused blocks: asked to (`group`), the parser also reads an inverted residual - [1x1 expand conv
++ act] -> kxk depthwise + act -> [squeeze-excite] -> 1x1 project conv -> [residual add] - as the
+one "mbconv" kernel latbench's spaces describe it with (exactly the inverse of
+`bench.ops.decompose`), so a space's architecture and its ONNX export give the same kernels.
+Without `group` the split stays the primitives a runtime executes one by one, which is what a
+predictor trained without mbconv kernels can price.
+
+Input shapes: a symbolic batch (axis 0) is read as 1; any other symbolic input dimension must be
+given (`input_shapes`), since every kernel's cost depends on it. With `allow_partial`, ops no
+kernel describes are left out and counted instead of refused.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +36,8 @@ import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from latbench.bench.ops import ACTIVATIONS, OpSpec
-from latbench.errors import ParseError, SpecError, UnsupportedModelError
+from latbench.bench.ops import ACTIVATIONS, OpSpec, decompose
+from latbench.errors import ConfigError, ParseError, SpecError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +160,15 @@ class _Graph:
 
 
 # --- loading --------------------------------------------------------------------------------
+# Opset 7 brought numpy-style broadcasting to Add/Mul/...; older models broadcast by attribute,
+# which the shape inference (and so every kernel shape) would misread.
+MIN_OPSET = 7
+ShapeMap = Mapping[str, Sequence[int]]
+
+
 def load_model(model: bytes | str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """The model and a description of where it came from, for error messages."""
+    """The model and a description of where it came from, for error messages. Refuses what is
+    not an ONNX model, and IR versions and default-domain opsets this onnx cannot read."""
     if isinstance(model, onnx.ModelProto):
         proto, source = model, f"ONNX model {model.graph.name or '(unnamed)'!r}"
     elif isinstance(model, bytes | bytearray | memoryview):
@@ -171,11 +189,25 @@ def load_model(model: bytes | str | Path | onnx.ModelProto) -> tuple[onnx.ModelP
         raise ParseError(f"expected ONNX bytes, a path or a ModelProto, got {type(model).__name__}")
     if not proto.graph.node or not proto.opset_import:
         raise ParseError(f"{source} holds no ONNX graph (no nodes or no opset): not an ONNX model?")
+    _check_versions(proto, source)
     return proto, source
 
 
-def _concrete_graph(proto: onnx.ModelProto, source: str) -> _Graph:
-    """Fix symbolic input dims to 1, infer every shape, index the graph."""
+def _check_versions(proto: onnx.ModelProto, source: str) -> None:
+    if not 3 <= proto.ir_version <= onnx.IR_VERSION:
+        raise ParseError(f"{source} has ONNX IR version {proto.ir_version}; onnx "
+                         f"{onnx.__version__} reads IR versions 3 to {onnx.IR_VERSION}")
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and not MIN_OPSET <= opset.version <= newest:
+            raise UnsupportedModelError(
+                f"{source} uses ONNX opset {opset.version}; latbench reads opsets {MIN_OPSET} "
+                f"to {newest} (re-export the model with an opset in that range)")
+
+
+def _concrete_graph(proto: onnx.ModelProto, source: str,
+                    input_shapes: ShapeMap | None = None) -> _Graph:
+    """Give the inputs concrete shapes (see `_fix_inputs`), infer every shape, index the graph."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     if model.functions:
@@ -185,11 +217,7 @@ def _concrete_graph(proto: onnx.ModelProto, source: str) -> _Graph:
     real_inputs = [v for v in graph.input if v.name not in init_names]
     if not real_inputs:
         raise ParseError(f"{source} has no graph input")
-    for value in real_inputs:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value") or dim.dim_value < 1:
-                dim.Clear()
-                dim.dim_value = 1
+    _fix_inputs(real_inputs, dict(input_shapes or {}), source)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
@@ -210,6 +238,63 @@ def _concrete_graph(proto: onnx.ModelProto, source: str) -> _Graph:
     return _Graph(nodes=list(graph.node), shapes=shapes,
                   outputs=frozenset(v.name for v in graph.output), batch=batch,
                   initializers={t.name: t for t in graph.initializer})
+
+
+def _fix_inputs(inputs: Sequence[onnx.ValueInfoProto], given: dict[str, Sequence[int]],
+                source: str) -> None:
+    """Write concrete dims into the graph inputs: the shape given for an input (with or without
+    its batch dimension), else its own dims with a symbolic batch (axis 0) read as 1. Any other
+    symbolic dim is refused, naming every such input at once: the kernels' cost depends on it."""
+    names = [v.name for v in inputs]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"{source} has no input {unknown[0]!r}; its inputs: {', '.join(names)}")
+    problems = []
+    for value in inputs:
+        shape = value.type.tensor_type.shape
+        has_shape = value.type.tensor_type.HasField("shape")
+        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                                 else d.dim_param or "?" for d in shape.dim]
+        text = _dims_text(dims) if has_shape else "unknown rank"
+        if value.name in given:
+            new = [int(d) for d in given[value.name]]
+            if any(d < 1 for d in new):
+                problems.append(f"the shape given for input {value.name!r} "
+                                f"({_dims_text(new)}) has a dim below 1")
+                continue
+            if has_shape and len(new) == len(dims) - 1:  # given without the batch dimension
+                new = [dims[0] if isinstance(dims[0], int) else 1, *new]
+            if has_shape and len(new) != len(dims):
+                problems.append(f"input {value.name!r} has {len(dims)} dims ({text}), the shape "
+                                f"given for it {_dims_text(new)}")
+                continue
+            clash = [i for i, d in enumerate(dims) if isinstance(d, int) and d != new[i]]
+            if clash:
+                problems.append(f"input {value.name!r} is fixed at {text}, the shape given for it "
+                                f"is {_dims_text(new)} (axis {clash[0]} differs)")
+                continue
+        elif not has_shape or any(isinstance(d, str) for d in dims[1:]):
+            symbolic = [(i, d) for i, d in enumerate(dims) if isinstance(d, str) and i > 0]
+            what = ("symbolic dims " + ", ".join(f"{d} (axis {i})" for i, d in symbolic)
+                    + f" (shape {text})") if has_shape else "no shape"
+            template = _dims_text([f"<{d}>" if isinstance(d, str) and i > 0 else
+                                   d if isinstance(d, int) else 1 for i, d in enumerate(dims)]) \
+                if has_shape else "<dims>"
+            problems.append(f"input {value.name!r} has {what}: give its shape with "
+                            f"--input-shape {value.name}={template}")
+            continue
+        else:
+            new = [d if isinstance(d, int) else 1 for d in dims]
+        shape.Clear()
+        for d in new:
+            shape.dim.add().dim_value = d
+    if problems:
+        error = ConfigError if given else UnsupportedModelError
+        raise error(f"{source}: " + "; ".join(problems))
+
+
+def _dims_text(dims: Sequence[int | str]) -> str:
+    return "x".join(str(d) for d in dims)
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -604,6 +689,113 @@ def _match_se(g: _Graph, pool: onnx.NodeProto, x: str) -> _Match | None:
     return _Match([spec], nodes)
 
 
+# --- fused blocks ---------------------------------------------------------------------------
+# Inside a block every activation and BatchNorm belongs to the block, whatever the attach rules.
+_BLOCK_ATTACH = frozenset({(kind, "bn") for kind in ("conv", "dwconv")}
+                          | {(kind, act) for kind in ("conv", "dwconv") for act in ACTIVATIONS
+                             if act != "none"})
+BLOCK_KINDS = ("mbconv",)  # kernel kinds `group` can produce
+
+
+def _conv_at(g: _Graph, node: onnx.NodeProto | None, tensor: str) -> tuple[OpSpec, _Match] | None:
+    """The conv kernel of a Conv node reading `tensor` (BN and activation included), or None."""
+    if node is None or node.op_type != "Conv" or node.input[0] != tensor:
+        return None
+    try:
+        match = _match_conv(g, node, _BLOCK_ATTACH)
+    except (_NodeProblem, SpecError):
+        return None
+    return match.specs[0], match
+
+
+def _block_se(g: _Graph, tensor: str) -> tuple[OpSpec, _Match] | None:
+    """The squeeze-excite reading `tensor` (its pool and its final Mul are the two readers)."""
+    users = g.users(tensor)
+    if len(users) != 2 or tensor in g.outputs:
+        return None
+    for pool in users:
+        try:
+            pooled = _global_pool_input(g, pool)
+        except _NodeProblem:
+            continue
+        if pooled == tensor:
+            match = _match_se(g, pool, tensor)
+            return None if match is None else (match.specs[0], match)
+    return None
+
+
+def _expand_ratio(mid: int, cin: int) -> float:
+    """The simplest ratio e with max(1, round(cin * e)) == mid (an mbconv's expansion)."""
+    for denominator in range(1, 65):
+        numerator = round(mid * denominator / cin)
+        if numerator < 1:
+            continue
+        ratio = float(f"{numerator / denominator:.6g}")
+        if max(1, round(cin * ratio)) == mid:
+            return ratio
+    return float(f"{mid / cin:.6g}")
+
+
+def _match_mbconv(g: _Graph, node: onnx.NodeProto) -> _Match | None:
+    """The inverted residual starting at Conv `node` as one "mbconv" kernel, or None.
+
+    [1x1 expand conv + act] -> kxk depthwise + act (same act) -> [SE] -> 1x1 project conv, no
+    act -> [Add of the block input]. The kernel is accepted only when `decompose` of it gives
+    exactly the primitives found, so grouping never changes what is priced, only how."""
+    x = node.input[0]
+    first = _conv_at(g, node, x)
+    if first is None:
+        return None
+    parts, nodes = [first[0]], list(first[1].nodes)
+    if first[0].kind == "conv":  # an expand conv; the depthwise conv must follow
+        dw = _conv_at(g, g.sole_user(nodes[-1].output[0]), nodes[-1].output[0])
+        if dw is None:
+            return None
+        parts.append(dw[0])
+        nodes += dw[1].nodes
+    depthwise = parts[-1]
+    if depthwise.kind != "dwconv" or depthwise.act != parts[0].act:
+        return None
+    tensor = nodes[-1].output[0]
+    se = _block_se(g, tensor)
+    if se is not None:
+        parts.append(se[0])
+        nodes += se[1].nodes
+        tensor = nodes[-1].output[0]
+    project = _conv_at(g, g.sole_user(tensor), tensor)
+    if project is None:
+        return None
+    parts.append(project[0])
+    nodes += project[1].nodes
+    spec0, out = parts[0], project[0]
+    tensor = nodes[-1].output[0]
+    add = g.sole_user(tensor)
+    residual = (add is not None and add.op_type == "Add"
+                and sorted(add.input) == sorted([x, tensor])
+                and _activation_at(g, add.output[0]) is None)
+    mid = depthwise.cin
+    try:
+        spec = OpSpec("mbconv", h=spec0.h, w=spec0.w, cin=spec0.cin, cout=out.cout,
+                      kernel=depthwise.kernel, stride=depthwise.stride,
+                      expand=1.0 if spec0.kind == "dwconv" else _expand_ratio(mid, spec0.cin),
+                      act=spec0.act, se=se is not None, residual=residual, batch=g.batch)
+    except SpecError:
+        return None
+    if residual:
+        parts.append(OpSpec("add", h=out.out_h, w=out.out_w, cin=out.cout, batch=g.batch))
+        nodes.append(add)
+    if [_part_id(k) for k in decompose(spec)] != [_part_id(k) for k in parts]:
+        return None
+    return _Match([spec], nodes)
+
+
+def _part_id(spec: OpSpec) -> tuple:
+    """A primitive's identity; an SE by its squeezed channels (several ratios give the same)."""
+    if spec.kind == "se":
+        return spec.kind, spec.batch, spec.h, spec.w, spec.cin, spec.mid, spec.act
+    return (spec.key(),)
+
+
 def _match_concat(g: _Graph, node: onnx.NodeProto, attach: Collection[tuple[str, str]]) -> _Match:
     shape = g.shape(node.output[0], node)
     axis = int(_attrs(node).get("axis", 0)) % len(shape)
@@ -641,40 +833,85 @@ MATCHERS: dict[str, Matcher] = {
 }
 
 
-def onnx_to_kernels(model: bytes | str | Path | onnx.ModelProto, *,
-                    attach: Collection[tuple[str, str]] = DEFAULT_ATTACH) -> list[OpSpec]:
+Group = bool | Callable[[OpSpec], bool]
+
+
+@dataclass(frozen=True)
+class ModelKernels:
+    """A model's kernels in execution order, and what was left out of them (`allow_partial`):
+    nodes per op type (`skipped`) and why supported ops were left out (`problems`)."""
+
+    kernels: tuple[OpSpec, ...]
+    source: str
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.skipped)
+
+
+def parse_onnx(model: bytes | str | Path | onnx.ModelProto, *,
+               attach: Collection[tuple[str, str]] = DEFAULT_ATTACH, group: Group = False,
+               input_shapes: ShapeMap | None = None,
+               allow_partial: bool = False) -> ModelKernels:
     """The kernels a runtime executes for `model`, in execution order.
 
     `attach` lists the (producer kind, follower) pairs fused into one kernel (see
-    `DEFAULT_ATTACH`). Raises UnsupportedModelError naming every op type (and every node used
-    in a way) no kernel describes, ParseError for unreadable input.
+    `DEFAULT_ATTACH`). `group` reads fused blocks (BLOCK_KINDS) as one kernel: True for every
+    block found, a predicate for the blocks it accepts (the others stay primitives).
+    `input_shapes` gives inputs with symbolic dims their shape (name -> dims, with or without
+    the batch). Raises UnsupportedModelError naming every op type (and every node used in a
+    way) no kernel describes - unless `allow_partial`, which leaves them out and counts them,
+    as long as something is left - and ParseError for unreadable input.
     """
     proto, source = load_model(model)
-    g = _concrete_graph(proto, source)
+    g = _concrete_graph(proto, source, input_shapes)
     attach = frozenset(attach)
+    accept = group if callable(group) else (lambda _spec: bool(group))
     kernels: list[OpSpec] = []
     unsupported: Counter[str] = Counter()
+    misused: Counter[str] = Counter()
     problems: list[str] = []
     for node in g.nodes:
         if not g.free(node) or g.is_static(node):
             continue
-        matcher = MATCHERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if matcher is None:
+        standard = node.domain in ("", "ai.onnx")
+        block = _match_mbconv(g, node) if group and standard and node.op_type == "Conv" \
+            else None
+        matcher = MATCHERS.get(node.op_type) if standard else None
+        if block is not None and accept(block.specs[0]):
+            match = block
+        elif matcher is None:
             unsupported[_op_name(node)] += 1
             continue
-        try:
-            match = matcher(g, node, attach)
-        except _NodeProblem as exc:
-            problems.append(str(exc))
-            continue
-        except SpecError as exc:
-            problems.append(f"{_describe(node)}: {exc}")
-            continue
+        else:
+            try:
+                match = matcher(g, node, attach)
+            except _NodeProblem as exc:
+                problems.append(str(exc))
+                misused[_op_name(node)] += 1
+                continue
+            except SpecError as exc:
+                problems.append(f"{_describe(node)}: {exc}")
+                misused[_op_name(node)] += 1
+                continue
         g.consumed.update(id(n) for n in match.nodes)
         kernels.extend(match.specs)
-    if unsupported or problems:
-        raise UnsupportedModelError(_unsupported_message(source, unsupported, problems))
-    return kernels
+    if (unsupported or problems) and (not allow_partial or not kernels):
+        message = _unsupported_message(source, unsupported, problems)
+        if allow_partial:
+            message += "; nothing else is left to predict"
+        raise UnsupportedModelError(message)
+    return ModelKernels(tuple(kernels), source, dict(sorted((unsupported + misused).items())),
+                        tuple(problems))
+
+
+def onnx_to_kernels(model: bytes | str | Path | onnx.ModelProto, *,
+                    attach: Collection[tuple[str, str]] = DEFAULT_ATTACH, group: Group = False,
+                    input_shapes: ShapeMap | None = None) -> list[OpSpec]:
+    """`parse_onnx` of the whole model (nothing may be left out): its kernels as a list."""
+    return list(parse_onnx(model, attach=attach, group=group, input_shapes=input_shapes).kernels)
 
 
 def _unsupported_message(source: str, unsupported: Counter[str], problems: list[str]) -> str:

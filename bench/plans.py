@@ -10,6 +10,9 @@ A plan combines
   architectures of a space); a predictor uses them to learn how kernels compose into networks.
 A space name resolves through `bench.network_sets.space_kernels` (search spaces and
 "family:NAME:COUNT" kernel sets); `plan_subjects` adds the plan's networks among its kernels.
+A random entry may set its kind's key fields and optional fields (e.g. `dilation` and
+`kernel_w` of a conv, `alpha` with a leakyrelu); TRANSFORMER_RANDOM and COMMON_OPS_RANDOM are
+the entries of the kinds added for transformers and the common op set.
 
 A plan is checked before anything is measured: a wrong key or type when it is loaded, and
 sizes no kernel can have when its kernels are built (a size, channel count, kernel or stride
@@ -43,7 +46,7 @@ import numpy as np
 
 from latbench.bench.campaign import Subject
 from latbench.bench.network_sets import resolve_networks, space_kernels
-from latbench.bench.ops import KEY_FIELDS, OpSpec, decompose
+from latbench.bench.ops import KEY_FIELDS, MODES, OPTIONAL_FIELDS, OpSpec, decompose
 from latbench.errors import ConfigError, SpecError
 
 SpaceResolver = Callable[[str], list[OpSpec]]
@@ -96,6 +99,65 @@ _WIDE_RANDOM = (
      "cout": {"min": 10, "max": 1000}},
 )
 
+# ViT / DeiT-style transformer kernels: tokens 49-1024, width 64-768, heads 1-12, MLP ratio 2-4
+# (hidden width up to 3072); attention matmuls at head sizes 16-96 (QK^T reduces over the head
+# size, AV over the tokens); token tensors [N, T, C] for the elementwise kinds are h = T, w = 1.
+_TOKENS = {"min": 49, "max": 1024}
+_WIDTH = {"min": 64, "max": 768}
+_HEADS = [1, 2, 3, 4, 6, 8, 12]
+_HEAD_DIMS = [16, 24, 32, 48, 64, 96]
+TRANSFORMER_RANDOM = (
+    {"kind": "tlinear", "count": 60, "tokens": _TOKENS, "cin": {"min": 64, "max": 3072},
+     "cout": {"min": 64, "max": 3072}, "act": ["none", "gelu"]},
+    {"kind": "bmm", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _HEAD_DIMS,
+     "cout": _TOKENS},
+    {"kind": "bmm", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _TOKENS,
+     "cout": _HEAD_DIMS},
+    {"kind": "softmax", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _TOKENS},
+    {"kind": "layernorm", "count": 25, "tokens": _TOKENS, "cin": _WIDTH},
+    {"kind": "transpose", "count": 25, "cin": _TOKENS, "h": _HEADS, "w": _HEAD_DIMS,
+     "axes": ["0213", "0132"]},
+    {"kind": "act", "count": 15, "h": _TOKENS, "w": [1], "cin": {"min": 128, "max": 3072},
+     "act": ["gelu", "gelu_tanh"]},
+    {"kind": "add", "count": 15, "h": _TOKENS, "w": [1], "cin": _WIDTH},
+    {"kind": "clstoken", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
+    {"kind": "gather", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
+    {"kind": "posembed", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
+)
+
+# The rest of the common op set at CNN sizes (segmentation decoders, ShuffleNet, GAN-style
+# blocks): dilated and non-square convolutions, upsampling, padding, slicing, normalization,
+# reductions, shuffles, concatenation along any axis and the other activations.
+_SIZES = [7, 14, 16, 28, 32, 56]
+_CHANNELS = {"min": 8, "max": 512}
+COMMON_OPS_RANDOM = (
+    {"kind": "conv", "count": 20, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
+     "kernel": [3], "dilation": [2, 4, 6, 12], "act": ["none", "relu"]},
+    {"kind": "conv", "count": 10, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
+     "kernel": [1], "kernel_w": [3, 5, 7], "act": ["none", "relu"]},
+    {"kind": "conv", "count": 10, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
+     "kernel": [3, 5, 7], "kernel_w": [1], "act": ["none", "relu"]},
+    {"kind": "dwconv", "count": 15, "h": _SIZES, "cin": {"min": 8, "max": 960},
+     "kernel": [3, 5], "dilation": [1, 2, 4], "act": ["none", "relu"]},
+    {"kind": "convt", "count": 20, "h": [4, 7, 8, 14, 16, 28], "cin": _CHANNELS,
+     "cout": _CHANNELS, "kernel": [2, 3, 4], "stride": [2], "pad": [0, 1], "out_pad": [0, 1],
+     "act": ["none", "relu"]},
+    {"kind": "resize", "count": 15, "h": _SIZES, "cin": _CHANNELS, "scale": [2, 4],
+     "mode": ["nearest", "bilinear"]},
+    {"kind": "pad", "count": 10, "h": _SIZES, "cin": _CHANNELS, "pad": [1, 2, 3],
+     "mode": ["constant", "reflect"]},
+    {"kind": "slice", "count": 10, "h": _SIZES, "cin": {"min": 16, "max": 512},
+     "cout": {"min": 8, "max": 256}},
+    {"kind": "instnorm", "count": 10, "h": _SIZES, "cin": _CHANNELS},
+    {"kind": "reduce", "count": 10, "h": _SIZES, "cin": _CHANNELS, "axes": ["23", "1"]},
+    {"kind": "shuffle", "count": 10, "h": _SIZES, "cin": {"min": 16, "max": 512},
+     "groups": [2, 4]},
+    {"kind": "concat", "count": 10, "h": [8, 14, 16, 28, 32], "cin": {"min": 16, "max": 512},
+     "groups": [2], "axes": ["1", "2", "3"]},
+    {"kind": "act", "count": 20, "h": _SIZES, "cin": _CHANNELS,
+     "act": ["leakyrelu", "prelu", "tanh", "mish", "gelu"]},
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Real NAS-Bench-Macro kernels, their primitives and a few neighbours, and 30 networks to
     # calibrate how kernels compose: enough for the demo.
@@ -109,6 +171,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "networks": ["proxyless:20"]},
     # Kernels of every kind at random, for predictors that must generalise.
     "random": {"random": list(_WIDE_RANDOM)},
+    # The kernels of ViT / DeiT-style transformers at random.
+    "transformer": {"random": list(TRANSFORMER_RANDOM)},
+    # CNN, transformer and the rest of the common op set: kernels of every kind at random.
+    "vision": {"random": [*_WIDE_RANDOM, *TRANSFORMER_RANDOM, *COMMON_OPS_RANDOM]},
     # NAS-Bench-Macro plus the hand-built families (MobileNetV2, ResNet, EfficientNet): the
     # kernels of 30 sampled networks of each family as their ONNX export splits them
     # ("family:NAME:COUNT" spaces, resolved in bench/network_sets.py), a neighbour of each, and
@@ -167,7 +233,8 @@ def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
         if not isinstance(entry, dict) or "kind" not in entry or "count" not in entry:
             raise ConfigError(f"{origin}: random entry {i} needs 'kind' and 'count'")
         rest = {k: v for k, v in entry.items() if k not in ("kind", "count")}
-        allowed = set(KEY_FIELDS.get(entry["kind"], ())) | {"w"}
+        allowed = (set(KEY_FIELDS.get(entry["kind"], ()))
+                   | set(OPTIONAL_FIELDS.get(entry["kind"], ())) | {"w"})
         if entry["kind"] not in KEY_FIELDS:
             raise ConfigError(f"{origin}: random entry {i} has unknown kind {entry['kind']!r}")
         bad = set(rest) - allowed - {"kind"}
@@ -278,6 +345,8 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
         if spec.kind == "mbconv":
             changes["expand"] = float(rng.choice([1, 3, 4, 6]))
             changes["residual"] = None
+        if spec.kind not in _PERTURBED_BEFORE:  # the later kinds: their own fields too
+            changes.update(_perturb_new(spec, rng))
         try:
             return spec.with_(**changes)
         except SpecError:
@@ -285,10 +354,28 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
     return spec
 
 
+# Kinds `perturb` knew first: what it draws for them stays as it was, so plans keep their specs.
+_PERTURBED_BEFORE = frozenset(("conv", "dwconv", "mbconv", "linear", "pool", "add", "mul",
+                               "act", "se", "concat"))
+
+
+def _perturb_new(spec: OpSpec, rng: np.random.Generator) -> dict[str, Any]:
+    """Changes to the fields of the kinds added later (beyond size and input channels):
+    tokens, and the output channels of the kinds that have them."""
+    changes: dict[str, Any] = {}
+    if "tokens" in KEY_FIELDS[spec.kind]:
+        changes["tokens"] = max(1, int(round(spec.tokens * float(rng.choice([0.5, 1.0, 2.0])))))
+    if "cout" in KEY_FIELDS[spec.kind]:
+        changes["cout"] = _channels(spec.cout, rng)
+    return changes
+
+
 # Integer fields of a random entry, with the least value each can take (None: any; a negative
-# pad means the kind's default padding, and cout 0 means "as cin").
+# pad means the kind's default padding, and cout 0 means "as cin"; kernel_w 0: square).
 _INT_FIELDS: dict[str, int | None] = {"h": 1, "w": 1, "cin": 1, "cout": 0, "kernel": 1,
-                                      "stride": 1, "groups": 1, "batch": 1, "pad": None}
+                                      "stride": 1, "groups": 1, "batch": 1, "pad": None,
+                                      "tokens": 1, "heads": 1, "dilation": 1, "kernel_w": 0,
+                                      "pad_w": None, "out_pad": 0, "scale": 1}
 
 
 def check_random_entry(entry: RandomKernels, label: str) -> None:
@@ -315,11 +402,13 @@ def check_random_entry(entry: RandomKernels, label: str) -> None:
             raise ConfigError(f"{label}: an empty list of choices for {name}")
         for choice in choices:
             _check_choice(name, choice, label)
+            _check_kind_choice(entry.kind, name, choice, label)
         domains[name] = (choices, False)
     if entry.kind in ("conv", "dwconv", "pool"):
         _check_kernel_fits(entry.kind, domains, label)
-    if entry.kind == "conv" and "groups" in domains:
+    if entry.kind in ("conv", "convt", "shuffle") and "groups" in domains:
         _check_groups(domains, label)
+    _check_new_kind(entry.kind, domains, label)
 
 
 def _check_choice(name: str, value: Any, label: str) -> None:
@@ -332,6 +421,52 @@ def _check_choice(name: str, value: Any, label: str) -> None:
     elif name == "expand" and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                or not value > 0):
         raise ConfigError(f"{label}: expand {value!r} is impossible: it must be a number > 0")
+    elif name == "alpha" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not math.isfinite(value)):
+        raise ConfigError(f"{label}: alpha {value!r} is impossible: it must be a finite number")
+
+
+def _check_kind_choice(kind: str, name: str, value: Any, label: str) -> None:
+    """A mode or axes value the entry's kind cannot take (checked by OpSpec, named here)."""
+    if name == "mode" and kind in MODES and value not in MODES[kind]:
+        raise ConfigError(f"{label}: mode {value!r} is impossible for {kind}: one of "
+                          f"{', '.join(MODES[kind])}")
+    if name == "axes":
+        try:
+            OpSpec(kind, h=8, w=8, cin=8, groups=2, axes=_axes(value))
+        except SpecError as exc:
+            raise ConfigError(f"{label}: axes {value!r} is impossible: {exc}") from exc
+
+
+def _axes(value: Any) -> Any:
+    """Axes as OpSpec takes them: a plan may write 23 or "23"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _check_new_kind(kind: str, domains: dict[str, tuple[list[Any], bool]], label: str) -> None:
+    """Values of the later kinds no combination of the entry can use: out_pad never below a
+    stride, a slice keeping no fewer channels than every cin, a reflect pad not below every
+    size (ranges stand for their most permissive end)."""
+    def values(name: str, default: Any) -> list[Any]:
+        found, is_range = domains.get(name, ([default], False))
+        return [found[0], found[1]] if is_range else found
+
+    if kind == "convt":
+        for out_pad in values("out_pad", 0):
+            if not any(out_pad < stride for stride in values("stride", 1)):
+                raise ConfigError(f"{label}: out_pad {out_pad} is not smaller than any stride of "
+                                  f"the entry ({values('stride', 1)})")
+    if kind == "slice":
+        for cout in values("cout", 0):
+            if not any(0 < cout < cin for cin in values("cin", 1)):
+                raise ConfigError(f"{label}: a slice keeps 1 <= cout < cin channels: cout {cout} "
+                                  f"fits no cin of the entry ({values('cin', 1)})")
+    if kind == "pad" and set(values("mode", "constant")) == {"reflect"}:
+        sizes = values("h", 1) + (values("w", 1) if "w" in domains else [])
+        for pad in values("pad", 1):
+            if not any(pad < size for size in sizes):
+                raise ConfigError(f"{label}: reflect pad {pad} is not smaller than any size of "
+                                  f"the entry ({sizes})")
 
 
 def _check_kernel_fits(kind: str, domains: dict[str, tuple[list[Any], bool]],
@@ -343,24 +478,36 @@ def _check_kernel_fits(kind: str, domains: dict[str, tuple[list[Any], bool]],
     if kind == "pool" and "gavg" in pools:  # a global pool has no kernel
         return
 
+    # A dilated window spans dilation * (kernel - 1) + 1 and pads dilation * (kernel // 2) by
+    # default; the least dilation is the most permissive with explicit padding.
+    dilation = min(domains.get("dilation", ([1], False))[0])
+
     def pad_of(kernel: int, pad: int) -> int:
         if pad >= 0:
             return pad
-        return kernel // 2 if kind != "pool" else (kernel - 1) // 2
+        return dilation * (kernel // 2) if kind != "pool" else (kernel - 1) // 2
 
-    kernels, kernel_range = domains.get("kernel", ([1], False))
-    pads, _ = domains.get("pad", ([-1], False))
-    shown_pads = ["default" if p < 0 else p for p in pads]
+    def extent(kernel: int) -> int:
+        return dilation * (kernel - 1) + 1
+
     for side in ("h", "w"):
-        if side == "w" and "w" not in domains:
-            continue  # w follows h
+        kernels, kernel_range = domains.get("kernel", ([1], False))
+        pads, _ = domains.get("pad", ([-1], False))
+        if side == "w":
+            if not {"w", "kernel_w", "pad_w"} & set(domains):
+                continue  # w follows h
+            if "kernel_w" in domains:  # 0 stands for "as kernel"
+                widths, kernel_range = domains["kernel_w"]
+                kernels = [k for k in widths if k] + (kernels if 0 in widths else [])
+            pads = domains.get("pad_w", (pads, False))[0]
+        shown_pads = ["default" if p < 0 else p for p in pads]
         sizes, size_range = domains.get(side) or domains.get("h") or ([1], False)
         for k in (kernels[:1] if kernel_range else kernels):
-            if not any(s + 2 * pad_of(k, p) >= k for s in sizes for p in pads):
+            if not any(s + 2 * pad_of(k, p) >= extent(k) for s in sizes for p in pads):
                 raise ConfigError(f"{label}: kernel {k} is larger than every padded input of "
                                   f"the entry ({side} at most {max(sizes)}, pad {shown_pads})")
         for size in (sizes[-1:] if size_range else sizes):
-            if not any(size + 2 * pad_of(k, p) >= k for k in kernels for p in pads):
+            if not any(size + 2 * pad_of(k, p) >= extent(k) for k in kernels for p in pads):
                 raise ConfigError(f"{label}: {side} {size} is smaller than every kernel of the "
                                   f"entry with its padding (kernel {kernels}, pad "
                                   f"{shown_pads})")
@@ -409,6 +556,8 @@ def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50,
         values = {name: _draw(v, rng) for name, v in entry.fields.items()}
         if "h" in values and "w" not in values:
             values["w"] = values["h"]
+        if "axes" in values:
+            values["axes"] = _axes(values["axes"])
         try:
             return OpSpec(entry.kind, **values)
         except (SpecError, TypeError) as exc:

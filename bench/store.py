@@ -59,6 +59,9 @@ ADDED_COLUMNS: dict[str, Any] = {
     "mean_corrected_ms": math.nan, "p90_corrected_ms": math.nan,
     "bimodality": math.nan, "bimodal": None, "tail_ratio": math.nan, "heavy_tail": None,
     "samples_ms": None,
+    # OpSpec fields added after the first datasets: null in older files (the spec's default).
+    "tokens": None, "heads": None, "dilation": None, "kernel_w": None, "pad_w": None,
+    "out_pad": None, "scale": None, "mode": None, "axes": None, "alpha": None,
 }
 CARD_FILE = "card.json"
 RECORDS_DIR = "records"
@@ -72,7 +75,8 @@ STATUSES = ("ok", "failed")
 
 # OpSpec fields stored as columns (None for networks, except kind = "network").
 SPEC_FIELDS = ("kind", "h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand",
-               "act", "se", "residual", "pool", "batch", "dtype")
+               "act", "se", "residual", "pool", "batch", "dtype", "tokens", "heads", "dilation",
+               "kernel_w", "pad_w", "out_pad", "scale", "mode", "axes", "alpha")
 
 # The one schema every part and failures file is written with: stable order and types, so parts
 # written by different runs always concatenate. Column order is LatencyRecord's field order.
@@ -98,6 +102,16 @@ SCHEMA = pa.schema(
         ("pool", pa.string()),
         ("batch", pa.int64()),
         ("dtype", pa.string()),
+        ("tokens", pa.int64()),
+        ("heads", pa.int64()),
+        ("dilation", pa.int64()),
+        ("kernel_w", pa.int64()),
+        ("pad_w", pa.int64()),
+        ("out_pad", pa.int64()),
+        ("scale", pa.int64()),
+        ("mode", pa.string()),
+        ("axes", pa.string()),
+        ("alpha", pa.float64()),
         ("device", pa.string()),
         ("runtime", pa.string()),
         ("runtime_version", pa.string()),
@@ -188,6 +202,16 @@ class LatencyRecord:
     pool: str | None = None
     batch: int | None = None
     dtype: str | None = None
+    tokens: int | None = None
+    heads: int | None = None
+    dilation: int | None = None
+    kernel_w: int | None = None
+    pad_w: int | None = None
+    out_pad: int | None = None
+    scale: int | None = None
+    mode: str | None = None
+    axes: str | None = None
+    alpha: float | None = None
     device: str
     runtime: str
     runtime_version: str = ""
@@ -292,7 +316,8 @@ class LatencyRecord:
         """The OpSpec rebuilt from the spec columns (ops only)."""
         if self.subject != "op":
             raise DatasetError(f"record {self.key!r} is a {self.subject}, not an op")
-        return OpSpec(**{name: getattr(self, name) for name in SPEC_FIELDS})
+        return OpSpec(**{name: getattr(self, name) for name in SPEC_FIELDS
+                         if not (name in ADDED_COLUMNS and getattr(self, name) is None)})
 
 
 _PY_TYPES: dict[str, type] = {

@@ -30,7 +30,7 @@ from latbench.predictor.evaluate import (
     error_metrics,
     error_table,
     measure_networks,
-    network_kernels,
+    priced_kernels,
     readable_log_axes,
 )
 from latbench.predictor.latency_predictor import LatencyPredictor
@@ -158,7 +158,7 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
             if net.key not in measured:
                 continue
             try:
-                predicted = model.predict(network_kernels(net, model.attach_)).predicted_ms
+                predicted = model.predict(priced_kernels(net, model)).predicted_ms
             except UnknownKernelError:
                 predicted = math.nan
             rows.append({"predictor": name, "network": net.key, "family": net.family,

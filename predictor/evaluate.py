@@ -80,10 +80,19 @@ def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None
     raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export")
 
 
+def priced_kernels(network: Subject, predictor: LatencyPredictor) -> list[OpSpec]:
+    """The kernels `predictor` prices a network as: a search-space network's own kernels, a
+    model file split as `latbench predict FILE` splits it (the predictor's fusion rules, fused
+    blocks whole where it was trained on them), so evaluation scores the path users take."""
+    if network.kernels is None and network.onnx is not None:
+        return predictor.split(network.onnx())
+    return network_kernels(network, predictor.attach_)
+
+
 def predict_networks(predictor: LatencyPredictor, networks: Sequence[Subject]
                      ) -> dict[str, float]:
-    """Key -> predicted ms, each network split with the predictor's fusion rules."""
-    return {n.key: predictor.predict(network_kernels(n, predictor.attach_)).predicted_ms
+    """Key -> predicted ms, each network split as the predictor prices it."""
+    return {n.key: predictor.predict(priced_kernels(n, predictor)).predicted_ms
             for n in networks}
 
 

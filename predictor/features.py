@@ -10,6 +10,13 @@ the remainders - plus log-scale sizes, the inputs of the learned members' log-li
 FEATURE_VERSION goes into every saved predictor. Columns are only ever appended: a predictor
 saved with an older version reads the prefix of the matrix it was trained on, so it keeps
 loading.
+
+Version 3 appends the columns of the kinds added for transformers and the common op set
+(tokens, heads, head dim, dilation, non-square kernels, scale, mode, axes, alpha, rows). Each
+kind is fitted on the columns that describe it (`feature_width`): the new kinds, conv and dwconv
+(dilation, non-square kernels) on all of them; the other kinds on the version 2 columns, so
+their fits are exactly what version 2 gave (extra constant columns would still shift a fit
+through column subsampling).
 """
 
 from __future__ import annotations
@@ -20,11 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from latbench.bench.ops import ACTIVATIONS, KEY_FIELDS, POOL_TYPES, OpSpec, decompose
+from latbench.bench.ops import (
+    ALL_ACTIVATIONS,
+    KEY_FIELDS,
+    MODES,
+    OPTIONAL_FIELDS,
+    POOL_TYPES,
+    OpSpec,
+    decompose,
+)
 from latbench.errors import DatasetError
 
-FEATURE_VERSION = 2
-SUPPORTED_FEATURE_VERSIONS = (1, 2)
+FEATURE_VERSION = 3
+SUPPORTED_FEATURE_VERSIONS = (1, 2, 3)
 BYTES_PER_ELEMENT = {"float32": 4}
 RAW_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand", "se",
               "residual", "batch")
@@ -32,11 +47,20 @@ COST_FIELDS = ("flops", "params", "input_bytes", "output_bytes", "weight_bytes",
                "intensity", "out_h", "out_w", "mid")
 FEATURE_NAMES_V1 = (*RAW_FIELDS, "act", "pool", *COST_FIELDS, "log_flops", "log_bytes")
 CHANNEL_BLOCKS = (8, 16)
-FEATURE_NAMES = (*FEATURE_NAMES_V1,
-                 *(f"{name}_b{block}" for block in CHANNEL_BLOCKS
-                   for name in ("log_flops_padded", "cin_rem", "cout_rem")),
-                 "log_weight_bytes", "log_input_bytes", "log_output_bytes", "log_out_pixels")
-FEATURE_WIDTH = {1: len(FEATURE_NAMES_V1), 2: len(FEATURE_NAMES)}
+FEATURE_NAMES_V2 = (*FEATURE_NAMES_V1,
+                    *(f"{name}_b{block}" for block in CHANNEL_BLOCKS
+                      for name in ("log_flops_padded", "cin_rem", "cout_rem")),
+                    "log_weight_bytes", "log_input_bytes", "log_output_bytes", "log_out_pixels")
+# Version 3: what the kinds added later are made of. `head_dim` is a bmm's attention head size
+# (the reduced axis of QK^T, where cout == tokens, else the output axis of AV); `rows` the
+# rows a token kernel works through (batch x heads x tokens); `mode` the index of the mode in
+# its kind's list, `axes` the digits as a number, `alpha` leakyrelu's slope (else 0).
+KIND_FEATURES = ("tokens", "heads", "head_dim", "dilation", "kernel_w", "pad_w", "out_pad",
+                 "scale", "mode", "axes", "alpha", "log_rows")
+FEATURE_NAMES = (*FEATURE_NAMES_V2, *KIND_FEATURES)
+FEATURE_WIDTH = {1: len(FEATURE_NAMES_V1), 2: len(FEATURE_NAMES_V2), 3: len(FEATURE_NAMES)}
+# Kinds fitted on the version 2 columns at every version (see the module docstring).
+V2_KINDS = frozenset({"mbconv", "linear", "pool", "add", "mul", "act", "se", "concat"})
 # Inputs of the log-linear baseline the tree members learn their residual over (all log-scale:
 # latency ~ a product of powers of these, which trees cannot extrapolate on their own).
 BASELINE_FEATURES = ("log_flops", "log_flops_padded_b8", "log_flops_padded_b16",
@@ -52,7 +76,12 @@ class KernelCost:
 
 
 def kernel_cost(spec: OpSpec) -> KernelCost:
-    """FLOPs (2 per multiply-add), parameters and activation bytes of one kernel."""
+    """FLOPs (2 per multiply-add), parameters and activation bytes of one kernel.
+
+    Kernels without multiply-adds count the operations per element they do (normalizations 5,
+    softmax 3, bilinear resize 4, an add or activation 1); layout kernels (transpose, slice,
+    pad, concat, shuffle, gather, the class token) move data and count none.
+    """
     if spec.kind == "mbconv":
         parts = [kernel_cost(s) for s in decompose(spec)]
         return KernelCost(sum(p.flops for p in parts), sum(p.params for p in parts),
@@ -64,7 +93,7 @@ def kernel_cost(spec: OpSpec) -> KernelCost:
     oh, ow = spec.out_h, spec.out_w
     kind = spec.kind
     if kind in ("conv", "dwconv"):
-        per_out = (spec.cin // spec.groups) * spec.kernel ** 2
+        per_out = (spec.cin // spec.groups) * spec.kernel * (spec.kernel_w or spec.kernel)
         flops = 2.0 * n * oh * ow * spec.cout * per_out
         params = spec.cout * per_out + spec.cout
     elif kind == "linear":
@@ -85,9 +114,37 @@ def kernel_cost(spec: OpSpec) -> KernelCost:
         params = 2 * spec.cin * mid + mid + spec.cin
     elif kind == "concat":
         flops, params = 0.0, 0
-    else:  # pragma: no cover - OpSpec validates kinds
-        raise ValueError(kind)
+    else:
+        flops, params = _new_kind_cost(spec, in_elems, out_elems)
+        in_elems = float(sum(np.prod(shape) for shape in spec.input_shapes))
+    if spec.act == "prelu":
+        params += spec.out_c  # one slope per channel
     return KernelCost(float(flops), float(params), in_elems * elem, out_elems * elem)
+
+
+# Operations per output element of the kinds without multiply-adds (layout kinds: none).
+_PER_ELEMENT = {"softmax": 3.0, "layernorm": 5.0, "instnorm": 5.0, "posembed": 1.0,
+                "transpose": 0.0, "clstoken": 0.0, "gather": 0.0, "pad": 0.0, "slice": 0.0,
+                "shuffle": 0.0}
+
+
+def _new_kind_cost(spec: OpSpec, in_elems: float, out_elems: float) -> tuple[float, float]:
+    """(FLOPs, parameters) of the kinds added for transformers and the common op set."""
+    n, kind = spec.batch, spec.kind
+    if kind == "tlinear":
+        return 2.0 * n * spec.tokens * spec.cin * spec.cout, spec.cin * spec.cout + spec.cout
+    if kind == "bmm":
+        return 2.0 * n * spec.heads * spec.tokens * spec.cin * spec.cout, 0
+    if kind == "convt":
+        macs = n * spec.h * spec.w * spec.cin * (spec.cout // spec.groups) * spec.kernel ** 2
+        return 2.0 * macs, spec.cin * (spec.cout // spec.groups) * spec.kernel ** 2 + spec.cout
+    if kind == "resize":
+        return (0.0 if spec.mode == "nearest" else 4.0) * out_elems, 0
+    if kind == "reduce":
+        return in_elems, 0
+    params = {"layernorm": 2 * spec.cin, "instnorm": 2 * spec.cin, "clstoken": spec.cin,
+              "posembed": spec.tokens * spec.cin}.get(kind, 0)
+    return _PER_ELEMENT[kind] * out_elems, params
 
 
 def _round_up(value: int, block: int) -> int:
@@ -100,10 +157,14 @@ def padded_flops(spec: OpSpec, cost: KernelCost, block: int) -> float:
     if spec.kind in ("conv", "dwconv"):
         cout = _round_up(spec.cout, block)
         per_out = (1 if spec.groups == spec.cin and spec.groups > 1
-                   else _round_up(spec.cin // spec.groups, block)) * spec.kernel ** 2
+                   else _round_up(spec.cin // spec.groups, block)) * spec.kernel * (
+            spec.kernel_w or spec.kernel)
         return 2.0 * spec.batch * spec.out_h * spec.out_w * cout * per_out
     if spec.kind == "linear":
         return 2.0 * spec.batch * _round_up(spec.cin, block) * _round_up(spec.cout, block)
+    if spec.kind == "tlinear":
+        return (2.0 * spec.batch * spec.tokens * _round_up(spec.cin, block)
+                * _round_up(spec.cout, block))
     return cost.flops
 
 
@@ -115,7 +176,7 @@ def kernel_features(spec: OpSpec) -> np.ndarray:
     raw = [float(getattr(spec, name)) for name in RAW_FIELDS]
     return np.array([
         *raw,
-        float(ACTIVATIONS.index(spec.act)),
+        float(ALL_ACTIVATIONS.index(spec.act)),
         float(POOL_TYPES.index(spec.pool)),
         cost.flops, cost.params, cost.input_bytes, cost.output_bytes, weight_bytes,
         cost.flops / max(moved, 1.0), float(spec.out_h), float(spec.out_w), float(mid),
@@ -125,11 +186,34 @@ def kernel_features(spec: OpSpec) -> np.ndarray:
             float(spec.cout % block))),
         np.log1p(weight_bytes), np.log1p(cost.input_bytes), np.log1p(cost.output_bytes),
         np.log(float(spec.batch * spec.out_h * spec.out_w)),
+        *_kind_features(spec),
     ], dtype=np.float64)
 
 
+def _kind_features(spec: OpSpec) -> list[float]:
+    """The KIND_FEATURES columns of `spec`."""
+    head_dim = 0.0
+    if spec.kind == "bmm":
+        head_dim = float(spec.cin if spec.cout == spec.tokens else spec.cout)
+    modes = MODES.get(spec.kind, ())
+    rows = spec.batch * spec.heads * spec.tokens
+    return [float(spec.tokens), float(spec.heads), head_dim, float(spec.dilation),
+            float(spec.kernel_w or spec.kernel), float(spec.pad_w if spec.pad_w >= 0 else spec.pad),
+            float(spec.out_pad), float(spec.scale),
+            float(modes.index(spec.mode)) if spec.mode in modes else 0.0,
+            float(spec.axes) if spec.axes else 0.0,
+            float(spec.alpha) if spec.act == "leakyrelu" else 0.0, float(np.log(rows))]
+
+
+def feature_width(kind: str, version: int = FEATURE_VERSION) -> int:
+    """How many leading columns of feature `version` a kind's model is fitted on."""
+    width = FEATURE_WIDTH[version]
+    return min(width, FEATURE_WIDTH[2]) if kind in V2_KINDS else width
+
+
 def feature_matrix(specs: Sequence[OpSpec], version: int = FEATURE_VERSION) -> np.ndarray:
-    """One row per spec: the columns of feature `version` (a prefix of the newest)."""
+    """One row per spec: the columns of feature `version` (a prefix of the newest); a kind's
+    model reads the first `feature_width(kind, version)` of them."""
     width = FEATURE_WIDTH[version]
     if not specs:
         return np.zeros((0, width))
@@ -137,13 +221,16 @@ def feature_matrix(specs: Sequence[OpSpec], version: int = FEATURE_VERSION) -> n
 
 
 # Shape fields whose training range a predictor keeps (per kind, those its key holds), and FLOPs.
-RANGE_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "expand")
+RANGE_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "expand", "tokens", "heads",
+                "dilation", "kernel_w", "scale")
 
 
 def range_values(spec: OpSpec) -> dict[str, float]:
-    """The values of `spec` a training range is kept for: its kind's RANGE_FIELDS and FLOPs."""
-    out = {name: float(getattr(spec, name)) for name in RANGE_FIELDS
-           if name in KEY_FIELDS[spec.kind]}
+    """The values of `spec` a training range is kept for: its kind's RANGE_FIELDS (key fields,
+    and optional ones at their effective value: kernel_w 0 is the square kernel) and FLOPs."""
+    fields = set(KEY_FIELDS[spec.kind]) | set(OPTIONAL_FIELDS[spec.kind])
+    out = {name: float(getattr(spec, name) or (spec.kernel if name == "kernel_w" else 0))
+           for name in RANGE_FIELDS if name in fields}
     out["flops"] = kernel_cost(spec).flops
     return out
 

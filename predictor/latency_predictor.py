@@ -5,14 +5,21 @@ the zoo), the composition into networks (per-kind scales and terms, fitted on th
 measured networks), the fusion rules that split a network into kernels, the runtime's per-call
 overhead, the training range of every kernel kind and what it was trained for (device, runtime,
 settings, statistic, dataset). `fit` learns all of it from a dataset, `save`/`load` write and
-read a predictor folder (predictor/io.py), `predict` prices an ONNX model or a kernel list.
+read a predictor folder (predictor/io.py), `predict` prices a model file or a kernel list.
+
+How a model file is split: a fused block (an MBConv, `bench.kernels.BLOCK_KINDS`) is priced as
+one kernel when the predictor was trained on that very kernel (its key is in `block_keys_`),
+else as the primitives a runtime executes. A space's architecture (its kernels measured whole
+by the plan) and its export then price identically, while a block the predictor never measured
+is not extrapolated from the handful of block shapes a plan holds, but priced from the
+primitive kinds, which plans sample broadly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,15 +46,18 @@ from latbench.predictor.training import (
     select_records,
 )
 
+if TYPE_CHECKING:
+    from latbench.bench.kernels import ModelKernels, ShapeMap
+
 # The composition terms need networks of varied size to be told apart from the kind scales.
 MIN_NETWORKS_FOR_TERMS = 10
 # Manifest entries the object itself writes; everything else is what it was trained for (info_).
 _OWN_FIELDS = frozenset({
     "format", "format_version", "predictor", "params", "feature_version", "feature_names",
     "call_overhead_ms", "kind_scale", "composition_terms", "composition", "kinds", "fusion",
-    "training_ranges", "fit_summary", "library_versions", "created"})
+    "training_ranges", "fit_summary", "library_versions", "created", "block_keys"})
 _LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhead_ms_",
-            "training_ranges_", "info_", "fit_summary_")
+            "training_ranges_", "block_keys_", "info_", "fit_summary_")
 
 
 class LatencyPredictor:
@@ -59,7 +69,8 @@ class LatencyPredictor:
     (0: none).
     Learned by `fit` (names end in `_`): `kernels_`, `composition_`, `attach_` (fusion attach
     set, None for the default split), `fusion_rules_` (the rules' JSON), `call_overhead_ms_`,
-    `training_ranges_`, `info_` (device, runtime, runtime_version, settings, run_settings,
+    `training_ranges_`, `block_keys_` (the fused-block kernels it was trained on, priced whole
+    in model files), `info_` (device, runtime, runtime_version, settings, run_settings,
     statistic, dataset, and what else a maker records, e.g. `lut`), `fit_summary_`.
     """
 
@@ -140,7 +151,7 @@ class LatencyPredictor:
             if self.cv_folds else {}
         self._set(kernels, composition, attach,
                   None if rules is None else rules.to_json(), overhead,
-                  training_ranges(specs), info)
+                  training_ranges(specs), info, _block_keys(specs))
         self.fit_summary_ = self._summary(cv)
         return self
 
@@ -151,23 +162,25 @@ class LatencyPredictor:
                      info: Mapping[str, Any] | None = None,
                      ranges_from: Sequence[OpSpec] = ()) -> LatencyPredictor:
         """A predictor around an already fitted kernel predictor (a lookup table, a model
-        fitted elsewhere): no composition unless given, training ranges of `ranges_from`."""
+        fitted elsewhere): no composition unless given, training ranges (and the fused blocks
+        priced whole) of `ranges_from`."""
         if not hasattr(kernels, "predict"):
             raise PredictorError(f"{type(kernels).__name__} cannot predict kernels")
         out = cls(kernels, cv_folds=0)
         out._set(kernels, composition or Composition(), attach, None, call_overhead_ms,
-                 training_ranges(list(ranges_from)), dict(info or {}))
+                 training_ranges(list(ranges_from)), dict(info or {}), _block_keys(ranges_from))
         return out
 
     def _set(self, kernels: Any, composition: Composition, attach: Any, rules: Any,
              overhead: float, ranges: dict[str, dict[str, tuple[float, float]]],
-             info: dict[str, Any]) -> None:
+             info: dict[str, Any], block_keys: frozenset[str] = frozenset()) -> None:
         self.kernels_ = kernels
         self.composition_ = composition
         self.attach_ = attach
         self.fusion_rules_ = rules
         self.call_overhead_ms_ = float(overhead)
         self.training_ranges_ = ranges
+        self.block_keys_ = block_keys
         self.info_ = info
         self.fit_summary_: dict[str, Any] | None = None
 
@@ -182,18 +195,27 @@ class LatencyPredictor:
             raise PredictorError("LatencyPredictor is not fitted yet")
 
     # --- predicting ---------------------------------------------------------------------------
-    def predict(self, network: str | Path | bytes | Sequence[OpSpec]) -> NetworkPrediction:
-        """Latency of a network: an ONNX model (path or bytes; split into kernels with the
-        fusion rules) or a list of kernels (priced as given), with its per-kernel breakdown
-        and the kernels outside the training range."""
+    def predict(self, network: str | Path | bytes | Sequence[OpSpec], *,
+                input_shapes: ShapeMap | None = None,
+                allow_partial: bool = False) -> NetworkPrediction:
+        """Latency of a network: a model file (path or bytes, split by `parse`) or a list of
+        kernels (priced as given), with its per-kernel breakdown, which kernels lie inside their
+        kind's training range, and what a partial split left out (`allow_partial`)."""
         self._check_fitted()
-        specs = self.split(network) if isinstance(network, str | Path | bytes) \
-            else list(network)
+        parsed = None
+        if isinstance(network, str | Path | bytes):
+            parsed = self.parse(network, input_shapes=input_shapes, allow_partial=allow_partial)
+            specs = list(parsed.kernels)
+        else:
+            specs = list(network)
         per_kernel = self.kernel_ms(specs)
         return NetworkPrediction(float(per_kernel.sum()) + self.call_overhead_ms_,
                                  self.call_overhead_ms_,
                                  tuple(zip(specs, (float(v) for v in per_kernel), strict=True)),
-                                 tuple(self.out_of_range(specs)))
+                                 tuple(self.out_of_range(specs)),
+                                 tuple(self.in_range(specs)),
+                                 tuple(parsed.skipped.items()) if parsed else (),
+                                 parsed.problems if parsed else ())
 
     def kernel_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
         """Each kernel's contribution to a network: its prediction, composed (scales, terms).
@@ -204,12 +226,25 @@ class LatencyPredictor:
             return np.zeros(0)
         return self.composition_.compose(self.kernels_.predict(specs), specs)
 
-    def split(self, model: str | Path | bytes) -> list[OpSpec]:
-        """The kernels of an ONNX model as this predictor's runtime runs them (fusion rules)."""
-        from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels
+    def parse(self, model: str | Path | bytes, *, input_shapes: ShapeMap | None = None,
+              allow_partial: bool = False) -> ModelKernels:
+        """The kernels of a model file as this predictor prices it: split by its runtime's
+        fusion rules, fused blocks whole where it was trained on them (module docstring)."""
+        from latbench.bench.kernels import DEFAULT_ATTACH
+        from latbench.bench.model_files import model_kernels
 
         self._check_fitted()
-        return onnx_to_kernels(model, attach=self.attach_ or DEFAULT_ATTACH)
+        return model_kernels(model, attach=self.attach_ or DEFAULT_ATTACH,
+                             group=self.prices_whole, input_shapes=input_shapes,
+                             allow_partial=allow_partial)
+
+    def split(self, model: str | Path | bytes) -> list[OpSpec]:
+        """The kernels of a whole model file as this predictor prices it (see `parse`)."""
+        return list(self.parse(model).kernels)
+
+    def prices_whole(self, block: OpSpec) -> bool:
+        """Whether a fused block found in a model file is priced as one kernel."""
+        return block.key() in self.block_keys_
 
     def out_of_range(self, specs: Sequence[OpSpec]) -> list[OutOfRange]:
         """Kernels with a shape field or FLOPs outside what their kind was trained on."""
@@ -222,6 +257,12 @@ class LatencyPredictor:
                 if name in ranges and not ranges[name][0] <= value <= ranges[name][1]:
                     out.append(OutOfRange(spec.key(), name, value, *ranges[name]))
         return out
+
+    def in_range(self, specs: Sequence[OpSpec]) -> list[bool | None]:
+        """Per kernel: inside its kind's training range (every field and the FLOPs), or None
+        when the predictor holds no range for the kind (saved without ranges)."""
+        return [None if not self.training_ranges_.get(spec.kind)
+                else not self.out_of_range([spec]) for spec in specs]
 
     # --- what it was trained for --------------------------------------------------------------
     @property
@@ -307,6 +348,8 @@ class LatencyPredictor:
             "training_ranges": {kind: {k: list(v) for k, v in ranges.items()}
                                 for kind, ranges in self.training_ranges_.items()},
         }
+        if self.block_keys_:
+            manifest["block_keys"] = sorted(self.block_keys_)
         if self.attach_ is not None:
             manifest["fusion"] = {"attach": attach_to_json(self.attach_)}
             if self.fusion_rules_ is not None:
@@ -344,13 +387,25 @@ class LatencyPredictor:
             {k: float(v) for k, v in (manifest.get("composition_terms") or {}).items()},
             dict(manifest.get("composition") or {"networks": 0}))
         fusion = manifest.get("fusion") or {}
+        block_keys = manifest.get("block_keys") or []
+        if not isinstance(block_keys, list) or not all(isinstance(k, str) for k in block_keys):
+            raise PredictorError(f"{path / MANIFEST}: field 'block_keys' must be a list of "
+                                 f"kernel keys, got {type(block_keys).__name__}")
         out = cls(kernels, cv_folds=0)
         out._set(kernels, composition,
                  attach_from_json(fusion["attach"]) if "attach" in fusion else None,
                  fusion.get("rules"), manifest["call_overhead_ms"],
                  {kind: {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
                   for kind, ranges in (manifest.get("training_ranges") or {}).items()},
-                 {k: v for k, v in manifest.items() if k not in _OWN_FIELDS})
+                 {k: v for k, v in manifest.items() if k not in _OWN_FIELDS},
+                 frozenset(block_keys))
         out.fit_summary_ = manifest.get("fit_summary")
         out.path = path
         return out
+
+
+def _block_keys(specs: Sequence[OpSpec]) -> frozenset[str]:
+    """Keys of the fused-block kernels among `specs` (what a model file may price whole)."""
+    from latbench.bench.kernels import BLOCK_KINDS
+
+    return frozenset(s.key() for s in specs if s.kind in BLOCK_KINDS)

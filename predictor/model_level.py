@@ -48,10 +48,17 @@ class OutOfRange:
 
 @dataclass(frozen=True)
 class NetworkPrediction:
+    """A network's predicted latency with its per-kernel breakdown; per kernel whether it lies
+    inside its kind's training range (None: no range known for the kind); and, for a partial
+    prediction, the op types left out with their node counts and why supported ops were."""
+
     predicted_ms: float
     overhead_ms: float
     kernels: tuple[tuple[OpSpec, float], ...]
     out_of_range: tuple[OutOfRange, ...] = ()
+    in_range: tuple[bool | None, ...] = ()
+    skipped_ops: tuple[tuple[str, int], ...] = ()
+    skip_reasons: tuple[str, ...] = ()
 
     def by_kind(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -59,13 +66,39 @@ class NetworkPrediction:
             out[spec.kind] = out.get(spec.kind, 0.0) + ms
         return out
 
+    @property
+    def partial(self) -> bool:
+        return bool(self.skipped_ops)
+
+    def range_flags(self) -> tuple[bool | None, ...]:
+        return self.in_range or (None,) * len(self.kernels)
+
+    @property
+    def coverage(self) -> float | None:
+        """Fraction of the kernels' predicted time (the call overhead aside) that comes from
+        kernels inside their kind's training range; a kernel of a kind without a known range
+        counts as outside. None when no kernel's range is known."""
+        flags = self.range_flags()
+        if all(f is None for f in flags):
+            return None
+        total = sum(ms for _, ms in self.kernels)
+        if total <= 0:
+            return 1.0 if all(flags) else 0.0
+        return sum(ms for (_, ms), f in zip(self.kernels, flags, strict=True) if f) / total
+
     def to_json(self) -> dict[str, Any]:
         return {"predicted_ms": self.predicted_ms, "overhead_ms": self.overhead_ms,
                 "n_kernels": len(self.kernels),
                 "by_kind_ms": self.by_kind(),
-                "kernels": [{"key": s.key(), "kind": s.kind, "predicted_ms": ms}
-                            for s, ms in self.kernels],
-                "out_of_range": [o.to_json() for o in self.out_of_range]}
+                "coverage": self.coverage,
+                "kernels": [{"key": s.key(), "kind": s.kind, "predicted_ms": ms,
+                             "in_range": flag}
+                            for (s, ms), flag in zip(self.kernels, self.range_flags(),
+                                                     strict=True)],
+                "out_of_range": [o.to_json() for o in self.out_of_range],
+                "partial": self.partial,
+                "skipped_ops": dict(self.skipped_ops),
+                "skip_reasons": list(self.skip_reasons)}
 
 
 # Optional composition terms beyond the per-kind scales, each a per-kernel value times a fitted

@@ -34,6 +34,7 @@ from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     feature_matrix,
+    feature_width,
 )
 from latbench.registry import Registry
 
@@ -51,13 +52,14 @@ def register_predictor(name: str):
 
 def _by_kind(specs: list[OpSpec], version: int = FEATURE_VERSION
              ) -> Iterator[tuple[str, np.ndarray, list[OpSpec], np.ndarray]]:
-    """Per kernel kind, in sorted order: (kind, row mask, its specs, its feature rows)."""
+    """Per kernel kind, in sorted order: (kind, row mask, its specs, its feature rows: the
+    columns the kind is fitted on)."""
     kinds = np.array([s.kind for s in specs])
     features = feature_matrix(specs, version)
     for kind in sorted(set(kinds)):
         rows = kinds == kind
         yield (str(kind), rows, [s for s, keep in zip(specs, rows, strict=True) if keep],
-               features[rows])
+               features[rows][:, :feature_width(str(kind), version)])
 
 
 def _with_intercept(features: np.ndarray, columns: Sequence[int]) -> np.ndarray:

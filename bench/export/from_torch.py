@@ -66,10 +66,18 @@ def _export_dynamo(torch: Any, module: Any, example: tuple, opset: int, optimize
 def _export_torchscript(torch: Any, module: Any, example: tuple, opset: int,
                         optimize: bool) -> bytes:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo and says so on every call.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=opset,
-                          do_constant_folding=optimize, input_names=["input"],
-                          output_names=["output"])
+    # nn.MultiheadAttention's inference fast path is one fused op this exporter cannot
+    # translate; with it off, attention is traced as the plain ops (same numerics).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo and says so on every
+            # call.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, buffer, dynamo=False, opset_version=opset,
+                              do_constant_folding=optimize, input_names=["input"],
+                              output_names=["output"])
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return buffer.getvalue()

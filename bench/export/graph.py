@@ -3,7 +3,9 @@
 Specs and chains of specs become a `LayerGraph` once (weights drawn from a seeded generator);
 `to_onnx`, `to_tflite` and `reference` each walk the same graph, so the three agree by
 construction on structure and weights and differ only in the runtime that executes them.
-Tensors are NCHW (or NC after a linear layer); exporters that need NHWC transpose on the way out.
+Image tensors are NCHW (or NC after a linear layer); exporters that need NHWC transpose them on
+the way out. Token tensors ([N, T, C], [N, heads, T, C]) and the 4-D tensors of a `transpose`
+are "plain": every exporter keeps them as they are (`LayerGraph.plain` names the 4-D ones).
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from latbench.bench.ops import OpSpec, se_gate
+from latbench.bench.ops import IMAGE_KINDS, LEAKY_ALPHA, OpSpec, se_gate
 from latbench.errors import ExportError
 
 # Layer ops of the graph (not spec kinds): each maps to one or a few runtime operators.
-LAYER_OPS = ("conv", "linear", "add", "mul", "act", "pool", "gpool", "concat")
+LAYER_OPS = ("conv", "linear", "add", "mul", "act", "pool", "gpool", "concat",
+             "tlinear", "bmm", "softmax", "layernorm", "transpose", "cat_const", "gather",
+             "add_const", "convt", "resize", "pad", "slice", "instnorm", "reduce", "shuffle")
+# Layer ops whose 4-D output is plain (not an image); elementwise ops follow their input; the
+# layers that read their inputs as plain tensors (an NHWC exporter hands them NCHW data).
+PLAIN_OPS = frozenset({"bmm", "softmax", "transpose"})
+ELEMENTWISE_OPS = frozenset({"add", "mul", "act", "add_const"})
+PLAIN_INPUT_OPS = frozenset({"tlinear", "bmm", "softmax", "layernorm", "transpose", "cat_const",
+                             "gather"})
 
 
 @dataclass
@@ -36,6 +46,11 @@ class LayerGraph:
     layers: list[Layer]
     output_name: str
     shapes: dict[str, tuple[int, ...]]
+    plain: frozenset[str] = frozenset()  # 4-D tensors that are not NCHW images
+
+    def is_image(self, name: str) -> bool:
+        """Whether tensor `name` is a 4-D NCHW image (an NHWC runtime stores it transposed)."""
+        return len(self.shapes[name]) == 4 and name not in self.plain
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -55,47 +70,82 @@ class GraphBuilder:
         self.inputs: list[str] = []
         self.layers: list[Layer] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.plain: set[str] = set()
 
-    def input(self, shape: Sequence[int]) -> str:
+    def input(self, shape: Sequence[int], plain: bool = False) -> str:
+        """A graph input; `plain` marks a 4-D input that is not an NCHW image."""
         name = "input" if not self.inputs else f"input{len(self.inputs)}"
         self.inputs.append(name)
         self.shapes[name] = tuple(int(d) for d in shape)
+        if plain and len(shape) == 4:
+            self.plain.add(name)
         return name
 
     def _add(self, op: str, inputs: list[str], shape: tuple[int, ...], attrs: dict[str, Any],
              weights: dict[str, np.ndarray] | None = None) -> str:
         name = f"t{len(self.layers)}_{op}"
         self.layers.append(Layer(op, inputs, name, attrs, weights or {}))
-        self.shapes[name] = shape
+        self.shapes[name] = tuple(int(d) for d in shape)
+        if len(shape) == 4 and (op in PLAIN_OPS or (op in ELEMENTWISE_OPS
+                                                    and inputs[0] in self.plain)):
+            self.plain.add(name)
         return name
 
+    def _weights(self, std: float, shape: Sequence[int], mean: float = 0.0) -> np.ndarray:
+        return self.rng.normal(mean, std, tuple(shape)).astype(np.float32)
+
+    def _activation(self, act: str, shape: tuple[int, ...], plain: bool, alpha: float
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Attributes and weights of activation `act` on an output of `shape`: leakyrelu's
+        alpha, prelu's slope per channel (`slope_axis` 1 for an image or [N, C], else -1: the
+        last axis)."""
+        attrs: dict[str, Any] = {"act": act}
+        weights: dict[str, np.ndarray] = {}
+        if act == "leakyrelu":
+            attrs["alpha"] = float(alpha)
+        if act == "prelu":
+            axis = 1 if len(shape) == 2 or (len(shape) == 4 and not plain) else -1
+            attrs["slope_axis"] = axis
+            weights["slope"] = self.rng.uniform(0.05, 0.5, shape[axis]).astype(np.float32)
+        return attrs, weights
+
     def conv(self, x: str, cout: int, kernel: int, stride: int = 1, pad: int | None = None,
-             groups: int = 1, act: str = "none") -> str:
+             groups: int = 1, act: str = "none", *, kernel_w: int | None = None,
+             pad_w: int | None = None, dilation: int = 1, alpha: float = LEAKY_ALPHA) -> str:
+        """Convolution, kernel `kernel` x `kernel_w`, symmetric padding `pad` (H) and `pad_w`
+        (W; default: as `pad` when given, else dilation * (kernel // 2) per axis)."""
         n, cin, h, w = self.shapes[x]
-        pad = kernel // 2 if pad is None else pad
+        kw = kernel if kernel_w is None else kernel_w
+        if pad is None:
+            pad = dilation * (kernel // 2)
+            pad_w = dilation * (kw // 2) if pad_w is None else pad_w
+        pad_w = pad if pad_w is None else pad_w
         if cin % groups or cout % groups:
             raise ExportError(f"conv groups={groups} must divide cin={cin} and cout={cout}")
-        fan_in = (cin // groups) * kernel * kernel
-        weight = self.rng.normal(0.0, np.sqrt(2.0 / fan_in), (cout, cin // groups, kernel, kernel))
-        bias = self.rng.normal(0.0, 0.1, cout)
-        oh = (h + 2 * pad - kernel) // stride + 1
-        ow = (w + 2 * pad - kernel) // stride + 1
+        fan_in = (cin // groups) * kernel * kw
+        weight = self._weights(np.sqrt(2.0 / fan_in), (cout, cin // groups, kernel, kw))
+        bias = self._weights(0.1, (cout,))
+        oh = (h + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        ow = (w + 2 * pad_w - dilation * (kw - 1) - 1) // stride + 1
+        attrs, weights = self._activation(act, (n, cout, oh, ow), False, alpha)
         return self._add("conv", [x], (n, cout, oh, ow),
                          {"kernel": kernel, "stride": stride, "pad": pad, "groups": groups,
-                          "act": act},
-                         {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)})
+                          "kernel_w": kw, "pad_w": pad_w, "dilation": dilation, **attrs},
+                         {"weight": weight, "bias": bias, **weights})
 
-    def linear(self, x: str, cout: int, act: str = "none") -> str:
+    def linear(self, x: str, cout: int, act: str = "none", alpha: float = LEAKY_ALPHA) -> str:
         shape = self.shapes[x]
         cin = int(np.prod(shape[1:]))
-        weight = self.rng.normal(0.0, np.sqrt(1.0 / cin), (cout, cin))
-        bias = self.rng.normal(0.0, 0.1, cout)
-        return self._add("linear", [x], (shape[0], cout), {"act": act},
-                         {"weight": weight.astype(np.float32), "bias": bias.astype(np.float32)})
+        weight = self._weights(np.sqrt(1.0 / cin), (cout, cin))
+        bias = self._weights(0.1, (cout,))
+        attrs, weights = self._activation(act, (shape[0], cout), False, alpha)
+        return self._add("linear", [x], (shape[0], cout), attrs,
+                         {"weight": weight, "bias": bias, **weights})
 
-    def add(self, a: str, b: str, act: str = "none") -> str:
+    def add(self, a: str, b: str, act: str = "none", alpha: float = LEAKY_ALPHA) -> str:
         self._same_shape("add", a, b)
-        return self._add("add", [a, b], self.shapes[a], {"act": act})
+        attrs, weights = self._activation(act, self.shapes[a], a in self.plain, alpha)
+        return self._add("add", [a, b], self.shapes[a], attrs, weights)
 
     def mul(self, a: str, b: str) -> str:
         """Elementwise product; `b` may be (N, C, 1, 1) and broadcast, as in squeeze-excite."""
@@ -104,8 +154,9 @@ class GraphBuilder:
             raise ExportError(f"mul of shapes {sa} and {sb}: second must match or be (N, C, 1, 1)")
         return self._add("mul", [a, b], sa, {})
 
-    def act(self, x: str, kind: str) -> str:
-        return self._add("act", [x], self.shapes[x], {"act": kind})
+    def act(self, x: str, kind: str, alpha: float = LEAKY_ALPHA) -> str:
+        attrs, weights = self._activation(kind, self.shapes[x], x in self.plain, alpha)
+        return self._add("act", [x], self.shapes[x], attrs, weights)
 
     def pool(self, x: str, kind: str, kernel: int, stride: int, pad: int = 0) -> str:
         n, c, h, w = self.shapes[x]
@@ -118,54 +169,193 @@ class GraphBuilder:
         n, c, _, _ = self.shapes[x]
         return self._add("gpool", [x], (n, c, 1, 1), {})
 
-    def concat(self, xs: Sequence[str]) -> str:
+    def concat(self, xs: Sequence[str], axis: int = 1) -> str:
+        """Concatenation of NCHW tensors along `axis` (1: channels, 2: H, 3: W)."""
         shapes = [self.shapes[x] for x in xs]
-        n, _, h, w = shapes[0]
-        if any(s[0] != n or s[2:] != (h, w) for s in shapes):
-            raise ExportError(f"concat inputs differ beyond channels: {shapes}")
-        return self._add("concat", list(xs), (n, sum(s[1] for s in shapes), h, w), {})
+        rest = [s[:axis] + s[axis + 1:] for s in shapes]
+        if any(len(s) != 4 for s in shapes) or any(r != rest[0] for r in rest):
+            raise ExportError(f"concat inputs differ beyond axis {axis}: {shapes}")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return self._add("concat", list(xs), tuple(out), {"axis": axis})
+
+    # --- transformer layers (token tensors) ----------------------------------------------------
+    def tlinear(self, x: str, cout: int, act: str = "none", alpha: float = LEAKY_ALPHA) -> str:
+        """Token-wise linear layer: [..., cin] @ W.T + b on the last axis (W is [cout, cin])."""
+        shape = self.shapes[x]
+        cin = shape[-1]
+        weight = self._weights(np.sqrt(1.0 / cin), (cout, cin))
+        bias = self._weights(0.1, (cout,))
+        out = (*shape[:-1], cout)
+        attrs, weights = self._activation(act, out, True, alpha)
+        return self._add("tlinear", [x], out, attrs, {"weight": weight, "bias": bias, **weights})
+
+    def bmm(self, a: str, b: str) -> str:
+        """Batched matmul of two computed tensors [..., M, K] @ [..., K, N]."""
+        sa, sb = self.shapes[a], self.shapes[b]
+        if sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
+            raise ExportError(f"bmm of shapes {sa} and {sb}: need [..., M, K] @ [..., K, N]")
+        return self._add("bmm", [a, b], (*sa[:-1], sb[-1]), {})
+
+    def softmax(self, x: str) -> str:
+        """Softmax over the last axis."""
+        return self._add("softmax", [x], self.shapes[x], {})
+
+    def layernorm(self, x: str, eps: float = 1e-5) -> str:
+        """Layer normalization over the last axis, with scale and bias."""
+        c = self.shapes[x][-1]
+        return self._add("layernorm", [x], self.shapes[x], {"eps": eps},
+                         {"scale": self._weights(0.2, (c,), 1.0), "bias": self._weights(0.2, (c,))})
+
+    def transpose(self, x: str, perm: Sequence[int]) -> str:
+        shape = self.shapes[x]
+        if sorted(perm) != list(range(len(shape))):
+            raise ExportError(f"transpose perm {tuple(perm)} does not fit shape {shape}")
+        return self._add("transpose", [x], tuple(shape[p] for p in perm),
+                         {"perm": tuple(int(p) for p in perm)})
+
+    def cls_token(self, x: str) -> str:
+        """A learned [1, 1, C] token put before the tokens of [N, T, C] (axis 1)."""
+        n, t, c = self.shapes[x]
+        return self._add("cat_const", [x], (n, t + 1, c), {"axis": 1},
+                         {"value": self._weights(1.0, (1, 1, c))})
+
+    def gather(self, x: str, index: int = 0) -> str:
+        """Token `index` of [N, T, C] -> [N, C]."""
+        n, t, c = self.shapes[x]
+        if not 0 <= index < t:
+            raise ExportError(f"gather of token {index} from {t} tokens")
+        return self._add("gather", [x], (n, c), {"axis": 1, "index": index})
+
+    def add_const(self, x: str) -> str:
+        """x + a learned constant of x's shape with batch 1 (a position embedding)."""
+        shape = self.shapes[x]
+        return self._add("add_const", [x], shape, {},
+                         {"value": self._weights(0.5, (1, *shape[1:]))})
+
+    # --- the rest of the common op set (images) -------------------------------------------------
+    def convt(self, x: str, cout: int, kernel: int, stride: int = 1, pad: int = 0,
+              out_pad: int = 0, groups: int = 1, act: str = "none",
+              alpha: float = LEAKY_ALPHA) -> str:
+        """Transposed convolution, as PyTorch ConvTranspose2d (weight [cin, cout/g, k, k])."""
+        n, cin, h, w = self.shapes[x]
+        if cin % groups or cout % groups:
+            raise ExportError(f"convt groups={groups} must divide cin={cin} and cout={cout}")
+        fan_in = (cin // groups) * kernel * kernel / (stride * stride)
+        weight = self._weights(np.sqrt(2.0 / max(fan_in, 1.0)),
+                               (cin, cout // groups, kernel, kernel))
+        bias = self._weights(0.1, (cout,))
+        oh, ow = ((s - 1) * stride - 2 * pad + kernel + out_pad for s in (h, w))
+        attrs, weights = self._activation(act, (n, cout, oh, ow), False, alpha)
+        return self._add("convt", [x], (n, cout, oh, ow),
+                         {"kernel": kernel, "stride": stride, "pad": pad, "out_pad": out_pad,
+                          "groups": groups, **attrs}, {"weight": weight, "bias": bias, **weights})
+
+    def resize(self, x: str, scale: int, mode: str) -> str:
+        """Integer upscaling of H and W: nearest (floor) or bilinear (half-pixel centres)."""
+        n, c, h, w = self.shapes[x]
+        return self._add("resize", [x], (n, c, h * scale, w * scale),
+                         {"scale": scale, "mode": mode})
+
+    def pad(self, x: str, pad: int, mode: str) -> str:
+        """`pad` rows and columns on each side of H and W: constant zeros or reflect."""
+        n, c, h, w = self.shapes[x]
+        return self._add("pad", [x], (n, c, h + 2 * pad, w + 2 * pad), {"pad": pad, "mode": mode})
+
+    def slice(self, x: str, start: int, end: int, axis: int = 1) -> str:
+        """x[start:end] along `axis`."""
+        shape = list(self.shapes[x])
+        if not 0 <= start < end <= shape[axis]:
+            raise ExportError(f"slice {start}:{end} of axis {axis} of {tuple(shape)}")
+        shape[axis] = end - start
+        return self._add("slice", [x], tuple(shape), {"start": start, "end": end, "axis": axis})
+
+    def instnorm(self, x: str, eps: float = 1e-5) -> str:
+        """Instance normalization over H and W with per-channel scale and bias."""
+        c = self.shapes[x][1]
+        return self._add("instnorm", [x], self.shapes[x], {"eps": eps},
+                         {"scale": self._weights(0.2, (c,), 1.0), "bias": self._weights(0.2, (c,))})
+
+    def reduce_mean(self, x: str, axes: Sequence[int]) -> str:
+        """Mean over NCHW `axes`, dimensions kept."""
+        shape = self.shapes[x]
+        axes = tuple(sorted(int(a) for a in axes))
+        return self._add("reduce", [x], tuple(1 if i in axes else d for i, d in enumerate(shape)),
+                         {"axes": axes})
+
+    def shuffle(self, x: str, groups: int) -> str:
+        """Channel shuffle: (N, g, C/g, H, W) -> transpose groups and channels -> (N, C, H, W)."""
+        c = self.shapes[x][1]
+        if groups < 2 or c % groups:
+            raise ExportError(f"shuffle groups={groups} must be >= 2 and divide {c} channels")
+        return self._add("shuffle", [x], self.shapes[x], {"groups": groups})
 
     def _same_shape(self, op: str, a: str, b: str) -> None:
         if self.shapes[a] != self.shapes[b]:
             raise ExportError(f"{op} of different shapes {self.shapes[a]} and {self.shapes[b]}")
 
     def finish(self, output: str) -> LayerGraph:
-        return LayerGraph(list(self.inputs), list(self.layers), output, dict(self.shapes))
+        return LayerGraph(list(self.inputs), list(self.layers), output, dict(self.shapes),
+                          frozenset(self.plain))
 
 
 def emit_spec(builder: GraphBuilder, spec: OpSpec, x: str) -> str:
     """Append the layers of one spec, reading tensor `x`; returns the output tensor.
 
-    Inside a chain a two-input kernel (add, mul) reads `x` twice; concat only exists as a
-    single-op model (`spec_graph`), where every operand is a graph input of its own.
+    Inside a chain a two-input kernel (add, mul) reads `x` twice; concat and bmm only exist as
+    single-op models (`spec_graph`), where every operand is a graph input of its own.
     """
     kind = spec.kind
     if builder.shapes[x][1:] != spec.input_shape[1:]:
         raise ExportError(f"spec {spec.key()} expects input {spec.input_shape}, "
                           f"chain gives {builder.shapes[x]}")
-    if kind == "conv":
-        return builder.conv(x, spec.cout, spec.kernel, spec.stride, spec.pad, spec.groups, spec.act)
-    if kind == "dwconv":
-        return builder.conv(x, spec.cin, spec.kernel, spec.stride, spec.pad, spec.cin, spec.act)
+    if kind in ("conv", "dwconv"):
+        return builder.conv(x, spec.cout, spec.kernel, spec.stride, spec.pad, spec.groups,
+                            spec.act, kernel_w=spec.kernel_w or spec.kernel,
+                            pad_w=spec.pad_w if spec.pad_w >= 0 else spec.pad,
+                            dilation=spec.dilation, alpha=spec.alpha)
     if kind == "mbconv":
         return _emit_mbconv(builder, spec, x)
     if kind == "linear":
-        return builder.linear(x, spec.cout, spec.act)
+        return builder.linear(x, spec.cout, spec.act, spec.alpha)
     if kind == "pool":
         if spec.pool == "gavg":
             return builder.gpool(x)
         return builder.pool(x, spec.pool, spec.kernel, spec.stride, spec.pad)
     if kind == "add":
-        return builder.add(x, x, spec.act)
+        return builder.add(x, x, spec.act, spec.alpha)
     if kind == "mul":
         return builder.mul(x, x)
     if kind == "act":
-        return builder.act(x, spec.act)
+        return builder.act(x, spec.act, spec.alpha)
     if kind == "se":
         return _emit_se(builder, x, spec.mid, spec.act)
-    if kind == "concat":
-        raise ExportError(f"concat cannot be chained, only measured alone: {spec.key()}")
-    raise ExportError(f"no exporter for op kind {kind!r}")
+    if kind in ("concat", "bmm"):
+        raise ExportError(f"{kind} cannot be chained, only measured alone: {spec.key()}")
+    emit = _EMITTERS.get(kind)
+    if emit is None:
+        raise ExportError(f"no exporter for op kind {kind!r}")
+    return emit(builder, spec, x)
+
+
+# Kinds with one input and one layer (or a fixed few): spec -> layers, reading tensor x.
+_EMITTERS: dict[str, Any] = {
+    "tlinear": lambda b, s, x: b.tlinear(x, s.cout, s.act, s.alpha),
+    "softmax": lambda b, s, x: b.softmax(x),
+    "layernorm": lambda b, s, x: b.layernorm(x),
+    "transpose": lambda b, s, x: b.transpose(x, [int(a) for a in s.axes]),
+    "clstoken": lambda b, s, x: b.cls_token(x),
+    "gather": lambda b, s, x: b.gather(x, 0),
+    "posembed": lambda b, s, x: b.add_const(x),
+    "convt": lambda b, s, x: b.convt(x, s.cout, s.kernel, s.stride, s.pad, s.out_pad, s.groups,
+                                     s.act, s.alpha),
+    "resize": lambda b, s, x: b.resize(x, s.scale, s.mode),
+    "pad": lambda b, s, x: b.pad(x, s.pad, s.mode),
+    "slice": lambda b, s, x: b.slice(x, 0, s.cout),
+    "instnorm": lambda b, s, x: b.instnorm(x),
+    "reduce": lambda b, s, x: b.reduce_mean(x, [int(a) for a in s.axes]),
+    "shuffle": lambda b, s, x: b.shuffle(x, s.groups),
+}
 
 
 def _emit_se(builder: GraphBuilder, x: str, mid: int, gate: str) -> str:
@@ -191,20 +381,24 @@ def _emit_mbconv(builder: GraphBuilder, spec: OpSpec, x: str) -> str:
 
 
 def spec_graph(spec: OpSpec, seed: int = 0) -> LayerGraph:
-    """The single-kernel model measured for a spec; each operand of add/mul/concat is an input."""
+    """The single-kernel model measured for a spec; each operand of add/mul/concat/bmm is an
+    input."""
     builder = GraphBuilder(np.random.default_rng(seed))
-    if spec.kind in ("add", "mul"):
-        a, b = builder.input(spec.input_shape), builder.input(spec.input_shape)
-        return builder.finish(builder.add(a, b, spec.act) if spec.kind == "add"
+    plain = spec.kind not in IMAGE_KINDS
+    if spec.kind in ("add", "mul", "bmm"):
+        a, b = (builder.input(shape, plain) for shape in spec.input_shapes)
+        if spec.kind == "bmm":
+            return builder.finish(builder.bmm(a, b))
+        return builder.finish(builder.add(a, b, spec.act, spec.alpha) if spec.kind == "add"
                               else builder.mul(a, b))
     if spec.kind == "concat":
-        part = spec.cin // spec.groups
-        if part * spec.groups != spec.cin:
+        axis = int(spec.axes or 1)
+        if spec.output_shape[axis] % spec.groups:
             raise ExportError(f"concat of {spec.groups} inputs needs cin divisible by it: "
                               f"{spec.key()}")
-        shape = (spec.batch, part, spec.h, spec.w)
-        return builder.finish(builder.concat([builder.input(shape) for _ in range(spec.groups)]))
-    return builder.finish(emit_spec(builder, spec, builder.input(spec.input_shape)))
+        return builder.finish(builder.concat([builder.input(shape) for shape in
+                                              spec.input_shapes], axis))
+    return builder.finish(emit_spec(builder, spec, builder.input(spec.input_shape, plain)))
 
 
 def chain_graph(specs: Sequence[OpSpec], seed: int = 0) -> LayerGraph:
@@ -216,13 +410,13 @@ def chain_graph(specs: Sequence[OpSpec], seed: int = 0) -> LayerGraph:
     if not specs:
         raise ExportError("a network needs at least one spec")
     builder = GraphBuilder(np.random.default_rng(seed))
-    x = builder.input(specs[0].input_shape)
+    x = builder.input(specs[0].input_shape, specs[0].kind not in IMAGE_KINDS)
     for spec in specs:
         if spec.kind == "linear" and len(builder.shapes[x]) == 4:
             n, c, h, w = builder.shapes[x]
             if (h, w) != (1, 1) or c != spec.cin:
                 raise ExportError(f"linear spec {spec.key()} after tensor {builder.shapes[x]}")
-            x = builder.linear(x, spec.cout, spec.act)
+            x = builder.linear(x, spec.cout, spec.act, spec.alpha)
             continue
         x = emit_spec(builder, spec, x)
     return builder.finish(x)

@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 
 from latbench.bench.export.graph import Layer, LayerGraph
+from latbench.bench.ops import LEAKY_ALPHA
 from latbench.errors import ExportError
 
 
-def activation(x: Any, act: str, who: str = "reference") -> Any:
-    """`act` applied to the torch tensor `x` (`who` names the caller in the error)."""
+def activation(x: Any, act: str, who: str = "reference", *, alpha: float = LEAKY_ALPHA,
+               slope: Any = None, channel_axis: int = 1) -> Any:
+    """`act` applied to the torch tensor `x` (`who` names the caller in the error); prelu's
+    `slope` (one per channel) runs along `channel_axis`."""
     import torch.nn.functional as F
 
     if act == "none":
@@ -29,7 +32,29 @@ def activation(x: Any, act: str, who: str = "reference") -> Any:
         return x.sigmoid()
     if act == "swish":
         return F.silu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if act == "tanh":
+        return x.tanh()
+    if act == "leakyrelu":
+        return F.leaky_relu(x, alpha)
+    if act == "mish":
+        return F.mish(x)
+    if act == "prelu":
+        if slope is None:
+            raise ExportError(f"{who}: prelu needs its slope weights")
+        shape = [1] * x.dim()
+        shape[channel_axis] = -1
+        return x.where(x >= 0, x * slope.reshape(shape))
     raise ExportError(f"{who} has no activation {act!r}")
+
+
+def _act(layer: Layer, y: Any, w: Mapping[str, Any], who: str) -> Any:
+    a = layer.attrs
+    return activation(y, a["act"], who, alpha=a.get("alpha", LEAKY_ALPHA), slope=w.get("slope"),
+                      channel_axis=a.get("slope_axis", 1) % y.dim())
 
 
 def apply_layer(layer: Layer, xs: list[Any], w: Mapping[str, Any], who: str = "reference"
@@ -40,27 +65,72 @@ def apply_layer(layer: Layer, xs: list[Any], w: Mapping[str, Any], who: str = "r
     import torch
     import torch.nn.functional as F
 
-    a = layer.attrs
-    if layer.op == "conv":
-        y = F.conv2d(xs[0], w["weight"], w["bias"], a["stride"], a["pad"], 1, a["groups"])
-        return activation(y, a["act"], who)
-    if layer.op == "linear":
-        return activation(F.linear(xs[0].flatten(1), w["weight"], w["bias"]), a["act"], who)
-    if layer.op == "add":
-        return activation(xs[0] + xs[1], a["act"], who)
-    if layer.op == "mul":
+    a, op = layer.attrs, layer.op
+    if op == "conv":
+        kernel = (a["kernel"], a.get("kernel_w", a["kernel"]))
+        padding = (a["pad"], a.get("pad_w", a["pad"]))
+        y = F.conv2d(xs[0], w["weight"], w["bias"], a["stride"], padding, a.get("dilation", 1),
+                     a["groups"])
+        if tuple(w["weight"].shape[2:]) != kernel:
+            raise ExportError(f"{who}: conv weight {tuple(w['weight'].shape)} is not {kernel}")
+        return _act(layer, y, w, who)
+    if op == "linear":
+        return _act(layer, F.linear(xs[0].flatten(1), w["weight"], w["bias"]), w, who)
+    if op == "tlinear":
+        return _act(layer, F.linear(xs[0], w["weight"], w["bias"]), w, who)
+    if op == "add":
+        return _act(layer, xs[0] + xs[1], w, who)
+    if op == "mul":
         return xs[0] * xs[1]
-    if layer.op == "act":
-        return activation(xs[0], a["act"], who)
-    if layer.op == "pool":
+    if op == "act":
+        return _act(layer, xs[0], w, who)
+    if op == "pool":
         if a["pool"] == "avg":
             return F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], count_include_pad=True)
         return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"])
-    if layer.op == "gpool":
+    if op == "gpool":
         return xs[0].mean(dim=(2, 3), keepdim=True)
-    if layer.op == "concat":
-        return torch.cat(xs, dim=1)
-    raise ExportError(f"{who} has no layer op {layer.op!r}")
+    if op == "concat":
+        return torch.cat(xs, dim=a.get("axis", 1))
+    if op == "bmm":
+        return torch.matmul(xs[0], xs[1])
+    if op == "softmax":
+        return torch.softmax(xs[0], dim=-1)
+    if op == "layernorm":
+        return F.layer_norm(xs[0], xs[0].shape[-1:], w["scale"], w["bias"], a["eps"])
+    if op == "transpose":
+        return xs[0].permute(*a["perm"])
+    if op == "cat_const":
+        x = xs[0]
+        token = w["value"].expand(x.shape[0], *w["value"].shape[1:])
+        return torch.cat([token, x], dim=a["axis"])
+    if op == "gather":
+        return xs[0].select(a["axis"], a["index"])
+    if op == "add_const":
+        return xs[0] + w["value"]
+    if op == "convt":
+        y = F.conv_transpose2d(xs[0], w["weight"], w["bias"], a["stride"], a["pad"],
+                               a["out_pad"], a["groups"])
+        return _act(layer, y, w, who)
+    if op == "resize":
+        if a["mode"] == "nearest":
+            return F.interpolate(xs[0], scale_factor=a["scale"], mode="nearest")
+        return F.interpolate(xs[0], scale_factor=a["scale"], mode="bilinear",
+                             align_corners=False)
+    if op == "pad":
+        p = a["pad"]
+        return F.pad(xs[0], (p, p, p, p), mode=a["mode"])
+    if op == "slice":
+        return xs[0].narrow(a["axis"], a["start"], a["end"] - a["start"])
+    if op == "instnorm":
+        return F.instance_norm(xs[0], weight=w["scale"], bias=w["bias"], eps=a["eps"])
+    if op == "reduce":
+        return xs[0].mean(dim=a["axes"], keepdim=True)
+    if op == "shuffle":
+        n, c, h, wd = xs[0].shape
+        g = a["groups"]
+        return xs[0].reshape(n, g, c // g, h, wd).transpose(1, 2).reshape(n, c, h, wd)
+    raise ExportError(f"{who} has no layer op {op!r}")
 
 
 def run_reference(graph: LayerGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,10 +1,20 @@
 """LayerGraph -> TFLite flatbuffer, written directly with the schema object API (no TensorFlow).
 
-The IR is NCHW with PyTorch semantics; TFLite is NHWC. Activations are stored NHWC (or [N, C]
-after a linear layer), weights are permuted once here, and every padding the IR asks for is
-reproduced exactly: TFLite SAME only where it places the windows exactly where the symmetric
-PyTorch padding does, otherwise an explicit PAD (zeros) or PADV2 (very negative, for max pool)
-followed by a VALID op. Average pooling therefore counts padded zeros (count_include_pad=True).
+The IR is NCHW with PyTorch semantics; TFLite is NHWC. Image activations are stored NHWC (or
+[N, C] after a linear layer), plain tensors (token tensors, attention's [N, heads, T, D]) as
+they are; a layer reading a tensor stored the other way gets a TRANSPOSE first. Weights are
+permuted once here, and every padding the IR asks for is reproduced exactly: TFLite SAME only
+where it places the windows exactly where the symmetric PyTorch padding does, otherwise an
+explicit PAD (zeros) or PADV2 (very negative, for max pool) followed by a VALID op. Average
+pooling therefore counts padded zeros (count_include_pad=True).
+
+Transformer layers map to FULLY_CONNECTED (keep_num_dims), BATCH_MATMUL, SOFTMAX, TRANSPOSE,
+CONCATENATION, GATHER and ADD; GELU (exact and tanh forms) to GELU. TFLite has no layer or
+instance normalization, softplus or mish op: they are written as the converter writes them,
+MEAN / SUB / MUL / RSQRT / ADD, and x * TANH(LOG(1 + EXP(x))). A transposed convolution is
+TRANSPOSE_CONV (VALID) then a slice of the PyTorch padding; grouped transposed convolutions have
+no TFLite form (TRANSPOSE_CONV has no groups) and raise ExportError, so the LiteRT runner
+refuses them before anything is measured.
 
 Grouped convolution (1 < groups < cin) is written as a native grouped CONV_2D (version 6: input
 channels = filter in-channels * groups). LiteRT 2.3 runs it correctly with XNNPACK and with its
@@ -21,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from latbench.bench.export.graph import Layer, LayerGraph
+from latbench.bench.export.graph import ELEMENTWISE_OPS, PLAIN_INPUT_OPS, Layer, LayerGraph
+from latbench.bench.ops import LEAKY_ALPHA
 from latbench.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +50,13 @@ def _nhwc(shape: Sequence[int]) -> list[int]:
     return [int(d) for d in shape]
 
 
+# NCHW axis -> NHWC axis of an image tensor.
+_NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
+
+
 def same_padding_matches(size: int, kernel: int, stride: int, pad: int) -> bool:
-    """Whether TFLite SAME padding places the windows exactly as symmetric padding `pad` does.
+    """Whether TFLite SAME padding places the windows exactly as symmetric padding `pad` does
+    (`kernel`: the dilated extent, dilation * (k - 1) + 1).
 
     Both give the same output size and the same offset of the first window; the extra rows
     SAME may add at the end are never read when the sizes agree, so the results are identical.
@@ -130,10 +146,13 @@ class _ModelWriter:
                 "relu": self.s.ActivationFunctionType.RELU,
                 "relu6": self.s.ActivationFunctionType.RELU6}[act]
 
-    def activation(self, x: int, act: str, out: int) -> None:
-        """Standalone activation `act` from tensor x into tensor out (compositions are exact)."""
+    def activation(self, x: int, act: str, out: int, params: dict[str, Any] | None = None
+                   ) -> None:
+        """Standalone activation `act` from tensor x into tensor out (compositions are exact);
+        `params` holds leakyrelu's "alpha" and prelu's "slope" (one per channel, last axis)."""
         s = self.s
         shape = self.shape(x)
+        params = params or {}
         if act == "none":  # identity; the layer's output must still be a tensor of its own
             self.op("RESHAPE", [x, self.const("shape", np.asarray(shape, np.int32))], [out],
                     s.ReshapeOptionsT(newShape=list(shape)))
@@ -156,17 +175,37 @@ class _ModelWriter:
             self.op("ADD", [x, three], [shifted],
                     s.AddOptionsT(fusedActivationFunction=self.fused("relu6")))
             self.op("MUL", [shifted, sixth], [out], s.MulOptionsT())
+        elif act in ("gelu", "gelu_tanh"):
+            self.op("GELU", [x], [out], s.GeluOptionsT(approximate=act == "gelu_tanh"))
+        elif act == "tanh":
+            self.op("TANH", [x], [out])
+        elif act == "leakyrelu":
+            self.op("LEAKY_RELU", [x], [out], s.LeakyReluOptionsT(alpha=float(params["alpha"])))
+        elif act == "prelu":
+            self.op("PRELU", [x, self.const("slope", params["slope"])], [out])
+        elif act == "mish":  # x * tanh(softplus(x)), softplus = log(1 + exp(x))
+            e = self.temp(shape, "exp")
+            self.op("EXP", [x], [e])
+            sp = self.temp(shape, "softplus")
+            self.op("ADD", [e, self.const("one", np.asarray([1.0], np.float32))], [sp],
+                    s.AddOptionsT())
+            log = self.temp(shape, "log")
+            self.op("LOG", [sp], [log])
+            t = self.temp(shape, "tanh")
+            self.op("TANH", [log], [t])
+            self.op("MUL", [x, t], [out], s.MulOptionsT())
         else:
             raise ExportError(f"TFLite export has no activation {act!r}")
 
-    def with_act(self, act: str, out: int, emit: Any) -> None:
+    def with_act(self, act: str, out: int, emit: Any, params: dict[str, Any] | None = None
+                 ) -> None:
         """Run emit(target, fused_code): fuse act when TFLite can, else add ops after it."""
         if act in _FUSABLE:
             emit(out, self.fused(act))
             return
         raw = self.temp(self.shape(out), "pre_act")
         emit(raw, self.fused("none"))
-        self.activation(raw, act, out)
+        self.activation(raw, act, out, params)
 
     # --- serialisation ------------------------------------------------------------------------
     def finish(self, inputs: list[int], outputs: list[int], name: str) -> bytes:
@@ -222,9 +261,9 @@ class _Lowering:
     def run(self, name: str) -> bytes:
         g = self.graph
         for x in g.inputs:
-            self.index[x] = self.w.tensor(_nhwc(g.shapes[x]), x)
+            self.index[x] = self.w.tensor(tflite_shape(g, x), x)
         for layer in g.layers:
-            out = self.w.tensor(_nhwc(g.shapes[layer.output]), layer.output)
+            out = self.w.tensor(tflite_shape(g, layer.output), layer.output)
             self.index[layer.output] = out
             self.layer(layer, out)
         if g.output_name not in self.index:
@@ -234,45 +273,68 @@ class _Lowering:
         return self.w.finish([self.index[x] for x in g.inputs], [self.index[g.output_name]],
                              name)
 
+    def read(self, name: str, image: bool) -> int:
+        """Tensor `name` stored as an NHWC image (`image`) or as it is: a TRANSPOSE where the
+        graph stored it the other way (4-D tensors only)."""
+        x = self.index[name]
+        if len(self.graph.shapes[name]) != 4 or self.graph.is_image(name) == image:
+            return x
+        perm = [0, 2, 3, 1] if image else [0, 3, 1, 2]
+        shape = self.w.shape(x)
+        y = self.w.temp([shape[p] for p in perm], "layout")
+        self.w.op("TRANSPOSE", [x, self.w.const("perm", np.asarray(perm, np.int32))], [y],
+                  self.s.TransposeOptionsT())
+        return y
+
     def layer(self, layer: Layer, out: int) -> None:
         a, op, s, w = layer.attrs, layer.op, self.s, self.w
-        xs = [self.index[i] for i in layer.inputs]
+        # elementwise layers run in the layout their output is stored in
+        image = (self.graph.is_image(layer.output) if op in ELEMENTWISE_OPS
+                 else op not in PLAIN_INPUT_OPS)
+        xs = [self.read(i, image) for i in layer.inputs]
+        params = _act_params(layer)
         if op == "conv":
             self.conv(layer, xs[0], out)
         elif op == "linear":
             self.linear(layer, xs[0], out)
         elif op == "add":
             w.with_act(a["act"], out, lambda t, f: w.op(
-                "ADD", xs, [t], s.AddOptionsT(fusedActivationFunction=f)))
+                "ADD", xs, [t], s.AddOptionsT(fusedActivationFunction=f)), params)
         elif op == "mul":
             w.op("MUL", xs, [out], s.MulOptionsT())
         elif op == "act":
-            w.activation(xs[0], a["act"], out)
+            w.activation(xs[0], a["act"], out, params)
         elif op == "pool":
             self.pool(layer, xs[0], out)
         elif op == "gpool":
             axes = w.const("axes", np.asarray([1, 2], np.int32))
             w.op("MEAN", [xs[0], axes], [out], s.ReducerOptionsT(keepDims=True))
         elif op == "concat":
+            axis = a.get("axis", 1)
             if any(len(w.shape(x)) != 4 for x in xs):
                 raise ExportError(f"TFLite concat {layer.output} needs 4-D NHWC inputs")
-            w.op("CONCATENATION", xs, [out], s.ConcatenationOptionsT(axis=3))
+            w.op("CONCATENATION", xs, [out], s.ConcatenationOptionsT(axis=_NHWC_AXIS[axis]))
+        elif op in _LOWERINGS:
+            _LOWERINGS[op](self, layer, xs, out)
         else:
             raise ExportError(f"TFLite export has no layer op {op!r}")
 
     # --- padding ------------------------------------------------------------------------------
-    def padded(self, x: int, kernel: int, stride: int, pad: int, *, same_ok: bool,
-               value: float = 0.0) -> tuple[int, int]:
-        """(tensor, Padding) reproducing symmetric `pad`: SAME if identical, else PAD + VALID."""
+    def padded(self, x: int, kernel: tuple[int, int], stride: int, pad: tuple[int, int], *,
+               same_ok: bool, value: float = 0.0) -> tuple[int, int]:
+        """(tensor, Padding) reproducing symmetric padding `pad` (H, W) for a window `kernel`
+        (H, W; dilated extents): SAME if identical, else PAD + VALID."""
         s, w = self.s, self.w
         n, h, wd, c = w.shape(x)
-        if pad == 0:
+        ph, pw = pad
+        if ph == pw == 0:
             return x, s.Padding.VALID
-        if same_ok and all(same_padding_matches(d, kernel, stride, pad) for d in (h, wd)):
+        if same_ok and all(same_padding_matches(d, k, stride, p)
+                           for d, k, p in ((h, kernel[0], ph), (wd, kernel[1], pw))):
             return x, s.Padding.SAME
-        paddings = w.const("paddings", np.asarray([[0, 0], [pad, pad], [pad, pad], [0, 0]],
+        paddings = w.const("paddings", np.asarray([[0, 0], [ph, ph], [pw, pw], [0, 0]],
                                                   np.int32))
-        y = w.temp([n, h + 2 * pad, wd + 2 * pad, c], "pad")
+        y = w.temp([n, h + 2 * ph, wd + 2 * pw, c], "pad")
         if value == 0.0:
             w.op("PAD", [x, paddings], [y], s.PadOptionsT())
         else:
@@ -283,11 +345,14 @@ class _Lowering:
     # --- layers -------------------------------------------------------------------------------
     def conv(self, layer: Layer, x: int, out: int) -> None:
         a, s, w = layer.attrs, self.s, self.w
-        k, stride, groups = a["kernel"], a["stride"], a["groups"]
+        stride, groups, d = a["stride"], a["groups"], a.get("dilation", 1)
         weight, bias = layer.weights["weight"], layer.weights["bias"]
-        cout, cin_g = weight.shape[:2]
+        cout, cin_g, kh, kw = weight.shape
         cin = cin_g * groups
-        x, padding = self.padded(x, k, stride, a["pad"], same_ok=True)
+        extent = (d * (kh - 1) + 1, d * (kw - 1) + 1)
+        x, padding = self.padded(x, extent, stride, (a["pad"], a.get("pad_w", a["pad"])),
+                                 same_ok=True)
+        params = _act_params(layer)
         if groups == 1 or (groups > 1 and self.native_groups and groups != cin):
             wt = w.const("filter", weight.transpose(0, 2, 3, 1))  # OIHW -> OHWI
             bt = w.const("bias", bias)
@@ -295,7 +360,8 @@ class _Lowering:
             w.with_act(a["act"], out, lambda t, f: w.op(
                 "CONV_2D", [x, wt, bt], [t],
                 s.Conv2DOptionsT(padding=padding, strideW=stride, strideH=stride,
-                                 fusedActivationFunction=f), version))
+                                 dilationWFactor=d, dilationHFactor=d,
+                                 fusedActivationFunction=f), version), params)
         elif groups == cin:  # depthwise, with depth multiplier cout / cin
             wt = w.const("filter", weight.transpose(1, 2, 3, 0))  # [1, kh, kw, cout]
             bt = w.const("bias", bias)
@@ -303,14 +369,16 @@ class _Lowering:
                 "DEPTHWISE_CONV_2D", [x, wt, bt], [t],
                 s.DepthwiseConv2DOptionsT(padding=padding, strideW=stride, strideH=stride,
                                           depthMultiplier=cout // cin,
-                                          fusedActivationFunction=f)))
+                                          dilationWFactor=d, dilationHFactor=d,
+                                          fusedActivationFunction=f), 2 if d > 1 else 1),
+                params)
         else:
             self.split_conv(layer, x, padding, out)
 
     def split_conv(self, layer: Layer, x: int, padding: int, out: int) -> None:
         """Grouped conv as SPLIT + per-group CONV_2D + CONCATENATION (channels are contiguous)."""
         a, s, w = layer.attrs, self.s, self.w
-        stride, groups = a["stride"], a["groups"]
+        stride, groups, d = a["stride"], a["groups"], a.get("dilation", 1)
         weight, bias = layer.weights["weight"], layer.weights["bias"]
         cout_g = weight.shape[0] // groups
         n, h, wd, c = w.shape(x)
@@ -327,6 +395,7 @@ class _Lowering:
             y = w.temp(oshape[:3] + [cout_g], "group_out")
             w.op("CONV_2D", [part, wt, bt], [y],
                  s.Conv2DOptionsT(padding=padding, strideW=stride, strideH=stride,
+                                  dilationWFactor=d, dilationHFactor=d,
                                   fusedActivationFunction=fused_code))
             outs.append(y)
         if a["act"] in _FUSABLE:
@@ -334,7 +403,7 @@ class _Lowering:
             return
         cat = w.temp(oshape, "group_cat")
         w.op("CONCATENATION", outs, [cat], s.ConcatenationOptionsT(axis=3))
-        w.activation(cat, a["act"], out)
+        w.activation(cat, a["act"], out, _act_params(layer))
 
     def linear(self, layer: Layer, x: int, out: int) -> None:
         a, s, w = layer.attrs, self.s, self.w
@@ -348,30 +417,207 @@ class _Lowering:
         bt = w.const("bias", bias)
         w.with_act(a["act"], out, lambda t, f: w.op(
             "FULLY_CONNECTED", [x, wt, bt], [t],
-            s.FullyConnectedOptionsT(fusedActivationFunction=f)))
+            s.FullyConnectedOptionsT(fusedActivationFunction=f)), _act_params(layer))
 
     def pool(self, layer: Layer, x: int, out: int) -> None:
         a, s, w = layer.attrs, self.s, self.w
         k, stride, pad = a["kernel"], a["stride"], a["pad"]
         if a["pool"] == "avg":  # TFLite SAME excludes padding from the count: never use it
-            x, padding, name = *self.padded(x, k, stride, pad, same_ok=False), "AVERAGE_POOL_2D"
+            x, padding = self.padded(x, (k, k), stride, (pad, pad), same_ok=False)
+            name = "AVERAGE_POOL_2D"
         elif a["pool"] == "max":
             # SAME ignores padding, which equals padding with -inf. Where SAME would misplace
             # the windows, PADV2 runs on the builtin kernels: XNNPACK does not take it.
             low = float(np.finfo(np.float32).min)
-            x, padding, name = *self.padded(x, k, stride, pad, same_ok=True, value=low), \
-                "MAX_POOL_2D"
+            x, padding = self.padded(x, (k, k), stride, (pad, pad), same_ok=True, value=low)
+            name = "MAX_POOL_2D"
         else:
             raise ExportError(f"TFLite export has no pool type {a['pool']!r}")
         w.op(name, [x], [out], s.Pool2DOptionsT(padding=padding, strideW=stride, strideH=stride,
                                                 filterWidth=k, filterHeight=k))
 
+    # --- transformer layers -------------------------------------------------------------------
+    def tlinear(self, layer: Layer, xs: list[int], out: int) -> None:
+        """FULLY_CONNECTED over the last axis, other axes kept (keep_num_dims: version 5)."""
+        s, w = self.s, self.w
+        wt = w.const("weights", np.ascontiguousarray(layer.weights["weight"]))
+        bt = w.const("bias", layer.weights["bias"])
+        w.with_act(layer.attrs["act"], out, lambda t, f: w.op(
+            "FULLY_CONNECTED", [xs[0], wt, bt], [t],
+            s.FullyConnectedOptionsT(fusedActivationFunction=f, keepNumDims=True), 5),
+            _act_params(layer))
+
+    def normalize(self, layer: Layer, x: int, out: int, axes: list[int]) -> None:
+        """(x - mean) * rsqrt(var + eps) * scale + bias over `axes` (stored axes), scale and
+        bias along the last axis: layer and instance normalization as the converter writes
+        them."""
+        s, w = self.s, self.w
+        shape = w.shape(x)
+        reduced = [1 if i in axes else d for i, d in enumerate(shape)]
+        axes_t = w.const("axes", np.asarray(axes, np.int32))
+        mean = w.temp(reduced, "mean")
+        w.op("MEAN", [x, axes_t], [mean], s.ReducerOptionsT(keepDims=True))
+        centred = w.temp(shape, "centred")
+        w.op("SUB", [x, mean], [centred], s.SubOptionsT())
+        square = w.temp(shape, "square")
+        w.op("MUL", [centred, centred], [square], s.MulOptionsT())
+        var = w.temp(reduced, "var")
+        w.op("MEAN", [square, axes_t], [var], s.ReducerOptionsT(keepDims=True))
+        var_eps = w.temp(reduced, "var_eps")
+        eps = w.const("eps", np.asarray([layer.attrs["eps"]], np.float32))
+        w.op("ADD", [var, eps], [var_eps], s.AddOptionsT())
+        inv = w.temp(reduced, "rsqrt")
+        w.op("RSQRT", [var_eps], [inv])
+        normed = w.temp(shape, "normed")
+        w.op("MUL", [centred, inv], [normed], s.MulOptionsT())
+        scaled = w.temp(shape, "scaled")
+        w.op("MUL", [normed, w.const("scale", layer.weights["scale"])], [scaled], s.MulOptionsT())
+        w.op("ADD", [scaled, w.const("bias", layer.weights["bias"])], [out], s.AddOptionsT())
+
+    def cat_const(self, layer: Layer, xs: list[int], out: int) -> None:
+        """The constant (tiled to the batch) then x, along the axis (plain tensors)."""
+        batch = self.w.shape(xs[0])[0]
+        token = np.ascontiguousarray(np.repeat(layer.weights["value"], batch, axis=0))
+        self.w.op("CONCATENATION", [self.w.const("token", token), xs[0]], [out],
+                  self.s.ConcatenationOptionsT(axis=layer.attrs["axis"]))
+
+    # --- the rest of the common op set ----------------------------------------------------------
+    def convt(self, layer: Layer, xs: list[int], out: int) -> None:
+        """TRANSPOSE_CONV with VALID padding (output (in - 1) * stride + kernel, or more when
+        the output padding reaches past it), then the PyTorch padding sliced off each side."""
+        a, s, w = layer.attrs, self.s, self.w
+        if a["groups"] != 1:
+            raise ExportError(f"TFLite has no grouped transposed convolution (TRANSPOSE_CONV "
+                              f"has no groups): layer {layer.output} with groups={a['groups']}")
+        k, stride, pad = a["kernel"], a["stride"], a["pad"]
+        n, h, wd, _ = w.shape(xs[0])
+        oshape = w.shape(out)
+        full = [max((d - 1) * stride + k, pad + o) for d, o in ((h, oshape[1]), (wd, oshape[2]))]
+        weight = layer.weights["weight"].transpose(1, 2, 3, 0)  # [cin, cout, kh, kw] -> OHWI
+        raw_shape = [n, *full, oshape[3]]
+        inputs = [w.const("output_shape", np.asarray(raw_shape, np.int32)),
+                  w.const("filter", np.ascontiguousarray(weight)), xs[0],
+                  w.const("bias", layer.weights["bias"])]
+
+        def emit(target: int, fused: int) -> None:
+            w.op("TRANSPOSE_CONV", inputs, [target],
+                 s.TransposeConvOptionsT(padding=s.Padding.VALID, strideW=stride, strideH=stride,
+                                         fusedActivationFunction=fused), 3)
+
+        if raw_shape == oshape:  # no padding to slice off
+            w.with_act(a["act"], out, emit, _act_params(layer))
+            return
+        raw = w.temp(raw_shape, "convt_full")
+        emit(raw, w.fused("none"))
+        sliced = out if a["act"] == "none" else w.temp(oshape, "convt_crop")
+        w.op("SLICE", [raw, w.const("begin", np.asarray([0, pad, pad, 0], np.int32)),
+                       w.const("size", np.asarray(oshape, np.int32))], [sliced],
+             s.SliceOptionsT())
+        if sliced != out:
+            w.activation(sliced, a["act"], out, _act_params(layer))
+
+    def resize(self, layer: Layer, xs: list[int], out: int) -> None:
+        s, w = self.s, self.w
+        size = w.const("size", np.asarray(w.shape(out)[1:3], np.int32))
+        if layer.attrs["mode"] == "nearest":  # floor(dst * in / out), as PyTorch's nearest
+            w.op("RESIZE_NEAREST_NEIGHBOR", [xs[0], size], [out],
+                 s.ResizeNearestNeighborOptionsT(alignCorners=False, halfPixelCenters=False))
+        else:
+            w.op("RESIZE_BILINEAR", [xs[0], size], [out],
+                 s.ResizeBilinearOptionsT(alignCorners=False, halfPixelCenters=True), 3)
+
+    def pad(self, layer: Layer, xs: list[int], out: int) -> None:
+        s, w = self.s, self.w
+        p = layer.attrs["pad"]
+        paddings = w.const("paddings", np.asarray([[0, 0], [p, p], [p, p], [0, 0]], np.int32))
+        if layer.attrs["mode"] == "constant":
+            w.op("PAD", [xs[0], paddings], [out], s.PadOptionsT())
+        else:
+            w.op("MIRROR_PAD", [xs[0], paddings], [out],
+                 s.MirrorPadOptionsT(mode=s.MirrorPadMode.REFLECT))
+
+    def slice(self, layer: Layer, xs: list[int], out: int) -> None:
+        s, w = self.s, self.w
+        a = layer.attrs
+        shape = w.shape(xs[0])
+        axis = _NHWC_AXIS[a["axis"]] if len(shape) == 4 else a["axis"]
+        begin, end = [0] * len(shape), list(shape)
+        begin[axis], end[axis] = a["start"], a["end"]
+        w.op("STRIDED_SLICE", [xs[0], w.const("begin", np.asarray(begin, np.int32)),
+                               w.const("end", np.asarray(end, np.int32)),
+                               w.const("strides", np.ones(len(shape), np.int32))], [out],
+             s.StridedSliceOptionsT())
+
+    def shuffle(self, layer: Layer, xs: list[int], out: int) -> None:
+        """NHWC channel shuffle: [N*H*W, g, C/g] -> TRANSPOSE (0, 2, 1) -> [N, H, W, C]."""
+        s, w = self.s, self.w
+        n, h, wd, c = w.shape(xs[0])
+        g = layer.attrs["groups"]
+        grouped = w.temp([n * h * wd, g, c // g], "groups")
+        w.op("RESHAPE", [xs[0], w.const("shape", np.asarray([n * h * wd, g, c // g], np.int32))],
+             [grouped], s.ReshapeOptionsT(newShape=[n * h * wd, g, c // g]))
+        swapped = w.temp([n * h * wd, c // g, g], "swapped")
+        w.op("TRANSPOSE", [grouped, w.const("perm", np.asarray([0, 2, 1], np.int32))],
+             [swapped], s.TransposeOptionsT())
+        w.op("RESHAPE", [swapped, w.const("shape", np.asarray([n, h, wd, c], np.int32))], [out],
+             s.ReshapeOptionsT(newShape=[n, h, wd, c]))
+
+
+def _act_params(layer: Layer) -> dict[str, Any]:
+    """leakyrelu's alpha and prelu's slope of a layer (TFLite's slope runs along the last
+    axis, where NHWC keeps the channels)."""
+    return {"alpha": layer.attrs.get("alpha", LEAKY_ALPHA), "slope": layer.weights.get("slope")}
+
+
+def _simple(name: str, options: str | None = None, **values: Any) -> Any:
+    """A lowering that is one operator on the layer's inputs."""
+    def lower(self: _Lowering, layer: Layer, xs: list[int], out: int) -> None:
+        opts = getattr(self.s, options)(**values) if options else None
+        self.w.op(name, xs, [out], opts)
+    return lower
+
+
+_LOWERINGS: dict[str, Any] = {
+    "tlinear": _Lowering.tlinear,
+    "bmm": _simple("BATCH_MATMUL", "BatchMatMulOptionsT"),
+    "softmax": _simple("SOFTMAX", "SoftmaxOptionsT", beta=1.0),
+    "layernorm": lambda self, layer, xs, out: self.normalize(
+        layer, xs[0], out, [len(self.w.shape(xs[0])) - 1]),
+    "transpose": lambda self, layer, xs, out: self.w.op(
+        "TRANSPOSE", [xs[0], self.w.const("perm", np.asarray(layer.attrs["perm"], np.int32))],
+        [out], self.s.TransposeOptionsT()),
+    "cat_const": _Lowering.cat_const,
+    "gather": lambda self, layer, xs, out: self.w.op(
+        "GATHER", [xs[0], self.w.const("index", np.asarray(layer.attrs["index"], np.int32))],
+        [out], self.s.GatherOptionsT(axis=layer.attrs["axis"])),
+    "add_const": lambda self, layer, xs, out: self.w.op(
+        "ADD", [xs[0], self.w.const("value", layer.weights["value"])], [out],
+        self.s.AddOptionsT()),
+    "convt": _Lowering.convt,
+    "resize": _Lowering.resize,
+    "pad": _Lowering.pad,
+    "slice": _Lowering.slice,
+    "instnorm": lambda self, layer, xs, out: self.normalize(layer, xs[0], out, [1, 2]),
+    "reduce": lambda self, layer, xs, out: self.w.op(
+        "MEAN", [xs[0], self.w.const("axes", np.asarray(
+            [_NHWC_AXIS[a] for a in layer.attrs["axes"]], np.int32))], [out],
+        self.s.ReducerOptionsT(keepDims=True)),
+    "shuffle": _Lowering.shuffle,
+}
+
+
+def tflite_shape(graph: LayerGraph, name: str) -> list[int]:
+    """How the TFLite model stores tensor `name`: NHWC for an image, else its own shape."""
+    shape = graph.shapes[name]
+    return _nhwc(shape) if graph.is_image(name) else [int(d) for d in shape]
+
 
 def to_tflite(graph: LayerGraph, name: str = "latbench", *, native_groups: bool = True) -> bytes:
     """Serialise a graph as a TFLite model (float32, fixed shapes, NHWC inputs and outputs).
 
-    Inputs and the output are NHWC (or [N, C] after a linear layer): callers transpose NCHW
-    data with `(0, 2, 3, 1)` on the way in and `(0, 3, 1, 2)` on the way out.
+    Image inputs and outputs are NHWC (or [N, C] after a linear layer): callers transpose NCHW
+    data with `(0, 2, 3, 1)` on the way in and `(0, 3, 1, 2)` on the way out; plain tensors
+    (see `tflite_shape`) keep their shape.
     `native_groups=False` lowers grouped convolutions to SPLIT + CONV_2D + CONCATENATION.
     """
     return _Lowering(graph, native_groups).run(name)

@@ -16,6 +16,7 @@ from latbench.cli.common import (
     campaign_config,
     campaign_done,
     devices,
+    networks_help,
     one_device,
     report_failures,
     runtime_names,
@@ -207,9 +208,7 @@ def add_commands(sub: Any) -> None:
         description="Measure whole networks end to end on a device or a fleet and store the "
                     "records in a Parquet dataset. Rerunning the same command resumes.")
     nets.add_argument("--networks", required=True,
-                      help="network set: comma-separated NAME:COUNT (nasbench-macro, proxyless, "
-                           "nasbench201, mobilenetv2, mobilenetv3, efficientnet, resnet) and/or "
-                           ".onnx paths")
+                      help=networks_help())
     nets.add_argument("--runtime", choices=runtimes, nargs="+", default=None,
                       help="runtime(s) (default as for `bench ops`)")
     nets.add_argument("--seed", type=int, default=0, help="seed for sampling networks")

@@ -23,6 +23,17 @@ PASSES_HELP = ("measure the networks N times, one whole pass after another, and 
                "several percent between passes (the report gives the spread); default 1")
 
 
+def networks_help(default: str | None = None) -> str:
+    """--networks help naming every registered space and family."""
+    from latbench.bench.families import list_families
+    from latbench.bench.spaces import SPACES
+
+    text = (f"network set: comma-separated NAME:COUNT (search spaces: {', '.join(sorted(SPACES))};"
+            f" families: {', '.join(list_families())}) and/or paths of .onnx/.tflite files or "
+            "folders of them")
+    return f"{text} (default {default})" if default else text
+
+
 def runtime_names() -> list[str]:
     """Every registered runtime, for --runtime choices."""
     from latbench.bench.runners import RUNNERS

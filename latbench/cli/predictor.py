@@ -4,8 +4,11 @@ dataset, predict a model, and score predictors on held-out networks measured on 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latbench.cli.common import (
     PASSES_HELP,
@@ -15,12 +18,16 @@ from latbench.cli.common import (
     add_statistic,
     campaign_config,
     json_params,
+    networks_help,
     one_device,
     report_failures,
     runtime_names,
 )
 from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
+
+if TYPE_CHECKING:
+    from latbench.predictor.model_level import NetworkPrediction, OutOfRange
 
 METRIC_HEADER = ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"]
 
@@ -97,29 +104,86 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from latbench.bench.model_files import parse_input_shapes
     from latbench.predictor.latency_predictor import LatencyPredictor
 
     path = Path(args.model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
+    shapes = parse_input_shapes(args.input_shape or [])
     predictor = LatencyPredictor.load(Path(args.predictor))
-    prediction = predictor.predict(path)
+    prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial)
+    for warning in prediction_warnings(path, prediction):
+        print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
         print_json({"model": str(path), "device": predictor.device,
                     "runtime": predictor.runtime, **prediction.to_json()})
         return 0
+    flags = prediction.range_flags()
     print_table(f"{path.name} on {predictor.device} / {predictor.runtime}",
-                ["kernel kind", "kernels", "predicted ms"],
-                [(kind, sum(1 for s, _ in prediction.kernels if s.kind == kind), f"{ms:.4f}")
+                ["kernel kind", "kernels", "outside range", "predicted ms"],
+                [(kind, sum(1 for s, _ in prediction.kernels if s.kind == kind),
+                  sum(1 for (s, _), f in zip(prediction.kernels, flags, strict=True)
+                      if s.kind == kind and f is False), f"{ms:.4f}")
                  for kind, ms in sorted(prediction.by_kind().items())])
     print(f"predicted latency: {prediction.predicted_ms:.4f} ms "
-          f"(including {prediction.overhead_ms:.4f} ms runtime call overhead)")
-    if prediction.out_of_range:
-        outside = prediction.out_of_range
-        print(f"outside the training range ({len(outside)}): "
-              + "; ".join(o.describe() for o in outside[:5])
-              + (f"; and {len(outside) - 5} more" if len(outside) > 5 else ""))
+          f"(including {prediction.overhead_ms:.4f} ms runtime call overhead)"
+          + (" - partial, see the warning" if prediction.partial else ""))
+    if prediction.coverage is not None:
+        print(f"coverage: {prediction.coverage:.1%} of the predicted kernel time comes from "
+              "kernels inside the predictor's training range")
     return 0
+
+
+WORST_SHOWN = 3
+
+
+def prediction_warnings(path: Path, prediction: NetworkPrediction) -> list[str]:
+    """One line per concern: a partial prediction, kernels outside the training range
+    (count per kind; the few furthest outside, each by its worst field), a predictor that
+    cannot tell."""
+    out = []
+    if prediction.partial:
+        nodes = sum(n for _, n in prediction.skipped_ops)
+        listed = ", ".join(f"{op} ({n} node{'s' if n > 1 else ''})"
+                           for op, n in prediction.skipped_ops)
+        why = f"; {prediction.skip_reasons[0]}" if prediction.skip_reasons else ""
+        out.append(f"partial prediction of {path}: {nodes} node{'s' if nodes > 1 else ''} "
+                   f"left out, priced as nothing: {listed}{why}")
+    flags = prediction.range_flags()
+    if prediction.coverage is None and prediction.kernels:
+        out.append("the predictor records no training ranges (saved by an older latbench): "
+                   "it cannot tell which kernels it extrapolates")
+    elif outside := [s.kind for (s, _), f in zip(prediction.kernels, flags, strict=True)
+                     if not f]:
+        per_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(Counter(outside).items()))
+        by_kernel: dict[str, OutOfRange] = {}
+        for o in prediction.out_of_range:  # each kernel by its field furthest outside
+            if o.kernel not in by_kernel or _excess(o) > _excess(by_kernel[o.kernel]):
+                by_kernel[o.kernel] = o
+        worst = sorted(by_kernel.values(), key=_excess, reverse=True)[:WORST_SHOWN]
+        out.append(f"{len(outside)} of {len(flags)} kernels lie outside the predictor's "
+                   f"training range ({per_kind}); {prediction.coverage:.0%} of the predicted "
+                   "kernel time comes from kernels inside it"
+                   + ("; worst: " + ", ".join(_outside_text(o) for o in worst) if worst
+                      else ""))
+    return out
+
+
+def _excess(outside: OutOfRange) -> float:
+    """How far a value lies outside its range, as a factor (2 = twice the largest seen)."""
+    if outside.value > outside.high:
+        return outside.value / outside.high if outside.high > 0 else math.inf
+    return outside.low / outside.value if outside.value > 0 else math.inf
+
+
+def _outside_text(outside: OutOfRange) -> str:
+    """`conv h 224 (trained 4-56)`; FLOPs in millions."""
+    kind = outside.kernel.partition(":")[0]
+    if outside.feature == "flops":
+        return (f"{kind} MFLOPs {outside.value / 1e6:.3g} (trained "
+                f"{outside.low / 1e6:.3g}-{outside.high / 1e6:.3g})")
+    return f"{kind} {outside.feature} {outside.value:g} (trained {outside.low:g}-{outside.high:g})"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -226,11 +290,23 @@ def _add_dataset_measuring(p: argparse.ArgumentParser, seed: int, seed_help: str
 
 def add_commands(sub: Any, pred_sub: Any) -> None:
     """`predict` at the top level; fit, eval, compare, adapt under `predictor`."""
-    predict = sub.add_parser("predict", help="predict the latency of an ONNX model")
-    predict.add_argument("model", help="ONNX file")
+    predict = sub.add_parser(
+        "predict", help="predict the latency of a model file (.onnx or .tflite)",
+        description="Split a model file into the kernels the predictor's runtime executes and "
+                    "price them. Kernels outside the predictor's training range are named on "
+                    "stderr; --json carries each kernel with its range check and the coverage "
+                    "(the share of predicted time from kernels inside the range).")
+    predict.add_argument("model", help="model file (.onnx, .tflite)")
     predict.add_argument("--predictor", required=True, help="predictor directory")
+    predict.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                         help="shape of an input with symbolic dims, e.g. input=1x3x224x224 "
+                              "(the batch may be left out); once per input")
+    predict.add_argument("--allow-partial", action="store_true",
+                         help="predict the ops latbench can price and name those left out, "
+                              "instead of refusing a model with unsupported ops")
     predict.add_argument("--json", action="store_true",
-                         help="print a JSON object (with predicted_ms and per-kernel figures)")
+                         help="print a JSON object (predicted_ms, coverage, per-kernel figures "
+                              "and range checks, skipped_ops)")
     predict.set_defaults(func=cmd_predict)
 
     fit = pred_sub.add_parser("fit", help="fit a per-kernel predictor on a dataset")
@@ -259,10 +335,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                     "family, with a predicted-vs-measured scatter plot.")
     ev.add_argument("--predictor", required=True, help="predictor directory")
     ev.add_argument("--networks", default="nasbench-macro:50",
-                    help="network set: comma-separated NAME:COUNT (search spaces: "
-                         "nasbench-macro, proxyless, nasbench201; families: mobilenetv2, "
-                         "mobilenetv3, efficientnet, resnet) and/or .onnx paths (default "
-                         "nasbench-macro:50)")
+                    help=networks_help("nasbench-macro:50"))
     ev.add_argument("--runtime", choices=runtime_names(),
                     help="runtime (default: the predictor's)")
     ev.add_argument("--out", help="report directory (default PREDICTOR/eval)")

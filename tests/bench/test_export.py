@@ -14,7 +14,7 @@ from latbench.bench.export.graph import GraphBuilder, Layer, LayerGraph, chain_g
 from latbench.bench.export.reference import run_reference
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.export.to_tflite import same_padding_matches, to_tflite
-from latbench.bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.ops import ACTIVATIONS, ALL_ACTIVATIONS, MORE_ACTIVATIONS, OpSpec
 from latbench.errors import ExportError
 
 REL_TOL = 1e-4
@@ -76,6 +76,33 @@ def _spec_cases() -> list[OpSpec]:
     ]
     cases += [s("act", h=5, w=5, cin=6, act=act) for act in ACTIVATIONS]
     cases += [s("conv", h=6, w=6, cin=4, cout=6, kernel=3, act=act) for act in ACTIVATIONS]
+    # the kinds, fields and activations added for transformers and the common op set
+    # (tests/bench/test_export_kinds.py checks them against PyTorch modules, more shapes each)
+    cases += [
+        s("conv", h=9, w=11, cin=4, cout=6, kernel=1, kernel_w=7),
+        s("conv", h=9, w=9, cin=4, cout=6, kernel=3, dilation=2, stride=2, act="relu"),
+        s("dwconv", h=9, w=11, cin=4, kernel=5, kernel_w=1, stride=2, act="leakyrelu",
+          alpha=0.2),
+        s("concat", h=6, w=6, cin=8, groups=2, axes="2"),
+        s("tlinear", tokens=7, cin=8, cout=12, act="gelu", batch=2),
+        s("bmm", heads=3, tokens=5, cin=4, cout=5, batch=2),
+        s("softmax", heads=3, tokens=5, cin=6),
+        s("layernorm", tokens=5, cin=16, batch=2),
+        s("transpose", h=3, w=4, cin=5, axes="0213", batch=2),
+        s("clstoken", tokens=5, cin=8, batch=2),
+        s("gather", tokens=5, cin=8, batch=2),
+        s("posembed", tokens=5, cin=8, batch=2),
+        s("convt", h=5, w=6, cin=4, cout=6, kernel=3, stride=2, pad=1, out_pad=1, act="relu"),
+        s("resize", h=5, w=6, cin=4, scale=2, mode="bilinear"),
+        s("resize", h=5, w=6, cin=4, scale=3, mode="nearest"),
+        s("pad", h=5, w=6, cin=4, pad=2, mode="reflect"),
+        s("slice", h=5, w=6, cin=8, cout=3),
+        s("instnorm", h=5, w=6, cin=8),
+        s("reduce", h=5, w=6, cin=8, axes="23"),
+        s("shuffle", h=5, w=6, cin=8, groups=2),
+    ]
+    cases += [s("act", h=5, w=5, cin=6, act=act) for act in MORE_ACTIVATIONS]
+    cases += [s("conv", h=6, w=6, cin=4, cout=6, kernel=3, act=act) for act in MORE_ACTIVATIONS]
     return cases
 
 
@@ -104,9 +131,15 @@ def _nchw(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
 
 
-def run_tflite(model: bytes, inputs: dict[str, np.ndarray], resolver: str) -> np.ndarray:
-    """Run a TFLite model on NCHW inputs (matched by tensor name); returns the output NCHW."""
+def run_tflite(model: bytes, inputs: dict[str, np.ndarray], resolver: str,
+               graph: LayerGraph | None = None) -> np.ndarray:
+    """Run a TFLite model on NCHW inputs (matched by tensor name); returns the output NCHW.
+    With `graph`, only its image tensors are NHWC in the model (plain ones keep their shape);
+    without, every 4-D tensor is."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def image(name: str) -> bool:
+        return graph is None or graph.is_image(name)
 
     kind = (OpResolverType.AUTO if resolver == "xnnpack"
             else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -116,11 +149,13 @@ def run_tflite(model: bytes, inputs: dict[str, np.ndarray], resolver: str) -> np
     details = interpreter.get_input_details()
     assert sorted(d["name"] for d in details) == sorted(inputs)
     for d in details:
-        x = _nhwc(inputs[d["name"]])
+        x = inputs[d["name"]]
+        x = _nhwc(x) if image(d["name"]) else x
         assert tuple(d["shape"]) == x.shape
         interpreter.set_tensor(d["index"], np.ascontiguousarray(x))
     interpreter.invoke()
-    return _nchw(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return _nchw(out) if graph is None or image(graph.output_name) else out
 
 
 def run_onnx(model: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,7 +184,7 @@ def _check_graph(graph: LayerGraph, seed: int = 1, **tflite_kwargs: object) -> N
     _check("onnx", run_onnx(to_onnx(graph), inputs), ref)
     model = to_tflite(graph, **tflite_kwargs)
     for resolver in RESOLVERS:
-        _check(f"tflite/{resolver}", run_tflite(model, inputs, resolver), ref)
+        _check(f"tflite/{resolver}", run_tflite(model, inputs, resolver, graph), ref)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[spec.key() for spec in SPECS])
@@ -173,7 +208,7 @@ def test_every_kind_and_activation_is_covered() -> None:
 
     assert {s.kind for s in SPECS} == set(OP_KINDS)
     assert {s.pool for s in SPECS if s.kind == "pool"} == set(POOL_TYPES)
-    assert {s.act for s in SPECS if s.kind == "act"} == set(ACTIVATIONS)
+    assert {s.act for s in SPECS if s.kind == "act"} == set(ALL_ACTIVATIONS)
 
 
 def test_network_matches_reference() -> None:
@@ -225,6 +260,38 @@ def _op_names(model: bytes) -> list[str]:
     (OpSpec("act", h=4, w=4, cin=4, act="hsigmoid"), ["ADD", "MUL"]),
     (OpSpec("linear", cin=8, cout=4, act="relu"), ["FULLY_CONNECTED"]),
     (OpSpec("concat", h=4, w=4, cin=9, groups=3), ["CONCATENATION"]),
+    (OpSpec("concat", h=4, w=4, cin=9, groups=2, axes="3"), ["CONCATENATION"]),
+    (OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3, dilation=2), ["CONV_2D"]),
+    (OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=1, kernel_w=7), ["CONV_2D"]),
+    (OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=7, kernel_w=1, stride=2),
+     ["PAD", "CONV_2D"]),
+    (OpSpec("dwconv", h=8, w=8, cin=4, kernel=3, dilation=2, act="relu6"),
+     ["DEPTHWISE_CONV_2D"]),
+    (OpSpec("tlinear", tokens=5, cin=8, cout=4, act="relu"), ["FULLY_CONNECTED"]),
+    (OpSpec("tlinear", tokens=5, cin=8, cout=4, act="gelu"), ["FULLY_CONNECTED", "GELU"]),
+    (OpSpec("bmm", heads=2, tokens=5, cin=4, cout=5), ["BATCH_MATMUL"]),
+    (OpSpec("softmax", heads=2, tokens=5, cin=5), ["SOFTMAX"]),
+    (OpSpec("layernorm", tokens=5, cin=8),
+     ["MEAN", "SUB", "MUL", "MEAN", "ADD", "RSQRT", "MUL", "MUL", "ADD"]),
+    (OpSpec("transpose", h=2, w=4, cin=5, axes="0213"), ["TRANSPOSE"]),
+    (OpSpec("clstoken", tokens=5, cin=8), ["CONCATENATION"]),
+    (OpSpec("gather", tokens=5, cin=8), ["GATHER"]),
+    (OpSpec("posembed", tokens=5, cin=8), ["ADD"]),
+    (OpSpec("convt", h=4, w=4, cin=4, cout=8, kernel=2, stride=2), ["TRANSPOSE_CONV"]),
+    (OpSpec("convt", h=4, w=4, cin=4, cout=8, kernel=4, stride=2, pad=1),
+     ["TRANSPOSE_CONV", "SLICE"]),
+    (OpSpec("resize", h=4, w=4, cin=4, scale=2), ["RESIZE_NEAREST_NEIGHBOR"]),
+    (OpSpec("resize", h=4, w=4, cin=4, scale=2, mode="bilinear"), ["RESIZE_BILINEAR"]),
+    (OpSpec("pad", h=4, w=4, cin=4, pad=1), ["PAD"]),
+    (OpSpec("pad", h=4, w=4, cin=4, pad=1, mode="reflect"), ["MIRROR_PAD"]),
+    (OpSpec("slice", h=4, w=4, cin=8, cout=3), ["STRIDED_SLICE"]),
+    (OpSpec("reduce", h=4, w=4, cin=8, axes="1"), ["MEAN"]),
+    (OpSpec("shuffle", h=4, w=4, cin=8, groups=2), ["RESHAPE", "TRANSPOSE", "RESHAPE"]),
+    (OpSpec("act", h=4, w=4, cin=4, act="gelu_tanh"), ["GELU"]),
+    (OpSpec("act", h=4, w=4, cin=4, act="leakyrelu"), ["LEAKY_RELU"]),
+    (OpSpec("act", h=4, w=4, cin=4, act="prelu"), ["PRELU"]),
+    (OpSpec("act", h=4, w=4, cin=4, act="tanh"), ["TANH"]),
+    (OpSpec("act", h=4, w=4, cin=4, act="mish"), ["EXP", "ADD", "LOG", "TANH", "MUL"]),
 ])
 def test_operators_emitted(spec: OpSpec, ops: list[str]) -> None:
     """Fused activations stay fused and PAD appears exactly where SAME would be wrong."""
@@ -279,11 +346,11 @@ def test_same_padding_matches(size: int, kernel: int, stride: int, pad: int, sam
 
 def test_unknown_layer_op_and_activation_raise() -> None:
     graph = spec_graph(OpSpec("act", h=2, w=2, cin=2, act="relu"))
-    bad_act = LayerGraph(graph.inputs, [Layer("act", graph.inputs, "y", {"act": "gelu"})], "y",
+    bad_act = LayerGraph(graph.inputs, [Layer("act", graph.inputs, "y", {"act": "celu"})], "y",
                          {**graph.shapes, "y": graph.shapes[graph.inputs[0]]})
-    with pytest.raises(ExportError, match="gelu"):
+    with pytest.raises(ExportError, match="celu"):
         to_tflite(bad_act)
-    bad_op = LayerGraph(graph.inputs, [Layer("softmax", graph.inputs, "y")], "y",
+    bad_op = LayerGraph(graph.inputs, [Layer("warp", graph.inputs, "y")], "y",
                         {**graph.shapes, "y": graph.shapes[graph.inputs[0]]})
-    with pytest.raises(ExportError, match="softmax"):
+    with pytest.raises(ExportError, match="warp"):
         to_tflite(bad_op)

@@ -3,12 +3,27 @@ normalisation, refusals and the decomposition of fused mbconv kernels."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import fields
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from latbench.bench.ops import ACTIVATIONS, KEY_FIELDS, OP_KINDS, OpSpec, decompose, se_gate
+from latbench.bench.ops import (
+    ACTIVATIONS,
+    ALL_ACTIVATIONS,
+    KEY_FIELDS,
+    OP_KINDS,
+    OPTIONAL_FIELDS,
+    OpSpec,
+    decompose,
+    se_gate,
+)
 from latbench.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # (spec, key it must produce). Copied from the code when these tests were written: a change that
 # alters any of them silently orphans every stored dataset and predictor, so it must fail here.
@@ -50,11 +65,64 @@ GOLDEN: list[tuple[OpSpec, str]] = [
      "se:n=1,h=7,w=7,cin=96,e=0.5,act=hsigmoid,dtype=float32"),
     (OpSpec("concat", h=16, w=16, cin=96, groups=3),
      "concat:n=1,h=16,w=16,cin=96,g=3,dtype=float32"),
+    # the transformer kinds
+    (OpSpec("tlinear", tokens=197, cin=768, cout=3072, act="gelu"),
+     "tlinear:n=1,t=197,cin=768,cout=3072,act=gelu,dtype=float32"),
+    (OpSpec("bmm", heads=12, tokens=197, cin=64, cout=197),
+     "bmm:n=1,heads=12,t=197,cin=64,cout=197,dtype=float32"),
+    (OpSpec("softmax", heads=12, tokens=197, cin=197),
+     "softmax:n=1,heads=12,t=197,cin=197,dtype=float32"),
+    (OpSpec("layernorm", tokens=197, cin=768, batch=2),
+     "layernorm:n=2,t=197,cin=768,dtype=float32"),
+    (OpSpec("transpose", h=12, w=64, cin=197, axes="0213"),
+     "transpose:n=1,h=12,w=64,cin=197,axes=0213,dtype=float32"),
+    (OpSpec("clstoken", tokens=196, cin=768),
+     "clstoken:n=1,t=196,cin=768,dtype=float32"),
+    (OpSpec("gather", tokens=197, cin=768),
+     "gather:n=1,t=197,cin=768,dtype=float32"),
+    (OpSpec("posembed", tokens=197, cin=384),
+     "posembed:n=1,t=197,cin=384,dtype=float32"),
+    # the rest of the common op set
+    (OpSpec("convt", h=16, w=16, cin=64, cout=32, kernel=2, stride=2),
+     "convt:n=1,h=16,w=16,cin=64,cout=32,k=2,s=2,p=0,g=1,act=none,dtype=float32"),
+    (OpSpec("resize", h=16, w=16, cin=64, scale=2, mode="bilinear"),
+     "resize:n=1,h=16,w=16,cin=64,scale=2,mode=bilinear,dtype=float32"),
+    (OpSpec("pad", h=16, w=16, cin=64, pad=1),
+     "pad:n=1,h=16,w=16,cin=64,p=1,mode=constant,dtype=float32"),
+    (OpSpec("slice", h=28, w=28, cin=116, cout=58),
+     "slice:n=1,h=28,w=28,cin=116,cout=58,dtype=float32"),
+    (OpSpec("instnorm", h=64, w=64, cin=32),
+     "instnorm:n=1,h=64,w=64,cin=32,dtype=float32"),
+    (OpSpec("reduce", h=7, w=7, cin=96, axes="23"),
+     "reduce:n=1,h=7,w=7,cin=96,axes=23,dtype=float32"),
+    (OpSpec("shuffle", h=28, w=28, cin=116, groups=2),
+     "shuffle:n=1,h=28,w=28,cin=116,g=2,dtype=float32"),
+]
+
+# Kinds extended with optional fields: the field appears after the kind's key fields, only
+# when it is not at its default.
+GOLDEN_OPTIONAL: list[tuple[OpSpec, str]] = [
+    (OpSpec("conv", h=33, w=33, cin=256, cout=256, kernel=3, dilation=6),
+     "conv:n=1,h=33,w=33,cin=256,cout=256,k=3,s=1,p=6,g=1,act=none,d=6,dtype=float32"),
+    (OpSpec("conv", h=17, w=17, cin=128, cout=128, kernel=1, kernel_w=7),
+     "conv:n=1,h=17,w=17,cin=128,cout=128,k=1,s=1,p=0,g=1,act=none,kw=7,pw=3,dtype=float32"),
+    (OpSpec("conv", h=17, w=17, cin=128, cout=192, kernel=7, kernel_w=1, act="relu"),
+     "conv:n=1,h=17,w=17,cin=128,cout=192,k=7,s=1,p=3,g=1,act=relu,kw=1,pw=0,dtype=float32"),
+    (OpSpec("dwconv", h=16, w=16, cin=96, kernel=3, dilation=2, act="leakyrelu", alpha=0.1),
+     "dwconv:n=1,h=16,w=16,cin=96,k=3,s=1,p=2,act=leakyrelu,d=2,alpha=0.1,dtype=float32"),
+    (OpSpec("act", h=8, w=8, cin=16, act="leakyrelu", alpha=0.2),
+     "act:n=1,h=8,w=8,cin=16,act=leakyrelu,alpha=0.2,dtype=float32"),
+    (OpSpec("concat", h=16, w=16, cin=32, groups=2, axes="3"),
+     "concat:n=1,h=16,w=16,cin=32,g=2,axes=3,dtype=float32"),
+    (OpSpec("convt", h=8, w=8, cin=32, cout=16, kernel=3, stride=2, pad=1, out_pad=1),
+     "convt:n=1,h=8,w=8,cin=32,cout=16,k=3,s=2,p=1,g=1,act=none,op=1,dtype=float32"),
 ]
 
 
 def test_golden_keys_cover_every_kind() -> None:
     assert {spec.kind for spec, _ in GOLDEN} == set(OP_KINDS)
+    assert {spec.kind for spec, _ in GOLDEN_OPTIONAL} == {
+        kind for kind, names in OPTIONAL_FIELDS.items() if set(names) - {"alpha"}} | {"act"}
 
 
 @pytest.mark.parametrize(("spec", "key"), GOLDEN, ids=[k.split(",")[0] + "..." + k[-30:]
@@ -73,7 +141,8 @@ def test_from_key_round_trip(spec: OpSpec, key: str) -> None:
 
 def test_key_lists_exactly_the_kind_fields() -> None:
     short = {"batch": "n", "kernel": "k", "stride": "s", "pad": "p", "groups": "g",
-             "expand": "e"}
+             "expand": "e", "tokens": "t", "dilation": "d", "kernel_w": "kw", "pad_w": "pw",
+             "out_pad": "op"}
     for spec, key in GOLDEN:
         names = [item.split("=")[0] for item in key.partition(":")[2].split(",")]
         assert names == [short.get(f, f) for f in KEY_FIELDS[spec.kind]] + ["dtype"]
@@ -174,7 +243,7 @@ def test_non_key_fields_are_defaults_after_normalising() -> None:
 # --- refusals ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(kind="conv3d"), "unknown op kind 'conv3d'"),
-    (dict(kind="conv", act="gelu"), "unknown activation 'gelu'"),
+    (dict(kind="conv", act="celu"), "unknown activation 'celu'"),
     (dict(kind="pool", pool="lp"), "unknown pool type 'lp'"),
     (dict(kind="conv", dtype="float16"), "unsupported dtype 'float16'"),
     (dict(kind="conv", h=0), "field h must be a positive integer"),
@@ -205,12 +274,12 @@ def test_bad_specs_raise_spec_error(kwargs: dict, match: str) -> None:
 
 def test_errors_name_what_is_known() -> None:
     with pytest.raises(SpecError) as info:
-        OpSpec("softmax")
+        OpSpec("warp")
     for kind in OP_KINDS:
         assert kind in str(info.value)
     with pytest.raises(SpecError) as info:
-        OpSpec("conv", act="tanh")
-    for act in ACTIVATIONS:
+        OpSpec("conv", act="softsign")
+    for act in ALL_ACTIVATIONS:
         assert act in str(info.value)
 
 
@@ -293,3 +362,216 @@ def test_decompose_leaves_other_kinds_alone() -> None:
             assert decompose(spec) == [spec]
         else:
             assert all(p.kind != "mbconv" for p in decompose(spec))
+
+
+# --- the kinds and fields added later -----------------------------------------------------------
+@pytest.mark.parametrize(("spec", "key"), GOLDEN_OPTIONAL, ids=[k[:60] for _, k in GOLDEN_OPTIONAL])
+def test_optional_fields_golden_key_and_round_trip(spec: OpSpec, key: str) -> None:
+    assert spec.key() == key
+    back = OpSpec.from_key(key)
+    assert back == spec and back.key() == key
+    assert back.output_shape == spec.output_shape
+    names = [item.split("=")[0] for item in key.partition(":")[2].split(",")]
+    fixed = len(KEY_FIELDS[spec.kind])
+    assert names[-1] == "dtype" and len(names) > fixed + 1  # something optional is written
+    long = {"d": "dilation", "kw": "kernel_w", "pw": "pad_w", "op": "out_pad"}
+    assert {long.get(n, n) for n in names[fixed:-1]} <= set(OPTIONAL_FIELDS[spec.kind])
+
+
+def _dataset_keys() -> set[str]:
+    """Every op key of the committed datasets."""
+    keys: set[str] = set()
+    for part in ROOT.glob("datasets/*/records/*.parquet"):
+        frame = pd.read_parquet(part, columns=["key", "subject"])
+        keys |= set(frame.loc[frame["subject"] == "op", "key"])
+    return keys
+
+
+def _fixture_keys() -> set[str]:
+    """Every op key in the saved predictor fixtures (expected kernels and networks, training
+    ranges, lookup tables, calibration networks)."""
+    pattern = re.compile(r"\b(?:{}):n=[^\"'|\s]*dtype=float32".format("|".join(OP_KINDS)))
+    keys: set[str] = set()
+    for path in (ROOT / "tests" / "data" / "predictors").rglob("*.json"):
+        keys |= set(pattern.findall(path.read_text()))
+    return keys
+
+
+def test_committed_keys_round_trip_unchanged() -> None:
+    """Keys written before the new kinds and fields existed parse to the same spec and print
+    byte for byte as they were stored."""
+    dataset, fixtures = _dataset_keys(), _fixture_keys()
+    assert len(dataset) > 400 and len(fixtures) > 20
+    expected = json.loads((ROOT / "tests/data/predictors/v2/xgboost/expected.json").read_text())
+    assert {k["key"] for k in expected["kernels"]} <= fixtures  # the pattern finds them
+    kinds = {key.partition(":")[0] for key in dataset | fixtures}
+    assert {"conv", "dwconv", "mbconv", "linear", "pool", "add"} <= kinds
+    defaults = {f.name: f.default for f in fields(OpSpec)}
+    for key in sorted(dataset | fixtures):
+        spec = OpSpec.from_key(key)
+        assert spec.key() == key
+        for name in OPTIONAL_FIELDS[spec.kind]:  # every optional field sits at its default
+            assert getattr(spec, name) == defaults[name], (key, name)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    # a square kernel, a symmetric pad and dilation 1 given explicitly are the plain conv
+    (dict(kind="conv", h=8, w=8, cin=16, kernel=3, kernel_w=3, pad_w=1, dilation=1),
+     dict(kind="conv", h=8, w=8, cin=16, kernel=3)),
+    (dict(kind="conv", h=8, w=8, cin=16, kernel=3, pad=0, pad_w=0),
+     dict(kind="conv", h=8, w=8, cin=16, kernel=3, pad=0)),
+    (dict(kind="dwconv", h=8, w=8, cin=16, kernel=5, kernel_w=5, dilation=1),
+     dict(kind="dwconv", h=8, w=8, cin=16, kernel=5)),
+    # alpha matters only to leakyrelu, and its default is not written
+    (dict(kind="conv", h=8, w=8, cin=16, kernel=3, act="relu", alpha=0.3),
+     dict(kind="conv", h=8, w=8, cin=16, kernel=3, act="relu")),
+    (dict(kind="act", h=8, w=8, cin=16, act="leakyrelu", alpha=0.01),
+     dict(kind="act", h=8, w=8, cin=16, act="leakyrelu")),
+    (dict(kind="concat", h=8, w=8, cin=16, groups=2, axes="1"),
+     dict(kind="concat", h=8, w=8, cin=16, groups=2)),
+    # fields a new kind ignores are reset; defaults are filled in
+    (dict(kind="tlinear", tokens=49, cin=96, h=7, w=7, kernel=3, heads=3, dilation=2),
+     dict(kind="tlinear", tokens=49, cin=96, cout=96)),
+    (dict(kind="bmm", heads=4, tokens=49, cin=32, h=3, axes="0213"),
+     dict(kind="bmm", heads=4, tokens=49, cin=32, cout=32)),
+    (dict(kind="softmax", heads=4, tokens=49, cin=49, act="gelu", groups=4),
+     dict(kind="softmax", heads=4, tokens=49, cin=49)),
+    (dict(kind="transpose", h=4, w=5, cin=6, axes="0231", tokens=9, mode="reflect"),
+     dict(kind="transpose", h=4, w=5, cin=6, axes="0231")),
+    (dict(kind="resize", h=4, w=4, cin=8, scale=2, pad=3),
+     dict(kind="resize", h=4, w=4, cin=8, scale=2, mode="nearest")),
+    (dict(kind="pad", h=4, w=4, cin=8, pad=1, scale=3),
+     dict(kind="pad", h=4, w=4, cin=8, pad=1, mode="constant")),
+    (dict(kind="convt", h=4, w=4, cin=8, kernel=2, stride=2, pad=-1),
+     dict(kind="convt", h=4, w=4, cin=8, cout=8, kernel=2, stride=2, pad=0)),
+    (dict(kind="reduce", h=4, w=4, cin=8, axes="23", groups=2),
+     dict(kind="reduce", h=4, w=4, cin=8, axes="23")),
+])
+def test_new_fields_normalise(a: dict, b: dict) -> None:
+    sa, sb = OpSpec(**a), OpSpec(**b)
+    assert sa.key() == sb.key()
+    assert sa == sb
+
+
+def test_non_square_and_dilated_padding_defaults() -> None:
+    spec = OpSpec("conv", h=10, w=12, cin=4, cout=8, kernel=1, kernel_w=7)
+    assert (spec.pad, spec.pad_w, spec.kernel_w) == (0, 3, 7)
+    assert spec.output_shape == (1, 8, 10, 12)
+    dilated = OpSpec("dwconv", h=10, w=10, cin=4, kernel=3, dilation=4)
+    assert dilated.pad == 4 and dilated.output_shape == (1, 4, 10, 10)
+    explicit = OpSpec("conv", h=10, w=10, cin=4, kernel=3, pad_w=0)  # pad default, pad_w given
+    assert (explicit.pad, explicit.pad_w) == (1, 0) and explicit.output_shape == (1, 4, 10, 8)
+    assert "pw=0" in explicit.key() and OpSpec.from_key(explicit.key()) == explicit
+    valid = OpSpec("conv", h=10, w=10, cin=4, kernel=3, dilation=2, pad=0, stride=2)
+    assert valid.output_shape == (1, 4, 3, 3)  # (10 - 2 * 2 - 1) // 2 + 1
+
+
+@pytest.mark.parametrize(("spec", "inputs", "output"), [
+    (OpSpec("tlinear", tokens=50, cin=64, cout=256, batch=2), [(2, 50, 64)], (2, 50, 256)),
+    (OpSpec("bmm", heads=3, tokens=50, cin=16, cout=50), [(1, 3, 50, 16), (1, 3, 16, 50)],
+     (1, 3, 50, 50)),
+    (OpSpec("bmm", heads=3, tokens=50, cin=50, cout=16), [(1, 3, 50, 50), (1, 3, 50, 16)],
+     (1, 3, 50, 16)),
+    (OpSpec("softmax", heads=3, tokens=50, cin=50), [(1, 3, 50, 50)], (1, 3, 50, 50)),
+    (OpSpec("layernorm", tokens=50, cin=64), [(1, 50, 64)], (1, 50, 64)),
+    (OpSpec("transpose", h=3, w=16, cin=50, axes="0213"), [(1, 50, 3, 16)], (1, 3, 50, 16)),
+    (OpSpec("transpose", h=3, w=16, cin=50, axes="0132"), [(1, 50, 3, 16)], (1, 50, 16, 3)),
+    (OpSpec("clstoken", tokens=49, cin=64), [(1, 49, 64)], (1, 50, 64)),
+    (OpSpec("gather", tokens=50, cin=64, batch=3), [(3, 50, 64)], (3, 64)),
+    (OpSpec("posembed", tokens=50, cin=64), [(1, 50, 64)], (1, 50, 64)),
+    (OpSpec("convt", h=7, w=9, cin=8, cout=4, kernel=3, stride=2, pad=1, out_pad=1),
+     [(1, 8, 7, 9)], (1, 4, 14, 18)),
+    (OpSpec("resize", h=7, w=9, cin=8, scale=3), [(1, 8, 7, 9)], (1, 8, 21, 27)),
+    (OpSpec("pad", h=7, w=9, cin=8, pad=2, mode="reflect"), [(1, 8, 7, 9)], (1, 8, 11, 13)),
+    (OpSpec("slice", h=7, w=9, cin=8, cout=3), [(1, 8, 7, 9)], (1, 3, 7, 9)),
+    (OpSpec("instnorm", h=7, w=9, cin=8), [(1, 8, 7, 9)], (1, 8, 7, 9)),
+    (OpSpec("reduce", h=7, w=9, cin=8, axes="23"), [(1, 8, 7, 9)], (1, 8, 1, 1)),
+    (OpSpec("reduce", h=7, w=9, cin=8, axes="1"), [(1, 8, 7, 9)], (1, 1, 7, 9)),
+    (OpSpec("shuffle", h=7, w=9, cin=8, groups=4), [(1, 8, 7, 9)], (1, 8, 7, 9)),
+    (OpSpec("concat", h=8, w=9, cin=6, groups=2, axes="2"), [(1, 6, 4, 9)] * 2, (1, 6, 8, 9)),
+    (OpSpec("concat", h=8, w=9, cin=6, groups=3, axes="3"), [(1, 6, 8, 3)] * 3, (1, 6, 8, 9)),
+])
+def test_new_kind_shapes(spec: OpSpec, inputs: list, output: tuple) -> None:
+    assert spec.input_shapes == inputs
+    assert spec.input_shape == (output if spec.kind == "concat" else inputs[0])
+    assert spec.output_shape == output
+    if len(output) == 4 and spec.kind != "bmm" and spec.kind != "softmax":
+        assert (spec.out_c, spec.out_h, spec.out_w) == output[1:]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(kind="tlinear", tokens=0), "field tokens must be a positive integer"),
+    (dict(kind="bmm", heads=0), "field heads must be a positive integer"),
+    (dict(kind="conv", dilation=0), "field dilation must be a positive integer"),
+    (dict(kind="conv", kernel_w=-1), "field kernel_w must be an integer >= 0"),
+    (dict(kind="conv", pad_w=1.5), "field pad_w must be an integer"),
+    (dict(kind="convt", out_pad=-1), "field out_pad must be an integer >= 0"),
+    (dict(kind="resize", scale=0), "field scale must be a positive integer"),
+    (dict(kind="act", act="leakyrelu", alpha=float("nan")), "field alpha must be a finite"),
+    (dict(kind="act", act="leakyrelu", alpha="0.1"), "field alpha must be a finite"),
+    (dict(kind="resize", mode=3), "field mode must be a string"),
+    (dict(kind="resize", h=4, w=4, scale=2, mode="cubic"), "resize mode must be one of"),
+    (dict(kind="pad", h=4, w=4, pad=1, mode="edge"), "pad mode must be one of"),
+    (dict(kind="pad", h=4, w=4), "field pad must be a positive integer"),
+    (dict(kind="pad", h=4, w=8, pad=4, mode="reflect"), "reflect pad 4 must be smaller"),
+    (dict(kind="transpose", h=2, w=2, cin=2, axes="0123"), "permutation of '0123'"),
+    (dict(kind="transpose", h=2, w=2, cin=2, axes="021"), "permutation of '0123'"),
+    (dict(kind="reduce", h=2, w=2, cin=2, axes=""), "reduce axes"),
+    (dict(kind="reduce", h=2, w=2, cin=2, axes="32"), "reduce axes"),
+    (dict(kind="reduce", h=2, w=2, cin=2, axes="0"), "reduce axes"),
+    (dict(kind="concat", h=4, w=4, cin=8, groups=2, axes="4"), "concat axes"),
+    (dict(kind="concat", h=5, w=4, cin=8, groups=2, axes="2"), "h=5 divisible by groups"),
+    (dict(kind="slice", h=4, w=4, cin=8, cout=8), "need 1 <= cout < cin"),
+    (dict(kind="slice", h=4, w=4, cin=8), "need 1 <= cout < cin"),
+    (dict(kind="shuffle", h=4, w=4, cin=9, groups=2), "shuffle groups=2"),
+    (dict(kind="shuffle", h=4, w=4, cin=8, groups=1), "shuffle groups=1"),
+    (dict(kind="convt", h=4, w=4, cin=8, cout=6, groups=4), "convt groups=4 must divide"),
+    (dict(kind="convt", h=4, w=4, cin=8, kernel=3, stride=2, out_pad=2), "out_pad must be"),
+    (dict(kind="convt", h=1, w=1, cin=8, kernel=1, pad=1), "empty output"),
+    (dict(kind="conv", h=4, w=4, cin=8, kernel=3, dilation=3, pad=0), "empty output"),
+    (dict(kind="conv", h=4, w=4, cin=8, kernel=1, kernel_w=7, pad=0), "empty output"),
+])
+def test_bad_new_fields_raise_spec_error(kwargs: dict, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        OpSpec(**kwargs)
+
+
+@pytest.mark.parametrize(("key", "match"), [
+    ("conv:n=1,h=8,w=8,cin=8,cout=8,k=3,s=1,p=1,g=1,act=none,d=1,dtype=float32",
+     "not canonical"),  # a default optional field is never written
+    ("conv:n=1,h=8,w=8,cin=8,cout=8,k=3,s=1,p=2,g=1,act=none,d=2,kw=3,dtype=float32",
+     "not canonical"),
+    ("conv:n=1,h=8,w=8,cin=8,cout=8,k=3,s=1,p=2,g=1,act=none,dtype=float32,d=2",
+     "not canonical"),  # optional fields come before dtype
+    ("act:n=1,h=8,w=8,cin=8,act=relu,alpha=0.2,dtype=float32", "not canonical"),
+    ("act:n=1,h=8,w=8,cin=8,act=leakyrelu,alpha=x,dtype=float32", "alpha must be a number"),
+    ("tlinear:n=1,t=x,cin=8,cout=8,act=none,dtype=float32", "tokens must be an integer"),
+    ("transpose:n=1,h=2,w=2,cin=2,axes=0213,kind=conv,dtype=float32", "bad field 'kind=conv'"),
+])
+def test_from_key_refuses_non_canonical_new_fields(key: str, match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        OpSpec.from_key(key)
+
+
+def test_every_activation_is_accepted_by_act_kinds() -> None:
+    assert ALL_ACTIVATIONS[:len(ACTIVATIONS)] == ACTIVATIONS  # indices never move
+    for act in ALL_ACTIVATIONS:
+        for kind in ("conv", "tlinear", "convt", "act"):
+            spec = OpSpec(kind, h=4, w=4, cin=4, tokens=3, act=act)
+            assert OpSpec.from_key(spec.key()) == spec
+
+
+def test_committed_dataset_rebuilds_its_specs_through_the_store(tmp_path: Path) -> None:
+    """A dataset written before the new OpSpec fields had columns reads them as null and
+    rebuilds every op record's spec with those fields at their defaults."""
+    import shutil
+
+    from latbench.bench.store import LatencyDataset, LatencyRecord
+
+    folder = next(ROOT.glob("datasets/*/card.json")).parent
+    shutil.copytree(folder, tmp_path / "ds", ignore=shutil.ignore_patterns(".*"))
+    frame = LatencyDataset.open(tmp_path / "ds").records()
+    ops = frame[frame["subject"] == "op"]
+    assert len(ops) > 400 and ops["tokens"].isna().all() and ops["alpha"].isna().all()
+    for row in ops.to_dict("records"):
+        assert LatencyRecord.from_row(row).spec().key() == row["key"]

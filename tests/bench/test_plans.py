@@ -246,7 +246,7 @@ def test_missing_plan_file(tmp_path: Path) -> None:
     ("random:\n  - {kind: conv, count: 2, cin: {min: 0, max: 8}}\n", "need 1 <= min <= max"),
     ("random:\n  - {kind: conv, count: 2, cin: {min: 8}}\n", "a range is"),
     ("random:\n  - {kind: conv, count: 2, cin: []}\n", "empty list of choices"),
-    ("random:\n  - {kind: conv, count: 2, act: [gelu]}\n", "produced no valid kernel"),
+    ("random:\n  - {kind: conv, count: 2, act: [celu]}\n", "produced no valid kernel"),
     ("spaces: [nowhere]\n", "unknown search space 'nowhere'"),
     ("primitives: true\n", "produces no kernels"),
 ])
@@ -345,6 +345,6 @@ def test_refusals_while_building_name_the_plan_and_entry(tmp_path: Path) -> None
         build_specs(load_plan(path), toy_resolver)
     assert str(info.value).startswith(f"plan file {path}: ")
     with pytest.raises(ConfigError, match=r"random entry 0 \(conv\) produced no valid kernel"):
-        build_specs(Plan("p", random=(RandomKernels("conv", 1, {"act": ["gelu"]}),)))
+        build_specs(Plan("p", random=(RandomKernels("conv", 1, {"act": ["celu"]}),)))
     with pytest.raises(ConfigError, match=r"^plan 'p': random entry 0 \(conv\)"):
         build_specs(Plan("p", random=(RandomKernels("conv", 1, {"stride": 0}),)))

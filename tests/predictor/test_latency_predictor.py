@@ -209,6 +209,139 @@ def test_a_kernel_predictor_instance_is_cloned(tmp_path: Path) -> None:
     assert predictor.kernels_.get_params() == template.get_params()
 
 
+# --- model files: the space path and the file path agree; the range check --------------------
+def _macro_archs() -> list[str]:
+    """A seeded sample of NAS-Bench-Macro plus identity-only, all-e3, all-e6 and the issue's."""
+    from latbench.bench.spaces import get_space
+
+    space = get_space("nasbench-macro")
+    rng = np.random.default_rng(5)
+    return [space.encode(space.sample(rng)) for _ in range(5)] + \
+        ["00000000", "11111111", "22222222", "12120022"]
+
+
+@pytest.mark.parametrize("code", _macro_archs())
+def test_space_and_onnx_file_give_the_same_prediction(macro_linear, tmp_path: Path,
+                                                      code: str) -> None:
+    """A predictor fitted on a plan that measured the space's blocks (here the committed
+    nasbench-macro dataset, calibrated on 60 networks) prices an architecture's ONNX export
+    exactly as its space description: the same kernels, the same milliseconds."""
+    from latbench.bench.spaces import get_space
+
+    _, path = macro_linear
+    predictor = LatencyPredictor.load(path)  # what decides the grouping survives saving
+    space = get_space("nasbench-macro")
+    arch = space.decode(code)
+    model = tmp_path / f"{code}.onnx"
+    model.write_bytes(space.to_onnx(arch))
+    from_space, from_file = predictor.predict(space.ops(arch)), predictor.predict(model)
+    assert [s.key() for s, _ in from_file.kernels] == [s.key() for s in space.ops(arch)]
+    assert from_file.predicted_ms == from_space.predicted_ms
+    assert from_file.coverage == from_space.coverage == 1.0
+
+
+def test_the_demo_plan_measures_every_block_of_its_space() -> None:
+    """The demo's `quick` plan holds every NAS-Bench-Macro block, so a predictor fitted on it
+    prices the space's exports whole (`block_keys_` are the mbconv kernels it trained on)."""
+    from latbench.bench.plans import build_specs, load_plan
+    from latbench.bench.spaces import get_space
+    from latbench.predictor.latency_predictor import _block_keys
+
+    blocks = {s.key() for s in get_space("nasbench-macro").layer_specs() if s.kind == "mbconv"}
+    assert len(blocks) == 12 and blocks <= _block_keys(build_specs(load_plan("quick")))
+
+
+def test_blocks_are_whole_only_where_the_predictor_measured_them(macro_linear,
+                                                                  tmp_path: Path) -> None:
+    predictor, _ = macro_linear
+    parsed = predictor.parse(TINY_ONNX)  # its two MBConv blocks are not in the dataset
+    assert [s.kind for s in parsed.kernels].count("dwconv") == 2
+    assert not {s.key() for s in parsed.kernels} & predictor.block_keys_
+    assert predictor.block_keys_ == {s.key() for s in training_pairs(
+        select_records(LatencyDataset.open(MACRO).records()), "min_ms")[0] if s.kind == "mbconv"}
+    blocks = [OpSpec("mbconv", h=16, w=16, cin=16, cout=24, kernel=3, stride=2, expand=3,
+                     act="relu"),
+              OpSpec("mbconv", h=8, w=8, cin=24, cout=24, kernel=5, expand=3, act="relu")]
+    data = small_dataset(tmp_path / "data")
+    records = [LatencyRecord.for_op(s, device="box", runtime="onnxruntime", settings="t1",
+                                    runtime_version="1.0", min_ms=0.1, median_ms=0.1,
+                                    overhead_ms=0.01)
+               for s in [*blocks, OpSpec("pool", h=8, w=8, cin=24, pool="gavg")]]
+    LatencyDataset.open(data).append(records)
+    with_blocks = LatencyPredictor("linear", cv_folds=0).fit(data)
+    assert with_blocks.block_keys_ == {b.key() for b in blocks}
+    kernels = [s for s, _ in with_blocks.predict(TINY_ONNX).kernels]
+    assert [s.kind for s in kernels] == ["conv", "mbconv", "mbconv", "pool", "linear"]
+    assert kernels[1:3] == blocks
+    loaded = LatencyPredictor.load(with_blocks.save(tmp_path / "pred"))
+    assert loaded.block_keys_ == with_blocks.block_keys_
+    assert read_manifest(tmp_path / "pred")["block_keys"] == sorted(loaded.block_keys_)
+
+
+def _conv_model(*specs: OpSpec) -> bytes:
+    from latbench.bench.export.graph import chain_graph
+    from latbench.bench.export.to_onnx import to_onnx
+
+    return to_onnx(chain_graph(list(specs)))
+
+
+def test_range_check_flags_a_large_conv_and_passes_a_small_one(tmp_path: Path) -> None:
+    predictor = LatencyPredictor("linear", cv_folds=0).fit(small_dataset(tmp_path / "d"))
+    conv_range = predictor.training_ranges_["conv"]
+    assert conv_range["h"] == (8.0, 16.0) and conv_range["cin"][1] < 64
+    small = OpSpec("conv", h=16, w=16, cin=16, cout=16, kernel=3)
+    large = OpSpec("conv", h=224, w=224, cin=16, cout=16, kernel=3)
+
+    inside = predictor.predict(_conv_model(small))
+    assert inside.in_range == (True,) and inside.out_of_range == () and inside.coverage == 1.0
+    outside = predictor.predict(_conv_model(large))
+    assert outside.in_range == (False,) and outside.coverage == 0.0
+    assert {o.feature for o in outside.out_of_range} == {"h", "w", "flops"}
+    both = predictor.predict(_conv_model(small, large.with_(h=16, w=16, cin=16, cout=96)))
+    (ms_in, ms_out) = (ms for _, ms in both.kernels)
+    assert both.in_range == (True, False)
+    assert both.coverage == pytest.approx(ms_in / (ms_in + ms_out))
+    as_json = both.to_json()
+    assert as_json["coverage"] == both.coverage and not as_json["partial"]
+    assert [(k["kind"], k["in_range"]) for k in as_json["kernels"]] == [("conv", True),
+                                                                         ("conv", False)]
+    assert as_json["kernels"][0]["key"] == small.key()
+
+
+def test_a_predictor_without_ranges_cannot_tell() -> None:
+    old = LatencyPredictor.load(ROOT / "tests" / "data" / "predictors" / "v2" / "linear")
+    prediction = old.predict(TINY_ONNX)
+    assert prediction.coverage is None and set(prediction.in_range) == {None}
+    assert {k["in_range"] for k in prediction.to_json()["kernels"]} == {None}
+
+
+def test_partial_predictions_name_what_they_left_out(macro_linear) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from latbench.errors import UnsupportedModelError
+
+    predictor, _ = macro_linear
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name)
+               for name, shape in (("w", (32, 3, 3, 3)), ("w2", (32, 32, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["s"], axis=1),
+             helper.make_node("Conv", ["s", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Softmax", ["c2"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "partial", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32, 32])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = model.SerializeToString()
+    with pytest.raises(UnsupportedModelError, match=r"Softmax \(2 nodes\)"):
+        predictor.predict(data)
+    partial = predictor.predict(data, allow_partial=True)
+    assert partial.partial and partial.skipped_ops == (("Softmax", 2),)
+    assert [(s.kind, s.act) for s, _ in partial.kernels] == [("conv", "relu"), ("conv", "none")]
+    assert partial.to_json()["skipped_ops"] == {"Softmax": 2}
+    assert partial.predicted_ms == predictor.predict([s for s, _ in partial.kernels]).predicted_ms
+
+
 # --- the command line ---------------------------------------------------------------------------
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -354,6 +487,8 @@ BAD_MANIFESTS = {
     "dotdot-file": (lambda m: m["kinds"]["conv"].update(file="../other/kernels/conv.json"),
                     ("field 'kinds.conv.file'", "relative path inside")),
     "manifest-a-list": (lambda m: (m.clear(),), ("is not a latbench predictor manifest",)),
+    "block-keys-text": (lambda m: m.update(block_keys="mbconv:n=1"),
+                        ("field 'block_keys' must be a list of kernel keys", "got str")),
 }
 
 

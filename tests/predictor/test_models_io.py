@@ -38,6 +38,22 @@ EVERY_KIND = [
     OpSpec("act", h=28, w=28, cin=40, act="hsigmoid"),
     OpSpec("se", h=14, w=14, cin=120, expand=0.25),
     OpSpec("concat", h=16, w=16, cin=96, groups=3),
+    OpSpec("conv", h=17, w=17, cin=64, cout=64, kernel=1, kernel_w=7, dilation=2),
+    OpSpec("tlinear", tokens=197, cin=384, cout=1536, act="gelu"),
+    OpSpec("bmm", heads=6, tokens=197, cin=64, cout=197),
+    OpSpec("softmax", heads=6, tokens=197, cin=197),
+    OpSpec("layernorm", tokens=197, cin=384),
+    OpSpec("transpose", h=6, w=64, cin=197, axes="0213"),
+    OpSpec("clstoken", tokens=196, cin=384),
+    OpSpec("gather", tokens=197, cin=384),
+    OpSpec("posembed", tokens=197, cin=384),
+    OpSpec("convt", h=16, w=16, cin=64, cout=32, kernel=2, stride=2),
+    OpSpec("resize", h=16, w=16, cin=64, scale=2, mode="bilinear"),
+    OpSpec("pad", h=16, w=16, cin=64, pad=1, mode="reflect"),
+    OpSpec("slice", h=28, w=28, cin=116, cout=58),
+    OpSpec("instnorm", h=64, w=64, cin=32),
+    OpSpec("reduce", h=7, w=7, cin=96, axes="23"),
+    OpSpec("shuffle", h=28, w=28, cin=116, groups=2),
 ]
 
 
