@@ -63,10 +63,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Subject:
-    """Something to measure: one kernel, or a whole network given as a graph or as ONNX bytes.
+    """Something to measure: one kernel, or a whole network given as a graph or as the bytes of
+    a model file (`model`, in the format of the file suffix `model_format`: ".onnx",
+    ".tflite").
 
-    A network's `kernels`, when known (a chain of specs, or an ONNX graph already split), are
-    kept with the dataset so a predictor can learn how kernels compose into networks.
+    A graph is exported for whatever runtime measures it; a model file runs only on a runtime
+    whose `formats` list its format. A network's `kernels`, when known (a chain of specs, or a
+    model file already split), are kept with the dataset so a predictor can learn how kernels
+    compose into networks.
     """
 
     key: str
@@ -74,7 +78,8 @@ class Subject:
     family: str = ""
     spec: OpSpec | None = None
     graph: Callable[[], LayerGraph] | None = None
-    onnx: Callable[[], bytes] | None = None
+    model: Callable[[], bytes] | None = None
+    model_format: str = ""
     kernels: tuple[OpSpec, ...] | None = None
 
     @classmethod
@@ -87,17 +92,38 @@ class Subject:
         return cls(key, "network", family, graph=lambda: chain_graph(specs, seed), kernels=specs)
 
     @classmethod
+    def model_file(cls, key: str, family: str, make: Callable[[], bytes], model_format: str,
+                   kernels: Sequence[OpSpec] | None = None) -> Subject:
+        """A network given as model file bytes (`make` reads or exports them when needed)."""
+        if not model_format.startswith("."):
+            raise ConfigError(f"network {key}: model format must be a file suffix such as "
+                              f"'.onnx', got {model_format!r}")
+        return cls(key, "network", family, model=make, model_format=model_format,
+                   kernels=None if kernels is None else tuple(kernels))
+
+    @classmethod
     def onnx_model(cls, key: str, family: str, make: Callable[[], bytes],
                    kernels: Sequence[OpSpec] | None = None) -> Subject:
-        return cls(key, "network", family, onnx=make,
-                   kernels=None if kernels is None else tuple(kernels))
+        return cls.model_file(key, family, make, ".onnx", kernels)
+
+    def refusal(self, runner: Any) -> str | None:
+        """Why `runner` (a runner or its class) cannot measure this subject - a model file in a
+        format it does not list - or None when it can."""
+        formats = tuple(getattr(runner, "formats", ()))
+        if self.model is None or self.model_format in formats:
+            return None
+        return (f"{self.key} is a {self.model_format} model; runtime "
+                f"{getattr(runner, 'name', runner)} runs {', '.join(formats) or 'no model files'}")
 
     def model_bytes(self, runner: Any) -> bytes:
         if self.graph is not None:
             return runner.export(self.graph())
-        if self.onnx is not None and getattr(runner, "suffix", "") == ".onnx":
-            return self.onnx()
-        raise RunnerError(f"{self.key} exists only as ONNX; runtime {runner.name} cannot run it")
+        if self.model is None:
+            raise RunnerError(f"{self.key} has neither a graph nor a model file to measure")
+        refused = self.refusal(runner)
+        if refused:
+            raise RunnerError(refused)
+        return self.model()
 
 
 class ProgressSink(Protocol):

@@ -170,8 +170,10 @@ class NetworkDef:
 
         return build(self)
 
-    def to_onnx(self, *, dynamo: bool = False, opset: int = 17) -> bytes:
-        """ONNX bytes of the built module (see `bench.export.from_torch.torch_to_onnx`)."""
+    def to_onnx(self, *, dynamo: bool = True, opset: int = 17) -> bytes:
+        """ONNX bytes of the built module (see `bench.export.from_torch.torch_to_onnx`): by
+        default with torch's default (dynamo) exporter, as users export their models;
+        `dynamo=False` uses the legacy exporter, several times faster."""
         from latbench.bench.export.from_torch import torch_to_onnx
 
         return torch_to_onnx(self.build(), self.input_shape, dynamo=dynamo, opset=opset)

@@ -35,7 +35,7 @@ import numpy as np
 from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, measure_into_dataset
 from latbench.bench.export.graph import GraphBuilder, LayerGraph, emit_spec
 from latbench.bench.kernels import DEFAULT_ATTACH
-from latbench.bench.ops import ACTIVATIONS, OpSpec
+from latbench.bench.ops import ACTIVATIONS, ALL_ACTIVATIONS, OpSpec
 from latbench.bench.stats import DEFAULT_STATISTIC
 from latbench.bench.store import LatencyDataset
 from latbench.device_agents import Device
@@ -46,7 +46,15 @@ log = logging.getLogger(__name__)
 DEFAULT_ALPHA = 0.5
 RESOLUTION_MS = 0.002  # below this a kernel time after the call overhead is noise
 FOLLOWER_ACTS = tuple(a for a in ACTIVATIONS if a != "none")
+# Producers measured by default; "tlinear" (a transformer MLP's first layer and the activation
+# after it) is measured when asked for by name (`default_pairs(["tlinear"])`, `bench fusion
+# --producers tlinear`).
 PRODUCERS = ("conv", "dwconv", "linear", "add")
+# Followers measured after each producer unless others are asked for.
+DEFAULT_FOLLOWERS: dict[str, tuple[str, ...]] = {
+    **{producer: (*FOLLOWER_ACTS, "add") for producer in PRODUCERS},
+    "tlinear": ("gelu", "gelu_tanh", "swish", "relu"),
+}
 FAMILY = "fusion"
 
 
@@ -89,12 +97,22 @@ class FusionPair:
         return builder.finish(y)
 
 
+def follower_dims(a: OpSpec) -> dict[str, int]:
+    """batch, h, w, cin of the tensor a producer kernel writes, as an act or add kernel reads
+    it (a token tensor [N, T, C] is h = T, w = 1, as the kernel split reads it)."""
+    if a.kind == "linear":
+        h, w = 1, 1
+    elif a.kind == "tlinear":
+        h, w = a.tokens, 1
+    else:
+        h, w = a.out_h, a.out_w
+    return {"batch": a.batch, "h": h, "w": w, "cin": a.out_c}
+
+
 def _follower(a: OpSpec, follower: str) -> OpSpec:
-    n, c = a.batch, a.out_c
-    h, w = (1, 1) if a.kind == "linear" else (a.out_h, a.out_w)
     if follower == "add":
-        return OpSpec("add", h=h, w=w, cin=c, batch=n)
-    return OpSpec("act", h=h, w=w, cin=c, act=follower, batch=n)
+        return OpSpec("add", **follower_dims(a))
+    return OpSpec("act", **follower_dims(a), act=follower)
 
 
 # Producer shapes each pair is measured at: small, medium and large maps, so a rule does not
@@ -110,22 +128,27 @@ _SHAPES: dict[str, tuple[dict[str, int], ...]] = {
                {"cin": 1280, "cout": 1000}),
     "add": ({"h": 56, "w": 56, "cin": 24}, {"h": 28, "w": 28, "cin": 64},
             {"h": 14, "w": 14, "cin": 160}),
+    # a ViT-Tiny MLP at 196 tokens, a ViT-Small one at 49, a MobileViT one at 256
+    "tlinear": ({"tokens": 197, "cin": 192, "cout": 768},
+                {"tokens": 50, "cin": 384, "cout": 1536},
+                {"tokens": 256, "cin": 96, "cout": 192}),
 }
 
 
 def default_pairs(producers: Sequence[str] = PRODUCERS,
-                  followers: Sequence[str] = (*FOLLOWER_ACTS, "add")) -> list[FusionPair]:
-    """Every producer x follower pair at the default shapes (conv/dwconv + add included;
-    linear + add and add + add are not kernels anyone fuses and are skipped)."""
+                  followers: Sequence[str] | None = None) -> list[FusionPair]:
+    """Every producer x follower pair at the default shapes; followers default to each
+    producer's DEFAULT_FOLLOWERS (conv/dwconv + add included; linear + add, add + add and
+    tlinear + add are not kernels anyone fuses and are skipped)."""
     pairs = []
     for producer in producers:
         if producer not in _SHAPES:
             raise ConfigError(f"no fusion shapes for producer {producer!r}; known: "
                               f"{', '.join(_SHAPES)}")
-        for follower in followers:
-            if follower == "add" and producer in ("linear", "add"):
+        for follower in DEFAULT_FOLLOWERS[producer] if followers is None else followers:
+            if follower == "add" and producer in ("linear", "add", "tlinear"):
                 continue
-            if follower != "add" and follower not in FOLLOWER_ACTS:
+            if follower != "add" and (follower == "none" or follower not in ALL_ACTIVATIONS):
                 raise ConfigError(f"unknown fusion follower {follower!r}")
             for shape in _SHAPES[producer]:
                 a = OpSpec(producer, **shape)
@@ -287,11 +310,10 @@ def measure_fusion(device: Device, runtime: str, out: Path, config: CampaignConf
 Attach = frozenset[tuple[str, str]]
 
 
-
 def attach_from_rules(rules: FusionRules, base: Collection[tuple[str, str]] = DEFAULT_ATTACH
                       ) -> Attach:
     """The split's attach set: measured pairs decide, untested pairs keep `base`."""
-    acts = set(ACTIVATIONS) - {"none"}
+    acts = set(ALL_ACTIVATIONS) - {"none"}
     kept = {pair for pair in base if pair not in rules.tested}
     fused = {pair for pair in rules.fused if pair[1] in acts}
     return frozenset(kept | fused)
@@ -319,11 +341,10 @@ def apply_attach(specs: Sequence[OpSpec], attach: Collection[tuple[str, str]]) -
     (mbconv, se) are priced whole and pass through."""
     out: list[OpSpec] = []
     for spec in specs:
-        if spec.kind in ("conv", "dwconv", "linear", "add") and spec.act != "none" \
-                and (spec.kind, spec.act) not in attach:
+        if spec.kind in ("conv", "dwconv", "linear", "add", "tlinear", "convt") \
+                and spec.act != "none" and (spec.kind, spec.act) not in attach:
             out.append(spec.with_(act="none"))
-            h, w = (1, 1) if spec.kind == "linear" else (spec.out_h, spec.out_w)
-            out.append(OpSpec("act", h=h, w=w, cin=spec.out_c, act=spec.act, batch=spec.batch))
+            out.append(OpSpec("act", **follower_dims(spec), act=spec.act, alpha=spec.alpha))
         else:
             out.append(spec)
     return out

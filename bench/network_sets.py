@@ -2,14 +2,20 @@
 
 `nasbench-macro:200,mobilenetv2:10,resnet:10` draws 200 random NAS-Bench-Macro architectures (a
 search space: their kernels are known, the measured model is their chain of kernels) and 10
-networks of each hand-built family (PyTorch modules exported to ONNX, split into kernels by the
-ONNX parser). A path to an .onnx file or a folder of them adds user models (family "onnx").
+networks of each hand-built family (PyTorch modules exported to ONNX - with torch's default
+exporter, as users export theirs, unless the legacy one is asked for - and split into kernels by
+the ONNX parser). A path to a model file (.onnx, .tflite) or a folder holding any of them adds
+user models (family "onnx" or "tflite"): a runtime measures those of the formats it runs.
+Family exports are cached for the process (`_Exports`): a plan's kernel sets, its calibration
+networks and held-out sets never export a network twice with the same exporter.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
+import tempfile
+import threading
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +68,65 @@ def _space_networks(name: str, count: int, rng: np.random.Generator,
     return list(seen.values())
 
 
-def _family_networks(name: str, count: int, rng: np.random.Generator,
-                     exclude: Collection[str], with_kernels: bool = False) -> list[Subject]:
-    """Family networks; `with_kernels` exports and splits them now, so a dataset can keep
-    their kernels for composition calibration. They are PyTorch modules: without torch this
-    fails here, before anything is measured."""
-    from latbench.bench.kernels import onnx_to_kernels
+class _Exports:
+    """Family networks exported in this process, each once per exporter: the ONNX bytes of
+    networks to be measured on disk in a temporary folder removed at exit (tens of MB per
+    network - every calibration and held-out network of a run would not fit in memory), the
+    kernel lists in memory. Plans, calibration networks and held-out sets built in one process
+    share it."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._files: dict[tuple[NetworkDef, bool], Path] = {}
+        self._kernels: dict[tuple[NetworkDef, bool], tuple[OpSpec, ...]] = {}
+
+    def onnx(self, net: NetworkDef, dynamo: bool) -> bytes:
+        """The network's ONNX bytes, exported on first use and kept on disk."""
+        with self._lock:
+            path = self._files.get((net, dynamo))
+            if path is None:
+                data = net.to_onnx(dynamo=dynamo)
+                self._keep(net, dynamo, data)
+                return data
+        return path.read_bytes()
+
+    def kernels(self, net: NetworkDef, dynamo: bool, keep: bool = False) -> tuple[OpSpec, ...]:
+        """The network's kernels as its export splits; `keep` keeps the export for measuring
+        too (a plan's kernel sets only need the kernels)."""
+        from latbench.bench.kernels import onnx_to_kernels
+
+        found = self._kernels.get((net, dynamo))
+        if found is None:
+            with self._lock:
+                path = self._files.get((net, dynamo))
+            data = path.read_bytes() if path else net.to_onnx(dynamo=dynamo)
+            found = tuple(onnx_to_kernels(data))
+            self._kernels[(net, dynamo)] = found
+            if keep and path is None:
+                with self._lock:
+                    self._keep(net, dynamo, data)
+        return found
+
+    def _keep(self, net: NetworkDef, dynamo: bool, data: bytes) -> None:
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="latbench-exports-")
+        path = Path(self._folder.name) / f"{len(self._files)}.onnx"
+        path.write_bytes(data)
+        self._files[(net, dynamo)] = path
+
+
+_EXPORTS = _Exports()
+
+
+def _family_networks(name: str, count: int, rng: np.random.Generator,
+                     exclude: Collection[str], with_kernels: bool = False,
+                     dynamo: bool = True) -> list[Subject]:
+    """Family networks, exported with torch's default (dynamo) exporter as users export
+    their models, or the legacy one (`dynamo=False`, several times faster); `with_kernels`
+    exports and splits them now, so a dataset can keep their kernels for composition
+    calibration. They are PyTorch modules: without torch this fails here, before anything is
+    measured."""
     if not available("torch"):
         raise ConfigError(f"{name} networks are PyTorch modules and torch is not installed: "
                           "pip install 'latbench[torch]'")
@@ -76,17 +134,14 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
     for net in sample_networks(name, count, rng):
         key = f"{name}:{net.name}"
         if key not in exclude:
-            make = _export_once(net)
-            kernels = onnx_to_kernels(make()) if with_kernels else None
-            out.append(Subject.onnx_model(key, name, make, kernels))
+            kernels = _EXPORTS.kernels(net, dynamo, keep=True) if with_kernels else None
+            out.append(Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
+                                                                       dynamo), kernels))
     return out
 
 
-def family_kernels(spec: str) -> list[OpSpec]:
-    """Kernels of sampled family networks, for plans: "family:NAME:COUNT[:SEED]" (the ONNX
-    export of each network split into kernels; duplicates once)."""
-    from latbench.bench.kernels import onnx_to_kernels
-
+def family_set_networks(spec: str) -> list[NetworkDef]:
+    """The networks of a family kernel set "family:NAME:COUNT[:SEED]"."""
     parts = spec.split(":")
     if len(parts) not in (3, 4) or parts[0] != "family" or parts[1] not in list_families():
         raise ConfigError(f"bad family kernel set {spec!r}: expected family:NAME:COUNT[:SEED] "
@@ -95,9 +150,17 @@ def family_kernels(spec: str) -> list[OpSpec]:
         count, seed = int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
     except ValueError:
         raise ConfigError(f"bad count or seed in {spec!r}") from None
+    return sample_networks(parts[1], count, np.random.default_rng(seed))
+
+
+def family_kernels(spec: str, dynamo: bool = False) -> list[OpSpec]:
+    """Kernels of sampled family networks, for plans: "family:NAME:COUNT[:SEED]" (the ONNX
+    export of each network split into kernels; duplicates once). The legacy exporter by
+    default: it is several times faster, and both exporters' files split into the same kernels
+    (tests/bench/test_network_sets.py checks it for every family)."""
     seen: dict[str, OpSpec] = {}
-    for net in sample_networks(parts[1], count, np.random.default_rng(seed)):
-        for kernel in onnx_to_kernels(net.to_onnx()):
+    for net in family_set_networks(spec):
+        for kernel in _EXPORTS.kernels(net, dynamo):
             seen.setdefault(kernel.key(), kernel)
     return list(seen.values())
 
@@ -109,31 +172,76 @@ def space_kernels(name: str) -> list[OpSpec]:
     return get_space(name).layer_specs()
 
 
-def _export_once(net: NetworkDef) -> Callable[[], bytes]:
-    """Export on first use (export is the slow part of preparing a family network)."""
-    return functools.cache(net.to_onnx)
+def model_suffixes() -> tuple[str, ...]:
+    """File suffixes of every model format latbench reads (.onnx, .tflite)."""
+    from latbench.bench.model_files import MODEL_FORMATS
+
+    return tuple(s for fmt in MODEL_FORMATS.values() for s in fmt.suffixes)
+
+
+def file_network(path: Path, kernels: Sequence[OpSpec] | None = None, key: str | None = None,
+                 input_shape: Sequence[str] = ()) -> Subject:
+    """A model file as a network subject: key "FORMAT:FILENAME" (family FORMAT, e.g.
+    "onnx", "tflite"), measured by every runtime that runs its format; `input_shape`
+    ("NAME=1x3x224x224" texts) gives inputs with symbolic dims the shape to measure at."""
+    from latbench.bench.model_files import MODEL_FORMATS, model_format, parse_input_shapes
+
+    fmt = model_format(path)
+    make: Callable[[], bytes] = path.read_bytes
+    shapes = parse_input_shapes(input_shape)
+    if shapes and fmt != "onnx":
+        raise ConfigError(f"{path}: latbench gives input shapes to ONNX models only; export "
+                          f"the {fmt} model with fixed input dims to measure it")
+    if shapes:
+        make = functools.partial(_with_input_shapes, path, shapes)
+    return Subject.model_file(key or f"{fmt}:{path.name}", fmt, make,
+                              MODEL_FORMATS[fmt].suffixes[0], kernels)
+
+
+def _with_input_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """An ONNX model's bytes with the given inputs' dims written in (a shape without its batch
+    dimension gets batch 1), so the runtime runs it at that shape."""
+    import onnx
+
+    model = onnx.load_from_string(path.read_bytes())
+    for value in model.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            given = shapes[value.name]
+            given = (1, *given) if len(given) == len(dims) - 1 else given
+            if len(given) != len(dims):
+                raise ConfigError(f"{path}: input {value.name!r} has {len(dims)} dims, the "
+                                  f"shape given {len(given)}")
+            for dim, size in zip(dims, given, strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    return model.SerializeToString()
 
 
 def _file_networks(path: Path) -> list[Subject]:
-    files = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
+    suffixes = model_suffixes()
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in suffixes) \
+        if path.is_dir() else [path]
     if not files:
-        raise ConfigError(f"no .onnx files in {path}")
-    return [Subject.onnx_model(f"onnx:{f.name}", "onnx", f.read_bytes) for f in files]
+        raise ConfigError(f"no model files ({', '.join(suffixes)}) in {path}")
+    return [file_network(f) for f in files]
 
 
 def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),
-                     with_kernels: bool = False) -> list[Subject]:
+                     with_kernels: bool = False, dynamo: bool = True) -> list[Subject]:
     """Network subjects for a spec string (see the module docstring), skipping `exclude` keys
     (e.g. the networks a predictor was calibrated on); `with_kernels` splits family networks
-    into kernels now (for calibration networks)."""
+    into kernels now (for calibration networks); `dynamo=False` exports family networks with
+    torch's legacy exporter instead of the default one."""
     rng = np.random.default_rng(seed)
     exclude = set(exclude)
+    suffixes = model_suffixes()
     networks: list[Subject] = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         path = Path(item)
-        if item.endswith(".onnx") or path.is_dir():
+        if path.suffix.lower() in suffixes or path.is_dir():
             if not path.exists():
                 raise ConfigError(f"network file {item} does not exist")
             networks.extend(_file_networks(path))
@@ -148,11 +256,12 @@ def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),
         if name in SPACES:
             networks.extend(_space_networks(name, count, rng, exclude))
         elif name in list_families():
-            networks.extend(_family_networks(name, count, rng, exclude, with_kernels))
+            networks.extend(_family_networks(name, count, rng, exclude, with_kernels, dynamo))
         else:
             raise ConfigError(f"unknown network set {name!r}; known: "
                               f"{', '.join(sorted(SPACES) + list_families())}, "
-                              "or a path to .onnx files")
+                              f"or a path to model files ({', '.join(suffixes)}) or a folder "
+                              "of them")
     if not networks:
         raise ConfigError(f"network spec {spec!r} names no networks")
     return networks

@@ -7,12 +7,18 @@ A plan combines
 - `random`: free random kernels of a kind, with value lists (choices) or {min, max} ranges,
 - `specs`: explicit spec keys,
 - `networks`: whole networks to measure too, as `NAME:COUNT` network sets (e.g. random
-  architectures of a space); a predictor uses them to learn how kernels compose into networks.
+  architectures of a space) or model file paths; a predictor uses them to learn how kernels
+  compose into networks,
+- `models`: a user's model files (.onnx, .tflite; a path, or {path, input_shape: [NAME=DIMS]}
+  for symbolic input dims) whose kernels join the real kernels (so `around` applies to them).
 A space name resolves through `bench.network_sets.space_kernels` (search spaces and
-"family:NAME:COUNT" kernel sets); `plan_subjects` adds the plan's networks among its kernels.
+"family:NAME:COUNT[:SEED]" kernel sets); `plan_subjects` adds the plan's networks among its
+kernels. `plan_from_model` is the plan of one model file (`latbench bench plan --from`) and
+`plan_yaml` writes any plan as a file a user can edit.
 A random entry may set its kind's key fields and optional fields (e.g. `dilation` and
-`kernel_w` of a conv, `alpha` with a leakyrelu); TRANSFORMER_RANDOM and COMMON_OPS_RANDOM are
-the entries of the kinds added for transformers and the common op set.
+`kernel_w` of a conv, `alpha` with a leakyrelu). The presets and their random entries
+(TRANSFORMER_RANDOM and COMMON_OPS_RANDOM for the kinds added for transformers and the common
+op set) are data in `bench.presets`, re-exported here.
 
 A plan is checked before anything is measured: a wrong key or type when it is loaded, and
 sizes no kernel can have when its kernels are built (a size, channel count, kernel or stride
@@ -31,6 +37,7 @@ Example (YAML):
          kernel: [1, 3, 5], stride: [1, 2], act: [relu, none]}
     specs: ["pool:n=1,h=8,w=8,cin=256,pool=gavg,k=1,s=1,p=0,dtype=float32"]
     networks: ["nasbench-macro:30"]
+    models: [my_model.onnx, {path: detector.onnx, input_shape: ["images=1x3x320x320"]}]
 """
 
 from __future__ import annotations
@@ -45,8 +52,19 @@ from typing import Any
 import numpy as np
 
 from latbench.bench.campaign import Subject
-from latbench.bench.network_sets import resolve_networks, space_kernels
+from latbench.bench.network_sets import (
+    family_set_networks,
+    file_network,
+    model_suffixes,
+    resolve_networks,
+    space_kernels,
+)
 from latbench.bench.ops import KEY_FIELDS, MODES, OPTIONAL_FIELDS, OpSpec, decompose
+from latbench.bench.presets import COMMON_OPS_RANDOM as COMMON_OPS_RANDOM
+from latbench.bench.presets import PATCH_EMBED_RANDOM as PATCH_EMBED_RANDOM
+from latbench.bench.presets import PRESET_FAMILY_SEED as PRESET_FAMILY_SEED
+from latbench.bench.presets import PRESETS, preset_names
+from latbench.bench.presets import TRANSFORMER_RANDOM as TRANSFORMER_RANDOM
 from latbench.errors import ConfigError, SpecError
 
 SpaceResolver = Callable[[str], list[OpSpec]]
@@ -60,6 +78,21 @@ class RandomKernels:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """A user's model file whose kernels a plan measures: its path (a relative path in a plan
+    file is relative to the file's folder) and `input_shape` texts ("NAME=1x3x224x224", as
+    `--input-shape` takes them) for inputs with symbolic dimensions."""
+
+    path: str
+    input_shape: tuple[str, ...] = ()
+
+    def to_json(self) -> str | dict[str, Any]:
+        if not self.input_shape:
+            return self.path
+        return {"path": self.path, "input_shape": list(self.input_shape)}
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     seed: int = 0
@@ -69,122 +102,28 @@ class Plan:
     random: tuple[RandomKernels, ...] = ()
     specs: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
+    models: tuple[ModelEntry, ...] = ()
     # Where the plan came from ("plan file PATH", "plan preset 'quick'"), for messages.
     origin: str = field(default="", compare=False)
+    # The folder relative model paths start from (a plan file's folder; else the working one).
+    base: Path | None = field(default=None, compare=False)
 
     @property
     def where(self) -> str:
         return self.origin or f"plan {self.name!r}"
 
+    def model_path(self, entry: ModelEntry) -> Path:
+        path = Path(entry.path).expanduser()
+        return path if path.is_absolute() or self.base is None else self.base / path
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "spaces": list(self.spaces),
-                "primitives": self.primitives, "around": self.around,
-                "random": [{"kind": r.kind, "count": r.count, **r.fields} for r in self.random],
-                "specs": list(self.specs), "networks": list(self.networks)}
-
-
-_WIDE_RANDOM = (
-    {"kind": "conv", "count": 60, "h": [4, 8, 16, 32, 56], "cin": {"min": 3, "max": 320},
-     "cout": {"min": 8, "max": 320}, "kernel": [1, 3, 5], "stride": [1, 2],
-     "act": ["none", "relu", "relu6"]},
-    {"kind": "dwconv", "count": 40, "h": [4, 8, 16, 32, 56], "cin": {"min": 8, "max": 960},
-     "kernel": [3, 5, 7], "stride": [1, 2], "act": ["none", "relu", "relu6"]},
-    {"kind": "mbconv", "count": 40, "h": [4, 8, 16, 32], "cin": {"min": 16, "max": 256},
-     "cout": {"min": 16, "max": 256}, "kernel": [3, 5, 7], "stride": [1, 2],
-     "expand": [1, 3, 4, 6], "act": ["relu", "relu6"]},
-    {"kind": "add", "count": 15, "h": [4, 8, 16, 32], "cin": {"min": 8, "max": 512}},
-    {"kind": "pool", "count": 15, "h": [4, 8, 16, 32], "cin": {"min": 8, "max": 1280},
-     "pool": ["gavg", "avg", "max"], "kernel": [2, 3], "stride": [1, 2]},
-    {"kind": "linear", "count": 15, "cin": {"min": 16, "max": 2048},
-     "cout": {"min": 10, "max": 1000}},
-)
-
-# ViT / DeiT-style transformer kernels: tokens 49-1024, width 64-768, heads 1-12, MLP ratio 2-4
-# (hidden width up to 3072); attention matmuls at head sizes 16-96 (QK^T reduces over the head
-# size, AV over the tokens); token tensors [N, T, C] for the elementwise kinds are h = T, w = 1.
-_TOKENS = {"min": 49, "max": 1024}
-_WIDTH = {"min": 64, "max": 768}
-_HEADS = [1, 2, 3, 4, 6, 8, 12]
-_HEAD_DIMS = [16, 24, 32, 48, 64, 96]
-TRANSFORMER_RANDOM = (
-    {"kind": "tlinear", "count": 60, "tokens": _TOKENS, "cin": {"min": 64, "max": 3072},
-     "cout": {"min": 64, "max": 3072}, "act": ["none", "gelu"]},
-    {"kind": "bmm", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _HEAD_DIMS,
-     "cout": _TOKENS},
-    {"kind": "bmm", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _TOKENS,
-     "cout": _HEAD_DIMS},
-    {"kind": "softmax", "count": 25, "heads": _HEADS, "tokens": _TOKENS, "cin": _TOKENS},
-    {"kind": "layernorm", "count": 25, "tokens": _TOKENS, "cin": _WIDTH},
-    {"kind": "transpose", "count": 25, "cin": _TOKENS, "h": _HEADS, "w": _HEAD_DIMS,
-     "axes": ["0213", "0132"]},
-    {"kind": "act", "count": 15, "h": _TOKENS, "w": [1], "cin": {"min": 128, "max": 3072},
-     "act": ["gelu", "gelu_tanh"]},
-    {"kind": "add", "count": 15, "h": _TOKENS, "w": [1], "cin": _WIDTH},
-    {"kind": "clstoken", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
-    {"kind": "gather", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
-    {"kind": "posembed", "count": 10, "tokens": _TOKENS, "cin": _WIDTH},
-)
-
-# The rest of the common op set at CNN sizes (segmentation decoders, ShuffleNet, GAN-style
-# blocks): dilated and non-square convolutions, upsampling, padding, slicing, normalization,
-# reductions, shuffles, concatenation along any axis and the other activations.
-_SIZES = [7, 14, 16, 28, 32, 56]
-_CHANNELS = {"min": 8, "max": 512}
-COMMON_OPS_RANDOM = (
-    {"kind": "conv", "count": 20, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
-     "kernel": [3], "dilation": [2, 4, 6, 12], "act": ["none", "relu"]},
-    {"kind": "conv", "count": 10, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
-     "kernel": [1], "kernel_w": [3, 5, 7], "act": ["none", "relu"]},
-    {"kind": "conv", "count": 10, "h": _SIZES, "cin": _CHANNELS, "cout": _CHANNELS,
-     "kernel": [3, 5, 7], "kernel_w": [1], "act": ["none", "relu"]},
-    {"kind": "dwconv", "count": 15, "h": _SIZES, "cin": {"min": 8, "max": 960},
-     "kernel": [3, 5], "dilation": [1, 2, 4], "act": ["none", "relu"]},
-    {"kind": "convt", "count": 20, "h": [4, 7, 8, 14, 16, 28], "cin": _CHANNELS,
-     "cout": _CHANNELS, "kernel": [2, 3, 4], "stride": [2], "pad": [0, 1], "out_pad": [0, 1],
-     "act": ["none", "relu"]},
-    {"kind": "resize", "count": 15, "h": _SIZES, "cin": _CHANNELS, "scale": [2, 4],
-     "mode": ["nearest", "bilinear"]},
-    {"kind": "pad", "count": 10, "h": _SIZES, "cin": _CHANNELS, "pad": [1, 2, 3],
-     "mode": ["constant", "reflect"]},
-    {"kind": "slice", "count": 10, "h": _SIZES, "cin": {"min": 16, "max": 512},
-     "cout": {"min": 8, "max": 256}},
-    {"kind": "instnorm", "count": 10, "h": _SIZES, "cin": _CHANNELS},
-    {"kind": "reduce", "count": 10, "h": _SIZES, "cin": _CHANNELS, "axes": ["23", "1"]},
-    {"kind": "shuffle", "count": 10, "h": _SIZES, "cin": {"min": 16, "max": 512},
-     "groups": [2, 4]},
-    {"kind": "concat", "count": 10, "h": [8, 14, 16, 28, 32], "cin": {"min": 16, "max": 512},
-     "groups": [2], "axes": ["1", "2", "3"]},
-    {"kind": "act", "count": 20, "h": _SIZES, "cin": _CHANNELS,
-     "act": ["leakyrelu", "prelu", "tanh", "mish", "gelu"]},
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Real NAS-Bench-Macro kernels, their primitives and a few neighbours, and 30 networks to
-    # calibrate how kernels compose: enough for the demo.
-    "quick": {"spaces": ["nasbench-macro"], "primitives": True, "around": 2,
-              "networks": ["nasbench-macro:30"]},
-    # The same, denser around the space, plus wide random kernels for networks outside it.
-    "nasbench-macro": {"spaces": ["nasbench-macro"], "primitives": True, "around": 6,
-                       "random": list(_WIDE_RANDOM), "networks": ["nasbench-macro:60"]},
-    # MobileNetV2 / ProxylessNAS-style layers at 224x224.
-    "mobilenetv2": {"spaces": ["proxyless"], "primitives": True, "around": 2,
-                    "networks": ["proxyless:20"]},
-    # Kernels of every kind at random, for predictors that must generalise.
-    "random": {"random": list(_WIDE_RANDOM)},
-    # The kernels of ViT / DeiT-style transformers at random.
-    "transformer": {"random": list(TRANSFORMER_RANDOM)},
-    # CNN, transformer and the rest of the common op set: kernels of every kind at random.
-    "vision": {"random": [*_WIDE_RANDOM, *TRANSFORMER_RANDOM, *COMMON_OPS_RANDOM]},
-    # NAS-Bench-Macro plus the hand-built families (MobileNetV2, ResNet, EfficientNet): the
-    # kernels of 30 sampled networks of each family as their ONNX export splits them
-    # ("family:NAME:COUNT" spaces, resolved in bench/network_sets.py), a neighbour of each, and
-    # calibration networks of every family.
-    "families": {"spaces": ["nasbench-macro", "family:mobilenetv2:30", "family:resnet:30",
-                            "family:efficientnet:30"],
-                 "primitives": True, "around": 1,
-                 "networks": ["nasbench-macro:30", "mobilenetv2:40", "resnet:40",
-                              "efficientnet:40"]},
-}
+        out = {"name": self.name, "seed": self.seed, "spaces": list(self.spaces),
+               "primitives": self.primitives, "around": self.around,
+               "random": [{"kind": r.kind, "count": r.count, **r.fields} for r in self.random],
+               "specs": list(self.specs), "networks": list(self.networks)}
+        if self.models:  # only then, so the cards of plans without models stay as they were
+            out["models"] = [m.to_json() for m in self.models]
+        return out
 
 
 def load_plan(source: str | Path) -> Plan:
@@ -194,7 +133,7 @@ def load_plan(source: str | Path) -> Plan:
         return _plan_from_dict({"name": text, **PRESETS[text]}, origin=f"plan preset {text!r}")
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"plan {text!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        raise ConfigError(f"plan {text!r} is neither a preset ({preset_names()}) nor a file")
     try:
         if path.suffix == ".toml":
             raw = tomllib.loads(path.read_text())
@@ -213,13 +152,15 @@ def load_plan(source: str | Path) -> Plan:
         raise
     if not isinstance(raw, dict):
         raise ConfigError(f"plan file {path} must hold a mapping")
-    return _plan_from_dict({"name": path.stem, **raw}, origin=f"plan file {path}")
+    return _plan_from_dict({"name": path.stem, **raw}, origin=f"plan file {path}",
+                           base=path.resolve().parent)
 
 
-_PLAN_KEYS = {"name", "seed", "spaces", "primitives", "around", "random", "specs", "networks"}
+_PLAN_KEYS = {"name", "seed", "spaces", "primitives", "around", "random", "specs", "networks",
+              "models"}
 
 
-def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
+def _plan_from_dict(raw: dict[str, Any], origin: str, base: Path | None = None) -> Plan:
     unknown = set(raw) - _PLAN_KEYS
     if unknown:
         raise ConfigError(f"{origin}: unknown plan key(s) {', '.join(sorted(unknown))}; "
@@ -256,7 +197,35 @@ def _plan_from_dict(raw: dict[str, Any], origin: str) -> Plan:
                 spaces=_strings(raw, "spaces", origin), primitives=primitives,
                 around=_integer(raw.get("around", 0), f"{origin}: around", minimum=0),
                 random=tuple(randoms), specs=specs, networks=_strings(raw, "networks", origin),
-                origin=origin)
+                models=_models(raw.get("models", []) or [], origin), origin=origin, base=base)
+
+
+def _models(value: Any, origin: str) -> tuple[ModelEntry, ...]:
+    """A plan's `models`: paths, or {path, input_shape: [NAME=DIMS, ...]} mappings."""
+    from latbench.bench.model_files import parse_input_shapes
+
+    if not isinstance(value, list):
+        raise ConfigError(f"{origin}: 'models' must be a list of model file paths, got "
+                          f"{value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item:
+            out.append(ModelEntry(item))
+            continue
+        shapes = item.get("input_shape", []) if isinstance(item, dict) else None
+        if isinstance(shapes, str):
+            shapes = [shapes]
+        if (not isinstance(item, dict) or set(item) - {"path", "input_shape"}
+                or not isinstance(item.get("path"), str) or not item["path"]
+                or not isinstance(shapes, list) or not all(isinstance(t, str) for t in shapes)):
+            raise ConfigError(f"{origin}: models entry {i} must be a path or {{path: PATH, "
+                              f"input_shape: [NAME=DIMS, ...]}}, got {item!r}")
+        try:
+            parse_input_shapes(shapes)
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: models entry {i}: {exc}") from exc
+        out.append(ModelEntry(item["path"], tuple(shapes)))
+    return tuple(out)
 
 
 def _integer(value: Any, what: str, minimum: int | None = None) -> int:
@@ -293,6 +262,9 @@ def build_specs(plan: Plan, resolve_space: SpaceResolver = space_kernels) -> lis
             real.extend(resolve_space(space))
         except ConfigError as exc:
             raise ConfigError(f"{plan.where}: spaces entry {i}: {exc}") from exc
+    for i, entry in enumerate(plan.models):  # each distinct kernel once, as spaces give them
+        kernels = model_entry_kernels(plan, entry, f"{plan.where}: models entry {i}")
+        real.extend({k.key(): k for k in kernels}.values())
     for spec in real:
         add(spec)
         if plan.primitives:
@@ -318,6 +290,23 @@ def build_specs(plan: Plan, resolve_space: SpaceResolver = space_kernels) -> lis
     return list(chosen.values())
 
 
+def model_entry_kernels(plan: Plan, entry: ModelEntry, label: str) -> list[OpSpec]:
+    """The kernels of a plan's model file, fused blocks (MBConv) whole - a predictor prices a
+    block whole when it was trained on it - and every other kernel as a runtime executes it;
+    a model that cannot be read is a ConfigError starting with `label`."""
+    from latbench.bench.model_files import model_kernels, parse_input_shapes
+    from latbench.errors import LatbenchError
+
+    path = plan.model_path(entry)
+    if not path.is_file():
+        raise ConfigError(f"{label}: model file {path} does not exist")
+    try:
+        return list(model_kernels(path, group=True,
+                                  input_shapes=parse_input_shapes(entry.input_shape)).kernels)
+    except LatbenchError as exc:
+        raise ConfigError(f"{label}: {exc}") from exc
+
+
 def _channels(c: int, rng: np.random.Generator) -> int:
     scaled = c * float(rng.choice([0.5, 0.75, 1.0, 1.25, 1.5, 2.0]))
     step = 8 if c >= 16 else 1
@@ -325,14 +314,18 @@ def _channels(c: int, rng: np.random.Generator) -> int:
 
 
 def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
-    """A random valid neighbour of `spec`: other size, channels, kernel or stride, same kind."""
+    """A random valid neighbour of `spec`: other size, channels, kernel or stride, same kind;
+    a patchifying conv (kernel = stride, no padding: a patch embedding, a ConvNeXt
+    downsampling) keeps its patch, attention matmuls and softmaxes keep their token axes tied
+    to the tokens."""
     for _ in range(tries):
         changes: dict[str, Any] = {}
         if spec.kind != "linear":
-            size = int(max(1, min(224, spec.h * float(rng.choice([0.5, 1.0, 1.0, 2.0])))))
+            # Images stay within 224 px; token tensors (h = tokens, w = 1) may be longer.
+            cap = 4 * spec.h if spec.w == 1 < spec.h else 224
+            size = int(max(1, min(cap, spec.h * float(rng.choice([0.5, 1.0, 1.0, 2.0])))))
             changes.update(h=size, w=size if spec.h == spec.w else spec.w)
-        if spec.kind not in ("concat",):
-            changes["cin"] = _channels(spec.cin, rng)
+        changes["cin"] = _channels(spec.cin, rng)
         if spec.kind in ("conv", "mbconv", "linear"):
             changes["cout"] = _channels(spec.cout, rng)
         if spec.kind == "conv" and spec.groups > 1:
@@ -345,8 +338,10 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
         if spec.kind == "mbconv":
             changes["expand"] = float(rng.choice([1, 3, 4, 6]))
             changes["residual"] = None
+        if _patchifies(spec):
+            changes.update(_perturb_patches(spec, rng))
         if spec.kind not in _PERTURBED_BEFORE:  # the later kinds: their own fields too
-            changes.update(_perturb_new(spec, rng))
+            changes.update(_perturb_new(spec, changes["cin"], rng))
         try:
             return spec.with_(**changes)
         except SpecError:
@@ -354,19 +349,52 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
     return spec
 
 
-# Kinds `perturb` knew first: what it draws for them stays as it was, so plans keep their specs.
+# Kinds `perturb` knew first: what it draws for them stays as it was, so plans keep their specs
+# (concat channels, token tensors and patchifying convs, which no earlier plan held, aside).
 _PERTURBED_BEFORE = frozenset(("conv", "dwconv", "mbconv", "linear", "pool", "add", "mul",
                                "act", "se", "concat"))
+# Input channels up to this are an image's (RGB, grey): a neighbour keeps them.
+_IMAGE_CHANNELS = 4
 
 
-def _perturb_new(spec: OpSpec, rng: np.random.Generator) -> dict[str, Any]:
-    """Changes to the fields of the kinds added later (beyond size and input channels):
-    tokens, and the output channels of the kinds that have them."""
+def _patchifies(spec: OpSpec) -> bool:
+    """A conv cutting its input into non-overlapping patches (kernel = stride >= 2, no pad)."""
+    return (spec.kind == "conv" and spec.kernel == spec.stride >= 2 and spec.pad == 0
+            and not spec.kernel_w and spec.dilation == 1)
+
+
+def _perturb_patches(spec: OpSpec, rng: np.random.Generator) -> dict[str, Any]:
+    """A patchifying conv's neighbour: same patch, another number of patches (a multiple of
+    the patch as size) and width; an image's channels kept."""
+    patch = spec.kernel
+    side = max(1, int(round(spec.h / patch * float(rng.choice([0.5, 0.75, 1.0, 1.5, 2.0])))))
+    changes: dict[str, Any] = {"h": side * patch, "w": side * patch, "kernel": patch,
+                               "stride": patch, "pad": 0}
+    if spec.cin <= _IMAGE_CHANNELS:
+        changes["cin"] = spec.cin
+    return changes
+
+
+def _perturb_new(spec: OpSpec, cin: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Changes to the fields of the kinds added later (beyond size and input channels `cin`,
+    already drawn): tokens, heads, and the output channels of the kinds that have them; the
+    token axes of attention scores follow the tokens, a slice keeps its share of the
+    channels."""
     changes: dict[str, Any] = {}
+    tokens = spec.tokens
     if "tokens" in KEY_FIELDS[spec.kind]:
-        changes["tokens"] = max(1, int(round(spec.tokens * float(rng.choice([0.5, 1.0, 2.0])))))
+        tokens = max(1, int(round(spec.tokens * float(rng.choice([0.5, 1.0, 2.0])))))
+        changes["tokens"] = tokens
     if "cout" in KEY_FIELDS[spec.kind]:
         changes["cout"] = _channels(spec.cout, rng)
+    if spec.kind in ("bmm", "softmax"):
+        changes["heads"] = max(1, int(round(spec.heads * float(rng.choice([0.5, 1.0, 2.0])))))
+    if spec.kind == "bmm" and spec.cout == spec.tokens:  # Q K^T: [T, D] @ [D, T]
+        changes["cout"] = tokens
+    if spec.kind in ("bmm", "softmax") and spec.cin == spec.tokens:  # A V, softmax of scores
+        changes["cin"] = tokens
+    if spec.kind == "slice":
+        changes["cout"] = max(1, min(cin - 1, round(spec.cout * cin / spec.cin)))
     return changes
 
 
@@ -571,12 +599,78 @@ def plan_subjects(plan: Plan) -> list[Subject]:
     among them, so networks and kernels share batches and so the device's state: the
     composition learns how kernels add up, not how the machine drifted between the two."""
     kernels = [Subject.op(s) for s in build_specs(plan)]
-    if not plan.networks:
+    networks = plan_networks(plan)
+    if not networks:
         return kernels
-    networks = resolve_networks(",".join(plan.networks), seed=plan.seed, with_kernels=True)
     step = len(kernels) / len(networks)
     subjects: list[Subject] = []
     for i, network in enumerate(networks):
         subjects += kernels[round(i * step):round((i + 1) * step)]
         subjects.append(network)
     return subjects
+
+
+def plan_networks(plan: Plan) -> list[Subject]:
+    """A plan's calibration networks with their kernels: network sets, then model files (a
+    relative path from the plan file's folder; split like the plan's `models`, and measured
+    at the input shape a `models` entry of the same file gives)."""
+    sets = [item for item in plan.networks if not _is_model_path(item)]
+    out = resolve_networks(",".join(sets), seed=plan.seed, with_kernels=True) if sets else []
+    shapes = {plan.model_path(m).resolve(): m.input_shape for m in plan.models}
+    for i, item in enumerate(plan.networks):
+        if _is_model_path(item):
+            path = plan.model_path(ModelEntry(item))
+            entry = ModelEntry(str(path), shapes.get(path.resolve(), ()))
+            kernels = model_entry_kernels(plan, entry, f"{plan.where}: networks entry {i}")
+            out.append(file_network(path, kernels, input_shape=entry.input_shape))
+    return out
+
+
+def kernel_set_networks(plan: Plan) -> set[str]:
+    """Network keys ("FAMILY:NAME") of the family networks whose kernels the plan measures:
+    held-out evaluation should leave them out too (a small family can draw the same
+    architecture under another seed)."""
+    return {f"{net.family}:{net.name}" for space in plan.spaces if space.startswith("family:")
+            for net in family_set_networks(space)}
+
+
+def plan_from_model(model: str | Path, around: int = 2, input_shape: Sequence[str] = (),
+                    seed: int = 0, calibrate: bool = True) -> Plan:
+    """The plan of a user's model file: its own kernels (fused blocks whole, and their
+    primitives), `around` neighbours of each, and - with `calibrate` - the model itself as
+    the calibration network. Checked now: a model that cannot be read is refused before any
+    plan is written."""
+    path = Path(model)
+    plan = Plan(name=path.stem, seed=seed, around=_integer(around, "--around", minimum=0),
+                models=(ModelEntry(str(path), tuple(input_shape)),),
+                networks=(str(path),) if calibrate else (), origin=f"plan of {path}")
+    model_entry_kernels(plan, plan.models[0], plan.where)
+    return plan
+
+
+def plan_yaml(plan: Plan, relative_to: Path | None = None) -> str:
+    """The plan as a YAML file a user can edit and pass to `bench ops --plan`; model paths
+    relative to the folder `relative_to` (the file's) when they lie under it, else absolute."""
+    import yaml
+
+    def where(text: str) -> str:
+        path = plan.model_path(ModelEntry(text)).resolve()
+        if relative_to is not None and path.is_relative_to(relative_to.resolve()):
+            return str(path.relative_to(relative_to.resolve()))
+        return str(path)
+
+    raw = plan.to_dict()
+    raw["models"] = [m.to_json() for m in (ModelEntry(where(e.path), e.input_shape)
+                                           for e in plan.models)]
+    raw["networks"] = [where(n) if _is_model_path(n) else n for n in plan.networks]
+    raw = {k: v for k, v in raw.items() if v not in ([], None)}
+    head = (f"# latbench plan {plan.name!r}: `latbench bench plan FILE` shows its kernels,\n"
+            "# `latbench bench ops --plan FILE` measures them (keys: docs/measurement.md, "
+            "section 5).\n")
+    return head + yaml.safe_dump(raw, sort_keys=False, width=100)
+
+
+def _is_model_path(item: str) -> bool:
+    """Whether a `networks` item is a model file path (not a NAME:COUNT network set)."""
+    return Path(item).suffix.lower() in model_suffixes()
+

@@ -66,26 +66,29 @@ def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict
 
 def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None = None
                     ) -> list[OpSpec]:
-    """A network's kernels: known for search-space architectures, else split from its ONNX;
-    split by the fusion rules `attach` when given (else the default rules)."""
+    """A network's kernels: known for search-space architectures, else split from its model
+    file (ONNX or TFLite); split by the fusion rules `attach` when given (else the default
+    rules)."""
     from latbench.bench.fusion import apply_attach
-    from latbench.bench.kernels import DEFAULT_ATTACH, onnx_to_kernels
+    from latbench.bench.kernels import DEFAULT_ATTACH
+    from latbench.bench.model_files import model_kernels
 
     if network.kernels is not None:
         kernels = list(network.kernels)
         return kernels if attach is None else apply_attach(kernels, attach)
-    if network.onnx is not None:
-        return onnx_to_kernels(network.onnx(), attach=DEFAULT_ATTACH if attach is None
-                               else attach)
-    raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export")
+    if network.model is not None:
+        return list(model_kernels(network.model(), attach=DEFAULT_ATTACH if attach is None
+                                  else attach).kernels)
+    raise PredictorError(f"network {network.key} has neither kernels nor an ONNX export "
+                         "(nor another model file)")
 
 
 def priced_kernels(network: Subject, predictor: LatencyPredictor) -> list[OpSpec]:
     """The kernels `predictor` prices a network as: a search-space network's own kernels, a
     model file split as `latbench predict FILE` splits it (the predictor's fusion rules, fused
     blocks whole where it was trained on them), so evaluation scores the path users take."""
-    if network.kernels is None and network.onnx is not None:
-        return predictor.split(network.onnx())
+    if network.kernels is None and network.model is not None:
+        return predictor.split(network.model())
     return network_kernels(network, predictor.attach_)
 
 

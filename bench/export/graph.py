@@ -25,7 +25,7 @@ LAYER_OPS = ("conv", "linear", "add", "mul", "act", "pool", "gpool", "concat",
              "add_const", "convt", "resize", "pad", "slice", "instnorm", "reduce", "shuffle")
 # Layer ops whose 4-D output is plain (not an image); elementwise ops follow their input; the
 # layers that read their inputs as plain tensors (an NHWC exporter hands them NCHW data).
-PLAIN_OPS = frozenset({"bmm", "softmax", "transpose"})
+PLAIN_OPS = frozenset({"bmm", "softmax", "transpose", "tlinear", "layernorm"})
 ELEMENTWISE_OPS = frozenset({"add", "mul", "act", "add_const"})
 PLAIN_INPUT_OPS = frozenset({"tlinear", "bmm", "softmax", "layernorm", "transpose", "cat_const",
                              "gather"})

@@ -12,13 +12,15 @@ gives exactly `ops(arch)`, which a test checks):
 - edges that cannot reach the cell output, and "none" edges, are left out of the network (the
   exporter drops dead computation anyway); a cell whose output is cut off from its input
   outputs zeros (`x * 0`, one "mul" kernel), as the benchmark's Zero op does;
-- two pools of the same node are one kernel (the exporter merges the identical computation).
+- a computation that occurs twice is one kernel, as the exporter merges common subexpressions:
+  two pools of the same tensor, and node 3's sum of its first two inputs when node 2 sums the
+  same parameter-free edges (skip connections, pools) of the same nodes in the same order.
 
 The searchable "layers" are the 6 edges; an architecture's choices are shared by all 15 cells.
 Latency per (edge, operation) is that operation's kernels summed over the 15 cells (plus one
 add for edges that join a node with other inputs), so LatencyTable stays additive. The table
-is exact when no edge is "none" and may over-estimate by a few adds (or by dead edges)
-otherwise.
+is exact when no edge is "none" and no computation repeats; otherwise it may over-estimate, by
+the dead edges, the merged pools and the merged adds.
 """
 
 from __future__ import annotations
@@ -137,23 +139,40 @@ class NasBench201(SearchSpace):
         return [*self._stem(), *self._reduction(1), *self._reduction(2)], self._head()
 
     def cell_ops(self, arch: Arch, size: int, channels: int) -> list[OpSpec]:
-        """Kernels of one cell in execution order: live edges and the adds joining them."""
+        """Kernels of one cell in execution order: live edges and the adds joining them, each
+        distinct computation once (the exporter merges repeated ones).
+
+        Every tensor is written as the expression that computes it: a skip connection is its
+        input's expression, a pool ("pool", input), a conv ("conv", edge) (its own weights), a
+        node the left-to-right sum of its edges; an expression seen before costs nothing."""
         ops = self.op_names(arch)
         live = live_edges(ops)
         if not live:
             return [OpSpec("mul", h=size, w=size, cin=channels)]
         out: list[OpSpec] = []
-        pooled: set[int] = set()  # pools of one node are one pool (exporters merge them)
+        made: set[tuple] = set()
+
+        def make(expression: tuple, kernels: list[OpSpec]) -> tuple:
+            if expression not in made:
+                made.add(expression)
+                out.extend(kernels)
+            return expression
+
+        add = [OpSpec("add", h=size, w=size, cin=channels)]
+        nodes: list[tuple | None] = [("input",)]
         for node in (1, 2, 3):
-            inputs = [e for e in live if EDGES[e][0] == node]
-            for i, e in enumerate(inputs):
-                source = EDGES[e][1]
-                if ops[e] != "avg_pool_3x3" or source not in pooled:
-                    out += edge_kernels(ops[e], size, channels)
-                if ops[e] == "avg_pool_3x3":
-                    pooled.add(source)
-                if i:
-                    out.append(OpSpec("add", h=size, w=size, cin=channels))
+            total: tuple | None = None
+            for e in live:
+                to, source = EDGES[e]
+                if to != node or (tensor := nodes[source]) is None:
+                    continue
+                if ops[e] == "skip_connect":
+                    y = tensor
+                else:
+                    key = ("pool", tensor) if ops[e] == "avg_pool_3x3" else ("conv", e)
+                    y = make(key, edge_kernels(ops[e], size, channels))
+                total = y if total is None else make(("add", total, y), add)
+            nodes.append(total)
         return out
 
     def ops(self, arch: Arch) -> list[OpSpec]:

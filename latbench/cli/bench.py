@@ -41,7 +41,7 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     With --fleet every device's health is checked first and each device is measured with every
     runtime it lists (or --runtime); with --device alone, one runtime (default onnxruntime)."""
     from latbench.bench.campaign import measure_fleet_into_dataset, measure_into_dataset
-    from latbench.bench.runners import require_runtime
+    from latbench.bench.runners import RUNNERS, require_runtime
     from latbench.progress import Bars
 
     targets = devices(args, threads=args.threads)
@@ -61,6 +61,11 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     runtime = _one_runtime(args.runtime)
     device = targets[0]
     require_runtime(device, runtime)
+    refused = [why for s in subjects if (why := s.refusal(RUNNERS.lookup(runtime)))]
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ConfigError(f"{refused[0]}{more}: measure them with a runtime that runs their "
+                          "format (--runtime)")
     with Bars("measuring") as bars:
         summary = measure_into_dataset(subjects, device, runtime, Path(args.out), config,
                                        card=card, progress=bars)
@@ -83,7 +88,7 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
 def cmd_bench_networks(args: argparse.Namespace) -> int:
     from latbench.bench.network_sets import resolve_networks
 
-    subjects = resolve_networks(args.networks, args.seed)
+    subjects = resolve_networks(args.networks, args.seed, dynamo=not args.legacy_export)
     card = {"networks": args.networks, "seed": args.seed, "flags": sys.argv[1:]}
     return _measure(args, subjects, card, "network dataset")
 
@@ -91,21 +96,87 @@ def cmd_bench_networks(args: argparse.Namespace) -> int:
 def cmd_bench_plan(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from latbench.bench.plans import build_specs, load_plan
+    from latbench.bench.plans import build_specs, load_plan, plan_from_model, plan_yaml
+    from latbench.bench.store import atomic_write_text
 
-    plan = load_plan(args.plan)
+    if (args.plan is None) == (args.model is None):
+        raise ConfigError("give a plan (a preset or a plan file) or --from MODEL, not both")
+    if args.model is not None:
+        plan = plan_from_model(_model_path(args.model),
+                               around=DEFAULT_AROUND if args.around is None else args.around,
+                               input_shape=args.input_shape or [], seed=args.seed,
+                               calibrate=not args.no_network)
+    else:
+        if args.around is not None or args.input_shape or args.out or args.no_network:
+            raise ConfigError("--around, --input-shape, --no-network and --out go with --from "
+                              "MODEL")
+        plan = load_plan(args.plan)
     specs = build_specs(plan)
+    if args.model is not None and args.out is None and not args.json:
+        print(plan_yaml(plan), end="")  # the plan itself, ready to redirect into a file
+        return 0
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix not in (".yaml", ".yml"):
+            raise ConfigError(f"--out {out} must end in .yaml or .yml")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, plan_yaml(plan, relative_to=out.parent))
     counts = Counter(s.kind for s in specs)
     if args.json:
         print_json({"plan": plan.name, "kernels": len(specs), "by_kind": dict(sorted(
-            counts.items())), "keys": [s.key() for s in specs] if args.keys else None})
+            counts.items())), "networks": list(plan.networks),
+            "keys": [s.key() for s in specs] if args.keys else None,
+            "written": args.out})
         return 0
     print_table(f"plan {plan.name}: {len(specs)} kernels", ["kind", "kernels"],
                 sorted(counts.items()))
+    if plan.networks:
+        print(f"calibration networks: {', '.join(plan.networks)}")
     if args.keys:
         for spec in specs:
             print(spec.key())
+    if args.out is not None:
+        print(f"plan written to {args.out}: edit it, then `latbench bench ops --plan "
+              f"{args.out}`")
     return 0
+
+
+DEFAULT_AROUND = 2  # variations around each kernel of a model's plan
+
+
+def _model_path(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    return path
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from latbench.bench.runners import require_runtime
+    from latbench.predictor.model_table import KERNEL_HEADER, measure_model_table
+    from latbench.progress import Bars
+
+    model = _model_path(args.model)
+    runtime = _one_runtime([args.runtime] if args.runtime else None)
+    device = one_device(args, threads=args.threads)
+    require_runtime(device, runtime)
+    with Bars("measuring") as bars:
+        table = measure_model_table(model, device, runtime, Path(args.out),
+                                    campaign_config(args), around=args.around,
+                                    input_shape=args.input_shape or [],
+                                    statistic=args.statistic, card={"flags": sys.argv[1:]},
+                                    progress=bars)
+    if args.json:
+        print_json(table.to_json())
+    else:
+        print_table(f"{model.name} on {table.device} / {table.runtime} ({table.statistic})",
+                    ["", "value"], table.summary_rows())
+        print_table("kernels, most expensive first (share: of the kernels' measured time)",
+                    list(KERNEL_HEADER), table.kernel_rows())
+        print(f"dataset: {table.dataset}  predictor: {table.predictor} "
+              f"(`latbench predict MODEL --predictor {table.predictor}`)")
+        report_failures(table.campaign)
+    return 1 if table.campaign.failed else 0
 
 
 def cmd_bench_repeat(args: argparse.Namespace) -> int:
@@ -178,6 +249,12 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _presets() -> str:
+    from latbench.bench.presets import preset_names
+
+    return preset_names()
+
+
 def add_commands(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measure operators and networks on devices")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
@@ -193,8 +270,8 @@ def add_commands(sub: Any) -> None:
                      help="runtime(s) (default: onnxruntime on one device; every runtime each "
                           "device lists with --fleet)")
     ops.add_argument("--plan", default="quick",
-                     help="a preset (quick, nasbench-macro, mobilenetv2, random, families) or "
-                          "a YAML/TOML plan file (default quick)")
+                     help=f"a preset ({_presets()}) or a YAML/TOML plan file, e.g. from "
+                          "`bench plan --from MODEL` (default quick)")
     ops.add_argument("--out", required=True, help="dataset directory (created or resumed)")
     ops.add_argument("--limit", type=int, default=None,
                      help="measure only the first N kernels (N >= 1)")
@@ -212,6 +289,9 @@ def add_commands(sub: Any) -> None:
     nets.add_argument("--runtime", choices=runtimes, nargs="+", default=None,
                       help="runtime(s) (default as for `bench ops`)")
     nets.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
+    nets.add_argument("--legacy-export", action="store_true",
+                      help="export family networks with torch's legacy (TorchScript) exporter, "
+                           "several times faster, instead of the default one users call")
     nets.add_argument("--out", required=True, help="dataset directory (created or resumed)")
     add_json(nets)
     add_device_options(nets)
@@ -240,11 +320,53 @@ def add_commands(sub: Any) -> None:
     add_device_options(repeat, what="device the dataset was measured on")
     repeat.set_defaults(func=cmd_bench_repeat)
 
-    plan = bench_sub.add_parser("plan", help="show which kernels a plan measures")
-    plan.add_argument("plan", help="preset name or plan file")
+    plan = bench_sub.add_parser(
+        "plan", help="show which kernels a plan measures, or make the plan of a model",
+        description="Show the kernels a plan measures (a preset or a YAML/TOML plan file), or "
+                    "with --from MODEL make the plan of a model file (.onnx, .tflite): its own "
+                    "kernels, --around N variations of each and the model as calibration "
+                    "network, written as YAML (--out FILE, else printed) to edit and measure "
+                    "with `bench ops --plan FILE`.")
+    plan.add_argument("plan", nargs="?", help=f"a preset ({_presets()}) or a plan file")
+    plan.add_argument("--from", dest="model", metavar="MODEL",
+                      help="make the plan of this model file instead")
+    plan.add_argument("--around", type=int, default=None,
+                      help="with --from: variations around each kernel (default "
+                           f"{DEFAULT_AROUND})")
+    plan.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                      help="with --from: the shape of an input with symbolic dims, e.g. "
+                           "input=1x3x224x224 (repeatable)")
+    plan.add_argument("--no-network", action="store_true",
+                      help="with --from: do not measure the model itself as calibration network")
+    plan.add_argument("--seed", type=int, default=0, help="with --from: the plan's seed")
+    plan.add_argument("--out", help="with --from: write the plan to this .yaml file")
     plan.add_argument("--keys", action="store_true", help="print every kernel key")
     add_json(plan)
     plan.set_defaults(func=cmd_bench_plan)
+
+    model = bench_sub.add_parser(
+        "model", help="a latency table for one model on one device, in one command",
+        description="Measure a model's own kernels (and --around variations) and the model end "
+                    "to end on a device in one resumable campaign (OUT/dataset), fit a "
+                    "predictor on them with the model as calibration network (OUT/predictor), "
+                    "and report predicted vs measured for the model, every kernel's measured "
+                    "time and share, and the composition. Rerun the same command to resume.")
+    model.add_argument("model", help="model file (.onnx, .tflite)")
+    model.add_argument("--runtime", choices=runtimes, default=None,
+                       help="runtime (default onnxruntime)")
+    model.add_argument("--out", required=True,
+                       help="folder for the dataset and the predictor (created or resumed)")
+    model.add_argument("--around", type=int, default=0,
+                       help="variations measured around each kernel, for a predictor that "
+                            "also prices models near this one (default 0)")
+    model.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                       help="the shape of an input with symbolic dims, e.g. input=1x3x224x224 "
+                            "(repeatable)")
+    add_statistic(model)
+    add_json(model)
+    add_device_options(model)
+    add_run_settings(model)
+    model.set_defaults(func=cmd_bench_model)
 
     fusion = bench_sub.add_parser(
         "fusion", help="measure which op pairs the runtime fuses (rules for the kernel split)",

@@ -25,6 +25,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
+    from latbench.bench.presets import preset_names
+
     demo = sub.add_parser(
         "demo", help="the whole pipeline on one device (default: the local CPU)",
         description="With ONNX Runtime (1 thread) on the local CPU, or on --device: measure "
@@ -39,8 +41,8 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--networks", type=int, default=None,
                       help="held-out NAS-Bench-Macro networks (default 50 quick, 200 full)")
     demo.add_argument("--seed", type=int, default=0, help="seed")
-    demo.add_argument("--plan", help="plan preset or file instead of the default (quick: "
-                                     "'quick', full: 'nasbench-macro')")
+    demo.add_argument("--plan", help=f"plan preset ({preset_names()}) or file instead of "
+                                     "the default (quick: 'quick', full: 'nasbench-macro')")
     add_json(demo)
     add_device_options(demo)
     demo.set_defaults(func=cmd_demo)
