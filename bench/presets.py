@@ -104,9 +104,12 @@ def _families(**counts: int) -> list[str]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Real NAS-Bench-Macro kernels, their primitives and a few neighbours, and 30 networks to
-    # calibrate how kernels compose: enough for the demo.
-    "quick": {"spaces": ["nasbench-macro"], "primitives": True, "around": 2,
-              "networks": ["nasbench-macro:30"]},
+    # calibrate how kernels compose: enough for the demo. With the kernels of a few ResNets and
+    # ViTs and two of each to calibrate them (a composition fitted on NAS-Bench-Macro alone
+    # mis-prices a ResNet's 3x3 convolutions), so that the demo can price the CNN and the
+    # vision transformer a user brings (latbench/user_models.py).
+    "quick": {"spaces": ["nasbench-macro", *_families(resnet=4, vit=4)], "primitives": True,
+              "around": 2, "networks": ["nasbench-macro:30", "resnet:2", "vit:2"]},
     # The same, denser around the space, plus wide random kernels for networks outside it.
     "nasbench-macro": {"spaces": ["nasbench-macro"], "primitives": True, "around": 6,
                        "random": list(_WIDE_RANDOM), "networks": ["nasbench-macro:60"]},

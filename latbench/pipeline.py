@@ -1,8 +1,10 @@
 """The whole flow on one device, written into runs/<timestamp>/ (what `latbench demo` runs).
 
 measure kernels -> dataset -> fit predictor -> held-out networks measured end to end -> search
-under three budgets -> measure the winners -> report.md. Each step is the same library call a
-user would make with the CLI, so the demo doubles as the end-to-end check of the spine.
+under three budgets -> measure the winners -> predict and measure two models a user might bring
+(a CNN and a vision transformer exported from PyTorch) -> report.md. Each step is the same
+library call a user would make with the CLI, so the demo doubles as the end-to-end check of the
+spine.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from latbench.bench.spaces.nasbench_macro import PUBLIC_SOURCE, load_accuracy_ta
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device, local_device
 from latbench.errors import LatbenchError
-from latbench.extras import can_plot
+from latbench.extras import available, can_plot
 from latbench.predictor.evaluate import evaluate, write_report
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.progress import Bars
 from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.tables import print_table
+from latbench.user_models import ROW_HEADER as USER_MODEL_HEADER
+from latbench.user_models import UserModelResult, predict_and_measure
+from latbench.user_models import markdown as user_models_markdown
 
 RUNTIME = "onnxruntime"
 BUDGET_QUANTILES = (0.2, 0.5, 0.8)
@@ -48,6 +53,7 @@ class DemoOptions:
     families: tuple[str, ...] = field(default=())
     plan_name: str | None = None  # a preset or plan file instead of the default
     print_summary: bool = True  # the summary tables on stdout (off: report.json only)
+    user_models: bool = True  # end with the two models a user might bring (needs torch)
 
     @property
     def plan(self) -> str:
@@ -93,7 +99,7 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     plan = load_plan(options.plan)
     subjects = plan_subjects(plan)
     n_kernels = sum(1 for s in subjects if s.subject == "op")
-    console.print(f"1/5 measuring {n_kernels} kernels and {len(subjects) - n_kernels} "
+    console.print(f"1/6 measuring {n_kernels} kernels and {len(subjects) - n_kernels} "
                   f"calibration networks of plan {plan.name!r} on {device.name} "
                   f"({RUNTIME}, 1 thread)")
     with Bars("kernels", console) as bars:
@@ -108,7 +114,7 @@ def run_demo(options: DemoOptions, console: Console | None = None,
 
     # 2. predictor
     started = time.perf_counter()
-    console.print("2/5 fitting the xgboost per-kernel predictor")
+    console.print("2/6 fitting the xgboost per-kernel predictor")
     predictor = LatencyPredictor().fit(run_dir / "dataset")
     predictor.save(run_dir / "predictor")
     timings["predictor"] = time.perf_counter() - started
@@ -121,7 +127,7 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     started = time.perf_counter()
     networks = resolve_networks(options.network_spec, seed=options.seed + 1,
                                 exclude=predictor.calibration_keys)
-    console.print(f"3/5 measuring {len(networks)} held-out networks end to end")
+    console.print(f"3/6 measuring {len(networks)} held-out networks end to end")
     with Bars("networks", console) as bars:
         evaluation = evaluate(predictor, networks, device, run_dir / "eval",
                               config=config, progress=bars)
@@ -139,17 +145,17 @@ def run_demo(options: DemoOptions, console: Console | None = None,
         search_note = (f"Search skipped: the NAS-Bench-Macro accuracy table was not found. Get "
                        f"it from {PUBLIC_SOURCE} and pass its folder with --data-dir (or set "
                        f"LATBENCH_DATA).")
-        console.print(f"[yellow]4/5 {search_note}[/]")
+        console.print(f"[yellow]4/6 {search_note}[/]")
     else:
         table = LatencyTable.from_predictor(space, predictor, device.name, RUNTIME)
         table.save(run_dir / "latency_table.json")
         predicted_all = table.latencies(choices_matrix(space.all_archs()))
         budgets = [float(f"{q:.3g}") for q in np.quantile(predicted_all, BUDGET_QUANTILES)]
-        console.print(f"4/5 searching all {space.size} architectures under budgets "
+        console.print(f"4/6 searching all {space.size} architectures under budgets "
                       f"{', '.join(f'{b:g} ms' for b in budgets)}")
         margin = predictor.safety_margin()
         results = search_budgets(space, table, accuracy, budgets, margin=margin)
-        console.print("5/5 measuring the winners")
+        console.print("5/6 measuring the winners")
         with Bars("winners", console) as bars:
             outcomes = measure_winners(space, results, predictor, device,
                                        run_dir / "search" / "winners", config, bars)
@@ -160,12 +166,34 @@ def run_demo(options: DemoOptions, console: Console | None = None,
             _pareto_plot(predicted_all, space, accuracy, outcomes,
                          run_dir / "search_pareto.png", device.name)
     timings["search"] = time.perf_counter() - started
+
+    # 6. models a user might bring, predicted from their files, then measured
+    started = time.perf_counter()
+    user_results: list[UserModelResult] = []
+    user_note = ""
+    if not options.user_models:
+        user_note = "Skipped (--no-user-models)."
+    elif not available("torch"):
+        user_note = ("Skipped: building the models needs torch, which is not installed: pip "
+                     "install 'latbench[torch]'.")
+        console.print(f"[yellow]6/6 {user_note}[/]")
+    else:
+        console.print("6/6 predicting two models a user might bring (a CNN and a vision "
+                      "transformer exported from PyTorch), then measuring them")
+        with Bars("models", console) as bars:
+            user_results = predict_and_measure(predictor, device, run_dir / "user_models",
+                                               config, bars)
+        report["user_models"] = [r.to_json() for r in user_results]
+    timings["user_models"] = time.perf_counter() - started
     report["timings_s"] = timings
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(run_dir / "report.md", _markdown(report, card, predictor.info_, evaluation,
-                                                       search_rows, search_note))
+                                                       search_rows, search_note)
+                      + _user_models_markdown(user_results, user_note)
+                      + "\nTimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+                      + "\n")
     if options.print_summary:
-        _print_summary(evaluation, search_rows, run_dir)
+        _print_summary(evaluation, search_rows, user_results, run_dir)
     return run_dir
 
 
@@ -229,8 +257,7 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
                   "|" + "---|" * len(OUTCOME_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in search_rows]
         lines += ["", "![accuracy vs latency](search_pareto.png)"]
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n"
 
 
 def _composition_text(composition: dict[str, Any]) -> str:
@@ -243,10 +270,25 @@ def _composition_text(composition: dict[str, Any]) -> str:
             f"composed {composition['rmspe_pct_composed']:.2f}%.")
 
 
-def _print_summary(evaluation: Any, search_rows: list[tuple[str, ...]], run_dir: Path) -> None:
+def _user_models_markdown(results: list[UserModelResult], note: str) -> str:
+    lines = ["## 5. Models a user might bring", "",
+             "A CNN and a vision transformer built in PyTorch, exported with torch's default "
+             "exporter (`user_models/*.onnx`), predicted from the files as `latbench predict "
+             "FILE` does, then measured end to end (`user_models/measured/`). Coverage: the "
+             "share of the predicted kernel time from kernels inside the predictor's training "
+             "range.", ""]
+    lines.append(note or user_models_markdown(results))
+    return "\n".join(lines) + "\n"
+
+
+def _print_summary(evaluation: Any, search_rows: list[tuple[str, ...]],
+                   user_results: list[UserModelResult], run_dir: Path) -> None:
     print_table("held-out networks", ("family", "n", "RMSPE %", "within 10%", "Spearman"),
                 [(family, int(m["n"]), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
                   f"{m['spearman']:.3f}") for family, m in evaluation.metrics.items()])
     if search_rows:
         print_table("search under budgets", OUTCOME_HEADER, search_rows)
+    if user_results:
+        print_table("models a user might bring (predicted from the file, then measured)",
+                    USER_MODEL_HEADER, [r.row() for r in user_results])
     print(f"everything is in {run_dir} (report.md)")

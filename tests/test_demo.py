@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
+
 from latbench.bench.spaces import get_space
 from latbench.bench.store import LatencyDataset
 from latbench.cli import main
 from latbench.predictor.io import read_manifest
 from latbench.search.latency import LatencyTable
+from latbench.user_models import USER_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"
@@ -84,6 +87,28 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
         assert abs(table.latency(space.decode(outcome["arch"])) - outcome["predicted_ms"]) < 1e-9
     assert (run_dir / "search_pareto.png").read_bytes().startswith(PNG_SIGNATURE)
 
+    # 6. the two models a user might bring: exported files, measured end to end; the tiny plan
+    # has the CNN's kinds but no transformer kernels, so the ViT is measured but not predicted
+    # and the report says which kinds were missing
+    models = {m["name"]: m for m in report["user_models"]}
+    assert set(models) == {net.name for net in USER_MODELS}
+    for model in models.values():
+        assert onnx.load(model["file"]).graph.node  # the exported ONNX file
+        assert Path(model["file"]).parent == run_dir / "user_models"
+        assert model["measured_ms"] > 0
+    cnn, vit = models["resnet18-half-r128"], models["vit-tiny-d6-r112"]
+    assert cnn["error"] is None
+    prediction = cnn["prediction"]
+    assert prediction["predicted_ms"] > 0 and 0.0 <= prediction["coverage"] <= 1.0
+    assert {"conv", "add", "pool", "linear"} <= set(prediction["by_kind_ms"])
+    assert abs(sum(k["predicted_ms"] for k in prediction["kernels"]) + prediction["overhead_ms"]
+               - prediction["predicted_ms"]) < 1e-6
+    assert abs(cnn["error_pct"] - 100 * (prediction["predicted_ms"] / cnn["measured_ms"] - 1)) \
+        < 1e-9
+    assert vit["prediction"] is None and "tlinear" in vit["error"]
+    measured = LatencyDataset.open(run_dir / "user_models" / "measured").records()
+    assert set(measured["key"]) == {f"onnx:{name}.onnx" for name in models}
+
     # the report ties it together
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# latbench demo report")
@@ -93,3 +118,5 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
     for outcome in report["search"]:
         assert f"| {outcome['arch']} |" in md
     assert "Search skipped" not in md
+    assert "## 5. Models a user might bring" in md
+    assert "| resnet18-half-r128 | CNN |" in md and "Not predicted: " in md

@@ -54,10 +54,18 @@ def _export_dynamo(torch: Any, module: Any, example: tuple, opset: int, optimize
     if opset < DYNAMO_MIN_OPSET:
         logger.debug("dynamo exporter: opset %d raised to %d", opset, DYNAMO_MIN_OPSET)
         opset = DYNAMO_MIN_OPSET
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, example, dynamo=True, external_data=False,
-                                    opset_version=opset, optimize=optimize, verbose=False)
+    # The exporter logs a warning per torchvision op it cannot register when torchvision is
+    # absent (it is not needed); keep that out of the user's terminal.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, example, dynamo=True, external_data=False,
+                                        opset_version=opset, optimize=optimize, verbose=False)
+    finally:
+        exporter_log.setLevel(level)
     if program is None:
         raise ExportError(f"dynamo ONNX export of {type(module).__name__} returned no program")
     return program.model_proto.SerializeToString()

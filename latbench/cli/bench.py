@@ -11,6 +11,7 @@ from typing import Any
 from latbench.cli.common import (
     add_device_options,
     add_json,
+    add_legacy_export,
     add_run_settings,
     add_statistic,
     campaign_config,
@@ -289,9 +290,7 @@ def add_commands(sub: Any) -> None:
     nets.add_argument("--runtime", choices=runtimes, nargs="+", default=None,
                       help="runtime(s) (default as for `bench ops`)")
     nets.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
-    nets.add_argument("--legacy-export", action="store_true",
-                      help="export family networks with torch's legacy (TorchScript) exporter, "
-                           "several times faster, instead of the default one users call")
+    add_legacy_export(nets)
     nets.add_argument("--out", required=True, help="dataset directory (created or resumed)")
     add_json(nets)
     add_device_options(nets)

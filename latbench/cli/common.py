@@ -34,6 +34,14 @@ def networks_help(default: str | None = None) -> str:
     return f"{text} (default {default})" if default else text
 
 
+def add_legacy_export(parser: argparse.ArgumentParser) -> None:
+    """--legacy-export, for commands that export family networks to ONNX."""
+    parser.add_argument("--legacy-export", action="store_true",
+                        help="export family networks with torch's legacy (TorchScript) "
+                             "exporter, several times faster, instead of the default one users "
+                             "call")
+
+
 def runtime_names() -> list[str]:
     """Every registered runtime, for --runtime choices."""
     from latbench.bench.runners import RUNNERS

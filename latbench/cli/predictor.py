@@ -14,6 +14,7 @@ from latbench.cli.common import (
     PASSES_HELP,
     add_device_options,
     add_json,
+    add_legacy_export,
     add_run_settings,
     add_statistic,
     campaign_config,
@@ -193,7 +194,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
 
     predictor = LatencyPredictor.load(Path(args.predictor))
-    networks = resolve_networks(args.networks, args.seed, exclude=predictor.calibration_keys)
+    networks = resolve_networks(args.networks, args.seed, exclude=predictor.calibration_keys,
+                                dynamo=not args.legacy_export)
     settings = predictor.run_settings()
     device = one_device(args, threads=settings.threads)
     out = Path(args.out or Path(args.predictor) / "eval")
@@ -221,7 +223,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from latbench.progress import Bars
 
     names = [n.strip() for n in args.predictors.split(",") if n.strip()]
-    networks = resolve_networks(args.networks, args.seed)
+    networks = resolve_networks(args.networks, args.seed, dynamo=not args.legacy_export)
     device = one_device(args)
     out = Path(args.out)
     with Bars("networks") as bars:
@@ -340,6 +342,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                     help="runtime (default: the predictor's)")
     ev.add_argument("--out", help="report directory (default PREDICTOR/eval)")
     ev.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
+    add_legacy_export(ev)
     ev.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
     add_json(ev)
     add_device_options(ev)
@@ -361,6 +364,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     compare.add_argument("--params", help='per-predictor parameters as JSON, e.g. '
                                           '\'{"rf": {"n_estimators": 100}}\'')
     compare.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
+    add_legacy_export(compare)
     _add_dataset_measuring(compare, seed=1, seed_help="seed for sampling networks")
     compare.set_defaults(func=cmd_compare)
 
