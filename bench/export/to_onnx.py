@@ -3,11 +3,13 @@
 Opset 17, the standard ops PyTorch's exporters write: MatMul (+ Add) for token-wise linear
 layers and attention matmuls, Softmax, LayerNormalization (opset 17), Transpose, Concat, Gather,
 ConvTranspose, Resize, Pad, Slice, InstanceNormalization, ReduceMean (axes attribute), and
-Reshape + Transpose + Reshape for a channel shuffle. GELU is written as PyTorch's exporters
-write it below opset 20 (the Gelu op): the exact form as Div, Erf, Add, Mul, Mul, which
-onnxruntime fuses into its Gelu kernel, and the tanh form as its Mul/Add/Tanh chain, which
-onnxruntime runs as written (as it does in exported models). Mish is x * Tanh(Softplus(x))
-(the Mish op needs opset 18).
+Reshape + Transpose + Reshape for a channel shuffle. GELU is written as torch's default (dynamo)
+exporter writes it: the exact form as x * (0.5 * (1 + Erf(x / sqrt 2))), which onnxruntime runs
+as the five ops it is (its Gelu fusion matches only the legacy exporter's order, (x * (1 + Erf))
+* 0.5: a kernel exported in that order would time a fused Gelu that users' models never run, 12%
+faster for a 197-token 192->768 linear layer with GELU here), and the tanh form as its
+Mul/Add/Tanh chain, which onnxruntime runs as written too. Mish is x * Tanh(Softplus(x)) (the
+Mish op needs opset 18).
 """
 
 from __future__ import annotations
@@ -78,10 +80,10 @@ class _Emitter:
             return self.node("PRelu", [x, self.const("slope", slope)], output)
         if act == "mish":
             return self.node("Mul", [x, self.node("Tanh", [self.node("Softplus", [x])])], output)
-        if act == "gelu":  # x * 0.5 * (1 + erf(x / sqrt(2)))
+        if act == "gelu":  # x * (0.5 * (1 + erf(x / sqrt(2)))), the dynamo exporter's order
             erf = self.node("Erf", [self.node("Div", [x, self.scalar("sqrt2", np.sqrt(2.0))])])
             gate = self.node("Add", [erf, self.scalar("one", 1.0)])
-            return self.node("Mul", [self.node("Mul", [x, gate]), self.scalar("half", 0.5)],
+            return self.node("Mul", [x, self.node("Mul", [self.scalar("half", 0.5), gate])],
                              output)
         if act == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
             cube = self.node("Mul", [x, self.node("Mul", [x, x])])

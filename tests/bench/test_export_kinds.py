@@ -310,6 +310,37 @@ def test_onnx_ops_written(spec: OpSpec, ops: list[str]) -> None:
     assert model.opset_import[0].version == 17
 
 
+def _ops_onnxruntime_runs(model: bytes, folder: Any) -> Counter:
+    """Op types of `model` after onnxruntime's full graph optimization (what it executes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(folder / "optimized.onnx").graph.node)
+
+
+def test_gelu_kernel_runs_as_in_a_model_from_torchs_default_exporter(tmp_path: Any) -> None:
+    """onnxruntime fuses only the legacy exporter's GELU order into one Gelu kernel; the
+    default exporter's order runs as Erf and its elementwise ops. The kernel is exported in the
+    default exporter's order, so that it is timed as users' models run it."""
+    from latbench.bench.export.from_torch import torch_to_onnx
+
+    kernel = _ops_onnxruntime_runs(
+        to_onnx(spec_graph(S("tlinear", tokens=5, cin=8, cout=4, act="gelu"))), tmp_path)
+    exported = _ops_onnxruntime_runs(
+        torch_to_onnx(nn.Sequential(nn.Linear(8, 4), nn.GELU()), (1, 5, 8), dynamo=True),
+        tmp_path)
+    legacy = _ops_onnxruntime_runs(
+        torch_to_onnx(nn.Sequential(nn.Linear(8, 4), nn.GELU()), (1, 5, 8), dynamo=False),
+        tmp_path)
+    assert "Gelu" in legacy and "Erf" not in legacy  # the fusion exists, for the other order
+    for ops in (kernel, exported):
+        assert ops["Erf"] == 1 and "Gelu" not in ops
+
+
 def test_onnx_attributes_of_new_fields() -> None:
     model = onnx.load_from_string(to_onnx(spec_graph(
         S("conv", h=9, w=9, cin=4, cout=8, kernel=1, kernel_w=5, dilation=2, stride=2))))
