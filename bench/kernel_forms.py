@@ -21,6 +21,8 @@ an OpSpec's fields live here, once:
   axis; one index taken and the axis dropped is a "gather" (select token 0 of [B, T, C], or one
   of q, k, v out of a packed [3, ...] tensor), a range of the axis is a "slice" (an NCHW channel
   slice keeps its h and w).
+- A mean over axes (`reduce_spec`) names the axes positionally, as NCHW, and drops those of
+  size 1.
 - Resizes to sizes that are no integer multiple are priced as the integer-scale resize with the
   same output (`resize_spec`).
 - Multi-node activations (GELU's erf and tanh forms, mish, swish, hard swish, in whatever order
@@ -168,6 +170,18 @@ def part_spec(shape: Sequence[int], axis: int, size: int, *, drops_axis: bool,
         n, c, h, w = (int(d) for d in shape)
         return OpSpec("slice", batch=n, cin=c, cout=size, h=h, w=w)
     return OpSpec("slice", batch=outer, cin=length, cout=size, h=inner)
+
+
+def reduce_spec(shape: Sequence[int], axes: Sequence[int]) -> OpSpec | None:
+    """The "reduce" kernel averaging `axes` of a tensor of up to 4 axes, named positionally
+    (batch, cin, h, w; fewer axes padded on the right); None when only axes of size 1 (a batch
+    of one among them) are averaged: no work. A mean over a larger batch is the caller's to
+    refuse."""
+    kept = [a for a in sorted(set(axes)) if a and shape[a] != 1]
+    if not kept:
+        return None
+    n, c, h, w = (*(int(d) for d in shape), 1, 1, 1)[:4]
+    return OpSpec("reduce", batch=n, cin=c, h=h, w=w, axes="".join(map(str, kept)))
 
 
 def resize_spec(batch: int, channels: int, size: tuple[int, int], out: tuple[int, int],

@@ -25,6 +25,7 @@ from latbench.bench.kernel_forms import (
     elementwise_dims,
     identify_activation,
     part_spec,
+    reduce_spec,
     resize_spec,
     split_batch,
     transpose_spec,
@@ -556,12 +557,8 @@ def match_reduce(g: OnnxGraph, node: onnx.NodeProto, attach: Attach) -> Match:
                           "4 axes")
     if 0 in axes and shape[0] != 1:
         raise NodeProblem(f"{describe(node)} averages over the batch axis")
-    axes = [a for a in axes if a and shape[a] != 1]
-    if not axes:
-        return Match([], [node])
-    n, c, h, w = (*shape, 1, 1, 1)[:4]
-    return Match([OpSpec("reduce", batch=n, cin=c, h=h, w=w,
-                         axes="".join(str(a) for a in axes))], [node])
+    spec = reduce_spec(shape, axes)
+    return Match([] if spec is None else [spec], [node])
 
 
 def match_instnorm(g: OnnxGraph, node: onnx.NodeProto, attach: Attach) -> Match:

@@ -18,7 +18,13 @@ import logging
 import math
 from collections.abc import Collection
 
-from latbench.bench.kernel_forms import part_spec, resize_spec, split_batch, transpose_spec
+from latbench.bench.kernel_forms import (
+    part_spec,
+    reduce_spec,
+    resize_spec,
+    split_batch,
+    transpose_spec,
+)
 from latbench.bench.ops import OpSpec
 from latbench.bench.tflite_graph import Graph, Match, OpProblem, attach, fused_code
 from latbench.bench.tflite_model import Operator
@@ -190,12 +196,8 @@ def reduce_kernel(g: Graph, op: Operator) -> Match:
                         "up to 4 axes")
     if 0 in axes and shape[0] != 1:
         raise OpProblem(f"{g.describe(op)} averages the batch axis")
-    axes = [a for a in axes if a and shape[a] != 1]
-    if not axes:
-        return Match([], [op])
-    n, c, h, w = (*shape, 1, 1, 1)[:4]
-    return Match([OpSpec("reduce", h=h, w=w, cin=c, axes="".join(map(str, axes)), batch=n)],
-                 [op])
+    spec = reduce_spec(shape, axes)
+    return Match([] if spec is None else [spec], [op])
 
 
 # --- layout and data movement ----------------------------------------------------------------
