@@ -328,11 +328,11 @@ def perturb(spec: OpSpec, rng: np.random.Generator, tries: int = 20) -> OpSpec:
         changes["cin"] = _channels(spec.cin, rng)
         if spec.kind in ("conv", "mbconv", "linear"):
             changes["cout"] = _channels(spec.cout, rng)
-        if spec.kind == "conv" and spec.groups > 1:
-            changes["groups"] = spec.groups
         if spec.kind in ("dwconv", "mbconv") or (spec.kind == "conv" and spec.kernel > 1):
             changes["kernel"] = int(rng.choice([3, 5, 7]))
             changes["pad"] = -1
+        if spec.kind == "conv" and spec.groups > 1:
+            changes.update(_perturb_groups(spec, changes["cin"], rng))
         if spec.kind in ("conv", "dwconv", "mbconv"):
             changes["stride"] = int(rng.choice([1, 1, 2]))
         if spec.kind == "mbconv":
@@ -355,6 +355,19 @@ _PERTURBED_BEFORE = frozenset(("conv", "dwconv", "mbconv", "linear", "pool", "ad
                                "act", "se", "concat"))
 # Input channels up to this are an image's (RGB, grey): a neighbour keeps them.
 _IMAGE_CHANNELS = 4
+
+
+def _perturb_groups(spec: OpSpec, cin: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A grouped conv's neighbour keeps what its time follows (ResNeXt / RegNet blocks): its
+    kernel, a group width near its own (half, same or double), the ratio of output to input
+    channels; `cin` (already drawn) sets how many groups."""
+    width = spec.cin // spec.groups
+    choices = [width, width, 2 * width] + ([width // 2] if width % 2 == 0 and width >= 8 else [])
+    width = int(rng.choice(choices))
+    groups = max(1, round(cin / width))
+    per_group_out = max(1, round(spec.cout / spec.groups * width / (spec.cin // spec.groups)))
+    return {"groups": groups, "cin": groups * width, "cout": groups * per_group_out,
+            "kernel": spec.kernel, "pad": spec.pad}
 
 
 def _patchifies(spec: OpSpec) -> bool:

@@ -97,6 +97,25 @@ PATCH_EMBED_RANDOM = tuple(
 PRESET_FAMILY_SEED = 1414
 
 
+def _grouped_convs() -> list[str]:
+    """Grouped 3x3 convs as ResNeXt / RegNet blocks have them (as many output as input
+    channels, 8-64 channels per group, 7-112 px, stride 1 and 2), two channel counts per case:
+    their time follows the group width, which random convs with groups rarely sample."""
+    caps = {7: 1024, 14: 1024, 28: 512, 56: 256, 112: 128}  # channels, by map size
+    keys, turn = [], 0
+    for width in (8, 16, 24, 32, 48, 64):
+        for h, cap in caps.items():
+            options = [g for g in (2, 4, 6, 8, 12, 16, 24, 32) if 16 <= g * width <= cap]
+            for stride in (1, 2):
+                for groups in sorted({options[turn % len(options)],
+                                      options[(turn + 3) % len(options)]} if options else ()):
+                    c = groups * width
+                    keys.append(f"conv:n=1,h={h},w={h},cin={c},cout={c},k=3,s={stride},p=1,"
+                                f"g={groups},act=relu,dtype=float32")
+                turn += 1
+    return keys
+
+
 def _families(**counts: int) -> list[str]:
     """"family:NAME:COUNT:SEED" kernel sets of the presets."""
     return [f"family:{name}:{count}:{PRESET_FAMILY_SEED}" for name, count in counts.items()]
@@ -127,13 +146,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CNNs, transformers and hybrids: the kernels of sampled MobileNetV3, EfficientNet, RegNet,
     # ResNet-50, ConvNeXt, MobileViT, ViT and DeiT networks and a neighbour of each, kernels of
     # every kind at random (CNN, transformer and the rest of the common op set), and
-    # calibration networks of every family: about 5000 kernels and 50 networks, sized for a
+    # calibration networks of every family, and RegNet-style grouped convs: about 5100
+    # kernels and 50 networks, sized for a
     # campaign within an hour on a 2-core CPU with ONNX Runtime and the default stopping rule.
     "vision": {"spaces": _families(mobilenetv3=8, efficientnet=8, regnet=8, resnet50=6,
                                    convnext=8, mobilevit=8, vit=16, deit=8),
                "primitives": True, "around": 1,
                "random": [*_WIDE_RANDOM, *TRANSFORMER_RANDOM, *PATCH_EMBED_RANDOM,
                           *COMMON_OPS_RANDOM],
+               "specs": _grouped_convs(),
                "networks": ["vit:8", "deit:4", "convnext:8", "mobilevit:8", "regnet:6",
                             "resnet50:4", "mobilenetv3:6", "efficientnet:6"]},
     # NAS-Bench-Macro plus the hand-built families (MobileNetV2, ResNet, EfficientNet): the

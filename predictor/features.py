@@ -17,6 +17,12 @@ kind is fitted on the columns that describe it (`feature_width`): the new kinds,
 (dilation, non-square kernels) on all of them; the other kinds on the version 2 columns, so
 their fits are exactly what version 2 gave (extra constant columns would still shift a fit
 through column subsampling).
+
+Version 4 appends what a grouped convolution is made of: the input and output channels of one
+group and the FLOPs with both padded to the 16-channel block. Its time follows the group width,
+not the total channels (ONNX Runtime's blocked kernels at 32 channels per group run at several
+times the speed per FLOP of those at 8), which the total-channel columns do not show. Only conv
+is fitted on them; every other kind keeps its version 3 (or 2) columns.
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ from latbench.bench.ops import (
 )
 from latbench.errors import DatasetError
 
-FEATURE_VERSION = 3
-SUPPORTED_FEATURE_VERSIONS = (1, 2, 3)
+FEATURE_VERSION = 4
+SUPPORTED_FEATURE_VERSIONS = (1, 2, 3, 4)
 BYTES_PER_ELEMENT = {"float32": 4}
 RAW_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand", "se",
               "residual", "batch")
@@ -57,10 +63,18 @@ FEATURE_NAMES_V2 = (*FEATURE_NAMES_V1,
 # its kind's list, `axes` the digits as a number, `alpha` leakyrelu's slope (else 0).
 KIND_FEATURES = ("tokens", "heads", "head_dim", "dilation", "kernel_w", "pad_w", "out_pad",
                  "scale", "mode", "axes", "alpha", "log_rows")
-FEATURE_NAMES = (*FEATURE_NAMES_V2, *KIND_FEATURES)
-FEATURE_WIDTH = {1: len(FEATURE_NAMES_V1), 2: len(FEATURE_NAMES_V2), 3: len(FEATURE_NAMES)}
+FEATURE_NAMES_V3 = (*FEATURE_NAMES_V2, *KIND_FEATURES)
+# Version 4: a convolution's channels per group (input, output) and its FLOPs with both padded
+# to GROUP_BLOCK.
+GROUP_FEATURES = ("group_cin", "group_cout", "log_flops_group_padded")
+GROUP_BLOCK = 16
+FEATURE_NAMES = (*FEATURE_NAMES_V3, *GROUP_FEATURES)
+FEATURE_WIDTH = {1: len(FEATURE_NAMES_V1), 2: len(FEATURE_NAMES_V2), 3: len(FEATURE_NAMES_V3),
+                 4: len(FEATURE_NAMES)}
 # Kinds fitted on the version 2 columns at every version (see the module docstring).
 V2_KINDS = frozenset({"mbconv", "linear", "pool", "add", "mul", "act", "se", "concat"})
+# Kinds fitted on the version 4 columns; the others stop at version 3.
+V4_KINDS = frozenset({"conv"})
 # Inputs of the log-linear baseline the tree members learn their residual over (all log-scale:
 # latency ~ a product of powers of these, which trees cannot extrapolate on their own).
 BASELINE_FEATURES = ("log_flops", "log_flops_padded_b8", "log_flops_padded_b16",
@@ -187,7 +201,18 @@ def kernel_features(spec: OpSpec) -> np.ndarray:
         np.log1p(weight_bytes), np.log1p(cost.input_bytes), np.log1p(cost.output_bytes),
         np.log(float(spec.batch * spec.out_h * spec.out_w)),
         *_kind_features(spec),
+        *_group_features(spec, cost),
     ], dtype=np.float64)
+
+
+def _group_features(spec: OpSpec, cost: KernelCost) -> list[float]:
+    """The GROUP_FEATURES columns of `spec` (zeros for kinds without groups)."""
+    if spec.kind not in ("conv", "dwconv"):
+        return [0.0, 0.0, 0.0]
+    group_cin, group_cout = spec.cin // spec.groups, spec.cout // spec.groups
+    padding = (_round_up(group_cin, GROUP_BLOCK) / group_cin
+               * _round_up(group_cout, GROUP_BLOCK) / group_cout)
+    return [float(group_cin), float(group_cout), float(np.log1p(cost.flops * padding))]
 
 
 def _kind_features(spec: OpSpec) -> list[float]:
@@ -208,7 +233,9 @@ def _kind_features(spec: OpSpec) -> list[float]:
 def feature_width(kind: str, version: int = FEATURE_VERSION) -> int:
     """How many leading columns of feature `version` a kind's model is fitted on."""
     width = FEATURE_WIDTH[version]
-    return min(width, FEATURE_WIDTH[2]) if kind in V2_KINDS else width
+    if kind in V2_KINDS:
+        return min(width, FEATURE_WIDTH[2])
+    return width if kind in V4_KINDS else min(width, FEATURE_WIDTH[3])
 
 
 def feature_matrix(specs: Sequence[OpSpec], version: int = FEATURE_VERSION) -> np.ndarray:

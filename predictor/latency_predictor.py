@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 # The composition terms need networks of varied size to be told apart from the kind scales.
 MIN_NETWORKS_FOR_TERMS = 10
+# Calibration networks the robust composition fit gave less weight than this are listed by
+# `predictor fit`: far off the fit of the rest (a slow phase, or a network it prices badly).
+DOWNWEIGHTED = 0.5
 # Manifest entries the object itself writes; everything else is what it was trained for (info_).
 _OWN_FIELDS = frozenset({
     "format", "format_version", "predictor", "params", "feature_version", "feature_names",
@@ -326,9 +329,12 @@ class LatencyPredictor:
                              "range": {k: list(v) for k, v in
                                        self.training_ranges_.get(kind, {}).items()}}
                       for kind, n in sorted(self.kernels_.n_train_.items())},
-            "calibration": {key: composition[key] for key in (
+            "calibration": {**{key: composition[key] for key in (
                 "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
                 "underprediction_p95_loo_pct") if key in composition},
+                "downweighted": {key: weight for key, weight in zip(
+                    composition.get("keys", ()), composition.get("weights", ()), strict=False)
+                    if weight < DOWNWEIGHTED}},
             "safety_margin": self.safety_margin(),
             "call_overhead_ms": self.call_overhead_ms_,
         }

@@ -24,6 +24,12 @@ from latbench.errors import PredictorError
 from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
 
 SCALE_BOUNDS = (0.5, 2.0)
+# The composition's robust fit (iteratively reweighted least squares with Huber weights): its
+# rounds, the Huber constant and the least spread (relative error) it assumes.
+ROBUST_ROUNDS = 6
+HUBER_K = 1.345
+ROBUST_FLOOR = 0.01
+ROBUST_MIN_NETWORKS = 10  # fewer: plain least squares (too few to tell an outlier)
 DEFAULT_MARGIN = 0.03  # safety margin of a predictor without calibration networks
 
 
@@ -194,13 +200,15 @@ def _compose(raw: np.ndarray, kinds: Sequence[str], values: np.ndarray | None,
 
 def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
                       overhead_ms: float = 0.0, ridge: float = 0.1, terms: Sequence[str] = (),
-                      optional: Collection[str] = ()) -> Composition:
+                      optional: Collection[str] = (), robust: bool = True) -> Composition:
     """Per-kind scales (and the `terms`, see COMPOSITION_TERMS) fitted on measured networks
     (kernels, ms) that each pay `overhead_ms` once; the fitted kernel predictor `kernels` is
     only asked for kernel predictions.
 
     Minimises sum_n ((sum_k a_kind(k) p_k + sum_t c_t v_t(n) + overhead - m_n) / m_n)^2
-    + ridge * |a - 1|^2 + ridge * 1e-4 * |c|^2 (terms are in ms: barely pulled to 0).
+    + ridge * |a - 1|^2 + ridge * 1e-4 * |c|^2 (terms are in ms: barely pulled to 0); with
+    `robust` (and at least ROBUST_MIN_NETWORKS networks) the squares of networks far off the
+    fit count with Huber weights (`huber_weights`): calibration networks are measured once.
     Terms in `optional` are kept only if they lower the leave-one-out error: where a term says
     nothing new (every convolution aligned) it only adds a free parameter. The summary holds
     the scales, terms, networks used, RMSPE of the plain sum and of the composition (in sample
@@ -216,7 +224,7 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     measured = np.array([float(ms) for _, ms in networks])
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
-    design = _CompositionDesign(kernels, networks, terms, measured, overhead_ms)
+    design = _CompositionDesign(kernels, networks, terms, measured, overhead_ms, robust)
     choosable = [t for t in terms if t in optional] if len(networks) > 1 else []
     fit, dropped = design.solve(terms, ridge), []
     # Every subset of the optional terms (there are few); the least leave-one-out error wins,
@@ -235,7 +243,9 @@ class _CompositionDesign:
     """Per-network kernel predictions and term values, computed once for every fit tried."""
 
     def __init__(self, kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
-                 terms: Sequence[str], measured: np.ndarray, overhead_ms: float) -> None:
+                 terms: Sequence[str], measured: np.ndarray, overhead_ms: float,
+                 robust: bool = True) -> None:
+        self.robust = robust
         self.kinds = list(kernels.kinds)
         self.terms = list(terms)
         self.measured = measured
@@ -262,14 +272,20 @@ class _CompositionDesign:
         penalty = np.diag([ridge] * n_kinds + [ridge * 1e-4] * len(terms))
         prior = np.r_[np.ones(n_kinds), np.zeros(len(terms))]
 
-        def solve(rows: np.ndarray) -> np.ndarray:
-            x = np.linalg.solve(a[rows].T @ a[rows] + penalty,
-                                a[rows].T @ b[rows] + penalty @ prior)
+        def solve(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The fit on `rows` and the weight each row had in it."""
+            weights = np.ones(len(rows))
+            robust = self.robust and len(rows) >= ROBUST_MIN_NETWORKS
+            for _ in range(ROBUST_ROUNDS if robust else 1):
+                aw = a[rows] * weights[:, None]
+                x = np.linalg.solve(aw.T @ a[rows] + penalty, aw.T @ b[rows] + penalty @ prior)
+                if robust:
+                    weights = huber_weights(a[rows] @ x - b[rows])  # before the bounds bite
             x[:n_kinds] = np.clip(x[:n_kinds], *SCALE_BOUNDS)
-            return x
+            return x, weights
 
         everything = np.arange(len(self.measured))
-        solution = solve(everything)
+        solution, weights = solve(everything)
         scale = {k: float(s) for k, s in zip(self.kinds, solution[:n_kinds], strict=True)}
         coef = {t: float(c) for t, c in zip(terms, solution[n_kinds:], strict=True)}
         term_columns = [self.terms.index(t) for t in terms]
@@ -282,16 +298,27 @@ class _CompositionDesign:
                    "ridge": ridge,
                    "rmspe_pct_sum": _rmspe(before, self.measured),
                    "rmspe_pct_composed": _rmspe(after, self.measured),
-                   "underprediction_p90_pct": float(100 * max(0.0, under))}
+                   "underprediction_p90_pct": float(100 * max(0.0, under)),
+                   "weights": [round(float(w), 4) for w in weights]}
         if len(self.measured) > 1:
             # Leave-one-out predictions: how the composition does on a network it was not
             # fitted on, which is what a search's safety margin must cover.
-            loo = np.array([sums[i] @ solve(np.delete(everything, i))
+            loo = np.array([sums[i] @ solve(np.delete(everything, i))[0]
                             for i in everything]) + self.overhead
             summary["rmspe_pct_loo"] = _rmspe(loo, self.measured)
             summary["underprediction_p95_loo_pct"] = float(
                 100 * max(0.0, np.percentile(self.measured / loo - 1, 95)))
         return Composition(scale, coef, summary)
+
+
+def huber_weights(residuals: np.ndarray) -> np.ndarray:
+    """Huber weights of relative residuals: 1 within HUBER_K robust standard deviations (from
+    the median absolute deviation), falling as 1/|r| beyond, so that one network measured in a
+    slow phase the reference probe missed (20-30% high) pulls the fit as one ordinary
+    residual would, not as its square."""
+    spread = 1.4826 * np.median(np.abs(residuals - np.median(residuals)))
+    limit = HUBER_K * max(spread, ROBUST_FLOOR)
+    return np.minimum(1.0, limit / np.maximum(np.abs(residuals), 1e-12))
 
 
 def _rmspe(predicted: np.ndarray, measured: np.ndarray) -> float:

@@ -76,6 +76,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
               f"{calibration['rmspe_pct_composed']:.2f}% composed, "
               + (f"{loo:.2f}% leave-one-out, " if loo is not None else "")
               + f"{calibration['rmspe_pct_sum']:.2f}% as the plain sum of kernels")
+        if downweighted := calibration.get("downweighted"):
+            print("down-weighted in the robust fit (far off the composition that fits the "
+                  "rest: measured in a slow phase, or a kind of network it prices badly): "
+                  + ", ".join(f"{key} ({weight:.2f})" for key, weight in downweighted.items()))
     else:
         print("calibration: the dataset holds no measured networks; a network is the plain sum "
               "of its kernels")

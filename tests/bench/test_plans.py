@@ -199,6 +199,32 @@ def test_perturb_and_random_spec_stay_valid() -> None:
         random_spec(RandomKernels("conv", 1, {"h": [1], "kernel": [5], "pad": [0]}), rng)
 
 
+def test_a_grouped_conv_neighbour_keeps_its_group_structure() -> None:
+    """Neighbours of a RegNet block's 3x3 conv (24 channels per group, as many out as in):
+    other sizes and group counts, but the kernel, the out/in ratio and a group width of 12, 24
+    or 48 - the things its time follows - stay."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    spec = OpSpec("conv", h=28, w=28, cin=240, cout=240, kernel=3, pad=1, groups=10)
+    variants = [perturb(spec, rng) for _ in range(40)]
+    assert all(v.kernel == 3 and v.cin == v.cout and v.groups > 1 for v in variants)
+    assert {v.cin // v.groups for v in variants} == {12, 24, 48}
+    assert len({(v.h, v.cin) for v in variants}) > 10
+    wider = perturb(OpSpec("conv", h=14, w=14, cin=64, cout=128, kernel=3, pad=1, groups=4),
+                    rng)
+    assert wider.cout == 2 * wider.cin and wider.groups > 1
+
+
+def test_vision_preset_holds_regnet_style_grouped_convs() -> None:
+    from latbench.bench.plans import load_plan
+
+    keys = set(load_plan("vision").specs)
+    grouped = [OpSpec.from_key(k) for k in keys if ",g=" in k and ",g=1," not in k]
+    widths = {s.cin // s.groups for s in grouped if s.cin == s.cout and s.kernel == 3}
+    assert {8, 16, 24, 32, 48, 64} <= widths and len(grouped) >= 100
+
+
 # --- refusals ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "text", "match"), [
     ("a.yaml", "name: x\nsamples: 3\n", r"unknown plan key\(s\) samples"),

@@ -16,6 +16,7 @@ from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     FEATURE_WIDTH,
+    GROUP_FEATURES,
     KIND_FEATURES,
     V2_KINDS,
     feature_matrix,
@@ -91,8 +92,10 @@ EVERY_NEW = [
 
 
 def test_kind_columns() -> None:
-    assert FEATURE_VERSION == 3 and FEATURE_NAMES[-len(KIND_FEATURES):] == KIND_FEATURES
+    assert FEATURE_VERSION == 4
+    assert FEATURE_NAMES[FEATURE_WIDTH[2]:FEATURE_WIDTH[3]] == KIND_FEATURES
     assert FEATURE_WIDTH[3] == FEATURE_WIDTH[2] + len(KIND_FEATURES)
+    assert FEATURE_NAMES[FEATURE_WIDTH[3]:] == GROUP_FEATURES
     assert {s.kind for s in EVERY_NEW} == set(NEW_KINDS) | {"conv", "dwconv"}
     matrix = feature_matrix(EVERY_NEW)
     assert matrix.shape == (len(EVERY_NEW), len(FEATURE_NAMES)) and np.isfinite(matrix).all()
@@ -113,6 +116,26 @@ def test_kind_columns() -> None:
         np.testing.assert_array_equal(kernel_features(spec), row)
 
 
+def test_group_columns_follow_the_channels_per_group() -> None:
+    """A RegNet-style grouped conv at 8 and at 32 channels per group: the same FLOPs at the
+    same total channels are told apart by the group columns; padding to the 16-channel block
+    doubles an 8-wide group's FLOPs in both directions, and leaves a 32-wide one's."""
+    narrow = S("conv", h=14, w=14, cin=256, cout=256, kernel=3, groups=32)
+    wide = S("conv", h=28, w=28, cin=256, cout=256, kernel=3, groups=8)
+    rows = [dict(zip(FEATURE_NAMES, kernel_features(s), strict=True)) for s in (narrow, wide)]
+    assert (rows[0]["group_cin"], rows[0]["group_cout"]) == (8, 8)
+    assert (rows[1]["group_cin"], rows[1]["group_cout"]) == (32, 32)
+    assert rows[0]["log_flops_group_padded"] == pytest.approx(
+        np.log1p(kernel_cost(narrow).flops * 4))
+    assert rows[1]["log_flops_group_padded"] == pytest.approx(np.log1p(kernel_cost(wide).flops))
+    plain = dict(zip(FEATURE_NAMES, kernel_features(S("conv", h=8, w=8, cin=24, cout=40,
+                                                      kernel=1)), strict=True))
+    assert (plain["group_cin"], plain["group_cout"]) == (24, 40)
+    tlinear = dict(zip(FEATURE_NAMES, kernel_features(S("tlinear", tokens=9, cin=16, cout=8)),
+                       strict=True))
+    assert [tlinear[name] for name in GROUP_FEATURES] == [0.0, 0.0, 0.0]
+
+
 def test_classic_kinds_are_fitted_on_their_version_2_columns() -> None:
     """The kinds that gained nothing see exactly the matrix version 2 gave them; conv and
     dwconv see the same version 2 columns plus the kind columns."""
@@ -131,6 +154,11 @@ def test_classic_kinds_are_fitted_on_their_version_2_columns() -> None:
     for kind in ("conv", "dwconv"):
         assert v3[kind].shape[1] == FEATURE_WIDTH[3]
         np.testing.assert_array_equal(v3[kind][:, :FEATURE_WIDTH[2]], v2[kind])
+    v4 = {kind: rows for kind, _, _, rows in _by_kind(specs, 4)}
+    assert v4["conv"].shape[1] == FEATURE_WIDTH[4]
+    for kind in v3:  # version 4 only adds columns to conv
+        np.testing.assert_array_equal(v4[kind][:, :v3[kind].shape[1]], v3[kind])
+        assert kind == "conv" or v4[kind].shape == v3[kind].shape
     assert feature_width("tlinear", 1) == FEATURE_WIDTH[1] == feature_width("pool", 1)
     assert set(V2_KINDS) | {"conv", "dwconv"} | set(NEW_KINDS) == set(OP_KINDS)
 

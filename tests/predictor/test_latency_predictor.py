@@ -373,6 +373,12 @@ def test_fit_command_prints_the_summary(tmp_path: Path, capsys) -> None:
     printed = json.loads(text)
     assert printed["predictor"] == str(out) and printed["statistic"] == "min_ms"
     assert printed["summary"]["kinds"]["conv"]["cv"]["folds"] == 3
+    # every calibration network the robust fit down-weighted is listed with its weight, and
+    # appears in the printed summary
+    weights = LatencyPredictor.load(out).composition_.summary["weights"]
+    downweighted = printed["summary"]["calibration"]["downweighted"]
+    assert len(weights) == 60 and len(downweighted) == sum(w < 0.5 for w in weights)
+    assert all(0 <= w < 0.5 for w in downweighted.values())
     assert printed["summary"] == read_manifest(out)["fit_summary"]
 
 

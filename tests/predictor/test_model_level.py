@@ -107,6 +107,42 @@ def test_fit_composition_recovers_a_kind_scale(predictor, kind: str) -> None:
     assert 1.0 < composed(predictor, calibration).composition_.kind_scale[kind] <= 1.1
 
 
+def test_robust_fit_shrugs_off_networks_measured_in_a_slow_phase(predictor) -> None:
+    """Calibration networks with a little measurement noise, three of 40 measured 30% high (a
+    slow phase the reference probe missed): the least-squares scale follows them, the robust
+    (Huber) one stays near the truth, and with the outliers down-weighted it predicts new
+    networks closer."""
+    from latbench.predictor.model_level import huber_weights
+
+    truth = {"conv": 1.1}
+    rng = np.random.default_rng(5)
+    calibration = [(k, true_latency(predictor, k, truth) * (1 + rng.normal(0, 0.01)))
+                   for k in bags(predictor, 40, seed=3)]
+    for i in (0, 7, 19):
+        calibration[i] = (calibration[i][0], calibration[i][1] * 1.3)
+    plain = composed(predictor, calibration, ridge=1e-4, robust=False)
+    robust = composed(predictor, calibration, ridge=1e-4)
+    plain_conv = plain.composition_.kind_scale["conv"]
+    robust_conv = robust.composition_.kind_scale["conv"]
+    assert abs(robust_conv - 1.1) < 0.02 < abs(plain_conv - 1.1)
+    fresh = bags(predictor, 20, seed=4)
+
+    def error(network) -> float:
+        return float(np.mean([abs(network.predict(k).predicted_ms
+                                  / true_latency(predictor, k, truth) - 1) for k in fresh]))
+
+    assert error(robust) < error(plain)
+    weights = robust.composition_.summary["weights"]
+    assert len(weights) == 40 and all(weights[i] < 0.5 for i in (0, 7, 19))
+    assert sorted(weights)[3] > 0.5 and plain.composition_.summary["weights"] == [1.0] * 40
+    weights = huber_weights(np.array([0.01, -0.02, 0.0, 0.015, -0.01, 0.3]))
+    assert weights[-1] < 0.2 and np.all(weights[:-1] == 1.0)
+    # too few networks to tell an outlier: the plain fit
+    few = calibration[:5]
+    assert composed(predictor, few).composition_.kind_scale == composed(
+        predictor, few, robust=False).composition_.kind_scale
+
+
 def test_fit_composition_on_space_networks(macro, predictor) -> None:
     """NAS-Bench-Macro networks are mostly mbconv time: its scale is found, the rest stay ~1."""
     truth = {"mbconv": 1.1}
