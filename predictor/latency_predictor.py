@@ -329,12 +329,12 @@ class LatencyPredictor:
                              "range": {k: list(v) for k, v in
                                        self.training_ranges_.get(kind, {}).items()}}
                       for kind, n in sorted(self.kernels_.n_train_.items())},
-            "calibration": {**{key: composition[key] for key in (
+            "calibration": {key: composition[key] for key in (
                 "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
-                "underprediction_p95_loo_pct") if key in composition},
-                "downweighted": {key: weight for key, weight in zip(
-                    composition.get("keys", ()), composition.get("weights", ()), strict=False)
-                    if weight < DOWNWEIGHTED}},
+                "underprediction_p95_loo_pct") if key in composition}
+            | ({"downweighted": {key: weight for key, weight in zip(
+                composition["keys"], composition["weights"], strict=True)
+                if weight < DOWNWEIGHTED}} if "weights" in composition else {}),
             "safety_margin": self.safety_margin(),
             "call_overhead_ms": self.call_overhead_ms_,
         }

@@ -222,8 +222,11 @@ def test_interrupted_cli_run_leaves_no_local_work_dir(tmp_path: Path, sig: int) 
     argv = ["bench", "ops", "--plan", "quick", "--limit", "4", "--batch-size", "1",
             "--fixed-runs", "--runs", "3000", "--rounds", "1", "--calibration-runs", "1",
             "--out", str(tmp_path / "ds")]
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then never raises on it.
     proc = subprocess.Popen([sys.executable, "-c", CLI, *argv], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(tmp.glob("latbench-local-*/batch-*")):
