@@ -361,11 +361,11 @@ def _perturb_groups(spec: OpSpec, cin: int, rng: np.random.Generator) -> dict[st
     """A grouped conv's neighbour keeps what its time follows (ResNeXt / RegNet blocks): its
     kernel, a group width near its own (half, same or double), the ratio of output to input
     channels; `cin` (already drawn) sets how many groups."""
-    width = spec.cin // spec.groups
-    choices = [width, width, 2 * width] + ([width // 2] if width % 2 == 0 and width >= 8 else [])
-    width = int(rng.choice(choices))
+    own = spec.cin // spec.groups
+    width = int(rng.choice([own, own, 2 * own] + ([own // 2] if own % 2 == 0 and own >= 8
+                                                   else [])))
     groups = max(1, round(cin / width))
-    per_group_out = max(1, round(spec.cout / spec.groups * width / (spec.cin // spec.groups)))
+    per_group_out = max(1, round(spec.cout / spec.cin * width))
     return {"groups": groups, "cin": groups * width, "cout": groups * per_group_out,
             "kernel": spec.kernel, "pad": spec.pad}
 

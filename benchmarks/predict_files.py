@@ -12,7 +12,7 @@ The held-out files are measured end to end in the dataset's campaign (their batc
 with the plan's, so a slow phase of the machine hits them and the calibration networks alike);
 each is then predicted by a `latbench predict FILE --json` subprocess. Their truth is the
 median of `--passes` passes (the campaign's and passes of their own after it), see
-`repeat_passes`.
+`held_out_times`.
 """
 
 from __future__ import annotations
@@ -29,18 +29,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import fresh_dir, measure_plan  # noqa: E402
+from _common import PlanDataset, fresh_dir, measure_plan  # noqa: E402
 from _report import command, publish  # noqa: E402
 
-from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset  # noqa: E402
+from latbench.bench.campaign import CampaignSummary, Subject  # noqa: E402
 from latbench.bench.export.from_torch import torch_to_onnx  # noqa: E402
 from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.bench.plans import kernel_set_networks, load_plan, plan_networks  # noqa: E402
-from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.spaces import get_space  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
-from latbench.device_agents import local_device  # noqa: E402
-from latbench.predictor.evaluate import error_metrics  # noqa: E402
+from latbench.predictor.evaluate import (  # noqa: E402
+    NetworkTimes,
+    error_metrics,
+    measure_networks,
+)
 from latbench.predictor.latency_predictor import LatencyPredictor  # noqa: E402
 
 HELD_OUT_SEED = 2024
@@ -134,7 +136,7 @@ def load_line(before: tuple[float, ...]) -> str:
             f"{os.getloadavg()[0]:.2f} at the end.")
 
 
-def campaign_text(seconds: float, summary: object) -> str:
+def campaign_text(seconds: float, summary: CampaignSummary) -> str:
     """The campaign's time and counts, or that a resumed run (--keep) measured nothing."""
     if not summary.measured:
         return "resumed (--keep) with nothing left to measure: its time is the earlier run's"
@@ -147,50 +149,44 @@ def verdict(met: bool) -> str:
     return "met" if met else "not met"
 
 
-def held_out_min_ms(dataset: Path) -> dict[str, float]:
-    records = LatencyDataset.open(dataset).records()
+def held_out_times(held_out: list[Subject], measured_plan: PlanDataset, out: Path,
+                   passes: int) -> NetworkTimes:
+    """The held-out networks' times: the campaign's pass and `passes - 1` passes of their own
+    after it, with the campaign's device and settings. On this VM two passes of the same file
+    agree within 10% for only about 90% of the family networks (its speed drifts in phases the
+    reference probe does not all see), which would cap a perfect predictor near 90% within 10%
+    against one pass; the median of three narrows that."""
+    records = LatencyDataset.open(out / "dataset").records()
     ok = records[records["status"] == "ok"]
-    return dict(zip(ok["key"], ok["min_ms"].astype(float), strict=True))
+    campaign = dict(zip(ok["key"], ok["min_ms"].astype(float), strict=True))
+    first = {s.key: campaign[s.key] for s in held_out if s.key in campaign}
+    if passes < 2:
+        return NetworkTimes([first], CampaignSummary())
+    config = measured_plan.config
+    later = measure_networks(held_out, measured_plan.device, "onnxruntime", config.settings,
+                             "min_ms", out / "held-out", config, passes=passes - 1)
+    return NetworkTimes([first, *later.passes], later.campaign)
 
 
-def repeat_passes(held_out: list[Subject], out: Path, passes: int,
-                  campaign: dict[str, float]) -> tuple[dict[str, float], str]:
-    """Measure the held-out networks again in `passes - 1` passes of their own after the
-    campaign; each network's truth is the median of its passes (the campaign's and these).
-    On this VM one pass of the same file agrees with another within 10% for only about 90% of
-    networks (its speed drifts in phases the reference probe does not all see), which would cap
-    a perfect predictor near 90% within 10%; the median of three passes narrows that. Returns
-    the truths and a line saying how far the passes agree."""
-    runs = [campaign]
-    device = local_device(threads=1)
-    config = CampaignConfig(settings=RunSettings(threads=1))
-    for number in range(2, passes + 1):
-        measure_into_dataset(held_out, device, "onnxruntime", out / f"pass{number}", config)
-        runs.append(held_out_min_ms(out / f"pass{number}"))
-    truth, agree, pairs = {}, 0, 0
-    for subject in held_out:
-        values = [run[subject.key] for run in runs if subject.key in run]
-        if values:
-            truth[subject.key] = float(np.median(values))
-        for i in range(len(values)):
-            for j in range(i + 1, len(values)):
-                pairs += 1
-                agree += abs(values[j] / values[i] - 1) < 0.10
-    line = (f"Held-out truth: the median of {passes} passes per network (the campaign and "
-            f"{passes - 1} after it); two passes of one file agree within 10% in "
-            f"{agree / max(pairs, 1):.1%} of {pairs} pairs." if passes > 1 else
-            "Held-out truth: one pass (the campaign).")
-    return truth, line
+def truth_text(times: NetworkTimes) -> str:
+    """How the held-out truth was measured, and how far its passes agree."""
+    agreement = times.agreement()
+    if agreement is None:
+        return "Held-out truth: one pass (the campaign)."
+    share, pairs = agreement
+    return (f"Held-out truth: the median of {len(times.passes)} passes per network (the "
+            f"campaign and {len(times.passes) - 1} after it); two passes of one file agree "
+            f"within 10% in {share:.1%} of {pairs} pairs.")
 
 
 def run_part(plan_name: str, out: Path, held_out: list[Subject], folder_of: dict[str, Path],
-             flags: list[str], passes: int) -> tuple[dict, list[str], float, object, str]:
+             flags: list[str], passes: int
+             ) -> tuple[dict, list[str], float, CampaignSummary, str]:
     measured_plan = measure_plan(plan_name, out / "dataset", flags, extra=held_out)
     LatencyPredictor().fit(out / "dataset").save(out / "predictor")
-    measured, truth_line = repeat_passes(held_out, out, passes,
-                                         held_out_min_ms(out / "dataset"))
-    metrics, refused = score(held_out, folder_of, out / "predictor", measured)
-    return metrics, refused, measured_plan.seconds, measured_plan.summary, truth_line
+    times = held_out_times(held_out, measured_plan, out, passes)
+    metrics, refused = score(held_out, folder_of, out / "predictor", times.median())
+    return metrics, refused, measured_plan.seconds, measured_plan.summary, truth_text(times)
 
 
 def main() -> None:

@@ -131,6 +131,19 @@ class NetworkTimes:
             return None
         return float(np.median(spreads)), float(np.percentile(spreads, 90))
 
+    def agreement(self, tolerance: float = 0.10) -> tuple[float, int] | None:
+        """(Share of pairs of passes of one network within `tolerance` of each other, number
+        of pairs); None when no network was measured in two passes. Against a single pass, a
+        perfect predictor could score no better than this share within `tolerance`."""
+        agree = pairs = 0
+        for key in {k for times in self.passes for k in times}:
+            values = [t[key] for t in self.passes if key in t]
+            for i, first in enumerate(values):
+                for second in values[i + 1:]:
+                    pairs += 1
+                    agree += abs(second / first - 1) < tolerance
+        return (agree / pairs, pairs) if pairs else None
+
     def note(self) -> str:
         """One sentence for reports: how the truth was measured."""
         if len(self.passes) == 1:

@@ -324,17 +324,19 @@ class LatencyPredictor:
         """What `predictor fit` reports: per kind the kernels, cross-validated error and
         training range; the composition's calibration error; the safety margin."""
         composition = self.composition_.summary
+        calibration = {key: composition[key] for key in (
+            "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
+            "underprediction_p95_loo_pct") if key in composition}
+        if "weights" in composition:
+            calibration["downweighted"] = {
+                key: weight for key, weight in zip(composition["keys"], composition["weights"],
+                                                   strict=True) if weight < DOWNWEIGHTED}
         return {
             "kinds": {kind: {"kernels": n, "cv": cv.get(kind),
                              "range": {k: list(v) for k, v in
                                        self.training_ranges_.get(kind, {}).items()}}
                       for kind, n in sorted(self.kernels_.n_train_.items())},
-            "calibration": {key: composition[key] for key in (
-                "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
-                "underprediction_p95_loo_pct") if key in composition}
-            | ({"downweighted": {key: weight for key, weight in zip(
-                composition["keys"], composition["weights"], strict=True)
-                if weight < DOWNWEIGHTED}} if "weights" in composition else {}),
+            "calibration": calibration,
             "safety_margin": self.safety_margin(),
             "call_overhead_ms": self.call_overhead_ms_,
         }

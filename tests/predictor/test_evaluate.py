@@ -268,8 +268,13 @@ def test_network_times_median_and_spread() -> None:
     assert times.median() == {"a": pytest.approx(1.1), "b": 2.0}
     median, p90 = times.spread_pct()
     assert median == pytest.approx(10.0) and p90 == pytest.approx(18.0)  # spreads 20% and 0%
+    # pairs within 10% (strictly): a 1.0/1.2 no (20%), 1.0/1.1 no (10%), 1.2/1.1 yes (8%);
+    # b 2.0/2.0 yes
+    assert times.agreement() == (pytest.approx(0.5), 4)
+    assert times.agreement(0.05) == (pytest.approx(0.25), 4)
     one = NetworkTimes([{"a": 1.0}], CampaignSummary())
     assert one.spread_pct() is None and one.note() == "Networks measured in one pass."
+    assert one.agreement() is None
 
 
 def test_level_note_warns_when_the_machine_runs_at_another_speed() -> None:
