@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +47,7 @@ from latbench.bench.runners import (
     RunSettings,
     get_runner,
 )
-from latbench.bench.stats import flatten
+from latbench.bench.stats import REPLICATION_TOLERANCE, flatten, replication_spread
 from latbench.bench.store import (
     LatencyDataset,
     LatencyRecord,
@@ -55,6 +55,7 @@ from latbench.bench.store import (
     make_job_key,
     utc_now,
 )
+from latbench.bench.thermal import GovernorPin, ThermalControl
 from latbench.device_agents import Device
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
@@ -158,6 +159,9 @@ class CampaignConfig:
     drift_retries: int = 3
     drift_pause_s: float = 5.0
     cooldown_s: float = 0.0         # pause between batches
+    max_temp_c: float | None = None  # before a batch, wait until the device is this cool
+    max_cool_wait_s: float = 300.0  # ... for at most this long (then measure, with a warning)
+    pin_governor: bool = False      # CPU governors to `performance` for the campaign
     max_device_failures: int = 3    # consecutive failed batches before a device is given up
     calibration_runs: int = 3       # probe-only batches before the first (0: none)
     drift_correct: bool = False     # also store statistics scaled by best / batch reference
@@ -177,6 +181,12 @@ class CampaignConfig:
             raise ConfigError("calibration_runs must be >= 0 and max_device_failures >= 1")
         if self.drift_tolerance <= 0:
             raise ConfigError(f"drift tolerance must be > 0, got {self.drift_tolerance}")
+        if self.max_temp_c is not None and not -50 < self.max_temp_c < 150:
+            raise ConfigError(f"--max-temp must be a temperature in Celsius, got "
+                              f"{self.max_temp_c}")
+        if not self.max_cool_wait_s >= 0:
+            raise ConfigError(f"the cooling wait limit must be >= 0 seconds, got "
+                              f"{self.max_cool_wait_s}")
         if not self.lock_wait_s >= 0:  # also refuses NaN
             raise ConfigError("the wait for another campaign on the dataset must be >= 0 "
                               f"seconds (inf: as long as it takes), got {self.lock_wait_s}")
@@ -218,9 +228,56 @@ class CampaignSummary:
     seconds: float = 0.0
     drift: list[BatchDrift] = field(default_factory=list)  # every stored batch, in order
     drift_tolerance: float = 0.10
+    # Timed calls of stored records checked for descheduling, those taken again, those kept
+    # (retakes ran out) and in how many records; records whose runner could not check.
+    checked_runs: int = 0
+    retaken_runs: int = 0
+    kept_descheduled_runs: int = 0
+    records_with_kept: int = 0
+    unchecked_records: int = 0
+    # per device/runtime lane: what the thermal control and the governor pinning did
+    control: dict[str, dict[str, Any]] = field(default_factory=dict)
+    control_lines: list[str] = field(default_factory=list)
+
+    def count_record(self, record: LatencyRecord) -> None:
+        """Count a stored record: measured or failed, and what the descheduling check saw."""
+        if record.status != "ok":
+            self.failed += 1
+            self.failures.append((record.device, record.key, record.error))
+            return
+        self.measured += 1
+        if record.descheduled_retaken is None:
+            self.unchecked_records += 1
+            return
+        self.checked_runs += record.n_runs + record.descheduled_retaken
+        self.retaken_runs += record.descheduled_retaken
+        self.kept_descheduled_runs += record.descheduled_kept or 0
+        self.records_with_kept += bool(record.descheduled_kept)
+
+    def descheduling_report(self) -> str:
+        """How much of the timing another process disturbed, and what was done, or "" when
+        nothing was checked."""
+        if not self.checked_runs:
+            return ""
+        text = (f"descheduled calls: {self.retaken_runs:,} of {self.checked_runs:,} timed calls "
+                f"({self.retaken_runs / self.checked_runs:.1%}) found their thread descheduled "
+                "(another process on its core) and were timed again")
+        if self.kept_descheduled_runs:
+            text += (f"; {self.kept_descheduled_runs:,} had to be kept, in "
+                     f"{self.records_with_kept} records (their figures are high)")
+        if self.unchecked_records:
+            text += f"; {self.unchecked_records} records could not be checked (thread pool)"
+        return text
 
     def merge(self, other: CampaignSummary) -> None:
         """Add another summary's counts: a device worker's, or a later campaign's."""
+        self.checked_runs += other.checked_runs
+        self.retaken_runs += other.retaken_runs
+        self.kept_descheduled_runs += other.kept_descheduled_runs
+        self.records_with_kept += other.records_with_kept
+        self.unchecked_records += other.unchecked_records
+        self.control.update(other.control)
+        self.control_lines.extend(other.control_lines)
         self.total += other.total
         self.skipped += other.skipped
         self.seconds += other.seconds
@@ -253,12 +310,19 @@ class CampaignSummary:
             if trend:
                 text += f"; {trend}"
             lines.append(text)
-        return lines
+        return lines + self.control_lines
 
     def drift_json(self) -> dict[str, Any]:
         """What a dataset card keeps of the last run's drift."""
         return {"tolerance": self.drift_tolerance, "flagged_batches": self.drifted_batches,
                 "report": self.drift_report(),
+                "control": self.control,
+                "descheduling": {"checked_runs": self.checked_runs,
+                                 "retaken_runs": self.retaken_runs,
+                                 "kept_runs": self.kept_descheduled_runs,
+                                 "records_with_kept": self.records_with_kept,
+                                 "unchecked_records": self.unchecked_records,
+                                 "report": self.descheduling_report()},
                 "batches": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                              for k, v in asdict(d).items()} for d in self.drift]}
 
@@ -298,6 +362,12 @@ def median_probe_ms(records: Any) -> float | None:
 
 
 def _estimate_timeout(n_models: int, settings: RunSettings) -> float:
+    if settings.single_stream:
+        # each replicate runs at least min_query_s; `queries` calls of a slow model take longer
+        # (up to 30 minutes per model allowed), and the probes run their queries too
+        return 300.0 + n_models * (settings.replicates * (2.0 * settings.min_query_s
+                                                          + settings.replicate_pause_s)
+                                   + 1800.0)
     if settings.adaptive:
         # each model stops by max_seconds of timing at the latest (plus one round over it);
         # max_runs caps cheap models, whose calls are short
@@ -329,10 +399,12 @@ def _record(subject: Subject, device: Device, runner_name: str, settings_key: st
     common: dict[str, Any] = dict(
         device=device.name, runtime=runner_name, runtime_version=result.runtime_version,
         settings=settings_key, threads=threads, overhead_ms=result.overhead_ms,
-        reference_ms=result.reference_ms, batch_id=batch_id,
+        reference_ms=result.reference_ms, memory_reference_ms=result.memory_reference_ms,
+        batch_id=batch_id,
         temp_before_c=_max_temp(result.facts_before), temp_after_c=_max_temp(result.facts_after),
         freq_before_khz=_freq(result.facts_before), freq_after_khz=_freq(result.facts_after),
-        raw_output=measurement.raw_output, tool_flags=measurement.tool_flags)
+        raw_output=measurement.raw_output, tool_flags=measurement.tool_flags,
+        energy_mj=measurement.energy_mj, energy_method=result.energy_method)
     if drift is not None:
         common.update(drift_ratio=drift.ratio, drift_flag=drift.flagged)
     stats = measurement.stats
@@ -340,9 +412,16 @@ def _record(subject: Subject, device: Device, runner_name: str, settings_key: st
         common.update(status="failed", error=measurement.error or "failed")
         return _new_record(subject, common)
     common.update(median_ms=stats.median_ms, min_ms=stats.min_ms, mean_ms=stats.mean_ms,
-                  std_ms=stats.std_ms, p90_ms=stats.p90_ms, n_runs=stats.n_runs,
+                  std_ms=stats.std_ms, p90_ms=stats.p90_ms, p99_ms=stats.p99_ms,
+                  n_runs=stats.n_runs,
                   round_min_median_ms=measurement.round_min_median_ms,
-                  stop_reason=measurement.stop_reason or "fixed")
+                  stop_reason=measurement.stop_reason or "fixed",
+                  descheduled_retaken=measurement.descheduled_retaken,
+                  descheduled_kept=measurement.descheduled_kept)
+    if measurement.stop_reason == "single_stream" and len(measurement.samples_ms) > 1:
+        spread = replication_spread(measurement.samples_ms)
+        common.update(replication_spread=spread,
+                      replication_ok=bool(spread <= REPLICATION_TOLERANCE))
     shape = measurement.quality(confidence)
     if shape is not None:
         common.update(ci_rel_width=shape.ci_rel_width, bimodality=shape.bimodality,
@@ -371,9 +450,16 @@ def _failed_record(subject: Subject, device: Device, runner_name: str, settings_
                                      error=error, batch_id=batch_id))
 
 
+# Networks go in batches of at most this many: a batch of 40 networks takes minutes, and one
+# slow phase of the machine during it (which the reference probe may miss) moved every
+# calibration network of a dataset alike - and with them every prediction (docs/measurement.md).
+NETWORK_BATCH_SIZE = 8
+
+
 def plan_batches(jobs: Sequence[Subject], size: int, seed: int | None = 0
                  ) -> list[list[Subject]]:
-    """Cut the jobs into batches of at most `size`, in a seeded random order.
+    """Cut the jobs into batches of at most `size` (networks: NETWORK_BATCH_SIZE), in a
+    seeded random order.
 
     A plan lists subjects in groups (the kernels of one kind, the networks of one family) and a
     batch takes about as long as a slow phase lasts (a noisy neighbour, a burst of throttling):
@@ -391,8 +477,10 @@ def plan_batches(jobs: Sequence[Subject], size: int, seed: int | None = 0
     groups: dict[str, list[Subject]] = {}
     for job in jobs:
         groups.setdefault(job.subject, []).append(job)
-    batches = [group[i:i + size] for group in groups.values()
-               for i in range(0, len(group), size)]
+    batches = []
+    for kind, group in groups.items():
+        step = min(size, NETWORK_BATCH_SIZE) if kind == "network" else size
+        batches += [group[i:i + step] for i in range(0, len(group), step)]
     order.shuffle(batches)
     return batches
 
@@ -451,10 +539,13 @@ class _DeviceWorker:
         """Learn the device's best reference-probe time before the first batch, so that a
         campaign starting in a slow phase does not take the slow phase as its baseline."""
         probe = [ModelFile("calibration", self.runner.export(spec_graph(OVERHEAD_SPEC)))]
-        timeout = self.config.timeout_s or _estimate_timeout(1, self.settings)
+        # a single stream's minutes per model are for the models, not for calibration
+        settings = replace(self.settings, queries=None) if self.settings.single_stream \
+            else self.settings
+        timeout = self.config.timeout_s or _estimate_timeout(1, settings)
         tries = self.config.calibration_runs if tries is None else tries
         for attempt in range(tries):
-            result = self.runner.measure(self.device, probe, self.settings, timeout)
+            result = self.runner.measure(self.device, probe, settings, timeout)
             self.best_reference = min(self.best_reference, result.reference_ms)
             if attempt + 1 < tries:
                 time.sleep(self.config.drift_pause_s / 5)
@@ -462,6 +553,28 @@ class _DeviceWorker:
     def run(self) -> CampaignSummary:
         summary = CampaignSummary(drift_tolerance=self.config.drift_tolerance)
         self.progress.start(self.lane, len(self.jobs))
+        pin = GovernorPin(self.device) if self.config.pin_governor else None
+        thermal = (ThermalControl(self.device, self.config.max_temp_c,
+                                  self.config.max_cool_wait_s)
+                   if self.config.max_temp_c is not None else None)
+        if pin is not None:
+            pin.pin()
+            self.progress.note(self.lane, pin.describe())
+        try:
+            self._run(summary, thermal)
+        finally:
+            if pin is not None:
+                pin.restore()
+        control = {}
+        for name, part in (("pin", pin), ("thermal", thermal)):
+            if part is not None:
+                control[name] = part.report()
+                summary.control_lines.append(f"{self.lane}: {part.describe()}")
+        if control:
+            summary.control[self.lane] = control
+        return summary
+
+    def _run(self, summary: CampaignSummary, thermal: ThermalControl | None) -> None:
         try:
             self.calibrate()
         except (TransportError, AgentError, RunnerError, OSError) as exc:
@@ -470,6 +583,8 @@ class _DeviceWorker:
         for number, batch in enumerate(self.batches):
             if self.stop.is_set():
                 break
+            if thermal is not None:
+                thermal.before_batch(lambda text: self.progress.note(self.lane, text))
             batch_id = uuid.uuid4().hex[:12]
             bar = _BatchBar(self.progress, self.lane, len(batch))
             try:
@@ -489,11 +604,7 @@ class _DeviceWorker:
                                           batch_id, self.settings.threads) for s in batch]
             self.dataset.append(records)
             for rec in records:
-                if rec.status == "ok":
-                    summary.measured += 1
-                else:
-                    summary.failed += 1
-                    summary.failures.append((self.device.name, rec.key, rec.error))
+                summary.count_record(rec)
             bar.finish()
             if consecutive_failures >= self.config.max_device_failures:
                 rest = [job for later in self.batches[number + 1:] for job in later]
@@ -509,7 +620,6 @@ class _DeviceWorker:
                 break
             if self.config.cooldown_s > 0:
                 time.sleep(self.config.cooldown_s)
-        return summary
 
     def _measure_batch(self, batch: list[Subject], batch_id: str, bar: _BatchBar
                        ) -> tuple[list[LatencyRecord], int, BatchDrift | None]:
@@ -595,11 +705,12 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
                     continue
                 raise ConfigError(f"device {device.name} has no runtime {runtime} "
                                   f"(it has {', '.join(device.runtimes) or 'none'})")
-            if config.settings.adaptive and not getattr(RUNNERS.get(runtime), "stopping_rule",
-                                                        False):
+            protocol = ("the stopping rule (target_ci)" if config.settings.adaptive else
+                        "a single stream (queries)" if config.settings.single_stream else "")
+            if protocol and not getattr(RUNNERS.get(runtime), "stopping_rule", False):
                 raise ConfigError(f"runtime {runtime} (device {device.name}) runs a native tool "
-                                  "that reports statistics, not samples, so it cannot apply the "
-                                  "stopping rule (target_ci); measure it with the fixed protocol "
+                                  f"that reports statistics, not samples, so it cannot apply "
+                                  f"{protocol}; measure it with the fixed protocol "
                                   "(--fixed-runs)")
             lanes.append((device, runtime))
     if not lanes:

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_STATISTIC",
     "HEAVY_TAIL_RATIO",
     "RECORD_STATISTICS",
+    "REPLICATION_TOLERANCE",
     "STOP_REASONS",
     "Quality",
     "Stats",
@@ -48,6 +49,7 @@ __all__ = [
     "median_ci",
     "median_ci_ranks",
     "quality",
+    "replication_spread",
     "round_medians",
     "round_spread",
     "stop_reason",
@@ -71,6 +73,7 @@ class Stats:
     std_ms: float
     p90_ms: float
     n_runs: int
+    p99_ms: float = math.nan
 
 
 def _as_array(samples_ms: Iterable[float], what: str) -> np.ndarray:
@@ -111,7 +114,22 @@ def summarize(samples_ms: Iterable[float] | Iterable[Iterable[float]]) -> Stats:
         std_ms=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
         p90_ms=float(np.percentile(arr, 90)),
         n_runs=int(arr.size),
+        p99_ms=float(np.percentile(arr, 99)),
     )
+
+
+# MLPerf-style replication: the single-stream runs of one model must agree on their 90th
+# percentile within this relative spread.
+REPLICATION_TOLERANCE = 0.05
+
+
+def replication_spread(rounds: Sequence[Sequence[float]]) -> float:
+    """(max - min) / min of the rounds' 90th percentiles: how far a model's replicate runs
+    disagree (NaN with fewer than two)."""
+    p90 = [float(np.percentile(_as_array(r, f"replicate {i}"), 90)) for i, r in enumerate(rounds)]
+    if len(p90) < 2 or min(p90) <= 0:
+        return math.nan
+    return max(p90) / min(p90) - 1
 
 
 def round_medians(rounds: Iterable[Iterable[float]]) -> list[float]:

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from latbench.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added after version 1, with the value files written before them read as: clock
 # frequencies around the batch (NaN: unknown), and a native tool's raw output and flags (empty
 # for agent runs). Version 3 (measurement fidelity, docs/measurement.md): the achieved relative
@@ -51,6 +51,14 @@ SCHEMA_VERSION = 3
 # stopping rule's "converged" / "max_runs" / "max_seconds"); the batch's drift ratio (its
 # reference probe / the best seen) and whether it was over the tolerance; drift-corrected
 # statistics (NaN unless asked for); sample-shape flags; the raw samples (null unless kept).
+# Version 4 (measurement under load): how many timed calls were taken again because the timing
+# thread was descheduled, and how many such calls had to be kept (null: not checked - a thread
+# pool, a native tool, a self-timed device, or a dataset measured before the check).
+# Also the 99th percentile of the samples, and for a single stream (MLPerf-style, several
+# replicate runs) how far the replicates' 90th percentiles disagree and whether that is within
+# the tolerance (NaN / null otherwise). Energy per inference in millijoules where the device has
+# a readable sensor, and the sensor ("not available" where none; "" before energy was read).
+# The batch's memory probe (an activation streaming 16 MB per call) beside its reference kernel.
 # Reading fills them in (NaN, "", null), so datasets of every version concatenate.
 ADDED_COLUMNS: dict[str, Any] = {
     "freq_before_khz": math.nan, "freq_after_khz": math.nan, "raw_output": "", "tool_flags": "",
@@ -58,7 +66,9 @@ ADDED_COLUMNS: dict[str, Any] = {
     "min_corrected_ms": math.nan, "median_corrected_ms": math.nan,
     "mean_corrected_ms": math.nan, "p90_corrected_ms": math.nan,
     "bimodality": math.nan, "bimodal": None, "tail_ratio": math.nan, "heavy_tail": None,
-    "samples_ms": None,
+    "samples_ms": None, "descheduled_retaken": None, "descheduled_kept": None,
+    "p99_ms": math.nan, "replication_spread": math.nan, "replication_ok": None,
+    "energy_mj": math.nan, "energy_method": "", "memory_reference_ms": math.nan,
     # OpSpec fields added after the first datasets: null in older files (the spec's default).
     "tokens": None, "heads": None, "dilation": None, "kernel_w": None, "pad_w": None,
     "out_pad": None, "scale": None, "mode": None, "axes": None, "alpha": None,
@@ -149,6 +159,14 @@ SCHEMA = pa.schema(
         ("tail_ratio", pa.float64()),
         ("heavy_tail", pa.bool_()),
         ("samples_ms", pa.list_(pa.float64())),
+        ("descheduled_retaken", pa.int64()),
+        ("descheduled_kept", pa.int64()),
+        ("p99_ms", pa.float64()),
+        ("replication_spread", pa.float64()),
+        ("replication_ok", pa.bool_()),
+        ("energy_mj", pa.float64()),
+        ("energy_method", pa.string()),
+        ("memory_reference_ms", pa.float64()),
     ],
     metadata={b"latbench.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -249,6 +267,14 @@ class LatencyRecord:
     tail_ratio: float = field(default_factory=_nan)
     heavy_tail: bool | None = None
     samples_ms: tuple[float, ...] | None = None
+    descheduled_retaken: int | None = None
+    descheduled_kept: int | None = None
+    p99_ms: float = field(default_factory=_nan)
+    replication_spread: float = field(default_factory=_nan)
+    replication_ok: bool | None = None
+    energy_mj: float = field(default_factory=_nan)
+    energy_method: str = ""
+    memory_reference_ms: float = field(default_factory=_nan)
 
     def __post_init__(self) -> None:
         if self.subject not in SUBJECTS:
@@ -918,3 +944,22 @@ __all__ = [
     "make_job_key",
     "utc_now",
 ]
+
+
+def stream_results(root: str | os.PathLike[str], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The single-stream records of `keys` in the dataset at `root`, as a report reads them:
+    key, device, queries, p50/p90/p99 ms, the replicates' p90 spread and whether it is within
+    the tolerance (None: one replicate)."""
+    records = LatencyDataset.open(root).records()
+    wanted = records[(records["status"] == "ok") & records["key"].isin(list(keys))
+                     & (records["stop_reason"] == "single_stream")]
+    out = []
+    for row in wanted.itertuples(index=False):
+        spread = float(row.replication_spread)
+        ok = row.replication_ok
+        out.append({"key": row.key, "device": row.device, "queries": int(row.n_runs),
+                    "p50_ms": float(row.median_ms), "p90_ms": float(row.p90_ms),
+                    "p99_ms": float(row.p99_ms),
+                    "replication_spread": spread if math.isfinite(spread) else None,
+                    "replication_ok": None if pd.isna(ok) else bool(ok)})
+    return out

@@ -11,7 +11,7 @@ share of the kernels' total, and how the composition turns kernel times into the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from latbench.bench.campaign import (
     measure_into_dataset,
 )
 from latbench.bench.plans import plan_from_model, plan_networks, plan_subjects
-from latbench.bench.runners import RUNNERS
+from latbench.bench.runners import RUNNERS, RunSettings
 from latbench.bench.stats import DEFAULT_STATISTIC
-from latbench.bench.store import LatencyDataset
+from latbench.bench.store import LatencyDataset, stream_results
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError
 from latbench.predictor.features import training_pairs
@@ -72,6 +72,7 @@ class ModelTable:
     dataset: Path
     predictor: Path
     campaign: CampaignSummary = field(default_factory=CampaignSummary)
+    stream: dict[str, Any] | None = None  # the single-stream result (`stream_results`)
 
     @property
     def kernel_sum_ms(self) -> float | None:
@@ -101,6 +102,15 @@ class ModelTable:
                 ("runtime call overhead (ms)", f"{self.prediction.overhead_ms:.4f}"),
                 ("kernels (distinct)", f"{sum(r.count for r in self.kernels)} "
                                        f"({len(self.kernels)})")]
+        if self.stream is not None:
+            s = self.stream
+            spread = s["replication_spread"]
+            verdict = ("n/a (one replicate)" if s["replication_ok"] is None else
+                       f"{'pass' if s['replication_ok'] else 'FAIL'} (p90 spread {spread:.1%})")
+            rows += [("single stream: queries", str(s["queries"])),
+                     ("single stream: p50 / p90 / p99 (ms)",
+                      f"{s['p50_ms']:.4f} / {s['p90_ms']:.4f} / {s['p99_ms']:.4f}"),
+                     ("single stream: replicates agree within 5%", verdict)]
         scales = self.composition.get("kind_scale") or {}
         if scales:
             rows.append(("composition: per-kind scales", ", ".join(
@@ -123,6 +133,7 @@ class ModelTable:
                 "coverage": self.prediction.coverage,
                 "kernels": [row.to_json() for row in self.kernels],
                 "composition": self.composition,
+                "single_stream": self.stream,
                 "dataset": str(self.dataset), "predictor": str(self.predictor),
                 "campaign": {"measured": self.campaign.measured, "skipped": self.campaign.skipped,
                              "failed": self.campaign.failed}}
@@ -132,10 +143,12 @@ def measure_model_table(model: str | Path, device: Device, runtime: str, out: st
                         config: CampaignConfig, *, around: int = 0,
                         input_shape: Sequence[str] = (), statistic: str = DEFAULT_STATISTIC,
                         kernel_model: str = "xgboost", card: dict[str, Any] | None = None,
-                        progress: ProgressSink | None = None) -> ModelTable:
+                        progress: ProgressSink | None = None,
+                        stream: RunSettings | None = None) -> ModelTable:
     """Measure `model`'s kernels and the model end to end on `device` into OUT/dataset
     (resumable: a rerun measures only what is missing or failed), fit and save a predictor in
-    OUT/predictor, and return the table."""
+    OUT/predictor, and return the table. With `stream` (single-stream settings) the model is
+    also timed MLPerf-style into OUT/single_stream."""
     model, out = Path(model), Path(out)
     plan = plan_from_model(model, around=around, input_shape=input_shape)
     network = plan_networks(plan)[0]
@@ -155,12 +168,19 @@ def measure_model_table(model: str | Path, device: Device, runtime: str, out: st
     nets = records[records["subject"] == "network"]
     measured = {str(k): float(v) for k, v in zip(nets["key"], nets[statistic], strict=True)
                 }.get(network.key)
+    streamed = None
+    if stream is not None:
+        summary.merge(measure_into_dataset([network], device, runtime, out / "single_stream",
+                                           replace(config, settings=stream),
+                                           card={"flags": ["single_stream"], **(card or {})},
+                                           progress=progress))
+        streamed = next(iter(stream_results(out / "single_stream", [network.key])), None)
     return ModelTable(model, device.name, runtime, statistic, measured, prediction,
                       kernel_rows(prediction, kernel_ms),
                       {"kind_scale": dict(predictor.composition_.kind_scale),
                        "terms": dict(predictor.composition_.terms),
                        "calibration": (predictor.fit_summary_ or {}).get("calibration", {})},
-                      out / "dataset", out / "predictor", summary)
+                      out / "dataset", out / "predictor", summary, streamed)
 
 
 def kernel_rows(prediction: NetworkPrediction, measured: dict[str, float]) -> list[KernelRow]:

@@ -104,6 +104,27 @@ def test_around_adds_neighbours_to_the_dataset(user_model: Path, tmp_path: Path,
     assert len(ops) > len(table["kernels"])  # the model's kernels and their neighbours
 
 
+def test_single_stream_times_the_model_mlperf_style(user_model: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t"
+    table = bench_model(capsys, str(user_model), "--out", str(out), *SETTINGS,
+                        "--single-stream", "--queries", "40", "--min-query-seconds", "0.2",
+                        "--replicates", "2", "--replicate-pause", "0")
+    stream = table["single_stream"]
+    assert stream["key"] == "onnx:user.onnx" and stream["queries"] >= 80
+    assert 0 < stream["p50_ms"] <= stream["p90_ms"] <= stream["p99_ms"]
+    assert isinstance(stream["replication_ok"], bool)
+    # the kernels keep their own protocol; only the model runs as a single stream
+    kernels = LatencyDataset.open(out / "dataset").records()
+    assert "stop_reason" in kernels and set(kernels["stop_reason"]) == {"fixed"}
+    streamed = LatencyDataset.open(out / "single_stream").records()
+    assert list(streamed["stop_reason"]) == ["single_stream"]
+    assert main(["bench", "model", str(user_model), "--out", str(out), *SETTINGS,
+                 "--single-stream", "--queries", "40", "--min-query-seconds", "0.2",
+                 "--replicates", "2", "--replicate-pause", "0"]) == 0
+    assert "single stream: p50 / p90 / p99" in capsys.readouterr().out
+
+
 def test_a_tflite_model_measured_by_litert(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "chain.tflite"

@@ -10,6 +10,7 @@ tflite-benchmark-model and onnxruntime-perf-test (native tools), onnxruntime-cud
 from __future__ import annotations
 
 from latbench.bench.runners.base import (
+    MEMORY_ID,
     OVERHEAD_ID,
     OVERHEAD_SPEC,
     PROBES,
@@ -35,6 +36,7 @@ from latbench.bench.runners.native import BenchmarkModelRunner, NativeToolRunner
 from latbench.bench.runners.onnxruntime import OnnxRuntimeRunner
 
 __all__ = [
+    "MEMORY_ID",
     "OVERHEAD_ID",
     "OVERHEAD_SPEC",
     "PROBES",

@@ -62,7 +62,13 @@ OVERHEAD_ID = "__overhead__"
 OVERHEAD_SPEC = OpSpec("act", h=1, w=1, cin=1, act="relu")
 REFERENCE_ID = "__reference__"
 REFERENCE_SPEC = OpSpec("mbconv", h=16, w=16, cin=32, cout=32, kernel=5, expand=6, act="relu")
-PROBES = {OVERHEAD_ID: OVERHEAD_SPEC, REFERENCE_ID: REFERENCE_SPEC}
+# The reference kernel works in cache and misses what slows memory-bound work: another tenant
+# of a VM's host or a neighbour core streaming through the shared cache. The memory probe, an
+# activation over 8 MB (16 MB streamed per call), shows that speed beside it.
+MEMORY_ID = "__memory__"
+MEMORY_SPEC = OpSpec("act", h=256, w=256, cin=32, act="relu")
+PROBES = {OVERHEAD_ID: OVERHEAD_SPEC, REFERENCE_ID: REFERENCE_SPEC, MEMORY_ID: MEMORY_SPEC}
+TRACKED_PROBES = frozenset({REFERENCE_ID, MEMORY_ID})  # measured in every round
 
 # Seconds allowed for removing a batch dir on the device after a batch.
 CLEANUP_TIMEOUT_S = 60.0
@@ -82,6 +88,14 @@ class RunSettings:
     interval narrows like 1/sqrt(n)): seconds that would end short of the target anyway are
     not spent.
     `rounds` is then unused.
+
+    Single stream (`queries` set, MLPerf-style, for whole models): each model alone, one query
+    after the other, until it has `queries` queries and `min_query_s` seconds; `replicates`
+    such runs per model, `replicate_pause_s` apart, which must agree (`stats.
+    replication_spread`). `runs`, `rounds` and the stopping rule are then unused.
+
+    Either way, with one thread a timed call whose thread was descheduled (another process ran
+    on its core) is timed again (`retake_descheduled`); off, such calls are only counted.
     """
 
     threads: int = 1
@@ -96,6 +110,11 @@ class RunSettings:
     max_runs: int = 1000
     max_seconds: float = 5.0
     futility: float | None = 4.0
+    retake_descheduled: bool = True
+    queries: int | None = None
+    min_query_s: float = 60.0
+    replicates: int = 3
+    replicate_pause_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("rounds", 1),
@@ -123,6 +142,28 @@ class RunSettings:
         if self.futility is not None and not _number_in(self.futility, 1.0 - 1e-12, math.inf):
             raise ConfigError(f"run setting futility must be null (off) or a factor >= 1, got "
                               f"{self.futility!r}")
+        if self.queries is not None:
+            if not isinstance(self.queries, int) or isinstance(self.queries, bool) \
+                    or self.queries < 1:
+                raise ConfigError(f"run setting queries must be null or an integer >= 1, got "
+                                  f"{self.queries!r}")
+            if self.target_ci is not None:
+                raise ConfigError("a single stream (queries) and the stopping rule (target_ci) "
+                                  "exclude each other")
+        if not isinstance(self.replicates, int) or isinstance(self.replicates, bool) \
+                or self.replicates < 1:
+            raise ConfigError(f"run setting replicates must be an integer >= 1, got "
+                              f"{self.replicates!r}")
+        if not _number_in(self.min_query_s, 0.0, math.inf):
+            raise ConfigError(f"run setting min_query_s must be > 0, got {self.min_query_s!r}")
+        if not _number_in(self.replicate_pause_s, -1e-12, math.inf):
+            raise ConfigError(f"run setting replicate_pause_s must be >= 0, got "
+                              f"{self.replicate_pause_s!r}")
+        object.__setattr__(self, "min_query_s", float(self.min_query_s))
+        object.__setattr__(self, "replicate_pause_s", float(self.replicate_pause_s))
+        if not isinstance(self.retake_descheduled, bool):
+            raise ConfigError(f"run setting retake_descheduled must be true or false, got "
+                              f"{self.retake_descheduled!r}")
         if self.futility is not None:
             object.__setattr__(self, "futility", float(self.futility))
         if self.target_ci is not None:
@@ -134,6 +175,18 @@ class RunSettings:
     def adaptive(self) -> bool:
         """True when the stopping rule decides how many runs each model gets."""
         return self.target_ci is not None
+
+    @property
+    def single_stream(self) -> bool:
+        """True for the MLPerf-style single stream (`queries` set)."""
+        return self.queries is not None
+
+    def stream_request(self) -> dict[str, Any] | None:
+        """The agent request's "single_stream" entry (None: not a single stream)."""
+        if self.queries is None:
+            return None
+        return {"queries": self.queries, "min_seconds": self.min_query_s,
+                "replicates": self.replicates, "pause_s": self.replicate_pause_s}
 
     def stop_rule(self) -> dict[str, Any] | None:
         """The agent request's "stop" entry (None: fixed protocol)."""
@@ -149,17 +202,25 @@ class RunSettings:
         With the stopping rule: "threads=1,warmup=10,runs=10,target_ci=0.02,confidence=0.95,
         min_runs=20,max_runs=1000,max_s=5,futility=4,opt=all" (futility=off without it). The
         fixed protocol's key is unchanged, so datasets measured before the rule still resume.
-        The runtime-specific fields are those its runner declares (`settings_fields`)."""
+        The runtime-specific fields are those its runner declares (`settings_fields`);
+        ",retake=off" ends the key of runs that keep descheduled calls."""
         if runtime not in RUNNERS:
             raise ConfigError(f"no settings key defined for runtime {runtime!r}; known: "
                               f"{RUNNERS.known()}")
-        if self.adaptive:
+        if self.single_stream:
+            parts = [f"threads={self.threads}", f"warmup={self.warmup}",
+                     f"queries={self.queries}", f"min_s={_key_value(self.min_query_s)}",
+                     f"replicates={self.replicates}",
+                     f"pause_s={_key_value(self.replicate_pause_s)}"]
+        elif self.adaptive:
             parts = [f"{short}={_key_value(getattr(self, name))}"
                      for name, short in _ADAPTIVE_SETTINGS]
         else:
             parts = [f"{name}={getattr(self, name)}" for name in _COMMON_SETTINGS]
         parts += [f"{short}={getattr(self, name)}"
                   for name, short in RUNNERS[runtime].settings_fields]
+        if not self.retake_descheduled:
+            parts.append("retake=off")
         return ",".join(parts)
 
 
@@ -208,6 +269,11 @@ class Measurement:
     raw_output: str = ""
     tool_flags: str = ""
     stop_reason: str = ""  # "fixed", or the stopping rule's: converged, max_runs, max_seconds
+    # Timed calls taken again because the timing thread was descheduled, and such calls kept
+    # once the retakes ran out; None where the runner could not check (BatchResult says why).
+    descheduled_retaken: int | None = None
+    descheduled_kept: int | None = None
+    energy_mj: float = math.nan  # energy per inference, where the device has a sensor
 
     @property
     def ok(self) -> bool:
@@ -248,9 +314,12 @@ class BatchResult:
     runtime_version: str
     overhead_ms: float
     reference_ms: float = float("nan")
+    memory_reference_ms: float = float("nan")  # the memory probe's, taken as reference_ms
     facts_before: dict[str, Any] = field(default_factory=dict)
     facts_after: dict[str, Any] = field(default_factory=dict)
     device: str = ""
+    descheduling_checked: bool = False  # whether timed calls were checked for descheduling
+    energy_method: str = ""  # the device's energy source, "not available", "" (not asked)
 
     def get(self, model_id: str) -> Measurement:
         for m in self.measurements:
@@ -421,8 +490,12 @@ class AgentRunner(RunnerBase):
                 "graph_opt": settings.graph_opt, "delegate": settings.delegate,
                 "affinity": list(device.cpu_affinity) if device.cpu_affinity else None,
                 "stop": settings.stop_rule(),
+                "retake_descheduled": settings.retake_descheduled,
+                "single_stream": settings.stream_request(),
                 # the reference probe runs in every round, so it sees the whole batch's speed
-                "models": [{"id": i, "path": p, **({"track": True} if i == REFERENCE_ID else {})}
+                "models": [{"id": i, "path": p,
+                            **({"track": True} if i in TRACKED_PROBES else {}),
+                            **({"probe": True} if i in PROBES else {})}
                            for i, p in models]}
 
     def measure(self, device: Device, models: Sequence[ModelFile],
@@ -509,9 +582,12 @@ class AgentRunner(RunnerBase):
         raw = reply.get("results")
         if not isinstance(raw, list):
             raise AgentError(f"{where}: reply has no results list")
+        checked = reply.get("descheduling_checked") is True
+        energy = reply.get("energy")
+        energy_method = str(energy.get("method") or "") if isinstance(energy, dict) else ""
         measurements: dict[str, Measurement] = {}
         for item in raw:
-            m = self._measurement(where, item, settings)
+            m = self._measurement(where, item, settings, checked)
             measurements[m.id] = m
         expected = set(ids) | set(PROBES)
         if set(measurements) != expected or len(raw) != len(expected):
@@ -522,26 +598,31 @@ class AgentRunner(RunnerBase):
             if probe.stats is None:
                 raise RunnerError(f"the {pid.strip('_')} probe model failed with {self.name} on "
                                   f"device {device.name}: {probe.error}")
-        overhead, reference = probes[OVERHEAD_ID], probes[REFERENCE_ID]
-        # Fixed protocol: the best round (as many rounds in every batch). Under the stopping
-        # rule a batch has as many reference rounds as its slowest model needs, and a minimum
-        # over more rounds is lower by itself; the median round does not drift with the count.
-        reference_rounds = round_medians(reference.samples_ms)
-        reference_ms = (float(statistics.median(reference_rounds)) if settings.adaptive
-                        else min(reference_rounds))
+        overhead = probes[OVERHEAD_ID]
+
+        def level(probe: Measurement) -> float:
+            # Fixed protocol: the best round (as many rounds in every batch). Under the stopping
+            # rule a batch has as many reference rounds as its slowest model needs, and a
+            # minimum over more rounds is lower by itself; the median round does not drift.
+            rounds = round_medians(probe.samples_ms)
+            return float(statistics.median(rounds)) if settings.adaptive else min(rounds)
         return BatchResult(
             measurements=[measurements[i] for i in ids],
             runtime=self.name,
             runtime_version=str(reply.get("runtime_version") or "unknown"),
             overhead_ms=overhead.stats.median_ms,
-            reference_ms=reference_ms,
+            reference_ms=level(probes[REFERENCE_ID]),
+            memory_reference_ms=level(probes[MEMORY_ID]),
             facts_before=_as_dict(reply.get("facts_before")),
             facts_after=_as_dict(reply.get("facts_after")),
             device=device.name,
+            descheduling_checked=checked,
+            energy_method=energy_method,
         )
 
     @staticmethod
-    def _measurement(where: str, item: object, settings: RunSettings) -> Measurement:
+    def _measurement(where: str, item: object, settings: RunSettings,
+                     checked: bool = False) -> Measurement:
         if (not isinstance(item, dict) or not isinstance(item.get("id"), str)
                 or item.get("status") not in ("ok", "failed")
                 or not isinstance(item.get("samples_ms"), list)):
@@ -551,7 +632,18 @@ class AgentRunner(RunnerBase):
             return Measurement(model_id, "failed", (), str(item.get("error") or "failed"))
         rounds = item["samples_ms"]
         reason = "fixed"
-        if not settings.adaptive:
+        if settings.single_stream:
+            stop = item.get("stop")
+            reason = stop.get("reason") if isinstance(stop, dict) else None
+            if reason != "single_stream":
+                raise AgentError(f"{where}: model {model_id} has no single-stream entry "
+                                 f"(got {stop!r})")
+            least = settings.queries or 1
+            if len(rounds) != settings.replicates or any(
+                    not isinstance(r, list) or len(r) < least for r in rounds):
+                raise AgentError(f"{where}: model {model_id} has samples that are not "
+                                 f"{settings.replicates} replicates of >= {least} queries")
+        elif not settings.adaptive:
             if len(rounds) != settings.rounds or any(
                     not isinstance(r, list) or len(r) != settings.runs for r in rounds):
                 raise AgentError(f"{where}: model {model_id} has samples that are not "
@@ -559,7 +651,7 @@ class AgentRunner(RunnerBase):
         else:
             stop = item.get("stop")
             reason = stop.get("reason") if isinstance(stop, dict) else None
-            tracked = model_id == REFERENCE_ID
+            tracked = model_id in TRACKED_PROBES
             if reason not in (("tracked",) if tracked else STOP_REASONS):
                 raise AgentError(f"{where}: model {model_id} has no valid stopping-rule entry "
                                  f"(got {stop!r})")
@@ -577,7 +669,29 @@ class AgentRunner(RunnerBase):
             raise AgentError(f"{where}: model {model_id} has non-numeric samples") from None
         if any(x < 0 or x != x for r in samples for x in r):
             raise AgentError(f"{where}: model {model_id} has negative or NaN samples")
-        return Measurement(model_id, "ok", samples, "", stop_reason=reason)
+        retaken = kept = None
+        if checked:
+            counts = item.get("descheduled")
+            if (not isinstance(counts, dict) or any(
+                    not isinstance(counts.get(k), int) or isinstance(counts.get(k), bool)
+                    or counts[k] < 0 for k in ("retaken", "kept"))):
+                raise AgentError(f"{where}: model {model_id} has no valid descheduled counts "
+                                 f"(got {counts!r})")
+            retaken, kept = counts["retaken"], counts["kept"]
+        return Measurement(model_id, "ok", samples, "", stop_reason=reason,
+                           descheduled_retaken=retaken, descheduled_kept=kept,
+                           energy_mj=_energy_per_call_mj(item.get("energy")))
+
+
+def _energy_per_call_mj(energy: object) -> float:
+    """Millijoules per call from the agent's {"joules", "calls"} (NaN without a reading)."""
+    if not isinstance(energy, dict):
+        return math.nan
+    joules, calls = energy.get("joules"), energy.get("calls")
+    if (not isinstance(joules, (int, float)) or not isinstance(calls, int)
+            or isinstance(calls, bool) or calls <= 0 or not math.isfinite(joules)):
+        return math.nan
+    return 1000.0 * joules / calls
 
 
 class _AgentProgress:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from latbench.bench.export.graph import LayerGraph
 from latbench.bench.runners.base import (
     CLEANUP_TIMEOUT_S,
+    MEMORY_ID,
     OVERHEAD_ID,
     PROBES,
     REFERENCE_ID,
@@ -216,15 +217,18 @@ class NativeToolRunner(RunnerBase):
                 raise RunnerError(f"the {pid.strip('_')} probe model failed with {self.name} on "
                                   f"device {device.name}: {measurements[pid].error}")
         overhead = measurements[OVERHEAD_ID].stats
-        reference = rounds[REFERENCE_ID]
+
+        def level(probe_id: str) -> float:
+            return min(r.median_ms if math.isfinite(r.median_ms) else r.mean_ms
+                       for r in rounds[probe_id])
+
         return BatchResult(
             measurements=[measurements[i] for i in ids],
             runtime=self.name,
             runtime_version=_binary_version(tool, Path(binary)),
             overhead_ms=overhead.median_ms if math.isfinite(overhead.median_ms)
             else overhead.mean_ms,
-            reference_ms=min(r.median_ms if math.isfinite(r.median_ms) else r.mean_ms
-                             for r in reference),
+            reference_ms=level(REFERENCE_ID), memory_reference_ms=level(MEMORY_ID),
             facts_before=facts_before, facts_after=facts_after, device=device.name)
 
 

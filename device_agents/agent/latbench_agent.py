@@ -31,7 +31,7 @@ import sys
 import time
 from functools import lru_cache
 
-AGENT_VERSION = "3"  # 3: models visited in a shuffled order each round
+AGENT_VERSION = "4"  # 4: descheduled calls re-taken (CPU time vs wall time)
 
 RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
@@ -124,6 +124,89 @@ def load_average() -> list[float] | None:
         return [round(x, 3) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def sysfs_root() -> str:
+    """Where sensor files are read from: /sys, or $LATBENCH_AGENT_SYSFS (a folder laid out
+    like /sys, which is how the tests serve a power sensor with known values)."""
+    return os.environ.get("LATBENCH_AGENT_SYSFS", "/sys")
+
+
+def energy_method(meter) -> str:
+    return meter.method if meter is not None else "not available"
+
+
+class EnergyMeter:
+    """The device's energy source, read around each round of timed calls: a cumulative energy
+    counter in microjoules that wraps at `wrap` (RAPL), or an instantaneous power reading in
+    watts integrated over the round's wall time (hwmon power, battery current x voltage)."""
+
+    def __init__(self, method: str, resolution: str, read, counter: bool,
+                 wrap: int | None = None) -> None:
+        self.method, self.resolution = method, resolution
+        self.read, self.counter, self.wrap = read, counter, wrap
+
+    def start(self):
+        return time.perf_counter(), self.read()
+
+    def joules(self, start) -> float:
+        """Energy since `start` (from `start()`); NaN when a reading failed."""
+        t0, v0 = start
+        t1, v1 = time.perf_counter(), self.read()
+        if v0 is None or v1 is None:
+            return float("nan")
+        if not self.counter:
+            return 0.5 * (v0 + v1) * (t1 - t0)
+        delta = v1 - v0
+        if delta < 0 and self.wrap:
+            delta += self.wrap
+        return delta * 1e-6
+
+
+def _scaled(path: str, scale: float):
+    def read() -> float | None:
+        value = read_int(path)
+        return None if value is None else value * scale
+    return read
+
+
+def _battery_watts(folder: str):
+    def read() -> float | None:
+        current = read_int(os.path.join(folder, "current_now"))  # uA (sign: vendor-specific)
+        voltage = read_int(os.path.join(folder, "voltage_now"))  # uV
+        if current is None or voltage is None:
+            return None
+        return abs(current) * voltage * 1e-12
+    return read
+
+
+def energy_meter() -> EnergyMeter | None:
+    """The first readable energy source: RAPL package energy, an hwmon power sensor, or a
+    battery's current and voltage; None when the device exposes none (most VMs)."""
+    root = sysfs_root()
+    for zone in sorted(glob.glob(os.path.join(root, "class", "powercap", "*"))):
+        name = read_text(os.path.join(zone, "name")) or ""
+        counter = os.path.join(zone, "energy_uj")
+        if name.startswith("package") and read_int(counter) is not None:
+            return EnergyMeter(f"rapl:{os.path.basename(zone)}:{name} (whole package, every "
+                               "process on it)", "1 uJ counter, updated about every 1 ms",
+                               _scaled(counter, 1.0), True,
+                               read_int(os.path.join(zone, "max_energy_range_uj")))
+    for hwmon in sorted(glob.glob(os.path.join(root, "class", "hwmon", "hwmon*"))):
+        for power in sorted(glob.glob(os.path.join(hwmon, "power*_input"))):
+            if read_int(power) is not None:
+                name = read_text(os.path.join(hwmon, "name")) or os.path.basename(hwmon)
+                return EnergyMeter(f"hwmon:{name}/{os.path.basename(power)}",
+                                   "instantaneous power (uW) read before and after each round",
+                                   _scaled(power, 1e-6), False)
+    for supply in sorted(glob.glob(os.path.join(root, "class", "power_supply", "*"))):
+        if (read_text(os.path.join(supply, "type")) or "").lower() == "battery":
+            read = _battery_watts(supply)
+            if read() is not None:
+                return EnergyMeter(f"battery:{os.path.basename(supply)} (whole device)",
+                                   "current x voltage read before and after each round",
+                                   read, False)
+    return None
 
 
 def dynamic_facts(cpu: int = 0) -> dict:
@@ -234,6 +317,7 @@ def facts(work_dir: str, modules=()) -> dict:
         "max_freq_khz": cpufreq(0, "cpuinfo_max_freq"),
         "temps_c": temperatures(),
         "load_avg": load_average(),
+        "energy": energy_method(energy_meter()),
         "python": platform.python_version(),
         "numpy": numpy_version,
         "runtimes": runtime_versions(modules),
@@ -374,6 +458,32 @@ def validate_stop(raw: object) -> dict | None:
     return out
 
 
+def validate_single_stream(raw: object) -> dict | None:
+    """The request's single-stream protocol: null, or {"queries", "min_seconds",
+    "replicates", "pause_s"}."""
+    if raw is None:
+        return None
+
+    def bad(message: str) -> AgentFailure:
+        return AgentFailure("bad_request", f"single stream: {message}", EXIT_BAD_REQUEST)
+
+    if not isinstance(raw, dict):
+        raise bad(f"must be null or an object, got {raw!r}")
+    out = {}
+    for name in ("queries", "replicates"):
+        value = raw.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(f"{name} must be an integer >= 1, got {value!r}")
+        out[name] = value
+    for name, positive in (("min_seconds", True), ("pause_s", False)):
+        value = raw.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > 0 if positive else value >= 0) or value != value:
+            raise bad(f"{name} must be a number {'>' if positive else '>='} 0, got {value!r}")
+        out[name] = float(value)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # measure
 
@@ -450,7 +560,14 @@ def validate_request(req: object) -> dict:
            "graph_opt": req.get("graph_opt", "all"),
            "delegate": req.get("delegate", "xnnpack"),
            "affinity": req.get("affinity"),
-           "stop": validate_stop(req.get("stop"))}
+           "stop": validate_stop(req.get("stop")),
+           "retake_descheduled": req.get("retake_descheduled", True),
+           "single_stream": validate_single_stream(req.get("single_stream"))}
+    if out["stop"] is not None and out["single_stream"] is not None:
+        raise bad("a request has a stopping rule or a single stream, not both")
+    if not isinstance(out["retake_descheduled"], bool):
+        raise bad(f"retake_descheduled must be true or false, got "
+                  f"{out['retake_descheduled']!r}")
     if out["graph_opt"] not in GRAPH_OPTS:
         raise bad(f"unknown graph_opt {out['graph_opt']!r}; known: {', '.join(GRAPH_OPTS)}")
     if out["delegate"] not in DELEGATES:
@@ -467,16 +584,19 @@ def validate_request(req: object) -> dict:
     for m in models:
         if (not isinstance(m, dict) or not isinstance(m.get("id"), str)
                 or not isinstance(m.get("path"), str) or not m["id"] or not m["path"]
-                or not isinstance(m.get("track", False), bool)):
-            raise bad(f"each model must be {{'id': str, 'path': str[, 'track': bool]}}, "
-                      f"got {m!r}")
+                or not isinstance(m.get("track", False), bool)
+                or not isinstance(m.get("probe", False), bool)):
+            raise bad(f"each model must be {{'id': str, 'path': str[, 'track': bool]"
+                      f"[, 'probe': bool]}}, got {m!r}")
         if m["id"] in seen:
             raise bad(f"duplicate model id {m['id']!r}")
         seen.add(m["id"])
     # A tracked model (the reference probe) is measured in every round while any other model
-    # is still being measured, so it samples the device's speed over the whole batch.
-    out["models"] = [{"id": m["id"], "path": m["path"], "track": m.get("track", False)}
-                     for m in models]
+    # is still being measured, so it samples the device's speed over the whole batch. A probe
+    # (the host's overhead and reference models) is timed to the query count only in a single
+    # stream: its seconds are not what the user asked about.
+    out["models"] = [{"id": m["id"], "path": m["path"], "track": m.get("track", False),
+                      "probe": m.get("probe", False)} for m in models]
     return out
 
 
@@ -701,19 +821,93 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
-def time_calls(run, count: int, self_timed: bool, clock) -> list[float]:
+# A timed call whose thread ran for less CPU time than the call's wall time, by more than this
+# share of the call plus a floor, was descheduled: another process ran on its core meanwhile
+# (a time slice is milliseconds, so a call longer than one is slowed by it as a whole while a
+# microsecond probe slips between slices). Such a call says nothing about the model.
+DESCHEDULED_SHARE = 0.10
+DESCHEDULED_FLOOR_NS = 50_000
+
+
+def descheduled(wall_ns: int, cpu_ns: int) -> bool:
+    """Whether a call of `wall_ns` whose thread got `cpu_ns` of CPU was descheduled."""
+    return wall_ns - cpu_ns > DESCHEDULED_SHARE * wall_ns + DESCHEDULED_FLOOR_NS
+
+
+def cpu_clock_for(threads: int, self_timed: bool):
+    """The clock that checks timed calls for descheduling, or None where it cannot: with one
+    thread the runtime computes on the calling thread, so its CPU time is the call's work; with
+    a thread pool (or a device that times itself) the calling thread's CPU time says nothing."""
+    clock = getattr(time, "thread_time_ns", None)
+    if threads != 1 or self_timed or clock is None:
+        return None
+    try:
+        clock()
+    except OSError:  # a platform without a per-thread CPU clock
+        return None
+    return clock
+
+
+def time_calls(run, count: int, self_timed: bool, clock, cpu_clock=None,
+               tally: dict | None = None, retake: bool = True) -> list[float]:
     """`count` timed calls in ms: the host clock around each call, or what a self-timed backend
-    (device events) returns."""
+    (device events) returns. With `cpu_clock`, a descheduled call (see `descheduled`) is timed
+    again (`retake`), up to `count` extra calls; past that it is kept. `tally` counts both
+    ("retaken", "kept")."""
     samples = [0.0] * count
     if self_timed:
         for i in range(count):
             samples[i] = float(run())
         return samples
-    for i in range(count):
+    if cpu_clock is None:
+        for i in range(count):
+            t0 = clock()
+            run()
+            samples[i] = (clock() - t0) / 1e6
+        return samples
+    retakes = count if retake else 0
+    i = 0
+    while i < count:
+        c0 = cpu_clock()
         t0 = clock()
         run()
-        samples[i] = (clock() - t0) / 1e6
+        wall = clock() - t0
+        cpu = cpu_clock() - c0
+        if descheduled(wall, cpu):
+            if retakes > 0:
+                retakes -= 1
+                if tally is not None:
+                    tally["retaken"] += 1
+                continue
+            if tally is not None:
+                tally["kept"] += 1
+        samples[i] = wall / 1e6
+        i += 1
     return samples
+
+
+class Timer:
+    """Times `count` calls of one model (`time_calls`) and keeps its result's books: the
+    descheduled calls, and the energy the device's sensor saw over the calls made (retakes
+    included) where there is a sensor."""
+
+    def __init__(self, by_id: dict, self_timed: bool, clock, cpu_clock=None,
+                 retake: bool = True, meter: EnergyMeter | None = None) -> None:
+        self.by_id, self.self_timed, self.clock = by_id, self_timed, clock
+        self.cpu_clock, self.retake, self.meter = cpu_clock, retake, meter
+
+    def __call__(self, model_id, run, count: int) -> list:
+        result = self.by_id[model_id]
+        tally = result["descheduled"]
+        retaken = tally["retaken"]
+        start = self.meter.start() if self.meter is not None else None
+        samples = time_calls(run, count, self.self_timed, self.clock, self.cpu_clock, tally,
+                             self.retake)
+        if start is not None:
+            energy = result.setdefault("energy", {"joules": 0.0, "calls": 0})
+            energy["joules"] += self.meter.joules(start)
+            energy["calls"] += count + tally["retaken"] - retaken
+        return samples
 
 
 def measure(req: dict, base_dir: str) -> dict:
@@ -748,12 +942,15 @@ def measure(req: dict, base_dir: str) -> dict:
     rng = np.random.default_rng(0)
     order_rng = random.Random(0)  # the order of models within each round
     rule = req.get("stop")
-    progress = Progress([m["id"] for m in req["models"]], 1 if rule else req["rounds"])
+    stream = req.get("single_stream")
+    steps = stream["replicates"] if stream else 1 if rule else req["rounds"]
+    progress = Progress([m["id"] for m in req["models"]], steps)
     results = []
     runners = {}
     tracked = {m["id"] for m in req["models"] if m.get("track")}
     for m in req["models"]:
-        results.append({"id": m["id"], "status": "ok", "samples_ms": [], "error": ""})
+        results.append({"id": m["id"], "status": "ok", "samples_ms": [], "error": "",
+                        "descheduled": {"retaken": 0, "kept": 0}})
         path = m["path"] if os.path.isabs(m["path"]) else os.path.join(base_dir, m["path"])
         try:
             runners[m["id"]] = backend.load(path, rng)
@@ -780,23 +977,30 @@ def measure(req: dict, base_dir: str) -> dict:
     clock = time.perf_counter_ns
     runs = req["runs"]
     self_timed = bool(getattr(backend, "self_timed", False))
+    cpu_clock = cpu_clock_for(req["threads"], self_timed)
+    meter = energy_meter()
+    timer = Timer(by_id, self_timed, clock, cpu_clock, req["retake_descheduled"], meter)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not model latency
     try:
-        if rule is None:
+        if stream is not None:
+            probes = {m["id"] for m in req["models"] if m["probe"]}
+            measure_single_stream(runners, by_id, probes, stream, timer, clock, fail,
+                                  order_rng, progress)
+        elif rule is None:
             for _ in range(req["rounds"]):
                 order = list(runners.items())
                 order_rng.shuffle(order)
                 for model_id, run in order:
                     try:
-                        samples = time_calls(run, runs, self_timed, clock)
+                        samples = timer(model_id, run, runs)
                     except Exception as exc:
                         fail(model_id, "run", exc)
                         continue
                     by_id[model_id]["samples_ms"].append(samples)
                     progress.advance(model_id)
         else:
-            measure_until_stop(runners, by_id, tracked, rule, runs, self_timed, clock, fail,
+            measure_until_stop(runners, by_id, tracked, rule, runs, timer, clock, fail,
                                order_rng, progress)
     finally:
         if gc_was_enabled:
@@ -807,12 +1011,16 @@ def measure(req: dict, base_dir: str) -> dict:
     return {"status": "ok", "agent_version": AGENT_VERSION, "runtime": req["runtime"],
             "runtime_version": backend.version,
             "settings": {k: req[k] for k in ("threads", "warmup", "runs", "rounds",
-                                              "graph_opt", "delegate", "affinity", "stop")},
+                                              "graph_opt", "delegate", "affinity", "stop",
+                                              "retake_descheduled", "single_stream")},
+            "descheduling_checked": cpu_clock is not None,
+            "energy": {"method": energy_method(meter),
+                       "resolution": meter.resolution if meter is not None else None},
             "facts_before": facts_before, "facts_after": facts_after, "results": results}
 
 
 def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, runs: int,
-                       self_timed: bool, clock, fail, order_rng, progress=None) -> None:
+                       timer: Timer, clock, fail, order_rng, progress=None) -> None:
     """Interleaved rounds under a stopping rule (see `measure`); fills each result's samples
     and its "stop" entry {"reason", "n", "ci_rel_width", "seconds"}."""
     pooled = {model_id: [] for model_id in runners}
@@ -832,7 +1040,7 @@ def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, run
             count = runs if is_tracked else min(runs, rule["max_runs"] - len(pooled[model_id]))
             t0 = clock()
             try:
-                samples = time_calls(run, count, self_timed, clock)
+                samples = timer(model_id, run, count)
             except Exception as exc:
                 fail(model_id, "run", exc)
                 active.remove(model_id)
@@ -851,6 +1059,46 @@ def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, run
     for model_id in active:  # tracked models: stopped because every other model stopped
         by_id[model_id]["stop"] = stop_entry("tracked", pooled[model_id], seconds[model_id],
                                              rule)
+
+
+STREAM_CHUNK = 16  # queries between checks of a single stream's minimums
+
+
+def measure_single_stream(runners: dict, by_id: dict, probes: set, stream: dict,
+                          timer: Timer, clock, fail, order_rng, progress=None) -> None:
+    """MLPerf-style single stream: each model alone, one query after the other, until it has
+    answered stream["queries"] queries and run stream["min_seconds"] seconds (probes: the
+    queries only); `replicates` such runs per model, each a round of samples, the models
+    visited in a shuffled order per replicate and replicates `pause_s` apart, so a replicate
+    meets the device in another state. Fills each result's "stop" entry."""
+    seconds = {model_id: 0.0 for model_id in runners}
+    for replicate in range(stream["replicates"]):
+        if replicate:
+            time.sleep(stream["pause_s"])
+        order = list(runners)
+        order_rng.shuffle(order)
+        for model_id in order:
+            run = runners.get(model_id)
+            if run is None:  # failed meanwhile
+                continue
+            minimum_ns = 0 if model_id in probes else stream["min_seconds"] * 1e9
+            samples: list = []
+            t0 = clock()
+            try:
+                while len(samples) < stream["queries"] or clock() - t0 < minimum_ns:
+                    samples.extend(timer(model_id, run, STREAM_CHUNK))
+            except Exception as exc:
+                fail(model_id, "run", exc)
+                continue
+            seconds[model_id] += (clock() - t0) / 1e9
+            by_id[model_id]["samples_ms"].append(samples)
+            if progress is not None:
+                progress.advance(model_id)
+    for model_id, result in by_id.items():
+        if result["status"] == "ok":
+            pooled = [x for r in result["samples_ms"] for x in r]
+            result["stop"] = {"reason": "single_stream", "n": len(pooled),
+                              "ci_rel_width": None, "seconds": round(seconds[model_id], 6)}
 
 
 def stop_entry(reason: str, samples: list, seconds: float, rule: dict) -> dict:

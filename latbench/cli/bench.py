@@ -13,6 +13,7 @@ from latbench.cli.common import (
     add_json,
     add_legacy_export,
     add_run_settings,
+    add_single_stream,
     add_statistic,
     campaign_config,
     campaign_done,
@@ -20,7 +21,10 @@ from latbench.cli.common import (
     networks_help,
     one_device,
     report_failures,
+    run_settings,
     runtime_names,
+    stream_settings,
+    summary_json,
 )
 from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
@@ -58,7 +62,7 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
         if down and not args.json:
             print_table("unreachable devices (their jobs are marked failed; rerun to retry)",
                         CHECK_HEADER, [check_row(c) for c in down])
-        return campaign_done(f"{what} {args.out} ({len(targets)} devices)", summary, args.json)
+        return _done(args, f"{what} {args.out} ({len(targets)} devices)", summary, subjects)
     runtime = _one_runtime(args.runtime)
     device = targets[0]
     require_runtime(device, runtime)
@@ -70,7 +74,36 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     with Bars("measuring") as bars:
         summary = measure_into_dataset(subjects, device, runtime, Path(args.out), config,
                                        card=card, progress=bars)
-    return campaign_done(f"{what} {args.out}", summary, args.json)
+    return _done(args, f"{what} {args.out}", summary, subjects)
+
+
+STREAM_HEADER = ("network", "device", "queries", "p50 ms", "p90 ms", "p99 ms",
+                 "replicates' p90 spread", "replication")
+
+
+def _done(args: argparse.Namespace, title: str, summary: Any, subjects: list[Any]) -> int:
+    """The campaign's summary; after a single stream also each model's percentiles and
+    whether its replicates agreed."""
+    if not getattr(args, "single_stream", False):
+        return campaign_done(title, summary, args.json)
+    from latbench.bench.store import stream_results
+
+    results = stream_results(Path(args.out), [s.key for s in subjects])
+    if args.json:
+        print_json({**summary_json(summary), "single_stream": results})
+        return 1 if summary.failed else 0
+    code = campaign_done(title, summary)
+    print_table("single stream (MLPerf-style): percentiles over every query of the replicates",
+                list(STREAM_HEADER), [stream_row(r) for r in results])
+    return code
+
+
+def stream_row(result: dict[str, Any]) -> tuple[str, ...]:
+    spread = result["replication_spread"]
+    verdict = {True: "pass", False: "FAIL", None: "n/a (one replicate)"}[result["replication_ok"]]
+    return (result["key"], result["device"], str(result["queries"]),
+            f"{result['p50_ms']:.4f}", f"{result['p90_ms']:.4f}", f"{result['p99_ms']:.4f}",
+            "" if spread is None else f"{spread:.1%}", verdict)
 
 
 def cmd_bench_ops(args: argparse.Namespace) -> int:
@@ -163,10 +196,10 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     require_runtime(device, runtime)
     with Bars("measuring") as bars:
         table = measure_model_table(model, device, runtime, Path(args.out),
-                                    campaign_config(args), around=args.around,
-                                    input_shape=args.input_shape or [],
+                                    campaign_config(args, run_settings(args)),
+                                    around=args.around, input_shape=args.input_shape or [],
                                     statistic=args.statistic, card={"flags": sys.argv[1:]},
-                                    progress=bars)
+                                    progress=bars, stream=stream_settings(args))
     if args.json:
         print_json(table.to_json())
     else:
@@ -295,6 +328,7 @@ def add_commands(sub: Any) -> None:
     add_json(nets)
     add_device_options(nets)
     add_run_settings(nets)
+    add_single_stream(nets)
     nets.set_defaults(func=cmd_bench_networks)
 
     repeat = bench_sub.add_parser(
@@ -365,6 +399,7 @@ def add_commands(sub: Any) -> None:
     add_json(model)
     add_device_options(model)
     add_run_settings(model)
+    add_single_stream(model)
     model.set_defaults(func=cmd_bench_model)
 
     fusion = bench_sub.add_parser(

@@ -55,6 +55,9 @@ def summary_rows(summary: Any) -> list[tuple[str, Any]]:
             ("measured", summary.measured), ("failed", summary.failed),
             ("batches redone after a slow phase", summary.redone_batches),
             ("batches stored drifted (flagged)", getattr(summary, "drifted_batches", 0)),
+            ("timed calls taken again (thread descheduled)",
+             f"{getattr(summary, 'retaken_runs', 0):,} of {getattr(summary, 'checked_runs', 0):,}"),
+            ("descheduled calls kept", getattr(summary, "kept_descheduled_runs", 0)),
             ("seconds", f"{summary.seconds:.1f}")]
 
 
@@ -63,6 +66,10 @@ def summary_json(summary: Any) -> dict[str, Any]:
             "measured": summary.measured, "failed": summary.failed,
             "redone_batches": summary.redone_batches,
             "drifted_batches": getattr(summary, "drifted_batches", 0),
+            "descheduling": {"checked_runs": getattr(summary, "checked_runs", 0),
+                             "retaken_runs": getattr(summary, "retaken_runs", 0),
+                             "kept_runs": getattr(summary, "kept_descheduled_runs", 0),
+                             "unchecked_records": getattr(summary, "unchecked_records", 0)},
             "seconds": round(summary.seconds, 3),
             "failures": [{"device": d, "job": k, "error": e} for d, k, e in summary.failures]}
 
@@ -80,6 +87,9 @@ def campaign_done(title: str, summary: Any, as_json: bool = False) -> int:
 def report_failures(summary: Any) -> None:
     for line in getattr(summary, "drift_report", lambda: [])():
         print(f"drift: {line}")
+    descheduling = getattr(summary, "descheduling_report", lambda: "")()
+    if descheduling:
+        print(descheduling)
     if not summary.failures:
         return
     print_table("failures", ["device", "job", "error"],
@@ -145,21 +155,58 @@ def run_settings(args: argparse.Namespace) -> Any:
                        rounds=args.rounds, graph_opt=args.graph_opt, delegate=args.delegate,
                        target_ci=None if fixed else args.target_ci, confidence=args.confidence,
                        min_runs=args.min_runs, max_runs=args.max_runs,
-                       max_seconds=args.max_seconds, futility=args.futility or None)
+                       max_seconds=args.max_seconds, futility=args.futility or None,
+                       retake_descheduled=not args.keep_descheduled)
+
+
+def stream_settings(args: argparse.Namespace) -> Any:
+    """The single-stream settings of --single-stream (None without it)."""
+    import dataclasses
+
+    if not getattr(args, "single_stream", False):
+        return None
+    return dataclasses.replace(run_settings(args), target_ci=None, queries=args.queries,
+                               min_query_s=args.min_query_seconds, replicates=args.replicates,
+                               replicate_pause_s=args.replicate_pause)
 
 
 def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
     from latbench.bench.campaign import CampaignConfig
 
-    return CampaignConfig(settings=settings or run_settings(args), batch_size=args.batch_size,
+    if settings is None and getattr(args, "single_stream", False) and args.fixed_runs:
+        raise ConfigError("--single-stream and --fixed-runs are two protocols for the same "
+                          "measurements: pick one")
+    settings = settings or stream_settings(args) or run_settings(args)
+    return CampaignConfig(settings=settings, batch_size=args.batch_size,
                           timeout_s=args.timeout, drift_tolerance=args.drift_tolerance,
                           cooldown_s=args.cooldown,
+                          max_temp_c=getattr(args, "max_temp", None),
+                          max_cool_wait_s=getattr(args, "max_cool_wait", 300.0),
+                          pin_governor=getattr(args, "pin", False),
                           max_device_failures=getattr(args, "max_device_failures", 3),
                           calibration_runs=getattr(args, "calibration_runs", 3),
                           drift_correct=getattr(args, "drift_correct", False),
                           keep_samples=getattr(args, "keep_samples", False),
                           shuffle_seed=None if getattr(args, "keep_order", False) else 0,
                           lock_wait_s=getattr(args, "lock_wait", 0.0))
+
+
+def add_single_stream(p: argparse.ArgumentParser) -> None:
+    """The MLPerf-style single-stream protocol for whole models."""
+    g = p.add_argument_group("single stream (MLPerf-style model timing, docs/measurement.md)")
+    g.add_argument("--single-stream", action="store_true",
+                   help="time each model alone, one query after the other, for at least "
+                        "--queries queries and --min-query-seconds seconds, --replicates times "
+                        "--replicate-pause seconds apart; reports p50/p90/p99 and whether the "
+                        "replicates' p90 agree within 5%%")
+    g.add_argument("--queries", type=int, default=1024,
+                   help="single stream: least queries per replicate (default 1024)")
+    g.add_argument("--min-query-seconds", type=float, default=60.0,
+                   help="single stream: least seconds per replicate (default 60)")
+    g.add_argument("--replicates", type=int, default=3,
+                   help="single stream: runs per model that must agree (default 3)")
+    g.add_argument("--replicate-pause", type=float, default=5.0,
+                   help="single stream: seconds between replicates (default 5)")
 
 
 def add_device_options(p: argparse.ArgumentParser, *, fleet_required: bool = False,
@@ -216,6 +263,10 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
                        help="stopping rule: stop a model early when reaching --target-ci is "
                             "projected to take more than this many times --max-seconds "
                             "(default 4; 0: measure such models up to the caps)")
+        g.add_argument("--keep-descheduled", action="store_true",
+                       help="keep timed calls whose thread was descheduled (another process "
+                            "ran on its core) instead of timing them again; they are counted "
+                            "either way (one thread only, see docs/measurement.md)")
         g.add_argument("--graph-opt", default="all",
                        choices=("disable", "basic", "extended", "all"),
                        help="ONNX Runtime graph optimisation level (default all)")
@@ -231,6 +282,16 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
                         "device's best (default 0.10)")
     g.add_argument("--cooldown", type=float, default=0.0,
                    help="seconds to pause between batches (default 0)")
+    g.add_argument("--max-temp", type=float, default=None, metavar="CELSIUS",
+                   help="before each batch wait until the device's hottest thermal zone is at "
+                        "most this warm (polled every 5 s, at most --max-cool-wait)")
+    g.add_argument("--max-cool-wait", type=float, default=300.0, metavar="SECONDS",
+                   help="longest wait for --max-temp before a batch; past it the batch is "
+                        "measured and a warning recorded (default 300)")
+    g.add_argument("--pin", action="store_true",
+                   help="set the device's CPU governors to performance for the campaign and "
+                        "restore them after (needs root on the device; refused: recorded, "
+                        "the campaign runs unpinned)")
     g.add_argument("--max-device-failures", type=int, default=3,
                    help="failed batches in a row before a device's remaining jobs are marked "
                         "failed (default 3)")

@@ -19,6 +19,7 @@ import pytest
 
 import latbench.bench.campaign as campaign
 from latbench.bench.campaign import (
+    NETWORK_BATCH_SIZE,
     CampaignConfig,
     Subject,
     network_kernels,
@@ -127,6 +128,15 @@ def test_batches_keep_kernels_and_networks_apart_in_random_order() -> None:
         [[s.key for s in b] for b in batches]  # seeded
     in_order = plan_batches([*ops, *nets], 4, seed=None)
     assert [s.key for b in in_order for s in b] == [s.key for s in [*ops, *nets]]
+
+
+def test_networks_go_in_small_batches() -> None:
+    """One slow phase during a batch must not move every calibration network at once."""
+    nets = [Subject.chain(f"toy:{i}", "toy", SPECS[:2]) for i in range(34)]
+    batches = plan_batches([*subjects(SPECS), *nets], 40)
+    sizes = sorted(len(b) for b in batches if b[0].subject == "network")
+    assert sizes == [2, 8, 8, 8, 8] and NETWORK_BATCH_SIZE == 8
+    assert [len(b) for b in batches if b[0].subject == "op"] == [len(SPECS)]
 
 
 def test_failed_export_is_one_failed_record(tmp_path: Path, device: Device) -> None:

@@ -21,6 +21,7 @@ from latbench.bench.campaign import (
 from latbench.bench.export.graph import spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
+    MEMORY_ID,
     REFERENCE_ID,
     BatchResult,
     ModelFile,
@@ -129,8 +130,8 @@ def test_request_carries_the_rule_and_tracks_the_reference(tmp_path: Path) -> No
     result = get_runner("onnxruntime").measure(dev, [ModelFile("a", b"1")], ADAPTIVE, 10)
     req = transport.request
     assert req is not None and req["stop"] == ADAPTIVE.stop_rule()
-    assert [m.get("track", False) for m in req["models"]] == [False, False, True]
-    assert req["models"][-1]["id"] == REFERENCE_ID
+    assert [m.get("track", False) for m in req["models"]] == [False, False, True, True]
+    assert [m["id"] for m in req["models"]][-2:] == [REFERENCE_ID, MEMORY_ID]
     assert result.measurements[0].stop_reason == "converged"
 
 

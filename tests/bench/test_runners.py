@@ -12,6 +12,7 @@ import pytest
 from latbench.bench.export.graph import spec_graph
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
+    MEMORY_ID,
     OVERHEAD_ID,
     REFERENCE_ID,
     RUNNERS,
@@ -214,7 +215,8 @@ def test_request_carries_settings_and_affinity(tmp_path: Path) -> None:
                                 "affinity")} == {
         "runtime": "onnxruntime", "threads": 2, "warmup": 4, "runs": 10, "rounds": 3,
         "graph_opt": "extended", "affinity": [1]}
-    assert [m["id"] for m in req["models"]] == ["a", "b", OVERHEAD_ID, REFERENCE_ID]
+    assert [m["id"] for m in req["models"]] == ["a", "b", OVERHEAD_ID, REFERENCE_ID, MEMORY_ID]
+    assert [m.get("track", False) for m in req["models"]] == [False, False, False, True, True]
     assert all(m["path"].startswith(device.work_dir + "/batch-") for m in req["models"])
     assert all(m["path"].endswith(".onnx") for m in req["models"])
     assert [m.id for m in result.measurements] == ["a", "b"]
