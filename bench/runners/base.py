@@ -314,12 +314,12 @@ class BatchResult:
     runtime_version: str
     overhead_ms: float
     reference_ms: float = float("nan")
-    memory_reference_ms: float = float("nan")  # the memory probe's, taken as reference_ms
     facts_before: dict[str, Any] = field(default_factory=dict)
     facts_after: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     descheduling_checked: bool = False  # whether timed calls were checked for descheduling
     energy_method: str = ""  # the device's energy source, "not available", "" (not asked)
+    memory_reference_ms: float = float("nan")  # the memory probe's, taken as reference_ms
 
     def get(self, model_id: str) -> Measurement:
         for m in self.measurements:

@@ -14,7 +14,7 @@ from latbench.errors import LatbenchError
 def test_summarize_exact_values() -> None:
     s = summarize([4.0, 1.0, 3.0, 2.0, 10.0])
     assert s == Stats(median_ms=3.0, min_ms=1.0, mean_ms=4.0, std_ms=math.sqrt(12.5),
-                      p90_ms=pytest.approx(7.6), n_runs=5)
+                      p90_ms=pytest.approx(7.6), n_runs=5, p99_ms=pytest.approx(9.76))
     # p90 by linear interpolation: sorted [1, 2, 3, 4, 10], position 0.9 * 4 = 3.6 -> 4 + 0.6*6
     assert s.p90_ms == pytest.approx(7.6)
 
@@ -37,7 +37,7 @@ def test_median_is_robust_to_an_outlier() -> None:
 
 
 def test_single_sample_has_zero_std() -> None:
-    assert summarize([2.5]) == Stats(2.5, 2.5, 2.5, 0.0, 2.5, 1)
+    assert summarize([2.5]) == Stats(2.5, 2.5, 2.5, 0.0, 2.5, 1, 2.5)
 
 
 @pytest.mark.parametrize("bad", [[], [[]], [1.0, float("nan")], [1.0, float("inf")], [-1.0],
