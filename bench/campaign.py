@@ -215,6 +215,18 @@ class BatchDrift:
     temp_after_c: float = math.nan
     freq_before_khz: float = math.nan
     freq_after_khz: float = math.nan
+    steal_share: float = math.nan  # of the machine's CPU time during the batch, on a VM
+
+
+def steal_share(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """The share of the machine's CPU time that the hypervisor gave to other tenants between
+    two `cpu_times` facts (NaN where the device does not report them)."""
+    first, last = before.get("cpu_times"), after.get("cpu_times")
+    if not (isinstance(first, list) and isinstance(last, list) and len(first) == len(last) == 8):
+        return math.nan
+    spent = [b - a for a, b in zip(first, last, strict=True)]
+    total = sum(spent)
+    return spent[7] / total if total > 0 else math.nan
 
 
 @dataclass
@@ -309,6 +321,10 @@ class CampaignSummary:
             trend = detect_slowdown(batches, self.drift_tolerance)
             if trend:
                 text += f"; {trend}"
+            steal = [b.steal_share for b in batches if math.isfinite(b.steal_share)]
+            if steal and max(steal) > 0:
+                text += (f"; hypervisor steal {float(np.median(steal)):.1%} of CPU time (median "
+                         f"batch), up to {max(steal):.1%}")
             lines.append(text)
         return lines + self.control_lines
 
@@ -656,7 +672,8 @@ class _DeviceWorker:
                 temp_before_c=_max_temp(result.facts_before),
                 temp_after_c=_max_temp(result.facts_after),
                 freq_before_khz=_freq(result.facts_before),
-                freq_after_khz=_freq(result.facts_after))
+                freq_after_khz=_freq(result.facts_after),
+                steal_share=steal_share(result.facts_before, result.facts_after))
         records = []
         for index, subject in enumerate(batch):
             if index in export_failed:

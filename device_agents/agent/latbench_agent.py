@@ -209,10 +209,22 @@ def energy_meter() -> EnergyMeter | None:
     return None
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far in clock ticks, /proc/stat's first line (user nice system
+    idle iowait irq softirq steal): steal is what a VM's hypervisor gave to other tenants."""
+    line = (read_text("/proc/stat") or "").split("\n", 1)[0].split()
+    try:
+        return [int(x) for x in line[1:9]] if line[:1] == ["cpu"] and len(line) >= 9 else None
+    except ValueError:
+        return None
+
+
 def dynamic_facts(cpu: int = 0) -> dict:
-    """What drifts during a measurement: temperatures, clock, load. Taken before and after."""
+    """What drifts during a measurement: temperatures, clock, load, CPU time (steal included).
+    Taken before and after."""
     return {"time_unix": time.time(), "temps_c": temperatures(), "freq_cpu": cpu,
-            "cur_freq_khz": cpufreq(cpu, "scaling_cur_freq"), "load_avg": load_average()}
+            "cur_freq_khz": cpufreq(cpu, "scaling_cur_freq"), "load_avg": load_average(),
+            "cpu_times": cpu_times()}
 
 
 def module_version(module: str, dist: str) -> str | None:

@@ -5,6 +5,7 @@ correction, kept samples, and the refusals."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -252,6 +253,23 @@ def test_slowdown_needs_a_trend() -> None:
     hot = [dataclasses.replace(b, temp_before_c=45.0, temp_after_c=70.0)
            for b in batches([1.0, 1.0, 1.2])]
     assert "temperature 45 -> 70 C" in detect_slowdown(hot, 0.1)
+
+
+def test_steal_time_of_the_batches_is_reported() -> None:
+    before = {"cpu_times": [100, 0, 10, 500, 0, 0, 0, 5]}
+    after = {"cpu_times": [180, 0, 20, 560, 0, 0, 0, 35]}  # 180 ticks spent, 30 stolen
+    assert campaign.steal_share(before, after) == pytest.approx(30 / 180)
+    assert math.isnan(campaign.steal_share({}, after))  # not a Linux device, or an old agent
+    batches = [BatchDrift("vm", "ort", str(i), 1.0, 1.0, 1.0, False, steal_share=share)
+               for i, share in enumerate([0.01, 0.02, 0.2])]
+    summary = campaign.CampaignSummary(drift=batches)
+    assert "hypervisor steal 2.0% of CPU time (median batch), up to 20.0%" in \
+        summary.drift_report()[0]
+    # the agent reports the counters on Linux
+    from latbench.device_agents.agent import latbench_agent as agent
+
+    times = agent.dynamic_facts()["cpu_times"]
+    assert isinstance(times, list) and len(times) == 8 and sum(times) > 0
 
 
 def test_native_tools_cannot_apply_the_rule(tmp_path: Path) -> None:
