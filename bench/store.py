@@ -963,3 +963,11 @@ def stream_results(root: str | os.PathLike[str], keys: Sequence[str]) -> list[di
                     "replication_spread": spread if math.isfinite(spread) else None,
                     "replication_ok": None if pd.isna(ok) else bool(ok)})
     return out
+
+
+def replication_verdict(result: dict[str, Any]) -> str:
+    """A `stream_results` entry's replication check in words: pass / FAIL with the spread."""
+    if result["replication_ok"] is None:
+        return "n/a (one replicate)"
+    return (f"{'pass' if result['replication_ok'] else 'FAIL'} "
+            f"(p90 spread {result['replication_spread']:.1%})")

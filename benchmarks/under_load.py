@@ -28,12 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
 
-from latbench.bench.campaign import CampaignConfig, measure_into_dataset  # noqa: E402
+from latbench.bench.campaign import (  # noqa: E402
+    CampaignConfig,
+    measure_into_dataset,
+    steal_share,
+)
 from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.bench.plans import load_plan, plan_subjects  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.device_agents import local_device  # noqa: E402
+from latbench.device_agents.agent.latbench_agent import cpu_times  # noqa: E402
 from latbench.predictor.evaluate import evaluate  # noqa: E402
 from latbench.predictor.latency_predictor import LatencyPredictor  # noqa: E402
 
@@ -56,11 +61,6 @@ class BusyCore:
             self.proc.wait()
 
 
-def cpu_times() -> list[int]:
-    """The aggregate CPU line of /proc/stat (user nice system idle iowait irq softirq steal)."""
-    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-
-
 def one_run(out: Path, retake: bool, busy_s: float, networks: int) -> dict:
     """The demo's steps 1-3 into `out`, with a busy core for the first `busy_s` seconds."""
     device = local_device(threads=1)
@@ -68,7 +68,7 @@ def one_run(out: Path, retake: bool, busy_s: float, networks: int) -> dict:
     plan = load_plan("quick")
     load_before = Path("/proc/loadavg").read_text().split()[0]
     started = time.perf_counter()
-    cpu_before = cpu_times()
+    cpu_before = {"cpu_times": cpu_times()}
     busy = BusyCore(busy_s)
     try:
         summary = measure_into_dataset(plan_subjects(plan), device, "onnxruntime",
@@ -81,13 +81,13 @@ def one_run(out: Path, retake: bool, busy_s: float, networks: int) -> dict:
     finally:
         busy.stop()
     seconds = time.perf_counter() - started
-    spent = [b - a for a, b in zip(cpu_before, cpu_times(), strict=True)]
+    steal = steal_share(cpu_before, {"cpu_times": cpu_times()})
     summary.merge(report.campaign)
     records = LatencyDataset.open(out / "dataset").records()
     kept = int(records["descheduled_kept"].fillna(0).sum())
     m = report.metrics.get("all") or next(iter(report.metrics.values()))
     return {"seconds": seconds, "within10": 100 * m["within10"], "rmspe": m["rmspe_pct"],
-            "bias": m["bias_pct"], "steal": 100 * spent[7] / max(1, sum(spent)),
+            "bias": m["bias_pct"], "steal": 100 * steal,
             "checked": summary.checked_runs,
             "retaken": summary.retaken_runs, "kept": summary.kept_descheduled_runs,
             "kept_in_dataset": kept, "redone": summary.redone_batches, "load": load_before}

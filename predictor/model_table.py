@@ -26,7 +26,7 @@ from latbench.bench.campaign import (
 from latbench.bench.plans import plan_from_model, plan_networks, plan_subjects
 from latbench.bench.runners import RUNNERS, RunSettings
 from latbench.bench.stats import DEFAULT_STATISTIC
-from latbench.bench.store import LatencyDataset, stream_results
+from latbench.bench.store import LatencyDataset, replication_verdict, stream_results
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError
 from latbench.predictor.features import training_pairs
@@ -104,13 +104,10 @@ class ModelTable:
                                        f"({len(self.kernels)})")]
         if self.stream is not None:
             s = self.stream
-            spread = s["replication_spread"]
-            verdict = ("n/a (one replicate)" if s["replication_ok"] is None else
-                       f"{'pass' if s['replication_ok'] else 'FAIL'} (p90 spread {spread:.1%})")
             rows += [("single stream: queries", str(s["queries"])),
                      ("single stream: p50 / p90 / p99 (ms)",
                       f"{s['p50_ms']:.4f} / {s['p90_ms']:.4f} / {s['p99_ms']:.4f}"),
-                     ("single stream: replicates agree within 5%", verdict)]
+                     ("single stream: replicates agree within 5%", replication_verdict(s))]
         scales = self.composition.get("kind_scale") or {}
         if scales:
             rows.append(("composition: per-kind scales", ", ".join(

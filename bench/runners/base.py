@@ -118,7 +118,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("rounds", 1),
-                              ("min_runs", 1), ("max_runs", 1)):
+                              ("min_runs", 1), ("max_runs", 1), ("replicates", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"run setting {name} must be an integer >= {minimum}, "
@@ -150,10 +150,6 @@ class RunSettings:
             if self.target_ci is not None:
                 raise ConfigError("a single stream (queries) and the stopping rule (target_ci) "
                                   "exclude each other")
-        if not isinstance(self.replicates, int) or isinstance(self.replicates, bool) \
-                or self.replicates < 1:
-            raise ConfigError(f"run setting replicates must be an integer >= 1, got "
-                              f"{self.replicates!r}")
         if not _number_in(self.min_query_s, 0.0, math.inf):
             raise ConfigError(f"run setting min_query_s must be > 0, got {self.min_query_s!r}")
         if not _number_in(self.replicate_pause_s, -1e-12, math.inf):
@@ -270,7 +266,8 @@ class Measurement:
     tool_flags: str = ""
     stop_reason: str = ""  # "fixed", or the stopping rule's: converged, max_runs, max_seconds
     # Timed calls taken again because the timing thread was descheduled, and such calls kept
-    # once the retakes ran out; None where the runner could not check (BatchResult says why).
+    # once the retakes ran out; None where the runner could not check (a thread pool, a native
+    # tool, a device timing itself).
     descheduled_retaken: int | None = None
     descheduled_kept: int | None = None
     energy_mj: float = math.nan  # energy per inference, where the device has a sensor
@@ -317,7 +314,6 @@ class BatchResult:
     facts_before: dict[str, Any] = field(default_factory=dict)
     facts_after: dict[str, Any] = field(default_factory=dict)
     device: str = ""
-    descheduling_checked: bool = False  # whether timed calls were checked for descheduling
     energy_method: str = ""  # the device's energy source, "not available", "" (not asked)
     memory_reference_ms: float = float("nan")  # the memory probe's, taken as reference_ms
 
@@ -616,7 +612,6 @@ class AgentRunner(RunnerBase):
             facts_before=_as_dict(reply.get("facts_before")),
             facts_after=_as_dict(reply.get("facts_after")),
             device=device.name,
-            descheduling_checked=checked,
             energy_method=energy_method,
         )
 

@@ -77,8 +77,7 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     return _done(args, f"{what} {args.out}", summary, subjects)
 
 
-STREAM_HEADER = ("network", "device", "queries", "p50 ms", "p90 ms", "p99 ms",
-                 "replicates' p90 spread", "replication")
+STREAM_HEADER = ("network", "device", "queries", "p50 ms", "p90 ms", "p99 ms", "replication")
 
 
 def _done(args: argparse.Namespace, title: str, summary: Any, subjects: list[Any]) -> int:
@@ -99,11 +98,11 @@ def _done(args: argparse.Namespace, title: str, summary: Any, subjects: list[Any
 
 
 def stream_row(result: dict[str, Any]) -> tuple[str, ...]:
-    spread = result["replication_spread"]
-    verdict = {True: "pass", False: "FAIL", None: "n/a (one replicate)"}[result["replication_ok"]]
+    from latbench.bench.store import replication_verdict
+
     return (result["key"], result["device"], str(result["queries"]),
             f"{result['p50_ms']:.4f}", f"{result['p90_ms']:.4f}", f"{result['p99_ms']:.4f}",
-            "" if spread is None else f"{spread:.1%}", verdict)
+            replication_verdict(result))
 
 
 def cmd_bench_ops(args: argparse.Namespace) -> int:
