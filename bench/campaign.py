@@ -36,7 +36,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from latbench.bench.affinity import CorePin
 from latbench.bench.export.graph import LayerGraph, chain_graph, spec_graph
+from latbench.bench.load import LoadControl, default_max_load, foreign_cores
+from latbench.bench.memory import network_memory
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
     OVERHEAD_SPEC,
@@ -57,6 +60,7 @@ from latbench.bench.store import (
 )
 from latbench.bench.thermal import GovernorPin, ThermalControl
 from latbench.device_agents import Device
+from latbench.device_agents.temperatures import describe_reading, hottest
 from latbench.errors import AgentError, ConfigError, LatbenchError, RunnerError, TransportError
 
 log = logging.getLogger(__name__)
@@ -162,6 +166,13 @@ class CampaignConfig:
     max_temp_c: float | None = None  # before a batch, wait until the device is this cool
     max_cool_wait_s: float = 300.0  # ... for at most this long (then measure, with a warning)
     pin_governor: bool = False      # CPU governors to `performance` for the campaign
+    pin_affinity: bool = False      # pin each lane to cores (pin_cpus, the fleet's, the fastest)
+    pin_cpus: tuple[int, ...] | None = None  # the cores to pin to (implies pin_affinity)
+    # Cores other programs may keep busy while a batch is timed (bench.load; None: not checked);
+    # over it the batch is measured again once the device is quiet, waiting at most
+    # `max_load_wait_s` over the campaign, and a batch still disturbed is not stored.
+    max_load: float | None = field(default_factory=default_max_load)
+    max_load_wait_s: float = 300.0
     max_device_failures: int = 3    # consecutive failed batches before a device is given up
     calibration_runs: int = 3       # probe-only batches before the first (0: none)
     drift_correct: bool = False     # also store statistics scaled by best / batch reference
@@ -187,6 +198,16 @@ class CampaignConfig:
         if not self.max_cool_wait_s >= 0:
             raise ConfigError(f"the cooling wait limit must be >= 0 seconds, got "
                               f"{self.max_cool_wait_s}")
+        if self.max_load is not None and not self.max_load > 0:
+            raise ConfigError(f"--max-load must be a positive number of cores, got "
+                              f"{self.max_load}")
+        if not self.max_load_wait_s >= 0:
+            raise ConfigError(f"--max-load-wait must be >= 0 seconds, got "
+                              f"{self.max_load_wait_s}")
+        if self.pin_cpus is not None and (
+                not self.pin_cpus or any(not isinstance(c, int) or isinstance(c, bool) or c < 0
+                                         for c in self.pin_cpus)):
+            raise ConfigError(f"--cpus must name CPU ids >= 0, got {self.pin_cpus!r}")
         if not self.lock_wait_s >= 0:  # also refuses NaN
             raise ConfigError("the wait for another campaign on the dataset must be >= 0 "
                               f"seconds (inf: as long as it takes), got {self.lock_wait_s}")
@@ -216,6 +237,11 @@ class BatchDrift:
     freq_before_khz: float = math.nan
     freq_after_khz: float = math.nan
     steal_share: float = math.nan  # of the machine's CPU time during the batch, on a VM
+    time_unix: float = math.nan   # host clock when the stored attempt started
+    seconds: float = math.nan     # how long the stored attempt took
+    temp_source: str = ""         # where the hottest reading came from, 'thermalservice:AP'
+    foreign_cores: float = math.nan  # cores other programs kept busy (bench.load)
+    disturbed: bool = False       # still over --max-load: its records were not stored
 
 
 def steal_share(before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -250,6 +276,7 @@ class CampaignSummary:
     # per device/runtime lane: what the thermal control and the governor pinning did
     control: dict[str, dict[str, Any]] = field(default_factory=dict)
     control_lines: list[str] = field(default_factory=list)
+    drift_plots: list[Path] = field(default_factory=list)  # drawn next to dataset cards
 
     def count_record(self, record: LatencyRecord) -> None:
         """Count a stored record: measured or failed, and what the descheduling check saw."""
@@ -290,6 +317,7 @@ class CampaignSummary:
         self.unchecked_records += other.unchecked_records
         self.control.update(other.control)
         self.control_lines.extend(other.control_lines)
+        self.drift_plots.extend(other.drift_plots)
         self.total += other.total
         self.skipped += other.skipped
         self.seconds += other.seconds
@@ -400,6 +428,14 @@ def _max_temp(facts: dict[str, Any]) -> float:
     return max(values) if values else math.nan
 
 
+def _temp_source(*facts: dict[str, Any]) -> str:
+    """Where the hottest temperature around a batch was read ('thermal_zone:thermal_zone3',
+    'thermalservice:AP', 'battery:battery'), or "" when none was."""
+    readings = [t for f in facts for t in (f.get("temps_c") or []) if isinstance(t, dict)]
+    reading = hottest(readings)
+    return describe_reading(reading) if reading is not None else ""
+
+
 def _freq(facts: dict[str, Any]) -> float:
     value = facts.get("cur_freq_khz")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
@@ -409,9 +445,11 @@ def _freq(facts: dict[str, Any]) -> float:
 def _record(subject: Subject, device: Device, runner_name: str, settings_key: str,
             result: BatchResult, measurement: Measurement, batch_id: str, threads: int,
             *, drift: BatchDrift | None = None, confidence: float = 0.95,
-            drift_correct: bool = False, keep_samples: bool = False) -> LatencyRecord:
+            drift_correct: bool = False, keep_samples: bool = False,
+            model_size_bytes: int | None = None) -> LatencyRecord:
     """One record from a batch: statistics, the samples' precision and shape flags, how the
-    run stopped, the batch's drift (and, if asked, drift-corrected statistics)."""
+    run stopped, the batch's drift (and, if asked, drift-corrected statistics), the model
+    file's size and (networks) its peak memory."""
     common: dict[str, Any] = dict(
         device=device.name, runtime=runner_name, runtime_version=result.runtime_version,
         settings=settings_key, threads=threads, overhead_ms=result.overhead_ms,
@@ -420,7 +458,9 @@ def _record(subject: Subject, device: Device, runner_name: str, settings_key: st
         temp_before_c=_max_temp(result.facts_before), temp_after_c=_max_temp(result.facts_after),
         freq_before_khz=_freq(result.facts_before), freq_after_khz=_freq(result.facts_after),
         raw_output=measurement.raw_output, tool_flags=measurement.tool_flags,
-        energy_mj=measurement.energy_mj, energy_method=result.energy_method)
+        energy_mj=measurement.energy_mj, energy_method=result.energy_method,
+        peak_memory_bytes=measurement.peak_memory_bytes,
+        memory_method=measurement.memory_method, model_size_bytes=model_size_bytes)
     if drift is not None:
         common.update(drift_ratio=drift.ratio, drift_flag=drift.flagged)
     stats = measurement.stats
@@ -550,6 +590,8 @@ class _DeviceWorker:
         self.settings_key = self.settings.key(runtime)
         self.lane = f"{device.name}/{runtime}"
         self.best_reference = math.inf
+        self.load = (LoadControl(device, config.max_load, config.max_load_wait_s)
+                     if config.max_load is not None else None)
 
     def calibrate(self, tries: int | None = None) -> None:
         """Learn the device's best reference-probe time before the first batch, so that a
@@ -573,16 +615,22 @@ class _DeviceWorker:
         thermal = (ThermalControl(self.device, self.config.max_temp_c,
                                   self.config.max_cool_wait_s)
                    if self.config.max_temp_c is not None else None)
+        cores = (CorePin(self.device, self.runtime, self.settings.threads, self.config.pin_cpus)
+                 if self.config.pin_affinity or self.config.pin_cpus else None)
         if pin is not None:
             pin.pin()
             self.progress.note(self.lane, pin.describe())
+        if cores is not None:  # a process's mask: nothing on the device to put back
+            self.device = cores.pin()
+            self.progress.note(self.lane, cores.describe())
         try:
             self._run(summary, thermal)
         finally:
             if pin is not None:
                 pin.restore()
         control = {}
-        for name, part in (("pin", pin), ("thermal", thermal)):
+        for name, part in (("pin", pin), ("affinity", cores), ("thermal", thermal),
+                           ("load", self.load)):
             if part is not None:
                 control[name] = part.report()
                 summary.control_lines.append(f"{self.lane}: {part.describe()}")
@@ -642,26 +690,42 @@ class _DeviceWorker:
         models, export_failed = [], {}
         for index, subject in enumerate(batch):
             try:
-                models.append(ModelFile(f"j{index}", subject.model_bytes(self.runner)))
+                # a network's peak memory is measured with it (docs/measurement.md)
+                models.append(ModelFile(f"j{index}", subject.model_bytes(self.runner),
+                                        memory=subject.subject == "network"))
             except LatbenchError as exc:
                 export_failed[index] = f"{type(exc).__name__}: {exc}"
         redone = 0
         result = None
+        started = took = math.nan  # the stored attempt's start (host clock) and duration
         if models:
             timeout = self.config.timeout_s or _estimate_timeout(len(models), self.settings)
             for attempt in range(self.config.drift_retries + 1):
                 bar.attempt(len(models))
+                started, clock = time.time(), time.perf_counter()
                 result = self.runner.measure(self.device, models, self.settings, timeout,
                                              progress=bar)
+                took = time.perf_counter() - clock
                 ratio = result.reference_ms / self.best_reference
                 self.best_reference = min(self.best_reference, result.reference_ms)
-                if not ratio > 1 + self.config.drift_tolerance:
+                load = self._disturbed(result)
+                if load is None and not ratio > 1 + self.config.drift_tolerance:
                     break
-                if attempt < self.config.drift_retries:
-                    redone += 1
-                    self.progress.note(self.lane, f"slow phase (reference {ratio:.2f}x its best);"
-                                                  " measuring the batch again")
+                if attempt == self.config.drift_retries:
+                    break
+                note = lambda text: self.progress.note(self.lane, text)  # noqa: E731
+                if load is not None:
+                    note(f"other programs kept {load:.2f} cores busy while the batch was timed "
+                         f"(--max-load {self.config.max_load:g}); measuring it again once the "
+                         "device is quiet")
+                    if not self.load.wait_quiet(note):
+                        break  # still busy and no waiting time left: measuring again is moot
+                else:
+                    note(f"slow phase (reference {ratio:.2f}x its best); measuring the batch "
+                         "again")
                     time.sleep(self.config.drift_pause_s)
+                redone += 1
+        sizes = {m.id: len(m.data) for m in models}
         drift = None
         if result is not None:
             best = self.best_reference
@@ -673,7 +737,19 @@ class _DeviceWorker:
                 temp_after_c=_max_temp(result.facts_after),
                 freq_before_khz=_freq(result.facts_before),
                 freq_after_khz=_freq(result.facts_after),
-                steal_share=steal_share(result.facts_before, result.facts_after))
+                steal_share=steal_share(result.facts_before, result.facts_after),
+                time_unix=started, seconds=took,
+                temp_source=_temp_source(result.facts_before, result.facts_after),
+                foreign_cores=foreign_cores(result.facts_before, result.facts_after),
+                disturbed=self._disturbed(result, count=False) is not None)
+            if drift.disturbed:
+                self.load.refused += 1
+                error = (f"measured under load: other programs kept {drift.foreign_cores:.2f} "
+                         f"cores busy (--max-load {self.config.max_load:g}) and "
+                         f"{self.device.name} did not quiet down; not stored - run the same "
+                         "command again when it is quiet (it resumes), or raise --max-load")
+                export_failed.update({i: error for i in range(len(batch))
+                                      if i not in export_failed})
         records = []
         for index, subject in enumerate(batch):
             if index in export_failed:
@@ -686,8 +762,18 @@ class _DeviceWorker:
                                    result.get(f"j{index}"), batch_id, self.settings.threads,
                                    drift=drift, confidence=self.settings.confidence,
                                    drift_correct=self.config.drift_correct,
-                                   keep_samples=self.config.keep_samples))
+                                   keep_samples=self.config.keep_samples,
+                                   model_size_bytes=sizes[f"j{index}"]))
         return records, redone, drift
+
+    def _disturbed(self, result: Any, count: bool = True) -> float | None:
+        """Cores other programs kept busy while `result` was timed, when over --max-load."""
+        if self.load is None:
+            return None
+        if not count:
+            load = foreign_cores(result.facts_before, result.facts_after)
+            return load if load > self.load.max_cores else None
+        return self.load.disturbed(result.facts_before, result.facts_after)
 
 
 def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
@@ -843,14 +929,33 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
             "settings": config.settings.key(runtime),
             "campaign": config.card(),
         })
-        dataset.update_card(network_kernels=network_kernels(subjects, dataset.card))
+        dataset.update_card(network_kernels=network_kernels(subjects, dataset.card),
+                            network_memory=network_memory(subjects, dataset.card))
         summary = run_campaign(subjects, [device], [runtime], dataset, config, progress)
         versions = sorted(set(dataset.records()["runtime_version"].dropna()))
         after = fetch_facts(device)
         dataset.update_card(runtime_versions=versions, temps_after=after.get("temps_c"),
                             governor_after=after.get("governor"),
                             drift_last_run=summary.drift_json())
+        _draw_drift(dataset, summary)
     return summary
+
+
+def _draw_drift(dataset: LatencyDataset, summary: CampaignSummary) -> None:
+    """The run's drift as a figure next to the dataset's card (bench.drift_plot), named in the
+    summary; nothing when no batch was measured. A figure that cannot be drawn is a warning:
+    the measurements are stored already."""
+    from latbench.bench.drift_plot import DRIFT_PLOT, plot_drift
+
+    devices = ", ".join(sorted({d.device for d in summary.drift}))
+    try:
+        path = plot_drift(summary.drift_json(), dataset.root / DRIFT_PLOT,
+                          f"{dataset.root.name}: drift over the last campaign ({devices})")
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.warning("drift figure for %s not drawn: %s", dataset.root, exc)
+        return
+    if path is not None:
+        summary.drift_plots.append(path)
 
 
 def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[Device],
@@ -886,7 +991,8 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
             else:
                 known.setdefault(check.device, {**entry, "error": check.error})
         dataset.update_card(device_facts=known,
-                            network_kernels=network_kernels(subjects, dataset.card))
+                            network_kernels=network_kernels(subjects, dataset.card),
+                            network_memory=network_memory(subjects, dataset.card))
         unreachable = {c.device: c.error for c in checks if not c.reachable}
         summary = run_campaign(subjects, devices, runtimes, dataset, config, progress,
                                skip_missing_runtimes=runtimes is not None,
@@ -903,4 +1009,5 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
             c.device: {"temps_c": c.facts.get("temps_c"), "governor": c.facts.get("governor"),
                        "cur_freq_khz": c.facts.get("cur_freq_khz")}
             for c in after if c.reachable})
+        _draw_drift(dataset, summary)
     return summary, checks

@@ -94,6 +94,7 @@ class OnnxGraph:
     batch: int
     initializers: dict[str, onnx.TensorProto]
     opset: int = 17
+    types: dict[str, int] = field(default_factory=dict)  # element type (onnx enum) per tensor
     producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     static: set[str] = field(default_factory=set)
@@ -293,7 +294,7 @@ def concrete_graph(proto: onnx.ModelProto, source: str,
     return OnnxGraph(nodes=list(graph.node), shapes=shapes,
                      outputs=frozenset(v.name for v in graph.output), batch=batch,
                      initializers={t.name: t for t in graph.initializer},
-                     opset=default_opset(model))
+                     opset=default_opset(model), types=_elem_types(graph))
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:

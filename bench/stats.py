@@ -35,6 +35,8 @@ __all__ = [
     "BIMODAL_COEFFICIENT",
     "BIMODAL_MIN_FRACTION",
     "BIMODAL_SEPARATION",
+    "BUDGET_STATISTICS",
+    "DEFAULT_BUDGET_STATISTIC",
     "DEFAULT_STATISTIC",
     "HEAVY_TAIL_RATIO",
     "RECORD_STATISTICS",
@@ -59,8 +61,12 @@ __all__ = [
 ]
 
 # Statistics every record carries that a predictor can learn, the default first.
-RECORD_STATISTICS = ("min_ms", "median_ms", "mean_ms", "round_min_median_ms")
+RECORD_STATISTICS = ("min_ms", "median_ms", "mean_ms", "p90_ms", "round_min_median_ms")
 DEFAULT_STATISTIC = RECORD_STATISTICS[0]
+# What users' own tools print and check a budget with; a search's budget is about one of these
+# (the median by default), whatever statistic its predictor learned.
+BUDGET_STATISTICS = ("median_ms", "p90_ms", "mean_ms", "min_ms")
+DEFAULT_BUDGET_STATISTIC = BUDGET_STATISTICS[0]
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from latbench.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added after version 1, with the value files written before them read as: clock
 # frequencies around the batch (NaN: unknown), and a native tool's raw output and flags (empty
 # for agent runs). Version 3 (measurement fidelity, docs/measurement.md): the achieved relative
@@ -59,6 +59,9 @@ SCHEMA_VERSION = 4
 # the tolerance (NaN / null otherwise). Energy per inference in millijoules where the device has
 # a readable sensor, and the sensor ("not available" where none; "" before energy was read).
 # The batch's memory probe (an activation streaming 16 MB per call) beside its reference kernel.
+# Version 5 (memory, docs/measurement.md): the peak memory a whole network added to its process
+# and how it was measured (null / "" where not asked for: kernels, and datasets before it), and
+# the size of the model file measured (null before version 5).
 # Reading fills them in (NaN, "", null), so datasets of every version concatenate.
 ADDED_COLUMNS: dict[str, Any] = {
     "freq_before_khz": math.nan, "freq_after_khz": math.nan, "raw_output": "", "tool_flags": "",
@@ -69,6 +72,7 @@ ADDED_COLUMNS: dict[str, Any] = {
     "samples_ms": None, "descheduled_retaken": None, "descheduled_kept": None,
     "p99_ms": math.nan, "replication_spread": math.nan, "replication_ok": None,
     "energy_mj": math.nan, "energy_method": "", "memory_reference_ms": math.nan,
+    "peak_memory_bytes": None, "model_size_bytes": None, "memory_method": "",
     # OpSpec fields added after the first datasets: null in older files (the spec's default).
     "tokens": None, "heads": None, "dilation": None, "kernel_w": None, "pad_w": None,
     "out_pad": None, "scale": None, "mode": None, "axes": None, "alpha": None,
@@ -167,6 +171,9 @@ SCHEMA = pa.schema(
         ("energy_mj", pa.float64()),
         ("energy_method", pa.string()),
         ("memory_reference_ms", pa.float64()),
+        ("peak_memory_bytes", pa.int64()),
+        ("model_size_bytes", pa.int64()),
+        ("memory_method", pa.string()),
     ],
     metadata={b"latbench.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -275,6 +282,9 @@ class LatencyRecord:
     energy_mj: float = field(default_factory=_nan)
     energy_method: str = ""
     memory_reference_ms: float = field(default_factory=_nan)
+    peak_memory_bytes: int | None = None
+    model_size_bytes: int | None = None
+    memory_method: str = ""
 
     def __post_init__(self) -> None:
         if self.subject not in SUBJECTS:

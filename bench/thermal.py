@@ -1,10 +1,13 @@
 """Thermal and frequency control around a campaign: wait for a device to cool down before a
-batch, and pin its CPU governor to `performance` for the campaign (restored afterwards).
+batch, and pin its CPU governor to `performance` for the campaign (restored afterwards); the
+cores a campaign is pinned to are chosen in bench.affinity.
 
 Both go through the device's transport with fixed commands (no user text reaches a shell), so
-they work on SSH boards and adb phones alike where the device permits: reading thermal zones
-needs nothing, changing the governor needs root. Whatever the device refuses is recorded and
-the campaign goes on - unpinned, or after a bounded wait with a warning.
+they work on SSH boards and adb phones alike where the device permits: reading temperatures
+needs nothing (thermal zones and hwmon, or a phone's thermal service and battery through
+dumpsys: device_agents.temperatures), changing the governor needs root. Whatever the device
+refuses is recorded and the campaign goes on - unpinned, or after a bounded wait with a warning.
+Sysfs paths start at `$LATBENCH_AGENT_SYSFS` when the device's shell has it set (tests).
 """
 
 from __future__ import annotations
@@ -15,77 +18,90 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from latbench.device_agents import Device
+from latbench.device_agents.temperatures import (
+    TEMPS_SCRIPT,
+    describe_reading,
+    hottest,
+    read_temperatures,
+)
 from latbench.errors import TransportError
 
-# Every thermal zone's millidegrees, one per line (Linux boards and Android alike).
-READ_TEMPS = ["sh", "-c", "cat /sys/class/thermal/thermal_zone*/temp 2>/dev/null"]
-GOVERNORS = "/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor"
-READ_GOVERNORS = ["sh", "-c", f"for g in {GOVERNORS}; do echo \"$g $(cat $g)\"; done"]
+# Every temperature the device's shell can read (device_agents.temperatures).
+READ_TEMPS = ["sh", "-c", TEMPS_SCRIPT]
+GOVERNORS = '"${LATBENCH_AGENT_SYSFS:-/sys}"/devices/system/cpu/cpu*/cpufreq/scaling_governor'
+READ_GOVERNORS = ["sh", "-c", f'for g in {GOVERNORS}; do echo "$g $(cat "$g")"; done']
 COMMAND_TIMEOUT_S = 30.0
 PIN_GOVERNOR = "performance"
 
 
-def max_temperature(device: Device) -> float | None:
-    """The hottest thermal zone of `device` in Celsius; None when it has none readable."""
+def hottest_reading(device: Device) -> dict[str, Any] | None:
+    """The hottest temperature `device` reports now, with its source (see
+    device_agents.temperatures); None when it has none readable or cannot be reached."""
     try:
-        result = device.transport.run(READ_TEMPS, COMMAND_TIMEOUT_S)
+        return hottest(read_temperatures(device.transport, COMMAND_TIMEOUT_S))
     except (TransportError, OSError):
         return None
-    values = []
-    for line in result.stdout.split():
-        try:
-            values.append(int(line) / 1000.0)
-        except ValueError:
-            continue
-    return max(values) if values else None
+
+
+def max_temperature(device: Device) -> float | None:
+    """The hottest temperature of `device` in Celsius; None when it has none readable."""
+    reading = hottest_reading(device)
+    return None if reading is None else float(reading["celsius"])
 
 
 @dataclass(frozen=True)
 class ThermalWait:
-    """One wait before a batch: temperatures at its start and end, seconds waited, and whether
-    the device got below the threshold within the limit."""
+    """One wait before a batch: temperatures at its start and end, seconds waited, whether
+    the device got below the threshold within the limit, and where the last reading came from
+    ('thermal_zone:thermal_zone0', 'thermalservice:AP', 'battery:battery')."""
 
     start_c: float
     end_c: float
     waited_s: float
     cooled: bool
+    source: str = ""
 
 
 @dataclass
 class ThermalControl:
     """Before each batch, wait until the device's hottest zone is at most `max_temp_c`,
-    polling every `poll_s`, for at most `max_wait_s` (a threshold below the idle temperature
-    must not wait forever). `read` and `sleep` are the device's thermometer and the clock's
-    wait (tests pass stand-ins)."""
+    polling every `poll_s`, for at most `max_wait_s` (`--cooldown`: a threshold below the idle
+    temperature must not wait forever). `read` (the hottest reading with its source) and
+    `sleep` are the device's thermometer and the clock's wait (tests pass stand-ins)."""
 
     device: Device
     max_temp_c: float
     max_wait_s: float = 300.0
     poll_s: float = 5.0
-    read: Callable[[Device], float | None] = max_temperature
+    read: Callable[[Device], dict[str, Any] | None] = hottest_reading
     sleep: Callable[[float], None] = time.sleep
     waits: list[ThermalWait] = field(default_factory=list)
     no_sensor: bool = False
+    sources: set[str] = field(default_factory=set)  # every source a reading came from
 
     def before_batch(self, note: Callable[[str], None]) -> None:
         if self.no_sensor:
             return
-        start = self.read(self.device)
-        if start is None:
+        first = self.read(self.device)
+        if first is None:
             self.no_sensor = True
             note(f"device {self.device.name} reports no temperature: --max-temp cannot wait")
             return
-        temp, waited = start, 0.0
+        self.sources.add(str(first.get("source") or "thermal_zone"))
+        start = temp = float(first["celsius"])
+        source, waited = describe_reading(first), 0.0
         while temp > self.max_temp_c and waited < self.max_wait_s:
             step = min(self.poll_s, self.max_wait_s - waited)
             self.sleep(step)
             waited += step
             now = self.read(self.device)
-            temp = now if now is not None else temp
+            if now is not None:
+                temp, source = float(now["celsius"]), describe_reading(now)
+                self.sources.add(str(now.get("source") or "thermal_zone"))
         if waited == 0.0:
             return
         cooled = temp <= self.max_temp_c
-        self.waits.append(ThermalWait(start, temp, waited, cooled))
+        self.waits.append(ThermalWait(start, temp, waited, cooled, source))
         if not cooled:
             note(f"WARNING: {self.device.name} still {temp:.1f} C after {waited:.0f} s of "
                  f"cooling (threshold {self.max_temp_c:g} C); measuring anyway")
@@ -93,15 +109,18 @@ class ThermalControl:
     def describe(self) -> str:
         if self.no_sensor:
             return f"no temperature sensor: did not wait for {self.max_temp_c:g} C"
-        if not self.waits:
-            return f"never above {self.max_temp_c:g} C before a batch"
-        hot = sum(not w.cooled for w in self.waits)
-        return (f"waited {sum(w.waited_s for w in self.waits):.0f} s before {len(self.waits)} "
-                f"batches to cool to {self.max_temp_c:g} C"
-                + (f"; {hot} never got there within {self.max_wait_s:g} s" if hot else ""))
+        text = f"never above {self.max_temp_c:g} C before a batch"
+        if self.waits:
+            text = (f"waited {sum(w.waited_s for w in self.waits):.0f} s before "
+                    f"{len(self.waits)} batches to cool to {self.max_temp_c:g} C")
+            hot = sum(not w.cooled for w in self.waits)
+            if hot:
+                text += f"; {hot} never got there within the {self.max_wait_s:g} s cooldown"
+        return text + (f" (read from {', '.join(sorted(self.sources))})" if self.sources else "")
 
     def report(self) -> dict[str, Any]:
         return {"max_temp_c": self.max_temp_c, "max_wait_s": self.max_wait_s,
+                "sources": sorted(self.sources),
                 "no_sensor": self.no_sensor, "waits": [asdict(w) for w in self.waits],
                 "waited_s": sum(w.waited_s for w in self.waits),
                 "not_cooled": sum(not w.cooled for w in self.waits)}

@@ -1,6 +1,6 @@
-"""Setup several benchmarks share: a fresh output folder, and an operator dataset measured from
-a plan on the local CPU with the settings every predictor benchmark uses (ONNX Runtime,
-1 thread, the default run settings)."""
+"""Setup several benchmarks share: a fresh output folder, an operator dataset measured from a
+plan on the local CPU with the settings every predictor benchmark uses (ONNX Runtime, 1 thread,
+the default run settings), and held-out networks as the ONNX files a user would bring."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latbench.bench.campaign import CampaignConfig, measure_into_dataset
+import numpy as np
+
+from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
+from latbench.bench.network_sets import resolve_networks
 from latbench.bench.plans import load_plan, plan_subjects
 from latbench.bench.runners import RunSettings
+from latbench.bench.spaces import get_space
 from latbench.device_agents import local_device
+
+HELD_OUT_SEED = 2024  # the held-out networks' seed: never a plan's calibration networks
 
 
 def fresh_dir(path: str | Path, keep: bool = False) -> Path:
@@ -56,3 +62,38 @@ def measure_plan(plan_name: str, dataset: Path, flags: list[str],
                                    card={"plan": plan.to_dict(), "flags": flags})
     return PlanDataset(device, config, plan, subjects, extra, summary,
                        time.perf_counter() - started)
+
+
+def macro_files(count: int, exclude: set[str], folder: Path) -> list[Subject]:
+    """Held-out NAS-Bench-Macro architectures as ONNX files exported by torch's default
+    exporter from the space's PyTorch module (what a user of the space would have)."""
+    from latbench.bench.export.from_torch import torch_to_onnx
+
+    space = get_space("nasbench-macro")
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Subject] = {}
+    while len(out) < count:
+        arch = space.sample(rng)
+        key = f"nasbench-macro:{space.encode(arch)}"
+        if key in exclude or key in out:
+            continue
+        path = folder / f"{space.encode(arch)}.onnx"
+        if not path.exists():
+            path.write_bytes(torch_to_onnx(space.to_torch(arch), space.input_shape, dynamo=True))
+        out[key] = Subject.model_file(key, "nasbench-macro", path.read_bytes, ".onnx")
+    return list(out.values())
+
+
+def family_files(families: Sequence[str], per_family: int, exclude: set[str],
+                 folder: Path) -> list[Subject]:
+    """Held-out networks of `families` (torch's default exporter), written as files."""
+    spec = ",".join(f"{f}:{per_family}" for f in families)
+    out = []
+    for net in resolve_networks(spec, seed=HELD_OUT_SEED, exclude=exclude):
+        path = folder / net.family / f"{net.key.split(':', 1)[1]}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_bytes(net.model())
+        out.append(Subject.model_file(net.key, net.family, path.read_bytes, ".onnx"))
+    return out

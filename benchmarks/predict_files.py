@@ -29,14 +29,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import PlanDataset, fresh_dir, measure_plan  # noqa: E402
+from _common import (  # noqa: E402
+    HELD_OUT_SEED,
+    PlanDataset,
+    family_files,
+    fresh_dir,
+    macro_files,
+    measure_plan,
+)
 from _report import command, publish  # noqa: E402
 
 from latbench.bench.campaign import CampaignSummary, Subject  # noqa: E402
-from latbench.bench.export.from_torch import torch_to_onnx  # noqa: E402
-from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.bench.plans import kernel_set_networks, load_plan, plan_networks  # noqa: E402
-from latbench.bench.spaces import get_space  # noqa: E402
 from latbench.bench.store import LatencyDataset  # noqa: E402
 from latbench.predictor.evaluate import (  # noqa: E402
     NetworkTimes,
@@ -45,41 +49,10 @@ from latbench.predictor.evaluate import (  # noqa: E402
 )
 from latbench.predictor.latency_predictor import LatencyPredictor  # noqa: E402
 
-HELD_OUT_SEED = 2024
 VISION_FAMILIES = ("mobilenetv3", "efficientnet", "regnet", "resnet50", "convnext", "vit",
                    "deit", "mobilevit")
 
 
-def macro_files(count: int, exclude: set[str], folder: Path) -> list[Subject]:
-    """Held-out NAS-Bench-Macro architectures as ONNX files exported by torch's default
-    exporter from the space's PyTorch module (what a user of the space would have)."""
-    space = get_space("nasbench-macro")
-    rng = np.random.default_rng(HELD_OUT_SEED)
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Subject] = {}
-    while len(out) < count:
-        arch = space.sample(rng)
-        key = f"nasbench-macro:{space.encode(arch)}"
-        if key in exclude or key in out:
-            continue
-        path = folder / f"{space.encode(arch)}.onnx"
-        if not path.exists():
-            path.write_bytes(torch_to_onnx(space.to_torch(arch), space.input_shape, dynamo=True))
-        out[key] = Subject.model_file(key, "nasbench-macro", path.read_bytes, ".onnx")
-    return list(out.values())
-
-
-def family_files(per_family: int, exclude: set[str], folder: Path) -> list[Subject]:
-    """Held-out family networks (torch's default exporter), written as files."""
-    spec = ",".join(f"{f}:{per_family}" for f in VISION_FAMILIES)
-    out = []
-    for net in resolve_networks(spec, seed=HELD_OUT_SEED, exclude=exclude):
-        path = folder / net.family / f"{net.key.split(':', 1)[1]}.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            path.write_bytes(net.model())
-        out.append(Subject.model_file(net.key, net.family, path.read_bytes, ".onnx"))
-    return out
 
 
 def predict_file(path: Path, predictor: Path) -> dict:
@@ -236,7 +209,7 @@ def main() -> None:
         lines = []
         plan = load_plan("vision")
         exclude = {n.key for n in plan_networks(plan)} | kernel_set_networks(plan)
-        held = family_files(args.per_family, exclude, out / "vision" / "files")
+        held = family_files(VISION_FAMILIES, args.per_family, exclude, out / "vision" / "files")
         folder_of = {s.key: out / "vision" / "files" / s.family / f"{s.key.split(':', 1)[1]}.onnx"
                      for s in held}
         metrics, refused, seconds, summary, truth_line = run_part(

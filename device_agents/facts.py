@@ -5,7 +5,9 @@ so this module sends one fixed script (a constant: nothing user-given is pasted 
 dir travels as "$1") and parses its sectioned output with a pure parser. Every reading may be
 missing; a missing one is None, never an error. The result has the same keys as the agent's
 `facts` (os, kernel, machine, cpu_model, cores, governor, cur_freq_khz, temps_c, free_bytes,
-...), so tables and dataset cards treat both alike.
+...), so tables and dataset cards treat both alike. Temperatures come from
+device_agents.temperatures (thermal zones, hwmon, or a phone's thermal service and battery,
+each reading naming its source).
 """
 
 from __future__ import annotations
@@ -14,16 +16,8 @@ import time
 from typing import Any
 
 from latbench.device_agents.agent.latbench_agent import parse_cpu_list, parse_cpu_model
+from latbench.device_agents.temperatures import TEMPS_SCRIPT, parse_temperatures
 from latbench.device_agents.transport import Transport, check_remote_path
-
-# Thermal zones, one "zone millidegrees type" line each; part of both scripts below.
-_TEMPS_SECTION = r"""echo @temps
-for z in /sys/class/thermal/thermal_zone*; do
-  [ -r "$z/temp" ] || continue
-  t=$(cat "$z/temp" 2>/dev/null) || continue
-  echo "${z##*/} $t $(cat "$z/type" 2>/dev/null)"
-done
-"""
 
 # One "@name" line starts each section; the text until the next marker is the section's value.
 SHELL_FACTS_SCRIPT = r"""
@@ -36,7 +30,7 @@ echo @cores; getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null
 echo @governor; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null
 echo @cur_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq 2>/dev/null
 echo @max_freq; cat /sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq 2>/dev/null
-""" + _TEMPS_SECTION + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
+""" + TEMPS_SCRIPT + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
 echo @model; getprop ro.product.model 2>/dev/null
 echo @android; getprop ro.build.version.release 2>/dev/null
 echo @abi; getprop ro.product.cpu.abi 2>/dev/null
@@ -47,7 +41,7 @@ echo @end
 # Before/after a batch: only what drifts (temperatures, the clock of the measured CPU, load).
 DYNAMIC_FACTS_SCRIPT = r"""
 echo @cur_freq; cat "/sys/devices/system/cpu/cpu$1/cpufreq/scaling_cur_freq" 2>/dev/null
-""" + _TEMPS_SECTION + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
+""" + TEMPS_SCRIPT + r"""echo @loadavg; cat /proc/loadavg 2>/dev/null
 echo @end
 """
 
@@ -71,23 +65,6 @@ def _int(text: str | None) -> int | None:
         return int(str(text).strip().split()[0])
     except (ValueError, IndexError, TypeError):
         return None
-
-
-def parse_temps(text: str | None) -> list[dict[str, Any]] | None:
-    """Lines 'thermal_zone0 45000 cpu-thermal' -> [{"zone", "name", "celsius"}]."""
-    zones = []
-    for line in (text or "").splitlines():
-        parts = line.split(None, 2)
-        if len(parts) < 2:
-            continue
-        milli = _int(parts[1])
-        if milli is None:
-            continue
-        # Most kernels report millidegrees; a few old drivers report whole degrees.
-        celsius = milli / 1000.0 if abs(milli) >= 1000 else float(milli)
-        zones.append({"zone": parts[0], "name": parts[2].strip() if len(parts) > 2 else parts[0],
-                      "celsius": celsius})
-    return zones or None
 
 
 def parse_df_free_bytes(text: str | None) -> int | None:
@@ -131,7 +108,7 @@ def parse_shell_facts(text: str) -> dict[str, Any]:
         "governor": s.get("governor") or None,
         "cur_freq_khz": _int(s.get("cur_freq")),
         "max_freq_khz": _int(s.get("max_freq")),
-        "temps_c": parse_temps(s.get("temps")),
+        "temps_c": parse_temperatures(s),
         "load_avg": parse_loadavg(s.get("loadavg")),
         "android": android if any(android.values()) else None,
         "free_bytes": parse_df_free_bytes(s.get("df")),
@@ -142,7 +119,7 @@ def parse_shell_facts(text: str) -> dict[str, Any]:
 def parse_dynamic_facts(text: str, cpu: int = 0) -> dict[str, Any]:
     """The output of DYNAMIC_FACTS_SCRIPT -> the agent's `facts_before`/`facts_after` shape."""
     s = split_sections(text)
-    return {"time_unix": time.time(), "temps_c": parse_temps(s.get("temps")), "freq_cpu": cpu,
+    return {"time_unix": time.time(), "temps_c": parse_temperatures(s), "freq_cpu": cpu,
             "cur_freq_khz": _int(s.get("cur_freq")), "load_avg": parse_loadavg(s.get("loadavg"))}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,12 @@ from latbench.extras import available, can_plot
 from latbench.predictor.evaluate import evaluate, write_report
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.progress import Bars
-from latbench.search.budget import OUTCOME_HEADER, measure_winners, search_budgets
+from latbench.search.budget import (
+    OUTCOME_HEADER,
+    budget_target,
+    measure_winners,
+    search_budgets,
+)
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.tables import print_table
 from latbench.user_models import ROW_HEADER as USER_MODEL_HEADER
@@ -153,13 +158,17 @@ def run_demo(options: DemoOptions, console: Console | None = None,
         budgets = [float(f"{q:.3g}") for q in np.quantile(predicted_all, BUDGET_QUANTILES)]
         console.print(f"4/6 searching all {space.size} architectures under budgets "
                       f"{', '.join(f'{b:g} ms' for b in budgets)}")
-        margin = predictor.safety_margin()
-        results = search_budgets(space, table, accuracy, budgets, margin=margin)
+        target = budget_target(predictor)
+        console.print(f"    {target.describe()}")
+        results = search_budgets(space, table, accuracy, budgets, margin=target.margin,
+                                 gap=target.gap)
         console.print("5/6 measuring the winners")
         with Bars("winners", console) as bars:
             outcomes = measure_winners(space, results, predictor, device,
-                                       run_dir / "search" / "winners", config, bars)
-        report["search_margin"] = margin
+                                       run_dir / "search" / "winners", config, bars,
+                                       target.statistic)
+        report["search_target"] = {**asdict(target), "factor": target.factor,
+                                   "described": target.describe()}
         report["search"] = [o.to_json() for o in outcomes]
         search_rows = [o.row() for o in outcomes]
         if can_plot(run_dir / "search_pareto.png"):
@@ -193,7 +202,10 @@ def run_demo(options: DemoOptions, console: Console | None = None,
                       + "\nTimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
                       + "\n")
     if options.print_summary:
-        _print_summary(evaluation, search_rows, user_results, run_dir)
+        target = report.get("search_target") or {}
+        _print_summary(evaluation, search_rows, user_results, run_dir,
+                       f"budgets and measured: {target.get('statistic')}, predicted: "
+                       f"{target.get('learned')}")
     return run_dir
 
 
@@ -250,9 +262,11 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
     if search_note:
         lines.append(search_note)
     else:
-        lines += [f"Searched under each budget / (1 + {report['search_margin']:.3f}): the "
-                  "predictor's 95th-percentile under-prediction on calibration networks left "
-                  "out of its fit (leave-one-out).",
+        lines += [f"{report['search_target']['described'].capitalize()}. The safety margin "
+                  "is the predictor's 95th-percentile under-prediction on calibration networks "
+                  "left out of its fit (leave-one-out); the gap is how far the budget's "
+                  "statistic ran above the predictor's on its dataset's networks (95th "
+                  "percentile). Measured: the budget's statistic.",
                   "", "| " + " | ".join(OUTCOME_HEADER) + " |",
                   "|" + "---|" * len(OUTCOME_HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in search_rows]
@@ -282,12 +296,13 @@ def _user_models_markdown(results: list[UserModelResult], note: str) -> str:
 
 
 def _print_summary(evaluation: Any, search_rows: list[tuple[str, ...]],
-                   user_results: list[UserModelResult], run_dir: Path) -> None:
+                   user_results: list[UserModelResult], run_dir: Path,
+                   search_label: str) -> None:
     print_table("held-out networks", ("family", "n", "RMSPE %", "within 10%", "Spearman"),
                 [(family, int(m["n"]), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
                   f"{m['spearman']:.3f}") for family, m in evaluation.metrics.items()])
     if search_rows:
-        print_table("search under budgets", OUTCOME_HEADER, search_rows)
+        print_table(f"search under budgets ({search_label})", OUTCOME_HEADER, search_rows)
     if user_results:
         print_table("models a user might bring (predicted from the file, then measured)",
                     USER_MODEL_HEADER, [r.row() for r in user_results])

@@ -2,7 +2,9 @@
 
 Networks are measured with the same runner and settings the predictor's training kernels were
 measured with (`LatencyPredictor.run_settings`), through a resumable campaign, so a report can be
-rebuilt or extended without measuring twice. Metrics are per network family and overall.
+rebuilt or extended without measuring twice. Metrics are per network family and overall. The
+campaign measures each network's peak memory too; where it could, the report scores the
+predictor's memory model on them as well (`memory_evaluation`).
 """
 
 from __future__ import annotations
@@ -112,6 +114,12 @@ class NetworkTimes:
     passes: list[dict[str, float]]  # per pass: key -> statistic ms
     campaign: CampaignSummary
     probe_ms: list[float | None] = field(default_factory=list)  # per pass: median probe
+    peak_memory: list[dict[str, float]] = field(default_factory=list)  # per pass: key -> bytes
+
+    def memory(self) -> dict[str, float]:
+        """Key -> median measured peak memory (bytes) over the passes that measured one."""
+        keys = sorted({k for peaks in self.peak_memory for k in peaks})
+        return {k: float(np.median([p[k] for p in self.peak_memory if k in p])) for k in keys}
 
     def median(self) -> dict[str, float]:
         """Key -> median over the passes that measured it."""
@@ -181,6 +189,7 @@ class EvaluationReport:
     statistic: str
     campaign: CampaignSummary
     measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
+    memory: MemoryEvaluation | None = None  # peak memory, where the campaign measured it
 
     def markdown(self) -> str:
         rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
@@ -236,7 +245,59 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
         metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
     measurement = " ".join(filter(None, [times.note(),
                                          times.level_note(predictor.reference_probe_ms)]))
-    return EvaluationReport(table, metrics, statistic, times.campaign, measurement)
+    return EvaluationReport(table, metrics, statistic, times.campaign, measurement,
+                            memory_evaluation(predictor, networks, times.memory()))
+
+
+@dataclass
+class MemoryEvaluation:
+    """Predicted against measured peak memory of the held-out networks: one row per network
+    (family, predicted_bytes, measured_bytes, error_pct), metrics per family and overall,
+    whether the predictor's memory model was calibrated and how the peaks were measured."""
+
+    table: pd.DataFrame
+    metrics: dict[str, dict[str, float]]
+    calibrated: bool
+    skipped: list[str] = field(default_factory=list)  # networks whose graph could not be read
+
+    def markdown(self) -> str:
+        rows = ["| family | n | RMSPE % | within 5% | within 10% | within 15% | bias % |",
+                "|---|---|---|---|---|---|---|"]
+        for family, m in self.metrics.items():
+            rows.append(f"| {family} | {int(m['n'])} | {m['rmspe_pct']:.2f} | "
+                        f"{m['within5']:.1%} | {m['within10']:.1%} | {m['within15']:.1%} | "
+                        f"{m['bias_pct']:+.2f} |")
+        return "\n".join(rows)
+
+
+def memory_evaluation(predictor: LatencyPredictor, networks: Sequence[Subject],
+                      measured: dict[str, float]) -> MemoryEvaluation | None:
+    """The predictor's memory model scored on the networks whose peak was measured (None when
+    none was: a runtime that cannot measure memory)."""
+    from latbench.bench.memory import subject_profile
+    from latbench.errors import LatbenchError
+    from latbench.predictor.memory import memory_metrics
+
+    rows, skipped = [], []
+    for net in networks:
+        if net.key not in measured:
+            continue
+        try:
+            predicted = predictor.memory_.predict_profile(subject_profile(net)).peak_bytes
+        except LatbenchError as exc:
+            skipped.append(f"{net.key}: {exc}")
+            continue
+        rows.append({"network": net.key, "family": net.family, "predicted_bytes": predicted,
+                     "measured_bytes": measured[net.key]})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    table["error_pct"] = 100 * (table["predicted_bytes"] / table["measured_bytes"] - 1)
+    metrics = {family: memory_metrics(group["predicted_bytes"], group["measured_bytes"])
+               for family, group in table.groupby("family", sort=True)}
+    if len(metrics) > 1:
+        metrics["all"] = memory_metrics(table["predicted_bytes"], table["measured_bytes"])
+    return MemoryEvaluation(table, metrics, predictor.memory_.calibrated, skipped)
 
 
 def pass_directory(out: Path, index: int) -> Path:
@@ -270,6 +331,9 @@ def measure_networks(networks: Sequence[Subject], device: Device, runtime: str,
         times.passes.append(dict(zip(records["key"], records[statistic].astype(float),
                                      strict=True)))
         times.probe_ms.append(median_probe_ms(records))
+        peaks = records[records["peak_memory_bytes"].notna()]
+        times.peak_memory.append({str(k): float(v) for k, v in
+                                  zip(peaks["key"], peaks["peak_memory_bytes"], strict=True)})
     return times
 
 
@@ -280,13 +344,24 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "eval.json", "csv": out_dir / "predictions.csv",
              "markdown": out_dir / "eval.md", "scatter": out_dir / "scatter.png"}
-    atomic_write_text(paths["json"], json.dumps({"statistic": report.statistic,
-                                            "metrics": report.metrics}, indent=2) + "\n")
+    memory = report.memory
+    summary: dict[str, Any] = {"statistic": report.statistic, "metrics": report.metrics}
+    memory_md = ""
+    if memory is not None:
+        paths["memory_csv"] = out_dir / "memory.csv"
+        summary["memory"] = {"metrics": memory.metrics, "calibrated": memory.calibrated}
+        atomic_write_text(paths["memory_csv"], memory.table.to_csv(index=False))
+        memory_md = ("\n\n## Peak memory\n\n"
+                     + ("" if memory.calibrated else "The predictor's memory model is not "
+                        "calibrated (its dataset has no measured network peaks).\n\n")
+                     + memory.markdown())
+    atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     atomic_write_text(paths["csv"], report.table.to_csv(index=False))
     atomic_write_text(paths["markdown"],
                       f"# {title}\n\nMeasured statistic: `{report.statistic}`. "
                       f"{report.measurement}\n\n"
-                      f"{report.markdown()}\n\n![predicted vs measured](scatter.png)\n")
+                      f"{report.markdown()}\n\n![predicted vs measured](scatter.png)"
+                      f"{memory_md}\n")
     if can_plot(paths["scatter"]):
         scatter_plot(report.table, paths["scatter"], title)
     return paths

@@ -288,6 +288,11 @@ def training_pairs(records: pd.DataFrame, statistic: str = "median_ms"
     ops = records[(records["subject"] == "op") & (records["status"] == "ok")]
     if ops.empty:
         raise DatasetError("the dataset holds no successful operator records")
+    known = np.isfinite(ops[statistic].to_numpy(dtype=np.float64))
+    if not known.any():
+        raise DatasetError(f"no operator record carries {statistic} (a native tool may not "
+                           "print it); fit another statistic")
+    ops = ops[known]
     specs = [OpSpec.from_key(k) for k in ops["key"]]
     measured = ops[statistic].to_numpy(dtype=np.float64)
     overhead = ops["overhead_ms"].to_numpy(dtype=np.float64)

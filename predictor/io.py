@@ -8,7 +8,8 @@ the folder, and an unreadable model file is an error naming it. `LatencyPredicto
 `LatencyPredictor.load` (latency_predictor.py) are the users of this module.
 
 Format versions: 1 (until the network-level predictor object) and 2 (adds the training ranges
-and the fit summary); both load.
+and the fit summary); both load. A version-2 manifest may hold `memory`, the peak-memory model's
+coefficients (predictor/memory.py); one without it predicts memory uncalibrated.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "dataset": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "training_ranges": (False, _ranges, "an object of kind: {feature: [low, high]}"),
     "fit_summary": (False, lambda v: isinstance(v, dict), "an object"),
+    # the peak-memory model (predictor/memory.py checks its fields); older predictors lack it
+    "memory": (False, lambda v: isinstance(v, dict), "an object"),
     "feature_names": (False, lambda v: isinstance(v, list), "a list"),
     **{name: (False, lambda v: v is None or isinstance(v, str), "a string")
        for name in ("device", "runtime", "runtime_version", "settings", "statistic")},

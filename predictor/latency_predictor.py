@@ -27,6 +27,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import DatasetError, PredictorError
 from latbench.predictor.features import range_values, training_pairs, training_ranges
+from latbench.predictor.memory import MemoryModel, MemoryPrediction, fit_dataset_memory
 from latbench.predictor.model_level import (
     COMPOSITION_TERMS,
     DEFAULT_MARGIN,
@@ -44,6 +45,7 @@ from latbench.predictor.training import (
     can_price,
     cross_validate,
     select_records,
+    statistic_gaps,
 )
 
 if TYPE_CHECKING:
@@ -58,9 +60,9 @@ DOWNWEIGHTED = 0.5
 _OWN_FIELDS = frozenset({
     "format", "format_version", "predictor", "params", "feature_version", "feature_names",
     "call_overhead_ms", "kind_scale", "composition_terms", "composition", "kinds", "fusion",
-    "training_ranges", "fit_summary", "library_versions", "created", "block_keys"})
+    "training_ranges", "fit_summary", "library_versions", "created", "block_keys", "memory"})
 _LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhead_ms_",
-            "training_ranges_", "block_keys_", "info_", "fit_summary_")
+            "training_ranges_", "block_keys_", "info_", "fit_summary_", "memory_")
 
 
 class LatencyPredictor:
@@ -145,6 +147,7 @@ class LatencyPredictor:
             "settings": str(first["settings"]),
             "run_settings": card.get("run_settings", {}),
             "statistic": statistic,
+            "statistic_gaps": statistic_gaps(records, ops, statistic),
             "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
                         "reference_probe_ms": median_probe_ms(ops),
                         "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
@@ -155,6 +158,7 @@ class LatencyPredictor:
         self._set(kernels, composition, attach,
                   None if rules is None else rules.to_json(), overhead,
                   training_ranges(specs), info, _block_keys(specs))
+        self.memory_ = fit_dataset_memory(records, card, first)  # predictor/memory.py
         self.fit_summary_ = self._summary(cv)
         return self
 
@@ -186,6 +190,7 @@ class LatencyPredictor:
         self.block_keys_ = block_keys
         self.info_ = info
         self.fit_summary_: dict[str, Any] | None = None
+        self.memory_ = MemoryModel()  # peak memory: uncalibrated unless fitted or loaded
 
     def _reset(self) -> None:
         for name in _LEARNED:
@@ -219,6 +224,12 @@ class LatencyPredictor:
                                  tuple(self.in_range(specs)),
                                  tuple(parsed.skipped.items()) if parsed else (),
                                  parsed.problems if parsed else ())
+
+    def predict_memory(self, model: str | Path | bytes, *,
+                       input_shapes: ShapeMap | None = None) -> MemoryPrediction:
+        """Peak memory of a model file on this predictor's runtime (predictor/memory.py)."""
+        self._check_fitted()
+        return self.memory_.predict(model, input_shapes)
 
     def kernel_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
         """Each kernel's contribution to a network: its prediction, composed (scales, terms).
@@ -315,6 +326,22 @@ class LatencyPredictor:
             raise PredictorError(f"predictor run_settings {raw} are not RunSettings: "
                                  f"{exc}") from exc
 
+    def statistic_gap(self, statistic: str) -> float:
+        """How far `statistic` runs above the statistic this predictor learned: the 95th
+        percentile of their ratio on its dataset's networks (1.0 for its own). A search whose
+        budget is about the median divides by it, so a predictor of the minimum still keeps
+        the winner's median inside the budget."""
+        if statistic == self.statistic:
+            return 1.0
+        gap = (self.info_.get("statistic_gaps") or {}).get(statistic)
+        if not gap:
+            where = f" {self.path}" if self.path else ""
+            raise PredictorError(f"predictor{where} learned {self.statistic} and does not know "
+                                 f"how {statistic} relates to it (fitted before latbench kept "
+                                 f"that, or its dataset has no {statistic}); refit it, or state "
+                                 f"the budget in {self.statistic}")
+        return float(gap["p95"])
+
     def safety_margin(self, default: float = DEFAULT_MARGIN) -> float:
         """How much faster than a budget a search should aim (see Composition.safety_margin)."""
         self._check_fitted()
@@ -339,6 +366,7 @@ class LatencyPredictor:
             "calibration": calibration,
             "safety_margin": self.safety_margin(),
             "call_overhead_ms": self.call_overhead_ms_,
+            "memory": dict(self.memory_.calibration),
         }
 
     # --- files ------------------------------------------------------------------------------------
@@ -364,6 +392,7 @@ class LatencyPredictor:
                 manifest["fusion"]["rules"] = self.fusion_rules_
         if self.fit_summary_ is not None:
             manifest["fit_summary"] = self.fit_summary_
+        manifest["memory"] = self.memory_.to_json()
         return manifest
 
     def save(self, path: str | Path) -> Path:
@@ -408,6 +437,8 @@ class LatencyPredictor:
                  {k: v for k, v in manifest.items() if k not in _OWN_FIELDS},
                  frozenset(block_keys))
         out.fit_summary_ = manifest.get("fit_summary")
+        if "memory" in manifest:  # predictors saved before the memory model predict uncalibrated
+            out.memory_ = MemoryModel.from_json(manifest["memory"], f"{path / MANIFEST}: memory")
         out.path = path
         return out
 

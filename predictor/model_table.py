@@ -5,7 +5,8 @@ each: the plan `bench.plans.plan_from_model` builds) and the model itself end to
 measured in one resumable campaign into DIR/dataset; a LatencyPredictor is fitted on it with
 the model as its calibration network and saved in DIR/predictor. The table says what the model
 costs on the device: measured against predicted end to end, each kernel's measured time and
-share of the kernels' total, and how the composition turns kernel times into the network's.
+share of the kernels' total, and how the composition turns kernel times into the network's,
+with the model's measured peak memory and file size.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import NetworkPrediction
 
 KERNEL_HEADER = ("kind", "key", "count", "measured ms", "predicted ms", "share")
+MIB = float(1 << 20)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class ModelTable:
     predictor: Path
     campaign: CampaignSummary = field(default_factory=CampaignSummary)
     stream: dict[str, Any] | None = None  # the single-stream result (`stream_results`)
+    # the model's measured peak memory (None: not measurable there) and how; its file size
+    peak_memory_bytes: int | None = None
+    memory_method: str = ""
+    model_size_bytes: int | None = None
 
     @property
     def kernel_sum_ms(self) -> float | None:
@@ -101,7 +107,11 @@ class ModelTable:
                 ("kernels measured alone, summed + overhead (ms)", ms(self.kernel_sum_ms)),
                 ("runtime call overhead (ms)", f"{self.prediction.overhead_ms:.4f}"),
                 ("kernels (distinct)", f"{sum(r.count for r in self.kernels)} "
-                                       f"({len(self.kernels)})")]
+                                       f"({len(self.kernels)})"),
+                ("peak memory (MiB)", "not measured" if self.peak_memory_bytes is None
+                 else f"{self.peak_memory_bytes / MIB:.1f} ({self.memory_method.split(':')[0]})"),
+                ("model file (MiB)", "" if self.model_size_bytes is None
+                 else f"{self.model_size_bytes / MIB:.2f}")]
         if self.stream is not None:
             s = self.stream
             rows += [("single stream: queries", str(s["queries"])),
@@ -131,6 +141,8 @@ class ModelTable:
                 "kernels": [row.to_json() for row in self.kernels],
                 "composition": self.composition,
                 "single_stream": self.stream,
+                "peak_memory_bytes": self.peak_memory_bytes, "memory_method": self.memory_method,
+                "model_size_bytes": self.model_size_bytes,
                 "dataset": str(self.dataset), "predictor": str(self.predictor),
                 "campaign": {"measured": self.campaign.measured, "skipped": self.campaign.skipped,
                              "failed": self.campaign.failed}}
@@ -165,6 +177,13 @@ def measure_model_table(model: str | Path, device: Device, runtime: str, out: st
     nets = records[records["subject"] == "network"]
     measured = {str(k): float(v) for k, v in zip(nets["key"], nets[statistic], strict=True)
                 }.get(network.key)
+    mine = nets[nets["key"] == network.key]
+    peak, method, size = None, "", None
+    if len(mine):
+        row = mine.iloc[0]
+        peak = None if pd.isna(row["peak_memory_bytes"]) else int(row["peak_memory_bytes"])
+        size = None if pd.isna(row["model_size_bytes"]) else int(row["model_size_bytes"])
+        method = str(row["memory_method"])
     streamed = None
     if stream is not None:
         summary.merge(measure_into_dataset([network], device, runtime, out / "single_stream",
@@ -177,7 +196,7 @@ def measure_model_table(model: str | Path, device: Device, runtime: str, out: st
                       {"kind_scale": dict(predictor.composition_.kind_scale),
                        "terms": dict(predictor.composition_.terms),
                        "calibration": (predictor.fit_summary_ or {}).get("calibration", {})},
-                      out / "dataset", out / "predictor", summary, streamed)
+                      out / "dataset", out / "predictor", summary, streamed, peak, method, size)
 
 
 def kernel_rows(prediction: NetworkPrediction, measured: dict[str, float]) -> list[KernelRow]:

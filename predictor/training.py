@@ -11,11 +11,13 @@ import pandas as pd
 
 from latbench.bench.fusion import apply_attach
 from latbench.bench.ops import OpSpec
+from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.errors import DatasetError, UnknownKernelError
 
 CV_FOLDS = 5
 CV_SEED = 0
 MIN_CV_RECORDS_PER_FOLD = 2  # a kind with fewer than folds x this records is not cross-validated
+MIN_GAP_NETWORKS = 5  # fewer measured networks: statistic gaps come from the kernels
 
 
 def select_records(records: pd.DataFrame, device: str | None = None,
@@ -55,6 +57,33 @@ def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.Da
             if attach is not None:
                 kernels = apply_attach(kernels, attach)
             out.append((key, kernels, ms))
+    return out
+
+
+def statistic_gaps(records: pd.DataFrame, ops: pd.DataFrame, learned: str
+                   ) -> dict[str, dict[str, Any]]:
+    """How each budget statistic relates to the `learned` one, per statistic: the median and
+    95th percentile of their ratio over the networks measured in `ops`' setup (over the kernels
+    when there are fewer than MIN_GAP_NETWORKS), so a search can aim a budget on the median or
+    p90 with a predictor of the minimum. Why networks first: a network's median sits further
+    above its minimum than a short kernel's."""
+    first = ops.iloc[0]
+    nets = records[(records["subject"] == "network") & (records["status"] == "ok")
+                   & (records["device"] == first["device"])
+                   & (records["runtime"] == first["runtime"])
+                   & (records["settings"] == first["settings"])]
+    source, rows = ("networks", nets) if len(nets) >= MIN_GAP_NETWORKS else ("kernels", ops)
+    out: dict[str, dict[str, Any]] = {}
+    base = rows[learned].to_numpy(dtype=np.float64)
+    for statistic in BUDGET_STATISTICS:
+        if statistic not in rows.columns:
+            continue
+        ratio = rows[statistic].to_numpy(dtype=np.float64) / base
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        if len(ratio):
+            out[statistic] = {"median": float(np.median(ratio)),
+                              "p95": float(np.percentile(ratio, 95)),
+                              "n": int(len(ratio)), "source": source}
     return out
 
 

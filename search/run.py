@@ -28,6 +28,7 @@ from latbench.search.strategies import (
 
 if TYPE_CHECKING:
     from latbench.predictor.latency_predictor import LatencyPredictor
+    from latbench.search.budget import BudgetTarget
 
 def parse_options(items: Sequence[str] | None, what: str) -> dict[str, Any]:
     """KEY=VALUE strings -> dict; values are JSON when they parse (numbers, lists, true)."""
@@ -146,7 +147,7 @@ class Prepared:
     table: LatencyTable
     predictor: LatencyPredictor | None  # None for the analytical "flops" table
     accuracy_table: Mapping[str, float] | None
-    margin: float
+    target: BudgetTarget
     strategy: Strategy
     accuracy: Any = None
     data: Any = None
@@ -167,11 +168,13 @@ class Prepared:
 
 
 def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
-            margin: float | None = None) -> Prepared:
+            margin: float | None = None, budget_statistic: str | None = None) -> Prepared:
     """Space, latency table (a predictor directory, or "flops" for the analytical table),
-    benchmark accuracy table when the space has one and the strategy scores with it, search
-    data when the strategy trains. The strategy and its options are checked first, before
-    anything is loaded."""
+    what the budgets are about and how far below them to aim (BudgetTarget), benchmark
+    accuracy table when the space has one and the strategy scores with it, search data when
+    the strategy trains. The strategy and its options are checked first, before anything is
+    loaded."""
+    from latbench.search.budget import budget_target
     from latbench.search.data import load_data
 
     strategy = build_strategy(job)
@@ -185,13 +188,12 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
     model = None
     if predictor == "flops":
         table = LatencyTable.from_flops(space)
-        margin = 0.0 if margin is None else margin
     else:
         from latbench.predictor.latency_predictor import LatencyPredictor
 
         model = LatencyPredictor.load(Path(predictor))
         table = LatencyTable.from_predictor(space, model)
-        margin = model.safety_margin() if margin is None else margin
+    target = budget_target(model, budget_statistic, margin)
     accuracy_table = None
     if not job.trains and _accuracy_kind(job) in ("table", "surrogate"):
         if data_dir is None and job.strategy_class.accuracy_sources == ("table",):
@@ -200,15 +202,15 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
         if data_dir is not None:
             accuracy_table = space.accuracy_table(data_dir)
     accuracy = accuracy_for(job, space, accuracy_table)
-    return Prepared(job, space, options, table, model, accuracy_table, margin, strategy,
+    return Prepared(job, space, options, table, model, accuracy_table, target, strategy,
                     accuracy, data)
 
 
 def run_job(prepared: Prepared, budgets_ms: Sequence[float], progress: Any = None,
             dist_info: Any = None) -> list[tuple[float, SearchResult]]:
-    """(budget, result) per budget, each searched under budget / (1 + margin)."""
+    """(budget, result) per budget, each searched under budget / the target's factor."""
     from latbench.search.budget import search_budgets
 
     return search_budgets(prepared.space, prepared.table, prepared.accuracy, budgets_ms,
-                          prepared.strategy, prepared.margin,
-                          prepared.context(progress, dist_info))
+                          prepared.strategy, prepared.target.margin,
+                          prepared.context(progress, dist_info), prepared.target.gap)

@@ -32,6 +32,7 @@ class SearchSession:
     outcomes: list[BudgetOutcome] = field(default_factory=list)
     folders: dict[float, Path] = field(default_factory=dict)
     lead: bool = True
+    winners: Path | None = None  # the measured winners' dataset, with --measure
 
     def to_json(self) -> list[dict[str, Any]]:
         return [{**o.to_json(), **r.to_json(), "budget_ms": b,
@@ -44,15 +45,17 @@ def default_out(predictor: str) -> Path:
     return Path(predictor) / "search" if predictor != "flops" else Path("runs") / "search"
 
 
-def unmeasured(results: Sequence[tuple[float, SearchResult]]) -> list[BudgetOutcome]:
+def unmeasured(results: Sequence[tuple[float, SearchResult]], statistic: str = ""
+               ) -> list[BudgetOutcome]:
     """Outcomes of results whose winners were not measured."""
     return [BudgetOutcome(b, r.budget_ms, r.arch, r.accuracy, r.predicted_ms, None, r.feasible,
-                          r.evaluated) for b, r in results]
+                          r.evaluated, statistic) for b, r in results]
 
 
 def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
                data_dir: Path | None = None, margin: float | None = None,
-               out: Path | None = None, measure: bool = False, device: str | None = None,
+               budget_statistic: str | None = None, out: Path | None = None,
+               measure: bool = False, device: str | None = None,
                fleet: str | None = None, config: CampaignConfig | None = None,
                progress: Callable[[str], Any] | None = None,
                on_prepared: Callable[[Prepared], None] | None = None) -> SearchSession:
@@ -63,8 +66,10 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     outcome.json) is written when `out` is given, or by default (`default_out`) when the
     search has more to keep than its table row: a history of evaluations or a trained
     network. With `measure`, the winners are measured on `device` (of `fleet`) with the
-    predictor's runtime and settings before the folders are written, so the plots show them.
-    `progress` makes a progress sink for a phase ("search", "winners")."""
+    predictor's runtime and settings before the folders are written, so the plots show them;
+    a budget holds for `budget_statistic` of the measured runs (default: the median, see
+    search.budget.BudgetTarget). `progress` makes a progress sink for a phase ("search",
+    "winners")."""
     budgets = check_budgets(budgets_ms)
     dist_info = None
     if job.strategy_class.distributed:
@@ -73,7 +78,7 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
         dist_info = init_distributed()  # under torchrun: one process per rank
     lead = dist_info is None or dist_info.rank == 0
     try:
-        prepared = prepare(job, predictor, data_dir, margin)
+        prepared = prepare(job, predictor, data_dir, margin, budget_statistic)
         if measure and not prepared.measurable:
             raise ConfigError("--measure needs a predictor directory (the flops table has no "
                               "device or runtime to measure with)")
@@ -89,7 +94,7 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     if not lead:
         return SearchSession(prepared, results, lead=False)
     base = Path(out) if out is not None else default_out(predictor)
-    session = SearchSession(prepared, results, unmeasured(results))
+    session = SearchSession(prepared, results, unmeasured(results, prepared.target.statistic))
     if measure:
         from latbench.bench.targets import resolve_device
 
@@ -97,7 +102,9 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
         target = resolve_device(device, fleet, threads=settings.threads)
         with _sink(progress, "winners") as bars:
             session.outcomes = measure_winners(prepared.space, results, prepared.predictor,
-                                               target, base / "winners", config, bars)
+                                               target, base / "winners", config, bars,
+                                               prepared.target.statistic)
+        session.winners = base / "winners"
     for (budget, result), outcome in zip(results, session.outcomes, strict=True):
         if out is None and not result.history and result.module is None:
             continue

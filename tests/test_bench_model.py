@@ -84,6 +84,10 @@ def test_a_table_for_my_model_on_this_machine(user_model: Path, tmp_path: Path,
     network = records[records["subject"] == "network"]
     assert list(network["key"]) == ["onnx:user.onnx"]
     assert network["min_ms"].iloc[0] == pytest.approx(table["measured_ms"])
+    # the model's peak memory, measured with it, and its file's size
+    assert table["peak_memory_bytes"] == network["peak_memory_bytes"].iloc[0] > 0
+    assert table["memory_method"].startswith("rss-")
+    assert table["model_size_bytes"] == model.stat().st_size
     assert {r["key"] for r in rows} <= set(records.loc[records["subject"] == "op", "key"])
 
     again = bench_model(capsys, str(model), "--out", str(out), *SETTINGS)  # resumes
@@ -93,6 +97,7 @@ def test_a_table_for_my_model_on_this_machine(user_model: Path, tmp_path: Path,
     assert main(["bench", "model", str(model), "--out", str(out), *SETTINGS]) == 0
     shown = capsys.readouterr().out
     assert "measured end to end" in shown and "most expensive first" in shown
+    assert "peak memory (MiB)" in shown
 
 
 def test_around_adds_neighbours_to_the_dataset(user_model: Path, tmp_path: Path,

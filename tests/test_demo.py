@@ -71,16 +71,23 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
     assert report["options"]["plan"] == str(plan)
     assert report["evaluation"]["nasbench-macro"]["n"] == 5
     assert len(report["search"]) == 3
-    margin = report["search_margin"]
+    # budgets are on the median of runs, whatever the predictor learned (min_ms here): the
+    # search aims under budget / ((1 + margin) x the median/min gap of the dataset's networks)
+    target = report["search_target"]
+    assert (target["statistic"], target["learned"]) == ("median_ms", "min_ms")
+    assert target["gap"] > 1.0
+    assert abs(target["factor"] - (1 + target["margin"]) * target["gap"]) < 1e-12
+    winners = LatencyDataset.open(run_dir / "search" / "winners").records()
+    medians = dict(zip(winners["key"], winners["median_ms"], strict=True))
     for outcome in report["search"]:
-        assert outcome["measured_ms"] is not None and outcome["measured_ms"] > 0
+        assert outcome["statistic"] == "median_ms"
+        assert outcome["measured_ms"] == medians[f"nasbench-macro:{outcome['arch']}"]
         assert outcome["within_budget"] == (outcome["measured_ms"] <= outcome["budget_ms"])
-        assert abs(outcome["search_budget_ms"] - outcome["budget_ms"] / (1 + margin)) < 1e-9
+        assert abs(outcome["search_budget_ms"] - outcome["budget_ms"] / target["factor"]) < 1e-9
         assert outcome["predicted_ms"] <= outcome["search_budget_ms"]
         space.decode(outcome["arch"])
     budgets = [o["budget_ms"] for o in report["search"]]
     assert budgets == sorted(budgets)
-    winners = LatencyDataset.open(run_dir / "search" / "winners").records()
     assert set(winners["key"]) == {f"nasbench-macro:{o['arch']}" for o in report["search"]}
     table = LatencyTable.load(run_dir / "latency_table.json")
     for outcome in report["search"]:

@@ -21,7 +21,7 @@ import posixpath
 import statistics
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -234,10 +234,13 @@ def _number_in(value: object, low: float, high: float) -> bool:
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One exported model to measure; `id` is the caller's handle (e.g. a spec key)."""
+    """One exported model to measure; `id` is the caller's handle (e.g. a spec key). With
+    `memory`, the runner also measures the model's peak memory (whole networks: a kernel's
+    figure would be the runtime's own memory, not the kernel's)."""
 
     id: str
     data: bytes
+    memory: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -271,6 +274,10 @@ class Measurement:
     descheduled_retaken: int | None = None
     descheduled_kept: int | None = None
     energy_mj: float = math.nan  # energy per inference, where the device has a sensor
+    # Peak memory the model added to its process (None: not asked for, or not measurable) and
+    # how it was measured ("" when not asked for; "not available (...)" says why not).
+    peak_memory_bytes: int | None = None
+    memory_method: str = ""
 
     @property
     def ok(self) -> bool:
@@ -479,8 +486,10 @@ class AgentRunner(RunnerBase):
     stopping_rule: ClassVar[bool] = True  # the agent applies RunSettings' stopping rule
 
     def request(self, settings: RunSettings, device: Device,
-                models: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The agent's request JSON for (id, remote path) pairs."""
+                models: Sequence[tuple[str, str]], memory: Collection[str] = ()
+                ) -> dict[str, Any]:
+        """The agent's request JSON for (id, remote path) pairs; the ids in `memory` have their
+        peak memory measured too."""
         return {"runtime": self.name, "threads": settings.threads, "warmup": settings.warmup,
                 "runs": settings.runs, "rounds": settings.rounds,
                 "graph_opt": settings.graph_opt, "delegate": settings.delegate,
@@ -491,7 +500,8 @@ class AgentRunner(RunnerBase):
                 # the reference probe runs in every round, so it sees the whole batch's speed
                 "models": [{"id": i, "path": p,
                             **({"track": True} if i in TRACKED_PROBES else {}),
-                            **({"probe": True} if i in PROBES else {})}
+                            **({"probe": True} if i in PROBES else {}),
+                            **({"memory": True} if i in memory else {})}
                            for i, p in models]}
 
     def measure(self, device: Device, models: Sequence[ModelFile],
@@ -529,7 +539,9 @@ class AgentRunner(RunnerBase):
                 pairs.append((model_id, remote))
             request_path = posixpath.join(remote_dir, "request.json")
             (local_dir / "request.json").write_text(
-                json.dumps(self.request(settings, device, pairs), indent=1), encoding="utf-8")
+                json.dumps(self.request(settings, device, pairs,
+                                        {m.id for m in models if m.memory}), indent=1),
+                encoding="utf-8")
             uploads.append((local_dir / "request.json", request_path))
             # Made before the try: a device that cannot even create it (down, unreachable)
             # has nothing to clean up, and retrying a dead connection for `rm` only costs time.
@@ -673,9 +685,26 @@ class AgentRunner(RunnerBase):
                 raise AgentError(f"{where}: model {model_id} has no valid descheduled counts "
                                  f"(got {counts!r})")
             retaken, kept = counts["retaken"], counts["kept"]
+        peak, method = _peak_memory(where, model_id, item.get("memory"))
         return Measurement(model_id, "ok", samples, "", stop_reason=reason,
                            descheduled_retaken=retaken, descheduled_kept=kept,
-                           energy_mj=_energy_per_call_mj(item.get("energy")))
+                           energy_mj=_energy_per_call_mj(item.get("energy")),
+                           peak_memory_bytes=peak, memory_method=method)
+
+
+def _peak_memory(where: str, model_id: str, memory: object) -> tuple[int | None, str]:
+    """(peak bytes or None, method) from a result's "memory" entry; (None, "") when the model's
+    memory was not asked for. A figure that failed keeps its error in the method."""
+    if memory is None:
+        return None, ""
+    peak = memory.get("peak_bytes") if isinstance(memory, dict) else "?"
+    method = memory.get("method") if isinstance(memory, dict) else None
+    if not isinstance(method, str) or not (
+            peak is None or (isinstance(peak, int) and not isinstance(peak, bool) and peak >= 0)):
+        raise AgentError(f"{where}: model {model_id} has a malformed memory entry {memory!r:.200}")
+    if peak is None and memory.get("error"):  # type: ignore[union-attr]
+        method = f"{method}: {str(memory['error'])[:300]}"  # type: ignore[index]
+    return peak, method
 
 
 def _energy_per_call_mj(energy: object) -> float:

@@ -14,7 +14,11 @@ What a record holds, since a tool reports statistics rather than samples:
   "median="; onnxruntime_perf_test as "P50 Latency"), the median of the rounds' medians when
   there are several rounds, NaN when the tool prints none; p90_ms: likewise ("P90 Latency"),
   NaN for benchmark_model; round_min_median_ms: the best round's median, or NaN;
-- raw_output: the tool's untouched output of every round; tool_flags: the exact flags.
+- raw_output: the tool's untouched output of every round; tool_flags: the exact flags;
+- peak_memory_bytes (models measured with `memory`): what the tool reports, the method says
+  which figure: benchmark_model gets one extra, untimed run with
+  --report_peak_memory_footprint=true; onnxruntime_perf_test prints its process's peak working
+  set with every run.
 The per-call overhead probe's median (its mean where the tool gives no median) is the batch's
 overhead_ms, as for agent runs. Temperatures and CPU clock are read through the shell before and
 after each batch. CPU affinity is applied with `taskset`.
@@ -30,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,6 +55,7 @@ from latbench.bench.runners.base import (
 )
 from latbench.bench.stats import Stats
 from latbench.device_agents import Device, RuntimeNeeds
+from latbench.device_agents.agent.latbench_agent import MEMORY_RUNS
 from latbench.device_agents.facts import dynamic_facts
 from latbench.errors import ConfigError, ParseError, RunnerError, TransportError
 
@@ -115,6 +120,15 @@ class NativeToolRunner(RunnerBase):
     def figures(self, output: str) -> RoundFigures:
         raise NotImplementedError
 
+    def memory_flags(self, settings: RunSettings, device: Device) -> Any | None:
+        """Flags of an extra, untimed run that reports a model's peak memory; None when the
+        timed runs' own output reports it, or the tool cannot."""
+        return None
+
+    def memory_figure(self, outputs: Sequence[str]) -> tuple[int | None, str]:
+        """(peak bytes or None, method) from a model's memory run (or its timed runs)."""
+        return None, f"not available ({self.tool} reports no memory)"
+
     def _prefix(self, device: Device) -> list[str]:
         if not device.cpu_affinity:
             return []
@@ -173,6 +187,8 @@ class NativeToolRunner(RunnerBase):
                     remote = posixpath.join(remote_dir, local.name)
                     transport.push(local, remote)
                     remote_models.append((model_id, remote))
+                memory_out = self._memory_runs(device, settings, remote_tool, remote_models,
+                                               {m.id for m in models if m.memory}, deadline)
                 facts_before = dynamic_facts(transport, cpu)
                 for round_index in range(settings.rounds):
                     for model_id, remote in remote_models:
@@ -209,9 +225,13 @@ class NativeToolRunner(RunnerBase):
                     tool_flags=flag_text)
                 continue
             stats, best = combine_rounds(rounds[model_id])
+            peak, method = None, ""
+            if model_id in memory_out:
+                peak, method = self.memory_figure(memory_out[model_id] or outputs[model_id])
             measurements[model_id] = Measurement(model_id, "ok", (), "", summary=stats,
                                                  round_min_median=best, raw_output=raw,
-                                                 tool_flags=flag_text)
+                                                 tool_flags=flag_text, peak_memory_bytes=peak,
+                                                 memory_method=method)
         for pid in PROBES:
             if measurements[pid].stats is None:
                 raise RunnerError(f"the {pid.strip('_')} probe model failed with {self.name} on "
@@ -230,6 +250,29 @@ class NativeToolRunner(RunnerBase):
             else overhead.mean_ms,
             reference_ms=level(REFERENCE_ID), memory_reference_ms=level(MEMORY_ID),
             facts_before=facts_before, facts_after=facts_after, device=device.name)
+
+
+    def _memory_runs(self, device: Device, settings: RunSettings, remote_tool: str,
+                     remote_models: Sequence[tuple[str, str]], wanted: set[str],
+                     deadline: float) -> dict[str, list[str]]:
+        """Model id -> output of its memory run (`memory_flags`), for the `wanted` ids; an empty
+        list where the timed runs report memory themselves. A failed memory run is kept as
+        its output: `memory_figure` then finds no figure and says so."""
+        flags = self.memory_flags(settings, device) if wanted else None
+        out: dict[str, list[str]] = {}
+        for model_id, remote in remote_models:
+            if model_id not in wanted:
+                continue
+            out[model_id] = []
+            if flags is None:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"batch on device {device.name} ran past its timeout")
+            result = device.transport.run([*self._prefix(device),
+                                           *flags.argv(remote_tool, remote)], remaining)
+            out[model_id].append(result.stdout + "\n" + result.stderr)
+        return out
 
 
 def _binary_version(tool: str, path: Path) -> str:
@@ -272,6 +315,15 @@ class BenchmarkModelRunner(NativeToolRunner):
                             std_ms=s.std_us / 1e3,
                             median_ms=s.median_us / 1e3 if s.median_us is not None else math.nan)
 
+    def memory_flags(self, settings: RunSettings, device: Device) -> Any:
+        return replace(self.flags(settings, device), warmup_runs=1, num_runs=MEMORY_RUNS,
+                       report_peak_memory_footprint=True)
+
+    def memory_figure(self, outputs: Sequence[str]) -> tuple[int | None, str]:
+        from latbench.device_agents.tools.benchmark_model import memory_figure
+
+        return memory_figure(outputs[-1]) if outputs else (None, "not available (no output)")
+
 
 @register_runner("onnxruntime-perf-test")
 class PerfTestRunner(NativeToolRunner):
@@ -303,3 +355,18 @@ class PerfTestRunner(NativeToolRunner):
                             mean_ms=r.average_ms, std_ms=nan,
                             median_ms=r.p50_ms if r.p50_ms is not None else nan,
                             p90_ms=r.p90_ms if r.p90_ms is not None else nan)
+
+    def memory_figure(self, outputs: Sequence[str]) -> tuple[int | None, str]:
+        from latbench.device_agents.tools.ort_perf_test import PEAK_METHOD, parse_perf_test
+
+        peaks = []
+        for output in outputs:
+            try:
+                peak = parse_perf_test(output).peak_bytes
+            except ParseError:
+                continue
+            if peak is not None:
+                peaks.append(peak)
+        if not peaks:
+            return None, "not available (onnxruntime_perf_test printed no peak working set)"
+        return max(peaks), PEAK_METHOD

@@ -6,6 +6,7 @@ runtime; nothing of latbench is importable on a device):
 
     python3 latbench_agent.py facts [--work-dir DIR] [--module NAME ...]
     python3 latbench_agent.py measure REQUEST.json
+    python3 latbench_agent.py peak-memory SPEC_JSON   (run by `measure` itself, see below)
 
 It prints exactly one JSON object on stdout. Success: exit 0 with {"status": "ok", ...}. A fatal
 error (bad request, runtime missing) exits non-zero with {"status": "error", "kind": ...,
@@ -13,6 +14,13 @@ error (bad request, runtime missing) exits non-zero with {"status": "error", "ki
 stderr so it cannot corrupt that object. While measuring, it reports on stderr how far the
 batch is, one line `latbench-progress DONE TOTAL` each time a model gets further (DONE counts
 models, fractional under the fixed protocol: a model is 1/rounds further after each round).
+
+A model the request marks `"memory": true` also gets its peak memory measured before the timing
+starts: the agent runs itself again (`peak-memory`) in a fresh process that loads only that
+model with the same runtime and settings, runs it MEMORY_RUNS times and reports how far its
+resident set rose above what it was before the model was loaded (see `peak_memory_here`). A
+fresh process makes the figure independent of the other models of the batch and of the order
+they were loaded in; the timed process is not touched.
 
 The agent never executes anything it receives: it only loads model files into the runtime.
 """
@@ -27,11 +35,14 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 from functools import lru_cache
 
-AGENT_VERSION = "4"  # 4: descheduled calls re-taken (CPU time vs wall time)
+# 4: descheduled calls re-taken (CPU time vs wall time); 5: peak memory, and its own CPU time
+# and the online CPUs in the facts (other programs' load, bench.load)
+AGENT_VERSION = "5"
 
 RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
@@ -103,7 +114,8 @@ def parse_cpu_list(text: str | None) -> list[int] | None:
 
 
 def temperatures() -> list[dict] | None:
-    """Thermal zones as [{"zone", "name", "celsius"}]; None when there are none (VMs)."""
+    """Thermal zones as [{"zone", "name", "celsius", "source"}]; None when there are none
+    (VMs)."""
     zones = []
     for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
         milli = read_int(os.path.join(zone, "temp"))
@@ -111,7 +123,7 @@ def temperatures() -> list[dict] | None:
             continue
         zones.append({"zone": os.path.basename(zone),
                       "name": read_text(os.path.join(zone, "type")) or os.path.basename(zone),
-                      "celsius": milli / 1000.0})
+                      "celsius": milli / 1000.0, "source": "thermal_zone"})
     return zones or None
 
 
@@ -219,12 +231,27 @@ def cpu_times() -> list[int] | None:
         return None
 
 
+def online_cpus() -> int | None:
+    """CPUs /proc/stat counts now (its cpuN lines): what its aggregate line's times cover."""
+    lines = (read_text("/proc/stat") or "").split("\n")
+    count = sum(1 for line in lines if line[:3] == "cpu" and line[3:4].isdigit())
+    return count or None
+
+
+def own_cpu_seconds() -> float:
+    """CPU time this process and the tools it ran (once waited for) have used: what the
+    machine's CPU time minus it says other programs used during a batch (bench.load)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def dynamic_facts(cpu: int = 0) -> dict:
-    """What drifts during a measurement: temperatures, clock, load, CPU time (steal included).
-    Taken before and after."""
+    """What drifts during a measurement: temperatures, clock, load, CPU time (steal included,
+    this process's own apart). Taken before and after."""
     return {"time_unix": time.time(), "temps_c": temperatures(), "freq_cpu": cpu,
             "cur_freq_khz": cpufreq(cpu, "scaling_cur_freq"), "load_avg": load_average(),
-            "cpu_times": cpu_times()}
+            "cpu_times": cpu_times(), "n_cpus": online_cpus(),
+            "own_cpu_s": own_cpu_seconds()}
 
 
 def module_version(module: str, dist: str) -> str | None:
@@ -597,18 +624,21 @@ def validate_request(req: object) -> dict:
         if (not isinstance(m, dict) or not isinstance(m.get("id"), str)
                 or not isinstance(m.get("path"), str) or not m["id"] or not m["path"]
                 or not isinstance(m.get("track", False), bool)
-                or not isinstance(m.get("probe", False), bool)):
+                or not isinstance(m.get("probe", False), bool)
+                or not isinstance(m.get("memory", False), bool)):
             raise bad(f"each model must be {{'id': str, 'path': str[, 'track': bool]"
-                      f"[, 'probe': bool]}}, got {m!r}")
+                      f"[, 'probe': bool][, 'memory': bool]}}, got {m!r}")
         if m["id"] in seen:
             raise bad(f"duplicate model id {m['id']!r}")
         seen.add(m["id"])
     # A tracked model (the reference probe) is measured in every round while any other model
     # is still being measured, so it samples the device's speed over the whole batch. A probe
     # (the host's overhead and reference models) is timed to the query count only in a single
-    # stream: its seconds are not what the user asked about.
+    # stream: its seconds are not what the user asked about. A model with "memory" has its peak
+    # memory measured in a process of its own before the timing (`measure_peak_memory`).
     out["models"] = [{"id": m["id"], "path": m["path"], "track": m.get("track", False),
-                      "probe": m.get("probe", False)} for m in models]
+                      "probe": m.get("probe", False), "memory": m.get("memory", False)}
+                     for m in models]
     return out
 
 
@@ -833,6 +863,159 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+# --------------------------------------------------------------------------------------------
+# peak memory: one model in a fresh process (`peak-memory`), asked for by `measure`
+
+# Calls after loading. ONNX Runtime plans its memory pattern during the first call and allocates
+# it from the second, so the steady state is reached within three.
+MEMORY_RUNS = 3
+MEMORY_TIMEOUT_S = 600.0  # for one model's peak-memory process
+# The memory of these runtimes' models lives on the GPU, which the resident set does not show.
+GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")
+# glibc adapts its mmap threshold to the sizes freed so far, so whether a large buffer is mapped
+# (and unmapped when freed) or carved from the heap (and kept resident) depends on the process's
+# history: the same model measured 27 or 31 MB depending on the directory the agent ran from.
+# Fixed at glibc's default 128 KiB, every buffer of that size or more comes and goes with its
+# use, and the peak is what the runtime held. Other C libraries ignore the variable.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+MEMORY_METHODS = {
+    "rss-hwm": "rss-hwm: fresh process (glibc mmap threshold fixed), VmHWM (reset before "
+               "loading) - VmRSS before loading, load + {runs} calls",
+    "rss-hwm-unreset": "rss-hwm: fresh process (glibc mmap threshold fixed), VmHWM (not "
+                       "resettable; passed during the load) - VmRSS before loading, load + "
+                       "{runs} calls",
+    "rss-samples": "rss-samples: fresh process (glibc mmap threshold fixed), VmHWM not "
+                   "resettable, VmRSS after loading and each of {runs} calls - VmRSS before (a "
+                   "peak inside a call is missed)",
+}
+
+
+def memory_status(path: str = "/proc/self/status") -> dict | None:
+    """This process's resident set (VmRSS) and its high-water mark (VmHWM) in bytes, from
+    /proc; None where the file or a field is missing (not Linux)."""
+    text = read_text(path)
+    if text is None:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            parts = value.split()
+            if len(parts) != 2 or parts[1] != "kB" or not parts[0].isdigit():
+                return None
+            out[key] = int(parts[0]) * 1024
+    return out if len(out) == 2 else None
+
+
+def reset_peak_rss(path: str = "/proc/self/clear_refs") -> bool:
+    """Reset VmHWM to the current resident set (Linux >= 4.0: "5" written to clear_refs);
+    False where the kernel or its policy refuses."""
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_here(load, runs: int, status=memory_status, reset=reset_peak_rss) -> dict:
+    """Load a model (`load()` returns its one-call runner), call it `runs` times, and return
+    how far this process's resident set rose above what it was before loading:
+    {"peak_bytes", "baseline_bytes", "method"}. The high-water mark VmHWM is reset first; where
+    it cannot be, it still gives the peak when the load passed the mark set before it, and
+    otherwise the resident set sampled after the load and each call stands in (the method
+    says which). Without /proc, peak_bytes is None and the method says "not available"."""
+    gc.collect()
+    was_reset = reset()
+    before = status()
+    if before is None:
+        return {"peak_bytes": None, "baseline_bytes": None,
+                "method": "not available (no VmRSS/VmHWM in /proc/self/status)"}
+    run = load()
+    seen = [status()]
+    for _ in range(runs):
+        run()
+        seen.append(status())
+    if any(s is None for s in seen):
+        return {"peak_bytes": None, "baseline_bytes": None,
+                "method": "not available (/proc/self/status became unreadable)"}
+    base = before["VmRSS"]
+    if was_reset or seen[-1]["VmHWM"] > before["VmHWM"]:
+        peak = max(s["VmHWM"] for s in seen) - base
+        method = "rss-hwm" if was_reset else "rss-hwm-unreset"
+    else:
+        peak = max(s["VmRSS"] for s in seen) - base
+        method = "rss-samples"
+    return {"peak_bytes": max(0, peak), "baseline_bytes": base,
+            "method": MEMORY_METHODS[method].format(runs=runs)}
+
+
+def peak_memory_command(raw: str) -> dict:
+    """`peak-memory SPEC_JSON`: the peak memory of one model in this (fresh) process. SPEC has
+    the runtime settings of the request it comes from and the model's path."""
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise AgentFailure("bad_request", f"peak-memory: spec is not JSON: {error_text(exc)}",
+                           EXIT_BAD_REQUEST) from exc
+    if not isinstance(spec, dict):
+        raise AgentFailure("bad_request", "peak-memory: spec is not a JSON object",
+                           EXIT_BAD_REQUEST)
+    req = validate_request({**{k: spec.get(k) for k in ("runtime", "threads", "graph_opt",
+                                                        "delegate")},
+                            "warmup": 0, "runs": 1, "rounds": 1,
+                            "models": [{"id": "model", "path": spec.get("path")}]})
+    runs = _int_field(spec, "runs", 1)
+    import numpy as np  # before the baseline: the timed process has it loaded too
+
+    backend = BACKENDS[req["runtime"]](req)
+    rng = np.random.default_rng(0)
+    path = req["models"][0]["path"]
+    return {"status": "ok", "agent_version": AGENT_VERSION,
+            **peak_memory_here(lambda: backend.load(path, rng), runs)}
+
+
+def measure_peak_memory(req: dict, paths: dict) -> dict:
+    """Model id -> {"peak_bytes", "baseline_bytes", "method"[, "error"]} for every model id in
+    `paths` (id -> model file), each measured by `peak-memory` in a process of its own with the
+    request's runtime settings; a failure is that model's null figure with its error."""
+    out = {}
+    for model_id, path in paths.items():
+        if req["runtime"] in GPU_RUNTIMES:
+            out[model_id] = {"peak_bytes": None, "baseline_bytes": None,
+                             "method": "not available (a GPU runtime: the model's memory is "
+                                       "on the device, not in the process's resident set)"}
+            continue
+        spec = {k: req[k] for k in ("runtime", "threads", "graph_opt", "delegate")}
+        spec.update(path=path, runs=MEMORY_RUNS)
+        argv = [sys.executable, os.path.abspath(__file__), "peak-memory", json.dumps(spec)]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=MEMORY_TIMEOUT_S,
+                                  check=False, env={**os.environ, **MEMORY_ENV})
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = error_text(exc)
+        else:
+            reply = parse_reply(done.stdout)
+            if reply.get("status") == "ok":
+                out[model_id] = {k: reply.get(k) for k in ("peak_bytes", "baseline_bytes",
+                                                           "method")}
+                continue
+            tail = done.stderr.decode("utf-8", "replace").strip()[-300:]
+            error = str(reply.get("error") or f"exit {done.returncode}: {tail}")
+        out[model_id] = {"peak_bytes": None, "baseline_bytes": None,
+                         "method": "not available (its process failed)", "error": error}
+    return out
+
+
+def parse_reply(stdout: bytes) -> dict:
+    """The one JSON object an agent process printed, or {} when it printed none."""
+    try:
+        reply = json.loads(stdout.decode("utf-8", "replace"))
+    except ValueError:
+        return {}
+    return reply if isinstance(reply, dict) else {}
+
+
 # A timed call whose thread ran for less CPU time than the call's wall time, by more than this
 # share of the call plus a floor, was descheduled: another process ran on its core meanwhile
 # (a time slice is milliseconds, so a call longer than one is slowed by it as a whole while a
@@ -951,6 +1134,8 @@ def measure(req: dict, base_dir: str) -> dict:
             raise AgentFailure("bad_request", f"cannot set CPU affinity {affinity}: "
                                f"{error_text(exc)}", EXIT_BAD_REQUEST) from exc
     cpu = affinity[0] if affinity else 0
+    memory = measure_peak_memory(req, {m["id"]: model_path(m, base_dir)
+                                       for m in req["models"] if m["memory"]})
     rng = np.random.default_rng(0)
     order_rng = random.Random(0)  # the order of models within each round
     rule = req.get("stop")
@@ -963,9 +1148,10 @@ def measure(req: dict, base_dir: str) -> dict:
     for m in req["models"]:
         results.append({"id": m["id"], "status": "ok", "samples_ms": [], "error": "",
                         "descheduled": {"retaken": 0, "kept": 0}})
-        path = m["path"] if os.path.isabs(m["path"]) else os.path.join(base_dir, m["path"])
+        if m["id"] in memory:
+            results[-1]["memory"] = memory[m["id"]]
         try:
-            runners[m["id"]] = backend.load(path, rng)
+            runners[m["id"]] = backend.load(model_path(m, base_dir), rng)
         except Exception as exc:  # one bad model must not stop the batch
             results[-1].update(status="failed", error=f"load failed: {error_text(exc)}")
             progress.finish(m["id"])
@@ -1029,6 +1215,12 @@ def measure(req: dict, base_dir: str) -> dict:
             "energy": {"method": energy_method(meter),
                        "resolution": meter.resolution if meter is not None else None},
             "facts_before": facts_before, "facts_after": facts_after, "results": results}
+
+
+def model_path(model: dict, base_dir: str) -> str:
+    """A request model's file: its path, relative to the request's folder unless absolute."""
+    path = model["path"]
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)
 
 
 def measure_until_stop(runners: dict, by_id: dict, tracked: set, rule: dict, runs: int,
@@ -1124,7 +1316,7 @@ def stop_entry(reason: str, samples: list, seconds: float, rule: dict) -> dict:
 # entry point
 
 USAGE = ("usage: latbench_agent.py facts [--work-dir DIR] [--module NAME ...] | "
-         "measure REQUEST.json")
+         "measure REQUEST.json | peak-memory SPEC_JSON")
 
 
 def run_command(argv: list[str]) -> dict:
@@ -1156,6 +1348,10 @@ def run_command(argv: list[str]) -> dict:
                                f"{error_text(exc)}", EXIT_BAD_REQUEST) from exc
         req = validate_request(raw)
         return measure(req, os.path.dirname(os.path.abspath(args[0])))
+    if command == "peak-memory":
+        if len(args) != 1:
+            raise AgentFailure("bad_request", USAGE, EXIT_BAD_REQUEST)
+        return peak_memory_command(args[0])
     raise AgentFailure("bad_request", f"unknown command {command!r}; {USAGE}", EXIT_BAD_REQUEST)
 
 

@@ -15,9 +15,16 @@ streams. What it understands (TF 2.x formats; a leading "INFO: " is optional eve
     count=10 first=1711 curr=1525 min=1498 max=1711 avg=1546.1 std=61
     Running benchmark for at least 20 iterations and at least 0 seconds ...
     count=20 first=1530 curr=1503 min=1490 max=1611 avg=1519.3 std=27 p5=1492 median=1510 p95=1599
+    The input model file size (MB): 4.27635
     Inference timings in us: Init: 3512, First inference: 1711, Warmup (avg): 1546.1,
         Inference (avg): 1519.3                                  (one line)
     Memory footprint delta from the start of the tool (MB): init=2.1 overall=3.4
+    Overall peak memory footprint (MB) via periodic monitoring: 93.2383
+
+The memory delta line reads "Peak memory footprint (MB): init=... overall=..." in older versions
+(the largest resident set above the tool's start, after init and overall); the periodic peak
+(the tool process's largest resident set, sampled every 50 ms by a monitor thread) only comes
+with --report_peak_memory_footprint=true.
 
 A stat line is written by TensorFlow's Stat<T>::OutputToStream: "count=N curr=X(all same)" when
 every sample is equal, and " p5= median= p95=" appended by newer versions. With
@@ -51,8 +58,11 @@ _OLD_TIMINGS_RE = re.compile(  # TF 1.x: "Average inference timings in us: Warmu
     rf"Average inference timings in us: Warmup: (?P<warmup>{_NUM}), Init: (?P<init>{_NUM}), "
     rf"(?:no stats|Inference): (?P<inference>{_NUM})")
 _MEMORY_RE = re.compile(
-    rf"Memory footprint delta from the start of the tool \(MB\): init=(?P<init>{_NUM}) "
-    rf"overall=(?P<overall>{_NUM})")
+    rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
+    rf"init=(?P<init>{_NUM}) overall=(?P<overall>{_NUM})")
+_PEAK_RE = re.compile(
+    rf"Overall peak memory footprint \(MB\) via periodic monitoring:\s*(?P<peak>{_NUM})")
+_MODEL_SIZE_RE = re.compile(rf"The input model file size \(MB\):\s*(?P<size>{_NUM})")
 _TABLE_TITLE_RE = re.compile(r"^=+ (?P<title>.+?) =+$")
 _ERROR_RE = re.compile(r"^\s*(?:ERROR:|E\s|Failed|.*[Ee]rror)")
 
@@ -113,6 +123,8 @@ class BenchmarkModelResult:
     inference_avg_us: float | None = None
     memory_init_mb: float | None = None
     memory_overall_mb: float | None = None
+    peak_memory_mb: float | None = None  # periodic monitoring (--report_peak_memory_footprint)
+    model_size_mb: float | None = None
     ops: tuple[OpRow, ...] = ()
     node_types: tuple[NodeTypeRow, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -217,6 +229,8 @@ def parse_benchmark_model(text: str) -> BenchmarkModelResult:
     joined = "\n".join(lines)
     timings = _TIMINGS_RE.search(joined) or _OLD_TIMINGS_RE.search(joined)
     memory = _MEMORY_RE.search(joined)
+    peak = _PEAK_RE.search(joined)
+    size = _MODEL_SIZE_RE.search(joined)
     tables = _tables(lines)
     notes = tuple(ln.strip() for ln in lines if ln.strip().startswith(("WARNING", "Note:")))
     gd = timings.groupdict() if timings else {}
@@ -229,10 +243,37 @@ def parse_benchmark_model(text: str) -> BenchmarkModelResult:
         inference_avg_us=_float(gd.get("inference")),
         memory_init_mb=_float(memory["init"]) if memory else None,
         memory_overall_mb=_float(memory["overall"]) if memory else None,
+        peak_memory_mb=_float(peak["peak"]) if peak else None,
+        model_size_mb=_float(size["size"]) if size else None,
         ops=_op_rows(tables.get("Run Order", [])),
         node_types=_type_rows(tables.get("Summary by node type", [])),
         notes=notes,
     )
+
+
+MIB = 1 << 20  # the tool's "MB" is KB / 1024
+
+
+def memory_figure(output: str) -> tuple[int | None, str]:
+    """(peak bytes or None, method) from a run's output: the periodic peak when the run had
+    --report_peak_memory_footprint=true, else the largest resident set above the tool's start,
+    else None with what was missing."""
+    try:
+        result = parse_benchmark_model(output)
+    except ParseError as exc:
+        return None, f"not available (benchmark_model memory run: {exc})"
+    # 0 (or less) is what a tool that cannot read memory on its platform prints
+    if result.peak_memory_mb is not None and result.peak_memory_mb > 0:
+        return round(result.peak_memory_mb * MIB), PEAK_METHOD
+    if result.memory_overall_mb is not None and result.memory_overall_mb > 0:
+        return round(result.memory_overall_mb * MIB), DELTA_METHOD
+    return None, "not available (benchmark_model printed no memory footprint)"
+
+
+PEAK_METHOD = ("benchmark_model --report_peak_memory_footprint: the tool process's peak "
+               "resident set, sampled every 50 ms (whole process)")
+DELTA_METHOD = ("benchmark_model: the tool process's largest resident set above its start "
+                "(memory footprint delta, overall)")
 
 
 @dataclass(frozen=True)
@@ -246,6 +287,7 @@ class BenchmarkModelFlags:
     use_xnnpack: bool = True
     use_gpu: bool = False
     enable_op_profiling: bool = False
+    report_peak_memory_footprint: bool = False  # given only when set: older tools lack it
     extra: tuple[str, ...] = ()
 
     def flags(self) -> list[str]:
@@ -253,6 +295,8 @@ class BenchmarkModelFlags:
                 "warmup_min_secs": 0, "num_runs": self.num_runs, "min_secs": 0,
                 "use_xnnpack": _bool(self.use_xnnpack), "use_gpu": _bool(self.use_gpu),
                 "enable_op_profiling": _bool(self.enable_op_profiling)}
+        if self.report_peak_memory_footprint:
+            ours["report_peak_memory_footprint"] = "true"
         theirs = {flag.split("=", 1)[0].lstrip("-") for flag in self.extra}
         return [f"--{k}={v}" for k, v in ours.items() if k not in theirs] + list(self.extra)
 

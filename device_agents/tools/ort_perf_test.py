@@ -53,6 +53,8 @@ _FIELDS = {
     "peak_bytes": r"Peak working set size:\s*(\d+)",
 }
 OPT_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
+PEAK_METHOD = ("onnxruntime_perf_test: the tool process's peak working set (its largest "
+               "resident set, whole process)")
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,27 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_drift(args: argparse.Namespace) -> int:
+    from latbench.bench.drift_plot import plot_dataset_drift
+    from latbench.bench.store import LatencyDataset
+
+    path = plot_dataset_drift(Path(args.data), Path(args.out) if args.out else None)
+    drift = LatencyDataset.open(Path(args.data)).card.get("drift_last_run") or {}
+    if args.json:
+        print_json({"plot": str(path) if path else None, "report": drift.get("report", []),
+                    "control": drift.get("control", {}),
+                    "batches": len(drift.get("batches") or [])})
+        return 0
+    for line in drift.get("report", []):
+        print(f"drift: {line}")
+    if path is None:
+        print("drift plot not drawn: plots need matplotlib (pip install 'latbench[plots]')",
+              file=sys.stderr)
+        return 1
+    print(f"drift plot: {path}")
+    return 0
+
+
 def _presets() -> str:
     from latbench.bench.presets import preset_names
 
@@ -421,3 +442,17 @@ def add_commands(sub: Any) -> None:
     add_device_options(fusion)
     add_run_settings(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
+
+    drift = bench_sub.add_parser(
+        "drift", help="draw a dataset's drift over its last campaign (PNG)",
+        description="Draw, from a dataset's card, the last campaign's drift per batch against "
+                    "time: the reference probe's ratio to the device's best, the hottest "
+                    "temperature and the CPU clock before and after each batch, and where "
+                    "reported the cores other programs kept busy and the hypervisor's steal "
+                    "share; print the drift report "
+                    "(what --max-temp, --pin and --cpus did included). Campaigns draw it "
+                    "themselves, next to the card (drift.png).")
+    drift.add_argument("data", help="dataset directory")
+    drift.add_argument("--out", help="PNG to write (default DATA/drift.png)")
+    add_json(drift)
+    drift.set_defaults(func=cmd_bench_drift)

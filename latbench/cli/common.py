@@ -71,6 +71,8 @@ def summary_json(summary: Any) -> dict[str, Any]:
                              "kept_runs": getattr(summary, "kept_descheduled_runs", 0),
                              "unchecked_records": getattr(summary, "unchecked_records", 0)},
             "seconds": round(summary.seconds, 3),
+            "control": getattr(summary, "control", {}),
+            "drift_plots": [str(p) for p in getattr(summary, "drift_plots", [])],
             "failures": [{"device": d, "job": k, "error": e} for d, k, e in summary.failures]}
 
 
@@ -87,6 +89,8 @@ def campaign_done(title: str, summary: Any, as_json: bool = False) -> int:
 def report_failures(summary: Any) -> None:
     for line in getattr(summary, "drift_report", lambda: [])():
         print(f"drift: {line}")
+    for path in getattr(summary, "drift_plots", []):
+        print(f"drift plot: {path}")
     descheduling = getattr(summary, "descheduling_report", lambda: "")()
     if descheduling:
         print(descheduling)
@@ -170,6 +174,14 @@ def stream_settings(args: argparse.Namespace) -> Any:
                                replicate_pause_s=args.replicate_pause)
 
 
+def max_load(flag: str | None) -> float:
+    """--max-load as CampaignConfig takes it (bench.load: a number of cores, 'off', or the
+    default)."""
+    from latbench.bench.load import default_max_load, parse_max_load
+
+    return default_max_load() if flag is None else parse_max_load(flag)
+
+
 def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
     from latbench.bench.campaign import CampaignConfig
 
@@ -179,16 +191,51 @@ def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
     settings = settings or stream_settings(args) or run_settings(args)
     return CampaignConfig(settings=settings, batch_size=args.batch_size,
                           timeout_s=args.timeout, drift_tolerance=args.drift_tolerance,
-                          cooldown_s=args.cooldown,
-                          max_temp_c=getattr(args, "max_temp", None),
-                          max_cool_wait_s=getattr(args, "max_cool_wait", 300.0),
+                          **cooling(args),
                           pin_governor=getattr(args, "pin", False),
+                          pin_affinity=getattr(args, "pin", False),
+                          pin_cpus=cpus_flag(getattr(args, "cpus", None)),
                           max_device_failures=getattr(args, "max_device_failures", 3),
                           calibration_runs=getattr(args, "calibration_runs", 3),
+                          max_load=max_load(getattr(args, "max_load", None)),
+                          max_load_wait_s=getattr(args, "max_load_wait", 300.0),
                           drift_correct=getattr(args, "drift_correct", False),
                           keep_samples=getattr(args, "keep_samples", False),
                           shuffle_seed=None if getattr(args, "keep_order", False) else 0,
                           lock_wait_s=getattr(args, "lock_wait", 0.0))
+
+
+DEFAULT_COOLDOWN_S = 300.0  # the longest cooling wait of --max-temp without --cooldown
+
+
+def cooling(args: argparse.Namespace) -> dict[str, Any]:
+    """--cooldown S: with --max-temp the longest wait for the device to cool before each
+    batch (default 300 s; --max-cool-wait is its older name), without it a fixed pause between
+    batches (default none) - a cool-down that a thermometer ends early."""
+    max_temp = getattr(args, "max_temp", None)
+    cooldown = getattr(args, "cooldown", None)
+    alias = getattr(args, "max_cool_wait", None)
+    if alias is not None:
+        if max_temp is None:
+            raise ConfigError("--max-cool-wait bounds the wait of --max-temp; give --max-temp "
+                              "too, or --cooldown S for a fixed pause between batches")
+        if cooldown is not None and cooldown != alias:
+            raise ConfigError(f"--cooldown {cooldown:g} and --max-cool-wait {alias:g} are the "
+                              "same bound (--max-cool-wait is its older name): give one")
+        cooldown = alias
+    if cooldown is not None and not cooldown >= 0:
+        raise ConfigError(f"--cooldown must be >= 0 seconds, got {cooldown:g}")
+    if max_temp is None:
+        return {"max_temp_c": None, "cooldown_s": cooldown or 0.0}
+    return {"max_temp_c": max_temp, "cooldown_s": 0.0,
+            "max_cool_wait_s": DEFAULT_COOLDOWN_S if cooldown is None else cooldown}
+
+
+def cpus_flag(text: str | None) -> tuple[int, ...] | None:
+    """--cpus LIST as CPU ids (None when not given)."""
+    from latbench.bench.affinity import parse_cpus_flag
+
+    return None if text is None else parse_cpus_flag(text)
 
 
 def add_single_stream(p: argparse.ArgumentParser) -> None:
@@ -280,18 +327,36 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
     g.add_argument("--drift-tolerance", type=float, default=0.10,
                    help="redo a batch whose reference probe is this much slower than the "
                         "device's best (default 0.10)")
-    g.add_argument("--cooldown", type=float, default=0.0,
-                   help="seconds to pause between batches (default 0)")
+    g.add_argument("--max-load", default=None, metavar="CORES",
+                   help="cores other programs may keep busy while a batch is timed (read from "
+                        "/proc/stat minus the agent's own CPU time); over it the batch is timed "
+                        "again once the device is quiet, and a batch still disturbed is not "
+                        "stored (default 0.5, or $LATBENCH_MAX_LOAD; 'off': only report the "
+                        "load)")
+    g.add_argument("--max-load-wait", type=float, default=300.0, metavar="SECONDS",
+                   help="the longest the campaign waits, in all, for other programs to quiet "
+                        "down (default 300)")
     g.add_argument("--max-temp", type=float, default=None, metavar="CELSIUS",
-                   help="before each batch wait until the device's hottest thermal zone is at "
-                        "most this warm (polled every 5 s, at most --max-cool-wait)")
-    g.add_argument("--max-cool-wait", type=float, default=300.0, metavar="SECONDS",
-                   help="longest wait for --max-temp before a batch; past it the batch is "
-                        "measured and a warning recorded (default 300)")
+                   help="before each batch wait until the device's hottest temperature (thermal "
+                        "zones, else hwmon and, on Android phones, dumpsys thermalservice and "
+                        "battery) is at most this warm, polled every 5 s for at most --cooldown "
+                        "seconds")
+    g.add_argument("--cooldown", type=float, default=None, metavar="SECONDS",
+                   help="the cool-down before each batch: with --max-temp the longest wait for "
+                        "the device to cool (default 300; past it the batch is measured and a "
+                        "warning recorded), without it a fixed pause between batches "
+                        "(default 0)")
+    g.add_argument("--max-cool-wait", type=float, default=None, metavar="SECONDS",
+                   help="older name of --cooldown with --max-temp")
     g.add_argument("--pin", action="store_true",
-                   help="set the device's CPU governors to performance for the campaign and "
-                        "restore them after (needs root on the device; refused: recorded, "
-                        "the campaign runs unpinned)")
+                   help="pin for the campaign: CPU governors to performance (restored after; "
+                        "needs root) and the runtime to the device's fastest cores, as many as "
+                        "--threads (or --cpus, or the fleet's cpu_affinity); whatever the device "
+                        "refuses is recorded and the campaign runs unpinned")
+    g.add_argument("--cpus", default=None, metavar="LIST",
+                   help="run the runtime on these cores, e.g. 4-7 or 0,2 (taskset for native "
+                        "tools, sched_setaffinity for the agent); with --pin, instead of the "
+                        "fastest cores")
     g.add_argument("--max-device-failures", type=int, default=3,
                    help="failed batches in a row before a device's remaining jobs are marked "
                         "failed (default 3)")

@@ -28,6 +28,7 @@ from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
 
 if TYPE_CHECKING:
+    from latbench.predictor.memory import MemoryPrediction
     from latbench.predictor.model_level import NetworkPrediction, OutOfRange
 
 METRIC_HEADER = ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"]
@@ -59,7 +60,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"predictor": str(args.out), "kernel_model": args.predictor,
                     **{k: info.get(k) for k in ("device", "runtime", "runtime_version",
-                                                "settings", "statistic")},
+                                                "settings", "statistic", "statistic_gaps")},
                     "summary": summary})
         return 0
     print_table(f"predictor {args.out}", ["kernel kind", "kernels", "CV RMSPE %",
@@ -84,9 +85,38 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print("calibration: the dataset holds no measured networks; a network is the plain sum "
               "of its kernels")
     print(f"safety margin for searches: {100 * summary['safety_margin']:.1f}%")
+    if gaps := _gap_text(info):
+        print(gaps)
+    print(_memory_fit_text(summary.get("memory") or {}))
     print(f"device {info['device']}, runtime {info['runtime']} {info['runtime_version']}, "
           f"statistic {info['statistic']}, call overhead {summary['call_overhead_ms']:.4f} ms")
     return 0
+
+
+def _gap_text(info: dict[str, Any]) -> str:
+    """`median_ms runs x1.08 of min_ms (95th percentile x1.15), p90_ms ... (60 networks)`: how
+    a search on another statistic's budget scales this predictor's figures."""
+    gaps = {s: g for s, g in (info.get("statistic_gaps") or {}).items()
+            if s != info.get("statistic")}
+    if not gaps:
+        return ""
+    first = next(iter(gaps.values()))
+    return (f"other statistics on its {first['n']} {first['source']}: "
+            + ", ".join(f"{s} x{g['median']:.3f} (95th percentile x{g['p95']:.3f})"
+                        for s, g in gaps.items()) + f" of {info['statistic']}")
+
+
+def _memory_fit_text(calibration: dict[str, Any]) -> str:
+    """How the peak-memory model was calibrated, in one line."""
+    if not calibration.get("networks"):
+        return ("peak memory: uncalibrated (no measured network peaks in the dataset): "
+                "predicts the graph's weights and live activations only")
+    loo = calibration.get("rmspe_pct_loo")
+    return (f"peak memory: calibrated on {calibration['networks']} measured networks "
+            f"({calibration.get('method') or 'unknown method'}): RMSPE "
+            f"{calibration['rmspe_pct']:.2f}%"
+            + (f", {loo:.2f}% leave-one-out" if loo is not None else "")
+            + f"; fitted {', '.join(calibration.get('fitted') or []) or 'the constant only'}")
 
 
 def _cv_cells(cv: dict[str, Any] | None) -> tuple[str, str]:
@@ -118,11 +148,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape or [])
     predictor = LatencyPredictor.load(Path(args.predictor))
     prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial)
+    memory = predicted_memory(predictor, path, shapes)
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
         print_json({"model": str(path), "device": predictor.device,
-                    "runtime": predictor.runtime, **prediction.to_json()})
+                    "runtime": predictor.runtime, **prediction.to_json(),
+                    "model_size_bytes": path.stat().st_size,
+                    "memory": None if memory is None else memory.to_json()})
         return 0
     flags = prediction.range_flags()
     print_table(f"{path.name} on {predictor.device} / {predictor.runtime}",
@@ -137,7 +170,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if prediction.coverage is not None:
         print(f"coverage: {prediction.coverage:.1%} of the predicted kernel time comes from "
               "kernels inside the predictor's training range")
+    if memory is not None:
+        print(memory.text())
     return 0
+
+
+def predicted_memory(predictor: Any, path: Path, shapes: Any) -> MemoryPrediction | None:
+    """The model's predicted peak memory, or None with a warning when its graph cannot be
+    walked (the latency prediction stands on its own)."""
+    from latbench.errors import LatbenchError
+
+    try:
+        return predictor.predict_memory(path, input_shapes=shapes)
+    except LatbenchError as exc:
+        print(f"latbench: warning: no memory prediction for {path}: {exc}", file=sys.stderr)
+        return None
 
 
 WORST_SHOWN = 3
@@ -208,16 +255,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           campaign_config(args, settings), bars, passes=args.passes)
     paths = write_report(report, out)
     if args.json:
+        memory = report.memory
         print_json({"device": device.name, "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
+                    "memory": None if memory is None else {
+                        "metrics": memory.metrics, "calibrated": memory.calibrated},
                     "report": {k: str(v) for k, v in paths.items()}})
         return 0
     print_table(f"held-out networks on {device.name} ({report.statistic})", METRIC_HEADER,
                 _metric_rows(report.metrics))
     print(report.measurement)
+    if report.memory is not None:
+        print_memory_metrics(report.memory, device.name)
     print(f"report: {paths['markdown']}  scatter: {paths['scatter']}")
     report_failures(report.campaign)
     return 0
+
+
+def print_memory_metrics(memory: Any, device: str) -> None:
+    """The held-out networks' predicted against measured peak memory, per family."""
+    print_table(f"peak memory of the held-out networks on {device}",
+                ["family", "n", "RMSPE %", "within 10%", "bias %"],
+                [(f, int(m["n"]), f"{m['rmspe_pct']:.2f}", f"{m['within10']:.1%}",
+                  f"{m['bias_pct']:+.2f}") for f, m in memory.metrics.items()])
+    if not memory.calibrated:
+        print("the predictor's memory model is not calibrated (its dataset holds no measured "
+              "network peaks): it predicts the graph's weights and live activations only")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -301,7 +364,10 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
         description="Split a model file into the kernels the predictor's runtime executes and "
                     "price them. Kernels outside the predictor's training range are named on "
                     "stderr; --json carries each kernel with its range check and the coverage "
-                    "(the share of predicted time from kernels inside the range).")
+                    "(the share of predicted time from kernels inside the range). Beside the "
+                    "latency it prints the model's predicted peak memory (the predictor's "
+                    "memory model, calibrated on its dataset's measured network peaks) and "
+                    "the file's size.")
     predict.add_argument("model", help="model file (.onnx, .tflite)")
     predict.add_argument("--predictor", required=True, help="predictor directory")
     predict.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
@@ -312,7 +378,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                               "instead of refusing a model with unsupported ops")
     predict.add_argument("--json", action="store_true",
                          help="print a JSON object (predicted_ms, coverage, per-kernel figures "
-                              "and range checks, skipped_ops)")
+                              "and range checks, skipped_ops, memory, model_size_bytes)")
     predict.set_defaults(func=cmd_predict)
 
     fit = pred_sub.add_parser("fit", help="fit a per-kernel predictor on a dataset")

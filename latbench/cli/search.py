@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.cli.common import (
     add_device_options,
     add_json,
@@ -34,22 +35,31 @@ def cmd_search(args: argparse.Namespace) -> int:
         fastest, slowest = prepared.latency_range()
         space_options = f" {prepared.space_options}" if prepared.space_options else ""
         print(f"{args.strategy} on {args.space}{space_options} (predicted "
-              f"{fastest:.4g} to {slowest:.4g} ms): searching under each budget / "
-              f"(1 + {prepared.margin:.3f}) (safety margin)", file=sys.stderr)
+              f"{fastest:.4g} to {slowest:.4g} ms): {prepared.target.describe()}",
+              file=sys.stderr)
 
     session = run_search(job, args.predictor, budgets, data_dir=data_dir(args.data_dir),
-                         margin=args.margin, out=args.out, measure=args.measure,
+                         margin=args.margin, budget_statistic=args.budget_statistic,
+                         out=args.out, measure=args.measure,
                          device=args.device, fleet=args.fleet,
                          config=campaign_config(args, RunSettings()), progress=Bars,
                          on_prepared=announce)
     if not session.lead:
         return 0
+    if session.winners is not None:  # what disturbed their measurement, and what was done
+        from latbench.bench.store import LatencyDataset
+
+        card = LatencyDataset.open(session.winners).card
+        for line in (card.get("drift_last_run") or {}).get("report", []):
+            print(f"winners measured: {line}", file=sys.stderr)
     if args.json:
         print_json(session.to_json())
         return 0
     what = accuracy_label(session.results[0][1])
+    target = session.prepared.target
     print_table(f"{args.space} / {args.strategy}: the most accurate under each budget "
-                f"(accuracy: {what})",
+                f"(accuracy: {what}; budgets and measured: {target.statistic}, predicted: "
+                f"{target.learned})",
                 (*OUTCOME_HEADER, "queries"),
                 [(*o.row(), r.queries)
                  for o, (_, r) in zip(session.outcomes, session.results, strict=True)])
@@ -125,6 +135,12 @@ def add_commands(sub: Any) -> None:
                         help="search under budget / (1 + MARGIN) so measured winners stay within "
                              "the budget (default: the predictor's 95th-percentile "
                              "under-prediction on calibration networks left out of its fit)")
+    search.add_argument("--budget-statistic", choices=BUDGET_STATISTICS, default=None,
+                        help="what a budget is about, and what --measure checks the winners "
+                             "with: median_ms (default: what most tools print), p90_ms, mean_ms "
+                             "or min_ms of the measured runs. A predictor of another statistic "
+                             "is scaled by the gap its dataset's networks show (see `predictor "
+                             "fit`)")
     search.add_argument("--data-dir", help="reference data folder (default $LATBENCH_DATA or "
                                            "shared/data beside the latbench checkout)")
     search.add_argument("--measure", action="store_true", help="measure the winners")

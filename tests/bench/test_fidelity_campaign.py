@@ -200,7 +200,8 @@ def test_drift_is_detected_flagged_and_reported(tmp_path: Path, device: Device,
     assert list(records["drift_flag"]) == [False, False, True, True]
     assert records["min_corrected_ms"].isna().all()  # not asked for
     assert summary.drifted_batches == 2 and len(summary.drift) == 4
-    (line,) = summary.drift_report()
+    line, load_line = summary.drift_report()  # the drift, then other programs' load
+    assert "other programs" in load_line
     assert "1.00-1.60x its best" in line and "2 batches flagged" in line
     assert "slowdown over the campaign" in line and "1.60x vs first third 1.00x" in line
     card_view = summary.drift_json()

@@ -1,15 +1,18 @@
 """Thermal wait before batches and governor pinning around a campaign, through a stand-in
-board's transport (this machine has no thermal zones and no cpufreq): the wait ends when the
-board is cool, is bounded when it never gets there, and says so; governors are pinned and put
-back, and a refusal is recorded while the campaign goes on unpinned."""
+board's transport and through the real shell scripts reading a fake /sys (this machine has no
+thermal zones and no cpufreq): the wait ends when the board is cool, is bounded when it never
+gets there, and says so; governors are pinned and put back, and a refusal is recorded while the
+campaign goes on unpinned; --cooldown bounds the wait (or pauses without --max-temp)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from standins.sysfs import FakeSysfs
 
 from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
 from latbench.bench.ops import OpSpec
@@ -20,8 +23,10 @@ from latbench.bench.thermal import (
     READ_TEMPS,
     GovernorPin,
     ThermalControl,
+    hottest_reading,
     max_temperature,
 )
+from latbench.cli.common import cooling
 from latbench.device_agents import CommandResult, Device, LocalTransport
 from latbench.errors import ConfigError
 
@@ -47,9 +52,10 @@ class StandInBoard(LocalTransport):
         argv = list(argv)
         if argv == READ_TEMPS:
             self.reads += 1
-            text = "\n".join(str(int(1000 * t)) for t in self.temps)
+            text = "@temps\n" + "".join(f"thermal_zone{i} {int(1000 * t)} cpu\n"
+                                        for i, t in enumerate(self.temps))
             self.temps = [t - self.cooling for t in self.temps]
-            return CommandResult(tuple(argv), 0, text + "\n", "", 0.0)
+            return CommandResult(tuple(argv), 0, text + "@hwmon\n", "", 0.0)
         if argv == READ_GOVERNORS:
             text = "".join(f"{p} {g}\n" for p, g in self.governors.items())
             return CommandResult(tuple(argv), 0, text, "", 0.0)
@@ -145,6 +151,13 @@ def test_campaign_pins_waits_and_records_it(tmp_path: Path) -> None:
     card = LatencyDataset.open(tmp_path / "ds").card
     assert card["drift_last_run"]["control"]["board/onnxruntime"]["pin"]["cpus"] == 4
     assert any("governor pinned to performance" in line for line in summary.drift_report())
+    [batch] = card["drift_last_run"]["batches"]
+    assert batch["time_unix"] > 0 and batch["seconds"] > 0
+    assert control["thermal"]["sources"] == ["thermal_zone"]
+    assert control["thermal"]["waits"][0]["source"] == "thermal_zone:thermal_zone0"
+    # the drift figure is drawn next to the card and named in the summary
+    assert summary.drift_plots == [tmp_path / "ds" / "drift.png"]
+    assert (tmp_path / "ds" / "drift.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_thresholds_are_refused() -> None:
@@ -152,3 +165,105 @@ def test_bad_thresholds_are_refused() -> None:
         CampaignConfig(max_temp_c=500.0)
     with pytest.raises(ConfigError, match="cooling wait"):
         CampaignConfig(max_cool_wait_s=-1)
+
+
+# --- the real scripts on a fake /sys ------------------------------------------------------------
+def sysfs_board(tmp_path: Path, sysfs: FakeSysfs) -> Device:
+    return Device(name="board", transport=LocalTransport(env=sysfs.env()),
+                  runtimes=("onnxruntime",), work_dir=str(tmp_path / "work"),
+                  python=sys.executable)
+
+
+def test_thermal_wait_on_a_fake_thermal_zone_file(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(tmp_path / "sys")
+    hot = sysfs.zone(0, 70.0, "cpu-thermal")
+    sysfs.zone(1, 41.0, "gpu-thermal")
+    temps = iter([64.0, 58.0])
+
+    def sleep(seconds: float) -> None:  # the zone cools while latbench waits
+        FakeSysfs.set_temp(hot, next(temps))
+
+    control = ThermalControl(sysfs_board(tmp_path, sysfs), 60.0, max_wait_s=300, poll_s=5,
+                             sleep=sleep)
+    control.before_batch(pytest.fail)
+    [wait] = control.waits
+    assert (wait.start_c, wait.end_c, wait.waited_s, wait.cooled) == (70.0, 58.0, 10.0, True)
+    assert wait.source == "thermal_zone:thermal_zone0"
+    assert control.describe() == ("waited 10 s before 1 batches to cool to 60 C "
+                                  "(read from thermal_zone)")
+
+
+def test_hwmon_sensors_are_read_where_no_zone_is(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(tmp_path / "sys")
+    sysfs.hwmon(2, 81.5, "coretemp", "Package id 0")
+    sysfs.hwmon(3, 38.0, "nvme")
+    board = sysfs_board(tmp_path, sysfs)
+    assert hottest_reading(board) == {"zone": "hwmon2/temp1_input",
+                                      "name": "coretemp Package id 0", "celsius": 81.5,
+                                      "source": "hwmon"}
+    sysfs.zone(0, 45.0)  # a thermal zone is the CPU's own: hwmon (disks, boards) is not read
+    assert hottest_reading(board) == {"zone": "thermal_zone0", "name": "cpu-thermal",
+                                      "celsius": 45.0, "source": "thermal_zone"}
+
+
+def test_no_sensor_at_all_reads_none(tmp_path: Path) -> None:
+    # no zone, no hwmon, and no dumpsys on this machine: nothing to wait on
+    sysfs = FakeSysfs(tmp_path / "sys")
+    assert max_temperature(sysfs_board(tmp_path, sysfs)) is None
+
+
+def test_governor_files_pinned_and_restored(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(tmp_path / "sys")
+    sysfs.cpus([1_800_000, 1_800_000, 2_400_000, None], governor="schedutil")
+    pin = GovernorPin(sysfs_board(tmp_path, sysfs))
+    pin.pin()
+    assert dict(sysfs.governors()) == {0: "performance", 1: "performance", 2: "performance"}
+    assert pin.describe() == "governor pinned to performance on 3 CPUs (was schedutil)"
+    pin.restore()
+    assert dict(sysfs.governors()) == {0: "schedutil", 1: "schedutil", 2: "schedutil"}
+    assert pin.restored and pin.describe().endswith(", restored")
+
+
+def test_no_cpufreq_is_a_recorded_refusal(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(tmp_path / "sys")
+    sysfs.cpus([None, None])
+    pin = GovernorPin(sysfs_board(tmp_path, sysfs))
+    pin.pin()
+    assert not pin.pinned and pin.report()["refused"] == ("the device has no CPU frequency "
+                                                          "governors (cpufreq)")
+
+
+# --- --cooldown ---------------------------------------------------------------------------------
+def flags(max_temp=None, cooldown=None, max_cool_wait=None) -> argparse.Namespace:
+    return argparse.Namespace(max_temp=max_temp, cooldown=cooldown, max_cool_wait=max_cool_wait)
+
+
+def test_cooldown_bounds_the_wait_of_max_temp_or_pauses_without_it() -> None:
+    assert cooling(flags(55.0)) == {"max_temp_c": 55.0, "cooldown_s": 0.0,
+                                    "max_cool_wait_s": 300.0}
+    assert cooling(flags(55.0, cooldown=120)) == {"max_temp_c": 55.0, "cooldown_s": 0.0,
+                                                  "max_cool_wait_s": 120}
+    assert cooling(flags(55.0, max_cool_wait=90))["max_cool_wait_s"] == 90  # the older name
+    assert cooling(flags(55.0, cooldown=90, max_cool_wait=90))["max_cool_wait_s"] == 90
+    assert cooling(flags(cooldown=7)) == {"max_temp_c": None, "cooldown_s": 7}
+    assert cooling(flags()) == {"max_temp_c": None, "cooldown_s": 0.0}
+    with pytest.raises(ConfigError, match="same bound"):
+        cooling(flags(55.0, cooldown=60, max_cool_wait=90))
+    with pytest.raises(ConfigError, match="give --max-temp too"):
+        cooling(flags(max_cool_wait=90))
+    with pytest.raises(ConfigError, match="--cooldown must be >= 0"):
+        cooling(flags(55.0, cooldown=-1))
+
+
+def test_cooldown_flag_reaches_the_campaign_config() -> None:
+    from latbench.cli import build_parser
+    from latbench.cli.common import campaign_config
+
+    args = build_parser().parse_args(["bench", "ops", "--out", "x", "--max-temp", "50",
+                                      "--cooldown", "45", "--pin", "--cpus", "2-3"])
+    config = campaign_config(args)
+    assert (config.max_temp_c, config.max_cool_wait_s, config.cooldown_s) == (50.0, 45.0, 0.0)
+    assert config.pin_governor and config.pin_affinity and config.pin_cpus == (2, 3)
+    plain = campaign_config(build_parser().parse_args(["bench", "ops", "--out", "x",
+                                                       "--cooldown", "3"]))
+    assert (plain.cooldown_s, plain.max_temp_c, plain.pin_affinity) == (3.0, None, False)

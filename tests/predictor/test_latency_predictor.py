@@ -17,7 +17,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
 from latbench.cli import main
-from latbench.errors import PredictorError
+from latbench.errors import DatasetError, PredictorError
 from latbench.predictor.evaluate import error_metrics
 from latbench.predictor.features import kernel_cost, training_pairs
 from latbench.predictor.io import FORMAT_VERSION, MANIFEST, read_manifest
@@ -105,6 +105,55 @@ def test_fit_learns_everything_and_summarises_it(macro_linear) -> None:
     assert manifest["fit_summary"] == json.loads(json.dumps(summary))
     assert manifest["training_ranges"]["conv"]["cin"] == list(
         predictor.training_ranges_["conv"]["cin"])
+
+
+def test_fit_keeps_how_each_budget_statistic_runs_above_the_learned_one(macro_linear,
+                                                                        tmp_path: Path) -> None:
+    """The median and p90 of the dataset's 60 networks sit above their minimum; the search
+    scales a min_ms predictor by the 95th percentile of that ratio. A reloaded predictor keeps
+    it."""
+    predictor, saved = macro_linear
+    records = LatencyDataset.open(MACRO).records()
+    nets = records[records["subject"] == "network"]
+    gaps = predictor.info_["statistic_gaps"]
+    for statistic in ("median_ms", "p90_ms", "mean_ms"):
+        ratio = (nets[statistic] / nets["min_ms"]).to_numpy()
+        assert gaps[statistic]["source"] == "networks" and gaps[statistic]["n"] == len(nets)
+        assert gaps[statistic]["p95"] == pytest.approx(np.percentile(ratio, 95))
+        assert predictor.statistic_gap(statistic) == pytest.approx(np.percentile(ratio, 95))
+    assert predictor.statistic_gap("min_ms") == 1.0
+    assert 1.0 < predictor.statistic_gap("median_ms") < predictor.statistic_gap("p90_ms")
+    assert LatencyPredictor.load(saved).statistic_gap("p90_ms") == \
+        predictor.statistic_gap("p90_ms")
+
+
+def test_a_p90_predictor_learns_the_p90(tmp_path: Path) -> None:
+    p90 = LatencyPredictor("linear", cv_folds=0).fit(MACRO, statistic="p90_ms")
+    median = LatencyPredictor("linear", cv_folds=0).fit(MACRO, statistic="median_ms")
+    assert p90.statistic == "p90_ms"
+    assert p90.statistic_gap("median_ms") < 1.0  # the median runs below the p90
+    from latbench.bench.spaces import get_space
+
+    space = get_space("nasbench-macro")
+    for code in _macro_archs():
+        ops = space.ops(space.decode(code))
+        assert p90.predict(ops).predicted_ms > median.predict(ops).predicted_ms
+
+
+def test_a_predictor_without_gaps_names_the_fix(tmp_path: Path) -> None:
+    predictor = LatencyPredictor("linear", cv_folds=0).fit(small_dataset(tmp_path / "d"))
+    assert predictor.info_["statistic_gaps"]["median_ms"]["source"] == "kernels"
+    del predictor.info_["statistic_gaps"]
+    with pytest.raises(PredictorError, match="learned min_ms and does not know how p90_ms "
+                                             "relates to it .*refit it"):
+        predictor.statistic_gap("p90_ms")
+
+
+def test_a_statistic_no_record_carries_is_refused(tmp_path: Path) -> None:
+    """benchmark_model prints no p90: a dataset without it cannot train a p90 predictor."""
+    records = LatencyDataset.open(small_dataset(tmp_path / "d")).records()
+    with pytest.raises(DatasetError, match="no operator record carries p90_ms"):
+        training_pairs(records, "p90_ms")
 
 
 def test_save_load_round_trip(macro_linear, tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ import pytest
 
 from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import Arch, get_space
-from latbench.errors import ConfigError, SearchError, UnknownKernelError
+from latbench.errors import ConfigError, PredictorError, SearchError, UnknownKernelError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import Composition
 from latbench.predictor.models import XGBoostKernelPredictor
-from latbench.search.budget import search_budgets
+from latbench.search.budget import budget_target, search_budgets
 from latbench.search.latency import LatencyTable, choices_matrix
 from latbench.search.strategies import STRATEGIES, get_strategy
 
@@ -205,8 +205,59 @@ def test_search_budgets_applies_margin(macro) -> None:
     assert plain.feasible > results[0][1].feasible
 
 
+def test_search_budgets_carries_the_statistic_gap(macro) -> None:
+    """A budget on the median searched with a predictor of the minimum aims lower by the gap
+    between them, on top of the margin."""
+    accuracy = toy_accuracy(macro)
+    [(_, result)] = search_budgets(macro, toy_table(), accuracy, [33.0], margin=0.1, gap=1.2)
+    assert result.budget_ms == pytest.approx(33.0 / (1.1 * 1.2))
+    assert result.arch == brute_force(accuracy, 33.0 / (1.1 * 1.2))[0]
+
+
+class _Learned:
+    """What budget_target reads of a predictor: its statistic, margin and gaps."""
+
+    def __init__(self, statistic: str, gaps: dict[str, float]) -> None:
+        self.statistic, self.gaps = statistic, gaps
+
+    def safety_margin(self) -> float:
+        return 0.04
+
+    def statistic_gap(self, statistic: str) -> float:
+        if statistic == self.statistic:
+            return 1.0
+        if statistic not in self.gaps:
+            raise PredictorError(f"does not know {statistic}")
+        return self.gaps[statistic]
+
+
+def test_budget_target_defaults_to_the_median() -> None:
+    target = budget_target(_Learned("min_ms", {"median_ms": 1.08, "p90_ms": 1.3}))
+    assert (target.statistic, target.learned, target.gap) == ("median_ms", "min_ms", 1.08)
+    assert target.factor == pytest.approx(1.04 * 1.08)
+    assert "budgets are on median_ms" in target.describe() and "gap 1.080" in target.describe()
+    p90 = budget_target(_Learned("min_ms", {"p90_ms": 1.3}), "p90_ms", margin=0.0)
+    assert (p90.statistic, p90.gap, p90.margin) == ("p90_ms", 1.3, 0.0)
+    own = budget_target(_Learned("median_ms", {}))
+    assert (own.statistic, own.gap, own.note) == ("median_ms", 1.0, "")
+
+
+def test_budget_target_without_a_gap() -> None:
+    """An old predictor keeps budgets on its own statistic and says so; asking for a statistic
+    it cannot relate is refused."""
+    old = budget_target(_Learned("min_ms", {}))
+    assert (old.statistic, old.gap) == ("min_ms", 1.0)
+    assert "refit it to search on median_ms" in old.describe()
+    with pytest.raises(PredictorError, match="does not know p90_ms"):
+        budget_target(_Learned("min_ms", {}), "p90_ms")
+    with pytest.raises(ConfigError, match="unknown budget statistic 'p99_ms'"):
+        budget_target(_Learned("min_ms", {}), "p99_ms")
+    assert budget_target(None).statistic == "flops"
+
+
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
     (dict(budgets_ms=[]), SearchError, "at least one latency budget"),
+    (dict(budgets_ms=[5.0], gap=0.0), SearchError, "statistic gap must be positive"),
     (dict(budgets_ms=[5.0], margin=1.0), SearchError, r"safety margin must be in \[0, 1\)"),
     (dict(budgets_ms=[5.0], margin=-0.1), SearchError, "safety margin"),
     (dict(budgets_ms=[5.0], strategy="annealing"), ConfigError,

@@ -170,6 +170,53 @@ def test_measure_winners(capsys, tmp_path: Path, predictor_dir: Path, space: str
     assert (tmp_path / "winners").is_dir()
 
 
+@pytest.mark.parametrize("statistic", ["median_ms", "p90_ms"])
+def test_winners_are_checked_by_the_budget_statistic(capsys, tmp_path: Path,
+                                                     predictor_dir: Path,
+                                                     statistic: str) -> None:
+    """The predictor learned min_ms; the budget is on the median (default) or the p90: the
+    search aims lower by the gap the predictor keeps, and the winner is judged by that
+    statistic of its measured runs."""
+    gapped = LatencyPredictor.load(predictor_dir)
+    gapped.info_["statistic_gaps"] = {
+        "median_ms": {"median": 1.1, "p95": 1.2, "n": 9, "source": "networks"},
+        "p90_ms": {"median": 1.3, "p95": 1.5, "n": 9, "source": "networks"}}
+    folder = gapped.save(tmp_path / "gapped")
+    chosen = [] if statistic == "median_ms" else ["--budget-statistic", statistic]
+    code, stdout, err = run(capsys, "search", "--predictor", str(folder), "--space",
+                            "nasbench201", "--space-option", "resolution=16", "--space-option",
+                            "cells=1", "--strategy", "random", "--queries", "4", "--budget-ms",
+                            "5", "--margin", "0", "--measure", "--out", str(tmp_path / "s"),
+                            "--json", *chosen)
+    assert code == 0, err
+    gap = 1.2 if statistic == "median_ms" else 1.5
+    assert f"budgets are on {statistic} (predictor: min_ms)" in err
+    assert f"budget / {gap:.3f}" in err
+    [result] = json.loads(stdout)
+    assert result["statistic"] == statistic
+    assert result["search_budget_ms"] == pytest.approx(5 / gap)
+    from latbench.bench.store import LatencyDataset
+
+    winners = LatencyDataset.open(tmp_path / "s" / "winners").records()
+    assert result["measured_ms"] == float(winners[statistic].iloc[0])
+    assert result["within_budget"] == (result["measured_ms"] <= 5)
+
+
+def test_an_old_predictor_keeps_budgets_on_its_statistic(capsys, predictor_dir: Path) -> None:
+    code, stdout, err = run(capsys, "search", "--predictor", str(predictor_dir), "--space",
+                            "nasbench201", "--space-option", "resolution=16", "--space-option",
+                            "cells=1", "--strategy", "random", "--queries", "4", "--budget-ms",
+                            "5", "--json")
+    assert code == 0, err
+    assert "budgets are on min_ms" in err and "refit it to search on median_ms" in err
+    assert json.loads(stdout)[0]["statistic"] == "min_ms"
+    code, _, err = run(capsys, "search", "--predictor", str(predictor_dir), "--space",
+                       "nasbench201", "--space-option", "resolution=16", "--strategy",
+                       "random", "--budget-ms", "5", "--budget-statistic", "p90_ms")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "does not know how p90_ms relates to it" in err
+
+
 def test_pareto_front() -> None:
     lat = np.array([1.0, 2.0, 1.5, 3.0, 0.5, 2.5])
     acc = np.array([80.0, 85.0, 79.0, 90.0, 70.0, 84.0])

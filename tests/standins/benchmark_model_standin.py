@@ -9,6 +9,7 @@ latbench's driver and parser are exercised end to end without an Android build o
 
 import math
 import os
+import resource
 import sys
 import time
 
@@ -54,12 +55,14 @@ def main(argv):
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
+    start_kb = max_rss_kb()
     t0 = time.perf_counter_ns()
     interp = Interpreter(model_path=graph, num_threads=int(flags.get("num_threads", "1")))
     interp.allocate_tensors()
     for d in interp.get_input_details():
         interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
     init_us = (time.perf_counter_ns() - t0) // 1000
+    init_kb = max_rss_kb()
     log(f"Loaded model {graph}")
     log(f"Initialized session in {init_us / 1000:.3f}ms.")
 
@@ -115,8 +118,18 @@ def main(argv):
         print("\n".join(lines), file=sys.stderr)
     log(f"Inference timings in us: Init: {init_us}, First inference: {warm[0]}, Warmup (avg): "
         f"{sum(warm) / len(warm):g}, Inference (avg): {sum(runs) / len(runs):g}")
-    log("Memory footprint delta from the start of the tool (MB): init=1.5 overall=2.25")
+    # as the real tool: the largest resident set above the tool's start, after init and overall;
+    # with --report_peak_memory_footprint=true the process's peak resident set as well
+    overall_kb = max_rss_kb()
+    log("Memory footprint delta from the start of the tool (MB): "
+        f"init={(init_kb - start_kb) / 1024:g} overall={(overall_kb - start_kb) / 1024:g}")
+    if flags.get("report_peak_memory_footprint") == "true":
+        log(f"Overall peak memory footprint (MB) via periodic monitoring: {overall_kb / 1024:g}")
     return 0
+
+
+def max_rss_kb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
 
 
 if __name__ == "__main__":
