@@ -38,7 +38,7 @@ import numpy as np
 
 from latbench.bench.affinity import CorePin
 from latbench.bench.export.graph import LayerGraph, chain_graph, spec_graph
-from latbench.bench.load import LoadControl, default_max_load, foreign_cores
+from latbench.bench.load import LoadControl, default_max_load, foreign_cores, steal_share
 from latbench.bench.memory import network_memory
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import (
@@ -242,17 +242,6 @@ class BatchDrift:
     temp_source: str = ""         # where the hottest reading came from, 'thermalservice:AP'
     foreign_cores: float = math.nan  # cores other programs kept busy (bench.load)
     disturbed: bool = False       # still over --max-load: its records were not stored
-
-
-def steal_share(before: dict[str, Any], after: dict[str, Any]) -> float:
-    """The share of the machine's CPU time that the hypervisor gave to other tenants between
-    two `cpu_times` facts (NaN where the device does not report them)."""
-    first, last = before.get("cpu_times"), after.get("cpu_times")
-    if not (isinstance(first, list) and isinstance(last, list) and len(first) == len(last) == 8):
-        return math.nan
-    spent = [b - a for a, b in zip(first, last, strict=True)]
-    total = sum(spent)
-    return spent[7] / total if total > 0 else math.nan
 
 
 @dataclass
@@ -697,6 +686,7 @@ class _DeviceWorker:
                 export_failed[index] = f"{type(exc).__name__}: {exc}"
         redone = 0
         result = None
+        load = None  # the stored attempt's foreign load when over --max-load
         started = took = math.nan  # the stored attempt's start (host clock) and duration
         if models:
             timeout = self.config.timeout_s or _estimate_timeout(len(models), self.settings)
@@ -708,7 +698,8 @@ class _DeviceWorker:
                 took = time.perf_counter() - clock
                 ratio = result.reference_ms / self.best_reference
                 self.best_reference = min(self.best_reference, result.reference_ms)
-                load = self._disturbed(result)
+                load = (self.load.disturbed(result.facts_before, result.facts_after)
+                        if self.load is not None else None)
                 if load is None and not ratio > 1 + self.config.drift_tolerance:
                     break
                 if attempt == self.config.drift_retries:
@@ -741,7 +732,7 @@ class _DeviceWorker:
                 time_unix=started, seconds=took,
                 temp_source=_temp_source(result.facts_before, result.facts_after),
                 foreign_cores=foreign_cores(result.facts_before, result.facts_after),
-                disturbed=self._disturbed(result, count=False) is not None)
+                disturbed=load is not None)
             if drift.disturbed:
                 self.load.refused += 1
                 error = (f"measured under load: other programs kept {drift.foreign_cores:.2f} "
@@ -765,15 +756,6 @@ class _DeviceWorker:
                                    keep_samples=self.config.keep_samples,
                                    model_size_bytes=sizes[f"j{index}"]))
         return records, redone, drift
-
-    def _disturbed(self, result: Any, count: bool = True) -> float | None:
-        """Cores other programs kept busy while `result` was timed, when over --max-load."""
-        if self.load is None:
-            return None
-        if not count:
-            load = foreign_cores(result.facts_before, result.facts_after)
-            return load if load > self.load.max_cores else None
-        return self.load.disturbed(result.facts_before, result.facts_after)
 
 
 def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],

@@ -34,6 +34,7 @@ READ_STAT = ["sh", "-c", f"grep '^cpu' /proc/stat; echo --; sleep {POLL_S:g}; "
                          "grep '^cpu' /proc/stat"]
 COMMAND_TIMEOUT_S = 30.0
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (idle 3, iowait 4 not)
+STEAL_FIELD = 7
 
 
 def parse_max_load(text: str) -> float:
@@ -58,16 +59,27 @@ def default_max_load() -> float:
     return DEFAULT_MAX_LOAD if text is None else parse_max_load(text)
 
 
-def _busy_and_total(times: Sequence[int]) -> tuple[int, int]:
-    return sum(times[i] for i in BUSY_FIELDS), sum(times[:8])
+def _share(first: Sequence[int], last: Sequence[int], fields: Sequence[int]) -> float:
+    """The share of all CPUs' time between two /proc/stat aggregate lines spent in `fields`;
+    NaN when no time passed."""
+    spent = [b - a for a, b in zip(first[:8], last[:8], strict=True)]
+    total = sum(spent)
+    return sum(spent[i] for i in fields) / total if total > 0 else math.nan
 
 
 def busy_share(first: Sequence[int], last: Sequence[int]) -> float:
     """The share of all CPUs' time between two /proc/stat aggregate lines that some program
     (or the hypervisor's other tenants) used; NaN when no time passed."""
-    busy_a, total_a = _busy_and_total(first)
-    busy_b, total_b = _busy_and_total(last)
-    return (busy_b - busy_a) / (total_b - total_a) if total_b > total_a else math.nan
+    return _share(first, last, BUSY_FIELDS)
+
+
+def steal_share(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """The share of the machine's CPU time that the hypervisor gave to other tenants between
+    two `cpu_times` facts (NaN where the device does not report them)."""
+    first, last = before.get("cpu_times"), after.get("cpu_times")
+    if not (isinstance(first, list) and isinstance(last, list) and len(first) == len(last) == 8):
+        return math.nan
+    return _share(first, last, (STEAL_FIELD,))
 
 
 def foreign_cores(before: dict[str, Any], after: dict[str, Any]) -> float:

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
 from latbench.bench.network_sets import resolve_networks
 from latbench.bench.plans import load_plan, plan_subjects
@@ -65,24 +63,22 @@ def measure_plan(plan_name: str, dataset: Path, flags: list[str],
 
 
 def macro_files(count: int, exclude: set[str], folder: Path) -> list[Subject]:
-    """Held-out NAS-Bench-Macro architectures as ONNX files exported by torch's default
-    exporter from the space's PyTorch module (what a user of the space would have)."""
+    """Held-out NAS-Bench-Macro architectures (drawn as `resolve_networks` draws them) as ONNX
+    files exported by torch's default exporter from the space's PyTorch module (what a user of
+    the space would have)."""
     from latbench.bench.export.from_torch import torch_to_onnx
 
     space = get_space("nasbench-macro")
-    rng = np.random.default_rng(HELD_OUT_SEED)
     folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Subject] = {}
-    while len(out) < count:
-        arch = space.sample(rng)
-        key = f"nasbench-macro:{space.encode(arch)}"
-        if key in exclude or key in out:
-            continue
-        path = folder / f"{space.encode(arch)}.onnx"
+    out = []
+    for net in resolve_networks(f"nasbench-macro:{count}", seed=HELD_OUT_SEED, exclude=exclude):
+        code = net.key.split(":", 1)[1]
+        path = folder / f"{code}.onnx"
         if not path.exists():
-            path.write_bytes(torch_to_onnx(space.to_torch(arch), space.input_shape, dynamo=True))
-        out[key] = Subject.model_file(key, "nasbench-macro", path.read_bytes, ".onnx")
-    return list(out.values())
+            path.write_bytes(torch_to_onnx(space.to_torch(space.decode(code)), space.input_shape,
+                                           dynamo=True))
+        out.append(Subject.model_file(net.key, "nasbench-macro", path.read_bytes, ".onnx"))
+    return out
 
 
 def family_files(families: Sequence[str], per_family: int, exclude: set[str],

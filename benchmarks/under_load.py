@@ -31,12 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
 
-from latbench.bench.campaign import (  # noqa: E402
-    CampaignConfig,
-    measure_into_dataset,
-    steal_share,
-)
-from latbench.bench.load import DEFAULT_MAX_LOAD  # noqa: E402
+from latbench.bench.campaign import CampaignConfig, measure_into_dataset  # noqa: E402
+from latbench.bench.load import DEFAULT_MAX_LOAD, steal_share  # noqa: E402
 from latbench.bench.network_sets import resolve_networks  # noqa: E402
 from latbench.bench.plans import load_plan, plan_subjects  # noqa: E402
 from latbench.bench.runners import RunSettings  # noqa: E402

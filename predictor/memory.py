@@ -31,6 +31,7 @@ import pandas as pd
 
 from latbench.bench.memory import MemoryProfile, card_profiles
 from latbench.errors import PredictorError
+from latbench.predictor.training import setup_networks
 
 TERMS = ("conv_weight_bytes", "other_weight_bytes", "activation_peak_bytes",
          "activation_total_bytes")
@@ -194,12 +195,9 @@ def dataset_memory_pairs(records: pd.DataFrame, card: Mapping[str, Any], setup: 
     if "peak_memory_bytes" not in records.columns:
         return [], [], [], ""
     profiles = card_profiles(card)
-    nets = records[(records["subject"] == "network") & (records["status"] == "ok")
-                   & (records["device"] == setup["device"])
-                   & (records["runtime"] == setup["runtime"])
-                   & (records["settings"] == setup["settings"])
-                   & records["peak_memory_bytes"].notna()]
-    nets = nets[nets["key"].isin(list(profiles)) & (nets["peak_memory_bytes"] > 0)]
+    nets = setup_networks(records, setup)
+    nets = nets[nets["peak_memory_bytes"].notna() & nets["key"].isin(list(profiles))
+                & (nets["peak_memory_bytes"] > 0)]
     methods = sorted({str(m).split(":", 1)[0] for m in nets["memory_method"]})
     keys = [str(k) for k in nets["key"]]
     return (keys, [profiles[k] for k in keys],

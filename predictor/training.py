@@ -3,7 +3,7 @@ the cross-validated error per kernel kind that `predictor fit` reports."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,17 +39,22 @@ def select_records(records: pd.DataFrame, device: str | None = None,
     return ops
 
 
+def setup_networks(records: pd.DataFrame, setup: Mapping[str, Any]) -> pd.DataFrame:
+    """The dataset's successful network records measured in the (device, runtime, settings) of
+    `setup` (a record)."""
+    return records[(records["subject"] == "network") & (records["status"] == "ok")
+                   & (records["device"] == setup["device"])
+                   & (records["runtime"] == setup["runtime"])
+                   & (records["settings"] == setup["settings"])]
+
+
 def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.DataFrame,
                          statistic: str, attach: Collection[tuple[str, str]] | None = None
                          ) -> list[tuple[str, list[OpSpec], float]]:
     """(key, kernels, measured ms) of the dataset's networks measured in the same setup as
     `ops` and whose kernels the card lists (split by the fusion rules `attach` if given)."""
     kernel_keys = card.get("network_kernels") or {}
-    first = ops.iloc[0]
-    nets = records[(records["subject"] == "network") & (records["status"] == "ok")
-                   & (records["device"] == first["device"])
-                   & (records["runtime"] == first["runtime"])
-                   & (records["settings"] == first["settings"])]
+    nets = setup_networks(records, ops.iloc[0])
     out = []
     for key, ms in zip(nets["key"], nets[statistic].astype(float), strict=True):
         if key in kernel_keys:
@@ -67,11 +72,7 @@ def statistic_gaps(records: pd.DataFrame, ops: pd.DataFrame, learned: str
     when there are fewer than MIN_GAP_NETWORKS), so a search can aim a budget on the median or
     p90 with a predictor of the minimum. Why networks first: a network's median sits further
     above its minimum than a short kernel's."""
-    first = ops.iloc[0]
-    nets = records[(records["subject"] == "network") & (records["status"] == "ok")
-                   & (records["device"] == first["device"])
-                   & (records["runtime"] == first["runtime"])
-                   & (records["settings"] == first["settings"])]
+    nets = setup_networks(records, ops.iloc[0])
     source, rows = ("networks", nets) if len(nets) >= MIN_GAP_NETWORKS else ("kernels", ops)
     out: dict[str, dict[str, Any]] = {}
     base = rows[learned].to_numpy(dtype=np.float64)

@@ -874,9 +874,9 @@ MEMORY_TIMEOUT_S = 600.0  # for one model's peak-memory process
 GPU_RUNTIMES = ("onnxruntime-cuda", "torch-cuda")
 # glibc adapts its mmap threshold to the sizes freed so far, so whether a large buffer is mapped
 # (and unmapped when freed) or carved from the heap (and kept resident) depends on the process's
-# history: the same model measured 27 or 31 MB depending on the directory the agent ran from.
-# Fixed at glibc's default 128 KiB, every buffer of that size or more comes and goes with its
-# use, and the peak is what the runtime held. Other C libraries ignore the variable.
+# history (docs/measurement.md, section 2f). Fixed at glibc's default 128 KiB, every buffer of
+# that size or more comes and goes with its use, and the peak is what the runtime held. Other C
+# libraries ignore the variable.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 MEMORY_METHODS = {
     "rss-hwm": "rss-hwm: fresh process (glibc mmap threshold fixed), VmHWM (reset before "
