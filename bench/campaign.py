@@ -1,10 +1,14 @@
 """Campaigns: subjects x devices x runtimes -> durable records, one worker per device, resumable.
 
 Each job has an idempotent key (subject, device, runtime, settings). A rerun skips jobs already
-stored and retries failed ones. Jobs are measured in batches; every batch carries the runner's
-probes, and a batch whose reference probe ran markedly slower than the device's best (a slow
-phase: throttling, a noisy neighbour) is measured again after a pause rather than stored, up to
-a retry limit - otherwise a minute of contention becomes a permanent error in the dataset.
+stored and retries failed ones. With several thread counts (`CampaignConfig.thread_counts`) every
+subject is measured at each, one platform (bench.platform) after the other on a device: their
+settings keys differ, so each count keeps its own records and resumes on its own.
+
+Jobs are measured in batches; every batch carries the runner's probes, and a batch whose
+reference probe ran markedly slower than the device's best (a slow phase: throttling, a noisy
+neighbour) is measured again after a pause rather than stored, up to a retry limit - otherwise a
+minute of contention becomes a permanent error in the dataset.
 
 Every record keeps what the batch's reference probe said: `drift_ratio` (the batch's reference
 time / the best reference time the device showed so far, calibration included; 1.0 = full
@@ -41,6 +45,7 @@ from latbench.bench.export.graph import LayerGraph, chain_graph, spec_graph
 from latbench.bench.load import LoadControl, default_max_load, foreign_cores, steal_share
 from latbench.bench.memory import network_memory
 from latbench.bench.ops import OpSpec
+from latbench.bench.platform import precision_of_kernels
 from latbench.bench.runners import (
     OVERHEAD_SPEC,
     RUNNERS,
@@ -73,9 +78,11 @@ class Subject:
     ".tflite").
 
     A graph is exported for whatever runtime measures it; a model file runs only on a runtime
-    whose `formats` list its format. A network's `kernels`, when known (a chain of specs, or a
-    model file already split), are kept with the dataset so a predictor can learn how kernels
-    compose into networks.
+    whose `formats` list its format - unless the subject also has a graph converted from it
+    (`onnx_model(convert=True)`), which other runtimes measure. A network's `kernels`, when
+    known (a chain of specs, or a model file already split), are kept with the dataset so a
+    predictor can learn how kernels compose into networks (`kernels_for`: those of the model a
+    runtime measures).
     """
 
     key: str
@@ -108,20 +115,42 @@ class Subject:
 
     @classmethod
     def onnx_model(cls, key: str, family: str, make: Callable[[], bytes],
-                   kernels: Sequence[OpSpec] | None = None) -> Subject:
-        return cls.model_file(key, family, make, ".onnx", kernels)
+                   kernels: Sequence[OpSpec] | None = None, convert: bool = False) -> Subject:
+        """An ONNX model; `convert` adds its LayerGraph (`bench.export.from_onnx`, same
+        weights), so a runtime that does not run ONNX measures it in its own format."""
+        subject = cls.model_file(key, family, make, ".onnx", kernels)
+        if not convert:
+            return subject
+        return replace(subject, graph=lambda: _converted(make()))
+
+    def runs_model(self, runner: Any) -> bool:
+        """Whether `runner` measures the model file itself (not a graph export)."""
+        return self.model is not None and self.model_format in tuple(getattr(runner, "formats",
+                                                                             ()))
+
+    def kernels_for(self, runner: Any) -> tuple[OpSpec, ...] | None:
+        """The kernels of what `runner` measures, when known: `kernels`, except for a model
+        file measured through its converted graph, whose export is split by its own parser
+        (a runtime format latbench cannot split keeps `kernels`)."""
+        from latbench.bench.model_files import MODEL_FORMATS, model_kernels
+
+        formats = {s for fmt in MODEL_FORMATS.values() for s in fmt.suffixes}
+        if self.kernels is None or self.model is None or self.graph is None \
+                or self.runs_model(runner) or runner.formats[0] not in formats:
+            return self.kernels
+        return model_kernels(self.model_bytes(runner)).kernels
 
     def refusal(self, runner: Any) -> str | None:
         """Why `runner` (a runner or its class) cannot measure this subject - a model file in a
-        format it does not list - or None when it can."""
+        format it does not list, with no graph to export - or None when it can."""
         formats = tuple(getattr(runner, "formats", ()))
-        if self.model is None or self.model_format in formats:
+        if self.model is None or self.model_format in formats or self.graph is not None:
             return None
         return (f"{self.key} is a {self.model_format} model; runtime "
                 f"{getattr(runner, 'name', runner)} runs {', '.join(formats) or 'no model files'}")
 
     def model_bytes(self, runner: Any) -> bytes:
-        if self.graph is not None:
+        if self.graph is not None and not self.runs_model(runner):
             return runner.export(self.graph())
         if self.model is None:
             raise RunnerError(f"{self.key} has neither a graph nor a model file to measure")
@@ -129,6 +158,12 @@ class Subject:
         if refused:
             raise RunnerError(refused)
         return self.model()
+
+
+def _converted(onnx_bytes: bytes) -> LayerGraph:
+    from latbench.bench.export.from_onnx import onnx_to_graph
+
+    return onnx_to_graph(onnx_bytes)
 
 
 class ProgressSink(Protocol):
@@ -182,6 +217,9 @@ class CampaignConfig:
     # Seconds to wait for another campaign holding the dataset (0: refuse at once; inf: wait).
     # A property of this run, not of the dataset: cards do not keep it.
     lock_wait_s: float = 0.0
+    # Thread counts to measure every subject at, each a platform of its own (empty: only
+    # settings.threads; given, settings.threads is replaced by each in turn).
+    thread_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -211,10 +249,23 @@ class CampaignConfig:
         if not self.lock_wait_s >= 0:  # also refuses NaN
             raise ConfigError("the wait for another campaign on the dataset must be >= 0 "
                               f"seconds (inf: as long as it takes), got {self.lock_wait_s}")
+        counts = self.thread_counts
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts):
+            raise ConfigError(f"--threads must be integers >= 1, got {list(counts)}")
+        if len(set(counts)) != len(counts):
+            raise ConfigError(f"--threads lists a thread count twice: {list(counts)}")
+
+    def lane_settings(self) -> list[RunSettings]:
+        """The run settings of each thread count measured, in the order given."""
+        if not self.thread_counts:
+            return [self.settings]
+        return [replace(self.settings, threads=n) for n in self.thread_counts]
 
     def card(self) -> dict[str, Any]:
-        """The campaign settings a dataset card keeps (run settings are kept apart)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("settings", "lock_wait_s")}
+        """The campaign settings a dataset card keeps (run settings are kept apart; the thread
+        counts measured are the records' own, and a repeat measures the card's settings)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("settings", "lock_wait_s", "thread_counts")}
 
 
 @dataclass(frozen=True)
@@ -242,6 +293,7 @@ class BatchDrift:
     temp_source: str = ""         # where the hottest reading came from, 'thermalservice:AP'
     foreign_cores: float = math.nan  # cores other programs kept busy (bench.load)
     disturbed: bool = False       # still over --max-load: its records were not stored
+    threads: int = 1              # the runtime's threads: lanes of other counts drift apart
 
 
 @dataclass
@@ -324,13 +376,15 @@ class CampaignSummary:
     def drift_report(self) -> list[str]:
         """One line per device/runtime lane: the reference probe's range over the campaign,
         batches flagged, and a slowdown over the campaign (throttling) if there was one."""
-        lanes: dict[tuple[str, str], list[BatchDrift]] = {}
+        lanes: dict[tuple[str, str, int], list[BatchDrift]] = {}
         for d in self.drift:
-            lanes.setdefault((d.device, d.runtime), []).append(d)
+            lanes.setdefault((d.device, d.runtime, d.threads), []).append(d)
+        several = len({threads for _, _, threads in lanes}) > 1
         lines = []
-        for (device, runtime), batches in lanes.items():
+        for (device, runtime, threads), batches in lanes.items():
             ratios = [b.ratio for b in batches]
-            text = (f"{device}/{runtime}: {len(batches)} batches, reference probe "
+            lane = f"{device}/{runtime}" + (f"/{threads}t" if several else "")
+            text = (f"{lane}: {len(batches)} batches, reference probe "
                     f"{min(ratios):.2f}-{max(ratios):.2f}x its best (median "
                     f"{float(np.median(ratios)):.2f}x); "
                     f"{sum(b.flagged for b in batches)} batches flagged as drifted (over "
@@ -485,7 +539,9 @@ def _record(subject: Subject, device: Device, runner_name: str, settings_key: st
 def _new_record(subject: Subject, fields_: dict[str, Any]) -> LatencyRecord:
     if subject.spec is not None:
         return LatencyRecord.for_op(subject.spec, **fields_)
-    return LatencyRecord.for_network(subject.key, subject.family, **fields_)
+    # a network's precision is its kernels' (a platform of its own: bench.platform)
+    dtype = precision_of_kernels(subject.kernels) if subject.kernels else None
+    return LatencyRecord.for_network(subject.key, subject.family, dtype=dtype, **fields_)
 
 
 def _failed_record(subject: Subject, device: Device, runner_name: str, settings_key: str,
@@ -570,14 +626,15 @@ class _DeviceWorker:
     """Measures one device's jobs batch by batch and writes each batch as it arrives."""
 
     def __init__(self, device: Device, runtime: str, jobs: list[Subject], dataset: LatencyDataset,
-                 config: CampaignConfig, progress: ProgressSink, stop: threading.Event) -> None:
+                 config: CampaignConfig, progress: ProgressSink, stop: threading.Event,
+                 settings: RunSettings | None = None) -> None:
         self.device, self.runtime, self.jobs = device, runtime, jobs
         self.batches = plan_batches(jobs, config.batch_size, config.shuffle_seed)
         self.dataset, self.config, self.progress, self.stop = dataset, config, progress, stop
         self.runner = get_runner(runtime)
-        self.settings = config.settings
+        self.settings = settings or config.settings
         self.settings_key = self.settings.key(runtime)
-        self.lane = f"{device.name}/{runtime}"
+        self.lane = _lane(device, runtime, self.settings, config)
         self.best_reference = math.inf
         self.load = (LoadControl(device, config.max_load, config.max_load_wait_s)
                      if config.max_load is not None else None)
@@ -732,7 +789,7 @@ class _DeviceWorker:
                 time_unix=started, seconds=took,
                 temp_source=_temp_source(result.facts_before, result.facts_after),
                 foreign_cores=foreign_cores(result.facts_before, result.facts_after),
-                disturbed=load is not None)
+                disturbed=load is not None, threads=self.settings.threads)
             if drift.disturbed:
                 self.load.refused += 1
                 error = (f"measured under load: other programs kept {drift.foreign_cores:.2f} "
@@ -818,20 +875,21 @@ def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
     """`run_campaign` once it holds the dataset: what is missing, measured device by device."""
     done = dataset.done_keys()
     summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
-    work: list[tuple[Device, str, list[Subject]]] = []
-    for device, runtime in lanes:
-        settings_key = config.settings.key(runtime)
+    work: list[tuple[Device, str, RunSettings, list[Subject]]] = []
+    for (device, runtime), settings in ((lane, s) for lane in lanes
+                                        for s in config.lane_settings()):
+        settings_key = settings.key(runtime)
         todo = [s for s in subjects
                 if make_job_key(s.key, device.name, runtime, settings_key) not in done]
         summary.total += len(subjects)
         summary.skipped += len(subjects) - len(todo)
         if device.name not in unreachable:
-            work.append((device, runtime, todo))
+            work.append((device, runtime, settings, todo))
             continue
-        lane = f"{device.name}/{runtime}"
+        lane = _lane(device, runtime, settings, config)
         error = f"device {device.name} unreachable: {unreachable[device.name]}"
         failed = [_failed_record(s, device, runtime, settings_key, error, "",
-                                 config.settings.threads) for s in todo]
+                                 settings.threads) for s in todo]
         dataset.append(failed)
         summary.failed += len(failed)
         summary.failures.extend((device.name, r.key, error) for r in failed)
@@ -840,16 +898,17 @@ def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
         progress.note(lane, error)
     started = time.perf_counter()
     stop = threading.Event()
-    by_device: dict[str, list[tuple[Device, str, list[Subject]]]] = {}
+    by_device: dict[str, list[tuple[Device, str, RunSettings, list[Subject]]]] = {}
     for lane in work:
         by_device.setdefault(lane[0].name, []).append(lane)
 
-    def device_work(device_lanes: list[tuple[Device, str, list[Subject]]]) -> CampaignSummary:
+    def device_work(device_lanes: list[tuple[Device, str, RunSettings, list[Subject]]]
+                    ) -> CampaignSummary:
         out = CampaignSummary()
-        for device, runtime, todo in device_lanes:
+        for device, runtime, settings, todo in device_lanes:
             if todo:
                 out.merge(_DeviceWorker(device, runtime, todo, dataset, config, progress,
-                                        stop).run())
+                                        stop, settings).run())
         return out
 
     if not by_device:
@@ -867,13 +926,22 @@ def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
     return summary
 
 
-def network_kernels(subjects: Sequence[Subject], card: dict[str, Any] | None = None
-                    ) -> dict[str, list[str]]:
-    """Kernel keys of every network subject that has them, merged with a card's earlier ones."""
+def _lane(device: Device, runtime: str, settings: RunSettings, config: CampaignConfig) -> str:
+    """A lane's name on progress bars and in control reports: `local/onnxruntime`, with the
+    thread count when the campaign measures several."""
+    lane = f"{device.name}/{runtime}"
+    return f"{lane}/{settings.threads}t" if len(config.thread_counts) > 1 else lane
+
+
+def network_kernels(subjects: Sequence[Subject], card: dict[str, Any] | None = None,
+                    runner: Any = None) -> dict[str, list[str]]:
+    """Kernel keys of every network subject that has them, merged with a card's earlier ones;
+    with `runner`, those of the model it measures (`Subject.kernels_for`)."""
     known = dict((card or {}).get("network_kernels") or {})
     for s in subjects:
-        if s.subject == "network" and s.kernels is not None:
-            known[s.key] = [k.key() for k in s.kernels]
+        kernels = s.kernels if runner is None else s.kernels_for(runner)
+        if s.subject == "network" and kernels is not None:
+            known[s.key] = [k.key() for k in kernels]
     return known
 
 
@@ -911,7 +979,8 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
             "settings": config.settings.key(runtime),
             "campaign": config.card(),
         })
-        dataset.update_card(network_kernels=network_kernels(subjects, dataset.card),
+        dataset.update_card(network_kernels=network_kernels(subjects, dataset.card,
+                                                            get_runner(runtime)),
                             network_memory=network_memory(subjects, dataset.card))
         summary = run_campaign(subjects, [device], [runtime], dataset, config, progress)
         versions = sorted(set(dataset.records()["runtime_version"].dropna()))

@@ -19,6 +19,16 @@ it. Pairs the rules did not test keep their default (`DEFAULT_ATTACH`); BatchNor
 a runtime choice (exporters fold it) and always stays. A measured "add" follower (a conv with a
 residual input) is kept as evidence but not used for splitting: no latbench kernel kind holds a
 conv with a second input, so the add stays a kernel of its own.
+
+Rules are measured per precision (`default_pairs(precision=...)`, `bench fusion --precision`):
+which activation a runtime folds into a kernel differs between float and int8. ONNX Runtime's
+int8 kernels take ReLU and ReLU6 into the requantization of QLinearConv / QGemm / QLinearAdd
+(the quantizer drops the node, the kernel split reads the clamp from the output range:
+`bench.onnx_quant`), while hard-swish, hard-sigmoid and sigmoid run after them as ops of their
+own (float32 ONNX Runtime fuses sigmoid and hard-sigmoid into Conv, not relu into Add). Its
+quantizer has no int8 form of ReLU, ReLU6, hard-swish or hard-sigmoid alone, so those int8
+pairs lack T_B and stay undecided: the split keeps them with their producer, which is how their
+int8 kernels are measured.
 """
 
 from __future__ import annotations
@@ -94,7 +104,7 @@ class FusionPair:
             y = builder.act(x, self.b.act)
         else:
             y = builder.add(x, builder.input(builder.shapes[x]))
-        return builder.finish(y)
+        return builder.finish(y, self.a.dtype)
 
 
 def follower_dims(a: OpSpec) -> dict[str, int]:
@@ -111,8 +121,8 @@ def follower_dims(a: OpSpec) -> dict[str, int]:
 
 def _follower(a: OpSpec, follower: str) -> OpSpec:
     if follower == "add":
-        return OpSpec("add", **follower_dims(a))
-    return OpSpec("act", **follower_dims(a), act=follower)
+        return OpSpec("add", **follower_dims(a), dtype=a.dtype)
+    return OpSpec("act", **follower_dims(a), act=follower, dtype=a.dtype)
 
 
 # Producer shapes each pair is measured at: small, medium and large maps, so a rule does not
@@ -136,10 +146,12 @@ _SHAPES: dict[str, tuple[dict[str, int], ...]] = {
 
 
 def default_pairs(producers: Sequence[str] = PRODUCERS,
-                  followers: Sequence[str] | None = None) -> list[FusionPair]:
-    """Every producer x follower pair at the default shapes; followers default to each
-    producer's DEFAULT_FOLLOWERS (conv/dwconv + add included; linear + add, add + add and
-    tlinear + add are not kernels anyone fuses and are skipped)."""
+                  followers: Sequence[str] | None = None,
+                  precision: str = "float32") -> list[FusionPair]:
+    """Every producer x follower pair at the default shapes, computing in `precision` (an
+    OpSpec dtype); followers default to each producer's DEFAULT_FOLLOWERS (conv/dwconv + add
+    included; linear + add, add + add and tlinear + add are not kernels anyone fuses and are
+    skipped)."""
     pairs = []
     for producer in producers:
         if producer not in _SHAPES:
@@ -151,7 +163,7 @@ def default_pairs(producers: Sequence[str] = PRODUCERS,
             if follower != "add" and (follower == "none" or follower not in ALL_ACTIVATIONS):
                 raise ConfigError(f"unknown fusion follower {follower!r}")
             for shape in _SHAPES[producer]:
-                a = OpSpec(producer, **shape)
+                a = OpSpec(producer, **shape, dtype=precision)
                 pairs.append(FusionPair(a, _follower(a, follower)))
     return pairs
 
@@ -195,6 +207,7 @@ class FusionRules:
     device: str = ""
     runtime: str = ""
     settings: str = ""
+    precision: str = "float32"
 
     def savings(self) -> dict[tuple[str, str], float]:
         """Median saving per tested pair (what the decision used)."""
@@ -206,7 +219,7 @@ class FusionRules:
     def to_json(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha, "statistic": self.statistic, "device": self.device,
-            "runtime": self.runtime, "settings": self.settings,
+            "runtime": self.runtime, "settings": self.settings, "precision": self.precision,
             "fused": sorted([list(r) for r in self.fused]),
             "tested": sorted([list(r) for r in self.tested]),
             "savings": [[p, f, round(s, 4)] for (p, f), s in self.savings().items()],
@@ -227,7 +240,8 @@ class FusionRules:
                                        float(e["t_ab_ms"])) for e in raw.get("evidence", [])],
                 statistic=str(raw.get("statistic", DEFAULT_STATISTIC)),
                 device=str(raw.get("device", "")), runtime=str(raw.get("runtime", "")),
-                settings=str(raw.get("settings", "")))
+                settings=str(raw.get("settings", "")),
+                precision=str(raw.get("precision", "float32")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"fusion rules are malformed: {exc}") from exc
 
@@ -302,6 +316,7 @@ def measure_fusion(device: Device, runtime: str, out: Path, config: CampaignConf
     rules = decide(pairs, kernel_times(records, statistic), alpha)
     rules.statistic, rules.device, rules.runtime, rules.settings = (statistic, device.name,
                                                                      runtime, settings)
+    rules.precision = pairs[0].a.dtype
     dataset.update_card(fusion=rules.to_json())
     return rules
 
@@ -344,7 +359,8 @@ def apply_attach(specs: Sequence[OpSpec], attach: Collection[tuple[str, str]]) -
         if spec.kind in ("conv", "dwconv", "linear", "add", "tlinear", "convt") \
                 and spec.act != "none" and (spec.kind, spec.act) not in attach:
             out.append(spec.with_(act="none"))
-            out.append(OpSpec("act", **follower_dims(spec), act=spec.act, alpha=spec.alpha))
+            out.append(OpSpec("act", **follower_dims(spec), act=spec.act, alpha=spec.alpha,
+                              dtype=spec.dtype))
         else:
             out.append(spec)
     return out

@@ -22,6 +22,11 @@ one "mbconv" kernel latbench's spaces describe it with (exactly the inverse of
 Without `group` the split stays the primitives a runtime executes one by one, which is what a
 predictor trained without mbconv kernels can price.
 
+Precision: every kernel carries the dtype its root node computes in. A quantized model (QDQ,
+QOperator, dynamic quantization) is read as the float graph it computes (`bench.onnx_quant`):
+its int8 nodes give int8 kernels of the same kinds, QuantizeLinear / DequantizeLinear / Cast glue
+is no kernel; a float16 model gives float16 kernels (its edge Casts are no kernel either).
+
 Input shapes: a symbolic batch (axis 0) is read as 1; any other symbolic input dimension must be
 given (`input_shapes`), since every kernel's cost depends on it. With `allow_partial`, ops no
 kernel describes are left out and counted instead of refused.
@@ -72,6 +77,7 @@ from latbench.bench.onnx_patterns import (
 from latbench.bench.onnx_patterns import (
     MATCHERS as PATTERN_MATCHERS,
 )
+from latbench.bench.onnx_quant import QUANTIZED_OPS
 from latbench.bench.ops import ACTIVATIONS, ALL_ACTIVATIONS, OpSpec, decompose
 from latbench.errors import SpecError, UnsupportedModelError
 
@@ -464,7 +470,7 @@ def parse_onnx(model: bytes | str | Path | onnx.ModelProto, *,
     as long as something is left - and ParseError for unreadable input.
     """
     proto, source = load_model(model)
-    g = concrete_graph(proto, source, input_shapes)
+    g = concrete_graph(proto, source, input_shapes, as_float=True)
     attach = frozenset(attach)
     accept = group if callable(group) else (lambda _spec: bool(group))
     kernels: list[OpSpec] = []
@@ -498,7 +504,8 @@ def parse_onnx(model: bytes | str | Path | onnx.ModelProto, *,
                 misused[op_name(node)] += 1
                 continue
         g.consumed.update(id(n) for n in match.nodes)
-        kernels.extend(match.specs)
+        dtype = g.precision(node)
+        kernels.extend(s if s.dtype == dtype else s.with_(dtype=dtype) for s in match.specs)
     skipped = unsupported + misused
     if skipped and (not allow_partial or not kernels):
         message = _unsupported_message(source, skipped, problems)
@@ -529,5 +536,6 @@ def _unsupported_message(source: str, skipped: Counter[str], problems: list[str]
 
 
 def supported_ops() -> list[str]:
-    """ONNX op types the parser maps to kernels (or to no kernel)."""
-    return sorted(set(MATCHERS) - PATTERN_ONLY_OPS)
+    """ONNX op types the parser maps to kernels (or to no kernel); quantized ops are read as
+    the float ops they compute (`bench.onnx_quant`)."""
+    return sorted(set(MATCHERS) - PATTERN_ONLY_OPS | QUANTIZED_OPS)

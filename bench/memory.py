@@ -10,11 +10,15 @@ their input: no new bytes, and the aliased tensor lives as long as either is rea
 - `weight_bytes`: the constant tensors the computed ops read (initializers, folded constants);
   `conv_weight_bytes`: the part convolutions read (runtimes often lay those out again: ONNX
   Runtime's NCHWc kernels on x86 keep a reordered copy, XNNPACK packs them);
+- `max_weight_bytes`, `max_conv_weight_bytes`: the largest single constant tensor, and the
+  largest convolution weight tensor - what a runtime copies one tensor at a time while loading
+  (deserialising, reordering) holds on top of the rest at its worst;
 - `activation_peak_bytes`: the most activation bytes live at any one step - what a planner that
   reuses every freed byte needs (LiteRT's arena planner comes close); `peak_step` names the op;
 - `activation_total_bytes`: every activation tensor's bytes summed - what a planner that never
   reuses memory needs (a planner that reuses a buffer only for a tensor of the same size, as ONNX
   Runtime's does, lands in between);
+- `steps`: the computed ops (a runtime keeps state per op: its kernel, its buffers);
 - `model_size_bytes`: the file's size.
 
 `network_memory` keeps these figures for a dataset's networks in its card (as `network_kernels`
@@ -35,12 +39,13 @@ from latbench.errors import LatbenchError, ParseError
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1  # of the figures below: a change in how they are counted bumps it
+PROFILE_VERSION = 2  # of the figures below: a change in how they are counted bumps it
 CARD_KEY = "network_memory"
 
 ONNX_ALIAS_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity",
                             "Dropout"})
 ONNX_CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
+ONNX_CONV_WEIGHT = {"QLinearConv": 3}  # the weight input's position (1 for the others)
 TFLITE_ALIAS_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
 TFLITE_CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"})
 
@@ -52,6 +57,8 @@ class MemoryProfile:
 
     weight_bytes: int
     conv_weight_bytes: int
+    max_weight_bytes: int
+    max_conv_weight_bytes: int
     activation_peak_bytes: int
     activation_total_bytes: int
     input_bytes: int
@@ -133,17 +140,6 @@ def live_walk(steps: Sequence[Step], inputs: Mapping[str, int], outputs: Iterabl
 
 
 # --- ONNX -----------------------------------------------------------------------------------
-def _onnx_itemsize(elem_type: int | None) -> int:
-    import onnx
-
-    if not elem_type:
-        return 4
-    try:
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
-    except (KeyError, TypeError, ValueError):
-        return 4
-
-
 def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None
                  ) -> MemoryProfile:
     """The memory figures of an ONNX model (path, bytes or ModelProto), with the input shapes
@@ -151,7 +147,7 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
     from latbench.bench.onnx_graph import concrete_graph, describe, load_model
 
     proto, source = load_model(model)
-    g = concrete_graph(proto, source, input_shapes)
+    g = concrete_graph(proto, source, input_shapes, as_float=True)  # quantized: as it runs
     unsized: set[str] = set()
 
     def size(name: str) -> int:
@@ -159,11 +155,12 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
         if shape is None:
             unsized.add(name)
             return 0
-        return int(np.prod(shape, dtype=np.int64)) * _onnx_itemsize(g.types.get(name))
+        return int(np.prod(shape, dtype=np.int64)) * g.itemsize(name)
 
     steps: list[Step] = []
     weights: dict[str, int] = {}
     conv_weights: set[str] = set()
+    conv_kernels: set[str] = set()  # the weight tensors proper, without biases
     for node in g.nodes:
         if g.is_static(node):
             continue
@@ -175,6 +172,8 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
                 weights.setdefault(name, size(name))
                 if node.op_type in ONNX_CONV_OPS and index > 0:
                     conv_weights.add(name)
+                    if index == ONNX_CONV_WEIGHT.get(node.op_type, 1):
+                        conv_kernels.add(name)
             else:
                 reads.append(name)
         writes = tuple((name, size(name)) for name in node.output if name)
@@ -185,6 +184,8 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
     return MemoryProfile(
         weight_bytes=sum(weights.values()),
         conv_weight_bytes=sum(weights[n] for n in conv_weights),
+        max_weight_bytes=max(weights.values(), default=0),
+        max_conv_weight_bytes=max((weights[n] for n in conv_kernels), default=0),
         activation_peak_bytes=peak, activation_total_bytes=total,
         input_bytes=sum(inputs.values()),
         output_bytes=sum(size(name) for name in g.outputs),
@@ -213,6 +214,7 @@ def tflite_profile(model: Any) -> MemoryProfile:
     steps: list[Step] = []
     weights: dict[int, int] = {}
     conv_weights: set[int] = set()
+    conv_kernels: set[int] = set()  # the weight tensors proper, without biases
     for op in sg.operators:
         ins = [i for i in op.inputs if i >= 0]
         if ins and all(i in static for i in ins):  # computed from constants only: a constant
@@ -226,6 +228,8 @@ def tflite_profile(model: Any) -> MemoryProfile:
                 weights.setdefault(index, size(index))
                 if op.op in TFLITE_CONV_OPS and position >= 1:  # weights and bias
                     conv_weights.add(index)
+                    if position == 1:
+                        conv_kernels.add(index)
             else:
                 reads.append(str(index))
         writes = tuple((str(o), size(o)) for o in op.outputs if o >= 0)
@@ -237,6 +241,8 @@ def tflite_profile(model: Any) -> MemoryProfile:
     return MemoryProfile(
         weight_bytes=sum(weights.values()),
         conv_weight_bytes=sum(weights[i] for i in conv_weights),
+        max_weight_bytes=max(weights.values(), default=0),
+        max_conv_weight_bytes=max((weights[i] for i in conv_kernels), default=0),
         activation_peak_bytes=peak, activation_total_bytes=total,
         input_bytes=sum(inputs.values()),
         output_bytes=sum(size(o) for o in sg.outputs if o >= 0),
@@ -274,14 +280,15 @@ def _file_size(model: Any) -> int | None:
 
 # --- a dataset's networks --------------------------------------------------------------------
 def subject_profile(subject: Any) -> MemoryProfile:
-    """The figures of a campaign subject's network as measured: a graph's ONNX export, or its
-    model file."""
+    """The figures of a campaign subject's network as measured: its model file, or a graph's
+    ONNX export (a model file that also has a graph converted from it is profiled as the
+    file)."""
+    if subject.model is not None:
+        return profile_model(subject.model())
     if subject.graph is not None:
         from latbench.bench.export.to_onnx import to_onnx
 
         return onnx_profile(to_onnx(subject.graph()))
-    if subject.model is not None:
-        return profile_model(subject.model())
     raise ParseError(f"network {subject.key} has neither a graph nor a model file")
 
 

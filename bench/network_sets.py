@@ -4,8 +4,10 @@
 search space: their kernels are known, the measured model is their chain of kernels) and 10
 networks of each hand-built family (PyTorch modules exported to ONNX - with torch's default
 exporter, as users export theirs, unless the legacy one is asked for - and split into kernels by
-the ONNX parser). A path to a model file (.onnx, .tflite) or a folder holding any of them adds
-user models (family "onnx" or "tflite"): a runtime measures those of the formats it runs.
+the ONNX parser; a runtime that does not run ONNX measures the same network, weights included,
+converted by `bench.export.from_onnx` and written in its own format). A path to a model file
+(.onnx, .tflite) or a folder holding any of them adds user models (family "onnx" or "tflite"):
+a runtime measures those of the formats it runs.
 Family exports are cached for the process (`_Exports`): a plan's kernel sets, its calibration
 networks and held-out sets never export a network twice with the same exporter.
 """
@@ -16,55 +18,84 @@ import functools
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from latbench.bench.campaign import Subject
+from latbench.bench.export.graph import LayerGraph
 from latbench.bench.families import NetworkDef, list_families, sample_networks
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import DTYPES, OpSpec
 from latbench.bench.spaces import SPACES, Arch, SearchSpace, get_space
 from latbench.errors import ConfigError, LatbenchError
 from latbench.extras import available
 
 
-def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None) -> Subject:
-    """A measurable network of a space: a chain space's kernels as a chain graph (any runtime),
-    a cell space's PyTorch model exported to ONNX (kernels kept for composition)."""
-    key = key or f"{space.name}:{space.encode(arch)}"
+def precision_key(key: str, precision: str) -> str:
+    """A network's dataset key in a precision (an OpSpec dtype): a float32 key as it always
+    was, others with "@int8" / "@float16" appended, so one dataset holds a network in several
+    precisions (a kernel's key names its dtype already)."""
+    return key if precision == "float32" else f"{key}@{precision}"
+
+
+def split_precision_key(key: str) -> tuple[str, str]:
+    """(key without its precision, precision) of a network key (`precision_key`)."""
+    base, _, precision = key.rpartition("@")
+    return (base, precision) if base and precision in DTYPES else (key, "float32")
+
+
+def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None,
+                 precision: str = "float32") -> Subject:
+    """A measurable network of a space in `precision`: a chain space's kernels as a chain
+    graph (any runtime), a cell space's PyTorch model exported to ONNX and made that precision
+    by `bench.export.quantize` (kernels kept for composition)."""
+    key = key or precision_key(f"{space.name}:{space.encode(arch)}", precision)
+    specs = [s.with_(dtype=precision) for s in space.ops(arch)]
     if space.is_chain:
-        return Subject.chain(key, space.name, space.ops(arch))
-    return Subject.onnx_model(key, space.name, functools.cache(lambda: space.to_onnx(arch)),
-                              kernels=space.ops(arch))
+        return Subject.chain(key, space.name, specs)
+    return Subject.onnx_model(key, space.name, functools.cache(
+        lambda: _in_precision(space.to_onnx(arch), precision, key)), kernels=specs)
+
+
+def _in_precision(model: bytes, precision: str, key: str) -> bytes:
+    """A network's float32 ONNX export in `precision`, quantized as users quantize theirs:
+    ops ONNX Runtime cannot quantize stay float (`strict=False`)."""
+    from latbench.bench.export.quantize import in_precision
+
+    return in_precision(model, precision, strict=False, what=f"network {key}")
 
 
 def network_from_key(key: str, family: str = "") -> Subject | None:
-    """A search-space network subject from its dataset key ("nasbench-macro:0123..."), or None
-    (hand-built families and user .onnx files cannot be rebuilt from a key)."""
-    name, _, code = key.partition(":")
+    """A search-space network subject from its dataset key ("nasbench-macro:0123...", with
+    its precision: "...@int8"), or None (hand-built families and user .onnx files cannot be
+    rebuilt from a key)."""
+    base, precision = split_precision_key(key)
+    name, _, code = base.partition(":")
     if name not in SPACES or not code:
         return None
     try:
         space = get_space(name)
-        return arch_subject(space, space.decode(code), key)
+        return arch_subject(space, space.decode(code), key, precision)
     except (LatbenchError, ValueError, KeyError):
         return None
 
 
 def _space_networks(name: str, count: int, rng: np.random.Generator,
-                    exclude: Collection[str]) -> list[Subject]:
+                    exclude: Collection[str], precision: str = "float32") -> list[Subject]:
     space = get_space(name)
-    available = space.size - sum(1 for key in exclude if key.startswith(f"{name}:"))
+    available = space.size - sum(1 for key in exclude if key.startswith(f"{name}:")
+                                 and split_precision_key(key)[1] == precision)
     if count > available:
         raise ConfigError(f"space {name} has only {available} architectures left to draw, "
                           f"asked for {count}")
     seen: dict[str, Subject] = {}
     while len(seen) < count:
         arch = space.sample(rng)
-        key = f"{name}:{space.encode(arch)}"
+        key = precision_key(f"{name}:{space.encode(arch)}", precision)
         if key in seen or key in exclude:
             continue
-        seen[key] = arch_subject(space, arch, key)
+        seen[key] = arch_subject(space, arch, key, precision)
     return list(seen.values())
 
 
@@ -78,42 +109,54 @@ class _Exports:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._folder: tempfile.TemporaryDirectory[str] | None = None
-        self._files: dict[tuple[NetworkDef, bool], Path] = {}
-        self._kernels: dict[tuple[NetworkDef, bool], tuple[OpSpec, ...]] = {}
+        self._files: dict[tuple[NetworkDef, bool, str], Path] = {}
+        self._kernels: dict[tuple[NetworkDef, bool, str], tuple[OpSpec, ...]] = {}
 
-    def onnx(self, net: NetworkDef, dynamo: bool) -> bytes:
-        """The network's ONNX bytes, exported on first use and kept on disk."""
+    def onnx(self, net: NetworkDef, dynamo: bool, precision: str = "float32") -> bytes:
+        """The network's ONNX bytes in `precision` (the float32 export quantized or halved),
+        exported on first use and kept on disk."""
         with self._lock:
-            path = self._files.get((net, dynamo))
-            if path is None:
+            path = self._files.get((net, dynamo, precision))
+            if path is None and precision == "float32":
                 data = net.to_onnx(dynamo=dynamo)
-                self._keep(net, dynamo, data)
+                self._keep(net, dynamo, precision, data)
                 return data
-        return path.read_bytes()
+        if path is not None:
+            return path.read_bytes()
+        data = _in_precision(self.onnx(net, dynamo), precision, f"{net.family}:{net.name}")
+        with self._lock:
+            self._keep(net, dynamo, precision, data)
+        return data
 
-    def kernels(self, net: NetworkDef, dynamo: bool, keep: bool = False) -> tuple[OpSpec, ...]:
-        """The network's kernels as its export splits; `keep` keeps the export for measuring
-        too (a plan's kernel sets only need the kernels)."""
+    def kernels(self, net: NetworkDef, dynamo: bool, keep: bool = False,
+                precision: str = "float32") -> tuple[OpSpec, ...]:
+        """The network's kernels as its export in `precision` splits; `keep` keeps the export
+        for measuring too (a plan's kernel sets only need the kernels)."""
         from latbench.bench.kernels import onnx_to_kernels
 
-        found = self._kernels.get((net, dynamo))
+        found = self._kernels.get((net, dynamo, precision))
         if found is None:
             with self._lock:
-                path = self._files.get((net, dynamo))
-            data = path.read_bytes() if path else net.to_onnx(dynamo=dynamo)
+                path = self._files.get((net, dynamo, precision))
+            if path is not None:
+                data = path.read_bytes()
+            elif precision == "float32":
+                data = net.to_onnx(dynamo=dynamo)
+            else:
+                data = self.onnx(net, dynamo, precision)
             found = tuple(onnx_to_kernels(data))
-            self._kernels[(net, dynamo)] = found
-            if keep and path is None:
+            self._kernels[(net, dynamo, precision)] = found
+            if keep and path is None and precision == "float32":
                 with self._lock:
-                    self._keep(net, dynamo, data)
+                    self._keep(net, dynamo, precision, data)
         return found
 
-    def _keep(self, net: NetworkDef, dynamo: bool, data: bytes) -> None:
+    def _keep(self, net: NetworkDef, dynamo: bool, precision: str, data: bytes) -> None:
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="latbench-exports-")
         path = Path(self._folder.name) / f"{len(self._files)}.onnx"
         path.write_bytes(data)
-        self._files[(net, dynamo)] = path
+        self._files[(net, dynamo, precision)] = path
 
 
 _EXPORTS = _Exports()
@@ -121,23 +164,38 @@ _EXPORTS = _Exports()
 
 def _family_networks(name: str, count: int, rng: np.random.Generator,
                      exclude: Collection[str], with_kernels: bool = False,
-                     dynamo: bool = True) -> list[Subject]:
+                     dynamo: bool = True, precision: str = "float32") -> list[Subject]:
     """Family networks, exported with torch's default (dynamo) exporter as users export
     their models, or the legacy one (`dynamo=False`, several times faster); `with_kernels`
     exports and splits them now, so a dataset can keep their kernels for composition
     calibration. They are PyTorch modules: without torch this fails here, before anything is
-    measured."""
+    measured. In another `precision` the export is quantized (or halved) as a user's would
+    be (`bench.export.quantize`) and split now whatever `with_kernels` says: a record's
+    precision is its kernels' (`bench.platform.precision_of_kernels`)."""
     if not available("torch"):
         raise ConfigError(f"{name} networks are PyTorch modules and torch is not installed: "
                           "pip install 'latbench[torch]'")
     out = []
     for net in sample_networks(name, count, rng):
-        key = f"{name}:{net.name}"
+        key = precision_key(f"{name}:{net.name}", precision)
         if key not in exclude:
-            kernels = _EXPORTS.kernels(net, dynamo, keep=True) if with_kernels else None
-            out.append(Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
-                                                                       dynamo), kernels))
+            kernels = _EXPORTS.kernels(net, dynamo, keep=True, precision=precision) \
+                if with_kernels or precision != "float32" else None
+            subject = Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
+                                                                      dynamo, precision),
+                                         kernels, convert=True)
+            if precision != "float32":  # other runtimes convert the float export, then make
+                # it that precision their own way (a quantized ONNX graph has no LayerGraph)
+                subject = replace(subject, graph=functools.partial(_precision_graph, net,
+                                                                   dynamo, precision))
+            out.append(subject)
     return out
+
+
+def _precision_graph(net: NetworkDef, dynamo: bool, precision: str) -> LayerGraph:
+    from latbench.bench.export.from_onnx import onnx_to_graph
+
+    return replace(onnx_to_graph(_EXPORTS.onnx(net, dynamo)), dtype=precision)
 
 
 def family_set_networks(spec: str) -> list[NetworkDef]:
@@ -228,11 +286,14 @@ def _file_networks(path: Path) -> list[Subject]:
 
 
 def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),
-                     with_kernels: bool = False, dynamo: bool = True) -> list[Subject]:
+                     with_kernels: bool = False, dynamo: bool = True,
+                     precision: str = "float32") -> list[Subject]:
     """Network subjects for a spec string (see the module docstring), skipping `exclude` keys
     (e.g. the networks a predictor was calibrated on); `with_kernels` splits family networks
     into kernels now (for calibration networks); `dynamo=False` exports family networks with
-    torch's legacy exporter instead of the default one."""
+    torch's legacy exporter instead of the default one. `precision` (an OpSpec dtype) is what
+    space and family networks compute in (their keys name it: `precision_key`); model files
+    are measured as they are."""
     rng = np.random.default_rng(seed)
     exclude = set(exclude)
     suffixes = model_suffixes()
@@ -254,9 +315,10 @@ def resolve_networks(spec: str, seed: int = 0, exclude: Collection[str] = (),
         if count < 1:
             raise ConfigError(f"network count must be >= 1 in {item!r}")
         if name in SPACES:
-            networks.extend(_space_networks(name, count, rng, exclude))
+            networks.extend(_space_networks(name, count, rng, exclude, precision))
         elif name in list_families():
-            networks.extend(_family_networks(name, count, rng, exclude, with_kernels, dynamo))
+            networks.extend(_family_networks(name, count, rng, exclude, with_kernels, dynamo,
+                                             precision))
         else:
             raise ConfigError(f"unknown network set {name!r}; known: "
                               f"{', '.join(sorted(SPACES) + list_families())}, "

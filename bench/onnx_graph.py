@@ -100,6 +100,12 @@ class OnnxGraph:
     static: set[str] = field(default_factory=set)
     consumed: set[int] = field(default_factory=set)
     order: dict[int, int] = field(default_factory=dict)
+    # A quantized model read as floats (`bench.onnx_quant`): first outputs of the nodes that
+    # compute in int8, tensors the runtime keeps in 8 bits, and int8 outputs clamped at 0 by
+    # their quantized range.
+    int8: frozenset[str] = frozenset()
+    stored_int8: frozenset[str] = frozenset()
+    clamps: dict[str, str] = field(default_factory=dict)
     _images: dict[str, bool] = field(default_factory=dict, init=False, repr=False)
     _values: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
@@ -137,6 +143,26 @@ class OnnxGraph:
 
     def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
         return [i for i in node.input if i and i not in self.static]
+
+    def itemsize(self, tensor: str) -> int:
+        """Bytes per element of a tensor as the runtime holds it (a quantized one: 1; an
+        unknown type: 4)."""
+        if tensor in self.stored_int8:
+            return 1
+        elem = self.types.get(tensor)
+        try:
+            return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).itemsize) \
+                if elem else 4
+        except (KeyError, TypeError, ValueError):
+            return 4
+
+    def precision(self, node: onnx.NodeProto) -> str:
+        """The OpSpec dtype `node` computes in: int8 (quantized), float16 (its output is), or
+        float32."""
+        out = node.output[0] if node.output else ""
+        if out in self.int8:
+            return "int8"
+        return "float16" if self.types.get(out) == onnx.TensorProto.FLOAT16 else "float32"
 
     def skip_pass_through(self, tensor: str) -> tuple[str, list[onnx.NodeProto]]:
         """Follow single-consumer Flatten/Reshape/... nodes; returns the tensor after them."""
@@ -272,13 +298,19 @@ def default_opset(proto: onnx.ModelProto) -> int:
 
 
 def concrete_graph(proto: onnx.ModelProto, source: str,
-                   input_shapes: ShapeMap | None = None) -> OnnxGraph:
+                   input_shapes: ShapeMap | None = None, as_float: bool = False) -> OnnxGraph:
     """Give the inputs concrete shapes (see `_fix_inputs`), fold constant subgraphs, infer every
-    shape, index the graph."""
+    shape, index the graph. `as_float` reads a quantized model as the float graph it computes
+    (`bench.onnx_quant`), its int8 nodes named."""
+    from latbench.bench.onnx_quant import float_view
+
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
+    view = float_view(model) if as_float else None
+    if view is not None:
+        model = view.model
     graph = model.graph
     init_names = {t.name for t in graph.initializer}
     real_inputs = [v for v in graph.input if v.name not in init_names]
@@ -294,7 +326,10 @@ def concrete_graph(proto: onnx.ModelProto, source: str,
     return OnnxGraph(nodes=list(graph.node), shapes=shapes,
                      outputs=frozenset(v.name for v in graph.output), batch=batch,
                      initializers={t.name: t for t in graph.initializer},
-                     opset=default_opset(model), types=_elem_types(graph))
+                     opset=default_opset(model), types=_elem_types(graph),
+                     int8=view.int8 if view else frozenset(),
+                     stored_int8=view.stored if view else frozenset(),
+                     clamps=dict(view.clamps) if view else {})
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:

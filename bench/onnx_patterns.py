@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from latbench.bench.kernel_forms import (
+    ACTIVATION_FUNCTIONS,
     PROBE,
     elementwise_dims,
     identify_activation,
@@ -249,7 +250,24 @@ def _cone_value(g: OnnxGraph, x: str, nodes: list[onnx.NodeProto], operands: dic
             args = [values[o] if isinstance(o, str) else o for o in operands[id(node)]]
             values[node.output[0]] = np.asarray(_CONE_FUNCTIONS[node.op_type](g, node, args),
                                                 dtype=np.float64) * np.ones_like(PROBE)
-    return identify_activation(values[out])
+    found = identify_activation(values[out])
+    if found is None and g.types.get(x) == onnx.TensorProto.FLOAT16:
+        return _nearest_activation(values[out])
+    return found
+
+
+# float16 constants (GELU's 1/sqrt 2, 0.044715) are off by up to 5e-4 of their value; the two
+# GELUs differ by as much, so a float16 cone is named by the activation it is nearest to.
+_FP16_TOLERANCE = 2e-3
+
+
+def _nearest_activation(values: np.ndarray) -> str | None:
+    if not np.all(np.isfinite(values)):
+        return None
+    errors = {name: float(np.max(np.abs(values - f(PROBE)) / (1.0 + np.abs(f(PROBE)))))
+              for name, f in ACTIVATION_FUNCTIONS.items()}
+    name = min(errors, key=errors.__getitem__)
+    return name if errors[name] <= _FP16_TOLERANCE else None
 
 
 def activation_at(g: OnnxGraph, tensor: str) -> Act | None:
@@ -297,6 +315,8 @@ def attach_act(g: OnnxGraph, kind: str, tensor: str, attach: Attach,
     """Attach the activation after `tensor` to a `kind` kernel if the rules allow it: the
     activation (None when not attached) and the kernel's output tensor."""
     act = activation_at(g, tensor)
+    if act is None and tensor in g.clamps:  # a quantized range that starts at 0
+        act = Act(g.clamps[tensor], [], tensor)
     if act is None or (kind, act.name) not in attach:
         return None, tensor
     nodes.extend(act.nodes)
@@ -705,16 +725,22 @@ def match_concat(g: OnnxGraph, node: onnx.NodeProto, attach: Attach) -> Match:
 
 
 def match_layout(g: OnnxGraph, node: onnx.NodeProto, attach: Attach) -> Match:
-    """Expand and Cast that leave the data as it is: no kernel; others are no kernel latbench
-    knows."""
+    """Expand and Cast that leave the data as it is: no kernel; a Cast between float types
+    (a float16 model's edges) is glue, no kernel either; others are no kernel latbench knows."""
     x = node.input[0]
     same_shape = g.shapes.get(x) == g.shapes.get(node.output[0])
     if node.op_type == "Cast":
-        if attrs(node).get("to") == onnx.TensorProto.FLOAT and same_shape:
+        to = attrs(node).get("to")
+        if same_shape and (to == onnx.TensorProto.FLOAT or to in _FLOAT_TYPES and g.types.get(
+                x, onnx.TensorProto.FLOAT) in _FLOAT_TYPES):
             return Match([], [node])
     elif same_shape:
         return Match([], [node])
     raise NotAKernel(node.op_type)
+
+
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE})
 
 
 # --- the rest of the common op set (images) ---------------------------------------------------

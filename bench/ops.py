@@ -38,7 +38,9 @@ ACTIVATIONS = ("none", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "swish"
 MORE_ACTIVATIONS = ("gelu", "gelu_tanh", "tanh", "leakyrelu", "prelu", "mish")
 ALL_ACTIVATIONS = ACTIVATIONS + MORE_ACTIVATIONS
 POOL_TYPES = ("avg", "max", "gavg")
-DTYPES = ("float32",)
+# Precisions a kernel computes in; the key always names one (`dtype=...`), so a float32 key
+# written before INT8 and FP16 existed keeps its meaning.
+DTYPES = ("float32", "float16", "int8")
 # Values of `mode` per kind; the first is the default.
 MODES: dict[str, tuple[str, ...]] = {"resize": ("nearest", "bilinear"),
                                      "pad": ("constant", "reflect")}
@@ -506,18 +508,21 @@ def decompose(spec: OpSpec) -> list[OpSpec]:
         return [spec]
     mid = spec.mid
     out: list[OpSpec] = []
+    dtype = spec.dtype
     if mid != spec.cin or spec.expand != 1.0:
         out.append(OpSpec("conv", h=spec.h, w=spec.w, cin=spec.cin, cout=mid, kernel=1,
-                          act=spec.act, batch=spec.batch, alpha=spec.alpha))
+                          act=spec.act, batch=spec.batch, alpha=spec.alpha, dtype=dtype))
     out.append(OpSpec("dwconv", h=spec.h, w=spec.w, cin=mid, kernel=spec.kernel,
-                      stride=spec.stride, act=spec.act, batch=spec.batch, alpha=spec.alpha))
+                      stride=spec.stride, act=spec.act, batch=spec.batch, alpha=spec.alpha,
+                      dtype=dtype))
     oh, ow = spec.out_h, spec.out_w
     if spec.se:
         out.append(OpSpec("se", h=oh, w=ow, cin=mid, expand=0.25, act=se_gate(spec.act),
-                          batch=spec.batch))
-    out.append(OpSpec("conv", h=oh, w=ow, cin=mid, cout=spec.cout, kernel=1, batch=spec.batch))
+                          batch=spec.batch, dtype=dtype))
+    out.append(OpSpec("conv", h=oh, w=ow, cin=mid, cout=spec.cout, kernel=1, batch=spec.batch,
+                      dtype=dtype))
     if spec.residual:
-        out.append(OpSpec("add", h=oh, w=ow, cin=spec.cout, batch=spec.batch))
+        out.append(OpSpec("add", h=oh, w=ow, cin=spec.cout, batch=spec.batch, dtype=dtype))
     return out
 
 

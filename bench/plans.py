@@ -607,12 +607,13 @@ def random_spec(entry: RandomKernels, rng: np.random.Generator, tries: int = 50,
                       f"{tries} tries: {last_error}")
 
 
-def plan_subjects(plan: Plan) -> list[Subject]:
+def plan_subjects(plan: Plan, precision: str = "float32") -> list[Subject]:
     """Everything a plan measures: its kernels with its calibration networks spread evenly
     among them, so networks and kernels share batches and so the device's state: the
-    composition learns how kernels add up, not how the machine drifted between the two."""
-    kernels = [Subject.op(s) for s in build_specs(plan)]
-    networks = plan_networks(plan)
+    composition learns how kernels add up, not how the machine drifted between the two.
+    `precision` (an OpSpec dtype) is the one the kernels and networks compute in."""
+    kernels = [Subject.op(s.with_(dtype=precision)) for s in build_specs(plan)]
+    networks = plan_networks(plan, precision)
     if not networks:
         return kernels
     step = len(kernels) / len(networks)
@@ -623,12 +624,14 @@ def plan_subjects(plan: Plan) -> list[Subject]:
     return subjects
 
 
-def plan_networks(plan: Plan) -> list[Subject]:
-    """A plan's calibration networks with their kernels: network sets, then model files (a
-    relative path from the plan file's folder; split like the plan's `models`, and measured
-    at the input shape a `models` entry of the same file gives)."""
+def plan_networks(plan: Plan, precision: str = "float32") -> list[Subject]:
+    """A plan's calibration networks with their kernels: network sets in `precision`, then
+    model files as they are (a relative path from the plan file's folder; split like the
+    plan's `models`, and measured at the input shape a `models` entry of the same file
+    gives)."""
     sets = [item for item in plan.networks if not _is_model_path(item)]
-    out = resolve_networks(",".join(sets), seed=plan.seed, with_kernels=True) if sets else []
+    out = resolve_networks(",".join(sets), seed=plan.seed, with_kernels=True,
+                           precision=precision) if sets else []
     shapes = {plan.model_path(m).resolve(): m.input_shape for m in plan.models}
     for i, item in enumerate(plan.networks):
         if _is_model_path(item):

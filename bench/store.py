@@ -319,8 +319,9 @@ class LatencyRecord:
 
     @classmethod
     def for_network(cls, key: str, family: str, **rest: Any) -> LatencyRecord:
-        """Record for a whole network (e.g. key "nasbench-macro:22212220"); spec columns null."""
-        clash = sorted(set(rest) & (set(SPEC_FIELDS) | {"subject"}))
+        """Record for a whole network (e.g. key "nasbench-macro:22212220"); spec columns null
+        but `dtype`, its kernels' precision where known (bench.platform)."""
+        clash = sorted(set(rest) & ((set(SPEC_FIELDS) - {"dtype"}) | {"subject"}))
         if clash:
             raise DatasetError(f"for_network({key}): networks have no fields {clash}")
         return cls(key=key, subject="network", family=family, kind="network", **rest)

@@ -19,6 +19,12 @@ that TFLite places asymmetrically (SAME with an odd total, as TensorFlow convert
 layers) is priced as the symmetric padding that gives the same output size. A TFLite file
 stores every tensor's shape, so the model is read at those shapes: a dynamic batch runs at its
 stored size (as the interpreter allocates it), other dynamic dimensions are refused.
+
+Each kernel carries the precision it computes in (`OpSpec.dtype`): "int8" for operators on
+int8 tensors (full-integer quantized models; the QUANTIZE / DEQUANTIZE at the float inputs and
+outputs, or between int8 kernels, are no kernel), "float16" for every float32 kernel of a
+model whose weights are stored as float16 behind DEQUANTIZEs (LiteRT's FP16 weights), else
+"float32". Hybrid models (int8 weights, float data) are refused.
 """
 
 from __future__ import annotations
@@ -349,7 +355,8 @@ def _fc_at(g: Graph, tensor: int) -> tuple[Operator, int, int] | None:
 
     Returns (op, in features, out features)."""
     op = g.sole_user(tensor)
-    if op is None or op.inputs[0] != tensor or op.inputs[1] not in g.static:
+    if op is None or op.op not in ("CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2 \
+            or op.inputs[0] != tensor or op.inputs[1] not in g.static:
         return None
     w_shape = g.shape(op.inputs[1])
     if op.op == "CONV_2D" and len(w_shape) == 4 and w_shape[1:3] == (1, 1):
@@ -525,6 +532,10 @@ MATCHERS: dict[str, Matcher] = {
     "SLICE": patterns.match_slice,
     "STRIDED_SLICE": patterns.match_slice,
     **{op: _no_kernel for op in PASS_THROUGH_OPS | SHAPE_OPS},
+    # int8 glue: float inputs in, float outputs out, or a change of quantization between int8
+    # kernels (DEQUANTIZEs of stored weights are constants, never walked)
+    "QUANTIZE": _no_kernel,
+    "DEQUANTIZE": _no_kernel,
 }
 
 
@@ -554,6 +565,7 @@ def parse_tflite(model: bytes | str | Path | TFLiteModel, *,
         raise ParseError(f"{tfl.source} is malformed: {type(exc).__name__}: {exc}") from exc
     rules = frozenset(attach)
     accept = group if callable(group) else (lambda _spec: bool(group))
+    float_dtype = "float16" if _float16_weights(g) else "float32"
     kernels: list[OpSpec] = []
     unsupported: Counter[str] = Counter()
     misused: Counter[str] = Counter()
@@ -570,7 +582,7 @@ def parse_tflite(model: bytes | str | Path | TFLiteModel, *,
             block = _match_mbconv(g, op) if group and op.op in _BLOCK_ROOTS else None
             match = block if block is not None and accept(block.specs[0]) else \
                 matcher(g, op, rules)
-            dtype = _dtype(g, op) if match.specs else "float32"
+            dtype = _dtype(g, op, float_dtype) if match.specs else "float32"
         except OpProblem as exc:
             problems.append(str(exc))
         except SpecError as exc:
@@ -634,10 +646,22 @@ def _dims(dims: Sequence[int]) -> str:
     return "x".join("?" if d < 0 else str(d) for d in dims)
 
 
-def _dtype(g: Graph, op: Operator) -> str:
-    """latbench dtype of the data `op` computes on, or a problem naming it."""
+def _float16_weights(g: Graph) -> bool:
+    """Whether the model stores its weights as float16 read through DEQUANTIZE (the converter's
+    float16 quantization)."""
+    return any(op.op == "DEQUANTIZE" and g.is_static(op) and op.inputs
+               and g.tensors[op.inputs[0]].dtype == "FLOAT16" for op in g.ops)
+
+
+def _dtype(g: Graph, op: Operator, float_dtype: str) -> str:
+    """latbench dtype of the data `op` computes on, or a problem naming it. Float32 data of a
+    model with float16 weights is "float16" (`float_dtype`), whether the kernel reads a weight
+    or not: the dtype names the precision the model was converted to, the platform a
+    predictor must know (LiteRT's "FP16 weights"), not the arithmetic of one kernel."""
     tensor = g.tensors[op.inputs[_DATA_INPUT.get(op.op, 0)]]
     dtype = tensor.dtype.lower()
+    if dtype == "float32":
+        return float_dtype
     if dtype not in DTYPES:
         raise OpProblem(f"{g.describe(op)} computes in {tensor.dtype}; latbench kernels are "
                          f"{', '.join(DTYPES)}")

@@ -91,29 +91,41 @@ def calibrate(dataset: Path) -> MemoryModel:
 
 
 def score(model: MemoryModel, held: list[Subject], truth: dict[str, float]
-          ) -> dict[str, dict[str, float]]:
-    """Per family and "all": the memory model's predictions against the measured peaks."""
-    rows: dict[str, list[tuple[float, float]]] = {}
+          ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per family and "all": the memory model's predictions against the measured peaks, and
+    how many networks it predicts to peak in each phase."""
+    rows: dict[str, list[tuple[float, float, str]]] = {}
     for subject in held:
         if subject.key in truth:
-            predicted = model.predict_profile(subject_profile(subject)).peak_bytes
-            rows.setdefault(subject.family, []).append((predicted, truth[subject.key]))
+            predicted = model.predict_profile(subject_profile(subject))
+            rows.setdefault(subject.family, []).append(
+                (predicted.peak_bytes, truth[subject.key], predicted.peak_phase))
     everything = [r for group in rows.values() for r in group]
     families = [r for family, group in rows.items() if family != "nasbench-macro" for r in group]
-    out = {}
+    out, phases = {}, {}
     for name, group in [*sorted(rows.items()), ("families", families), ("all", everything)]:
-        predicted, measured = zip(*group, strict=True)
+        predicted, measured, peaks = zip(*group, strict=True)
         out[name] = memory_metrics(predicted, measured)
-    return out
+        phases[name] = ", ".join(f"{phase} {peaks.count(phase)}" for phase in model.phases
+                                 if phase in peaks)
+    return out, phases
 
 
 def coefficients(model: MemoryModel) -> str:
     c = model.calibration
     loo = c.get("rmspe_pct_loo")
-    scales = ", ".join(f"{term} x{value:.2f}" for term, value in model.scales.items())
-    return (f"constant {model.constant_bytes / MIB:.1f} MiB, {scales}; fitted "
-            f"{', '.join(c.get('fitted') or []) or 'the constant only'}; on its "
-            f"{c.get('networks', 0)} networks RMSPE {c.get('rmspe_pct', float('nan')):.2f}%"
+
+    def terms(scales: dict[str, float]) -> str:
+        return " + ".join(f"{value / 1024:.1f} KiB x {term}" if term == "ops"
+                          else f"{value:.2f} x {term}" for term, value in scales.items())
+
+    phases = "; ".join(f"{name}: {terms(dict(scales))}" for name, scales in model.phases.items())
+    peaks = ", ".join(f"{n} in {phase}" for phase, n in (c.get("peak_phases") or {}).items())
+    return (f"constant {model.constant_bytes / MIB:.1f} MiB + {terms(dict(model.scales))}"
+            + (f" + max({phases})" if phases else "")
+            + f"; fitted {', '.join(c.get('fitted') or []) or 'the constant only'}; its "
+            f"{c.get('networks', 0)} networks peak {peaks or '(no phases)'}, RMSPE "
+            f"{c.get('rmspe_pct', float('nan')):.2f}%"
             + (f" ({loo:.2f}% leave-one-out)" if loo is not None else ""))
 
 
@@ -168,17 +180,22 @@ def main() -> None:
         "as `latbench predictor fit` fits it, then predicts the held-out networks from their "
         f"ONNX files: {args.macro} NAS-Bench-Macro architectures (seed {HELD_OUT_SEED}) and "
         f"{args.per_family} networks of each of {len(FAMILIES)} families, all exported by "
-        "`torch.onnx.export`, none a calibration network.", ""]
+        "`torch.onnx.export`, none a calibration network. The model adds to what a network "
+        "holds throughout the largest of three phases (docs/predictors.md, \"Peak memory\"); "
+        "the tables say which it predicts for the held-out networks: `rewrite` (loading: "
+        "convolution weights laid out anew), `load` (loading: the copy of the largest tensor), "
+        "`run` (activations).", ""]
     for name in CALIBRATIONS:
         model = calibrate(out / f"calibration-{name}")
-        metrics = score(model, held, truth)
+        metrics, phases = score(model, held, truth)
         share = {k: metrics[k]["within10"] for k in ("nasbench-macro", "families", "all")}
         lines += [f"### Calibrated on the `{name}` plan's {len(calibration_sets[name])} networks",
                   "", f"Coefficients: {coefficients(model)}.", "",
-                  "| held-out family | n | within 10% | within 5% | RMSPE % | bias % |",
-                  "|---|---|---|---|---|---|"]
+                  "| held-out family | n | within 10% | within 5% | RMSPE % | bias % | "
+                  "predicted to peak in |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {f} | {int(m['n'])} | {m['within10']:.1%} | {m['within5']:.1%} | "
-                  f"{m['rmspe_pct']:.2f} | {m['bias_pct']:+.2f} |" for f, m in metrics.items()]
+                  f"{m['rmspe_pct']:.2f} | {m['bias_pct']:+.2f} | {phases[f]} |"
+                  for f, m in metrics.items()]
         lines += ["", "Target (>= 95% within 10%): " + "; ".join(
             f"{name} **{'met' if share[key] >= 0.95 else 'not met'}** ({share[key]:.1%})"
             for name, key in (("NAS-Bench-Macro", "nasbench-macro"),

@@ -47,6 +47,11 @@ class PredictorError(LatbenchError):
     """A predictor could not be fitted, saved or loaded."""
 
 
+class PlatformError(LatbenchError):
+    """A dataset or predictor was asked for a platform (device, runtime, delegate, precision,
+    threads) it does not hold, or for one of several without saying which."""
+
+
 class UnknownKernelError(PredictorError):
     """A predictor was asked about a kernel kind it has no model for."""
 

@@ -124,7 +124,9 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     predictor.save(run_dir / "predictor")
     timings["predictor"] = time.perf_counter() - started
     composition = predictor.composition_.summary
-    report["predictor"] = {"kinds": predictor.n_train, "statistic": predictor.statistic,
+    report["predictor"] = {"platform": predictor.platform.to_json(),
+                           "platform_label": predictor.platform.label(),
+                           "kinds": predictor.n_train, "statistic": predictor.statistic,
                            "call_overhead_ms": predictor.call_overhead_ms_,
                            "composition": {k: v for k, v in composition.items() if k != "keys"}}
 
@@ -243,6 +245,7 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
         f"governor {facts.get('governor')}",
         f"- runtime: {manifest.get('runtime')} {manifest.get('runtime_version')}, settings "
         f"`{manifest.get('settings')}`",
+        f"- platform: {report['predictor']['platform_label']}",
         f"- statistic: `{manifest.get('statistic')}`", "",
         "## 1. Operator dataset", "",
         f"{report['dataset']['measured']} kernels measured (plan `{report['options']['plan']}`), "

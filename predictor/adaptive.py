@@ -186,15 +186,20 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
                   predictor: str = "xgboost", params: dict[str, Any] | None = None,
                   statistic: str | None = None, runtime: str | None = None,
                   threshold: float = 0.10, per_point: int = 2, max_new: int = 100,
-                  seed: int = 0, config: Any = None, progress: Any = None
-                  ) -> tuple[LatencyPredictor, list[RoundReport]]:
+                  seed: int = 0, config: Any = None, progress: Any = None,
+                  platform: Any = None) -> tuple[LatencyPredictor, list[RoundReport]]:
     """`latbench predictor adapt`: adaptive rounds on an operator dataset, measuring new kernels
     on `device` into the same dataset (same run settings as its card), then the final
-    predictor fitted on everything (with composition calibration) written to `out`."""
+    predictor fitted on everything (with composition calibration) written to `out`.
+    `platform` (a PlatformChoice) picks one of a dataset's several platforms; new kernels are
+    measured at its thread count."""
+    from dataclasses import replace
+
     from sklearn.base import clone
 
     from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
     from latbench.bench.fusion import kernel_times
+    from latbench.bench.platform import record_platform
     from latbench.bench.runners import RunSettings
     from latbench.bench.stats import DEFAULT_STATISTIC
     from latbench.bench.store import LatencyDataset, atomic_write_text
@@ -204,13 +209,15 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
     final = LatencyPredictor(predictor, params)  # parameters checked before measuring
     statistic = statistic or DEFAULT_STATISTIC
     dataset = LatencyDataset.open(data_dir)
-    ops = select_records(dataset.records(), device.name, runtime)
-    runtime = str(ops.iloc[0]["runtime"])
+    ops = select_records(dataset.records(), device.name, runtime, choice=platform,
+                         owner=f"dataset {data_dir}")
+    own = record_platform(ops.iloc[0])
+    runtime = own.runtime
     card = dataset.card
     raw_settings = card.get("run_settings")
     if not isinstance(raw_settings, dict):
         raise PredictorError(f"dataset {data_dir} card has no run_settings to measure with")
-    settings = RunSettings(**raw_settings)
+    settings = replace(RunSettings(**raw_settings), threads=own.threads)
     base = config or CampaignConfig()
     config = CampaignConfig(**{**base.__dict__, "settings": settings})
     specs, kernel_ms, _ = training_pairs(ops, statistic)
@@ -228,7 +235,7 @@ def adapt_dataset(data_dir: Path, out: Path, device: Any, rounds: int,
     _, reports, _, _ = adaptive_fit(
         specs, kernel_ms, measure, lambda: clone(final.kernel_model), rounds,
         np.random.default_rng(seed), threshold, per_point, max_new)
-    final.fit(Path(data_dir), statistic=statistic, device=device.name, runtime=runtime)
+    final.fit(Path(data_dir), statistic=statistic, platform=own.choice())
     out = final.save(Path(out))
     summary = {"rounds": [r.to_json() for r in reports], "threshold": threshold,
                "per_point": per_point, "max_new": max_new, "seed": seed,

@@ -46,6 +46,7 @@ class ComparisonReport:
     statistic: str
     campaign: CampaignSummary
     measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
+    platform: dict[str, Any] | None = None  # the predictors' platform (JSON form, with its label)
 
     def frame(self) -> pd.DataFrame:
         rows = [{"predictor": p, "family": f, **m} for p, fam in self.metrics.items()
@@ -112,12 +113,14 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
                        progress: ProgressSink | None = None,
                        exclude_calibration: bool = True,
                        measured_ms: Mapping[str, float] | None = None,
-                       passes: int = 1, measurement: str = "") -> ComparisonReport:
+                       passes: int = 1, measurement: str = "",
+                       platform: Any = None) -> ComparisonReport:
     """Fit each named predictor on `data_dir` (into out_dir/predictors/NAME), measure the
     networks in `passes` passes (out_dir/networks, networks-pass2, ...), score every predictor
     on the median. `measured_ms` (key -> ms, the predictors' statistic) supplies networks
     already measured, e.g. in the dataset's own campaign, and `measurement` says how; the
-    others are measured here."""
+    others are measured here. `platform` (a PlatformChoice) picks one of a dataset's several
+    platforms."""
     if not names:
         raise PredictorError("no predictors to compare")
     if params is not None and not isinstance(params, Mapping):
@@ -132,7 +135,8 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
                for name in names}  # every member's parameters checked before any fit
     fitted: dict[str, LatencyPredictor] = {}
     for name, member in members.items():
-        member.fit(Path(data_dir), statistic=statistic, device=device.name, runtime=runtime)
+        member.fit(Path(data_dir), statistic=statistic, device=device.name, runtime=runtime,
+                   platform=platform)
         member.save(out_dir / "predictors" / name)
         fitted[name] = member
     first = next(iter(fitted.values()))
@@ -164,7 +168,8 @@ def compare_predictors(data_dir: Path, networks: Sequence[Subject], names: Seque
             rows.append({"predictor": name, "network": net.key, "family": net.family,
                          "predicted_ms": predicted, "measured_ms": measured[net.key]})
     table = error_table(rows, len(held_out), device, out_dir)
-    return ComparisonReport(table, score(table), statistic, summary, measurement)
+    return ComparisonReport(table, score(table), statistic, summary, measurement,
+                            {**first.platform.to_json(), "label": first.platform.label()})
 
 
 def write_comparison(report: ComparisonReport, out_dir: Path,
@@ -176,13 +181,16 @@ def write_comparison(report: ComparisonReport, out_dir: Path,
     paths = {"json": out_dir / "compare.json", "metrics": out_dir / "compare.csv",
              "csv": out_dir / "predictions.csv", "markdown": out_dir / "compare.md",
              "scatter": out_dir / "compare_scatter.png", "bars": out_dir / "compare_within10.png"}
-    atomic_write_text(paths["json"], json.dumps({"statistic": report.statistic,
+    atomic_write_text(paths["json"], json.dumps({"platform": report.platform,
+                                                 "statistic": report.statistic,
                                                  "metrics": report.metrics}, indent=2,
                                                 default=float) + "\n")
     atomic_write_text(paths["metrics"], report.frame().to_csv(index=False))
     atomic_write_text(paths["csv"], report.table.to_csv(index=False))
     atomic_write_text(paths["markdown"],
-                      f"# {title}\n\nMeasured statistic: `{report.statistic}`. Every predictor "
+                      f"# {title}\n\n"
+                      + (f"Platform: {report.platform['label']}. " if report.platform else "")
+                      + f"Measured statistic: `{report.statistic}`. Every predictor "
                       f"is scored on the same networks. {report.measurement} *Covered* is the "
                       "share of networks whose every kernel the predictor can price.\n\n"
                       f"{report.markdown()}\n![predicted vs measured](compare_scatter.png)\n\n"

@@ -28,7 +28,8 @@ from latbench.bench.campaign import (
     run_campaign,
 )
 from latbench.bench.ops import OpSpec
-from latbench.bench.runners import RunSettings
+from latbench.bench.platform import Platform
+from latbench.bench.runners import RunSettings, get_runner
 from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError, PredictorError
@@ -88,9 +89,17 @@ def network_kernels(network: Subject, attach: Collection[tuple[str, str]] | None
 def priced_kernels(network: Subject, predictor: LatencyPredictor) -> list[OpSpec]:
     """The kernels `predictor` prices a network as: a search-space network's own kernels, a
     model file split as `latbench predict FILE` splits it (the predictor's fusion rules, fused
-    blocks whole where it was trained on them), so evaluation scores the path users take."""
-    if network.kernels is None and network.model is not None:
-        return predictor.split(network.model())
+    blocks whole where it was trained on them), so evaluation scores the path users take. A
+    model file the predictor's runtime does not run (a family's ONNX export on LiteRT) is priced
+    as the file that runtime measures: the user of that runtime holds that file."""
+    if network.model is not None:
+        runner = get_runner(predictor.runtime) if predictor.runtime else None
+        converted = (runner is not None and network.graph is not None
+                     and not network.runs_model(runner))
+        if converted:
+            return predictor.split(network.model_bytes(runner))
+        if network.kernels is None:
+            return predictor.split(network.model())
     return network_kernels(network, predictor.attach_)
 
 
@@ -190,6 +199,7 @@ class EvaluationReport:
     campaign: CampaignSummary
     measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
     memory: MemoryEvaluation | None = None  # peak memory, where the campaign measured it
+    platform: Platform | None = None  # the predictor's, measured at its thread count
 
     def markdown(self) -> str:
         rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
@@ -217,7 +227,8 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
              out_dir: Path, runtime: str | None = None, config: CampaignConfig | None = None,
              progress: ProgressSink | None = None, passes: int = 1) -> EvaluationReport:
     """Measure `networks` on `device` in `passes` passes (resumable, in `out_dir/networks`,
-    `networks-pass2`, ...), score predictions against the median."""
+    `networks-pass2`, ...) with the predictor's run settings at its platform's thread count,
+    score predictions against the median."""
     if not networks:
         raise PredictorError("no networks to evaluate on")
     runtime = runtime or predictor.runtime
@@ -246,7 +257,8 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
     measurement = " ".join(filter(None, [times.note(),
                                          times.level_note(predictor.reference_probe_ms)]))
     return EvaluationReport(table, metrics, statistic, times.campaign, measurement,
-                            memory_evaluation(predictor, networks, times.memory()))
+                            memory_evaluation(predictor, networks, times.memory()),
+                            predictor.platform)
 
 
 @dataclass
@@ -345,7 +357,10 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     paths = {"json": out_dir / "eval.json", "csv": out_dir / "predictions.csv",
              "markdown": out_dir / "eval.md", "scatter": out_dir / "scatter.png"}
     memory = report.memory
-    summary: dict[str, Any] = {"statistic": report.statistic, "metrics": report.metrics}
+    platform = report.platform
+    summary: dict[str, Any] = {
+        "platform": None if platform is None else platform.to_json(),
+        "statistic": report.statistic, "metrics": report.metrics}
     memory_md = ""
     if memory is not None:
         paths["memory_csv"] = out_dir / "memory.csv"
@@ -358,7 +373,9 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     atomic_write_text(paths["csv"], report.table.to_csv(index=False))
     atomic_write_text(paths["markdown"],
-                      f"# {title}\n\nMeasured statistic: `{report.statistic}`. "
+                      f"# {title}\n\n"
+                      + ("" if platform is None else f"Platform: {platform}. ")
+                      + f"Measured statistic: `{report.statistic}`. "
                       f"{report.measurement}\n\n"
                       f"{report.markdown()}\n\n![predicted vs measured](scatter.png)"
                       f"{memory_md}\n")

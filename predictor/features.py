@@ -46,7 +46,7 @@ from latbench.errors import DatasetError
 
 FEATURE_VERSION = 4
 SUPPORTED_FEATURE_VERSIONS = (1, 2, 3, 4)
-BYTES_PER_ELEMENT = {"float32": 4}
+BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "int8": 1}
 RAW_FIELDS = ("h", "w", "cin", "cout", "kernel", "stride", "pad", "groups", "expand", "se",
               "residual", "batch")
 COST_FIELDS = ("flops", "params", "input_bytes", "output_bytes", "weight_bytes",

@@ -9,7 +9,12 @@ the folder, and an unreadable model file is an error naming it. `LatencyPredicto
 
 Format versions: 1 (until the network-level predictor object) and 2 (adds the training ranges
 and the fit summary); both load. A version-2 manifest may hold `memory`, the peak-memory model's
-coefficients (predictor/memory.py); one without it predicts memory uncalibrated.
+coefficients (predictor/memory.py); one without it predicts memory uncalibrated, and `platform`
+(bench.platform); one without it names its platform by its device, runtime, run settings' threads
+and delegate, fp32.
+
+Predictors of several platforms share one folder: `platforms.json` lists each platform with its
+sub-folder, a predictor folder as above (`write_platforms`, `read_platforms`).
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from latbench.bench.ops import OP_KINDS
-from latbench.errors import PredictorError
+from latbench.bench.platform import Platform, settings_field
+from latbench.errors import ConfigError, PredictorError
 from latbench.predictor.features import (
     FEATURE_NAMES,
     FEATURE_WIDTH,
@@ -40,7 +46,9 @@ from latbench.predictor.models import (
 )
 
 MANIFEST = "manifest.json"
+PLATFORMS = "platforms.json"
 FORMAT = "latbench-predictor"
+PLATFORMS_FORMAT = "latbench-predictor-platforms"
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 
@@ -61,9 +69,7 @@ def write_predictor(path: Path, kernels: KernelPredictor, manifest: dict[str, An
     if not hasattr(kernels, "models_"):
         raise PredictorError("cannot save a predictor that is not fitted")
     path = Path(path)
-    if path.exists() and not (path / MANIFEST).is_file():
-        raise PredictorError(f"{path} exists and is not a latbench predictor; refusing to "
-                             "overwrite it")
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     version = kernels.feature_version_
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -91,6 +97,41 @@ def write_predictor(path: Path, kernels: KernelPredictor, manifest: dict[str, An
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _check_replaceable(path: Path) -> None:
+    if path.exists() and not ((path / MANIFEST).is_file() or (path / PLATFORMS).is_file()):
+        raise PredictorError(f"{path} exists and is not a latbench predictor; refusing to "
+                             "overwrite it")
+
+
+def write_platforms(path: Path, writers: list[tuple[Platform, Callable[[Path], Any]]]
+                    ) -> dict[Platform, Path]:
+    """One folder for predictors of several platforms: each `write(folder)` writes its
+    platform's predictor into a sub-folder named by the platform's slug, and platforms.json
+    lists them; the folder is replaced atomically. Returns each platform's final sub-folder."""
+    path = Path(path)
+    _check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        entries, folders = [], {}
+        for platform, write in writers:
+            name = platform.slug()
+            while any(e["folder"] == name for e in entries):  # two slugs sanitised alike
+                name += "_"
+            write(staging / name)
+            entries.append({"platform": platform.to_json(), "folder": name})
+            folders[platform] = path / name
+        (staging / PLATFORMS).write_text(json.dumps(
+            {"format": PLATFORMS_FORMAT, "format_version": 1, "platforms": entries,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")},
+            indent=2, sort_keys=True) + "\n")
+        _swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folders
 
 
 def _swap_in(staging: Path, path: Path) -> None:
@@ -130,6 +171,55 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_platforms(path: Path) -> dict[Platform, Path]:
+    """Platform -> predictor folder of what `path` holds: the sub-folders platforms.json lists,
+    or the one platform of a plain predictor folder."""
+    path = Path(path)
+    index = path / PLATFORMS
+    if not index.is_file():
+        return {manifest_platform(read_manifest(path), str(path / MANIFEST)): path}
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"cannot read {index}: {exc}") from exc
+    except ValueError as exc:
+        raise PredictorError(f"{index} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != PLATFORMS_FORMAT \
+            or not isinstance(data.get("platforms"), list) or not data["platforms"]:
+        raise PredictorError(f"{index} is not a latbench platforms index (a 'platforms' list)")
+    out: dict[Platform, Path] = {}
+    for number, entry in enumerate(data["platforms"]):
+        where = f"{index}: platforms[{number}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
+            raise PredictorError(f"{where} must be an object with 'platform' and 'folder'")
+        try:
+            platform = Platform.from_json(entry.get("platform"), f"{where}.platform")
+        except ConfigError as exc:
+            raise PredictorError(str(exc)) from exc
+        if platform in out:
+            raise PredictorError(f"{where} repeats platform {platform}")
+        out[platform] = inside(path, entry["folder"], f"platforms[{number}].folder",
+                               index=PLATFORMS)
+    return out
+
+
+def manifest_platform(manifest: Mapping[str, Any], where: str = "predictor") -> Platform:
+    """The platform a manifest (or a predictor's info) names: its `platform` field, or for
+    predictors saved before it, its device, runtime, run settings' threads and delegate, fp32."""
+    try:
+        if "platform" in manifest:
+            return Platform.from_json(manifest["platform"], f"{where}: field 'platform'")
+        settings = str(manifest.get("settings") or "")
+        run = manifest.get("run_settings") if isinstance(manifest.get("run_settings"),
+                                                         dict) else {}
+        threads = run.get("threads") or settings_field(settings, "threads") or 1
+        return Platform(str(manifest.get("device") or "unknown"),
+                        str(manifest.get("runtime") or "unknown"),
+                        settings_field(settings, "delegate") or "", threads=int(threads))
+    except (ConfigError, ValueError) as exc:
+        raise PredictorError(f"{where}: {exc}") from exc
+
+
 def read_kernels(path: Path, manifest: dict[str, Any]) -> KernelPredictor:
     """The fitted kernel predictor stored in folder `path` (manifest from `read_manifest`)."""
     path = Path(path)
@@ -155,17 +245,18 @@ def read_kernels(path: Path, manifest: dict[str, Any]) -> KernelPredictor:
     return kernels
 
 
-def inside(root: Path, entry: str, field: str) -> Path:
+def inside(root: Path, entry: str, field: str, index: str = MANIFEST) -> Path:
     """`root / entry`, refusing an absolute path, `..` or anything resolving outside `root` (a
-    manifest must not make another folder's files load as this predictor's)."""
+    manifest, or the platforms `index`, must not make another folder's files load as this
+    predictor's)."""
     parts = PurePosixPath(entry).parts
     if (PurePosixPath(entry).is_absolute() or PureWindowsPath(entry).is_absolute()
             or PureWindowsPath(entry).drive or ".." in parts or "\\" in entry or not parts):
-        raise PredictorError(f"{root / MANIFEST}: field {field!r} ({entry!r}) must be a "
+        raise PredictorError(f"{root / index}: field {field!r} ({entry!r}) must be a "
                              "relative path inside the predictor folder")
     file = (root / entry).resolve()
     if not file.is_relative_to(root.resolve()):
-        raise PredictorError(f"{root / MANIFEST}: field {field!r} ({entry!r}) points outside "
+        raise PredictorError(f"{root / index}: field {field!r} ({entry!r}) points outside "
                              "the predictor folder")
     return file
 
@@ -225,6 +316,8 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "fit_summary": (False, lambda v: isinstance(v, dict), "an object"),
     # the peak-memory model (predictor/memory.py checks its fields); older predictors lack it
     "memory": (False, lambda v: isinstance(v, dict), "an object"),
+    # the platform (bench.platform); older predictors name it by their other fields
+    "platform": (False, lambda v: isinstance(v, dict), "an object"),
     "feature_names": (False, lambda v: isinstance(v, list), "a list"),
     **{name: (False, lambda v: v is None or isinstance(v, str), "a string")
        for name in ("device", "runtime", "runtime_version", "settings", "statistic")},

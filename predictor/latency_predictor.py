@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latbench.bench.ops import OpSpec
+from latbench.bench.platform import (
+    Platform,
+    PlatformChoice,
+    choose_platform,
+    record_platform,
+)
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import DatasetError, PredictorError
 from latbench.predictor.features import range_values, training_pairs, training_ranges
@@ -44,6 +50,7 @@ from latbench.predictor.training import (
     calibration_networks,
     can_price,
     cross_validate,
+    dataset_platforms,
     select_records,
     statistic_gaps,
 )
@@ -75,8 +82,9 @@ class LatencyPredictor:
     Learned by `fit` (names end in `_`): `kernels_`, `composition_`, `attach_` (fusion attach
     set, None for the default split), `fusion_rules_` (the rules' JSON), `call_overhead_ms_`,
     `training_ranges_`, `block_keys_` (the fused-block kernels it was trained on, priced whole
-    in model files), `info_` (device, runtime, runtime_version, settings, run_settings,
-    statistic, dataset, and what else a maker records, e.g. `lut`), `fit_summary_`.
+    in model files), `info_` (device, runtime, runtime_version, settings, platform,
+    run_settings, statistic, dataset, and what else a maker records, e.g. `lut`),
+    `fit_summary_`.
     """
 
     def __init__(self, kernel_model: str | Any = "xgboost",
@@ -102,9 +110,10 @@ class LatencyPredictor:
     # --- building ---------------------------------------------------------------------------
     def fit(self, data: str | Path, *, statistic: str = DEFAULT_STATISTIC,
             device: str | None = None, runtime: str | None = None,
-            fusion: Any = None) -> LatencyPredictor:
+            fusion: Any = None, platform: PlatformChoice | None = None) -> LatencyPredictor:
         """Learn everything from the dataset at `data`: kernel models on the op records of one
-        (device, runtime, settings), the composition on the dataset's measured networks (if
+        platform (`platform`, narrowed by `device` and `runtime`; a dataset of several needs the
+        choice, see `fit_platforms`), the composition on the platform's measured networks (if
         any and `calibrate`; the terms only with MIN_NETWORKS_FOR_TERMS of them, the optional
         ones only where they lower the leave-one-out error), the training ranges and the
         per-kind cross-validated error. Fusion rules (`fusion`, a FusionRules, else the
@@ -124,7 +133,8 @@ class LatencyPredictor:
         records = dataset.records()
         if records.empty:
             raise DatasetError(f"dataset at {data} has no records")
-        ops = select_records(records, device, runtime)
+        ops = select_records(records, device, runtime, choice=platform,
+                             owner=f"dataset {data}")
         specs, kernel_ms, overhead = training_pairs(ops, statistic)
         kernels = clone(self.kernel_model).fit(specs, kernel_ms)
         card = dataset.card
@@ -140,12 +150,14 @@ class LatencyPredictor:
                                             overhead, terms=terms, optional=OPTIONAL_TERMS)
             composition.summary["keys"] = [key for key, _, _ in networks]
         first = ops.iloc[0]
+        own = record_platform(first)
         info = {
             "device": str(first["device"]),
             "runtime": str(first["runtime"]),
             "runtime_version": str(first["runtime_version"]),
             "settings": str(first["settings"]),
-            "run_settings": card.get("run_settings", {}),
+            "platform": own.to_json(),
+            "run_settings": _platform_settings(card.get("run_settings", {}), own),
             "statistic": statistic,
             "statistic_gaps": statistic_gaps(records, ops, statistic),
             "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
@@ -290,6 +302,14 @@ class LatencyPredictor:
         return dict(self.kernels_.n_train_)
 
     @property
+    def platform(self) -> Platform:
+        """The platform it was fitted on (read from the older manifest fields for predictors
+        saved before platforms: their run settings' threads, fp32)."""
+        from latbench.predictor.io import manifest_platform
+
+        return manifest_platform(self.info_, f"predictor {self.path or ''}".strip())
+
+    @property
     def device(self) -> str:
         return str(self.info_.get("device") or "")
 
@@ -312,7 +332,10 @@ class LatencyPredictor:
         return (self.info_.get("dataset") or {}).get("reference_probe_ms")
 
     def run_settings(self) -> Any:
-        """The RunSettings the training kernels were measured with (to measure alike)."""
+        """The RunSettings the training kernels were measured with (to measure alike), at
+        its platform's thread count."""
+        from dataclasses import replace
+
         from latbench.bench.runners import RunSettings
 
         raw = self.info_.get("run_settings")
@@ -321,7 +344,7 @@ class LatencyPredictor:
             raise PredictorError(f"predictor{where} has no run_settings; refit it with this "
                                  "latbench")
         try:
-            return RunSettings(**raw)
+            return replace(RunSettings(**raw), threads=self.platform.threads)
         except TypeError as exc:
             raise PredictorError(f"predictor run_settings {raw} are not RunSettings: "
                                  f"{exc}") from exc
@@ -407,12 +430,16 @@ class LatencyPredictor:
         return self.path
 
     @classmethod
-    def load(cls, path: str | Path) -> LatencyPredictor:
-        """The predictor saved in folder `path` (by this or an earlier latbench)."""
+    def load(cls, path: str | Path, platform: PlatformChoice | None = None) -> LatencyPredictor:
+        """The predictor saved in folder `path` (by this or an earlier latbench); of a folder
+        holding several platforms (`save_platforms`), the one `platform` chooses. A platform
+        the folder lacks, or several left to choose from, is a PlatformError naming them."""
         from latbench.bench.fusion import attach_from_json
-        from latbench.predictor.io import MANIFEST, read_kernels, read_manifest
+        from latbench.predictor.io import MANIFEST, read_kernels, read_manifest, read_platforms
 
         path = Path(path)
+        folders = read_platforms(path)
+        path = folders[choose_platform(folders, platform, f"predictor {path}")]
         manifest = read_manifest(path)
         kernels = read_kernels(path, manifest)
         unknown = sorted(set(manifest.get("composition_terms") or {}) - set(COMPOSITION_TERMS))
@@ -441,6 +468,56 @@ class LatencyPredictor:
             out.memory_ = MemoryModel.from_json(manifest["memory"], f"{path / MANIFEST}: memory")
         out.path = path
         return out
+
+
+def fit_platforms(template: LatencyPredictor, data: str | Path, *,
+                  statistic: str = DEFAULT_STATISTIC, platform: PlatformChoice | None = None,
+                  fusion: Any = None) -> list[LatencyPredictor]:
+    """One predictor per platform of the dataset at `data` that `platform` matches (all by
+    default), each configured like `template` (which stays unfitted), in platform order."""
+    from latbench.bench.store import LatencyDataset
+
+    records = LatencyDataset.open(Path(data)).records()
+    if records.empty:
+        raise DatasetError(f"dataset at {data} has no records")
+    found = dataset_platforms(records, platform)
+    if not found:  # no operator records, or none of the platform asked for: say which exist
+        select_records(records, choice=platform, owner=f"dataset {data}")
+    return [LatencyPredictor(template.kernel_model, calibrate=template.calibrate,
+                             composition_terms=template.composition_terms,
+                             cv_folds=template.cv_folds, seed=template.seed).fit(
+        data, statistic=statistic, fusion=fusion, platform=own.choice()) for own in found]
+
+
+def save_platforms(predictors: Sequence[LatencyPredictor], path: str | Path) -> Path:
+    """Write predictors of distinct platforms into one folder that `LatencyPredictor.load`
+    reads with a platform choice: a single one as a plain predictor folder, several as
+    platforms.json plus one predictor folder per platform (predictor/io.py)."""
+    from latbench.predictor.io import write_platforms
+
+    if not predictors:
+        raise PredictorError("no predictors to save")
+    if len(predictors) == 1:
+        return predictors[0].save(path)
+    platforms = [p.platform for p in predictors]
+    if len(set(platforms)) != len(platforms):
+        raise PredictorError(f"predictors to save share a platform: "
+                             f"{'; '.join(map(str, platforms))}")
+    folders = write_platforms(Path(path), [(p.platform, p.save) for p in predictors])
+    for predictor in predictors:
+        predictor.path = folders[predictor.platform]
+    return Path(path)
+
+
+def _platform_settings(raw: Any, platform: Platform) -> Any:
+    """A dataset card's run settings at `platform`'s thread count and delegate: one card
+    serves every platform a campaign measured."""
+    if not isinstance(raw, dict) or not raw:
+        return raw
+    out = {**raw, "threads": platform.threads}
+    if platform.delegate:
+        out["delegate"] = platform.delegate
+    return out
 
 
 def _block_keys(specs: Sequence[OpSpec]) -> frozenset[str]:

@@ -1,9 +1,11 @@
-"""What a predictor is fitted on: a dataset's records of one setup, its calibration networks, and
-the cross-validated error per kernel kind that `predictor fit` reports."""
+"""What a predictor is fitted on: a dataset's records of one platform (bench.platform), its
+calibration networks, and the cross-validated error per kernel kind that `predictor fit`
+reports."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,13 @@ import pandas as pd
 
 from latbench.bench.fusion import apply_attach
 from latbench.bench.ops import OpSpec
+from latbench.bench.platform import (
+    Platform,
+    PlatformChoice,
+    choose_platform,
+    platforms_of,
+    record_platform,
+)
 from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.errors import DatasetError, UnknownKernelError
 
@@ -20,32 +29,51 @@ MIN_CV_RECORDS_PER_FOLD = 2  # a kind with fewer than folds x this records is no
 MIN_GAP_NETWORKS = 5  # fewer measured networks: statistic gaps come from the kernels
 
 
-def select_records(records: pd.DataFrame, device: str | None = None,
-                   runtime: str | None = None) -> pd.DataFrame:
-    """The op records of one (device, runtime, settings); ambiguity is an error naming options."""
+def dataset_platforms(records: pd.DataFrame, choice: PlatformChoice | None = None
+                      ) -> dict[Platform, pd.DataFrame]:
+    """The successful op records of each platform in `records` that `choice` matches."""
     ops = records[(records["subject"] == "op") & (records["status"] == "ok")]
-    if device:
-        ops = ops[ops["device"] == device]
-    if runtime:
-        ops = ops[ops["runtime"] == runtime]
     if ops.empty:
-        raise DatasetError(f"no operator records for device={device or 'any'} "
-                           f"runtime={runtime or 'any'}")
-    combos = ops.groupby(["device", "runtime", "settings"]).size()
-    if len(combos) > 1:
-        listing = "; ".join(f"{d}/{r} [{s}] ({n} records)" for (d, r, s), n in combos.items())
-        raise DatasetError(f"the dataset mixes measurement setups ({listing}); choose one with "
-                           "--device and --runtime")
+        return {}
+    platforms = pd.Series(platforms_of(ops), index=ops.index)
+    choice = choice or PlatformChoice()
+    return {p: ops[platforms == p] for p in sorted(set(platforms)) if choice.matches(p)}
+
+
+def select_records(records: pd.DataFrame, device: str | None = None,
+                   runtime: str | None = None, *, choice: PlatformChoice | None = None,
+                   owner: str = "the dataset") -> pd.DataFrame:
+    """The op records of one platform (`choice`, narrowed by `device` and `runtime`), measured
+    with one settings key; a choice matching several platforms, or none, is an error naming
+    the platforms there are and the flags that choose."""
+    choice = replace(choice or PlatformChoice(), **{k: v for k, v in
+                                                   (("device", device), ("runtime", runtime))
+                                                   if v})
+    found = dataset_platforms(records, choice)
+    if not found:
+        everything = dataset_platforms(records)
+        if not everything:
+            raise DatasetError(f"{owner} holds no successful operator records")
+        choose_platform(everything, choice, owner)  # raises, naming the platforms there are
+    ops = found[choose_platform(found, choice, owner)]
+    keys = ops.groupby("settings").size()
+    if len(keys) > 1:
+        listing = "; ".join(f"[{s}] ({n} records)" for s, n in keys.items())
+        raise DatasetError(f"{owner} measured platform {record_platform(ops.iloc[0])} with "
+                           f"several protocols ({listing}); fit on a dataset measured with one")
     return ops
 
 
 def setup_networks(records: pd.DataFrame, setup: Mapping[str, Any]) -> pd.DataFrame:
     """The dataset's successful network records measured in the (device, runtime, settings) of
-    `setup` (a record)."""
-    return records[(records["subject"] == "network") & (records["status"] == "ok")
+    `setup` (a record) and at its precision."""
+    nets = records[(records["subject"] == "network") & (records["status"] == "ok")
                    & (records["device"] == setup["device"])
                    & (records["runtime"] == setup["runtime"])
                    & (records["settings"] == setup["settings"])]
+    precision = record_platform(setup).precision
+    return nets.loc[np.asarray([p.precision == precision for p in platforms_of(nets)],
+                               dtype=bool)]
 
 
 def calibration_networks(records: pd.DataFrame, card: dict[str, Any], ops: pd.DataFrame,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latbench.bench.campaign import CampaignConfig, ProgressSink, Subject, run_campaign
-from latbench.bench.network_sets import arch_subject
+from latbench.bench.network_sets import arch_subject, precision_key
 from latbench.bench.spaces.base import SearchSpace
 from latbench.bench.stats import BUDGET_STATISTICS, DEFAULT_BUDGET_STATISTIC
 from latbench.bench.store import LatencyDataset
@@ -167,11 +167,16 @@ def measure_winners(space: SearchSpace, results: Sequence[tuple[float, SearchRes
     settings = predictor.run_settings()
     base = config or CampaignConfig()
     config = CampaignConfig(**{**base.__dict__, "settings": settings})
+    precision = predictor.platform.precision  # winners measured as the predictor priced them
+
+    def key_of(arch: str) -> str:
+        return precision_key(f"{space.name}:{arch}", precision)
+
     subjects: dict[str, Subject] = {}
     for _, result in results:
-        key = f"{space.name}:{result.arch}"
+        key = key_of(result.arch)
         if key not in subjects:
-            subjects[key] = arch_subject(space, space.decode(result.arch), key)
+            subjects[key] = arch_subject(space, space.decode(result.arch), key, precision)
     dataset = LatencyDataset.create(out, {"purpose": "search winners", "device": device.name,
                                           "runtime": runtime, "run_settings": asdict(settings)})
     summary = run_campaign(list(subjects.values()), [device], [runtime], dataset, config,
@@ -182,6 +187,6 @@ def measure_winners(space: SearchSpace, results: Sequence[tuple[float, SearchRes
                       & (records["settings"] == settings.key(runtime))]
     measured = dict(zip(records["key"], records[statistic].astype(float), strict=True))
     return [BudgetOutcome(budget, r.budget_ms, r.arch, r.accuracy, r.predicted_ms,
-                          measured.get(f"{space.name}:{r.arch}"), r.feasible, r.evaluated,
+                          measured.get(key_of(r.arch)), r.feasible, r.evaluated,
                           statistic)
             for budget, r in results]

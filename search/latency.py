@@ -38,13 +38,16 @@ class LatencyTable:
                        device: str | None = None, runtime: str | None = None) -> LatencyTable:
         """Predict every candidate once; the fixed part includes one call overhead. The table
         names the predictor's device and runtime unless `device` / `runtime` say otherwise."""
+        dtype = predictor.platform.precision  # the space's networks in the predictor's precision
+
+        def ms(specs: Sequence[Any]) -> float:
+            return float(np.sum(predictor.kernel_ms([s.with_(dtype=dtype) for s in specs])))
+
         prefix, suffix = space.fixed_ops()
-        fixed = float(np.sum(predictor.kernel_ms([*prefix, *suffix])))
-        fixed += predictor.call_overhead_ms_
+        fixed = ms([*prefix, *suffix]) + predictor.call_overhead_ms_
         rows = []
         for layer in range(space.n_layers):
-            rows.append(tuple(float(np.sum(predictor.kernel_ms(candidate)))
-                              for candidate in space.candidates(layer)))
+            rows.append(tuple(ms(candidate) for candidate in space.candidates(layer)))
         return cls(space.name, fixed, tuple(rows), predictor.device if device is None else device,
                    predictor.runtime if runtime is None else runtime)
 

@@ -27,6 +27,7 @@ from latbench.search.strategies import (
 )
 
 if TYPE_CHECKING:
+    from latbench.bench.platform import PlatformChoice
     from latbench.predictor.latency_predictor import LatencyPredictor
     from latbench.search.budget import BudgetTarget
 
@@ -156,6 +157,12 @@ class Prepared:
     def measurable(self) -> bool:
         return self.predictor is not None
 
+    def platform_json(self) -> dict[str, Any] | None:
+        """The platform the latency table predicts for (None for the flops table)."""
+        if self.predictor is None:
+            return None
+        return {**self.predictor.platform.to_json(), "label": self.predictor.platform.label()}
+
     def latency_range(self) -> tuple[float, float]:
         """Predicted ms of the space's fastest and slowest architectures."""
         rows = self.table.layer_ms
@@ -168,8 +175,10 @@ class Prepared:
 
 
 def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
-            margin: float | None = None, budget_statistic: str | None = None) -> Prepared:
-    """Space, latency table (a predictor directory, or "flops" for the analytical table),
+            margin: float | None = None, budget_statistic: str | None = None,
+            platform: PlatformChoice | None = None) -> Prepared:
+    """Space, latency table (a predictor directory at the platform `platform` chooses among
+    those it holds, or "flops" for the analytical table),
     what the budgets are about and how far below them to aim (BudgetTarget), benchmark
     accuracy table when the space has one and the strategy scores with it, search data when
     the strategy trains. The strategy and its options are checked first, before anything is
@@ -187,11 +196,14 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
         data = load_data(job.data, space.input_shape[-1], job.seed)
     model = None
     if predictor == "flops":
+        if platform is not None and platform.flags():
+            raise ConfigError(f"{platform.flags()} chooses a predictor's platform; the flops "
+                              "table has none")
         table = LatencyTable.from_flops(space)
     else:
         from latbench.predictor.latency_predictor import LatencyPredictor
 
-        model = LatencyPredictor.load(Path(predictor))
+        model = LatencyPredictor.load(Path(predictor), platform)
         table = LatencyTable.from_predictor(space, model)
     target = budget_target(model, budget_statistic, margin)
     accuracy_table = None

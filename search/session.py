@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.bench.campaign import CampaignConfig
+from latbench.bench.platform import PlatformChoice
 from latbench.errors import ConfigError
 from latbench.search.budget import BudgetOutcome, check_budgets, measure_winners
 from latbench.search.outputs import write_outputs
@@ -35,13 +36,16 @@ class SearchSession:
     winners: Path | None = None  # the measured winners' dataset, with --measure
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{**o.to_json(), **r.to_json(), "budget_ms": b,
+        """Per budget its outcome, result and folder, and the platform predicted for."""
+        platform = self.prepared.platform_json() if self.prepared is not None else None
+        return [{**o.to_json(), **r.to_json(), "budget_ms": b, "platform": platform,
                  "folder": str(self.folders.get(b, ""))}
                 for o, (b, r) in zip(self.outcomes, self.results, strict=True)]
 
 
 def default_out(predictor: str) -> Path:
-    """Where a search writes without --out: beside the predictor, or runs/search for flops."""
+    """Where a search writes without --out: inside the predictor's folder (its platform's, of
+    a folder of several), or runs/search for flops."""
     return Path(predictor) / "search" if predictor != "flops" else Path("runs") / "search"
 
 
@@ -58,9 +62,10 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
                measure: bool = False, device: str | None = None,
                fleet: str | None = None, config: CampaignConfig | None = None,
                progress: Callable[[str], Any] | None = None,
-               on_prepared: Callable[[Prepared], None] | None = None) -> SearchSession:
+               on_prepared: Callable[[Prepared], None] | None = None,
+               platform: PlatformChoice | None = None) -> SearchSession:
     """Search `job` under each budget with the latency table of `predictor` (a predictor
-    folder, or "flops").
+    folder, at the platform `platform` chooses among those it holds, or "flops").
 
     A budget's folder `<out>/<strategy>-<budget>ms` (history, Pareto plot, winner files,
     outcome.json) is written when `out` is given, or by default (`default_out`) when the
@@ -78,7 +83,7 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
         dist_info = init_distributed()  # under torchrun: one process per rank
     lead = dist_info is None or dist_info.rank == 0
     try:
-        prepared = prepare(job, predictor, data_dir, margin, budget_statistic)
+        prepared = prepare(job, predictor, data_dir, margin, budget_statistic, platform)
         if measure and not prepared.measurable:
             raise ConfigError("--measure needs a predictor directory (the flops table has no "
                               "device or runtime to measure with)")
@@ -93,7 +98,8 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
             close_distributed(dist_info)
     if not lead:
         return SearchSession(prepared, results, lead=False)
-    base = Path(out) if out is not None else default_out(predictor)
+    own = prepared.predictor.path if prepared.predictor is not None else None
+    base = Path(out) if out is not None else default_out(str(own or predictor))
     session = SearchSession(prepared, results, unmeasured(results, prepared.target.statistic))
     if measure:
         from latbench.bench.targets import resolve_device

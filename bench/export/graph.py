@@ -22,13 +22,14 @@ from latbench.errors import ExportError
 # Layer ops of the graph (not spec kinds): each maps to one or a few runtime operators.
 LAYER_OPS = ("conv", "linear", "add", "mul", "act", "pool", "gpool", "concat",
              "tlinear", "bmm", "softmax", "layernorm", "transpose", "cat_const", "gather",
-             "add_const", "convt", "resize", "pad", "slice", "instnorm", "reduce", "shuffle")
+             "add_const", "convt", "resize", "pad", "slice", "instnorm", "reduce", "shuffle",
+             "reshape", "mul_const")
 # Layer ops whose 4-D output is plain (not an image); elementwise ops follow their input; the
 # layers that read their inputs as plain tensors (an NHWC exporter hands them NCHW data).
 PLAIN_OPS = frozenset({"bmm", "softmax", "transpose", "tlinear", "layernorm"})
-ELEMENTWISE_OPS = frozenset({"add", "mul", "act", "add_const"})
+ELEMENTWISE_OPS = frozenset({"add", "mul", "act", "add_const", "mul_const"})
 PLAIN_INPUT_OPS = frozenset({"tlinear", "bmm", "softmax", "layernorm", "transpose", "cat_const",
-                             "gather"})
+                             "gather", "reshape"})
 
 
 @dataclass
@@ -47,6 +48,9 @@ class LayerGraph:
     output_name: str
     shapes: dict[str, tuple[int, ...]]
     plain: frozenset[str] = frozenset()  # 4-D tensors that are not NCHW images
+    # Precision the exporters write the model in (an OpSpec dtype): weights and the data the
+    # layers compute on; inputs and outputs stay float32 as a user's quantized model keeps them.
+    dtype: str = "float32"
 
     def is_image(self, name: str) -> bool:
         """Whether tensor `name` is a 4-D NCHW image (an NHWC runtime stores it transposed)."""
@@ -207,25 +211,50 @@ class GraphBuilder:
         return self._add("layernorm", [x], self.shapes[x], {"eps": eps},
                          {"scale": self._weights(0.2, (c,), 1.0), "bias": self._weights(0.2, (c,))})
 
-    def transpose(self, x: str, perm: Sequence[int]) -> str:
+    def transpose(self, x: str, perm: Sequence[int], image: bool = False,
+                  as_stored: bool = False) -> str:
+        """x permuted; a 4-D result is plain unless `image`. With `as_stored` (implied by
+        `image`) an NHWC exporter permutes the data as it stores it, in one operator, as a
+        converter does: a channels-last permute of an image (or back to one) then moves
+        nothing. Without, it reads the input as NCHW first (a kernel measured as written)."""
         shape = self.shapes[x]
         if sorted(perm) != list(range(len(shape))):
             raise ExportError(f"transpose perm {tuple(perm)} does not fit shape {shape}")
-        return self._add("transpose", [x], tuple(shape[p] for p in perm),
-                         {"perm": tuple(int(p) for p in perm)})
+        stored = {"as_stored": True} if as_stored or image else {}
+        out = self._add("transpose", [x], tuple(shape[p] for p in perm),
+                        {"perm": tuple(int(p) for p in perm), **stored})
+        if image and len(shape) == 4:
+            self.plain.discard(out)
+        return out
 
-    def cls_token(self, x: str) -> str:
-        """A learned [1, 1, C] token put before the tokens of [N, T, C] (axis 1)."""
+    def cls_token(self, x: str, tokens: int = 1) -> str:
+        """`tokens` learned [1, tokens, C] tokens put before the tokens of [N, T, C] (axis 1):
+        a class token, and DeiT's distillation token."""
         n, t, c = self.shapes[x]
-        return self._add("cat_const", [x], (n, t + 1, c), {"axis": 1},
-                         {"value": self._weights(1.0, (1, 1, c))})
+        return self._add("cat_const", [x], (n, t + tokens, c), {"axis": 1},
+                         {"value": self._weights(1.0, (1, tokens, c))})
 
-    def gather(self, x: str, index: int = 0) -> str:
-        """Token `index` of [N, T, C] -> [N, C]."""
-        n, t, c = self.shapes[x]
-        if not 0 <= index < t:
-            raise ExportError(f"gather of token {index} from {t} tokens")
-        return self._add("gather", [x], (n, c), {"axis": 1, "index": index})
+    def gather(self, x: str, index: int = 0, axis: int = 1) -> str:
+        """Entry `index` of `axis`, the axis dropped: token `index` of [N, T, C] -> [N, C] by
+        default (a plain tensor either way)."""
+        shape = self.shapes[x]
+        axis %= len(shape)
+        if not 0 <= index < shape[axis]:
+            raise ExportError(f"gather of entry {index} from {shape[axis]} along axis {axis}")
+        out = self._add("gather", [x], shape[:axis] + shape[axis + 1:],
+                        {"axis": axis, "index": index})
+        if len(shape) == 5:
+            self.plain.add(out)
+        return out
+
+    def mul_const(self, x: str, shape: Sequence[int]) -> str:
+        """x * a constant of `shape` broadcast against x (numpy rules, x's shape kept): a
+        scale by a number or per channel."""
+        shape = tuple(int(d) for d in shape)
+        if np.broadcast_shapes(shape, self.shapes[x]) != self.shapes[x]:
+            raise ExportError(f"mul by a constant of shape {shape} changes {self.shapes[x]}")
+        return self._add("mul_const", [x], self.shapes[x], {},
+                         {"value": self._weights(0.5, shape, 1.0)})
 
     def add_const(self, x: str) -> str:
         """x + a learned constant of x's shape with batch 1 (a position embedding)."""
@@ -251,11 +280,16 @@ class GraphBuilder:
                          {"kernel": kernel, "stride": stride, "pad": pad, "out_pad": out_pad,
                           "groups": groups, **attrs}, {"weight": weight, "bias": bias, **weights})
 
-    def resize(self, x: str, scale: int, mode: str) -> str:
-        """Integer upscaling of H and W: nearest (floor) or bilinear (half-pixel centres)."""
+    def resize(self, x: str, scale: int, mode: str, size: tuple[int, int] | None = None
+               ) -> str:
+        """Integer upscaling of H and W: nearest (floor) or bilinear (half-pixel centres); or,
+        with `size`, resizing to that (H, W) (converted models: MobileViT's patch fit)."""
         n, c, h, w = self.shapes[x]
-        return self._add("resize", [x], (n, c, h * scale, w * scale),
-                         {"scale": scale, "mode": mode})
+        if size is None:
+            return self._add("resize", [x], (n, c, h * scale, w * scale),
+                             {"scale": scale, "mode": mode})
+        return self._add("resize", [x], (n, c, int(size[0]), int(size[1])),
+                         {"scale": scale, "mode": mode, "size": (int(size[0]), int(size[1]))})
 
     def pad(self, x: str, pad: int, mode: str) -> str:
         """`pad` rows and columns on each side of H and W: constant zeros or reflect."""
@@ -290,13 +324,24 @@ class GraphBuilder:
             raise ExportError(f"shuffle groups={groups} must be >= 2 and divide {c} channels")
         return self._add("shuffle", [x], self.shapes[x], {"groups": groups})
 
+    def reshape(self, x: str, shape: Sequence[int], image: bool = False) -> str:
+        """x's data (read in NCHW row-major order) in another shape; a 4-D result is an NCHW
+        image when `image`, else plain. Written for converted models (Flatten, Reshape)."""
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape)) != int(np.prod(self.shapes[x])):
+            raise ExportError(f"reshape of {self.shapes[x]} into {shape} changes the size")
+        out = self._add("reshape", [x], shape, {"shape": shape})
+        if len(shape) == 4 and not image:
+            self.plain.add(out)
+        return out
+
     def _same_shape(self, op: str, a: str, b: str) -> None:
         if self.shapes[a] != self.shapes[b]:
             raise ExportError(f"{op} of different shapes {self.shapes[a]} and {self.shapes[b]}")
 
-    def finish(self, output: str) -> LayerGraph:
+    def finish(self, output: str, dtype: str = "float32") -> LayerGraph:
         return LayerGraph(list(self.inputs), list(self.layers), output, dict(self.shapes),
-                          frozenset(self.plain))
+                          frozenset(self.plain), dtype)
 
 
 def emit_spec(builder: GraphBuilder, spec: OpSpec, x: str) -> str:
@@ -388,17 +433,18 @@ def spec_graph(spec: OpSpec, seed: int = 0) -> LayerGraph:
     if spec.kind in ("add", "mul", "bmm"):
         a, b = (builder.input(shape, plain) for shape in spec.input_shapes)
         if spec.kind == "bmm":
-            return builder.finish(builder.bmm(a, b))
+            return builder.finish(builder.bmm(a, b), spec.dtype)
         return builder.finish(builder.add(a, b, spec.act, spec.alpha) if spec.kind == "add"
-                              else builder.mul(a, b))
+                              else builder.mul(a, b), spec.dtype)
     if spec.kind == "concat":
         axis = int(spec.axes or 1)
         if spec.output_shape[axis] % spec.groups:
             raise ExportError(f"concat of {spec.groups} inputs needs cin divisible by it: "
                               f"{spec.key()}")
         return builder.finish(builder.concat([builder.input(shape) for shape in
-                                              spec.input_shapes], axis))
-    return builder.finish(emit_spec(builder, spec, builder.input(spec.input_shape, plain)))
+                                              spec.input_shapes], axis), spec.dtype)
+    return builder.finish(emit_spec(builder, spec, builder.input(spec.input_shape, plain)),
+                          spec.dtype)
 
 
 def chain_graph(specs: Sequence[OpSpec], seed: int = 0) -> LayerGraph:
@@ -409,6 +455,9 @@ def chain_graph(specs: Sequence[OpSpec], seed: int = 0) -> LayerGraph:
     """
     if not specs:
         raise ExportError("a network needs at least one spec")
+    dtypes = {spec.dtype for spec in specs}
+    if len(dtypes) > 1:
+        raise ExportError(f"a chain computes in one precision, its specs mix {sorted(dtypes)}")
     builder = GraphBuilder(np.random.default_rng(seed))
     x = builder.input(specs[0].input_shape, specs[0].kind not in IMAGE_KINDS)
     for spec in specs:
@@ -419,4 +468,4 @@ def chain_graph(specs: Sequence[OpSpec], seed: int = 0) -> LayerGraph:
             x = builder.linear(x, spec.cout, spec.act, spec.alpha)
             continue
         x = emit_spec(builder, spec, x)
-    return builder.finish(x)
+    return builder.finish(x, specs[0].dtype)

@@ -108,11 +108,17 @@ def apply_layer(layer: Layer, xs: list[Any], w: Mapping[str, Any], who: str = "r
         return xs[0].select(a["axis"], a["index"])
     if op == "add_const":
         return xs[0] + w["value"]
+    if op == "mul_const":
+        return xs[0] * w["value"]
     if op == "convt":
         y = F.conv_transpose2d(xs[0], w["weight"], w["bias"], a["stride"], a["pad"],
                                a["out_pad"], a["groups"])
         return _act(layer, y, w, who)
     if op == "resize":
+        if "size" in a:
+            return F.interpolate(xs[0], size=a["size"], mode="nearest" if a["mode"] == "nearest"
+                                 else "bilinear", **({} if a["mode"] == "nearest"
+                                                     else {"align_corners": False}))
         if a["mode"] == "nearest":
             return F.interpolate(xs[0], scale_factor=a["scale"], mode="nearest")
         return F.interpolate(xs[0], scale_factor=a["scale"], mode="bilinear",
@@ -126,6 +132,8 @@ def apply_layer(layer: Layer, xs: list[Any], w: Mapping[str, Any], who: str = "r
         return F.instance_norm(xs[0], weight=w["scale"], bias=w["bias"], eps=a["eps"])
     if op == "reduce":
         return xs[0].mean(dim=a["axes"], keepdim=True)
+    if op == "reshape":
+        return xs[0].reshape(a["shape"])
     if op == "shuffle":
         n, c, h, wd = xs[0].shape
         g = a["groups"]

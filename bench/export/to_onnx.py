@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from latbench.bench.export.graph import Layer, LayerGraph
+from latbench.bench.export.quantize import DEFAULT_QUANT_FORMAT, in_precision
 from latbench.bench.ops import LEAKY_ALPHA
 from latbench.errors import ExportError
 
@@ -165,13 +166,17 @@ def _convt(e: _Emitter, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> Non
 
 def _resize(e: _Emitter, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
     a = layer.attrs
-    scales = e.const("scales", np.asarray([1.0, 1.0, a["scale"], a["scale"]], np.float32))
+    if "size" in a:  # resized to a size: the "sizes" input instead of "scales"
+        inputs = [layer.inputs[0], "", "", _ints("sizes", e, list(shapes[layer.output]))]
+    else:
+        inputs = [layer.inputs[0], "", e.const("scales", np.asarray(
+            [1.0, 1.0, a["scale"], a["scale"]], np.float32))]
     if a["mode"] == "nearest":  # PyTorch's nearest: source index floor(dst / scale)
         attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                  "nearest_mode": "floor"}
     else:
         attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
-    e.node("Resize", [layer.inputs[0], "", scales], layer.output, **attrs)
+    e.node("Resize", inputs, layer.output, **attrs)
 
 
 def _pad(e: _Emitter, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -217,6 +222,8 @@ _SIMPLE = {
         layer.output, axis=layer.attrs["axis"]),
     "add_const": lambda e, layer, shapes: e.node(
         "Add", [layer.inputs[0], e.const("value", layer.weights["value"])], layer.output),
+    "mul_const": lambda e, layer, shapes: e.node(
+        "Mul", [layer.inputs[0], e.const("value", layer.weights["value"])], layer.output),
     "convt": _convt,
     "resize": _resize,
     "pad": _pad,
@@ -228,11 +235,26 @@ _SIMPLE = {
     "reduce": lambda e, layer, shapes: e.node("ReduceMean", layer.inputs, layer.output,
                                               axes=list(layer.attrs["axes"]), keepdims=1),
     "shuffle": _shuffle,
+    "reshape": lambda e, layer, shapes: e.node(
+        "Reshape", [layer.inputs[0], _ints("shape", e, list(layer.attrs["shape"]))],
+        layer.output),
 }
 
 
-def to_onnx(graph: LayerGraph, name: str = "latbench") -> bytes:
-    """Serialise a graph as an ONNX model (opset 17, float32, fixed shapes)."""
+def to_onnx(graph: LayerGraph, name: str = "latbench", *,
+            quant_format: str = DEFAULT_QUANT_FORMAT) -> bytes:
+    """Serialise a graph as an ONNX model (opset 17, fixed shapes) in its precision
+    (`graph.dtype`): float32 as written here; int8 and float16 made from it by ONNX Runtime's
+    quantizer (`quant_format`: qdq, qoperator or dynamic) and float16 converter
+    (`bench.export.quantize`)."""
+    data = _float_model(graph, name)
+    if graph.dtype == "float32":
+        return data
+    what = "graph of " + ", ".join(dict.fromkeys(layer.op for layer in graph.layers))
+    return in_precision(data, graph.dtype, quant_format=quant_format, what=what)
+
+
+def _float_model(graph: LayerGraph, name: str) -> bytes:
     emitter = _Emitter()
     for layer in graph.layers:
         emitter.layer(layer, graph.shapes)

@@ -26,11 +26,12 @@ grouped-conv support reject version 6. `native_groups=False` selects the split l
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from latbench.bench.export import tflite_precision as precision
 from latbench.bench.export.graph import ELEMENTWISE_OPS, PLAIN_INPUT_OPS, Layer, LayerGraph
 from latbench.bench.ops import LEAKY_ALPHA
 from latbench.errors import ExportError
@@ -120,8 +121,8 @@ class _ModelWriter:
         return [int(d) for d in self.tensors[index].shape]
 
     # --- operators ----------------------------------------------------------------------------
-    def op(self, name: str, inputs: Sequence[int], outputs: Sequence[int],
-           options: Any = None, version: int = 1) -> None:
+    def opcode(self, name: str, version: int) -> int:
+        """Index of the operator code of builtin `name` at `version`, added when new."""
         s = self.s
         code = getattr(s.BuiltinOperator, name)
         key = (code, version)
@@ -132,8 +133,13 @@ class _ModelWriter:
             oc.version = version
             self.opcode_index[key] = len(self.opcodes)
             self.opcodes.append(oc)
+        return self.opcode_index[key]
+
+    def op(self, name: str, inputs: Sequence[int], outputs: Sequence[int],
+           options: Any = None, version: int = 1) -> None:
+        s = self.s
         op = s.OperatorT()
-        op.opcodeIndex = self.opcode_index[key]
+        op.opcodeIndex = self.opcode(name, version)
         op.inputs = np.asarray(list(inputs), np.int32)
         op.outputs = np.asarray(list(outputs), np.int32)
         if options is not None:
@@ -258,7 +264,8 @@ class _Lowering:
         self.w = _ModelWriter(schema)
         self.index: dict[str, int] = {}
 
-    def run(self, name: str) -> bytes:
+    def run(self, name: str) -> tuple[list[int], list[int]]:
+        """Lower every layer into the writer; the subgraph's (inputs, outputs)."""
         g = self.graph
         for x in g.inputs:
             self.index[x] = self.w.tensor(tflite_shape(g, x), x)
@@ -268,10 +275,7 @@ class _Lowering:
             self.layer(layer, out)
         if g.output_name not in self.index:
             raise ExportError(f"graph output {g.output_name!r} is produced by no layer")
-        logger.debug("TFLite model %s: %d operators, %d tensors, %d buffers", name,
-                     len(self.w.operators), len(self.w.tensors), len(self.w.buffers))
-        return self.w.finish([self.index[x] for x in g.inputs], [self.index[g.output_name]],
-                             name)
+        return [self.index[x] for x in g.inputs], [self.index[g.output_name]]
 
     def read(self, name: str, image: bool) -> int:
         """Tensor `name` stored as an NHWC image (`image`) or as it is: a TRANSPOSE where the
@@ -291,7 +295,10 @@ class _Lowering:
         # elementwise layers run in the layout their output is stored in
         image = (self.graph.is_image(layer.output) if op in ELEMENTWISE_OPS
                  else op not in PLAIN_INPUT_OPS)
-        xs = [self.read(i, image) for i in layer.inputs]
+        # a reshape (and a transpose `as_stored`) reads its input as stored: it handles the
+        # layouts itself
+        raw = op == "reshape" or (op == "transpose" and a.get("as_stored", False))
+        xs = [self.index[i] if raw else self.read(i, image) for i in layer.inputs]
         params = _act_params(layer)
         if op == "conv":
             self.conv(layer, xs[0], out)
@@ -583,9 +590,7 @@ _LOWERINGS: dict[str, Any] = {
     "softmax": _simple("SOFTMAX", "SoftmaxOptionsT", beta=1.0),
     "layernorm": lambda self, layer, xs, out: self.normalize(
         layer, xs[0], out, [len(self.w.shape(xs[0])) - 1]),
-    "transpose": lambda self, layer, xs, out: self.w.op(
-        "TRANSPOSE", [xs[0], self.w.const("perm", np.asarray(layer.attrs["perm"], np.int32))],
-        [out], self.s.TransposeOptionsT()),
+    "transpose": lambda self, layer, xs, out: _transpose(self, layer, xs, out),
     "cat_const": _Lowering.cat_const,
     "gather": lambda self, layer, xs, out: self.w.op(
         "GATHER", [xs[0], self.w.const("index", np.asarray(layer.attrs["index"], np.int32))],
@@ -593,6 +598,9 @@ _LOWERINGS: dict[str, Any] = {
     "add_const": lambda self, layer, xs, out: self.w.op(
         "ADD", [xs[0], self.w.const("value", layer.weights["value"])], [out],
         self.s.AddOptionsT()),
+    "mul_const": lambda self, layer, xs, out: self.w.op(
+        "MUL", [xs[0], self.w.const("value", _stored_const(self.graph, layer))], [out],
+        self.s.MulOptionsT()),
     "convt": _Lowering.convt,
     "resize": _Lowering.resize,
     "pad": _Lowering.pad,
@@ -603,7 +611,70 @@ _LOWERINGS: dict[str, Any] = {
             [_NHWC_AXIS[a] for a in layer.attrs["axes"]], np.int32))], [out],
         self.s.ReducerOptionsT(keepDims=True)),
     "shuffle": _Lowering.shuffle,
+    "reshape": lambda self, layer, xs, out: _reshape(self, layer, xs, out),
 }
+
+
+def _stored_const(graph: LayerGraph, layer: Layer) -> np.ndarray:
+    """A layer's broadcast constant as its output is stored: NHWC for an image."""
+    value = np.asarray(layer.weights["value"], np.float32)
+    if not graph.is_image(layer.output) or value.size == 1:
+        return value
+    value = value.reshape((1,) * (4 - value.ndim) + value.shape)
+    return np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+
+
+def _transpose(self: _Lowering, layer: Layer, xs: list[int], out: int) -> None:
+    """TRANSPOSE of the input read as NCHW; `as_stored`, one TRANSPOSE from the input as
+    stored to the output as stored (an image is stored NHWC, so the IR permutation is composed
+    with each side's layout), or a RESHAPE where the composition leaves the data in place: a
+    channels-last permute of an image (and back to an image) moves nothing in NHWC."""
+    g = self.graph
+    source = layer.inputs[0]
+    if not layer.attrs.get("as_stored", False):  # the input was read as NCHW
+        self.w.op("TRANSPOSE", [xs[0], self.w.const("perm", np.asarray(layer.attrs["perm"],
+                                                                     np.int32))],
+                  [out], self.s.TransposeOptionsT())
+        return
+    to_ir = [0, 3, 1, 2] if g.is_image(source) else list(range(len(g.shapes[source])))
+    perm = [to_ir[p] for p in layer.attrs["perm"]]
+    if g.is_image(layer.output):
+        perm = [perm[p] for p in (0, 2, 3, 1)]
+    stored = self.w.shape(xs[0])
+    moved = [p for p in perm if stored[p] != 1]
+    if moved == sorted(moved):
+        shape = self.w.shape(out)
+        self.w.op("RESHAPE", [xs[0], self.w.const("shape", np.asarray(shape, np.int32))], [out],
+                  self.s.ReshapeOptionsT(newShape=shape))
+        return
+    self.w.op("TRANSPOSE", [xs[0], self.w.const("perm", np.asarray(perm, np.int32))], [out],
+              self.s.TransposeOptionsT())
+
+
+def _layout_moves(shape: Sequence[int]) -> bool:
+    """Whether an NCHW image of `shape` holds its data in another order stored NHWC ([N, C,
+    1, 1] and [N, 1, H, W] do not)."""
+    return shape[1] != 1 and shape[2] * shape[3] != 1
+
+
+def _reshape(self: _Lowering, layer: Layer, xs: list[int], out: int) -> None:
+    """RESHAPE of the input in NCHW order: an image input stored NHWC is transposed first and
+    an image result transposed after, each unless it only moves axes of size 1."""
+    s, w = self.s, self.w
+    source = layer.inputs[0]
+    if self.graph.is_image(source) and _layout_moves(self.graph.shapes[source]):
+        xs = [self.read(source, False)]
+    shape = [int(d) for d in layer.attrs["shape"]]
+    stored = w.shape(out)
+    if self.graph.is_image(layer.output) and _layout_moves(shape):
+        nchw = w.temp(shape, "reshaped")
+        w.op("RESHAPE", [xs[0], w.const("shape", np.asarray(shape, np.int32))], [nchw],
+             s.ReshapeOptionsT(newShape=shape))
+        w.op("TRANSPOSE", [nchw, w.const("perm", np.asarray([0, 2, 3, 1], np.int32))], [out],
+             s.TransposeOptionsT())
+        return
+    w.op("RESHAPE", [xs[0], w.const("shape", np.asarray(stored, np.int32))], [out],
+         s.ReshapeOptionsT(newShape=stored))
 
 
 def tflite_shape(graph: LayerGraph, name: str) -> list[int]:
@@ -612,12 +683,45 @@ def tflite_shape(graph: LayerGraph, name: str) -> list[int]:
     return _nhwc(shape) if graph.is_image(name) else [int(d) for d in shape]
 
 
-def to_tflite(graph: LayerGraph, name: str = "latbench", *, native_groups: bool = True) -> bytes:
-    """Serialise a graph as a TFLite model (float32, fixed shapes, NHWC inputs and outputs).
+def to_tflite(graph: LayerGraph, name: str = "latbench", *, native_groups: bool = True,
+              calibration: Sequence[Mapping[str, np.ndarray]] | None = None) -> bytes:
+    """Serialise a graph as a TFLite model (fixed shapes, NHWC inputs and outputs) in the
+    graph's precision (`graph.dtype`):
 
-    Image inputs and outputs are NHWC (or [N, C] after a linear layer): callers transpose NCHW
-    data with `(0, 2, 3, 1)` on the way in and `(0, 3, 1, 2)` on the way out; plain tensors
-    (see `tflite_shape`) keep their shape.
+    - float32: float32 weights and compute;
+    - float16: float16 weights, each read through a DEQUANTIZE to float32 (the converter's
+      float16 quantization; XNNPACK folds the DEQUANTIZEs and may compute in FP16);
+    - int8: full-integer quantization (`tflite_precision.quantize_int8`), activation ranges
+      calibrated by running the float32 model on `calibration` (NCHW inputs by name, as
+      `LayerGraph.random_inputs` gives them; default: `CALIBRATION_SEEDS` of those).
+
+    Inputs and outputs stay float32 in every precision. Image inputs and outputs are NHWC (or
+    [N, C] after a linear layer): callers transpose NCHW data with `(0, 2, 3, 1)` on the way
+    in and `(0, 3, 1, 2)` on the way out; plain tensors (see `tflite_shape`) keep their shape.
     `native_groups=False` lowers grouped convolutions to SPLIT + CONV_2D + CONCATENATION.
     """
-    return _Lowering(graph, native_groups).run(name)
+    if graph.dtype not in precision.PRECISIONS:
+        raise ExportError(f"TFLite export has no precision {graph.dtype!r}; it writes "
+                          f"{', '.join(precision.PRECISIONS)}")
+    lowering = _Lowering(graph, native_groups)
+    inputs, outputs = lowering.run(name)
+    w = lowering.w
+    if graph.dtype == "float16":
+        precision.float16_weights(w)
+    elif graph.dtype == "int8":
+        if calibration is None:
+            calibration = [graph.random_inputs(seed) for seed in precision.CALIBRATION_SEEDS]
+        feeds = [{lowering.index[x]: tflite_input(graph, x, values[x]) for x in graph.inputs}
+                 for values in calibration]
+        ranges = precision.calibrate(w.finish(inputs, outputs, name), feeds,
+                                     precision.computed_tensors(w))
+        inputs, outputs = precision.quantize_int8(w, inputs, outputs, ranges)
+    logger.debug("TFLite model %s (%s): %d operators, %d tensors, %d buffers", name,
+                 graph.dtype, len(w.operators), len(w.tensors), len(w.buffers))
+    return w.finish(inputs, outputs, name)
+
+
+def tflite_input(graph: LayerGraph, name: str, value: np.ndarray) -> np.ndarray:
+    """NCHW data for graph input `name` as the TFLite model takes it (see `tflite_shape`)."""
+    value = np.asarray(value, np.float32)
+    return np.ascontiguousarray(value.transpose(0, 2, 3, 1) if graph.is_image(name) else value)

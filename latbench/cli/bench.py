@@ -111,7 +111,7 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive number of kernels, got {args.limit}")
     plan = load_plan(args.plan)
-    subjects = plan_subjects(plan)
+    subjects = plan_subjects(plan, _precision(args))
     if args.limit:
         subjects = subjects[:args.limit]
     card = {"plan": plan.to_dict(), "flags": sys.argv[1:]}
@@ -121,9 +121,23 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
 def cmd_bench_networks(args: argparse.Namespace) -> int:
     from latbench.bench.network_sets import resolve_networks
 
-    subjects = resolve_networks(args.networks, args.seed, dynamo=not args.legacy_export)
+    subjects = resolve_networks(args.networks, args.seed, dynamo=not args.legacy_export,
+                                precision=_precision(args))
     card = {"networks": args.networks, "seed": args.seed, "flags": sys.argv[1:]}
     return _measure(args, subjects, card, "network dataset")
+
+
+def _precision(args: argparse.Namespace) -> str:
+    from latbench.bench.platform import parse_precision
+
+    return parse_precision(args.precision)
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="fp32", metavar="P",
+                        help="what the kernels and networks compute in: fp32 (default), fp16 "
+                             "or int8 (ONNX: quantized by ONNX Runtime's static quantizer, QDQ; "
+                             "model files are measured as they are)")
 
 
 def cmd_bench_plan(args: argparse.Namespace) -> int:
@@ -254,7 +268,7 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     if not 0 < args.alpha <= 1:
         raise ConfigError(f"--alpha must be in (0, 1], got {args.alpha}")
     producers = args.producers.split(",") if args.producers else None
-    pairs = default_pairs(*([producers] if producers else []))
+    pairs = default_pairs(*([producers] if producers else []), precision=_precision(args))
     device = one_device(args, threads=args.threads)
     with Bars("fusion pairs") as bars:
         rules = measure_fusion(device, args.runtime, Path(args.out), campaign_config(args),
@@ -331,7 +345,8 @@ def add_commands(sub: Any) -> None:
                      help="measure only the first N kernels (N >= 1)")
     add_json(ops)
     add_device_options(ops)
-    add_run_settings(ops)
+    add_run_settings(ops, several_threads=True)
+    _add_precision(ops)
     ops.set_defaults(func=cmd_bench_ops)
 
     nets = bench_sub.add_parser(
@@ -347,8 +362,9 @@ def add_commands(sub: Any) -> None:
     nets.add_argument("--out", required=True, help="dataset directory (created or resumed)")
     add_json(nets)
     add_device_options(nets)
-    add_run_settings(nets)
+    add_run_settings(nets, several_threads=True)
     add_single_stream(nets)
+    _add_precision(nets)
     nets.set_defaults(func=cmd_bench_networks)
 
     repeat = bench_sub.add_parser(
@@ -441,6 +457,7 @@ def add_commands(sub: Any) -> None:
     add_json(fusion)
     add_device_options(fusion)
     add_run_settings(fusion)
+    _add_precision(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
 
     drift = bench_sub.add_parser(

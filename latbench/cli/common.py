@@ -132,6 +132,8 @@ def devices(args: argparse.Namespace, threads: int | None = None) -> list[Any]:
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if getattr(args, "only", None) else None
+    if isinstance(threads, list):  # several counts (--threads 1 2): the device's default first
+        threads = threads[0]
     return resolve_devices(getattr(args, "device", None), getattr(args, "fleet", None),
                            only=only, threads=threads,
                            insecure_accept_unknown_host_key=getattr(args, "insecure_host_keys",
@@ -155,12 +157,18 @@ def run_settings(args: argparse.Namespace) -> Any:
 
     fixed = args.fixed_runs
     runs = args.runs if args.runs is not None else (20 if fixed else 10)
-    return RunSettings(threads=args.threads, warmup=args.warmup, runs=runs,
+    return RunSettings(threads=thread_counts(args)[0], warmup=args.warmup, runs=runs,
                        rounds=args.rounds, graph_opt=args.graph_opt, delegate=args.delegate,
                        target_ci=None if fixed else args.target_ci, confidence=args.confidence,
                        min_runs=args.min_runs, max_runs=args.max_runs,
                        max_seconds=args.max_seconds, futility=args.futility or None,
                        retake_descheduled=not args.keep_descheduled)
+
+
+def thread_counts(args: argparse.Namespace) -> list[int]:
+    """--threads as a list: one count, or the several of `bench ops` / `bench networks`."""
+    threads = args.threads
+    return list(threads) if isinstance(threads, list) else [threads]
 
 
 def stream_settings(args: argparse.Namespace) -> Any:
@@ -202,7 +210,14 @@ def campaign_config(args: argparse.Namespace, settings: Any = None) -> Any:
                           drift_correct=getattr(args, "drift_correct", False),
                           keep_samples=getattr(args, "keep_samples", False),
                           shuffle_seed=None if getattr(args, "keep_order", False) else 0,
-                          lock_wait_s=getattr(args, "lock_wait", 0.0))
+                          lock_wait_s=getattr(args, "lock_wait", 0.0),
+                          thread_counts=_several_threads(args))
+
+
+def _several_threads(args: argparse.Namespace) -> tuple[int, ...]:
+    """The thread counts of a campaign measuring several (--threads 1 2), else ()."""
+    counts = getattr(args, "threads", None)
+    return tuple(counts) if isinstance(counts, list) and len(counts) > 1 else ()
 
 
 DEFAULT_COOLDOWN_S = 300.0  # the longest cooling wait of --max-temp without --cooldown
@@ -280,10 +295,19 @@ def add_device_options(p: argparse.ArgumentParser, *, fleet_required: bool = Fal
                    help="seconds per device for its health check (default 60)")
 
 
-def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool = False) -> None:
+def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool = False,
+                     several_threads: bool = False) -> None:
+    """The measurement flags; `several_threads`: --threads takes several counts, each measured
+    as a platform of its own (`bench ops`, `bench networks`)."""
     g = p.add_argument_group("measurement settings")
     if not defaults_from_predictor:
-        g.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+        if several_threads:
+            g.add_argument("--threads", type=int, nargs="+", default=[1], metavar="N",
+                           help="runtime threads; several (e.g. --threads 1 2) measure every "
+                                "subject at each, a platform per count in one dataset "
+                                "(default 1)")
+        else:
+            g.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
         g.add_argument("--warmup", type=int, default=10,
                        help="untimed calls per model before timing (default 10)")
         g.add_argument("--runs", type=int, default=None,
@@ -374,6 +398,67 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
                    help="measure the subjects in the order given instead of a seeded random "
                         "order (the default spreads a slow phase over every kind of subject "
                         "rather than biasing whichever ones were listed together)")
+
+
+def add_platform_choice(p: argparse.ArgumentParser, *, what: str = "the predictor's",
+                        device_runtime: bool = False, default: str | None = None) -> None:
+    """--threads, --precision and --delegate (with `device_runtime` also --device and
+    --runtime): which of the platforms (bench.platform) a predictor or dataset holds to use;
+    `default` says what happens without them (else: `what` only one)."""
+    from latbench.bench.platform import PRECISION_NAMES
+
+    default = default or f"{what} only one"
+    g = p.add_argument_group(f"platform (which of {what} platforms; docs/predictors.md, "
+                             "Platforms)")
+    if device_runtime:
+        g.add_argument("--device", help=f"the platform of this device (default: {default})")
+        g.add_argument("--runtime", choices=runtime_names(),
+                       help=f"the platform of this runtime (default: {default})")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help=f"the platform of N runtime threads (default: {default})")
+    g.add_argument("--precision", metavar="P",
+                   help=f"the platform of this precision: {', '.join(PRECISION_NAMES.values())}"
+                        f" (default: {default})")
+    g.add_argument("--delegate", metavar="NAME",
+                   help=f"the platform of this runtime delegate, e.g. LiteRT's xnnpack or "
+                        f"builtin (default: {default})")
+
+
+def platform_choice(args: argparse.Namespace) -> Any:
+    """The PlatformChoice the flags of `add_platform_choice` make (with --device and --runtime
+    where the command has them)."""
+    from latbench.bench.platform import PlatformChoice, parse_precision
+
+    precision = getattr(args, "precision", None)
+    return PlatformChoice(device=getattr(args, "device", None),
+                          runtime=getattr(args, "runtime", None),
+                          delegate=getattr(args, "delegate", None),
+                          precision=None if precision is None else parse_precision(precision),
+                          threads=getattr(args, "threads", None))
+
+
+def predictor_choice(args: argparse.Namespace, path: str | Path, *,
+                     measured_on: bool = False) -> Any:
+    """The PlatformChoice of the flags for the predictor at `path`. With `measured_on`,
+    --device names the device to measure on (eval, search --measure): it then chooses only
+    among a predictor's several devices, one fitted elsewhere being measured here on
+    purpose."""
+    import dataclasses
+
+    from latbench.predictor.io import read_platforms
+
+    choice = platform_choice(args)
+    if measured_on and choice.device and len({p.device for p in read_platforms(Path(path))}) < 2:
+        choice = dataclasses.replace(choice, device=None)
+    return choice
+
+
+def load_predictor(args: argparse.Namespace, *, measured_on: bool = False) -> Any:
+    """The predictor at --predictor, at the platform the flags choose (`predictor_choice`)."""
+    from latbench.predictor.latency_predictor import LatencyPredictor
+
+    path = Path(args.predictor)
+    return LatencyPredictor.load(path, predictor_choice(args, path, measured_on=measured_on))
 
 
 def add_statistic(p: argparse.ArgumentParser, help_text: str | None = None) -> None:

@@ -15,12 +15,15 @@ from latbench.cli.common import (
     add_device_options,
     add_json,
     add_legacy_export,
+    add_platform_choice,
     add_run_settings,
     add_statistic,
     campaign_config,
     json_params,
+    load_predictor,
     networks_help,
     one_device,
+    platform_choice,
     report_failures,
     runtime_names,
 )
@@ -40,10 +43,15 @@ def _metric_rows(metrics: dict[str, dict[str, float]]) -> list[tuple[Any, ...]]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from latbench.predictor.latency_predictor import LatencyPredictor
+    from latbench.bench.platform import choosing_flags
+    from latbench.predictor.latency_predictor import (
+        LatencyPredictor,
+        fit_platforms,
+        save_platforms,
+    )
 
-    predictor = LatencyPredictor(args.predictor, json_params(args.params, "--params"),
-                                 cv_folds=args.cv_folds)
+    template = LatencyPredictor(args.predictor, json_params(args.params, "--params"),
+                                cv_folds=args.cv_folds)
     rules = None
     if args.fusion:
         from latbench.bench.fusion import rules_from_card
@@ -53,18 +61,40 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if rules is None:
             raise ConfigError(f"dataset {args.fusion} holds no fusion rules; measure them with "
                               "`latbench bench fusion`")
-    predictor.fit(Path(args.data), statistic=args.statistic, device=args.device,
-                  runtime=args.runtime, fusion=rules)
-    predictor.save(Path(args.out))
-    info, summary = predictor.info_, predictor.fit_summary_
+    predictors = fit_platforms(template, Path(args.data), statistic=args.statistic,
+                               platform=platform_choice(args), fusion=rules)
+    save_platforms(predictors, Path(args.out))
     if args.json:
-        print_json({"predictor": str(args.out), "kernel_model": args.predictor,
-                    **{k: info.get(k) for k in ("device", "runtime", "runtime_version",
-                                                "settings", "statistic", "statistic_gaps")},
-                    "summary": summary})
+        fitted = [_fit_json(p, args.predictor) for p in predictors]
+        single = fitted[0] if len(fitted) == 1 else {}
+        print_json({**single, "predictor": str(args.out), "kernel_model": args.predictor,
+                    "platforms": fitted})
         return 0
-    print_table(f"predictor {args.out}", ["kernel kind", "kernels", "CV RMSPE %",
-                                          "CV within 10%", "training range"],
+    for predictor in predictors:
+        _print_fit(predictor, len(predictors) > 1)
+    if len(predictors) > 1:
+        print(f"{len(predictors)} platforms in {args.out}: choose one with "
+              f"{choosing_flags([p.platform for p in predictors])} when predicting")
+    return 0
+
+
+def _fit_json(predictor: Any, kernel_model: str) -> dict[str, Any]:
+    """What `predictor fit --json` says of one platform's predictor."""
+    info = predictor.info_
+    return {"platform": predictor.platform.to_json(), "label": predictor.platform.label(),
+            "folder": str(predictor.path), "kernel_model": kernel_model,
+            **{k: info.get(k) for k in ("device", "runtime", "runtime_version", "settings",
+                                        "statistic", "statistic_gaps")},
+            "summary": predictor.fit_summary_}
+
+
+def _print_fit(predictor: Any, several: bool) -> None:
+    """One platform's fit summary: per kind the kernels, CV error and training range; the
+    calibration; the margin, statistic gaps and memory model; what it was trained for."""
+    info, summary = predictor.info_, predictor.fit_summary_
+    title = f"predictor {predictor.path}" + (f" ({predictor.platform})" if several else "")
+    print_table(title, ["kernel kind", "kernels", "CV RMSPE %", "CV within 10%",
+                        "training range"],
                 [(kind, k["kernels"], *_cv_cells(k["cv"]), _range_text(k["range"]))
                  for kind, k in summary["kinds"].items()])
     if skipped := [f"{kind} ({k['cv']['skipped']})" for kind, k in summary["kinds"].items()
@@ -88,9 +118,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if gaps := _gap_text(info):
         print(gaps)
     print(_memory_fit_text(summary.get("memory") or {}))
-    print(f"device {info['device']}, runtime {info['runtime']} {info['runtime_version']}, "
-          f"statistic {info['statistic']}, call overhead {summary['call_overhead_ms']:.4f} ms")
-    return 0
+    print(f"platform {predictor.platform}: device {info['device']}, runtime {info['runtime']} "
+          f"{info['runtime_version']}, statistic {info['statistic']}, call overhead "
+          f"{summary['call_overhead_ms']:.4f} ms")
 
 
 def _gap_text(info: dict[str, Any]) -> str:
@@ -140,25 +170,25 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from latbench.bench.model_files import parse_input_shapes
-    from latbench.predictor.latency_predictor import LatencyPredictor
 
     path = Path(args.model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     shapes = parse_input_shapes(args.input_shape or [])
-    predictor = LatencyPredictor.load(Path(args.predictor))
+    predictor = load_predictor(args)
     prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial)
     memory = predicted_memory(predictor, path, shapes)
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
         print_json({"model": str(path), "device": predictor.device,
-                    "runtime": predictor.runtime, **prediction.to_json(),
+                    "runtime": predictor.runtime, "platform": predictor.platform.to_json(),
+                    **prediction.to_json(),
                     "model_size_bytes": path.stat().st_size,
                     "memory": None if memory is None else memory.to_json()})
         return 0
     flags = prediction.range_flags()
-    print_table(f"{path.name} on {predictor.device} / {predictor.runtime}",
+    print_table(f"{path.name} on {predictor.platform}",
                 ["kernel kind", "kernels", "outside range", "predicted ms"],
                 [(kind, sum(1 for s, _ in prediction.kernels if s.kind == kind),
                   sum(1 for (s, _), f in zip(prediction.kernels, flags, strict=True)
@@ -241,29 +271,32 @@ def _outside_text(outside: OutOfRange) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.bench.network_sets import resolve_networks
     from latbench.predictor.evaluate import evaluate, write_report
-    from latbench.predictor.latency_predictor import LatencyPredictor
     from latbench.progress import Bars
 
-    predictor = LatencyPredictor.load(Path(args.predictor))
+    predictor = load_predictor(args, measured_on=True)
     networks = resolve_networks(args.networks, args.seed, exclude=predictor.calibration_keys,
-                                dynamo=not args.legacy_export)
+                                dynamo=not args.legacy_export,
+                                precision=predictor.platform.precision)
     settings = predictor.run_settings()
     device = one_device(args, threads=settings.threads)
-    out = Path(args.out or Path(args.predictor) / "eval")
+    out = Path(args.out or Path(predictor.path or args.predictor) / "eval")
     with Bars("networks") as bars:
         report = evaluate(predictor, networks, device, out, args.runtime,
                           campaign_config(args, settings), bars, passes=args.passes)
     paths = write_report(report, out)
     if args.json:
         memory = report.memory
-        print_json({"device": device.name, "statistic": report.statistic,
+        print_json({"device": device.name, "platform": predictor.platform.to_json(),
+                    "threads": settings.threads, "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
                     "memory": None if memory is None else {
                         "metrics": memory.metrics, "calibrated": memory.calibrated},
                     "report": {k: str(v) for k, v in paths.items()}})
         return 0
-    print_table(f"held-out networks on {device.name} ({report.statistic})", METRIC_HEADER,
+    print_table(f"held-out networks on {device.name} ({report.statistic}, {settings.threads} "
+                f"thread{'' if settings.threads == 1 else 's'})", METRIC_HEADER,
                 _metric_rows(report.metrics))
+    print(f"predictor platform: {predictor.platform}")
     print(report.measurement)
     if report.memory is not None:
         print_memory_metrics(report.memory, device.name)
@@ -298,10 +331,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                     args.runtime, args.statistic,
                                     json_params(args.params, "--params"),
                                     campaign_config(args, RunSettings()), bars,
-                                    passes=args.passes)
+                                    passes=args.passes, platform=platform_choice(args))
     paths = write_comparison(report, out)
     if args.json:
-        print_json({"device": device.name, "statistic": report.statistic,
+        print_json({"device": device.name, "platform": report.platform,
+                    "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
                     "report": str(paths["markdown"])})
         return 0
@@ -316,6 +350,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print_table(f"held-out networks on {device.name} ({report.statistic})",
                 ["predictor", "family", "n", "covered", "RMSPE %", "within 10%", "Spearman"],
                 rows)
+    print(f"predictors' platform: {report.platform['label']}")
     print(report.measurement)
     print(f"report: {paths['markdown']}")
     report_failures(report.campaign)
@@ -329,20 +364,22 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     device = one_device(args)
     with Bars("new kernels") as bars:
-        _, reports = adapt_dataset(
+        final, reports = adapt_dataset(
             Path(args.data), Path(args.out), device, args.rounds, args.predictor,
             json_params(args.params, "--params"), args.statistic, args.runtime,
             args.threshold, args.per_point, args.max_new, args.seed,
-            campaign_config(args, RunSettings()), bars)
+            campaign_config(args, RunSettings()), bars, platform=platform_choice(args))
     if args.json:
-        print_json({"predictor": str(args.out), "rounds": [r.__dict__ for r in reports]})
+        print_json({"predictor": str(args.out), "platform": final.platform.to_json(),
+                    "rounds": [r.__dict__ for r in reports]})
         return 0
     print_table("adaptive sampling (held-out kernels)",
                 ["round", "training kernels", "flagged", "new", "held-out RMSPE %",
                  "held-out within 10%"],
                 [(r.round, r.n_train, r.n_flagged, r.n_new, f"{r.holdout_rmspe_pct:.2f}",
                   f"{r.holdout_within10:.1%}") for r in reports])
-    print(f"predictor written to {args.out} (report: {Path(args.out) / 'adapt.md'})")
+    print(f"predictor for {final.platform} written to {args.out} (report: "
+          f"{Path(args.out) / 'adapt.md'})")
     return 0
 
 
@@ -355,6 +392,7 @@ def _add_dataset_measuring(p: argparse.ArgumentParser, seed: int, seed_help: str
     add_json(p)
     add_device_options(p)
     add_run_settings(p, defaults_from_predictor=True)
+    add_platform_choice(p, what="the dataset's")
 
 
 def add_commands(sub: Any, pred_sub: Any) -> None:
@@ -377,8 +415,10 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                          help="predict the ops latbench can price and name those left out, "
                               "instead of refusing a model with unsupported ops")
     predict.add_argument("--json", action="store_true",
-                         help="print a JSON object (predicted_ms, coverage, per-kernel figures "
-                              "and range checks, skipped_ops, memory, model_size_bytes)")
+                         help="print a JSON object (platform, predicted_ms, coverage, "
+                              "per-kernel figures and range checks, skipped_ops, memory, "
+                              "model_size_bytes)")
+    add_platform_choice(predict, device_runtime=True)
     predict.set_defaults(func=cmd_predict)
 
     fit = pred_sub.add_parser("fit", help="fit a per-kernel predictor on a dataset")
@@ -388,8 +428,9 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     add_statistic(fit, "which latency statistic to learn (default min_ms: timing noise only "
                        "ever adds time, so the minimum is the most repeatable figure on a "
                        "shared or throttling device; median_ms for typical latency)")
-    fit.add_argument("--device", help="use only this device's records")
-    fit.add_argument("--runtime", choices=runtime_names(), help="use only this runtime's records")
+    fit.add_argument("--device", help="fit only the platforms of this device")
+    fit.add_argument("--runtime", choices=runtime_names(),
+                     help="fit only the platforms of this runtime")
     fit.add_argument("--params", help='predictor parameters as JSON, e.g. \'{"max_depth": 4}\'')
     fit.add_argument("--fusion", help="take the fusion rules from this dataset (its card) "
                                       "instead of the --data dataset's own")
@@ -397,6 +438,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                      help="K-fold cross-validation of each kernel kind's model for the summary "
                           "(default 5; 0 skips it)")
     add_json(fit)
+    add_platform_choice(fit, what="the dataset's", default="fit every platform of the dataset")
     fit.set_defaults(func=cmd_fit)
 
     ev = pred_sub.add_parser(
@@ -417,6 +459,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     add_json(ev)
     add_device_options(ev)
     add_run_settings(ev, defaults_from_predictor=True)
+    add_platform_choice(ev)
     ev.set_defaults(func=cmd_eval)
 
     compare = pred_sub.add_parser(

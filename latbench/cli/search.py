@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
 from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.cli.common import (
     add_device_options,
     add_json,
+    add_platform_choice,
     add_run_settings,
     campaign_config,
     data_dir,
+    platform_choice,
+    predictor_choice,
 )
 from latbench.tables import print_json, print_table
 
@@ -38,12 +42,14 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{fastest:.4g} to {slowest:.4g} ms): {prepared.target.describe()}",
               file=sys.stderr)
 
+    platform = replace(platform_choice(args), device=None) if args.predictor == "flops" \
+        else predictor_choice(args, args.predictor, measured_on=True)
     session = run_search(job, args.predictor, budgets, data_dir=data_dir(args.data_dir),
                          margin=args.margin, budget_statistic=args.budget_statistic,
                          out=args.out, measure=args.measure,
                          device=args.device, fleet=args.fleet,
                          config=campaign_config(args, RunSettings()), progress=Bars,
-                         on_prepared=announce)
+                         on_prepared=announce, platform=platform)
     if not session.lead:
         return 0
     if session.winners is not None:  # what disturbed their measurement, and what was done
@@ -57,7 +63,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     what = accuracy_label(session.results[0][1])
     target = session.prepared.target
-    print_table(f"{args.space} / {args.strategy}: the most accurate under each budget "
+    predicted = session.prepared.platform_json()
+    on = f" on {predicted['label']}" if predicted else " (flops table)"
+    print_table(f"{args.space} / {args.strategy}{on}: the most accurate under each budget "
                 f"(accuracy: {what}; budgets and measured: {target.statistic}, predicted: "
                 f"{target.learned})",
                 (*OUTCOME_HEADER, "queries"),
@@ -152,4 +160,5 @@ def add_commands(sub: Any) -> None:
     add_json(search)
     add_device_options(search, what="device for --measure")
     add_run_settings(search, defaults_from_predictor=True)
+    add_platform_choice(search)
     search.set_defaults(func=cmd_search)

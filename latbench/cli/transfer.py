@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from latbench.cli.common import add_json
+from latbench.cli.common import add_json, add_platform_choice, load_predictor
 from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
 
@@ -54,7 +54,6 @@ def cmd_lut_import(args: argparse.Namespace) -> int:
 
 
 def cmd_lut_export(args: argparse.Namespace) -> int:
-    from latbench.predictor.latency_predictor import LatencyPredictor
     from latbench.predictor.lut import (
         export_space_table,
         export_table,
@@ -66,7 +65,7 @@ def cmd_lut_export(args: argparse.Namespace) -> int:
     if bool(args.space) == bool(args.like):
         raise ConfigError("give exactly one of --space (a search space's layers) or --like "
                           "(the keys of an existing table)")
-    predictor = LatencyPredictor.load(Path(args.predictor))
+    predictor = load_predictor(args)
     if args.like:
         fmt = args.format or read_table(Path(args.like)).format
         table = export_table(predictor, table_layout(Path(args.like), fmt), fmt)
@@ -77,7 +76,7 @@ def cmd_lut_export(args: argparse.Namespace) -> int:
         fmt = args.format or "proxyless"
         table = export_space_table(predictor, get_space(args.space, **options), fmt)
     write_table(table, Path(args.out))
-    print(f"{len(table)} {fmt} entries written to {args.out}")
+    print(f"{len(table)} {fmt} entries for {predictor.platform} written to {args.out}")
     return 0
 
 
@@ -117,4 +116,5 @@ def add_commands(pred_sub: Any) -> None:
     exp.add_argument("--format", choices=("proxyless", "ofa"),
                      help="output format (default: --like's, else proxyless)")
     exp.add_argument("--out", required=True, help="YAML file to write")
+    add_platform_choice(exp, device_runtime=True)
     exp.set_defaults(func=cmd_lut_export)

@@ -64,6 +64,8 @@ def test_chain_figures_match_a_hand_count() -> None:
     assert p.activation_total_bytes == x + c + r + y  # Reshape adds no bytes
     assert p.conv_weight_bytes == (8 * 4 * 9 + 8) * F32
     assert p.weight_bytes == (8 * 4 * 9 + 8 + 512 * 10) * F32 + 2 * 8  # + the int64 shape
+    # the largest tensor is the MatMul's; the largest conv weight is the kernel, not its bias
+    assert (p.max_weight_bytes, p.max_conv_weight_bytes) == (512 * 10 * F32, 8 * 4 * 9 * F32)
     assert (p.input_bytes, p.output_bytes, p.steps, p.unsized) == (x, y, 4, 0)
     assert p.model_size_bytes == len(chain_model())
 
@@ -101,6 +103,8 @@ def test_tflite_export_of_a_chain_has_the_onnx_weights() -> None:
     onnx_p, tflite_p = profile_model(to_onnx(graph)), profile_model(to_tflite(graph))
     weights = (16 * 8 * 9 + 16 + 16 * 16 + 16) * F32
     assert onnx_p.conv_weight_bytes == weights and tflite_p.conv_weight_bytes == weights
+    assert onnx_p.max_conv_weight_bytes == tflite_p.max_conv_weight_bytes == 16 * 8 * 9 * F32
+    assert onnx_p.max_weight_bytes == tflite_p.max_weight_bytes == 16 * 8 * 9 * F32
     # TFLite fuses the ReLU into the conv: the conv's own output is never a separate tensor
     image = 16 * 16 * 16 * F32
     assert tflite_p.activation_peak_bytes == 8 * 256 * F32 + 2 * image

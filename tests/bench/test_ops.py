@@ -245,7 +245,7 @@ def test_non_key_fields_are_defaults_after_normalising() -> None:
     (dict(kind="conv3d"), "unknown op kind 'conv3d'"),
     (dict(kind="conv", act="celu"), "unknown activation 'celu'"),
     (dict(kind="pool", pool="lp"), "unknown pool type 'lp'"),
-    (dict(kind="conv", dtype="float16"), "unsupported dtype 'float16'"),
+    (dict(kind="conv", dtype="bfloat16"), "unsupported dtype 'bfloat16'"),
     (dict(kind="conv", h=0), "field h must be a positive integer"),
     (dict(kind="conv", w=-3), "field w must be a positive integer"),
     (dict(kind="dwconv", cin=0), "field cin must be a positive integer"),

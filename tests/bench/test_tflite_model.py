@@ -343,13 +343,14 @@ def test_old_opcodes_float16_weights_and_fc_squeeze_excite():
     filt = model.main.tensors[model.main.operators[0].inputs[0]]
     assert filt.dtype == "FLOAT16" and model.constant(filt).dtype == np.float16
     kernels = tflite_to_kernels(data)  # the GELU's code is read from the newer field
+    # float16 weights: every kernel of the model is of the FP16-weights precision
     assert _keys(kernels) == _keys([
-        OpSpec("conv", h=6, w=6, cin=8, cout=16, kernel=1, act="relu6"),
-        OpSpec("se", h=6, w=6, cin=16, expand=0.25, act="sigmoid"),
-        OpSpec("act", h=6, w=6, cin=16, act="gelu")])
+        OpSpec("conv", h=6, w=6, cin=8, cout=16, kernel=1, act="relu6", dtype="float16"),
+        OpSpec("se", h=6, w=6, cin=16, expand=0.25, act="sigmoid", dtype="float16"),
+        OpSpec("act", h=6, w=6, cin=16, act="gelu", dtype="float16")])
 
 
-def test_int8_per_channel_quantization_is_read_and_refused_as_a_kernel():
+def test_int8_per_channel_quantization_is_read_into_an_int8_kernel():
     net = _Net()
     scales = [0.5, 0.25, 0.125, 0.0625]
     x = net.tensor([1, 4, 4, 2], "INT8", signature=[-1, 4, 4, 2], quant=([0.1], [3], 0))
@@ -369,8 +370,8 @@ def test_int8_per_channel_quantization_is_read_and_refused_as_a_kernel():
     details = {d["index"]: d for d in _interpreter(data).get_tensor_details()}
     assert details[filt]["quantization_parameters"]["scales"] == pytest.approx(scales)
     assert details[x]["quantization"] == pytest.approx((0.1, 3))
-    with pytest.raises(UnsupportedModelError, match=r"CONV_2D op 0 .*computes in INT8"):
-        tflite_to_kernels(data)
+    assert _keys(tflite_to_kernels(data)) == _keys([
+        OpSpec("conv", h=4, w=4, cin=2, cout=4, kernel=1, dtype="int8")])
 
 
 def test_dynamic_spatial_input_is_refused_with_its_name():

@@ -1,0 +1,163 @@
+"""Issue 16 item 5: every platform this machine has, measured, fitted and scored the way a user
+would do it - one row per platform in one table.
+
+A platform is runtime (and delegate) x precision x threads. For each one available here - ONNX
+Runtime, LiteRT with XNNPACK, LiteRT's built-in kernels; FP32, INT8, FP16 where the runtime has
+it; 1 and 2 threads - the script runs the three commands of the README as subprocesses:
+
+    latbench bench ops --plan PLAN --runtime R [--delegate D] --precision P --threads T --out DATA
+    latbench predictor fit --data DATA --out PRED
+    latbench predictor eval --predictor PRED --networks HELD_OUT --seed 2024 --json
+
+and reports within-10%, RMSPE and Spearman per held-out family, and the minutes the platform's
+campaign took (what building a table for it costs). Platforms run one after the other, never two
+timings at once. `--platforms` picks a subset by label (e.g. `onnxruntime/int8/1t`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import HELD_OUT_SEED, fresh_dir  # noqa: E402
+from _report import publish  # noqa: E402
+
+LATBENCH = str(Path(sys.executable).with_name("latbench"))
+DEFAULT_NETWORKS = "nasbench-macro:50,mobilenetv2:5,resnet:5,efficientnet:5,mobilenetv3:5"
+
+
+@dataclass(frozen=True)
+class MatrixPlatform:
+    runtime: str
+    delegate: str  # "" for ONNX Runtime
+    precision: str  # fp32 | int8 | fp16
+    threads: int
+
+    @property
+    def label(self) -> str:
+        runtime = f"{self.runtime}-{self.delegate}" if self.delegate else self.runtime
+        return f"{runtime}/{self.precision}/{self.threads}t"
+
+    def flags(self) -> list[str]:
+        out = ["--runtime", self.runtime, "--precision", self.precision,
+               "--threads", str(self.threads)]
+        return out + (["--delegate", self.delegate] if self.delegate else [])
+
+
+def all_platforms() -> list[MatrixPlatform]:
+    """The matrix; FP16 on ONNX Runtime's CPU provider is kept: it runs (Casts around the ops
+    without an fp16 kernel), which is what a user exporting an fp16 model gets."""
+    runtimes = [("onnxruntime", ""), ("litert", "xnnpack"), ("litert", "builtin")]
+    return [MatrixPlatform(r, d, p, t) for r, d in runtimes for p in ("fp32", "int8", "fp16")
+            for t in (1, 2)]
+
+
+def run(argv: list[str], log: Path) -> tuple[int, float]:
+    """Run one latbench command, its output appended to `log`; (exit code, seconds)."""
+    started = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(argv)}\n")
+        out.flush()
+        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "COLUMNS": "200"}).returncode
+    return code, time.perf_counter() - started
+
+
+def measure_platform(p: MatrixPlatform, plan: str, networks: str, out: Path
+                     ) -> dict[str, object]:
+    folder = out / p.label.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.txt"
+    data, pred, ev = folder / "data", folder / "predictor", folder / "eval"
+    row: dict[str, object] = {"platform": p.label}
+    code, seconds = run([LATBENCH, "bench", "ops", "--plan", plan, *p.flags(), "--out",
+                         str(data)], log)
+    row["campaign_min"] = seconds / 60
+    if code:
+        row["error"] = f"bench ops exited {code} (see {log})"
+        return row
+    code, _ = run([LATBENCH, "predictor", "fit", "--data", str(data), "--out", str(pred)], log)
+    if code:
+        row["error"] = f"predictor fit exited {code} (see {log})"
+        return row
+    code, seconds = run([LATBENCH, "predictor", "eval", "--predictor", str(pred), "--networks",
+                         networks, "--seed", str(HELD_OUT_SEED), "--runtime", p.runtime,
+                         "--out", str(ev)], log)
+    row["eval_min"] = seconds / 60
+    if code:
+        row["error"] = f"predictor eval exited {code} (see {log})"
+        return row
+    row["metrics"] = json.loads((ev / "eval.json").read_text())["metrics"]
+    return row
+
+
+def pct(value: object) -> str:
+    return "" if value is None else f"{100 * float(value):.1f}%"
+
+
+def tables(rows: list[dict[str, object]]) -> list[str]:
+    families = sorted({f for r in rows for f in r.get("metrics", {}) if f != "all"})
+    lines = ["| platform | campaign min | eval min | n | within 10% | RMSPE % | Spearman | "
+             + " | ".join(f"{f} within 10% / Spearman" for f in families) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(families)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['platform']} | {r.get('campaign_min', 0):.1f} | | | "
+                         f"{r['error']} | | |" + " |" * len(families))
+            continue
+        m = r["metrics"]
+        a = m["all"]
+        cells = [f"{pct(m[f]['within10'])} / {m[f]['spearman']:.3f}" if f in m else ""
+                 for f in families]
+        lines.append(f"| {r['platform']} | {r['campaign_min']:.1f} | {r['eval_min']:.1f} | "
+                     f"{int(a['n'])} | {pct(a['within10'])} | {a['rmspe_pct']:.2f} | "
+                     f"{a['spearman']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", default="quick", help="plan every platform measures")
+    parser.add_argument("--networks", default=DEFAULT_NETWORKS, help="held-out networks")
+    parser.add_argument("--platforms", help="comma-separated labels to run (default: all), "
+                        "e.g. onnxruntime/fp32/1t,litert-xnnpack/int8/2t")
+    parser.add_argument("--out", default="/tmp/latbench-platform-matrix")
+    parser.add_argument("--keep", action="store_true", help="resume an earlier run's output")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    chosen = all_platforms()
+    if args.platforms:
+        wanted = set(args.platforms.split(","))
+        unknown = wanted - {p.label for p in chosen}
+        if unknown:
+            parser.error(f"unknown platform {sorted(unknown)[0]!r}; known: "
+                         + ", ".join(p.label for p in chosen))
+        chosen = [p for p in chosen if p.label in wanted]
+    out = fresh_dir(args.out, keep=args.keep)
+    rows = []
+    for p in chosen:
+        print(f"== {p.label}", flush=True)
+        rows.append(measure_platform(p, args.plan, args.networks, out))
+        print("\n".join(tables(rows[-1:])), flush=True)
+    load = os.getloadavg()[0]
+    body = [f"Plan `{args.plan}` measured per platform on the local CPU, a predictor fitted on "
+            f"it (`latbench predictor fit`, defaults), and held-out networks `{args.networks}` "
+            f"(seed {HELD_OUT_SEED}) measured and scored by `latbench predictor eval` at the "
+            f"same platform. Load average {load:.1f} at the end. Every cell: within 10% / "
+            "Spearman.", "", *tables(rows)]
+    publish("platform_matrix", "Platform matrix: runtime x precision x threads, local CPU",
+            body, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
