@@ -31,7 +31,7 @@ from latbench.bench.platform import (
     record_platform,
 )
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
-from latbench.errors import DatasetError, PredictorError
+from latbench.errors import DatasetError, PlatformError, PredictorError
 from latbench.predictor.features import range_values, training_pairs, training_ranges
 from latbench.predictor.memory import MemoryModel, MemoryPrediction, fit_dataset_memory
 from latbench.predictor.model_level import (
@@ -228,6 +228,7 @@ class LatencyPredictor:
             specs = list(parsed.kernels)
         else:
             specs = list(network)
+        self._check_precision(specs)
         per_kernel = self.kernel_ms(specs)
         return NetworkPrediction(float(per_kernel.sum()) + self.call_overhead_ms_,
                                  self.call_overhead_ms_,
@@ -236,6 +237,23 @@ class LatencyPredictor:
                                  tuple(self.in_range(specs)),
                                  tuple(parsed.skipped.items()) if parsed else (),
                                  parsed.problems if parsed else ())
+
+    def _check_precision(self, specs: Sequence[OpSpec]) -> None:
+        """A network that computes in none of this predictor's precision is another platform:
+        its INT8 kernels priced by an FP32 predictor would be several times off, silently. (A
+        quantized model keeps a few float kernels - ops its quantizer leaves in float - so a
+        network is refused only when its precision appears nowhere in it.)"""
+        from latbench.bench.platform import precision_name
+
+        precision = self.platform.precision
+        dtypes = {s.dtype for s in specs}
+        if dtypes and precision not in dtypes:
+            found = ", ".join(precision_name(d) for d in sorted(dtypes))
+            owner = f"predictor {self.path}" if self.path else "this predictor"
+            raise PlatformError(
+                f"the network computes in {found}; {owner} is fitted for "
+                f"{precision_name(precision)} ({self.platform}): measure a dataset with "
+                f"--precision {precision_name(sorted(dtypes)[0])} and fit on it")
 
     def predict_memory(self, model: str | Path | bytes, *,
                        input_shapes: ShapeMap | None = None) -> MemoryPrediction:

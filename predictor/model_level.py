@@ -30,6 +30,10 @@ ROBUST_ROUNDS = 6
 HUBER_K = 1.345
 ROBUST_FLOOR = 0.01
 ROBUST_MIN_NETWORKS = 10  # fewer: plain least squares (too few to tell an outlier)
+# An optional term is tried only where at least this many calibration networks carry it: fitted
+# on one or two networks, its coefficient is whatever those networks' residuals were, and it is
+# applied to every network with the term (bytes past the cache on a large model) unchecked.
+MIN_TERM_NETWORKS = 5
 DEFAULT_MARGIN = 0.03  # safety margin of a predictor without calibration networks
 
 
@@ -210,7 +214,8 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     `robust` (and at least ROBUST_MIN_NETWORKS networks) the squares of networks far off the
     fit count with Huber weights (`huber_weights`): calibration networks are measured once.
     Terms in `optional` are kept only if they lower the leave-one-out error: where a term says
-    nothing new (every convolution aligned) it only adds a free parameter. The summary holds
+    nothing new (every convolution aligned) it only adds a free parameter; one that fewer than
+    MIN_TERM_NETWORKS networks carry is not tried. The summary holds
     the scales, terms, networks used, RMSPE of the plain sum and of the composition (in sample
     and leave-one-out), 90th percentile under-prediction.
     """
@@ -225,6 +230,8 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
     design = _CompositionDesign(kernels, networks, terms, measured, overhead_ms, robust)
+    unsupported = [t for t in terms if t in optional and design.support(t) < MIN_TERM_NETWORKS]
+    terms = [t for t in terms if t not in unsupported]
     choosable = [t for t in terms if t in optional] if len(networks) > 1 else []
     fit, dropped = design.solve(terms, ridge), []
     # Every subset of the optional terms (there are few); the least leave-one-out error wins,
@@ -235,7 +242,7 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
             if trial.summary["rmspe_pct_loo"] <= fit.summary["rmspe_pct_loo"]:
                 fit, dropped = trial, list(left_out)
     if optional:
-        fit.summary["optional_terms_dropped"] = dropped
+        fit.summary["optional_terms_dropped"] = unsupported + dropped
     return fit
 
 
@@ -262,6 +269,10 @@ class _CompositionDesign:
                 self.sums[row, index[spec.kind]] += ms
             self.sums[row, len(self.kinds):] = values.sum(axis=0)
             self.kernels.append((raw, [s.kind for s in specs], values))
+
+    def support(self, term: str) -> int:
+        """How many networks have a non-zero value of `term`."""
+        return int(np.count_nonzero(self.sums[:, len(self.kinds) + self.terms.index(term)]))
 
     def solve(self, terms: Sequence[str], ridge: float) -> Composition:
         n_kinds = len(self.kinds)

@@ -444,11 +444,14 @@ FAST = ["--warmup", "1", "--runs", "3", "--rounds", "1", "--fixed-runs", "--cali
 
 def gated_fleet(tmp_path: Path) -> tuple[Path, Path]:
     """A fleet with one local device whose Python waits for a gate file before starting: a
-    campaign on it holds its dataset until the test opens the gate. Returns (fleet, gate)."""
-    gate = tmp_path / "gate"
+    campaign on it holds its dataset until the test opens the gate. Returns (fleet, gate). The
+    waiting shell runs in its own session (the local transport's), so killing a campaign leaves
+    it: it gives up when a `stop` file appears beside the gate or the folder is removed."""
+    gate, stop = tmp_path / "gate", tmp_path / "stop"
     python = tmp_path / "gated-python"
-    python.write_text(f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\n"
-                      f"exec '{sys.executable}' \"$@\"\n")
+    python.write_text(f"#!/bin/sh\nwhile [ ! -e '{gate}' ]; do\n"
+                      f"  {{ [ -e '{stop}' ] || [ ! -d '{tmp_path}' ]; }} && exit 1\n"
+                      f"  sleep 0.05\ndone\nexec '{sys.executable}' \"$@\"\n")
     python.chmod(0o755)
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(f'[devices.gated]\ntransport = "local"\npython = "{python}"\n'
@@ -524,6 +527,7 @@ def test_second_campaign_refuses_or_waits_and_measures_nothing_again(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        (tmp_path / "stop").touch()
     assert third.returncode == 0, lines
     assert f"dataset {out} is being measured by another campaign (pid {first.pid}" in \
         "".join(lines)
@@ -551,6 +555,7 @@ def test_killed_campaign_releases_the_dataset(tmp_path: Path,
     finally:
         os.killpg(hung.pid, signal.SIGKILL)
         hung.wait()
+        (tmp_path / "stop").touch()  # the device's waiting shell outlives the campaign
     assert holder(out)["pid"] == hung.pid  # it had no chance to clear the file
     code = main(["bench", "ops", "--plan", str(plan), "--out", str(out), *FAST])
     captured = capsys.readouterr()

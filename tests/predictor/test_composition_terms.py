@@ -16,6 +16,7 @@ from latbench.predictor.io import read_manifest
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import (
     MIN_SHARE,
+    MIN_TERM_NETWORKS,
     SPILL_BYTES,
     solve_composition,
     term_values,
@@ -289,3 +290,25 @@ def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None
     assert fit.terms["unaligned_add_pool_mb"] == pytest.approx(per_mb, rel=0.1)
     without = solve(table, calibration, terms=["per_kernel"])
     assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
+
+
+def test_optional_term_carried_by_too_few_networks_is_not_tried() -> None:
+    """Two of forty networks carry spilled tensors, and their residuals are large: fitted, the
+    term would take those two networks' error as its coefficient and apply it to every large
+    model; with fewer than MIN_TERM_NETWORKS carriers it is dropped before the fit."""
+    rng = np.random.default_rng(7)
+    nets = [[OpSpec("conv", h=16, w=16, cin=int(c), cout=int(c), kernel=3)
+             for c in rng.choice([16, 32, 48], 6)] for _ in range(38)]
+    big = [OpSpec("conv", h=96, w=96, cin=16, cout=64, kernel=1)]
+    nets += [big, big + [OpSpec("conv", h=16, w=16, cin=32, cout=32, kernel=3)]]
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.02 + 30 * kernel_cost(s).flops / 1e9 for s in specs])
+    truth = [0.01 + float(np.sum(table.predict(n))) * (3.0 if n[0] is big[0] else 1.0)
+             for n in nets]
+    assert sum(any(term_values(s, ["spilled_layout_mb"])[0] > 0 for s in n) for n in nets) \
+        == 2 < MIN_TERM_NETWORKS
+    fit = solve(table, list(zip(nets, truth, strict=True)),
+                terms=["per_kernel", "spilled_layout_mb"], optional={"spilled_layout_mb"})
+    assert fit.summary["optional_terms_dropped"] == ["spilled_layout_mb"]
+    assert set(fit.terms) == {"per_kernel"}

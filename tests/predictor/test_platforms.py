@@ -231,6 +231,22 @@ def test_predict_needs_a_platform_of_the_predictor(folder: Path, tmp_path: Path,
     assert code == 0 and "m.onnx on local · onnxruntime · fp32 · 1 thread" in out
 
 
+def test_a_model_in_another_precision_is_refused(folder: Path, tmp_path: Path,
+                                                 capsys) -> None:
+    """An INT8 model priced by an FP32 predictor would be several times off: refused, naming
+    both precisions."""
+    model = tmp_path / "q.onnx"
+    model.write_bytes(to_onnx(chain_graph([CONVS[0].with_(dtype="int8")] * 2)))
+    code, _, err = run(capsys, "predict", str(model), "--predictor", str(folder), "--threads",
+                       "1")
+    one_line_error(code, err, "the network computes in int8", "is fitted for fp32",
+                   "--precision int8")
+    one = LatencyPredictor.load(folder, PlatformChoice(threads=1))
+    with pytest.raises(PlatformError, match="computes in fp16"):
+        one.predict([CONVS[0].with_(dtype="float16")] * 2)
+    assert one.predict(CONVS[:2]).predicted_ms > 0
+
+
 def test_eval_measures_at_the_platforms_thread_count(folder: Path, tmp_path: Path) -> None:
     """Held-out networks are measured with the chosen platform's threads, and the report
     says which platform it scored."""
