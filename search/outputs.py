@@ -42,9 +42,11 @@ def accuracy_label(result: SearchResult) -> str:
 
 def write_outputs(out: Path, space: SearchSpace, space_options: Mapping[str, Any],
                   table: LatencyTable, result: SearchResult, outcome: BudgetOutcome,
-                  accuracy_table: Mapping[str, float] | None = None) -> dict[str, Path]:
+                  accuracy_table: Mapping[str, float] | None = None,
+                  platform: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """The files of one search (see the module docstring); `outcome` is the result's budget
-    outcome (measured or not)."""
+    outcome (measured or not); `platform` (its JSON form) is what the table predicted for, named
+    in winner.json and outcome.json."""
     import pandas as pd
     import torch
 
@@ -81,10 +83,12 @@ def write_outputs(out: Path, space: SearchSpace, space_options: Mapping[str, Any
         "space": space.name, "space_options": dict(space_options), "arch": result.arch,
         "choices": list(arch.choices), "trained": trained, "input_shape": space.input_shape,
         "budget_ms": outcome.budget_ms, "result": result.to_json(), "latency_table": {
-            "device": table.device, "runtime": table.runtime}}, indent=1, default=str) + "\n")
+            "device": table.device, "runtime": table.runtime}, "platform": platform},
+        indent=1, default=str) + "\n")
     torch.save(module.state_dict(), paths["module"])
     paths["onnx"].write_bytes(space.to_onnx(arch, module))
-    paths["outcome"].write_text(json.dumps(outcome.to_json(), indent=1) + "\n")
+    paths["outcome"].write_text(json.dumps({**outcome.to_json(), "platform": platform},
+                                           indent=1) + "\n")
     return paths
 
 

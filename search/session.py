@@ -116,7 +116,7 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
             continue
         folder = base / f"{job.strategy}-{budget:g}ms"
         write_outputs(folder, prepared.space, prepared.space_options, prepared.table, result,
-                      outcome, prepared.accuracy_table)
+                      outcome, prepared.accuracy_table, prepared.platform_json())
         session.folders[budget] = folder
     return session
 

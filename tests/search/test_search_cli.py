@@ -167,6 +167,10 @@ def test_measure_winners(capsys, tmp_path: Path, predictor_dir: Path, space: str
     assert result["within_budget"] == (result["measured_ms"] <= 5)
     outcome = json.loads((Path(result["folder"]) / "outcome.json").read_text())
     assert outcome["measured_ms"] == result["measured_ms"]
+    platform = LatencyPredictor.load(predictor_dir).platform
+    assert outcome["platform"]["label"] == platform.label()
+    winner = json.loads((Path(result["folder"]) / "winner.json").read_text())
+    assert winner["platform"] == outcome["platform"]
     assert (tmp_path / "winners").is_dir()
 
 
