@@ -42,11 +42,9 @@ log = logging.getLogger(__name__)
 PROFILE_VERSION = 2  # of the figures below: a change in how they are counted bumps it
 CARD_KEY = "network_memory"
 
-ONNX_ALIAS_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity",
-                            "Dropout"})
-ONNX_CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
-ONNX_CONV_WEIGHT = {"QLinearConv": 3}  # the weight input's position (1 for the others)
-TFLITE_ALIAS_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
+# Quantized convolutions (QLinearConv, ConvInteger) reach the walk as the Conv they compute
+# (`concrete_graph(as_float=True)`), their weights counted at the bytes they are stored in.
+ONNX_CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 TFLITE_CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"})
 
 
@@ -144,7 +142,12 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
                  ) -> MemoryProfile:
     """The memory figures of an ONNX model (path, bytes or ModelProto), with the input shapes
     `input_shapes` where its inputs have symbolic dims (as `latbench predict` takes them)."""
-    from latbench.bench.onnx_graph import concrete_graph, describe, load_model
+    from latbench.bench.onnx_graph import (
+        PASS_THROUGH_OPS,
+        concrete_graph,
+        describe,
+        load_model,
+    )
 
     proto, source = load_model(model)
     g = concrete_graph(proto, source, input_shapes, as_float=True)  # quantized: as it runs
@@ -172,12 +175,12 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
                 weights.setdefault(name, size(name))
                 if node.op_type in ONNX_CONV_OPS and index > 0:
                     conv_weights.add(name)
-                    if index == ONNX_CONV_WEIGHT.get(node.op_type, 1):
+                    if index == 1:
                         conv_kernels.add(name)
             else:
                 reads.append(name)
         writes = tuple((name, size(name)) for name in node.output if name)
-        alias = node.input[0] if node.op_type in ONNX_ALIAS_OPS and reads else None
+        alias = node.input[0] if node.op_type in PASS_THROUGH_OPS and reads else None
         steps.append(Step(describe(node), tuple(reads), writes, alias))
     inputs = {v.name: size(v.name) for v in proto.graph.input if v.name not in g.static}
     peak, total, at = live_walk(steps, inputs, g.outputs)
@@ -196,6 +199,7 @@ def onnx_profile(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = 
 # --- TFLite ---------------------------------------------------------------------------------
 def tflite_profile(model: Any) -> MemoryProfile:
     """The memory figures of a .tflite model (path or bytes); dynamic dims count as 1."""
+    from latbench.bench.tflite_graph import PASS_THROUGH_OPS as TFLITE_PASS_THROUGH_OPS
     from latbench.bench.tflite_model import NUMPY_DTYPES, read_tflite
 
     sg = read_tflite(model).main
@@ -233,7 +237,7 @@ def tflite_profile(model: Any) -> MemoryProfile:
             else:
                 reads.append(str(index))
         writes = tuple((str(o), size(o)) for o in op.outputs if o >= 0)
-        alias = reads[0] if op.op in TFLITE_ALIAS_OPS and reads else None
+        alias = reads[0] if op.op in TFLITE_PASS_THROUGH_OPS and reads else None
         steps.append(Step(f"{op.name} op {op.index}", tuple(reads), writes, alias))
     inputs = {str(i): size(i) for i in sg.inputs if i not in static}
     outputs = [str(o) for o in sg.outputs]

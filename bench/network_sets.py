@@ -183,7 +183,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
                 if with_kernels or precision != "float32" else None
             subject = Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
                                                                       dynamo, precision),
-                                         kernels, convert=True)
+                                         kernels, convert=precision == "float32")
             if precision != "float32":  # other runtimes convert the float export, then make
                 # it that precision their own way (a quantized ONNX graph has no LayerGraph)
                 subject = replace(subject, graph=functools.partial(_precision_graph, net,

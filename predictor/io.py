@@ -146,17 +146,22 @@ def _swap_in(staging: Path, path: Path) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------------
+def _read_json(file: Path) -> Any:
+    """The JSON in `file`; unreadable or invalid is a PredictorError naming it."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictorError(f"cannot read {file}: {exc}") from exc
+    except ValueError as exc:
+        raise PredictorError(f"{file} is not valid JSON: {exc}") from exc
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the predictor folder `path`, its schema checked (errors name the field)."""
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
         raise PredictorError(f"no predictor at {path} (missing {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictorError(f"cannot read {manifest_path}: {exc}") from exc
-    except ValueError as exc:
-        raise PredictorError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    manifest = _read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PredictorError(f"{manifest_path} is not a latbench predictor manifest")
     if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
@@ -178,12 +183,7 @@ def read_platforms(path: Path) -> dict[Platform, Path]:
     index = path / PLATFORMS
     if not index.is_file():
         return {manifest_platform(read_manifest(path), str(path / MANIFEST)): path}
-    try:
-        data = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PredictorError(f"cannot read {index}: {exc}") from exc
-    except ValueError as exc:
-        raise PredictorError(f"{index} is not valid JSON: {exc}") from exc
+    data = _read_json(index)
     if not isinstance(data, dict) or data.get("format") != PLATFORMS_FORMAT \
             or not isinstance(data.get("platforms"), list) or not data["platforms"]:
         raise PredictorError(f"{index} is not a latbench platforms index (a 'platforms' list)")

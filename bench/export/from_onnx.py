@@ -23,6 +23,7 @@ import onnx
 
 from latbench.bench.export.graph import GraphBuilder, LayerGraph
 from latbench.bench.onnx_graph import (
+    PASS_THROUGH_OPS,
     OnnxGraph,
     ShapeMap,
     attrs,
@@ -42,9 +43,6 @@ from latbench.bench.onnx_patterns import (
 )
 from latbench.bench.ops import LEAKY_ALPHA
 from latbench.errors import ExportError, LatbenchError
-
-# Nodes that only relabel data (row-major order kept): a view of their input.
-_VIEW_OPS = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 
 
 class _Builder(GraphBuilder):
@@ -605,7 +603,7 @@ _HANDLERS: dict[str, Callable[[_Converter, onnx.NodeProto], None]] = {
                                            "Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Gelu",
                                            "Erf", "Softplus", "Mish", "Swish")},
     **{op: _Converter.elementwise for op in ("Add", "Mul", "Sub", "Div", "Pow")},
-    **{op: _Converter.view for op in _VIEW_OPS},
+    **{op: _Converter.view for op in PASS_THROUGH_OPS},  # views: row-major order kept
     "Pad": _Converter.pad,
     "Transpose": _Converter.transpose,
     "Softmax": _Converter.softmax,

@@ -37,7 +37,6 @@ import numpy as np
 
 from latbench.errors import ExportError
 
-PRECISIONS = ("float32", "float16", "int8")
 CALIBRATION_SEEDS = (0, 1, 2, 3)  # `LayerGraph.random_inputs` seeds of the default calibration
 _QMIN, _QMAX = -128, 127
 _INT32_MAX = 2**31 - 1

@@ -33,7 +33,7 @@ import numpy as np
 
 from latbench.bench.export import tflite_precision as precision
 from latbench.bench.export.graph import ELEMENTWISE_OPS, PLAIN_INPUT_OPS, Layer, LayerGraph
-from latbench.bench.ops import LEAKY_ALPHA
+from latbench.bench.ops import DTYPES, LEAKY_ALPHA
 from latbench.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -700,9 +700,9 @@ def to_tflite(graph: LayerGraph, name: str = "latbench", *, native_groups: bool 
     in and `(0, 3, 1, 2)` on the way out; plain tensors (see `tflite_shape`) keep their shape.
     `native_groups=False` lowers grouped convolutions to SPLIT + CONV_2D + CONCATENATION.
     """
-    if graph.dtype not in precision.PRECISIONS:
+    if graph.dtype not in DTYPES:
         raise ExportError(f"TFLite export has no precision {graph.dtype!r}; it writes "
-                          f"{', '.join(precision.PRECISIONS)}")
+                          f"{', '.join(DTYPES)}")
     lowering = _Lowering(graph, native_groups)
     inputs, outputs = lowering.run(name)
     w = lowering.w

@@ -25,6 +25,7 @@ from latbench.cli.common import (
     runtime_names,
     stream_settings,
     summary_json,
+    thread_counts,
 )
 from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
@@ -49,7 +50,7 @@ def _measure(args: argparse.Namespace, subjects: list[Any], card: dict[str, Any]
     from latbench.bench.runners import RUNNERS, require_runtime
     from latbench.progress import Bars
 
-    targets = devices(args, threads=args.threads)
+    targets = devices(args, threads=thread_counts(args)[0])  # the first of several counts
     config = campaign_config(args)
     if args.fleet:
         from latbench.device_agents import CHECK_HEADER, check_row

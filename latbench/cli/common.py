@@ -132,8 +132,6 @@ def devices(args: argparse.Namespace, threads: int | None = None) -> list[Any]:
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] \
         if getattr(args, "only", None) else None
-    if isinstance(threads, list):  # several counts (--threads 1 2): the device's default first
-        threads = threads[0]
     return resolve_devices(getattr(args, "device", None), getattr(args, "fleet", None),
                            only=only, threads=threads,
                            insecure_accept_unknown_host_key=getattr(args, "insecure_host_keys",
