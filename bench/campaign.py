@@ -815,6 +815,17 @@ class _DeviceWorker:
         return records, redone, drift
 
 
+def _check_thread_counts(config: CampaignConfig, facts: Mapping[str, dict[str, Any]]) -> None:
+    """A thread count above a device's cores (`facts`: by device name) measures the
+    scheduler, not the runtime: refused before anything is written."""
+    most = max(config.thread_counts or (config.settings.threads,))
+    for device, known in facts.items():
+        cores = known.get("cores")
+        if isinstance(cores, int) and most > cores:
+            raise ConfigError(f"--threads {most} is more than the {cores} cores of device "
+                              f"{device}")
+
+
 def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
                  runtimes: Sequence[str] | None, dataset: LatencyDataset,
                  config: CampaignConfig | None = None, progress: ProgressSink | None = None,
@@ -969,6 +980,7 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
     progress = progress or _Silent()
     with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
         facts = fetch_facts(device)
+        _check_thread_counts(config, {device.name: facts})
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "device": device.name,
@@ -1028,6 +1040,7 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
     progress = progress or _Silent()
     with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
         checks = check_devices(devices, check_timeout_s)
+        _check_thread_counts(config, {c.device: c.facts for c in checks if c.reachable})
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "host_software": software_versions(),

@@ -54,8 +54,20 @@ def arch_subject(space: SearchSpace, arch: Arch, key: str | None = None,
     specs = [s.with_(dtype=precision) for s in space.ops(arch)]
     if space.is_chain:
         return Subject.chain(key, space.name, specs)
-    return Subject.onnx_model(key, space.name, functools.cache(
-        lambda: _in_precision(space.to_onnx(arch), precision, key)), kernels=specs)
+    export = functools.cache(lambda: space.to_onnx(arch))
+    subject = Subject.onnx_model(key, space.name, functools.cache(
+        lambda: _in_precision(export(), precision, key)), kernels=specs,
+        convert=precision == "float32")
+    if precision == "float32":
+        return subject
+    # other runtimes convert the float export, then make it that precision their own way
+    return replace(subject, graph=lambda: replace(_converted_graph(export()), dtype=precision))
+
+
+def _converted_graph(model: bytes) -> LayerGraph:
+    from latbench.bench.export.from_onnx import onnx_to_graph
+
+    return onnx_to_graph(model)
 
 
 def _in_precision(model: bytes, precision: str, key: str) -> bytes:
@@ -193,9 +205,7 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
 
 
 def _precision_graph(net: NetworkDef, dynamo: bool, precision: str) -> LayerGraph:
-    from latbench.bench.export.from_onnx import onnx_to_graph
-
-    return replace(onnx_to_graph(_EXPORTS.onnx(net, dynamo)), dtype=precision)
+    return replace(_converted_graph(_EXPORTS.onnx(net, dynamo)), dtype=precision)
 
 
 def family_set_networks(spec: str) -> list[NetworkDef]:

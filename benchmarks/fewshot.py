@@ -38,17 +38,31 @@ from _report import publish  # noqa: E402
 from latbench.predictor.evaluate import error_metrics  # noqa: E402
 from latbench.predictor.fewshot import (  # noqa: E402
     DEFAULT_CANDIDATES,
+    DEFAULT_LEVEL,
+    DEFAULT_STRUCTURE,
     SPACES,
     FewShotPredictor,
+    ReferenceTable,
     arch_features,
+    canonical_archs,
     fit_cost_tables,
     leave_one_device_out,
     load_reference,
+    predictor_reference,
+    score_fit,
+    suggest_samples,
     table_features,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 KS = (5, 10, 20, 50)
+# Devices measured by latbench on this machine (`bench networks --networks nasbench201:1000
+# --seed 201`): name -> (dataset, the --local-reference-* flag naming the kernel predictor of
+# the machine's OTHER runtime that joins the references in the device's second row).
+LOCAL_DEVICES = {
+    "LiteRT (XNNPACK, 1 thread)": ("datasets/xeon-2core-nb201-litert", "onnxruntime"),
+    "ONNX Runtime (1 thread)": ("datasets/xeon-2core-nb201-onnxruntime", "litert"),
+}
 
 
 def ceiling(space: str, table, seed: int = 0) -> pd.DataFrame:
@@ -142,6 +156,84 @@ def closest_reference(table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def local_truth(path: Path, statistic: str) -> tuple[list[str], np.ndarray]:
+    """NAS-Bench-201 float32 networks of a latbench dataset: cell strings and `statistic`
+    (median over repeated records of a network)."""
+    from latbench.bench.store import load_dataset
+
+    frame = load_dataset(path)
+    nets = frame[(frame["kind"] == "network") & frame["key"].str.startswith("nasbench201:")
+                 & ~frame["key"].str.contains("@")]  # float32 networks only
+    per_arch = nets.groupby("key")[statistic].median()
+    archs = canonical_archs("nasbench201", [k.split(":", 1)[1] for k in per_arch.index])
+    return archs, per_arch.to_numpy(dtype=np.float64)
+
+
+def local_rows(table: ReferenceTable, archs: list[str], truth: np.ndarray, draws: int,
+               k: int = 10) -> list[dict]:
+    """K samples of a device measured here (random draws, and the suggested ones chosen among
+    its measured architectures), every other measured architecture scored; with and without
+    the structure prior."""
+    rows = []
+    table_rows = table.rows(archs)
+    for structure in (True, False):
+        model = FewShotPredictor("nasbench201", table, structure=structure)
+        for seed in range(draws):
+            picked = np.random.default_rng(seed).choice(len(archs), k, replace=False)
+            rows.append({"selection": "random", "structure": structure,
+                         **score_fit(model, archs, truth, picked)})
+        picked = suggest_samples("nasbench201", table.subset(table_rows), k)
+        rows.append({"selection": "suggested", "structure": structure,
+                     **score_fit(model, archs, truth, picked)})
+    return rows
+
+
+def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | None]],
+                  statistic: str, draws: int) -> list[str]:
+    """Section lines: few-shot on the devices measured here, references the 13 shared devices,
+    then also the kernel predictor of the machine's other runtime."""
+    from latbench.predictor.latency_predictor import LatencyPredictor
+
+    shared = ReferenceTable(tuple(canonical_archs("nasbench201", shared.archs)),
+                            shared.devices, shared.ms)
+    lines = [f"NAS-Bench-201 networks measured by latbench on this machine (truth: `{statistic}`"
+             f"); K = 10 samples among them, scored on the other measured ones; {draws} random "
+             "draws, and the suggested samples (`--suggest`, chosen among the measured "
+             "architectures). References: the 13 shared-table devices (none left out), then "
+             "also a kernel predictor of this machine's other runtime. Coverage: share of the "
+             f"truths inside the {DEFAULT_LEVEL:.0%} intervals.", "",
+             "| device | references | samples | structure prior | Spearman | within 10% | "
+             "coverage | closest reference (Spearman) |", "|---|---|---|---|---|---|---|---|"]
+    for name, (path, predictor) in devices.items():
+        if not (path / "records").exists():
+            lines.append(f"| {name} | - | - | - | not measured yet ({path}) | | | |")
+            continue
+        archs, truth = local_truth(path, statistic)
+        tables = [("13 shared devices", shared)]
+        if predictor and Path(predictor).exists():
+            loaded = LatencyPredictor.load(predictor)
+            label = f"{loaded.platform.runtime} predictor"
+            column = predictor_reference(loaded, "nasbench201", f"predictor:{label}")
+            tables.append((f"13 shared + {label}", shared.join(column)))
+        for label, table in tables:
+            ranks = pd.DataFrame(table.ms[table.rows(archs)], columns=list(table.devices))
+            closeness = ranks.corrwith(pd.Series(truth), method="spearman")
+            near = f"{closeness.idxmax()} ({closeness.max():.3f})"
+            frame = pd.DataFrame(local_rows(table, archs, truth, draws))
+            for (selection, structure), group in frame.groupby(["selection", "structure"],
+                                                               sort=False):
+                m = group[["spearman", "within10", "coverage"]].mean()
+                lines.append(f"| {name} ({len(archs)} archs) | {label} | {selection} | "
+                             f"{'yes' if structure else 'no'} | {m['spearman']:.3f} | "
+                             f"{m['within10']:.1%} | {m['coverage']:.1%} | {near} |")
+    return lines
+
+
+def other_of(runtime: str) -> str:
+    """The machine's other runtime."""
+    return "litert" if runtime == "onnxruntime" else "onnxruntime"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -150,14 +242,47 @@ def main() -> None:
                         help="draws for the K = 10 figure the target is judged on (the mean "
                              "over 10 draws moves by about a point from one set to the next)")
     parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--local-only", action="store_true",
+                        help="only the devices measured here (section fewshot-local)")
+    parser.add_argument("--no-local", action="store_true",
+                        help="skip the devices measured here")
+    parser.add_argument("--local-litert", default=str(ROOT / LOCAL_DEVICES[
+        "LiteRT (XNNPACK, 1 thread)"][0]), help="latbench dataset of the LiteRT device")
+    parser.add_argument("--local-onnxruntime", default=str(ROOT / LOCAL_DEVICES[
+        "ONNX Runtime (1 thread)"][0]), help="latbench dataset of the ONNX Runtime device")
+    parser.add_argument("--local-reference-onnxruntime", metavar="PRED",
+                        help="kernel predictor of this machine's ONNX Runtime, fitted on a "
+                             "plan whose kinds cover NAS-Bench-201 (`quick`); it joins the "
+                             "LiteRT device's references (none: that row is left out)")
+    parser.add_argument("--local-reference-litert", metavar="PRED",
+                        help="kernel predictor of this machine's LiteRT (joins the ONNX "
+                             "Runtime device's references; none: that row is left out)")
+    parser.add_argument("--local-statistic", default="min_ms", choices=("min_ms", "median_ms"),
+                        help="the measured networks' statistic taken as the truth")
+    parser.add_argument("--local-draws", type=int, default=20,
+                        help="random draws of the K = 10 samples per device measured here")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
     data = Path(args.data_dir)
+    if not args.no_local:
+        paths = {"litert": Path(args.local_litert), "onnxruntime": Path(args.local_onnxruntime)}
+        references = {"litert": args.local_reference_litert,
+                      "onnxruntime": args.local_reference_onnxruntime}
+        devices = {name: (paths[other_of(other)], references[other])
+                   for name, (_, other) in LOCAL_DEVICES.items()}
+        publish("fewshot-local", "Few-shot transfer to devices measured here (unlike any "
+                "reference)", local_devices(load_reference(data / "nasbench201" /
+                                                          "latency_ms.csv"),
+                                           devices, args.local_statistic, args.local_draws),
+                write=not args.no_write)
+    if args.local_only:
+        return
     seeds = range(args.seeds)
     lines = ["Leave-one-device-out over the 13 device settings of each shared table (the other "
              f"12 are the reference devices); {args.seeds} random draws of the K samples per "
              "device; scored on every other architecture. Mean over devices (and draws).", ""]
     headline = []
+    suggested: dict[str, pd.DataFrame] = {}
     for space in SPACES:
         table = load_reference(data / space / "latency_ms.csv")
         # K = 10 once over every draw either figure needs; the KS table takes its first ones.
@@ -168,6 +293,13 @@ def main() -> None:
         strat = leave_one_device_out(space, table, (10,), seeds, selection="stratified")
         raw = leave_one_device_out(space, table, (10,), seeds, candidates=[
             c.replace("ref", "rawref") for c in DEFAULT_CANDIDATES[space]])
+        prior = DEFAULT_STRUCTURE[space]
+        variants = [("random", prior, many[many["seed"] < args.seeds]),
+                    ("random", not prior, leave_one_device_out(space, table, (10,), seeds,
+                                                               structure=not prior))]
+        variants += [("suggested", on, leave_one_device_out(
+            space, table, (10,), seeds, selection="suggest", structure=on))
+            for on in (prior, not prior)]
         best = oracle(space, table)
         own = own_data(space, table)
         near = closest_reference(table)
@@ -208,6 +340,19 @@ def main() -> None:
         per_device = frame[frame["k"] == 10].groupby("device", sort=False)
         lines.append(f"| closest reference | as measured, no fit | {near['spearman'].mean():.3f} "
                      "| - |")
+        lines += ["", f"K = 10: samples drawn at random ({args.seeds} draws per device) or "
+                  "suggested (`--suggest`, one deterministic set per device), with and without "
+                  "the structure prior; coverage: share of the held-out architectures inside "
+                  f"the {DEFAULT_LEVEL:.0%} interval", "",
+                  "| samples | structure prior | mean Spearman | mean within 10% | coverage | "
+                  "prior used (mean strength) |", "|---|---|---|---|---|---|"]
+        for selection, on, result in variants:
+            m = result[["spearman", "within10", "coverage", "structure_strength"]].mean()
+            said = ("yes" if on else "no") + (" (default)" if on == prior else "")
+            lines.append(f"| {selection} | {said} | {m['spearman']:.3f} | "
+                         f"{m['within10']:.1%} | {m['coverage']:.1%} | "
+                         f"{m['structure_strength']:.2f} |")
+        suggested[space] = variants[2][2]
         lines += ["", "Per device, K = 10 (random): Spearman / within 10% / basis chosen most "
                   "often; oracle (all archs); own data (the device's own 80%); order drift "
                   f"(spread of the {DRIFT_WINDOW}-row rolling mean of the device's residual, and "
@@ -245,6 +390,15 @@ def main() -> None:
                         f"the mean to {cap:.3f} even if every other device were ranked "
                         "perfectly: 0.96 is beyond what its measurements allow."
                         for s, _, _, o, d, low, cap in headline if o < 0.96)]
+    nb201, fbnet = dict((h[0], h) for h in headline)["nasbench201"], \
+        dict((h[0], h) for h in headline)["fbnet"]
+    best_suggested = {s: f[["spearman", "within10"]].mean() for s, f in suggested.items()}
+    lines += ["", "Target (issue 17), K = 10: NAS-Bench-201 mean Spearman >= 0.97 and "
+              f"within-10% >= 85%: random {nb201[1]:.3f} / {nb201[2]:.1%}, suggested "
+              f"{best_suggested['nasbench201']['spearman']:.3f} / "
+              f"{best_suggested['nasbench201']['within10']:.1%}; FBNet within-10% >= 92%: "
+              f"random {fbnet[2]:.1%}, suggested {best_suggested['fbnet']['within10']:.1%} "
+              "(devices measured here: section fewshot-local)."]
     publish("fewshot", "Few-shot transfer to unseen devices (end-to-end only)", lines,
             write=not args.no_write)
 

@@ -134,7 +134,7 @@ def tables(rows: list[dict[str, object]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", default="quick", help="plan every platform measures")
+    parser.add_argument("--plan", default="platforms", help="plan every platform measures")
     parser.add_argument("--networks", default=DEFAULT_NETWORKS, help="held-out networks")
     parser.add_argument("--platforms", help="comma-separated labels to run (default: all), "
                         "e.g. onnxruntime/fp32/1t,litert-xnnpack/int8/2t")

@@ -34,9 +34,11 @@ from latbench.bench.store import LatencyDataset, atomic_write_text
 from latbench.device_agents import Device
 from latbench.errors import ConfigError, DatasetError, PredictorError
 from latbench.extras import can_plot
+from latbench.predictor.intervals import DEFAULT_LEVEL
 
 if TYPE_CHECKING:
     from latbench.predictor.latency_predictor import LatencyPredictor
+    from latbench.predictor.model_level import NetworkPrediction
 
 
 def error_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -106,8 +108,31 @@ def priced_kernels(network: Subject, predictor: LatencyPredictor) -> list[OpSpec
 def predict_networks(predictor: LatencyPredictor, networks: Sequence[Subject]
                      ) -> dict[str, float]:
     """Key -> predicted ms, each network split as the predictor prices it."""
-    return {n.key: predictor.predict(priced_kernels(n, predictor)).predicted_ms
-            for n in networks}
+    return {key: p.predicted_ms for key, p in network_predictions(predictor, networks).items()}
+
+
+def network_predictions(predictor: LatencyPredictor, networks: Sequence[Subject],
+                        interval_level: float = DEFAULT_LEVEL) -> dict[str, NetworkPrediction]:
+    """Key -> prediction (with its interval at `interval_level`), each network split as the
+    predictor prices it."""
+    return {n.key: predictor.predict(priced_kernels(n, predictor),
+                                     interval_level=interval_level) for n in networks}
+
+
+def interval_metrics(table: pd.DataFrame) -> dict[str, float] | None:
+    """How the prediction intervals of `table`'s rows (interval_low_ms, interval_high_ms)
+    did: the share of measured latencies inside ("inside", to compare with the level) and the
+    mean width in % of the prediction; None when no row has an interval."""
+    rows = table.dropna(subset=["interval_low_ms", "interval_high_ms"]) \
+        if "interval_low_ms" in table else table.iloc[:0]
+    if rows.empty:
+        return None
+    inside = (rows["interval_low_ms"] <= rows["measured_ms"]) \
+        & (rows["measured_ms"] <= rows["interval_high_ms"])
+    width = (rows["interval_high_ms"] - rows["interval_low_ms"]) / rows["predicted_ms"]
+    return {"n": float(len(rows)), "inside": float(inside.mean()),
+            "mean_width_pct": float(100 * width.mean()),
+            "above": float((rows["measured_ms"] > rows["interval_high_ms"]).mean())}
 
 
 LEVEL_WARNING = 0.05  # probe shift against the predictor's dataset worth a warning
@@ -200,6 +225,23 @@ class EvaluationReport:
     measurement: str = ""  # how the networks were measured (`NetworkTimes.note`)
     memory: MemoryEvaluation | None = None  # peak memory, where the campaign measured it
     platform: Platform | None = None  # the predictor's, measured at its thread count
+    # family (and "all") -> interval_metrics, and the intervals' nominal level; None when the
+    # predictor gives no intervals
+    intervals: dict[str, dict[str, float]] | None = None
+    interval_level: float | None = None
+
+    def interval_markdown(self) -> str:
+        """The intervals' calibration: how often the measured latency fell inside."""
+        if not self.intervals:
+            return ""
+        rows = [f"Nominal level {self.interval_level:.0%}: the share inside should be close "
+                "to it (within sampling error: about +-2 standard errors, "
+                "2 sqrt(p (1 - p) / n)).", "",
+                "| family | n | inside | above | mean width % |", "|---|---|---|---|---|"]
+        for family, m in self.intervals.items():
+            rows.append(f"| {family} | {int(m['n'])} | {m['inside']:.1%} | {m['above']:.1%} "
+                        f"| {m['mean_width_pct']:.1f} |")
+        return "\n".join(rows)
 
     def markdown(self) -> str:
         rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
@@ -225,10 +267,12 @@ def error_table(rows: list[dict[str, Any]], n_networks: int, device: Device, out
 
 def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: Device,
              out_dir: Path, runtime: str | None = None, config: CampaignConfig | None = None,
-             progress: ProgressSink | None = None, passes: int = 1) -> EvaluationReport:
+             progress: ProgressSink | None = None, passes: int = 1,
+             interval_level: float = DEFAULT_LEVEL) -> EvaluationReport:
     """Measure `networks` on `device` in `passes` passes (resumable, in `out_dir/networks`,
     `networks-pass2`, ...) with the predictor's run settings at its platform's thread count,
-    score predictions against the median."""
+    score predictions against the median, and the prediction intervals at `interval_level`
+    by how often the measured latency falls inside."""
     if not networks:
         raise PredictorError("no networks to evaluate on")
     runtime = runtime or predictor.runtime
@@ -238,7 +282,8 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
     statistic = predictor.statistic
     settings = predictor.run_settings()
     out_dir = Path(out_dir)
-    predictions = predict_networks(predictor, networks)  # unknown kernels fail before measuring
+    # unknown kernels fail before measuring
+    predictions = network_predictions(predictor, networks, interval_level)
     times = measure_networks(networks, device, runtime, settings, statistic,
                              out_dir / "networks", config, progress,
                              predictor_path=str(predictor.path or ""), passes=passes)
@@ -247,18 +292,26 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
     for net in networks:
         if net.key not in measured:
             continue
+        prediction = predictions[net.key]
+        low, high = prediction.interval_ms or (math.nan, math.nan)
         rows.append({"network": net.key, "family": net.family,
-                     "predicted_ms": predictions[net.key], "measured_ms": measured[net.key]})
+                     "predicted_ms": prediction.predicted_ms, "measured_ms": measured[net.key],
+                     "interval_low_ms": low, "interval_high_ms": high})
     table = error_table(rows, len(networks), device, out_dir)
     metrics = {family: error_metrics(group["predicted_ms"], group["measured_ms"])
                for family, group in table.groupby("family", sort=True)}
+    intervals = {family: m for family, group in table.groupby("family", sort=True)
+                 if (m := interval_metrics(group)) is not None}
     if len(metrics) > 1:
         metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
+        if intervals:
+            intervals["all"] = interval_metrics(table)
     measurement = " ".join(filter(None, [times.note(),
                                          times.level_note(predictor.reference_probe_ms)]))
     return EvaluationReport(table, metrics, statistic, times.campaign, measurement,
                             memory_evaluation(predictor, networks, times.memory()),
-                            predictor.platform)
+                            predictor.platform, intervals or None,
+                            interval_level if intervals else None)
 
 
 @dataclass
@@ -360,13 +413,16 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     platform = report.platform
     summary: dict[str, Any] = {
         "platform": None if platform is None else platform.to_json(),
-        "statistic": report.statistic, "metrics": report.metrics}
-    memory_md = ""
+        "statistic": report.statistic, "metrics": report.metrics,
+        "intervals": report.intervals, "interval_level": report.interval_level}
+    sections = ""
+    if report.intervals:
+        sections = "\n\n## Prediction intervals\n\n" + report.interval_markdown()
     if memory is not None:
         paths["memory_csv"] = out_dir / "memory.csv"
         summary["memory"] = {"metrics": memory.metrics, "calibrated": memory.calibrated}
         atomic_write_text(paths["memory_csv"], memory.table.to_csv(index=False))
-        memory_md = ("\n\n## Peak memory\n\n"
+        sections += ("\n\n## Peak memory\n\n"
                      + ("" if memory.calibrated else "The predictor's memory model is not "
                         "calibrated (its dataset has no measured network peaks).\n\n")
                      + memory.markdown())
@@ -378,7 +434,7 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
                       + f"Measured statistic: `{report.statistic}`. "
                       f"{report.measurement}\n\n"
                       f"{report.markdown()}\n\n![predicted vs measured](scatter.png)"
-                      f"{memory_md}\n")
+                      f"{sections}\n")
     if can_plot(paths["scatter"]):
         scatter_plot(report.table, paths["scatter"], title)
     return paths

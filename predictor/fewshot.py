@@ -15,16 +15,22 @@ and the measurements behind each choice, and what was tried and not kept.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from latbench.bench.ops import OpSpec
 from latbench.bench.spaces.nasbench201 import EDGES, OPS, NasBench201, live_edges
 from latbench.errors import ConfigError, DatasetError, PredictorError, SearchError
+
+logger = logging.getLogger(__name__)
 
 SPACES = ("nasbench201", "fbnet")
 # Bases: `ref` the reference devices' latencies as additive per-layer cost tables (denoised),
@@ -33,6 +39,9 @@ CANDIDATES = ("ref", "ref+arch", "arch", "rawref", "rawref+arch")
 # Bases combined by default, per space. FBNet's op counts ignore which stage a block sits in
 # (its cost depends on the stage's resolution and width), so they only add noise there.
 DEFAULT_CANDIDATES = {"nasbench201": ("ref", "arch"), "fbnet": ("ref",)}
+# Whether the structure prior is on by default: FBNet's structure model (op counts) ignores the
+# stage a block sits in, and shrinking towards it cost 1-2 points (BENCHMARKS.md, fewshot).
+DEFAULT_STRUCTURE = {"nasbench201": True, "fbnet": False}
 
 # --- architecture features -------------------------------------------------------------------
 FBNET_CHOICES = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6",
@@ -129,11 +138,14 @@ def fit_cost_tables(features: np.ndarray, ms: np.ndarray,
 # --- reference data --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReferenceTable:
-    """Latency (ms) of every architecture (rows) on every reference device (columns)."""
+    """Latency (ms) of every architecture (rows) on every reference device (columns);
+    `exact` names the devices whose latencies are computed (kernel predictors), not measured:
+    `denoised` keeps them as they are."""
 
     archs: tuple[str, ...]
     devices: tuple[str, ...]
     ms: np.ndarray
+    exact: tuple[str, ...] = ()
 
     def without(self, device: str) -> ReferenceTable:
         if device not in self.devices:
@@ -141,7 +153,7 @@ class ReferenceTable:
                               f"{', '.join(self.devices)}")
         keep = [i for i, d in enumerate(self.devices) if d != device]
         return ReferenceTable(self.archs, tuple(self.devices[i] for i in keep),
-                              self.ms[:, keep])
+                              self.ms[:, keep], tuple(d for d in self.exact if d != device))
 
     def denoised(self, space: str, alpha: float = DENOISE_ALPHA) -> ReferenceTable:
         """Every device's latencies replaced by its additive per-layer cost table's values,
@@ -149,10 +161,28 @@ class ReferenceTable:
         drops measurement noise (coarse integer ms, clock regimes) that a mix would pass on."""
         features = table_features(space, self.archs)
         intercept, table = fit_cost_tables(features, self.ms, alpha)
-        return ReferenceTable(self.archs, self.devices, features @ table + intercept)
+        tables = features @ table + intercept
+        kept = [i for i, d in enumerate(self.devices) if d in self.exact]
+        tables[:, kept] = self.ms[:, kept]
+        return replace(self, ms=tables)
 
     def column(self, device: str) -> np.ndarray:
         return self.ms[:, self.devices.index(device)]
+
+    def join(self, other: ReferenceTable) -> ReferenceTable:
+        """This table's architectures (in its order) with `other`'s devices added as columns;
+        `other` must hold every one of them, and no device of the same name."""
+        clash = sorted(set(self.devices) & set(other.devices))
+        if clash:
+            raise ConfigError(f"reference device(s) {', '.join(clash)} given twice")
+        return ReferenceTable(self.archs, (*self.devices, *other.devices),
+                              np.hstack([self.ms, other.ms[other.rows(self.archs)]]),
+                              (*self.exact, *other.exact))
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> ReferenceTable:
+        """The table restricted to some architectures (rows, in the given order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(self, archs=tuple(self.archs[i] for i in rows), ms=self.ms[rows])
 
     def rows(self, archs: Sequence[str]) -> np.ndarray:
         index = {a: i for i, a in enumerate(self.archs)}
@@ -187,6 +217,111 @@ def load_reference(path: str | Path, devices: Sequence[str] | None = None) -> Re
     if frame["arch"].duplicated().any():
         raise DatasetError(f"{path}: architectures repeat")
     return ReferenceTable(tuple(frame["arch"].astype(str)), tuple(columns), values)
+
+
+# --- kernel predictors as reference devices --------------------------------------------------
+def canonical_archs(space: str, archs: Sequence[str]) -> list[str]:
+    """Architecture strings as the reference table spells them: NAS-Bench-201 cell strings
+    re-encoded by the search space (the shared tables use the same `|op~0|+...` form), FBNet's
+    as given."""
+    if space != "nasbench201":
+        return list(archs)
+    nb201 = NasBench201()
+    try:
+        return [nb201.encode(nb201.decode(a)) for a in archs]
+    except SearchError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _stage_spec(spec: OpSpec, size: int, channels: int) -> OpSpec:
+    """A cell kernel of the first stage re-sized to another stage's node (every kernel of a
+    NAS-Bench-201 cell is sized by its node: size x size x channels in and out)."""
+    return replace(spec, h=size, w=size, cin=channels, cout=channels if spec.cout else 0)
+
+
+def nb201_kernel_counts(space: NasBench201) -> tuple[list[str], list[OpSpec], np.ndarray,
+                                                         frozenset[str]]:
+    """Every architecture of the space (encoded), its distinct kernels and how often each
+    runs in each architecture (archs x kernels) - the same kernels as `space.ops(arch)`,
+    built from one stage's cell and re-sized per stage (building every network's kernel list
+    whole takes about a minute) - and the keys of the kernels every architecture runs alike
+    (stem, reductions, head)."""
+    fixed_head, fixed_tail = space.fixed_ops()
+    index: dict[OpSpec, int] = {}
+    fixed_counts: dict[int, int] = {}
+    for spec in [*fixed_head, *fixed_tail]:
+        i = index.setdefault(spec, len(index))
+        fixed_counts[i] = fixed_counts.get(i, 0) + 1
+    first_size, first_channels = space.stages[0]
+    resized: dict[OpSpec, list[int]] = {}
+    archs, rows = [], []
+    for arch in space.all_archs():
+        counts = dict(fixed_counts)
+        for spec in space.cell_ops(arch, first_size, first_channels):
+            if spec not in resized:
+                resized[spec] = [index.setdefault(_stage_spec(spec, size, c), len(index))
+                                 for size, c in space.stages]
+            for i in resized[spec]:
+                counts[i] = counts.get(i, 0) + space.cells
+        archs.append(space.encode(arch))
+        rows.append(counts)
+    matrix = np.zeros((len(archs), len(index)))
+    for r, counts in enumerate(rows):
+        matrix[r, list(counts)] = list(counts.values())
+    return archs, list(index), matrix, frozenset(s.key() for s in [*fixed_head, *fixed_tail])
+
+
+def predictor_reference(predictor: Any, space: str, name: str | None = None) -> ReferenceTable:
+    """A kernel predictor (`LatencyPredictor`) as a reference device: its latency of every
+    architecture of a latbench search space (distinct kernels priced once, with the
+    composition, summed per architecture, plus the call overhead). Kernels of a kind the
+    predictor lacks are an error naming the kinds, unless only the fixed part every
+    architecture runs alike needs them (a constant, which the few-shot intercept absorbs)."""
+    if space == "fbnet":
+        raise ConfigError("fbnet is not a latbench search space: a kernel predictor cannot "
+                          "price its networks; give its reference devices as a CSV (--reference)")
+    if space != "nasbench201":
+        raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
+    archs, specs, counts, fixed = nb201_kernel_counts(NasBench201())
+    kinds = set(predictor.kinds)
+    missing = sorted({s.kind for s in specs if s.kind not in kinds and s.key() not in fixed})
+    owner = f"predictor {predictor.path}" if predictor.path else "the predictor"
+    if missing:
+        raise PredictorError(f"{owner} cannot price nasbench201: no model for kernel kind(s) "
+                             f"{', '.join(missing)}, which its cells need")
+    priced = [j for j, s in enumerate(specs) if s.kind in kinds]
+    unpriced = sorted({s.kind for s in specs if s.kind not in kinds})
+    if unpriced:
+        logger.info("%s has no model for %s: priced without them (the same in every "
+                    "architecture)", owner, ", ".join(unpriced))
+    ms = counts[:, priced] @ predictor.kernel_ms([specs[j] for j in priced])
+    label = name or f"predictor:{predictor.platform}"
+    return ReferenceTable(tuple(archs), (label,), (ms + predictor.call_overhead_ms_)[:, None],
+                          exact=(label,))
+
+
+def build_reference(space: str, csv: str | Path | None = None,
+                    predictors: Sequence[str | Path] = (),
+                    exclude: Sequence[str] = ()) -> ReferenceTable:
+    """The reference table of the `fewshot` command: a wide CSV's devices (less `exclude`)
+    and/or one column per kernel predictor folder (named `predictor:<folder>`), on the CSV's
+    architectures when there is one, else on every architecture of the space."""
+    from latbench.predictor.latency_predictor import LatencyPredictor
+
+    if csv is None and not predictors:
+        raise ConfigError("give reference devices: a CSV (--reference) and/or kernel "
+                          "predictors (--reference-predictor)")
+    table = None
+    if csv is not None:
+        table = load_reference(csv)
+        for device in exclude:
+            table = table.without(device)
+        table = replace(table, archs=tuple(canonical_archs(space, table.archs)))
+    for path in predictors:
+        column = predictor_reference(LatencyPredictor.load(Path(path)), space,
+                                     f"predictor:{path}")
+        table = column if table is None else table.join(column)
+    return table
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -283,6 +418,46 @@ def stacking_weights(loo: np.ndarray, target: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+STRUCTURE_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # prior weight where references disagree most
+DEFAULT_LEVEL = 0.9  # nominal coverage of the prediction intervals
+# Intervals from the nested residuals of NESTED_SAMPLES[0]..[1] samples; outside, from the plain
+# leave-one-out ones (too few to refit without one; or so many that the weights chosen on them
+# are hardly optimistic, and K refits of a K-sample fit grow as K^2).
+NESTED_SAMPLES = (4, 20)
+
+
+def reference_disagreement(tables: np.ndarray) -> np.ndarray:
+    """Per architecture, in [0, 1]: how much the reference devices disagree on its cost
+    relative to the other architectures - the spread over devices of its log latency (each
+    device's centred on its mean), as a rank. Where they agree any mix of them says the same;
+    where they disagree ten samples pick a side, and a model of the architecture's own
+    structure is the safer prior."""
+    from scipy.stats import rankdata
+
+    if tables.shape[1] < 2:
+        return np.zeros(len(tables))
+    logs = np.log(np.maximum(tables, 1e-9))
+    spread = (logs - logs.mean(axis=0)).std(axis=1)
+    return (rankdata(spread) - 1) / max(len(spread) - 1, 1)
+
+
+def interval_half_width(log_residuals: np.ndarray, level: float) -> float:
+    """Half-width (in log ms) of a prediction interval at `level` from K leave-one-out
+    residuals log(measured / predicted) (`FewShotPredictor` passes those of its whole
+    procedure, nested): Student's t with K - 1 degrees of freedom times their
+    robust scale (1.4826 x the median |residual|, the standard deviation for normal errors)
+    times sqrt(1 + 1/K) - a new architecture's error plus the uncertainty of the fit itself,
+    wide when K is small. Robust, because one sample whose neighbours all fell out of the fit
+    can be predicted at a tenth of its latency without the others being off."""
+    from scipy.stats import t
+
+    if not 0 < level < 1:
+        raise ConfigError(f"interval level must lie strictly between 0 and 1, got {level}")
+    k = len(log_residuals)
+    scale = 1.4826 * float(np.median(np.abs(log_residuals)))
+    return float(t.ppf((1 + level) / 2, k - 1)) * scale * float(np.sqrt(1 + 1 / k))
+
+
 class FewShotPredictor:
     """Predict a new device's latency of every architecture from K of its measurements.
 
@@ -297,10 +472,19 @@ class FewShotPredictor:
     and `cv_rmspe_` say what the samples decided; `candidate_` is the basis with the most
     weight; `loo_error_` the median relative error of the samples' leave-one-out predictions
     (`median_relative_error`), a rough estimate of the error on the rest.
+
+    With `structure` (default: the space's DEFAULT_STRUCTURE), the combined prediction of an
+    architecture is shrunk towards the structure model (the `arch` basis: a sum over the
+    cell's operations) by `structure_strength_` times the references' disagreement on it
+    (`reference_disagreement`); the strength is the one of STRUCTURE_STRENGTHS whose
+    leave-one-out predictions fit the samples best (0: no prior). `predict_interval` gives
+    intervals from `loo_log_residuals_`: each sample's log(measured / predicted) by the whole
+    procedure refitted without it (`interval_half_width`).
     """
 
     def __init__(self, space: str, reference: ReferenceTable,
-                 candidates: Sequence[str] | None = None, combine: str = "ensemble") -> None:
+                 candidates: Sequence[str] | None = None, combine: str = "ensemble",
+                 structure: bool | None = None) -> None:
         if space not in SPACES:
             raise ConfigError(f"unknown few-shot space {space!r}; known: {', '.join(SPACES)}")
         candidates = DEFAULT_CANDIDATES[space] if candidates is None else candidates
@@ -318,6 +502,10 @@ class FewShotPredictor:
         self._features = arch_features(space, reference.archs)
         uses_tables = any("ref" in c.split("+") for c in self.candidates)
         self._tables = reference.denoised(space).ms if uses_tables else None
+        self.structure = DEFAULT_STRUCTURE[space] if structure is None else structure
+        self._disagreement = reference_disagreement(
+            self._tables if self._tables is not None else reference.ms) if self.structure \
+            else None
 
     def _design(self, candidate: str, rows: np.ndarray | slice) -> np.ndarray:
         n = len(self.reference.archs) if isinstance(rows, slice) else len(rows)
@@ -342,6 +530,11 @@ class FewShotPredictor:
             raise PredictorError("sample latencies must be finite and positive")
         if len(set(rows.tolist())) != len(rows):
             raise PredictorError("sample architectures repeat")
+        return self._fit_rows(rows, target, nested=True)
+
+    def _fit_rows(self, rows: np.ndarray, target: np.ndarray, nested: bool) -> FewShotPredictor:
+        """Fit on validated sample rows; with `nested` (and NESTED_SAMPLES samples), also the
+        residuals of the whole procedure refitted without each sample in turn."""
         fits = {c: (fit_reference_mix if c in ("ref", "rawref") else fit_full_mix)(
             self._design(c, rows), target) for c in self.candidates}
         self.cv_rmspe_ = {c: _rmspe(fit.loo, target) for c, fit in fits.items()}
@@ -355,10 +548,36 @@ class FewShotPredictor:
         self.weights_by_candidate_ = share
         self.candidate_ = max(share, key=lambda c: share[c])
         self.coef_ = {c: fits[c].coef for c in self.candidates if share[c] > 0}
-        self.loo_error_ = median_relative_error(
-            sum(share[c] * fits[c].loo for c in self.candidates), target)
+        loo = sum(share[c] * fits[c].loo for c in self.candidates)
+        self.structure_strength_ = 0.0
+        if self.structure:
+            prior = fits["arch"] if "arch" in fits else fit_full_mix(self._design("arch", rows),
+                                                                     target)
+            shrink = self._disagreement[rows]
+            blends = [(1 - w * shrink) * loo + w * shrink * prior.loo
+                      for w in STRUCTURE_STRENGTHS]
+            best = int(np.argmin([_rmspe(b, target) for b in blends]))
+            self.structure_strength_ = float(STRUCTURE_STRENGTHS[best])
+            self.structure_coef_ = prior.coef
+            loo = blends[best]
+        self.loo_error_ = median_relative_error(loo, target)
+        self.loo_log_residuals_ = np.log(target / np.maximum(loo, 1e-12))
+        if nested and NESTED_SAMPLES[0] <= len(rows) <= NESTED_SAMPLES[1]:
+            self.loo_log_residuals_ = self._nested_residuals(rows, target)
         self.n_samples_ = len(rows)
         return self
+
+    def _nested_residuals(self, rows: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """log(measured / predicted) of each sample by the whole procedure (mixes, their
+        weights, the stacking, the prior's strength) fitted to the other samples: the
+        leave-one-out predictions inside one fit chose those weights, so their residuals are
+        optimistic."""
+        every = np.arange(len(rows))
+        out = np.empty(len(rows))
+        for i in every:
+            inner = copy.copy(self)._fit_rows(rows[every != i], target[every != i], nested=False)
+            out[i] = np.log(target[i] / inner._combined(rows[i:i + 1])[0])
+        return out
 
     def reference_shares(self) -> dict[str, float]:
         """Share of the mean prediction each reference device carries (largest first): which
@@ -394,6 +613,8 @@ class FewShotPredictor:
         self.weights_by_candidate_ = {c: float(c == best) for c in self.candidates}
         self.candidate_ = best
         self.coef_ = {best: coef[best]}
+        self.structure_strength_ = 0.0
+        self.__dict__.pop("loo_log_residuals_", None)
         self.n_samples_ = len(target)
         return self
 
@@ -401,6 +622,10 @@ class FewShotPredictor:
         self._check_fitted()
         total = sum(self.weights_by_candidate_[c] * (self._design(c, rows) @ coef)
                     for c, coef in self.coef_.items())
+        if self.structure_strength_ > 0:
+            shrink = self.structure_strength_ * self._disagreement[rows]
+            total = (1 - shrink) * total + shrink * (self._design("arch", rows)
+                                                     @ self.structure_coef_)
         return self._clip(np.asarray(total, dtype=np.float64))
 
     def predict_all(self) -> np.ndarray:
@@ -410,6 +635,19 @@ class FewShotPredictor:
     def predict(self, archs: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         return self._combined(self.reference.rows(list(archs)))
+
+    def predict_interval(self, archs: Sequence[str] | None = None,
+                         level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+        """Predictions with the low and high end of an interval at `level` (every reference
+        architecture when `archs` is None): the same relative width for every architecture,
+        from the samples' leave-one-out residuals (`interval_half_width`)."""
+        self._check_fitted()
+        if not hasattr(self, "loo_log_residuals_"):
+            raise PredictorError("intervals need a few-shot fit (fit_all keeps no residuals)")
+        predicted = self.predict_all() if archs is None else self.predict(archs)
+        half = interval_half_width(self.loo_log_residuals_, level)
+        return predicted, predicted * np.exp(-half), predicted * np.exp(half)
 
     def _clip(self, values: np.ndarray) -> np.ndarray:
         floor = 1e-3 * float(np.min(self.reference.ms[self.reference.ms > 0], initial=1.0))
@@ -438,53 +676,127 @@ def select_samples(reference: ReferenceTable, k: int, rng: np.random.Generator,
     raise ConfigError(f"unknown sample selection {how!r}; known: random, stratified")
 
 
+SUGGEST_VARIANCE = 0.99  # principal components of the reference space kept by `suggest_samples`
+SUGGEST_TRIM = 0.9  # architectures beyond this quantile of distance from the centre: not chosen
+
+
+def suggest_samples(space: str, reference: ReferenceTable, k: int) -> np.ndarray:
+    """Rows of the K architectures most worth measuring for this reference mix (deterministic):
+    a maximin design in the whitened space of the standardised log latencies of the reference
+    devices (denoised) - the most central architecture first, then each time the one farthest
+    from every pick so far - so the samples span both the latency range (the references'
+    common direction) and the directions in which the references disagree (which tell the
+    mixes apart), with the farthest 10% of architectures never picked (outliers whose errors
+    would dominate a fit on ten samples; a greedy D-optimal design, which seeks them, lost
+    points on devices unlike every reference)."""
+    n = len(reference.archs)
+    if not 1 <= k <= n:
+        raise ConfigError(f"cannot suggest {k} architectures: the reference has {n}")
+    logs = np.log(np.maximum(reference.denoised(space).ms, 1e-9))
+    spread = logs.std(axis=0)
+    x = (logs - logs.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    share = np.cumsum(sv ** 2) / max(float(np.sum(sv ** 2)), 1e-12)
+    keep = min(int(np.searchsorted(share, SUGGEST_VARIANCE)) + 1, u.shape[1])
+    white = u[:, :keep] * np.sqrt(n)  # unit variance per component
+    centre = np.sum(white ** 2, axis=1)
+    allowed = centre <= np.quantile(centre, SUGGEST_TRIM)
+    chosen = [int(np.argmin(centre))]
+    nearest = np.sum((white - white[chosen[0]]) ** 2, axis=1)
+    while len(chosen) < k:
+        pool = allowed if np.any(allowed & (nearest > 0)) else np.ones(n, dtype=bool)
+        pick = int(np.argmax(np.where(pool, nearest, -1.0)))
+        if nearest[pick] <= 0:  # duplicates left only: any row not yet chosen
+            pick = int(np.setdiff1d(np.arange(n), chosen)[0])
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.sum((white - white[pick]) ** 2, axis=1))
+        nearest[chosen] = 0.0
+    return np.array(chosen)
+
+
 def leave_one_device_out(space: str, reference: ReferenceTable, ks: Sequence[int],
                          seeds: Sequence[int], selection: str = "random",
                          devices: Sequence[str] | None = None,
-                         candidates: Sequence[str] | None = None) -> pd.DataFrame:
+                         candidates: Sequence[str] | None = None,
+                         structure: bool | None = None,
+                         level: float = DEFAULT_LEVEL) -> pd.DataFrame:
     """For each device as the unseen one (the others as reference), K and seed: fit on K
     samples, score on every other architecture. Rows: device, k, seed, spearman, within10,
-    rmspe_pct, candidate. `candidates`: the bases (default: the space's)."""
-    from latbench.predictor.evaluate import error_metrics
-
+    rmspe_pct, coverage (share of them inside the interval at `level`), candidate.
+    `selection`: `random`, `stratified` or `suggest` (`suggest_samples`: deterministic, one
+    row per device and K whatever the seeds); `candidates`: the bases (default: the space's);
+    `structure`: the structure prior (default: the space's)."""
     rows = []
     for device in devices or reference.devices:
         others = reference.without(device)
         truth = reference.column(device)
-        model = FewShotPredictor(space, others, candidates)
+        model = FewShotPredictor(space, others, candidates, structure=structure)
         for k in ks:
-            for seed in seeds:
-                picked = select_samples(others, k, np.random.default_rng(seed), selection)
-                model.fit([others.archs[i] for i in picked], truth[picked])
-                held = np.ones(len(truth), dtype=bool)
-                held[picked] = False
-                m = error_metrics(model.predict_all()[held], truth[held])
+            for seed in seeds[:1] if selection == "suggest" else seeds:
+                picked = (suggest_samples(space, others, k) if selection == "suggest" else
+                          select_samples(others, k, np.random.default_rng(seed), selection))
                 rows.append({"space": space, "device": device, "k": k, "seed": seed,
-                             "selection": selection, "spearman": m["spearman"],
-                             "within10": m["within10"], "rmspe_pct": m["rmspe_pct"],
-                             "candidate": model.candidate_})
+                             "selection": selection,
+                             **score_fit(model, others.archs, truth, picked, level)})
     return pd.DataFrame(rows)
 
 
-def predict_csv(space: str, reference: Path, samples: Path, query: Path, out: Path,
-                exclude: Sequence[str] = ()) -> tuple[pd.DataFrame, FewShotPredictor]:
-    """The `latbench predictor fewshot` command: samples CSV (arch, latency_ms) and query CSV
-    (arch) in, `arch,predicted_ms` for every query row out; the fitted model says what the
-    samples decided."""
+def score_fit(model: FewShotPredictor, archs: Sequence[str], truth: np.ndarray,
+              picked: np.ndarray, level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+    """Fit `model` on the picked rows of `archs` / `truth` and score it on the others:
+    spearman, within10, rmspe_pct, interval coverage at `level`, candidate, structure
+    strength."""
+    from latbench.predictor.evaluate import error_metrics
+
+    model.fit([archs[i] for i in picked], truth[picked])
+    held = np.ones(len(truth), dtype=bool)
+    held[picked] = False
+    predicted, lo, hi = model.predict_interval([a for a, h in zip(archs, held, strict=True)
+                                                if h], level)
+    m = error_metrics(predicted, truth[held])
+    inside = (truth[held] >= lo) & (truth[held] <= hi)
+    return {"spearman": m["spearman"], "within10": m["within10"], "rmspe_pct": m["rmspe_pct"],
+            "coverage": float(inside.mean()), "candidate": model.candidate_,
+            "structure_strength": model.structure_strength_}
+
+
+def predict_csv(space: str, reference: Path | None, samples: Path, query: Path, out: Path,
+                exclude: Sequence[str] = (), predictors: Sequence[Path] = (),
+                level: float = DEFAULT_LEVEL, structure: bool | None = None,
+                ) -> tuple[pd.DataFrame, FewShotPredictor]:
+    """The `latbench predictor fewshot` command: reference devices (`build_reference`),
+    samples CSV (arch, latency_ms) and query CSV (arch) in, `arch,predicted_ms,lo_ms,hi_ms` for
+    every query row out (the interval at `level`); the fitted model says what the samples
+    decided."""
     from latbench.bench.store import atomic_write_text
 
-    table = load_reference(reference)
-    for device in exclude:
-        table = table.without(device)
+    interval_half_width(np.zeros(2), level)  # a bad level fails before any work
+    table = build_reference(space, reference, predictors, exclude)
     sample_frame = _read_columns(samples, ("arch", "latency_ms"))
     query_frame = _read_columns(query, ("arch",))
-    model = FewShotPredictor(space, table).fit(sample_frame["arch"].astype(str).tolist(),
-                                               _latencies(sample_frame, samples))
-    predicted = model.predict(query_frame["arch"].astype(str).tolist())
-    result = pd.DataFrame({"arch": query_frame["arch"].astype(str), "predicted_ms": predicted})
+    model = FewShotPredictor(space, table, structure=structure).fit(
+        canonical_archs(space, sample_frame["arch"].astype(str).tolist()),
+        _latencies(sample_frame, samples))
+    predicted, lo, hi = model.predict_interval(
+        canonical_archs(space, query_frame["arch"].astype(str).tolist()), level)
+    result = pd.DataFrame({"arch": query_frame["arch"].astype(str), "predicted_ms": predicted,
+                           "lo_ms": lo, "hi_ms": hi})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, result.to_csv(index=False))
     return result, model
+
+
+def suggest_csv(space: str, reference: Path | None, k: int, out: Path,
+                exclude: Sequence[str] = (), predictors: Sequence[Path] = ()) -> list[str]:
+    """The `fewshot --suggest K` command: the K architectures to measure for these reference
+    devices (`suggest_samples`), written as a CSV with a column `arch`."""
+    from latbench.bench.store import atomic_write_text
+
+    table = build_reference(space, reference, predictors, exclude)
+    archs = [table.archs[i] for i in suggest_samples(space, table, k)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, pd.DataFrame({"arch": archs}).to_csv(index=False))
+    return archs
 
 
 def _latencies(frame: pd.DataFrame, path: Path, column: str = "latency_ms") -> np.ndarray:

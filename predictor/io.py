@@ -11,7 +11,8 @@ Format versions: 1 (until the network-level predictor object) and 2 (adds the tr
 and the fit summary); both load. A version-2 manifest may hold `memory`, the peak-memory model's
 coefficients (predictor/memory.py); one without it predicts memory uncalibrated, and `platform`
 (bench.platform); one without it names its platform by its device, runtime, run settings' threads
-and delegate, fp32.
+and delegate, fp32; and `kernel_residuals` and `trained_kernels`, what prediction intervals are
+built from (predictor/intervals.py); one without them predicts without an interval.
 
 Predictors of several platforms share one folder: `platforms.json` lists each platform with its
 sub-folder, a predictor folder as above (`write_platforms`, `read_platforms`).
@@ -316,6 +317,11 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "fit_summary": (False, lambda v: isinstance(v, dict), "an object"),
     # the peak-memory model (predictor/memory.py checks its fields); older predictors lack it
     "memory": (False, lambda v: isinstance(v, dict), "an object"),
+    # per kind the out-of-fold residual quantiles intervals are built from
+    # (predictor/intervals.py); older predictors lack it and predict without an interval
+    "kernel_residuals": (False, lambda v: isinstance(v, dict), "an object"),
+    "trained_kernels": (False, lambda v: isinstance(v, list)
+                        and all(isinstance(k, str) for k in v), "a list of strings"),
     # the platform (bench.platform); older predictors name it by their other fields
     "platform": (False, lambda v: isinstance(v, dict), "an object"),
     "feature_names": (False, lambda v: isinstance(v, list), "a list"),

@@ -33,6 +33,13 @@ from latbench.bench.platform import (
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import DatasetError, PlatformError, PredictorError
 from latbench.predictor.features import range_values, training_pairs, training_ranges
+from latbench.predictor.intervals import (
+    DEFAULT_LEVEL,
+    check_level,
+    key_digest,
+    network_interval,
+    usable,
+)
 from latbench.predictor.memory import MemoryModel, MemoryPrediction, fit_dataset_memory
 from latbench.predictor.model_level import (
     COMPOSITION_TERMS,
@@ -67,9 +74,14 @@ DOWNWEIGHTED = 0.5
 _OWN_FIELDS = frozenset({
     "format", "format_version", "predictor", "params", "feature_version", "feature_names",
     "call_overhead_ms", "kind_scale", "composition_terms", "composition", "kinds", "fusion",
-    "training_ranges", "fit_summary", "library_versions", "created", "block_keys", "memory"})
+    "training_ranges", "fit_summary", "library_versions", "created", "block_keys", "memory",
+    "kernel_residuals", "trained_kernels"})
 _LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhead_ms_",
-            "training_ranges_", "block_keys_", "info_", "fit_summary_", "memory_")
+            "training_ranges_", "block_keys_", "info_", "fit_summary_", "memory_",
+            "kernel_residuals_", "trained_kernels_")
+NO_RESIDUALS = ("the predictor holds no residual quantiles to build an interval from (saved "
+                "before latbench kept them, or built from kernels fitted elsewhere); refit it "
+                "with `latbench predictor fit` for an interval")
 
 
 class LatencyPredictor:
@@ -84,7 +96,10 @@ class LatencyPredictor:
     `training_ranges_`, `block_keys_` (the fused-block kernels it was trained on, priced whole
     in model files), `info_` (device, runtime, runtime_version, settings, platform,
     run_settings, statistic, dataset, and what else a maker records, e.g. `lut`),
-    `fit_summary_`.
+    `fit_summary_`, `kernel_residuals_` (per kind the quantiles of the cross-validation's
+    out-of-fold log(measured / predicted), what intervals are built from; None when unknown),
+    `trained_kernels_` (digests of the kernel keys it was trained on: those add no kernel
+    error to an interval; None when unknown).
     """
 
     def __init__(self, kernel_model: str | Any = "xgboost",
@@ -171,6 +186,10 @@ class LatencyPredictor:
                   None if rules is None else rules.to_json(), overhead,
                   training_ranges(specs), info, _block_keys(specs))
         self.memory_ = fit_dataset_memory(records, card, first)  # predictor/memory.py
+        # the out-of-fold quantiles go to the manifest's own field, not the printed summary
+        self.kernel_residuals_ = {kind: entry.pop("ratio_quantiles") for kind, entry in
+                                  cv.items() if "ratio_quantiles" in entry}
+        self.trained_kernels_ = frozenset(key_digest(s.key()) for s in specs)
         self.fit_summary_ = self._summary(cv)
         return self
 
@@ -203,6 +222,8 @@ class LatencyPredictor:
         self.info_ = info
         self.fit_summary_: dict[str, Any] | None = None
         self.memory_ = MemoryModel()  # peak memory: uncalibrated unless fitted or loaded
+        self.kernel_residuals_: dict[str, dict[str, Any]] | None = None  # intervals: unknown
+        self.trained_kernels_: frozenset[str] | None = None
 
     def _reset(self) -> None:
         for name in _LEARNED:
@@ -217,11 +238,14 @@ class LatencyPredictor:
     # --- predicting ---------------------------------------------------------------------------
     def predict(self, network: str | Path | bytes | Sequence[OpSpec], *,
                 input_shapes: ShapeMap | None = None,
-                allow_partial: bool = False) -> NetworkPrediction:
+                allow_partial: bool = False,
+                interval_level: float = DEFAULT_LEVEL) -> NetworkPrediction:
         """Latency of a network: a model file (path or bytes, split by `parse`) or a list of
         kernels (priced as given), with its per-kernel breakdown, which kernels lie inside their
-        kind's training range, and what a partial split left out (`allow_partial`)."""
+        kind's training range, what a partial split left out (`allow_partial`) and the
+        interval at `interval_level` (see `interval`)."""
         self._check_fitted()
+        level = check_level(interval_level)
         parsed = None
         if isinstance(network, str | Path | bytes):
             parsed = self.parse(network, input_shapes=input_shapes, allow_partial=allow_partial)
@@ -230,13 +254,50 @@ class LatencyPredictor:
             specs = list(network)
         self._check_precision(specs)
         per_kernel = self.kernel_ms(specs)
-        return NetworkPrediction(float(per_kernel.sum()) + self.call_overhead_ms_,
-                                 self.call_overhead_ms_,
-                                 tuple(zip(specs, (float(v) for v in per_kernel), strict=True)),
-                                 tuple(self.out_of_range(specs)),
-                                 tuple(self.in_range(specs)),
-                                 tuple(parsed.skipped.items()) if parsed else (),
-                                 parsed.problems if parsed else ())
+        point = NetworkPrediction(float(per_kernel.sum()) + self.call_overhead_ms_,
+                                  self.call_overhead_ms_,
+                                  tuple(zip(specs, (float(v) for v in per_kernel), strict=True)),
+                                  tuple(self.out_of_range(specs)),
+                                  tuple(self.in_range(specs)),
+                                  tuple(parsed.skipped.items()) if parsed else (),
+                                  parsed.problems if parsed else ())
+        return self.interval(point, level)
+
+    @property
+    def has_intervals(self) -> bool:
+        """Whether its predictions carry an interval (see `interval`)."""
+        self._check_fitted()
+        return self.kernel_residuals_ is not None or usable(
+            self.composition_.summary.get("loo_ratio_quantiles"))
+
+    def interval(self, prediction: NetworkPrediction, level: float = DEFAULT_LEVEL
+                 ) -> NetworkPrediction:
+        """`prediction` with its interval at `level` (predictor/intervals.py): from the
+        kernels' out-of-fold residuals per kind and the calibration networks' leave-one-out
+        residuals, widened by the share of time outside the training range (`coverage`) and
+        for few calibration networks. A predictor holding neither gives None and says why."""
+        from dataclasses import replace
+
+        level = check_level(level)
+        loo = self.composition_.summary.get("loo_ratio_quantiles")
+        composition = loo if usable(loo) else None
+        if not self.has_intervals:
+            return replace(prediction, interval_ms=None, interval_level=None,
+                           interval_note=NO_RESIDUALS)
+        kernels = {kind: q for kind, q in (self.kernel_residuals_ or {}).items() if usable(q)}
+        interval = network_interval(prediction.predicted_ms,
+                                    [(spec.kind, ms, self._trained(spec))
+                                     for spec, ms in prediction.kernels],
+                                    prediction.coverage, kernels, composition, level)
+        return replace(prediction, interval_ms=interval, interval_level=level,
+                       interval_note="" if composition is not None else
+                       "fewer than two calibration networks: the composition's spread is a "
+                       "default")
+
+    def _trained(self, spec: OpSpec) -> bool:
+        """Whether the kernel model was trained on this very kernel (unknown: no)."""
+        return self.trained_kernels_ is not None and key_digest(spec.key()) in \
+            self.trained_kernels_
 
     def _check_precision(self, specs: Sequence[OpSpec]) -> None:
         """A network that computes in none of this predictor's precision is another platform:
@@ -434,6 +495,10 @@ class LatencyPredictor:
         if self.fit_summary_ is not None:
             manifest["fit_summary"] = self.fit_summary_
         manifest["memory"] = self.memory_.to_json()
+        if self.kernel_residuals_ is not None:
+            manifest["kernel_residuals"] = self.kernel_residuals_
+        if self.trained_kernels_ is not None:
+            manifest["trained_kernels"] = sorted(self.trained_kernels_)
         return manifest
 
     def save(self, path: str | Path) -> Path:
@@ -482,6 +547,10 @@ class LatencyPredictor:
                  {k: v for k, v in manifest.items() if k not in _OWN_FIELDS},
                  frozenset(block_keys))
         out.fit_summary_ = manifest.get("fit_summary")
+        residuals = manifest.get("kernel_residuals")  # predictors saved before: no intervals
+        out.kernel_residuals_ = dict(residuals) if isinstance(residuals, dict) else None
+        trained = manifest.get("trained_kernels")
+        out.trained_kernels_ = frozenset(trained) if trained is not None else None
         if "memory" in manifest:  # predictors saved before the memory model predict uncalibrated
             out.memory_ = MemoryModel.from_json(manifest["memory"], f"{path / MANIFEST}: memory")
         out.path = path

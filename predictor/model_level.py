@@ -22,6 +22,7 @@ import numpy as np
 from latbench.bench.ops import OpSpec
 from latbench.errors import PredictorError
 from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
+from latbench.predictor.intervals import ratio_quantiles
 
 SCALE_BOUNDS = (0.5, 2.0)
 # The composition's robust fit (iteratively reweighted least squares with Huber weights): its
@@ -59,8 +60,11 @@ class OutOfRange:
 @dataclass(frozen=True)
 class NetworkPrediction:
     """A network's predicted latency with its per-kernel breakdown; per kernel whether it lies
-    inside its kind's training range (None: no range known for the kind); and, for a partial
-    prediction, the op types left out with their node counts and why supported ops were."""
+    inside its kind's training range (None: no range known for the kind); for a partial
+    prediction, the op types left out with their node counts and why supported ops were; and
+    the interval (low, high ms) the measured latency is expected in at `interval_level`
+    (None, with `interval_note` saying why, for a predictor saved without the residuals it
+    is built from; predictor/intervals.py)."""
 
     predicted_ms: float
     overhead_ms: float
@@ -69,6 +73,16 @@ class NetworkPrediction:
     in_range: tuple[bool | None, ...] = ()
     skipped_ops: tuple[tuple[str, int], ...] = ()
     skip_reasons: tuple[str, ...] = ()
+    interval_ms: tuple[float, float] | None = None
+    interval_level: float | None = None
+    interval_note: str = ""
+
+    def interval_text(self) -> str:
+        """`90% interval 11.5-13.4 ms`, or why there is none."""
+        if self.interval_ms is None:
+            return f"no interval: {self.interval_note}" if self.interval_note else ""
+        low, high = self.interval_ms
+        return f"{self.interval_level:.0%} interval {low:.4g}-{high:.4g} ms"
 
     def by_kind(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -101,6 +115,9 @@ class NetworkPrediction:
                 "n_kernels": len(self.kernels),
                 "by_kind_ms": self.by_kind(),
                 "coverage": self.coverage,
+                "interval_ms": None if self.interval_ms is None else list(self.interval_ms),
+                "interval_level": self.interval_level,
+                "interval_note": self.interval_note,
                 "kernels": [{"key": s.key(), "kind": s.kind, "predicted_ms": ms,
                              "in_range": flag}
                             for (s, ms), flag in zip(self.kernels, self.range_flags(),
@@ -319,6 +336,8 @@ class _CompositionDesign:
             summary["rmspe_pct_loo"] = _rmspe(loo, self.measured)
             summary["underprediction_p95_loo_pct"] = float(
                 100 * max(0.0, np.percentile(self.measured / loo - 1, 95)))
+            # what a network's prediction interval is built from (predictor/intervals.py)
+            summary["loo_ratio_quantiles"] = ratio_quantiles(self.measured, loo)
         return Composition(scale, coef, summary)
 
 

@@ -457,7 +457,7 @@ def check_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # Members registered in modules of their own, imported on first lookup (they import this one).
-_ZOO_MODULES = ("latbench.predictor.lut",)
+_ZOO_MODULES = ("latbench.predictor.lut", "latbench.predictor.kernel_transfer")
 
 
 def _import_zoo() -> None:

@@ -22,6 +22,7 @@ from latbench.bench.platform import (
 )
 from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.errors import DatasetError, UnknownKernelError
+from latbench.predictor.intervals import ratio_quantiles
 
 CV_FOLDS = 5
 CV_SEED = 0
@@ -130,8 +131,11 @@ def cross_validate(template: Any, specs: Sequence[OpSpec], ms: np.ndarray,
                    folds: int = CV_FOLDS, seed: int = CV_SEED) -> dict[str, dict[str, Any]]:
     """Per kernel kind, the kernel model's K-fold error on that kind's records (a clone of
     `template` fitted per fold; KFold shuffled with `seed`): {"folds", "rmspe_pct",
-    "within10"}, or {"skipped": why} for a kind with too few records or kernels the model
-    cannot price when it did not see them (a lookup table)."""
+    "within10", "ratio_quantiles"}, or {"skipped": why} for a kind with too few records or
+    kernels the model cannot price when it did not see them (a lookup table).
+    "ratio_quantiles" holds the
+    out-of-fold residuals' quantiles, what a prediction's interval is built from
+    (predictor/intervals.py)."""
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 
@@ -157,5 +161,6 @@ def cross_validate(template: Any, specs: Sequence[OpSpec], ms: np.ndarray,
             out[kind] = {"skipped": "the model cannot price kernels it was not fitted on"}
             continue
         m = error_metrics(predicted, ms[rows])
-        out[kind] = {"folds": folds, "rmspe_pct": m["rmspe_pct"], "within10": m["within10"]}
+        out[kind] = {"folds": folds, "rmspe_pct": m["rmspe_pct"], "within10": m["within10"],
+                     "ratio_quantiles": ratio_quantiles(ms[rows], predicted)}
     return out

@@ -219,10 +219,14 @@ def prepare(job: SearchJob, predictor: str, data_dir: Path | None = None,
 
 
 def run_job(prepared: Prepared, budgets_ms: Sequence[float], progress: Any = None,
-            dist_info: Any = None) -> list[tuple[float, SearchResult]]:
-    """(budget, result) per budget, each searched under budget / the target's factor."""
+            dist_info: Any = None, margin: float | None = None
+            ) -> list[tuple[float, SearchResult]]:
+    """(budget, result) per budget, each searched under budget / the target's factor (with
+    `margin` instead of the target's when given: 0 searches under budget / gap, the point
+    prediction within the budget, as a search that measures its candidates does)."""
     from latbench.search.budget import search_budgets
 
     return search_budgets(prepared.space, prepared.table, prepared.accuracy, budgets_ms,
-                          prepared.strategy, prepared.target.margin,
+                          prepared.strategy,
+                          prepared.target.margin if margin is None else margin,
                           prepared.context(progress, dist_info), prepared.target.gap)

@@ -10,14 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from latbench.bench.campaign import CampaignConfig
 from latbench.bench.platform import PlatformChoice
 from latbench.errors import ConfigError
-from latbench.search.budget import BudgetOutcome, check_budgets, measure_winners
+from latbench.predictor.intervals import DEFAULT_LEVEL, check_level
+from latbench.search.budget import (
+    DEFAULT_MEASURE_BUDGET,
+    BudgetOutcome,
+    Candidate,
+    CandidateMeter,
+    Choice,
+    check_budgets,
+    check_measure_budget,
+    choose_by_measurement,
+    interval_function,
+    measure_winners,
+    ranked_candidates,
+)
 from latbench.search.outputs import write_outputs
 from latbench.search.run import Prepared, SearchJob, prepare, run_job
 from latbench.search.strategies import SearchResult
@@ -63,7 +76,9 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
                fleet: str | None = None, config: CampaignConfig | None = None,
                progress: Callable[[str], Any] | None = None,
                on_prepared: Callable[[Prepared], None] | None = None,
-               platform: PlatformChoice | None = None) -> SearchSession:
+               platform: PlatformChoice | None = None,
+               measure_budget: int = DEFAULT_MEASURE_BUDGET,
+               interval_level: float = DEFAULT_LEVEL) -> SearchSession:
     """Search `job` under each budget with the latency table of `predictor` (a predictor
     folder, at the platform `platform` chooses among those it holds, or "flops").
 
@@ -73,9 +88,14 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     network. With `measure`, the winners are measured on `device` (of `fleet`) with the
     predictor's runtime and settings before the folders are written, so the plots show them;
     a budget holds for `budget_statistic` of the measured runs (default: the median, see
-    search.budget.BudgetTarget). `progress` makes a progress sink for a phase ("search",
-    "winners")."""
+    search.budget.BudgetTarget). When the predictor gives intervals (at `interval_level`),
+    `measure` instead searches each budget under budget / gap (the point prediction within
+    it) and chooses the winner by measuring the candidates whose interval straddles the
+    budget, `measure_budget` measurements per budget in all (`choose_by_measurement`).
+    `progress` makes a progress sink for a phase ("search", "winners")."""
     budgets = check_budgets(budgets_ms)
+    measure_budget = check_measure_budget(measure_budget)
+    interval_level = check_level(interval_level)
     dist_info = None
     if job.strategy_class.distributed:
         from latbench.search.supernet import init_distributed
@@ -87,10 +107,12 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
         if measure and not prepared.measurable:
             raise ConfigError("--measure needs a predictor directory (the flops table has no "
                               "device or runtime to measure with)")
+        by_intervals = measure and prepared.predictor.has_intervals
         if lead and on_prepared is not None:
             on_prepared(prepared)
         with (_sink(progress, "search") if lead else nullcontext()) as bars:
-            results = run_job(prepared, budgets, bars, dist_info)
+            results = run_job(prepared, budgets, bars, dist_info,
+                              margin=0.0 if by_intervals else None)
     finally:
         if dist_info is not None:
             from latbench.search.supernet import close_distributed
@@ -107,9 +129,18 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
         settings = prepared.predictor.run_settings()
         target = resolve_device(device, fleet, threads=settings.threads)
         with _sink(progress, "winners") as bars:
-            session.outcomes = measure_winners(prepared.space, results, prepared.predictor,
-                                               target, base / "winners", config, bars,
-                                               prepared.target.statistic)
+            if by_intervals:
+                meter = CandidateMeter(prepared.space, prepared.predictor, target,
+                                       base / "winners", config, bars,
+                                       prepared.target.statistic)
+                results, session.outcomes = _choose_measured(prepared, results, meter,
+                                                             measure_budget, interval_level)
+                session.results = results
+            else:
+                session.outcomes = measure_winners(prepared.space, results,
+                                                   prepared.predictor, target,
+                                                   base / "winners", config, bars,
+                                                   prepared.target.statistic)
         session.winners = base / "winners"
     for (budget, result), outcome in zip(results, session.outcomes, strict=True):
         if out is None and not result.history and result.module is None:
@@ -119,6 +150,54 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
                       outcome, prepared.accuracy_table, prepared.platform_json())
         session.folders[budget] = folder
     return session
+
+
+def _choose_measured(prepared: Prepared, results: Sequence[tuple[float, SearchResult]],
+                     meter: CandidateMeter, measure_budget: int, level: float
+                     ) -> tuple[list[tuple[float, SearchResult]], list[BudgetOutcome]]:
+    """Per budget, the winner `choose_by_measurement` picks among the result's candidates
+    (`ranked_candidates`), as a result (a different architecture than the strategy's keeps
+    no trained module) and its outcome; the stricter search it falls back to runs under
+    budget / the target's factor."""
+    space, table, target = prepared.space, prepared.table, prepared.target
+    interval_of = interval_function(space, prepared.predictor, target.gap, level)
+    chosen, outcomes = [], []
+    for budget, result in results:
+        strict = budget / target.factor
+
+        def fallback(strict: float = strict) -> Candidate:
+            found = prepared.strategy.search(space, table, prepared.accuracy, strict,
+                                             prepared.context())
+            return Candidate(found.arch, found.accuracy, found.predicted_ms)
+
+        choice = choose_by_measurement(
+            ranked_candidates(result, space, table, prepared.accuracy_table), interval_of,
+            meter, budget, measure_budget, fallback)
+        winner = choice.winner
+        interval = choice.interval_ms or interval_of(winner)
+        probes = tuple(p.to_json() for p in choice.probes)
+        searched = result.budget_ms if choice.interval_ms is not None else strict
+        result = replace(result, arch=winner.arch, accuracy=winner.accuracy,
+                         predicted_ms=winner.predicted_ms,
+                         module=result.module if winner.arch == result.arch else None,
+                         info={**result.info, **_choice_info(choice, result, interval, level)})
+        chosen.append((budget, result))
+        outcomes.append(BudgetOutcome(budget, searched, winner.arch, winner.accuracy,
+                                      winner.predicted_ms, choice.measured_ms,
+                                      result.feasible, result.evaluated, target.statistic,
+                                      interval, level, probes, choice.measurements,
+                                      choice.reason))
+    return chosen, outcomes
+
+
+def _choice_info(choice: Choice, result: SearchResult, interval: tuple[float, float],
+                 level: float) -> dict[str, Any]:
+    """What winner.json records of how the winner was chosen."""
+    return {"chosen_by_measurement": {
+        "strategy_winner": result.arch, "reason": choice.reason,
+        "interval_ms": list(interval), "interval_level": level,
+        "measured": [p.to_json() for p in choice.probes],
+        "measurements": choice.measurements}}
 
 
 def _sink(progress: Callable[[str], Any] | None, phase: str) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_run import run
 from onnx import TensorProto, helper
 
 from latbench.bench.export.graph import chain_graph
@@ -35,12 +36,6 @@ CHAIN = [OpSpec("conv", h=16, w=16, cin=3, cout=8, kernel=3, act="relu"),
          OpSpec("pool", h=16, w=16, cin=16, pool="gavg"),
          OpSpec("linear", cin=16, cout=10)]
 PLAN_SPECS = [*CHAIN, OpSpec("conv", h=16, w=16, cin=8, cout=32, kernel=1)]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
@@ -121,6 +116,28 @@ def test_bench_ops_limit_must_be_positive(capsys: pytest.CaptureFixture[str], tm
                           f"got {limit}")
     assert stdout == "" and not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_ops_refuses_more_threads_than_cores(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    import os
+
+    out, cores = tmp_path / "dataset", os.cpu_count() or 1
+    code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", "1",
+                            "--threads", "1", str(cores + 1), "--out", str(out))
+    assert_one_line_error(code, err, f"--threads {cores + 1} is more than the {cores} cores "
+                                     "of device local")
+    assert stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_bench_ops_refuses_a_precision_the_runtime_lacks(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--runtime",
+                            "torch-cuda", "--precision", "int8", "--out", str(out))
+    assert_one_line_error(code, err, "runtime torch-cuda cannot measure --precision int8: it "
+                                     "computes in float32 only")
+    assert stdout == "" and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("alpha", ["0", "1.5", "nan", "-0.5", "inf"])

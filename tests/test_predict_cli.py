@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_run import run
 from onnx import TensorProto, helper, numpy_helper
 
 from latbench.bench.export.graph import chain_graph
@@ -17,7 +18,6 @@ from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
-from latbench.cli import main
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.latency_predictor import LatencyPredictor
 
@@ -43,13 +43,6 @@ def predictor(tmp_path_factory) -> Path:
     dataset = LatencyDataset.create(root / "data", {"run_settings": RunSettings().__dict__})
     dataset.append(records)
     return LatencyPredictor("linear", cv_folds=0).fit(root / "data").save(root / "predictor")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def model_file(folder: Path, name: str, *specs: OpSpec) -> Path:

@@ -202,8 +202,22 @@ class _Converter:
         self.finish_layer(out, act, y, self.prelu_slope(act))
 
     def batchnorm(self, node: onnx.NodeProto) -> None:
-        raise ExportError(f"{describe(node)} follows no Conv it can fold into; the LayerGraph "
-                          "has no standalone batch normalization")
+        """A BatchNormalization no Conv precedes (after a residual sum): a per-channel scale
+        and shift of an image."""
+        x = self.exact(node.input[0], node)
+        shape = self.b.shapes[x]
+        if len(shape) != 4 or x in self.b.plain:
+            raise ExportError(f"{describe(node)} normalizes a {len(shape)}-D tensor that is no "
+                              "image; the LayerGraph has batch normalization of images only")
+        scale, shift, mean, var = (self.const(t, node, what) for t, what in
+                                   zip(node.input[1:5], ("scale", "bias", "mean", "variance"),
+                                       strict=True))
+        factor = scale / np.sqrt(var + float(attrs(node).get("epsilon", 1e-5)))
+        channel = (1, shape[1], 1, 1)
+        y = self.b.mul_const(x, channel)
+        self.b.set_weights(value=factor.reshape(channel).astype(np.float32))
+        self.env[node.output[0]] = self.b.add_const(y, channel)
+        self.b.set_weights(value=(shift - mean * factor).reshape(channel).astype(np.float32))
 
     def pool(self, node: onnx.NodeProto) -> None:
         a = attrs(node)
@@ -219,12 +233,9 @@ class _Converter:
                               f"{pads} must be square and symmetric")
         pad = pads[0] if pads else 0
         avg = node.op_type == "AveragePool"
-        if avg and pad and not a.get("count_include_pad", 0):
-            raise ExportError(f"{describe(node)} averages without the padded zeros "
-                              "(count_include_pad=0); the LayerGraph counts them")
-        self.env[node.output[0]] = self.b.pool(self.exact(node.input[0], node),
-                                               "avg" if avg else "max", kernel[0], strides[0],
-                                               pad)
+        self.env[node.output[0]] = self.b.pool(
+            self.exact(node.input[0], node), "avg" if avg else "max", kernel[0], strides[0], pad,
+            exclude_pad=avg and not a.get("count_include_pad", 0))
 
     def global_pool(self, node: onnx.NodeProto) -> None:
         self.env[node.output[0]] = self.b.gpool(self.exact(node.input[0], node))

@@ -162,12 +162,17 @@ class GraphBuilder:
         attrs, weights = self._activation(kind, self.shapes[x], x in self.plain, alpha)
         return self._add("act", [x], self.shapes[x], attrs, weights)
 
-    def pool(self, x: str, kind: str, kernel: int, stride: int, pad: int = 0) -> str:
+    def pool(self, x: str, kind: str, kernel: int, stride: int, pad: int = 0,
+             exclude_pad: bool = False) -> str:
+        """`exclude_pad`: an average over the window's inside elements only (PyTorch's
+        count_include_pad=False, as NAS-Bench-201's pools), else over the whole window."""
         n, c, h, w = self.shapes[x]
         oh = (h + 2 * pad - kernel) // stride + 1
         ow = (w + 2 * pad - kernel) // stride + 1
-        return self._add("pool", [x], (n, c, oh, ow),
-                         {"pool": kind, "kernel": kernel, "stride": stride, "pad": pad})
+        attrs = {"pool": kind, "kernel": kernel, "stride": stride, "pad": pad}
+        if exclude_pad and kind == "avg" and pad:
+            attrs["exclude_pad"] = True
+        return self._add("pool", [x], (n, c, oh, ow), attrs)
 
     def gpool(self, x: str) -> str:
         n, c, _, _ = self.shapes[x]
@@ -256,11 +261,15 @@ class GraphBuilder:
         return self._add("mul_const", [x], self.shapes[x], {},
                          {"value": self._weights(0.5, shape, 1.0)})
 
-    def add_const(self, x: str) -> str:
-        """x + a learned constant of x's shape with batch 1 (a position embedding)."""
-        shape = self.shapes[x]
-        return self._add("add_const", [x], shape, {},
-                         {"value": self._weights(0.5, (1, *shape[1:]))})
+    def add_const(self, x: str, shape: Sequence[int] | None = None) -> str:
+        """x + a learned constant of x's shape with batch 1 (a position embedding), or of
+        `shape` broadcast against x (a per-channel shift)."""
+        value_shape = tuple(int(d) for d in shape) if shape else (1, *self.shapes[x][1:])
+        if np.broadcast_shapes(value_shape, self.shapes[x]) != self.shapes[x]:
+            raise ExportError(f"add of a constant of shape {value_shape} changes "
+                              f"{self.shapes[x]}")
+        return self._add("add_const", [x], self.shapes[x], {},
+                         {"value": self._weights(0.5, value_shape)})
 
     # --- the rest of the common op set (images) -------------------------------------------------
     def convt(self, x: str, cout: int, kernel: int, stride: int = 1, pad: int = 0,

@@ -137,7 +137,8 @@ class _Emitter:
             k, s, p = a["kernel"], a["stride"], a["pad"]
             attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [p, p, p, p]}
             if a["pool"] == "avg":
-                self.node("AveragePool", layer.inputs, out, count_include_pad=1, **attrs)
+                self.node("AveragePool", layer.inputs, out,
+                          count_include_pad=0 if a.get("exclude_pad") else 1, **attrs)
             else:
                 self.node("MaxPool", layer.inputs, out, **attrs)
         elif op == "gpool":

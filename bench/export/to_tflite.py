@@ -429,8 +429,13 @@ class _Lowering:
     def pool(self, layer: Layer, x: int, out: int) -> None:
         a, s, w = layer.attrs, self.s, self.w
         k, stride, pad = a["kernel"], a["stride"], a["pad"]
-        if a["pool"] == "avg":  # TFLite SAME excludes padding from the count: never use it
-            x, padding = self.padded(x, (k, k), stride, (pad, pad), same_ok=False)
+        if a["pool"] == "avg":  # TFLite SAME excludes padding from the count
+            exclude = bool(a.get("exclude_pad"))
+            n, h, wd, c = w.shape(x)
+            if exclude and not all(same_padding_matches(d, k, stride, pad) for d in (h, wd)):
+                raise ExportError(f"an average pool of {k}x{k}, stride {stride}, pad {pad} over "
+                                  f"{h}x{wd} without the padded zeros has no TFLite form")
+            x, padding = self.padded(x, (k, k), stride, (pad, pad), same_ok=exclude)
             name = "AVERAGE_POOL_2D"
         elif a["pool"] == "max":
             # SAME ignores padding, which equals padding with -inf. Where SAME would misplace
@@ -596,7 +601,7 @@ _LOWERINGS: dict[str, Any] = {
         "GATHER", [xs[0], self.w.const("index", np.asarray(layer.attrs["index"], np.int32))],
         [out], self.s.GatherOptionsT(axis=layer.attrs["axis"])),
     "add_const": lambda self, layer, xs, out: self.w.op(
-        "ADD", [xs[0], self.w.const("value", layer.weights["value"])], [out],
+        "ADD", [xs[0], self.w.const("value", _stored_const(self.graph, layer))], [out],
         self.s.AddOptionsT()),
     "mul_const": lambda self, layer, xs, out: self.w.op(
         "MUL", [xs[0], self.w.const("value", _stored_const(self.graph, layer))], [out],

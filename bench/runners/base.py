@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from latbench.bench.export.graph import LayerGraph, spec_graph
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import DTYPES, OpSpec
 from latbench.bench.stats import STOP_REASONS, Quality, Stats, quality, round_medians, summarize
 from latbench.device_agents import (
     AGENT_SCRIPT,
@@ -341,6 +341,7 @@ class Runner(Protocol):
     name: str
     suffix: str
     formats: tuple[str, ...]
+    precisions: tuple[str, ...]
     needs: RuntimeNeeds
     settings_fields: tuple[tuple[str, str], ...]
 
@@ -437,6 +438,8 @@ class RunnerBase:
     needs: ClassVar[RuntimeNeeds]
     settings_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
     formats: ClassVar[tuple[str, ...]] = ()
+    # What the runner's exported models can compute in (bench.ops.DTYPES names).
+    precisions: ClassVar[tuple[str, ...]] = DTYPES
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}

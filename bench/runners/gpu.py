@@ -30,6 +30,7 @@ class TorchCudaRunner(AgentRunner):
 
     needs = RuntimeNeeds(modules=("torch",), cuda=True)
     formats = (".pt2",)
+    precisions = ("float32",)  # the exported program computes in float32 whatever the graph
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_pt2 import to_pt2

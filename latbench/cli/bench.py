@@ -129,9 +129,18 @@ def cmd_bench_networks(args: argparse.Namespace) -> int:
 
 
 def _precision(args: argparse.Namespace) -> str:
+    """--precision as a dtype, refused where a runtime asked for cannot compute in it."""
     from latbench.bench.platform import parse_precision
+    from latbench.bench.runners import RUNNERS
 
-    return parse_precision(args.precision)
+    precision = parse_precision(args.precision)
+    runtimes = getattr(args, "runtime", None) or ("onnxruntime",)
+    for runtime in [runtimes] if isinstance(runtimes, str) else runtimes:
+        supported = RUNNERS.lookup(runtime).precisions
+        if precision not in supported:
+            raise ConfigError(f"runtime {runtime} cannot measure --precision {args.precision}: "
+                              f"it computes in {', '.join(supported)} only")
+    return precision
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:

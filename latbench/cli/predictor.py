@@ -168,15 +168,24 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
     return ", ".join(parts)
 
 
+def add_interval_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval-level", type=float, default=0.9, metavar="P",
+                        help="nominal level of the prediction interval, in (0, 1) (default "
+                             "0.9: the measured latency should fall inside 90%% of the time)")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from latbench.bench.model_files import parse_input_shapes
+    from latbench.predictor.intervals import check_level
 
     path = Path(args.model)
+    level = check_level(args.interval_level, "--interval-level")
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     shapes = parse_input_shapes(args.input_shape or [])
     predictor = load_predictor(args)
-    prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial)
+    prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial,
+                                   interval_level=level)
     memory = predicted_memory(predictor, path, shapes)
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
@@ -194,9 +203,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   sum(1 for (s, _), f in zip(prediction.kernels, flags, strict=True)
                       if s.kind == kind and f is False), f"{ms:.4f}")
                  for kind, ms in sorted(prediction.by_kind().items())])
+    interval = f", {prediction.interval_text()}" if prediction.interval_ms else ""
     print(f"predicted latency: {prediction.predicted_ms:.4f} ms "
-          f"(including {prediction.overhead_ms:.4f} ms runtime call overhead)"
+          f"(including {prediction.overhead_ms:.4f} ms runtime call overhead{interval})"
           + (" - partial, see the warning" if prediction.partial else ""))
+    if prediction.interval_ms is None and prediction.interval_note:
+        print(f"no interval: {prediction.interval_note}")
     if prediction.coverage is not None:
         print(f"coverage: {prediction.coverage:.1%} of the predicted kernel time comes from "
               "kernels inside the predictor's training range")
@@ -271,8 +283,10 @@ def _outside_text(outside: OutOfRange) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from latbench.bench.network_sets import resolve_networks
     from latbench.predictor.evaluate import evaluate, write_report
+    from latbench.predictor.intervals import check_level
     from latbench.progress import Bars
 
+    level = check_level(args.interval_level, "--interval-level")
     predictor = load_predictor(args, measured_on=True)
     networks = resolve_networks(args.networks, args.seed, exclude=predictor.calibration_keys,
                                 dynamo=not args.legacy_export,
@@ -282,13 +296,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(predictor.path or args.predictor) / "eval")
     with Bars("networks") as bars:
         report = evaluate(predictor, networks, device, out, args.runtime,
-                          campaign_config(args, settings), bars, passes=args.passes)
+                          campaign_config(args, settings), bars, passes=args.passes,
+                          interval_level=level)
     paths = write_report(report, out)
     if args.json:
         memory = report.memory
         print_json({"device": device.name, "platform": predictor.platform.to_json(),
                     "threads": settings.threads, "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
+                    "intervals": report.intervals, "interval_level": report.interval_level,
                     "memory": None if memory is None else {
                         "metrics": memory.metrics, "calibrated": memory.calibrated},
                     "report": {k: str(v) for k, v in paths.items()}})
@@ -298,6 +314,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 _metric_rows(report.metrics))
     print(f"predictor platform: {predictor.platform}")
     print(report.measurement)
+    if report.intervals:
+        print_table(f"{level:.0%} prediction intervals: how often the measured latency fell "
+                    "inside", ["family", "n", "inside", "above", "mean width %"],
+                    [(family, int(m["n"]), f"{m['inside']:.1%}", f"{m['above']:.1%}",
+                      f"{m['mean_width_pct']:.1f}") for family, m in report.intervals.items()])
+    else:
+        print("no prediction intervals: the predictor holds no residual quantiles (refit it)")
     if report.memory is not None:
         print_memory_metrics(report.memory, device.name)
     print(f"report: {paths['markdown']}  scatter: {paths['scatter']}")
@@ -415,9 +438,10 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                          help="predict the ops latbench can price and name those left out, "
                               "instead of refusing a model with unsupported ops")
     predict.add_argument("--json", action="store_true",
-                         help="print a JSON object (platform, predicted_ms, coverage, "
-                              "per-kernel figures and range checks, skipped_ops, memory, "
-                              "model_size_bytes)")
+                         help="print a JSON object (platform, predicted_ms, interval_ms, "
+                              "interval_level, coverage, per-kernel figures and range checks, "
+                              "skipped_ops, memory, model_size_bytes)")
+    add_interval_level(predict)
     add_platform_choice(predict, device_runtime=True)
     predict.set_defaults(func=cmd_predict)
 
@@ -456,6 +480,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed for sampling networks")
     add_legacy_export(ev)
     ev.add_argument("--passes", type=int, default=1, metavar="N", help=PASSES_HELP)
+    add_interval_level(ev)
     add_json(ev)
     add_device_options(ev)
     add_run_settings(ev, defaults_from_predictor=True)

@@ -19,18 +19,31 @@ from latbench.cli.common import (
     platform_choice,
     predictor_choice,
 )
+from latbench.errors import ConfigError
 from latbench.tables import print_json, print_table
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from latbench.bench.runners import RunSettings
+    from latbench.predictor.intervals import check_level
     from latbench.progress import Bars
-    from latbench.search.budget import OUTCOME_HEADER, check_budgets
+    from latbench.search.budget import (
+        DEFAULT_MEASURE_BUDGET,
+        OUTCOME_HEADER,
+        check_budgets,
+        check_measure_budget,
+    )
     from latbench.search.outputs import accuracy_label
     from latbench.search.run import SearchJob, parse_options
     from latbench.search.session import run_search
 
     budgets = check_budgets(args.budget_ms, "--budget-ms")
+    if args.measure_budget is not None and not args.measure:
+        raise ConfigError("--measure-budget bounds the measurements of --measure; add "
+                          "--measure")
+    measure_budget = check_measure_budget(
+        DEFAULT_MEASURE_BUDGET if args.measure_budget is None else args.measure_budget)
+    level = check_level(args.interval_level, "--interval-level")
     job = SearchJob(args.space, parse_options(args.space_option, "--space-option"),
                     args.strategy, parse_options(args.option, "--option"), args.accuracy,
                     args.data, args.seed, args.queries, args.epochs)
@@ -38,8 +51,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     def announce(prepared: Any) -> None:
         fastest, slowest = prepared.latency_range()
         space_options = f" {prepared.space_options}" if prepared.space_options else ""
+        measured = args.measure and prepared.predictor is not None \
+            and prepared.predictor.has_intervals
+        aim = prepared.target.describe_measured(level, measure_budget) if measured \
+            else prepared.target.describe()
         print(f"{args.strategy} on {args.space}{space_options} (predicted "
-              f"{fastest:.4g} to {slowest:.4g} ms): {prepared.target.describe()}",
+              f"{fastest:.4g} to {slowest:.4g} ms): {aim}",
               file=sys.stderr)
 
     platform = replace(platform_choice(args), device=None) if args.predictor == "flops" \
@@ -49,7 +66,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                          out=args.out, measure=args.measure,
                          device=args.device, fleet=args.fleet,
                          config=campaign_config(args, RunSettings()), progress=Bars,
-                         on_prepared=announce, platform=platform)
+                         on_prepared=announce, platform=platform,
+                         measure_budget=measure_budget, interval_level=level)
     if not session.lead:
         return 0
     if session.winners is not None:  # what disturbed their measurement, and what was done
@@ -58,6 +76,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         card = LatencyDataset.open(session.winners).card
         for line in (card.get("drift_last_run") or {}).get("report", []):
             print(f"winners measured: {line}", file=sys.stderr)
+        for outcome in session.outcomes:
+            if outcome.measurements is not None:
+                print(_choice_line(outcome), file=sys.stderr)
     if args.json:
         print_json(session.to_json())
         return 0
@@ -75,6 +96,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"budget {budget:g} ms: {folder}/ (winner.txt, winner.onnx, winner.pt, "
               "pareto.png, history.csv)")
     return 0
+
+
+def _choice_line(outcome: Any) -> str:
+    """`budget 0.9 ms: 2 straddling candidates measured (1 over the budget), 3 measurements;
+    winner ..., 90% interval 0.81-0.93 ms: because ...`."""
+    over = sum(1 for p in outcome.probes if p["verdict"] != "within the budget")
+    low, high = outcome.interval_ms
+    return (f"budget {outcome.budget_ms:g} ms: {len(outcome.probes)} straddling candidates "
+            f"measured ({over} not within the budget), {outcome.measurements} measurements; "
+            f"winner {outcome.arch} ({outcome.interval_level:.0%} interval {low:.4g}-"
+            f"{high:.4g} ms): {outcome.chosen_because}")
 
 
 class _RegistryHelp(argparse.HelpFormatter):
@@ -151,7 +183,21 @@ def add_commands(sub: Any) -> None:
                              "fit`)")
     search.add_argument("--data-dir", help="reference data folder (default $LATBENCH_DATA or "
                                            "shared/data beside the latbench checkout)")
-    search.add_argument("--measure", action="store_true", help="measure the winners")
+    search.add_argument("--measure", action="store_true",
+                        help="measure the winners; with a predictor that gives intervals, "
+                             "search under budget / gap and measure the candidates whose "
+                             "interval straddles the budget before choosing (see "
+                             "--measure-budget)")
+    search.add_argument("--measure-budget", type=int, default=None, metavar="N",
+                        help="with --measure: at most N measurements per budget, the "
+                             "winner's included; walking the candidates best first, each "
+                             "whose interval is not wholly over the budget is measured and "
+                             "wins if measured within it; straddling ones only while two "
+                             "measurements are left; if none is within, a search under a "
+                             "stricter budget wins (measured too) (default 5)")
+    search.add_argument("--interval-level", type=float, default=0.9, metavar="P",
+                        help="nominal level of the prediction intervals --measure judges "
+                             "candidates by, in (0, 1) (default 0.9)")
     search.add_argument("--out",
                         help="output folder: per budget history, pareto.png, winner.txt/.pt/"
                              ".onnx, outcome.json; measured winners (default PREDICTOR/search; "

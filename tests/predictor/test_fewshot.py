@@ -201,7 +201,7 @@ def test_fewshot_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "fitted on 10 samples: leave-one-out error on them" in said
     assert "most like: " in said and f"{len(queried)} predictions written" in said
     result = pd.read_csv(out)
-    assert list(result.columns) == ["arch", "predicted_ms"]
+    assert list(result.columns) == ["arch", "predicted_ms", "lo_ms", "hi_ms"]
     assert result["arch"].tolist() == queried["arch"].tolist()
     assert (result["predicted_ms"] > 0).all()
     truth = full.drop(index=rows)["pixel3"].to_numpy()

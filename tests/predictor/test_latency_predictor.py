@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run
 from sklearn.model_selection import KFold
 
 from latbench.bench.fusion import FusionRules
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
-from latbench.cli import main
 from latbench.errors import DatasetError, PredictorError
 from latbench.predictor.evaluate import error_metrics
 from latbench.predictor.features import kernel_cost, training_pairs
@@ -392,12 +392,6 @@ def test_partial_predictions_name_what_they_left_out(macro_linear) -> None:
 
 
 # --- the command line ---------------------------------------------------------------------------
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 1

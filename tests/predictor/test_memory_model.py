@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run
 
 from latbench.bench.campaign import Subject
 from latbench.bench.export.graph import chain_graph
@@ -19,7 +20,6 @@ from latbench.bench.memory import CARD_KEY, MemoryProfile, network_memory, profi
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
-from latbench.cli import main
 from latbench.errors import PredictorError
 from latbench.predictor.evaluate import memory_evaluation
 from latbench.predictor.features import kernel_cost
@@ -216,13 +216,6 @@ def test_predictors_saved_before_the_memory_model_predict_uncalibrated(tmp_path:
 
 
 CONV = OpSpec("conv", h=16, w=16, cin=16, cout=16, kernel=3)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

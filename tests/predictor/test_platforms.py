@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_run import run
 
 from latbench.bench.campaign import CampaignConfig, Subject, measure_into_dataset
 from latbench.bench.export.graph import chain_graph
@@ -61,13 +62,6 @@ def folder(mixed: Path, tmp_path_factory) -> Path:
     assert main(["predictor", "fit", "--data", str(mixed), "--out", str(out), "--predictor",
                  "linear", "--cv-folds", "0"]) == 0
     return out
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, *needles: str) -> str:

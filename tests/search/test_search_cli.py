@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import run
 from PIL import Image
 
 from latbench.bench.kernels import onnx_to_kernels
 from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import get_space
-from latbench.cli import main
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.models import XGBoostKernelPredictor
@@ -28,12 +28,6 @@ DATA_DIR = REPO.parent / "shared" / "data"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_folder(folder: Path, strategy: str) -> dict:

@@ -1,0 +1,753 @@
+"""Kernel-level transfer: a new platform's predictor from a small sample of its kernels and the
+kernel predictors of platforms already measured (the sources).
+
+A kernel's latency on two platforms is related far more simply than it is related to its
+shape: on another thread count, precision or runtime of the same CPU, log ms on the target is
+close to an affine function of log ms on a source, per kernel kind. So instead of learning
+every kind from scratch, the target learns that map from a few kernels measured on it:
+
+    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * mean_s log p_s(k) [+ r_kind . f(k)]
+
+with p_s the sources' kernel predictions (at the source's precision: a target int8 kernel is
+asked of an fp32 source as the same kernel in fp32), c and the slopes b_s shared by every kind,
+e_kind, d_kind (and the optional residual r_kind on a few log-size features f) per kind, pulled
+towards 0 by ridge penalties. The penalties, and whether the residual is used, are chosen by
+leave-one-out error on the sample; per kind, fitting the sample alone (log-linear in FLOPs and
+bytes, `predictor.models.LinearKernelPredictor`'s columns) replaces the map where its
+leave-one-out error is lower.
+
+The sample (`sample_transfer`) is chosen before measuring, within a device-time budget: every
+kind the target plan needs first, then kernels where the sources disagree, where the map is
+least certain and that cover each kind's feature space (farthest point), and a share of the
+budget for the plan's calibration networks, which fit the target's composition
+(`solve_composition`) exactly as `LatencyPredictor.fit` does. `KernelTransferPredictor` is a
+registered kernel predictor: it saves each source's model of every kind inside its own folder,
+so a transferred predictor loads, predicts and is evaluated like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latbench.bench.ops import OpSpec
+from latbench.bench.platform import Platform, precision_name, record_platform, settings_field
+from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
+from latbench.predictor.features import FEATURE_NAMES, feature_matrix
+from latbench.predictor.models import (
+    KernelPredictor,
+    check_params,
+    fit_log_linear,
+    get_predictor_class,
+    predict_log_linear,
+    register_predictor,
+)
+
+SOURCE_SEPARATOR = "@"  # PATH@SLUG picks one platform of a multi-platform predictor folder
+# The map's penalties (on sums of squared log errors): the kinds' offsets from the shared
+# intercept, the shared source slopes' pull towards an equal split, and the candidates for the
+# kinds' slope deviations and residual coefficients that leave-one-out chooses among.
+KIND_OFFSET_RIDGE = 0.02
+SLOPE_RIDGE = 0.01
+SLOPE_DEVIATION_RIDGES = (0.03, 0.3, 3.0)
+RESIDUAL_RIDGES = (None, 0.3, 3.0)  # None: no residual
+RESIDUAL_FEATURES = ("log_flops", "log_bytes")
+ALONE_FEATURES = ("log_flops", "log_bytes")  # LinearKernelPredictor's columns
+ALONE_RIDGE = 1e-3
+MIN_ALONE_KERNELS = 5  # fewer sampled kernels of a kind: never fitted alone
+# The sampler: kernels per kind in the covering rounds, the budget share for networks, the
+# weight of the sources' disagreement against feature-space distance.
+COVER_PER_KIND = 3
+NETWORK_SHARE = 0.25
+DISAGREEMENT_WEIGHT = 2.0
+SAMPLE_SEED = 0
+
+
+# --- sources ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransferSource:
+    """A measured platform's kernel predictor, asked about the target's kernels."""
+
+    label: str  # how the user named it (PATH or PATH@SLUG)
+    platform: Platform
+    kernels: Any  # a fitted KernelPredictor
+
+    def log_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
+        """Log of the predicted kernel ms of `specs`, each asked at the source's precision."""
+        return np.log(np.maximum(source_predict(self.kernels, self.platform.precision, specs),
+                                 1e-9))
+
+
+def at_precision(specs: Sequence[OpSpec], dtype: str) -> list[OpSpec]:
+    return [s if s.dtype == dtype else s.with_(dtype=dtype) for s in specs]
+
+
+def source_predict(kernels: Any, dtype: str, specs: Sequence[OpSpec]) -> np.ndarray:
+    return np.asarray(kernels.predict(at_precision(specs, dtype)), dtype=np.float64)
+
+
+def load_source(entry: str) -> TransferSource:
+    """A source from `PATH` (a predictor folder of one platform) or `PATH@SLUG` (the platform
+    of a multi-platform folder whose slug, e.g. local-onnxruntime-fp32-1t, is SLUG)."""
+    from latbench.predictor.io import read_platforms
+    from latbench.predictor.latency_predictor import LatencyPredictor
+
+    path, slug = Path(entry), None
+    if not path.exists() and SOURCE_SEPARATOR in entry:
+        head, _, slug = entry.rpartition(SOURCE_SEPARATOR)
+        path = Path(head)
+    if not path.is_dir():
+        raise ConfigError(f"source predictor {path} does not exist (give a folder `latbench "
+                          "predictor fit` wrote)")
+    folders = read_platforms(path)
+    if slug is not None:
+        chosen = [p for p in folders if p.slug() == slug]
+        if not chosen:
+            raise ConfigError(f"source predictor {path} has no platform {slug!r}; it has: "
+                              f"{', '.join(sorted(p.slug() for p in folders))}")
+        predictor = LatencyPredictor.load(path, chosen[0].choice())
+    elif len(folders) > 1:
+        raise ConfigError(f"source predictor {path} holds {len(folders)} platforms: name one as "
+                          f"{path}{SOURCE_SEPARATOR}SLUG, SLUG one of "
+                          f"{', '.join(sorted(p.slug() for p in folders))}")
+    else:
+        predictor = LatencyPredictor.load(path)
+    return TransferSource(entry, predictor.platform, predictor.kernels_)
+
+
+def check_sources(sources: Sequence[TransferSource], specs: Sequence[OpSpec],
+                  target: Platform, plan: str = "the plan") -> None:
+    """Refuse sources that cannot price every kernel the target needs: a kind they lack (a
+    predictor of another space or kind set), a kernel with no form at their precision, a
+    kernel they cannot price (a lookup table). One-line errors name the source and the
+    kernel."""
+    if not sources:
+        raise ConfigError("give at least one source predictor (--from)")
+    needed = sorted({s.kind for s in specs})
+    for source in sources:
+        missing = [k for k in needed if k not in source.kernels.kinds]
+        if missing:
+            raise ConfigError(f"source {source.label} ({source.platform}) has no model for "
+                              f"kernel kind(s) {', '.join(missing)} that {plan} needs; use a "
+                              "predictor fitted on a plan with them")
+        dtype = source.platform.precision
+        for spec in specs:
+            if spec.dtype != dtype:
+                try:
+                    spec.with_(dtype=dtype)
+                except SpecError as exc:
+                    raise ConfigError(
+                        f"source {source.label} computes in {precision_name(dtype)} and the "
+                        f"target's {precision_name(target.precision)} kernel {spec.key()} has "
+                        f"no {precision_name(dtype)} form to map from: {exc}") from exc
+        try:
+            source_predict(source.kernels, dtype, specs)
+        except UnknownKernelError as exc:
+            raise ConfigError(f"source {source.label} cannot price the target's kernels: "
+                              f"{exc}") from exc
+
+
+# --- what measuring costs ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasureCost:
+    """Seconds of device time a subject takes under the campaign protocol: a fixed cost per
+    subject (export, session creation, transfer, the batch's share of reference probes) plus
+    its warm-up and timed calls. The stopping rule's number of timed calls is estimated as
+    `typical_runs` (what it takes on a quiet CPU), never below `min_runs` nor past
+    `max_runs` or `max_seconds` of timing; the fixed protocol times `fixed_runs` calls."""
+
+    subject_overhead_s: float = 0.15
+    campaign_overhead_s: float = 3.0  # calibration probes and device facts, once
+    warmup: int = 10
+    typical_runs: int = 150
+    min_runs: int = 20
+    max_runs: int = 1000
+    max_seconds: float = 5.0
+    fixed_runs: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MeasureCost:
+        """The cost of measuring with RunSettings `settings`."""
+        if settings.target_ci is None:
+            return cls(warmup=settings.warmup, fixed_runs=settings.runs * settings.rounds)
+        return cls(warmup=settings.warmup, min_runs=settings.min_runs,
+                   max_runs=settings.max_runs, max_seconds=settings.max_seconds)
+
+    def seconds(self, ms: np.ndarray) -> np.ndarray:
+        ms = np.maximum(np.asarray(ms, dtype=np.float64), 1e-6)
+        if self.fixed_runs is not None:
+            runs = np.full(len(ms), float(self.fixed_runs))
+        else:
+            runs = np.minimum(float(min(max(self.typical_runs, self.min_runs), self.max_runs)),
+                              np.maximum(self.min_runs, 1000.0 * self.max_seconds / ms))
+        return self.subject_overhead_s + (self.warmup + runs) * ms / 1000.0
+
+
+# --- the sampler ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransferSample:
+    """What to measure on the target: indices of kernels and of calibration networks, why each
+    kernel was chosen (`cover` or `spread`), and the estimated seconds of it all."""
+
+    kernels: tuple[int, ...]
+    networks: tuple[int, ...]
+    reasons: tuple[str, ...]
+    estimated_s: float
+    budget_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernels": len(self.kernels), "networks": len(self.networks),
+                "covering": self.reasons.count("cover"),
+                "estimated_minutes": self.estimated_s / 60, "budget_minutes": self.budget_s / 60}
+
+
+def minimum_budget_s(specs: Sequence[OpSpec], costs: np.ndarray, cost: MeasureCost) -> float:
+    """The least device time that measures one kernel of every kind: each kind's cheapest."""
+    cheapest: dict[str, float] = {}
+    for spec, c in zip(specs, costs, strict=True):
+        cheapest[spec.kind] = min(cheapest.get(spec.kind, math.inf), float(c))
+    return cost.campaign_overhead_s + sum(cheapest.values())
+
+
+def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.ndarray,
+                    budget_s: float, *, network_costs: Sequence[float] = (),
+                    network_families: Sequence[str] = (), kind_weight: dict[str, float] | None
+                    = None, cost: MeasureCost | None = None, per_kind: int = COVER_PER_KIND,
+                    network_share: float = NETWORK_SHARE, seed: int = SAMPLE_SEED
+                    ) -> TransferSample:
+    """Choose the kernels (and calibration networks) to measure on the target within
+    `budget_s` seconds of device time.
+
+    `source_logs` holds each source's log predicted ms of every spec (sources x specs),
+    `costs` the estimated seconds of measuring each spec (`MeasureCost.seconds`), the network
+    arguments the same of the plan's calibration networks and their family (networks are
+    taken round-robin over families up to `network_share` of the budget). Kernels: first
+    `per_kind` covering rounds (every kind's most typical kernel, then the farthest from those
+    chosen), then greedily the kernel of the most value per second, value being its distance to
+    the chosen kernels of its kind (standardized log-size features and the sources' mean
+    prediction: where the map is least certain) plus how much the sources disagree about it
+    beyond their usual offset, times its kind's weight (default: equal). A budget below
+    `minimum_budget_s` is a ConfigError naming the minimum."""
+    cost = cost or MeasureCost()
+    specs = list(specs)
+    logs = np.atleast_2d(np.asarray(source_logs, dtype=np.float64))
+    costs = np.asarray(costs, dtype=np.float64)
+    if logs.shape[1] != len(specs) or len(costs) != len(specs):
+        raise PredictorError(f"{len(specs)} kernels but {logs.shape[1]} predictions and "
+                             f"{len(costs)} costs")
+    minimum = minimum_budget_s(specs, costs, cost)
+    if budget_s < minimum:
+        raise ConfigError(f"a budget of {budget_s / 60:.2f} min cannot measure one kernel of "
+                          f"each of the {len({s.kind for s in specs})} kinds the plan needs; "
+                          f"the least is {math.ceil(minimum / 6) / 10:.1f} min "
+                          f"(--budget-minutes {math.ceil(minimum / 6) / 10:.1f})")
+    rng = np.random.default_rng(seed)
+    left = budget_s - cost.campaign_overhead_s
+    kinds = np.array([s.kind for s in specs])
+    weight = {k: (kind_weight or {}).get(k, 1.0) for k in set(kinds.tolist())}
+    space = _sample_space(specs, logs)
+    spread = _disagreement(logs, kinds)
+    chosen: list[int] = []
+    reasons: list[str] = []
+    nearest = np.full(len(specs), np.inf)  # distance to the nearest chosen kernel of its kind
+    taken = np.zeros(len(specs), dtype=bool)
+
+    def take(i: int, why: str) -> None:
+        nonlocal left
+        chosen.append(i)
+        reasons.append(why)
+        taken[i] = True
+        left -= costs[i]
+        same = kinds == kinds[i]
+        nearest[same] = np.minimum(nearest[same],
+                                   np.linalg.norm(space[same] - space[i], axis=1))
+
+    order = sorted(set(kinds.tolist()))
+    # Round one: the kernel nearest each kind's centre, or its cheapest where the budget would
+    # not reach every kind otherwise.
+    firsts = {}
+    for kind in order:
+        rows = np.flatnonzero(kinds == kind)
+        centre = space[rows].mean(axis=0)
+        firsts[kind] = rows[np.argmin(np.linalg.norm(space[rows] - centre, axis=1))]
+    cheap = {k: np.flatnonzero(kinds == k)[np.argmin(costs[kinds == k])] for k in order}
+    if sum(costs[i] for i in firsts.values()) > left:
+        firsts = cheap
+    for kind in order:
+        take(int(firsts[kind]), "cover")
+    networks = _take_networks(network_costs, network_families, network_share * left, rng)
+    left -= sum(network_costs[j] for j in networks)
+    for _ in range(per_kind - 1):  # further covering rounds: farthest point per kind
+        for kind in order:
+            rows = np.flatnonzero((kinds == kind) & ~taken & (costs <= left))
+            if len(rows):
+                take(int(rows[np.argmax(nearest[rows])]), "cover")
+    while True:
+        rows = np.flatnonzero(~taken & (costs <= left))
+        if not len(rows):
+            break
+        value = np.array([weight[k] for k in kinds[rows]]) * (
+            nearest[rows] + DISAGREEMENT_WEIGHT * spread[rows])
+        take(int(rows[np.argmax(value / np.sqrt(costs[rows]))]), "spread")
+    return TransferSample(tuple(chosen), tuple(networks), tuple(reasons),
+                          budget_s - left, budget_s)
+
+
+def _sample_space(specs: Sequence[OpSpec], logs: np.ndarray) -> np.ndarray:
+    """Per kernel: its log-size features and the sources' mean log prediction, standardized
+    within its kind."""
+    columns = [FEATURE_NAMES.index(n) for n in ("log_flops", "log_weight_bytes",
+                                                "log_input_bytes", "log_output_bytes",
+                                                "log_out_pixels")]
+    raw = np.column_stack([feature_matrix(specs)[:, columns], logs.mean(axis=0)])
+    kinds = np.array([s.kind for s in specs])
+    out = np.zeros_like(raw)
+    for kind in set(kinds.tolist()):
+        rows = kinds == kind
+        scale = raw[rows].std(axis=0)
+        out[rows] = (raw[rows] - raw[rows].mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    return out
+
+
+def _disagreement(logs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """How far the sources disagree about each kernel beyond their usual offset on its kind:
+    the spread over sources of their log predictions, each centred on its kind's mean."""
+    if logs.shape[0] < 2:
+        return np.zeros(logs.shape[1])
+    centred = logs.copy()
+    for kind in set(kinds.tolist()):
+        rows = kinds == kind
+        centred[:, rows] -= centred[:, rows].mean(axis=1, keepdims=True)
+    return centred.std(axis=0)
+
+
+def _take_networks(costs: Sequence[float], families: Sequence[str], budget_s: float,
+                   rng: np.random.Generator) -> list[int]:
+    """Networks round-robin over their families (in their given order), while they fit."""
+    if not len(costs):
+        return []
+    families = list(families) or [""] * len(costs)
+    queues: dict[str, list[int]] = {}
+    for j, family in enumerate(families):
+        queues.setdefault(family, []).append(j)
+    order = [f for f in queues]
+    rng.shuffle(order)
+    out: list[int] = []
+    spent = 0.0
+    while any(queues.values()):
+        for family in order:
+            if queues[family]:
+                j = queues[family].pop(0)
+                if spent + costs[j] <= budget_s:
+                    out.append(j)
+                    spent += costs[j]
+    return out
+
+
+# --- the map -----------------------------------------------------------------------------------
+@dataclass
+class KindTransfer:
+    """One kind's transferred model: `mode` "map" (intercept + slopes over the sources' log
+    predictions + residual on RESIDUAL_FEATURES) or "alone" (log-linear on ALONE_FEATURES,
+    fitted on the sample alone). `sources` are one-kind kernel predictors at `dtypes`."""
+
+    mode: str
+    sources: list[Any]
+    dtypes: list[str]
+    labels: list[str]
+    intercept: float = 0.0
+    slopes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    alone: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
+        if self.mode == "alone":
+            return predict_log_linear(self.alone, features, _columns(ALONE_FEATURES))
+        logs = np.array([np.log(np.maximum(source_predict(src, dtype, specs), 1e-9))
+                         for src, dtype in zip(self.sources, self.dtypes, strict=True)])
+        out = self.intercept + self.slopes @ logs
+        if len(self.residual):
+            out = out + features[:, _columns(RESIDUAL_FEATURES)] @ self.residual
+        return out
+
+
+def _columns(names: Sequence[str]) -> list[int]:
+    return [FEATURE_NAMES.index(n) for n in names]
+
+
+@dataclass(frozen=True)
+class MapFit:
+    """The fitted map: shared intercept and slopes, per kind offset, slope deviation and
+    residual coefficients; the penalties chosen and the leave-one-out log errors."""
+
+    intercept: float
+    slopes: np.ndarray
+    offset: dict[str, float]
+    deviation: dict[str, float]
+    residual: dict[str, np.ndarray]
+    slope_deviation_ridge: float
+    residual_ridge: float | None
+    loo: np.ndarray  # per sample: leave-one-out log error (NaN where undefined)
+
+
+def fit_map(kinds: Sequence[str], source_logs: np.ndarray, log_ms: np.ndarray,
+            features: np.ndarray) -> MapFit:
+    """The map's coefficients by generalized ridge regression, its two penalties chosen by the
+    closed-form leave-one-out error over SLOPE_DEVIATION_RIDGES x RESIDUAL_RIDGES."""
+    best = None
+    for deviation_ridge in SLOPE_DEVIATION_RIDGES:
+        for residual_ridge in RESIDUAL_RIDGES:
+            fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge,
+                             residual_ridge)
+            score = _rms(fit.loo)
+            if best is None or score < best[0] - 1e-12:
+                best = (score, fit)
+    return best[1]
+
+
+def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
+            features: np.ndarray, residual: bool) -> np.ndarray:
+    """Columns: shared intercept, per kind offset, per source slope, per kind deviation on the
+    mean source, per kind residual features."""
+    n, n_kinds = len(kinds), len(order)
+    index = np.array([order.index(k) for k in kinds])
+    onehot = np.zeros((n, n_kinds))
+    onehot[np.arange(n), index] = 1.0
+    parts = [np.ones((n, 1)), onehot, logs.T, onehot * logs.mean(axis=0)[:, None]]
+    if residual:
+        width = features.shape[1]
+        block = np.zeros((n, n_kinds * width))
+        for j in range(width):
+            block[np.arange(n), index * width + j] = features[:, j]
+        parts.append(block)
+    return np.hstack(parts)
+
+
+def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: np.ndarray,
+               deviation_ridge: float, residual_ridge: float | None) -> MapFit:
+    order = sorted(set(kinds))
+    n_sources, n_kinds = logs.shape[0], len(order)
+    residual = residual_ridge is not None
+    # Residual features centred per kind: the offsets keep meaning the kind's typical level.
+    centred = features - np.array([features[np.asarray(kinds) == k].mean(axis=0)
+                                   for k in kinds]) if residual else features
+    z = _design(kinds, order, logs, centred, residual)
+    penalty = np.r_[0.0, [KIND_OFFSET_RIDGE] * n_kinds, [SLOPE_RIDGE] * n_sources,
+                    [deviation_ridge] * n_kinds,
+                    [residual_ridge or 0.0] * (z.shape[1] - 1 - 2 * n_kinds - n_sources)]
+    prior = np.zeros(z.shape[1])
+    prior[1 + n_kinds:1 + n_kinds + n_sources] = 1.0 / n_sources
+    target = y - z @ prior
+    gram = z.T @ z + np.diag(penalty) + 1e-9 * np.eye(z.shape[1])
+    inverse = np.linalg.inv(gram)
+    theta = inverse @ z.T @ target
+    hat = np.einsum("ij,jk,ik->i", z, inverse, z)
+    error = target - z @ theta
+    loo = np.where(hat < 1 - 1e-6, error / np.maximum(1 - hat, 1e-6), np.nan)
+    theta = theta + prior
+    width = features.shape[1]
+    start = 1 + 2 * n_kinds + n_sources
+    return MapFit(
+        float(theta[0]), theta[1 + n_kinds:1 + n_kinds + n_sources],
+        {k: float(theta[1 + i]) for i, k in enumerate(order)},
+        {k: float(theta[1 + n_kinds + n_sources + i]) for i, k in enumerate(order)},
+        {k: (theta[start + i * width:start + (i + 1) * width] if residual else np.zeros(0))
+         for i, k in enumerate(order)},
+        deviation_ridge, residual_ridge, loo)
+
+
+def _alone_loo(features: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Leave-one-out log errors of the log-linear fit on the sample alone."""
+    columns = _columns(ALONE_FEATURES)
+    out = np.full(len(y), np.nan)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef = fit_log_linear(features[keep], columns, y[keep], ALONE_RIDGE)
+        out[i] = y[i] - predict_log_linear(coef, features[i:i + 1], columns)[0]
+    return out
+
+
+def _rms(errors: np.ndarray) -> float:
+    errors = errors[np.isfinite(errors)]
+    return float(np.sqrt(np.mean(errors ** 2))) if len(errors) else math.inf
+
+
+def _pct(errors: np.ndarray) -> float | None:
+    """Median |predicted / measured - 1| in % of log errors (None when there are none)."""
+    errors = errors[np.isfinite(errors)]
+    return float(100 * np.median(np.abs(np.expm1(errors)))) if len(errors) else None
+
+
+# --- the kernel predictor ------------------------------------------------------------------------
+@register_predictor("transfer")
+class KernelTransferPredictor(KernelPredictor):
+    """Per kind, the target's kernel latency mapped from source platforms' kernel predictions
+    (module docstring), or fitted on the sample alone where that cross-validates better.
+    `fit(X, y, sources=[...])` takes the sources (TransferSource) as a fit argument; the
+    fitted object keeps each source's model of every kind, saved beside its own. Without
+    sources every kind is fitted on the sample alone."""
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, X: Sequence[OpSpec], y: Sequence[float],
+            sources: Sequence[TransferSource] = ()) -> KernelTransferPredictor:
+        from latbench.predictor.features import FEATURE_VERSION
+
+        specs = list(X)
+        ms = np.asarray(y, dtype=np.float64)
+        if len(specs) != len(ms) or not specs:
+            raise PredictorError(f"{len(specs)} specs but {len(ms)} latencies")
+        if np.any(~np.isfinite(ms)) or np.any(ms <= 0):
+            raise PredictorError("kernel latencies must be finite and positive")
+        kinds = [s.kind for s in specs]
+        features = feature_matrix(specs)
+        y_log = np.log(ms)
+        fit = fit_map(kinds, np.array([s.log_ms(specs) for s in sources]), y_log,
+                      features[:, _columns(RESIDUAL_FEATURES)]) if sources else None
+        alone_loo = np.full(len(specs), np.nan)
+        models: dict[str, KindTransfer] = {}
+        summary: dict[str, dict[str, Any]] = {}
+        kind_array = np.array(kinds)
+        for kind in sorted(set(kinds)):
+            rows = kind_array == kind
+            if fit is None:  # no sources: the sample alone
+                alone = fit_log_linear(features[rows], _columns(ALONE_FEATURES), y_log[rows],
+                                       ALONE_RIDGE)
+                models[kind] = KindTransfer("alone", [], [], [], alone=alone)
+                summary[kind] = {"kernels": int(rows.sum()), "mode": "alone",
+                                 "map_loo_pct": None, "alone_loo_pct": None}
+                continue
+            map_err = fit.loo[rows]
+            mode = "map"
+            if rows.sum() >= MIN_ALONE_KERNELS:
+                alone_loo[rows] = _alone_loo(features[rows], y_log[rows])
+                if _rms(alone_loo[rows]) < _rms(map_err):
+                    mode = "alone"
+            alone = fit_log_linear(features[rows], _columns(ALONE_FEATURES), y_log[rows],
+                                   ALONE_RIDGE) if mode == "alone" else np.zeros(0)
+            # the residual was fitted on features centred on the kind's sample mean
+            centre = features[rows][:, _columns(RESIDUAL_FEATURES)].mean(axis=0)
+            residual = fit.residual[kind]
+            intercept = fit.intercept + fit.offset[kind] - (
+                float(residual @ centre) if len(residual) else 0.0)
+            models[kind] = KindTransfer(
+                mode, [_one_kind(s.kernels, kind) for s in sources],
+                [s.platform.precision for s in sources], [s.label for s in sources],
+                intercept, fit.slopes + fit.deviation[kind] / len(sources), residual, alone)
+            summary[kind] = {"kernels": int(rows.sum()), "mode": mode,
+                             "map_loo_pct": _pct(map_err),
+                             "alone_loo_pct": _pct(alone_loo[rows])}
+        self.models_ = models
+        self.n_train_ = {k: int((kind_array == k).sum()) for k in models}
+        self.feature_version_ = FEATURE_VERSION
+        if fit is None:
+            self.cv_ = {"map_loo_pct": None, "alone_loo_pct": None, "chosen_loo_pct": None,
+                        "kinds": summary}
+            return self
+        chosen = np.where([models[k].mode == "alone" for k in kinds], alone_loo, fit.loo)
+        self.cv_ = {"map_loo_pct": _pct(fit.loo), "alone_loo_pct": _pct(alone_loo),
+                    "chosen_loo_pct": _pct(chosen),
+                    "slopes": [float(b) for b in fit.slopes], "intercept": fit.intercept,
+                    "slope_deviation_ridge": fit.slope_deviation_ridge,
+                    "residual_ridge": fit.residual_ridge, "kinds": summary}
+        return self
+
+    def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
+        return np.exp(model.log_ms(specs, features))
+
+    def save_kind(self, model: Any, path: Path) -> str:
+        entries = []
+        for i, (src, dtype, label) in enumerate(zip(model.sources, model.dtypes, model.labels,
+                                                    strict=True)):
+            kind = path.name
+            name = src.save_kind(src.models_[kind], path.with_name(f"{kind}__source{i}"))
+            entries.append({"predictor": src.registry_name, "params": src.get_params(),
+                            "feature_version": src.feature_version_, "file": name,
+                            "n_train": src.n_train_[kind], "dtype": dtype, "label": label})
+        target = path.with_suffix(".json")
+        target.write_text(json.dumps({
+            "mode": model.mode, "intercept": model.intercept,
+            "slopes": [float(b) for b in model.slopes],
+            "residual_features": list(RESIDUAL_FEATURES),
+            "residual": [float(r) for r in model.residual],
+            "alone_features": list(ALONE_FEATURES), "alone": [float(a) for a in model.alone],
+            "sources": entries}, indent=1, sort_keys=True) + "\n")
+        return target.name
+
+    def load_kind(self, file: Path) -> Any:
+        from latbench.predictor.io import inside
+
+        try:
+            saved = json.loads(Path(file).read_text())
+            kind = Path(file).name.split(".")[0]
+            sources, dtypes, labels = [], [], []
+            for entry in saved["sources"]:
+                name = entry["predictor"]
+                src = get_predictor_class(name)(**check_params(name, entry["params"]))
+                where = inside(Path(file).parent, entry["file"], f"{kind} source file")
+                src.models_ = {kind: src.load_kind(where)}
+                src.n_train_ = {kind: int(entry["n_train"])}
+                src.feature_version_ = int(entry["feature_version"])
+                sources.append(src)
+                dtypes.append(str(entry["dtype"]))
+                labels.append(str(entry["label"]))
+            if saved["mode"] not in ("map", "alone"):
+                raise ValueError(f"unknown mode {saved['mode']!r}")
+            slopes = np.array(saved["slopes"], dtype=np.float64)
+            if len(slopes) != len(sources):
+                raise ValueError(f"{len(slopes)} slopes for {len(sources)} sources")
+            return KindTransfer(saved["mode"], sources, dtypes, labels,
+                                float(saved["intercept"]), slopes,
+                                np.array(saved["residual"], dtype=np.float64),
+                                np.array(saved["alone"], dtype=np.float64))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc
+
+
+def _one_kind(kernels: Any, kind: str) -> Any:
+    """A copy of a fitted kernel predictor holding only its model of `kind`."""
+    out = type(kernels)(**kernels.get_params())
+    out.models_ = {kind: kernels.models_[kind]}
+    out.n_train_ = {kind: kernels.n_train_[kind]}
+    out.feature_version_ = getattr(kernels, "feature_version_", None) or 1
+    return out
+
+
+# --- the network-level predictor ----------------------------------------------------------------
+def transfer_predictor(sources: Sequence[TransferSource], specs: Sequence[OpSpec],
+                       kernel_ms: np.ndarray, call_overhead_ms: float,
+                       networks: Sequence[tuple[str, list[OpSpec], float]] = (), *,
+                       info: dict[str, Any] | None = None,
+                       ranges_from: Sequence[OpSpec] = ()) -> Any:
+    """A LatencyPredictor from the measured sample: the kernel map fitted on (`specs`,
+    `kernel_ms`) and the composition on the measured `networks` (key, kernels, ms), as
+    `LatencyPredictor.fit` does; training ranges (and fused blocks priced whole) of
+    `ranges_from` (the target plan's kernels, which the sources price)."""
+    kernels = KernelTransferPredictor().fit(specs, kernel_ms, sources=sources)
+    predictor = compose(kernels, networks, call_overhead_ms, info=info,
+                        ranges_from=ranges_from or specs)
+    predictor.info_.setdefault("transfer", {})["cv"] = kernels.cv_
+    return predictor
+
+
+def compose(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
+            call_overhead_ms: float, *, info: dict[str, Any] | None = None,
+            ranges_from: Sequence[OpSpec] = ()) -> Any:
+    """A LatencyPredictor around fitted `kernels` with its composition fitted on `networks`
+    (the terms with MIN_NETWORKS_FOR_TERMS of them), as `LatencyPredictor.fit` does."""
+    from latbench.predictor.latency_predictor import MIN_NETWORKS_FOR_TERMS, LatencyPredictor
+    from latbench.predictor.model_level import (
+        COMPOSITION_TERMS,
+        OPTIONAL_TERMS,
+        Composition,
+        solve_composition,
+    )
+    from latbench.predictor.training import can_price
+
+    usable = [n for n in networks if can_price(kernels, list(n[1]))]
+    composition = Composition()
+    if usable:
+        terms = COMPOSITION_TERMS if len(usable) >= MIN_NETWORKS_FOR_TERMS else ()
+        composition = solve_composition(kernels, [(k, ms) for _, k, ms in usable],
+                                        call_overhead_ms, terms=terms, optional=OPTIONAL_TERMS)
+        composition.summary["keys"] = [key for key, _, _ in usable]
+    return LatencyPredictor.from_kernels(kernels, call_overhead_ms=call_overhead_ms,
+                                         composition=composition, info=dict(info or {}),
+                                         ranges_from=ranges_from)
+
+
+# --- measuring on the target -------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransferRun:
+    """What `measure_transfer` did: the predictor, the sample, the dataset, the seconds the
+    campaign of this call took."""
+
+    predictor: Any
+    sample: TransferSample
+    data: Path
+    seconds: float
+
+
+def plan_targets(plan: Any, precision: str) -> tuple[list[OpSpec], list[Any]]:
+    """The kernels (each once) of the plan and of its calibration networks, which the
+    predictor must price too, and the calibration networks, in `precision`."""
+    from latbench.bench.plans import build_specs, plan_networks
+
+    networks = plan_networks(plan, precision)
+    every = [*(k.with_(dtype=precision) for k in build_specs(plan)),
+             *(k for n in networks for k in n.kernels or ())]
+    return list({s.key(): s for s in every}.values()), networks
+
+
+def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: str,
+                     device: Any, runtime: str, config: Any, budget_s: float, data: Path, *,
+                     progress: Any = None, note: Any = None, seed: int = SAMPLE_SEED,
+                     card: dict[str, Any] | None = None) -> TransferRun:
+    """Transfer the `sources` to the platform (device, runtime, settings of `config`,
+    `precision`): choose the sample of the plan's kernels and calibration networks within
+    `budget_s` seconds, measure it into the dataset `data` with the campaign machinery of
+    `bench ops` (resumable: the seeded sample is the same on a rerun, stored subjects are
+    skipped), fit the map and the composition. `note(text)` hears what was chosen."""
+    import time
+    from dataclasses import asdict
+
+    from latbench.bench.campaign import Subject, measure_into_dataset, median_probe_ms
+    from latbench.bench.stats import DEFAULT_STATISTIC
+    from latbench.bench.store import LatencyDataset
+    from latbench.predictor.features import training_pairs
+    from latbench.predictor.training import calibration_networks, select_records
+
+    settings = config.settings
+    target = Platform(device.name, runtime, settings_field(settings.key(runtime), "delegate")
+                      or "", precision, settings.threads)
+    specs, networks = plan_targets(plan, precision)
+    check_sources(sources, specs, target, f"plan {plan.name}")
+    cost = MeasureCost.from_settings(settings)
+    logs = np.array([s.log_ms(specs) for s in sources])
+    net_ms = [float(np.exp(np.mean([s.log_ms(list(n.kernels)) for s in sources],
+                                   axis=0)).sum()) for n in networks]
+    sample = sample_transfer(specs, logs, cost.seconds(np.exp(logs.mean(axis=0))), budget_s,
+                             network_costs=cost.seconds(np.array(net_ms)),
+                             network_families=[n.family for n in networks], cost=cost,
+                             seed=seed)
+    if note:
+        note(f"measuring {len(sample.kernels)} of the plan's {len(specs)} kernels "
+             f"({sample.reasons.count('cover')} covering its {len({s.kind for s in specs})} "
+             f"kinds) and {len(sample.networks)} of its {len(networks)} calibration networks "
+             f"on {target}: about {sample.estimated_s / 60:.1f} of {budget_s / 60:.1f} min")
+    subjects = [Subject.op(specs[i]) for i in sample.kernels] + \
+        [networks[j] for j in sample.networks]
+    transfer = {"sources": [{"source": s.label, "platform": s.platform.to_json()}
+                            for s in sources], "plan": plan.name,
+                "budget_minutes": budget_s / 60, **sample.to_json()}
+    started = time.perf_counter()
+    measure_into_dataset(subjects, device, runtime, Path(data), config,
+                         card={**(card or {}), "plan": plan.to_dict(), "transfer": transfer},
+                         progress=progress)
+    seconds = time.perf_counter() - started
+    dataset = LatencyDataset.open(Path(data))
+    records = dataset.records()
+    ops = select_records(records, owner=f"transfer dataset {data}")
+    measured, kernel_ms, overhead = training_pairs(ops, DEFAULT_STATISTIC)
+    nets = calibration_networks(records, dataset.card, ops, DEFAULT_STATISTIC)
+    first = ops.iloc[0]
+    info = {"device": str(first["device"]), "runtime": str(first["runtime"]),
+            "runtime_version": str(first["runtime_version"]), "settings": str(first["settings"]),
+            "platform": record_platform(first).to_json(), "run_settings": asdict(settings),
+            "statistic": DEFAULT_STATISTIC,
+            "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
+                        "reference_probe_ms": median_probe_ms(ops),
+                        "cpu_model": (dataset.card.get("device_facts") or {}).get("cpu_model"),
+                        "created": dataset.card.get("created")},
+            "transfer": {**transfer, "kernels_measured": len(measured),
+                         "networks_measured": len(nets), "minutes_spent": seconds / 60}}
+    predictor = transfer_predictor(sources, measured, kernel_ms, overhead, nets, info=info,
+                                   ranges_from=specs)
+    return TransferRun(predictor, sample, Path(data), seconds)

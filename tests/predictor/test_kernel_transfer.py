@@ -1,0 +1,196 @@
+"""Kernel transfer (predictor/kernel_transfer.py) on synthetic platforms with a known relation:
+the map recovers it from a small sample and beats the sample fitted alone on held-out kernels;
+the sampler covers every kind within the budget; sources that cannot serve are refused; a
+transferred predictor saves and loads as a normal predictor folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latbench.bench.ops import OpSpec
+from latbench.bench.platform import Platform
+from latbench.errors import ConfigError
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.kernel_transfer import (
+    KernelTransferPredictor,
+    MeasureCost,
+    TransferSource,
+    check_sources,
+    load_source,
+    sample_transfer,
+    transfer_predictor,
+)
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.lut import LookupTablePredictor
+from latbench.predictor.models import LinearKernelPredictor, RandomForestKernelPredictor
+
+SOURCE = Platform("box", "onnxruntime")
+TARGET = Platform("box", "litert", "xnnpack", "float32", 2)
+# target ms = FACTOR[kind] * source ms ** 0.9, with a little noise
+FACTOR = {"conv": 1.7, "dwconv": 2.5, "linear": 0.8, "pool": 1.2}
+POWER = 0.9
+
+
+def kernels(rng: np.random.Generator, n: int) -> list[OpSpec]:
+    """Random kernels of four kinds, each at most once."""
+    out: dict[str, OpSpec] = {}
+    while len(out) < n:
+        h = int(rng.choice([7, 14, 28, 56]))
+        c = int(rng.choice([16, 24, 32, 48, 64, 96, 128]))
+        kind = str(rng.choice(list(FACTOR)))
+        if kind == "conv":
+            spec = OpSpec("conv", h=h, w=h, cin=c, cout=int(rng.choice([16, 32, 64, 96])),
+                          kernel=int(rng.choice([1, 3])))
+        elif kind == "dwconv":
+            spec = OpSpec("dwconv", h=h, w=h, cin=c, cout=c, kernel=int(rng.choice([3, 5])),
+                          groups=c)
+        elif kind == "linear":
+            spec = OpSpec("linear", cin=c * 4, cout=int(rng.choice([10, 100, 1000])))
+        else:
+            spec = OpSpec("pool", h=h, w=h, cin=c, pool="gavg")
+        out[spec.key()] = spec
+    return list(out.values())
+
+
+def source_ms(spec: OpSpec) -> float:
+    """A source platform with shape effects a log-linear fit in FLOPs cannot see: channel
+    counts off the 32-block cost extra."""
+    flops = kernel_cost(spec).flops
+    ragged = 1.0 + 0.6 * ((spec.cin % 32) != 0) + 0.4 * ((spec.cout % 32) != 0)
+    return 0.002 + 3e-9 * flops * ragged
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    rng = np.random.default_rng(0)
+    specs = kernels(rng, 250)  # of the 329 distinct ones `kernels` can draw
+    src = np.array([source_ms(s) for s in specs])
+    noise = np.exp(rng.normal(0.0, 0.03, len(specs)))
+    target = np.array([FACTOR[s.kind] for s in specs]) * src ** POWER * noise
+    table = LookupTablePredictor.from_entries({s.key(): ms for s, ms in zip(specs, src,
+                                                                              strict=True)})
+    source = TransferSource("synthetic", SOURCE, table)
+    train = np.zeros(len(specs), dtype=bool)
+    for kind in FACTOR:  # eight kernels of each kind
+        train[np.flatnonzero([s.kind == kind for s in specs])[:8]] = True
+    return specs, target, source, train
+
+
+def median_error(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.median(np.abs(predicted / measured - 1)))
+
+
+def test_the_map_recovers_a_known_relation_and_beats_the_sample_alone(synthetic):
+    specs, target, source, train = synthetic
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    held = [s for s, keep in zip(specs, train, strict=True) if not keep]
+    model = KernelTransferPredictor().fit(sample, target[train], sources=[source])
+    transfer_error = median_error(model.predict(held), target[~train])
+    alone = LinearKernelPredictor().fit(sample, target[train])
+    alone_error = median_error(alone.predict(held), target[~train])
+    assert transfer_error < 0.05
+    assert transfer_error < alone_error / 2
+    # where the source's shape effects matter the map is kept (the sample alone may win on a
+    # kind that is log-linear in FLOPs anyway)
+    assert model.models_["conv"].mode == "map"
+    for kind, factor in FACTOR.items():  # log t = log FACTOR + 0.9 log s
+        m = model.models_[kind]
+        if m.mode != "map":
+            continue
+        assert m.slopes[0] == pytest.approx(POWER, abs=0.08)
+        assert m.intercept == pytest.approx(np.log(factor), abs=0.6)
+    assert model.cv_["map_loo_pct"] < model.cv_["alone_loo_pct"]
+
+
+def test_a_fit_without_sources_is_the_sample_alone(synthetic):
+    specs, target, _, train = synthetic
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    model = KernelTransferPredictor().fit(sample, target[train])
+    alone = LinearKernelPredictor().fit(sample, target[train])
+    assert {m.mode for m in model.models_.values()} == {"alone"}
+    assert np.allclose(model.predict(specs), alone.predict(specs))
+
+
+def test_the_sampler_covers_every_kind_within_the_budget(synthetic):
+    specs, _, source, _ = synthetic
+    cost = MeasureCost()
+    costs = cost.seconds(np.exp(source.log_ms(specs)))
+    budget = 40.0
+    sample = sample_transfer(specs, source.log_ms(specs)[None, :], costs, budget,
+                             network_costs=[2.0, 3.0, 50.0], network_families=["a", "b", "a"],
+                             cost=cost)
+    chosen = [specs[i] for i in sample.kernels]
+    assert {s.kind for s in chosen} == set(FACTOR)
+    assert sample.reasons[:len(FACTOR)] == ("cover",) * len(FACTOR)
+    assert len({s.kind for s in chosen[:len(FACTOR)]}) == len(FACTOR)  # one per kind first
+    spent = cost.campaign_overhead_s + costs[list(sample.kernels)].sum() + sum(
+        [2.0, 3.0, 50.0][j] for j in sample.networks)
+    assert spent == pytest.approx(sample.estimated_s)
+    assert spent <= budget
+    assert sorted(sample.networks) == [0, 1]  # the 50 s network exceeds the network share
+    assert len(sample.kernels) > 3 * len(FACTOR)  # the rest of the budget was spent
+    assert len(set(sample.kernels)) == len(sample.kernels)
+
+
+def test_the_sampler_spends_more_where_sources_disagree(synthetic):
+    specs, _, source, _ = synthetic
+    logs = source.log_ms(specs)
+    other = logs.copy()
+    conv = np.array([s.kind == "conv" for s in specs])
+    other[conv] += np.random.default_rng(1).normal(0, 1.0, conv.sum())  # disagree on convs
+    costs = np.full(len(specs), 1.0)
+    agreeing = sample_transfer(specs, np.array([logs, logs]), costs, 40.0, cost=MeasureCost())
+    split = sample_transfer(specs, np.array([logs, other]), costs, 40.0, cost=MeasureCost())
+    share = [np.mean([specs[i].kind == "conv" for i in s.kernels]) for s in (agreeing, split)]
+    assert share[1] > share[0]
+
+
+def test_a_budget_below_one_kernel_per_kind_names_the_minimum(synthetic):
+    specs, _, source, _ = synthetic
+    costs = MeasureCost().seconds(np.exp(source.log_ms(specs)))
+    with pytest.raises(ConfigError, match=r"the least is [0-9.]+ min \(--budget-minutes"):
+        sample_transfer(specs, source.log_ms(specs)[None, :], costs, 3.5)
+
+
+def test_sources_that_cannot_serve_are_refused(synthetic, tmp_path):
+    specs, _, source, _ = synthetic
+    partial = LookupTablePredictor.from_entries({s.key(): 1.0 for s in specs
+                                                 if s.kind != "pool"})
+    with pytest.raises(ConfigError, match="no model for kernel kind.*pool.*plan quick"):
+        check_sources([TransferSource("p", SOURCE, partial)], specs, TARGET, "plan quick")
+    unseen = OpSpec("conv", h=9, w=9, cin=5, cout=7, kernel=3)
+    with pytest.raises(ConfigError, match="cannot price"):
+        check_sources([source], [*specs, unseen], TARGET)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_source(str(tmp_path / "nowhere"))
+
+
+def test_int8_kernels_are_asked_of_an_fp32_source_at_fp32(synthetic):
+    specs, target, source, train = synthetic
+    int8 = [s.with_(dtype="int8") for s in specs]
+    check_sources([source], int8, Platform("box", "onnxruntime", precision="int8"))
+    assert np.allclose(source.log_ms(int8), source.log_ms(specs))
+
+
+def test_a_transferred_predictor_saves_and_loads_self_contained(synthetic, tmp_path):
+    specs, target, _, train = synthetic
+    src_ms = np.array([source_ms(s) for s in specs])
+    forest = RandomForestKernelPredictor(n_estimators=5).fit(specs, src_ms)  # has baselines
+    source = TransferSource("forest", SOURCE, forest)
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    networks = [(f"net{i}", sample[i::7], float(target[train][i::7].sum() * 1.1))
+                for i in range(7)]
+    predictor = transfer_predictor([source], sample, target[train], 0.01, networks,
+                                   info={"platform": TARGET.to_json(), "device": "box",
+                                         "runtime": "litert"}, ranges_from=specs)
+    before = predictor.predict(specs[:20]).predicted_ms
+    path = predictor.save(tmp_path / "pred")
+    files = {p.name for p in (path / "kernels").iterdir()}
+    assert "conv.json" in files and "conv__source0.npz" in files
+    assert "conv__source0.baseline.json" in files
+    loaded = LatencyPredictor.load(path)
+    assert loaded.platform == TARGET
+    assert loaded.predict(specs[:20]).predicted_ms == pytest.approx(before, rel=1e-9)
+    assert loaded.composition_.summary["networks"] == 7
+    assert loaded.info_["transfer"]["cv"]["kinds"]["conv"]["kernels"] == 8

@@ -1,0 +1,91 @@
+"""`latbench predictor transfer` as a user runs it: bad input refused in one line, and a real
+run on the local CPU with ONNX Runtime on a tiny plan and budget whose output loads and prices a
+network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli_run import run
+
+from latbench.bench.network_sets import resolve_networks
+from latbench.bench.ops import OpSpec
+from latbench.bench.platform import Platform
+from latbench.predictor.features import kernel_cost
+from latbench.predictor.latency_predictor import LatencyPredictor
+from latbench.predictor.models import LinearKernelPredictor
+
+PLAN_SPECS = [OpSpec("conv", h=16, w=16, cin=16, cout=c, kernel=3) for c in (16, 32)] + [
+    OpSpec("pool", h=8, w=8, cin=16, pool="gavg"), OpSpec("linear", cin=64, cout=10)]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A source platform priced by FLOPs over the kinds of the plan and its networks."""
+    nets = resolve_networks("nasbench-macro:2", seed=0, with_kernels=True)
+    specs = PLAN_SPECS + [k for n in nets for k in n.kernels]
+    kernels = LinearKernelPredictor().fit(specs, [0.005 + 1e-9 * kernel_cost(s).flops
+                                                  for s in specs])
+    predictor = LatencyPredictor.from_kernels(
+        kernels, info={"platform": Platform("local", "onnxruntime", threads=2).to_json(),
+                       "device": "local", "runtime": "onnxruntime"}, ranges_from=specs)
+    return predictor.save(tmp_path_factory.mktemp("src") / "source")
+
+
+def plan(tmp_path: Path, kinds: bool = True) -> Path:
+    specs = PLAN_SPECS if kinds else PLAN_SPECS[:1]
+    path = tmp_path / "tiny.yml"
+    path.write_text("specs: [" + ", ".join(f"'{s.key()}'" for s in specs) + "]\n"
+                    "networks: ['nasbench-macro:2']\n")
+    return path
+
+
+def one_line_error(code: int, err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+
+
+def test_a_missing_source_is_refused(tmp_path, capsys):
+    code, _, err = run(capsys, "predictor", "transfer", "--from", str(tmp_path / "none"),
+                       "--plan", str(plan(tmp_path)), "--budget-minutes", "1",
+                       "--out", str(tmp_path / "p"))
+    one_line_error(code, err, "does not exist")
+
+
+def test_a_source_without_a_needed_kind_is_refused(tmp_path, capsys):
+    kernels = LinearKernelPredictor().fit(PLAN_SPECS[:2], [0.1, 0.2])
+    partial = LatencyPredictor.from_kernels(
+        kernels, info={"platform": Platform("local", "onnxruntime").to_json()}).save(
+        tmp_path / "partial")
+    code, _, err = run(capsys, "predictor", "transfer", "--from", str(partial), "--plan",
+                       str(plan(tmp_path)), "--budget-minutes", "1", "--out",
+                       str(tmp_path / "p"))
+    one_line_error(code, err, "no model for kernel kind", "pool")
+
+
+def test_a_budget_too_small_names_the_minimum(source, tmp_path, capsys):
+    code, _, err = run(capsys, "predictor", "transfer", "--from", str(source), "--plan",
+                       str(plan(tmp_path)), "--budget-minutes", "0.01", "--out",
+                       str(tmp_path / "p"))
+    one_line_error(code, err, "the least is", "--budget-minutes")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
+    out = tmp_path / "pred"
+    code, stdout, err = run(
+        capsys, "predictor", "transfer", "--from", str(source), "--plan", str(plan(tmp_path)),
+        "--runtime", "onnxruntime", "--threads", "1", "--budget-minutes", "0.5",
+        "--out", str(out), "--fixed-runs", "--runs", "5", "--rounds", "2", "--warmup", "2",
+        "--calibration-runs", "1")
+    assert code == 0, err
+    assert "measuring" in err and "predictor written to" in stdout
+    predictor = LatencyPredictor.load(out)
+    assert predictor.platform.runtime == "onnxruntime" and predictor.platform.threads == 1
+    transfer = predictor.info_["transfer"]
+    assert transfer["kernels_measured"] >= 3 and transfer["sources"][0]["source"] == str(source)
+    net = resolve_networks("nasbench-macro:1", seed=5, with_kernels=True)[0]
+    assert predictor.predict(list(net.kernels)).predicted_ms > 0
