@@ -204,6 +204,7 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
              f"truths inside the {DEFAULT_LEVEL:.0%} intervals.", "",
              "| device | references | samples | structure prior | Spearman | within 10% | "
              "coverage | closest reference (Spearman) |", "|---|---|---|---|---|---|---|---|"]
+    made: list[str] = []
     for name, (path, predictor) in devices.items():
         if not (path / "records").exists():
             lines.append(f"| {name} | - | - | - | not measured yet ({path}) | | | |")
@@ -213,6 +214,10 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
         if predictor and Path(predictor).exists():
             loaded = LatencyPredictor.load(predictor)
             label = f"{loaded.platform.runtime} predictor"
+            made.append(f"the {label}: `{predictor}`, fitted (`latbench predictor fit`) on "
+                        f"`{(loaded.info_.get('dataset') or {}).get('path')}` (a `latbench "
+                        f"bench ops --runtime {loaded.platform.runtime} --plan quick` "
+                        "campaign on this machine)")
             column = predictor_reference(loaded, "nasbench201", f"predictor:{label}")
             tables.append((f"13 shared + {label}", shared.join(column)))
         for label, table in tables:
@@ -226,6 +231,8 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
                 lines.append(f"| {name} ({len(archs)} archs) | {label} | {selection} | "
                              f"{'yes' if structure else 'no'} | {m['spearman']:.3f} | "
                              f"{m['within10']:.1%} | {m['coverage']:.1%} | {near} |")
+    if made:
+        lines += ["", "Reference predictors: " + "; ".join(made) + "."]
     return lines
 
 

@@ -60,13 +60,16 @@ class UserModelResult:
         p = self.prediction
         return (self.name, self.kind,
                 "-" if p is None else f"{p.predicted_ms:.3f}",
+                "-" if p is None or p.interval_ms is None else
+                f"{p.interval_ms[0]:.3f}-{p.interval_ms[1]:.3f}",
                 "-" if self.measured_ms is None else f"{self.measured_ms:.3f}",
                 "-" if self.error_pct is None else f"{self.error_pct:+.1f}",
                 "-" if p is None or p.coverage is None else f"{p.coverage:.0%}",
                 "-" if p is None else str(len(p.kernels)))
 
 
-ROW_HEADER = ("model", "kind", "predicted ms", "measured ms", "error %", "coverage", "kernels")
+ROW_HEADER = ("model", "kind", "predicted ms", "90% interval ms", "measured ms", "error %",
+              "coverage", "kernels")
 
 
 def export_user_models(folder: Path) -> list[tuple[NetworkDef, Path]]:

@@ -727,12 +727,17 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
     transfer = {"sources": [{"source": s.label, "platform": s.platform.to_json()}
                             for s in sources], "plan": plan.name,
                 "budget_minutes": budget_s / 60, **sample.to_json()}
+    # device time spent by earlier runs of this transfer (a crashed or interrupted run resumed):
+    # the minutes reported are those of all runs together
+    before = float(LatencyDataset.open(Path(data)).card.get("transfer_seconds") or 0.0) \
+        if (Path(data) / "card.json").exists() else 0.0
     started = time.perf_counter()
     measure_into_dataset(subjects, device, runtime, Path(data), config,
                          card={**(card or {}), "plan": plan.to_dict(), "transfer": transfer},
                          progress=progress)
-    seconds = time.perf_counter() - started
+    seconds = before + time.perf_counter() - started
     dataset = LatencyDataset.open(Path(data))
+    dataset.update_card(transfer_seconds=seconds)
     records = dataset.records()
     ops = select_records(records, owner=f"transfer dataset {data}")
     measured, kernel_ms, overhead = training_pairs(ops, DEFAULT_STATISTIC)

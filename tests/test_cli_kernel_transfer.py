@@ -12,6 +12,7 @@ from cli_run import run
 from latbench.bench.network_sets import resolve_networks
 from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform
+from latbench.bench.store import LatencyDataset
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.models import LinearKernelPredictor
@@ -89,3 +90,18 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     assert transfer["kernels_measured"] >= 3 and transfer["sources"][0]["source"] == str(source)
     net = resolve_networks("nasbench-macro:1", seed=5, with_kernels=True)[0]
     assert predictor.predict(list(net.kernels)).predicted_ms > 0
+    # the same command again resumes into the same dataset: nothing is measured twice, and
+    # the minutes reported are those of both runs together
+    data = Path(predictor.info_["dataset"]["path"])
+    records = len(LatencyDataset.open(data).records())
+    code, _, err = run(
+        capsys, "predictor", "transfer", "--from", str(source), "--plan", str(plan(tmp_path)),
+        "--runtime", "onnxruntime", "--threads", "1", "--budget-minutes", "0.5",
+        "--out", str(out), "--fixed-runs", "--runs", "5", "--rounds", "2", "--warmup", "2",
+        "--calibration-runs", "1")
+    assert code == 0, err
+    again = LatencyPredictor.load(out).info_["transfer"]
+    assert len(LatencyDataset.open(data).records()) == records
+    assert again["minutes_spent"] > transfer["minutes_spent"]
+    assert LatencyDataset.open(data).card["transfer_seconds"] == \
+        pytest.approx(60 * again["minutes_spent"])

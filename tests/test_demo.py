@@ -107,6 +107,8 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
     assert cnn["error"] is None
     prediction = cnn["prediction"]
     assert prediction["predicted_ms"] > 0 and 0.0 <= prediction["coverage"] <= 1.0
+    low, high = prediction["interval_ms"]  # shown in the report's models table too
+    assert low <= prediction["predicted_ms"] <= high
     assert {"conv", "add", "pool", "linear"} <= set(prediction["by_kind_ms"])
     assert abs(sum(k["predicted_ms"] for k in prediction["kernels"]) + prediction["overhead_ms"]
                - prediction["predicted_ms"]) < 1e-6
@@ -122,6 +124,8 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
     assert "| family | n | RMSE ms | RMSPE % |" in md and "| nasbench-macro | 5 |" in md
     assert "Composition fitted on 4 measured calibration networks" in md
     assert "| budget ms | searched under ms | arch |" in md
+    cells = f"| {prediction['predicted_ms']:.3f} | {low:.3f}-{high:.3f} |"
+    assert f"| resnet18-half-r128 | CNN {cells}" in md
     for outcome in report["search"]:
         assert f"| {outcome['arch']} |" in md
     assert "Search skipped" not in md

@@ -52,6 +52,7 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
                     "loo_median_relative_error_pct": 100 * model.loo_error_,
                     "bases": model.weights_by_candidate_, "reference_shares": shares,
                     "structure_strength": model.structure_strength_,
+                    "level_scale": model.level_,
                     "interval": {"level": args.level,
                                  "low_pct": 100 * (float(np.exp(-half)) - 1),
                                  "high_pct": 100 * (float(np.exp(half)) - 1)},
@@ -67,6 +68,9 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     if model.structure_strength_ > 0:
         print(f"structure prior: weight {model.structure_strength_:.2f} where the references "
               "disagree most")
+    if abs(model.level_ - 1) >= 0.05:
+        print(f"level: the mix's predictions scaled x{model.level_:.2f} to the samples' median "
+              "(the references fit their ranks better than their level)")
     print(f"{args.level:.0%} intervals: {100 * (np.exp(-half) - 1):+.1f}% to "
           f"{100 * (np.exp(half) - 1):+.1f}% around each prediction")
     print(f"{len(result)} predictions written to {args.out}")

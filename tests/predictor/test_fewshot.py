@@ -224,7 +224,10 @@ def test_select_uses_one_basis_and_ensemble_mixes(tmp_path: Path) -> None:
     assert sum(mix.weights_by_candidate_.values()) == pytest.approx(1.0)
     by_hand = sum(share * (mix._design(c, slice(None)) @ mix.coef_[c])
                   for c, share in mix.weights_by_candidate_.items() if share > 0)
-    np.testing.assert_allclose(mix.predict_all(), np.maximum(by_hand, 1e-3 * table.ms.min()))
+    np.testing.assert_allclose(mix.predict_all(),
+                               np.maximum(by_hand * mix.level_, 1e-3 * table.ms.min()))
+    # the level: the median sample is predicted exactly
+    assert np.median(np.log(ms / mix.predict(archs))) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ConfigError, match="combination"):
         FewShotPredictor("nasbench201", table, combine="vote")
     with pytest.raises(ConfigError, match="candidate"):
