@@ -77,11 +77,11 @@ def test_a_budget_too_small_names_the_minimum(source, tmp_path, capsys):
 
 def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     out = tmp_path / "pred"
-    code, stdout, err = run(
-        capsys, "predictor", "transfer", "--from", str(source), "--plan", str(plan(tmp_path)),
-        "--runtime", "onnxruntime", "--threads", "1", "--budget-minutes", "0.5",
-        "--out", str(out), "--fixed-runs", "--runs", "5", "--rounds", "2", "--warmup", "2",
-        "--calibration-runs", "1")
+    argv = ("predictor", "transfer", "--from", str(source), "--plan", str(plan(tmp_path)),
+            "--runtime", "onnxruntime", "--threads", "1", "--budget-minutes", "0.5",
+            "--out", str(out), "--fixed-runs", "--runs", "5", "--rounds", "2", "--warmup", "2",
+            "--calibration-runs", "1")
+    code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     assert "measuring" in err and "predictor written to" in stdout
     predictor = LatencyPredictor.load(out)
@@ -94,11 +94,7 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     # the minutes reported are those of both runs together
     data = Path(predictor.info_["dataset"]["path"])
     records = len(LatencyDataset.open(data).records())
-    code, _, err = run(
-        capsys, "predictor", "transfer", "--from", str(source), "--plan", str(plan(tmp_path)),
-        "--runtime", "onnxruntime", "--threads", "1", "--budget-minutes", "0.5",
-        "--out", str(out), "--fixed-runs", "--runs", "5", "--rounds", "2", "--warmup", "2",
-        "--calibration-runs", "1")
+    code, _, err = run(capsys, *argv)
     assert code == 0, err
     again = LatencyPredictor.load(out).info_["transfer"]
     assert len(LatencyDataset.open(data).records()) == records
