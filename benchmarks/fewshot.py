@@ -38,7 +38,6 @@ from _report import publish  # noqa: E402
 from latbench.predictor.evaluate import error_metrics  # noqa: E402
 from latbench.predictor.fewshot import (  # noqa: E402
     DEFAULT_CANDIDATES,
-    DEFAULT_LEVEL,
     DEFAULT_STRUCTURE,
     SPACES,
     FewShotPredictor,
@@ -53,6 +52,7 @@ from latbench.predictor.fewshot import (  # noqa: E402
     suggest_samples,
     table_features,
 )
+from latbench.predictor.intervals import DEFAULT_LEVEL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KS = (5, 10, 20, 50)

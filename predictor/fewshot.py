@@ -29,6 +29,7 @@ import pandas as pd
 from latbench.bench.ops import OpSpec
 from latbench.bench.spaces.nasbench201 import EDGES, OPS, NasBench201, live_edges
 from latbench.errors import ConfigError, DatasetError, PredictorError, SearchError
+from latbench.predictor.intervals import DEFAULT_LEVEL, check_level
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ CANDIDATES = ("ref", "ref+arch", "arch", "rawref", "rawref+arch")
 # (its cost depends on the stage's resolution and width), so they only add noise there.
 DEFAULT_CANDIDATES = {"nasbench201": ("ref", "arch"), "fbnet": ("ref",)}
 # Whether the structure prior is on by default: FBNet's structure model (op counts) ignores the
-# stage a block sits in, and shrinking towards it cost 1-2 points (BENCHMARKS.md, fewshot).
+# stage a block sits in, and shrinking towards it cost accuracy there (docs/predictors.md).
 DEFAULT_STRUCTURE = {"nasbench201": True, "fbnet": False}
 
 # --- architecture features -------------------------------------------------------------------
@@ -419,7 +420,6 @@ def stacking_weights(loo: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 STRUCTURE_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # prior weight where references disagree most
-DEFAULT_LEVEL = 0.9  # nominal coverage of the prediction intervals
 # Intervals from the nested residuals of NESTED_SAMPLES[0]..[1] samples; outside, from the plain
 # leave-one-out ones (too few to refit without one; or so many that the weights chosen on them
 # are hardly optimistic, and K refits of a K-sample fit grow as K^2).
@@ -451,8 +451,7 @@ def interval_half_width(log_residuals: np.ndarray, level: float) -> float:
     can be predicted at a tenth of its latency without the others being off."""
     from scipy.stats import t
 
-    if not 0 < level < 1:
-        raise ConfigError(f"interval level must lie strictly between 0 and 1, got {level}")
+    level = check_level(level)
     k = len(log_residuals)
     scale = 1.4826 * float(np.median(np.abs(log_residuals)))
     return float(t.ppf((1 + level) / 2, k - 1)) * scale * float(np.sqrt(1 + 1 / k))
@@ -483,10 +482,8 @@ class FewShotPredictor:
 
     Last, `level_` rescales the whole prediction so the median sample is predicted exactly
     (the median of measured / fitted over the samples): the averaged mixes can fit the
-    samples' ranks and miss their level - on devices unlike every reference ten samples were
-    fitted 20-30% low with the rank kept - and a median ratio is a level no single sample can
-    drag. Neutral on the shared tables, +0.3-4 points of within-10% elsewhere (BENCHMARKS.md,
-    *fewshot*).
+    samples' ranks and miss their level, and a median ratio is a level no single sample can
+    drag (what it changed: docs/predictors.md, Few-shot).
     """
 
     def __init__(self, space: str, reference: ReferenceTable,
@@ -781,7 +778,7 @@ def predict_csv(space: str, reference: Path | None, samples: Path, query: Path, 
     decided."""
     from latbench.bench.store import atomic_write_text
 
-    interval_half_width(np.zeros(2), level)  # a bad level fails before any work
+    level = check_level(level)  # a bad level fails before any work
     table = build_reference(space, reference, predictors, exclude)
     sample_frame = _read_columns(samples, ("arch", "latency_ms"))
     query_frame = _read_columns(query, ("arch",))

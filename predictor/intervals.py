@@ -41,7 +41,7 @@ FEW_NETWORKS = 20
 # table, cv_folds=0) counts with this log half-width (about +-10%) at any level.
 DEFAULT_KERNEL_SPREAD = 0.10
 # A predictor without calibration networks (the plain sum of kernels) counts this log
-# half-width for the composition: uncalibrated sums ran 5-10% off on the local CPU.
+# half-width for the composition (about +-10%; docs/predictors.md, Prediction intervals).
 DEFAULT_NETWORK_SPREAD = 0.10
 # Half-widths grow by 1 + OUT_OF_RANGE_WIDEN x (share of predicted time outside the training
 # range): a network entirely outside is given three times the width (a heuristic; nothing

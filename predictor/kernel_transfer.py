@@ -641,26 +641,13 @@ def compose(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
             call_overhead_ms: float, *, info: dict[str, Any] | None = None,
             ranges_from: Sequence[OpSpec] = ()) -> Any:
     """A LatencyPredictor around fitted `kernels` with its composition fitted on `networks`
-    (the terms with MIN_NETWORKS_FOR_TERMS of them), as `LatencyPredictor.fit` does."""
-    from latbench.predictor.latency_predictor import MIN_NETWORKS_FOR_TERMS, LatencyPredictor
-    from latbench.predictor.model_level import (
-        COMPOSITION_TERMS,
-        OPTIONAL_TERMS,
-        Composition,
-        solve_composition,
-    )
-    from latbench.predictor.training import can_price
+    as `LatencyPredictor.fit` fits it (`fit_composition`)."""
+    from latbench.predictor.latency_predictor import LatencyPredictor, fit_composition
 
-    usable = [n for n in networks if can_price(kernels, list(n[1]))]
-    composition = Composition()
-    if usable:
-        terms = COMPOSITION_TERMS if len(usable) >= MIN_NETWORKS_FOR_TERMS else ()
-        composition = solve_composition(kernels, [(k, ms) for _, k, ms in usable],
-                                        call_overhead_ms, terms=terms, optional=OPTIONAL_TERMS)
-        composition.summary["keys"] = [key for key, _, _ in usable]
-    return LatencyPredictor.from_kernels(kernels, call_overhead_ms=call_overhead_ms,
-                                         composition=composition, info=dict(info or {}),
-                                         ranges_from=ranges_from)
+    return LatencyPredictor.from_kernels(
+        kernels, call_overhead_ms=call_overhead_ms,
+        composition=fit_composition(kernels, networks, call_overhead_ms),
+        info=dict(info or {}), ranges_from=ranges_from)
 
 
 # --- measuring on the target -------------------------------------------------------------------
@@ -698,10 +685,11 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
     import time
     from dataclasses import asdict
 
-    from latbench.bench.campaign import Subject, measure_into_dataset, median_probe_ms
+    from latbench.bench.campaign import Subject, measure_into_dataset
     from latbench.bench.stats import DEFAULT_STATISTIC
     from latbench.bench.store import LatencyDataset
     from latbench.predictor.features import training_pairs
+    from latbench.predictor.latency_predictor import dataset_summary
     from latbench.predictor.training import calibration_networks, select_records
 
     settings = config.settings
@@ -747,10 +735,7 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
             "runtime_version": str(first["runtime_version"]), "settings": str(first["settings"]),
             "platform": record_platform(first).to_json(), "run_settings": asdict(settings),
             "statistic": DEFAULT_STATISTIC,
-            "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
-                        "reference_probe_ms": median_probe_ms(ops),
-                        "cpu_model": (dataset.card.get("device_facts") or {}).get("cpu_model"),
-                        "created": dataset.card.get("created")},
+            "dataset": dataset_summary(data, ops, dataset.card),
             "transfer": {**transfer, "kernels_measured": len(measured),
                          "networks_measured": len(nets), "minutes_spent": seconds / 60}}
     predictor = transfer_predictor(sources, measured, kernel_ms, overhead, nets, info=info,

@@ -63,6 +63,8 @@ from latbench.predictor.training import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from latbench.bench.kernels import ModelKernels, ShapeMap
 
 # The composition terms need networks of varied size to be told apart from the kind scales.
@@ -82,6 +84,34 @@ _LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhe
 NO_RESIDUALS = ("the predictor holds no residual quantiles to build an interval from (saved "
                 "before latbench kept them, or built from kernels fitted elsewhere); refit it "
                 "with `latbench predictor fit` for an interval")
+
+
+def fit_composition(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
+                    call_overhead_ms: float,
+                    terms: Sequence[str] = COMPOSITION_TERMS) -> Composition:
+    """The composition fitted on the calibration `networks` (key, kernels, ms) that `kernels`
+    can price: the `terms` only with MIN_NETWORKS_FOR_TERMS of them, the optional ones only
+    where they lower the leave-one-out error; none without networks."""
+    networks = [n for n in networks if can_price(kernels, list(n[1]))]
+    if not networks:
+        return Composition()
+    composition = solve_composition(
+        kernels, [(k, ms) for _, k, ms in networks], call_overhead_ms,
+        terms=terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else (), optional=OPTIONAL_TERMS)
+    composition.summary["keys"] = [key for key, _, _ in networks]
+    return composition
+
+
+def dataset_summary(data: str | Path, ops: pd.DataFrame, card: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+    """What a predictor's manifest records of the dataset it was fitted on (`ops`: the op
+    records it used)."""
+    from latbench.bench.campaign import median_probe_ms
+
+    return {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
+            "reference_probe_ms": median_probe_ms(ops),
+            "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
+            "created": card.get("created")}
 
 
 class LatencyPredictor:
@@ -136,7 +166,6 @@ class LatencyPredictor:
         learned is reset first."""
         from sklearn.base import clone
 
-        from latbench.bench.campaign import median_probe_ms
         from latbench.bench.fusion import attach_from_rules, rules_from_card
         from latbench.bench.store import LatencyDataset
 
@@ -157,13 +186,7 @@ class LatencyPredictor:
         attach = attach_from_rules(rules) if rules is not None else None
         networks = calibration_networks(records, card, ops, statistic, attach) \
             if self.calibrate else []
-        networks = [n for n in networks if can_price(kernels, n[1])]
-        composition = Composition()
-        if networks:
-            terms = self.composition_terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else ()
-            composition = solve_composition(kernels, [(k, ms) for _, k, ms in networks],
-                                            overhead, terms=terms, optional=OPTIONAL_TERMS)
-            composition.summary["keys"] = [key for key, _, _ in networks]
+        composition = fit_composition(kernels, networks, overhead, self.composition_terms)
         first = ops.iloc[0]
         own = record_platform(first)
         info = {
@@ -175,10 +198,7 @@ class LatencyPredictor:
             "run_settings": _platform_settings(card.get("run_settings", {}), own),
             "statistic": statistic,
             "statistic_gaps": statistic_gaps(records, ops, statistic),
-            "dataset": {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
-                        "reference_probe_ms": median_probe_ms(ops),
-                        "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
-                        "created": card.get("created")},
+            "dataset": dataset_summary(data, ops, card),
         }
         cv = cross_validate(self.kernel_model, specs, kernel_ms, self.cv_folds, self.seed) \
             if self.cv_folds else {}
@@ -279,11 +299,11 @@ class LatencyPredictor:
         from dataclasses import replace
 
         level = check_level(level)
-        loo = self.composition_.summary.get("loo_ratio_quantiles")
-        composition = loo if usable(loo) else None
         if not self.has_intervals:
             return replace(prediction, interval_ms=None, interval_level=None,
                            interval_note=NO_RESIDUALS)
+        loo = self.composition_.summary.get("loo_ratio_quantiles")
+        composition = loo if usable(loo) else None
         kernels = {kind: q for kind, q in (self.kernel_residuals_ or {}).items() if usable(q)}
         interval = network_interval(prediction.predicted_ms,
                                     [(spec.kind, ms, self._trained(spec))

@@ -133,9 +133,8 @@ def cross_validate(template: Any, specs: Sequence[OpSpec], ms: np.ndarray,
     `template` fitted per fold; KFold shuffled with `seed`): {"folds", "rmspe_pct",
     "within10", "ratio_quantiles"}, or {"skipped": why} for a kind with too few records or
     kernels the model cannot price when it did not see them (a lookup table).
-    "ratio_quantiles" holds the
-    out-of-fold residuals' quantiles, what a prediction's interval is built from
-    (predictor/intervals.py)."""
+    "ratio_quantiles" holds the out-of-fold residuals' quantiles, what a prediction's interval
+    is built from (predictor/intervals.py)."""
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 

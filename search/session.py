@@ -90,8 +90,8 @@ def run_search(job: SearchJob, predictor: str, budgets_ms: Sequence[float], *,
     a budget holds for `budget_statistic` of the measured runs (default: the median, see
     search.budget.BudgetTarget). When the predictor gives intervals (at `interval_level`),
     `measure` instead searches each budget under budget / gap (the point prediction within
-    it) and chooses the winner by measuring the candidates whose interval straddles the
-    budget, `measure_budget` measurements per budget in all (`choose_by_measurement`).
+    it) and chooses the winner by measuring candidates best first until one is within the
+    budget, at most `measure_budget` measurements per budget (`choose_by_measurement`).
     `progress` makes a progress sink for a phase ("search", "winners")."""
     budgets = check_budgets(budgets_ms)
     measure_budget = check_measure_budget(measure_budget)
@@ -180,7 +180,8 @@ def _choose_measured(prepared: Prepared, results: Sequence[tuple[float, SearchRe
         result = replace(result, arch=winner.arch, accuracy=winner.accuracy,
                          predicted_ms=winner.predicted_ms,
                          module=result.module if winner.arch == result.arch else None,
-                         info={**result.info, **_choice_info(choice, result, interval, level)})
+                         info={**result.info,
+                               **_choice_info(choice, result, interval, level, probes)})
         chosen.append((budget, result))
         outcomes.append(BudgetOutcome(budget, searched, winner.arch, winner.accuracy,
                                       winner.predicted_ms, choice.measured_ms,
@@ -191,13 +192,13 @@ def _choose_measured(prepared: Prepared, results: Sequence[tuple[float, SearchRe
 
 
 def _choice_info(choice: Choice, result: SearchResult, interval: tuple[float, float],
-                 level: float) -> dict[str, Any]:
-    """What winner.json records of how the winner was chosen."""
+                 level: float, probes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What winner.json records of how the winner was chosen (`probes`: the choice's probes
+    as JSON)."""
     return {"chosen_by_measurement": {
         "strategy_winner": result.arch, "reason": choice.reason,
         "interval_ms": list(interval), "interval_level": level,
-        "measured": [p.to_json() for p in choice.probes],
-        "measurements": choice.measurements}}
+        "measured": list(probes), "measurements": choice.measurements}}
 
 
 def _sink(progress: Callable[[str], Any] | None, phase: str) -> Any:

@@ -464,5 +464,13 @@ def add_statistic(p: argparse.ArgumentParser, help_text: str | None = None) -> N
                    help=help_text or f"latency statistic (default {DEFAULT_STATISTIC})")
 
 
+def add_interval_level(p: argparse.ArgumentParser,
+                       what: str = "the measured latency should fall inside them that often"
+                       ) -> None:
+    p.add_argument("--interval-level", type=float, default=0.9, metavar="P",
+                   help=f"nominal level of the prediction intervals, in (0, 1): {what} "
+                        "(default 0.9)")
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

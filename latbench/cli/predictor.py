@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from latbench.cli.common import (
     PASSES_HELP,
     add_device_options,
+    add_interval_level,
     add_json,
     add_legacy_export,
     add_platform_choice,
@@ -166,12 +167,6 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
         else:
             parts.append(f"{name} {low:g}-{high:g}")
     return ", ".join(parts)
-
-
-def add_interval_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--interval-level", type=float, default=0.9, metavar="P",
-                        help="nominal level of the prediction interval, in (0, 1) (default "
-                             "0.9: the measured latency should fall inside 90%% of the time)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

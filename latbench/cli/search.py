@@ -11,6 +11,7 @@ from typing import Any
 from latbench.bench.stats import BUDGET_STATISTICS
 from latbench.cli.common import (
     add_device_options,
+    add_interval_level,
     add_json,
     add_platform_choice,
     add_run_settings,
@@ -99,14 +100,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _choice_line(outcome: Any) -> str:
-    """`budget 0.9 ms: 2 straddling candidates measured (1 over the budget), 3 measurements;
-    winner ..., 90% interval 0.81-0.93 ms: because ...`."""
-    over = sum(1 for p in outcome.probes if p["verdict"] != "within the budget")
+    """`budget 0.9 ms: 1 candidates measured and passed over, 2 measurements; winner ...,
+    90% interval 0.81-0.93 ms: because ...`."""
     low, high = outcome.interval_ms
-    return (f"budget {outcome.budget_ms:g} ms: {len(outcome.probes)} straddling candidates "
-            f"measured ({over} not within the budget), {outcome.measurements} measurements; "
-            f"winner {outcome.arch} ({outcome.interval_level:.0%} interval {low:.4g}-"
-            f"{high:.4g} ms): {outcome.chosen_because}")
+    return (f"budget {outcome.budget_ms:g} ms: {len(outcome.probes)} candidates measured and "
+            f"passed over, {outcome.measurements} measurements; winner {outcome.arch} "
+            f"({outcome.interval_level:.0%} interval {low:.4g}-{high:.4g} ms): "
+            f"{outcome.chosen_because}")
 
 
 class _RegistryHelp(argparse.HelpFormatter):
@@ -185,9 +185,8 @@ def add_commands(sub: Any) -> None:
                                            "shared/data beside the latbench checkout)")
     search.add_argument("--measure", action="store_true",
                         help="measure the winners; with a predictor that gives intervals, "
-                             "search under budget / gap and measure the candidates whose "
-                             "interval straddles the budget before choosing (see "
-                             "--measure-budget)")
+                             "search under budget / gap and measure candidates best first "
+                             "until one is within the budget (see --measure-budget)")
     search.add_argument("--measure-budget", type=int, default=None, metavar="N",
                         help="with --measure: at most N measurements per budget, the "
                              "winner's included; walking the candidates best first, each "
@@ -195,9 +194,7 @@ def add_commands(sub: Any) -> None:
                              "wins if measured within it; straddling ones only while two "
                              "measurements are left; if none is within, a search under a "
                              "stricter budget wins (measured too) (default 5)")
-    search.add_argument("--interval-level", type=float, default=0.9, metavar="P",
-                        help="nominal level of the prediction intervals --measure judges "
-                             "candidates by, in (0, 1) (default 0.9)")
+    add_interval_level(search, "the intervals --measure judges candidates by")
     search.add_argument("--out",
                         help="output folder: per budget history, pareto.png, winner.txt/.pt/"
                              ".onnx, outcome.json; measured winners (default PREDICTOR/search; "

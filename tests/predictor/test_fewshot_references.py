@@ -207,7 +207,7 @@ def test_intervals_cover_the_truth_at_about_the_nominal_rate() -> None:
     _, lo50, hi50 = model.predict_interval(level=0.5)
     _, lo90, hi90 = model.predict_interval(level=0.9)
     assert np.all(lo90 < lo50) and np.all(hi50 < hi90)
-    with pytest.raises(ConfigError, match="between 0 and 1"):
+    with pytest.raises(ConfigError, match=r"interval level must be in \(0, 1\)"):
         model.predict_interval(level=90)
 
 

@@ -206,7 +206,7 @@ def test_search_command_measures_and_records_why(capsys, tmp_path: Path,
     [row] = json.loads(out)
     assert row["measurements"] <= 2 and len(row["probes"]) <= 1
     assert row["interval_level"] == 0.8 and row["chosen_because"]
-    assert "straddling candidates measured" in err
+    assert "candidates measured and passed over" in err
     folder = Path(row["folder"])
     outcome = json.loads((folder / "outcome.json").read_text())
     assert outcome["probes"] == row["probes"] and outcome["chosen_because"]
