@@ -132,12 +132,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # `quick` with calibration networks that span network sizes, from 32-px chains to
     # ResNet-50 and MobileNetV2 at 224 px, and those families' kernels: a runtime whose
     # networks run slower than their kernels by an amount that grows with the network (LiteRT
-    # with XNNPACK) fits its composition on networks as large as the ones it prices. The plan
-    # of the platform matrix (benchmarks/platform_matrix.py).
+    # with XNNPACK) fits its composition on networks as large as the ones it prices. The
+    # transformer kernels at random span the ViT family's 49-785 tokens: four sampled ViTs
+    # reached 290, and the attention matmuls and softmax of a 785-token ViT, priced from
+    # there, came out at half their time. The plan of the platform matrix
+    # (benchmarks/platform_matrix.py).
     "platforms": {"spaces": ["nasbench-macro", *_families(resnet=4, vit=4, mobilenetv2=4,
                                                           resnet50=3)],
-                  "primitives": True, "around": 2,
-                  "networks": ["nasbench-macro:30", "resnet:3", "vit:3", "mobilenetv2:4",
+                  "primitives": True, "around": 2, "random": list(TRANSFORMER_RANDOM),
+                  "networks": ["nasbench-macro:30", "resnet:3", "vit:4", "mobilenetv2:4",
                                "resnet50:3"]},
     # The same, denser around the space, plus wide random kernels for networks outside it.
     "nasbench-macro": {"spaces": ["nasbench-macro"], "primitives": True, "around": 6,

@@ -1,9 +1,10 @@
 """Issue 17 item 1: kernel-level transfer to a new platform - held-out accuracy against the
 device time spent on the target, for pairs of the platform matrix's platforms.
 
-Computation only: the full campaigns of the `quick` plan that `benchmarks/platform_matrix.py`
-measured (one folder per platform under --matrix, with data/, eval/, predictor/ and
-campaign_seconds.txt) stand in for the target device. A budget is simulated by running the
+Computation only: the full campaigns that `benchmarks/platform_matrix.py` measured (one folder
+per platform under --matrix, with data/, eval/, predictor/ and campaign_seconds.txt, or its
+runN/ folders: --run picks one) stand in for the target device; a pair whose platforms the
+matrix did not measure is left out. A budget is simulated by running the
 sampler (`sample_transfer`, with the costs it would estimate from the sources) over the
 target's measured kernels and calibration networks and reading the chosen ones' latencies from
 the records instead of measuring anew; the minutes reported are what the chosen subjects took
@@ -18,6 +19,7 @@ model, with the same calibration networks), and the full-campaign predictor.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -63,8 +65,8 @@ BUDGETS = (0.02, 0.05, 0.10, 0.20, 0.40)
 class Target:
     """A measured platform of the matrix seen as a transfer target."""
 
-    def __init__(self, folder: Path, cache: Path) -> None:
-        self.label = folder.name
+    def __init__(self, label: str, folder: Path, cache: Path) -> None:
+        self.label = label
         records = LatencyDataset.open(folder / "data").records()
         card = LatencyDataset.open(folder / "data").card
         self.full = LatencyPredictor.load(folder / "predictor")
@@ -82,7 +84,10 @@ class Target:
         self.overhead = self.ops["overhead_ms"].to_numpy(dtype=np.float64)
         self.settings = RunSettings(**card["run_settings"])
         self.eval = pd.read_csv(folder / "eval" / "predictions.csv")
-        self.held_out = held_out_kernels(self.full, cache / f"{self.label}.json")
+        # the held-out set leaves out the plan's calibration networks: a cache per plan
+        plan = hashlib.sha256("\n".join(sorted(self.full.calibration_keys)).encode())
+        self.held_out = held_out_kernels(self.full,
+                                         cache / f"{self.label}-{plan.hexdigest()[:12]}.json")
 
     def score(self, predictor: LatencyPredictor) -> dict[str, float]:
         keys = [k for k in self.eval["network"] if k in self.held_out]
@@ -104,6 +109,12 @@ def held_out_kernels(predictor: LatencyPredictor, cache: Path) -> dict[str, list
         cache.write_text(json.dumps({n.key: [s.key() for s in priced_kernels(n, predictor)]
                                      for n in nets}))
     return {k: [OpSpec.from_key(s) for s in v] for k, v in json.loads(cache.read_text()).items()}
+
+
+def platform_folder(matrix: Path, label: str, run: int) -> Path:
+    """A platform's folder in the matrix output: its runN/ folder, or itself (one run)."""
+    folder = matrix / label
+    return folder / f"run{run}" if (folder / f"run{run}").is_dir() else folder
 
 
 def run_pair(source: TransferSource, target: Target, fraction: float) -> dict[str, object]:
@@ -138,10 +149,12 @@ def pct(value: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--matrix", default="/tmp/pm1",
-                        help="output folder of benchmarks/platform_matrix.py")
+    parser.add_argument("--matrix", default="/tmp/latbench-platform-matrix",
+                        help="output folder of benchmarks/platform_matrix.py (its default --out)")
     parser.add_argument("--cache", default="/tmp/latbench-kernel-transfer",
                         help="folder for the held-out networks' split kernels")
+    parser.add_argument("--run", type=int, default=1,
+                        help="which of the matrix's fresh runs (runN/ folders) to use")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
                         help="fractions of the target's full-campaign device time")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -155,10 +168,13 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|"]
     summary = []
     for src_label, tgt_label in PAIRS:
-        src_full = LatencyPredictor.load(matrix / src_label / "predictor")
+        folders = [platform_folder(matrix, label, args.run) for label in (src_label, tgt_label)]
+        if not all((f / "eval" / "predictions.csv").exists() for f in folders):
+            continue
+        src_full = LatencyPredictor.load(folders[0] / "predictor")
         source = TransferSource(src_label, src_full.platform, src_full.kernels_)
         if tgt_label not in targets:
-            targets[tgt_label] = Target(matrix / tgt_label, cache)
+            targets[tgt_label] = Target(tgt_label, folders[1], cache)
         target = targets[tgt_label]
         full = target.score(target.full)
         for fraction in budgets:
@@ -185,8 +201,9 @@ def main() -> int:
     met = sum(s[4] >= 0.95 for s in at10)
     wins = sum(s[4] > s[5] for s in summary)
     body = [
-        "Sources and targets are the `quick`-plan campaigns of the platform matrix "
-        f"(`benchmarks/platform_matrix.py`, folders under `{args.matrix}`). A budget is "
+        "Sources and targets are the campaigns of the platform matrix "
+        f"(`benchmarks/platform_matrix.py`, folders under `{args.matrix}`, run {args.run}). "
+        "A budget is "
         "simulated: the sampler chooses among the target's measured kernels and calibration "
         "networks with the costs it estimates from the source, and their latencies and "
         "device time are read from the target's records (timed calls plus the campaign's "

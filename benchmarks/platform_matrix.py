@@ -12,6 +12,12 @@ it; 1 and 2 threads - the script runs the three commands of the README as subpro
 and reports within-10%, RMSPE and Spearman per held-out family, and the minutes the platform's
 campaign took (what building a table for it costs). Platforms run one after the other, never two
 timings at once. `--platforms` picks a subset by label (e.g. `onnxruntime/int8/1t`).
+
+`--runs N` measures every platform N times from scratch (run 1 of every platform, then run 2,
+...: a slow phase of the machine falls on several platforms, not on one platform's every run)
+and reports each cell as the median over the runs, with every run's overall within-10%: on this
+VM one platform's two campaigns differed by as much as 26 points. `--summarize` rebuilds the
+table from the finished runs in --out without measuring anything.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -73,9 +80,9 @@ def run(argv: list[str], log: Path) -> tuple[int, float]:
     return code, time.perf_counter() - started
 
 
-def measure_platform(p: MatrixPlatform, plan: str, networks: str, out: Path
+def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
                      ) -> dict[str, object]:
-    folder = out / p.label.replace("/", "_")
+    """One fresh run of a platform in `folder` (resumed where it holds an earlier one)."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
     data, pred, ev = folder / "data", folder / "predictor", folder / "eval"
@@ -103,31 +110,79 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, out: Path
     evaluated = folder / "eval_seconds.txt"  # likewise the first evaluation's time
     if not evaluated.exists():
         evaluated.write_text(f"{seconds}\n")
-    row["eval_min"] = float(evaluated.read_text()) / 60
-    row["metrics"] = json.loads((ev / "eval.json").read_text())["metrics"]
+    return read_run(p, folder)
+
+
+def read_run(p: MatrixPlatform, folder: Path) -> dict[str, object]:
+    """The row of a finished run from its folder (an error row when it did not finish)."""
+    row: dict[str, object] = {"platform": p.label}
+    files = [folder / "campaign_seconds.txt", folder / "eval_seconds.txt",
+             folder / "eval" / "eval.json", folder / "eval" / "predictions.csv"]
+    if not all(f.exists() for f in files):
+        row["error"] = f"no finished run in {folder}"
+        return row
+    row["campaign_min"] = float(files[0].read_text()) / 60
+    row["eval_min"] = float(files[1].read_text()) / 60
+    row["metrics"] = json.loads(files[2].read_text())["metrics"]
+    row["levelled"] = levelled_within10(files[3])
     return row
+
+
+def levelled_within10(predictions: Path) -> float:
+    """Within 10% once every prediction is scaled by one constant, the median measured /
+    predicted ratio of the run's held-out networks: what is left when the machine ran at
+    another speed while the networks were measured than while the kernels were (the eval's
+    reference probe says by how much), a shift no predictor can see."""
+    rows = [line.split(",") for line in predictions.read_text().splitlines()]
+    header = rows[0]
+    predicted = [float(r[header.index("predicted_ms")]) for r in rows[1:]]
+    measured = [float(r[header.index("measured_ms")]) for r in rows[1:]]
+    level = statistics.median(m / q for m, q in zip(measured, predicted, strict=True))
+    return sum(abs(level * q / m - 1) < 0.10 for m, q in zip(measured, predicted, strict=True)
+               ) / len(measured)
 
 
 def pct(value: object) -> str:
     return "" if value is None else f"{100 * float(value):.1f}%"
 
 
+def median_row(label: str, runs: list[dict[str, object]]) -> dict[str, object]:
+    """A platform's runs as one row: every figure the median over the runs that finished."""
+    done = [r for r in runs if "error" not in r]
+    if not done:
+        return {**runs[-1], "platform": label}
+    metrics: dict[str, dict[str, float]] = {}
+    for family in {f for r in done for f in r["metrics"]}:
+        rows = [r["metrics"][family] for r in done if family in r["metrics"]]
+        metrics[family] = {k: statistics.median(float(m[k]) for m in rows)
+                           for k in ("n", "within10", "rmspe_pct", "spearman")}
+    return {"platform": label, "metrics": metrics,
+            "campaign_min": statistics.median(float(r["campaign_min"]) for r in done),
+            "eval_min": statistics.median(float(r["eval_min"]) for r in done),
+            "levelled": statistics.median(float(r["levelled"]) for r in done),
+            "runs": [pct(r["metrics"]["all"]["within10"]) if "error" not in r
+                     else "not finished" for r in runs]}
+
+
 def tables(rows: list[dict[str, object]]) -> list[str]:
     families = sorted({f for r in rows for f in r.get("metrics", {}) if f != "all"})
-    lines = ["| platform | campaign min | eval min | n | within 10% | RMSPE % | Spearman | "
+    lines = ["| platform | campaign min | eval min | n | within 10% | each run | levelled | "
+             "RMSPE % | Spearman | "
              + " | ".join(f"{f} within 10% / Spearman" for f in families) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(families)]
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(families)]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['platform']} | {r.get('campaign_min', 0):.1f} | | | "
-                         f"{r['error']} | | |" + " |" * len(families))
+                         f"{r['error']} | | | | |" + " |" * len(families))
             continue
         m = r["metrics"]
         a = m["all"]
         cells = [f"{pct(m[f]['within10'])} / {m[f]['spearman']:.3f}" if f in m else ""
                  for f in families]
+        each = ", ".join(r.get("runs", [pct(a["within10"])]))
         lines.append(f"| {r['platform']} | {r['campaign_min']:.1f} | {r['eval_min']:.1f} | "
-                     f"{int(a['n'])} | {pct(a['within10'])} | {a['rmspe_pct']:.2f} | "
+                     f"{int(a['n'])} | {pct(a['within10'])} | {each} | {pct(r['levelled'])} | "
+                     f"{a['rmspe_pct']:.2f} | "
                      f"{a['spearman']:.3f} | " + " | ".join(cells) + " |")
     return lines
 
@@ -140,6 +195,10 @@ def main() -> int:
                         "e.g. onnxruntime/fp32/1t,litert-xnnpack/int8/2t")
     parser.add_argument("--out", default="/tmp/latbench-platform-matrix")
     parser.add_argument("--keep", action="store_true", help="resume an earlier run's output")
+    parser.add_argument("--runs", type=int, default=3, help="fresh runs per platform; figures "
+                        "are medians over them (default 3)")
+    parser.add_argument("--summarize", action="store_true", help="measure nothing: the "
+                        "table of the finished runs already in --out")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     chosen = all_platforms()
@@ -150,18 +209,30 @@ def main() -> int:
             parser.error(f"unknown platform {sorted(unknown)[0]!r}; known: "
                          + ", ".join(p.label for p in chosen))
         chosen = [p for p in chosen if p.label in wanted]
-    out = fresh_dir(args.out, keep=args.keep)
-    rows = []
-    for p in chosen:
-        print(f"== {p.label}", flush=True)
-        rows.append(measure_platform(p, args.plan, args.networks, out))
-        print("\n".join(tables(rows[-1:])), flush=True)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    out = fresh_dir(args.out, keep=args.keep or args.summarize)
+    runs: dict[str, list[dict[str, object]]] = {p.label: [] for p in chosen}
+    for index in range(1, args.runs + 1):
+        for p in chosen:
+            folder = out / p.label.replace("/", "_") / f"run{index}"
+            if args.summarize:
+                runs[p.label].append(read_run(p, folder))
+                continue
+            print(f"== {p.label} run {index}/{args.runs}", flush=True)
+            runs[p.label].append(measure_platform(p, args.plan, args.networks, folder))
+            print("\n".join(tables(runs[p.label][-1:])), flush=True)
+    rows = [median_row(label, measured) for label, measured in runs.items()]
     load = os.getloadavg()[0]
     body = [f"Plan `{args.plan}` measured per platform on the local CPU, a predictor fitted on "
             f"it (`latbench predictor fit`, defaults), and held-out networks `{args.networks}` "
             f"(seed {HELD_OUT_SEED}) measured and scored by `latbench predictor eval` at the "
-            f"same platform. Load average {load:.1f} at the end. Every cell: within 10% / "
-            "Spearman.", "", *tables(rows)]
+            f"same platform; {args.runs} fresh run(s) per platform, interleaved, every figure "
+            f"the median over them (each run: that run's overall within 10%; levelled: within "
+            f"10% once one constant, the median measured / predicted ratio of the run, "
+            f"removes the machine's speed shift between campaign and evaluation). Load "
+            f"average {load:.1f} at the end. Every family cell: within 10% / Spearman.", "",
+            *tables(rows)]
     publish("platform_matrix", "Platform matrix: runtime x precision x threads, local CPU",
             body, write=not args.no_write)
     return 0

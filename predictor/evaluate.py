@@ -136,6 +136,9 @@ def interval_metrics(table: pd.DataFrame) -> dict[str, float] | None:
 
 
 LEVEL_WARNING = 0.05  # probe shift against the predictor's dataset worth a warning
+# A network counts as priced in range when this share of its predicted time comes from kernels
+# inside their kind's training range (a rounding margin: tiny reshapes may fall outside).
+RANGE_WHOLE = 0.99
 
 
 @dataclass
@@ -230,6 +233,50 @@ class EvaluationReport:
     intervals: dict[str, dict[str, float]] | None = None
     interval_level: float | None = None
 
+    def range_metrics(self) -> dict[str, dict[str, float | None]] | None:
+        """Per family (and "all"): how many networks were priced wholly from kernels inside
+        their kind's training range, and within 10% of those and of the rest - a family
+        missed by kernels the dataset never reached (a ViT with more tokens than any measured
+        attention) wants more kernels, not a better composition. None without coverage."""
+        if "coverage" not in self.table or self.table["coverage"].isna().all():
+            return None
+        table = self.table.dropna(subset=["coverage"])
+        groups = [(f, g) for f, g in table.groupby("family", sort=True)]
+        if len(groups) > 1:
+            groups.append(("all", table))
+        out = {}
+        for family, group in groups:
+            inside = group["coverage"] >= RANGE_WHOLE
+            within = (group["predicted_ms"] / group["measured_ms"] - 1).abs() < 0.10
+            out[family] = {"n": float(len(group)), "in_range": float(inside.sum()),
+                           "median_coverage": float(group["coverage"].median()),
+                           "within10_in_range": float(within[inside].mean())
+                           if inside.any() else None,
+                           "within10_outside": float(within[~inside].mean())
+                           if (~inside).any() else None}
+        return out
+
+    def range_markdown(self) -> str:
+        """The `range_metrics` table, or "" when every network was priced in range."""
+        ranges = self.range_metrics()
+        if not ranges or all(m["in_range"] == m["n"] for m in ranges.values()):
+            return ""
+
+        def share(value: float | None) -> str:
+            return "" if value is None else f"{value:.1%}"
+
+        rows = ["Networks priced wholly from kernels inside their kind's training range "
+                f"(coverage >= {RANGE_WHOLE:.0%} of the predicted time) against the rest; "
+                "a family missed outside the range wants kernels measured at its sizes "
+                "(`bench ops --from` its models).", "",
+                "| family | n | in range | median coverage | within 10% in range | "
+                "within 10% outside |", "|---|---|---|---|---|---|"]
+        for family, m in ranges.items():
+            rows.append(f"| {family} | {int(m['n'])} | {int(m['in_range'])} | "
+                        f"{m['median_coverage']:.1%} | {share(m['within10_in_range'])} | "
+                        f"{share(m['within10_outside'])} |")
+        return "\n".join(rows)
+
     def interval_markdown(self) -> str:
         """The intervals' calibration: how often the measured latency fell inside."""
         if not self.intervals:
@@ -294,9 +341,11 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
             continue
         prediction = predictions[net.key]
         low, high = prediction.interval_ms or (math.nan, math.nan)
+        coverage = prediction.coverage
         rows.append({"network": net.key, "family": net.family,
                      "predicted_ms": prediction.predicted_ms, "measured_ms": measured[net.key],
-                     "interval_low_ms": low, "interval_high_ms": high})
+                     "interval_low_ms": low, "interval_high_ms": high,
+                     "coverage": math.nan if coverage is None else coverage})
     table = error_table(rows, len(networks), device, out_dir)
     metrics = {family: error_metrics(group["predicted_ms"], group["measured_ms"])
                for family, group in table.groupby("family", sort=True)}
@@ -414,10 +463,13 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
     summary: dict[str, Any] = {
         "platform": None if platform is None else platform.to_json(),
         "statistic": report.statistic, "metrics": report.metrics,
-        "intervals": report.intervals, "interval_level": report.interval_level}
+        "intervals": report.intervals, "interval_level": report.interval_level,
+        "training_range": report.range_metrics()}
     sections = ""
+    if ranges := report.range_markdown():
+        sections = "\n\n## Training range\n\n" + ranges
     if report.intervals:
-        sections = "\n\n## Prediction intervals\n\n" + report.interval_markdown()
+        sections += "\n\n## Prediction intervals\n\n" + report.interval_markdown()
     if memory is not None:
         paths["memory_csv"] = out_dir / "memory.csv"
         summary["memory"] = {"metrics": memory.metrics, "calibrated": memory.calibrated}

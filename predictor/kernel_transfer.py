@@ -644,10 +644,12 @@ def compose(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
     as `LatencyPredictor.fit` fits it (`fit_composition`)."""
     from latbench.predictor.latency_predictor import LatencyPredictor, fit_composition
 
+    info = dict(info or {})
+    runtime = info.get("runtime") or (info.get("platform") or {}).get("runtime")
     return LatencyPredictor.from_kernels(
         kernels, call_overhead_ms=call_overhead_ms,
-        composition=fit_composition(kernels, networks, call_overhead_ms),
-        info=dict(info or {}), ranges_from=ranges_from)
+        composition=fit_composition(kernels, networks, call_overhead_ms, runtime=runtime),
+        info=info, ranges_from=ranges_from)
 
 
 # --- measuring on the target -------------------------------------------------------------------

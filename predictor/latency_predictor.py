@@ -48,6 +48,7 @@ from latbench.predictor.model_level import (
     Composition,
     NetworkPrediction,
     OutOfRange,
+    runtime_terms,
     solve_composition,
 )
 from latbench.predictor.models import KernelPredictor, check_params, get_predictor_class
@@ -87,18 +88,24 @@ NO_RESIDUALS = ("the predictor holds no residual quantiles to build an interval 
 
 
 def fit_composition(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
-                    call_overhead_ms: float,
-                    terms: Sequence[str] = COMPOSITION_TERMS) -> Composition:
+                    call_overhead_ms: float, terms: Sequence[str] = COMPOSITION_TERMS,
+                    runtime: str | None = None) -> Composition:
     """The composition fitted on the calibration `networks` (key, kernels, ms) that `kernels`
-    can price: the `terms` only with MIN_NETWORKS_FOR_TERMS of them, the optional ones only
-    where they lower the leave-one-out error; none without networks."""
+    can price: the `terms` that apply to `runtime` (`runtime_terms`) only with
+    MIN_NETWORKS_FOR_TERMS of them, the optional ones only where they lower the leave-one-out
+    error; none without networks."""
     networks = [n for n in networks if can_price(kernels, list(n[1]))]
     if not networks:
         return Composition()
+    applicable = runtime_terms(terms, runtime)
     composition = solve_composition(
         kernels, [(k, ms) for _, k, ms in networks], call_overhead_ms,
-        terms=terms if len(networks) >= MIN_NETWORKS_FOR_TERMS else (), optional=OPTIONAL_TERMS)
+        terms=applicable if len(networks) >= MIN_NETWORKS_FOR_TERMS else (),
+        optional=OPTIONAL_TERMS)
     composition.summary["keys"] = [key for key, _, _ in networks]
+    if len(applicable) < len(terms):
+        composition.summary["terms_not_for_runtime"] = [t for t in terms
+                                                        if t not in applicable]
     return composition
 
 
@@ -186,8 +193,9 @@ class LatencyPredictor:
         attach = attach_from_rules(rules) if rules is not None else None
         networks = calibration_networks(records, card, ops, statistic, attach) \
             if self.calibrate else []
-        composition = fit_composition(kernels, networks, overhead, self.composition_terms)
         first = ops.iloc[0]
+        composition = fit_composition(kernels, networks, overhead, self.composition_terms,
+                                      str(first["runtime"]))
         own = record_platform(first)
         info = {
             "device": str(first["device"]),

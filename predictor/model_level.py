@@ -145,6 +145,12 @@ class NetworkPrediction:
 #   block, which a runtime neither fuses nor pools in the blocked layout.
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
                      "spilled_layout_mb", "unaligned_add_pool_mb")
+# Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
+# Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
+# tensors' own NHWC layout, they were fitted to other causes and priced a MobileNetV2 at 224 px
+# 62% over (docs/predictors.md, "Composition terms").
+LAYOUT_TERMS = frozenset({"layout_bytes", "aligned_conv_gflops", "spilled_layout_mb",
+                          "unaligned_add_pool_mb"})
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
 OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb"})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
@@ -152,6 +158,18 @@ BLOCK_FALLBACK_KINDS = frozenset({"add", "pool"})  # fused / blocked only at ali
 CHANNEL_BLOCK = 16
 SPILL_BYTES = 1_000_000  # half of a 2 MB per-core L2 cache
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
+
+
+def runtime_terms(terms: Sequence[str], runtime: str | None) -> tuple[str, ...]:
+    """The composition `terms` that apply to `runtime`'s networks: the layout terms only for a
+    runtime whose runner has a blocked layout (all of them for a runtime latbench does not
+    know, and without one)."""
+    from latbench.bench.runners import RUNNERS
+
+    runner = RUNNERS.get(runtime) if runtime else None
+    if runner is None or runner.blocked_layout:
+        return tuple(terms)
+    return tuple(t for t in terms if t not in LAYOUT_TERMS)
 
 
 def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:

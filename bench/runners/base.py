@@ -440,6 +440,10 @@ class RunnerBase:
     formats: ClassVar[tuple[str, ...]] = ()
     # What the runner's exported models can compute in (bench.ops.DTYPES names).
     precisions: ClassVar[tuple[str, ...]] = DTYPES
+    # Whether the runtime runs convolutions and pooling in a blocked channel layout it converts
+    # into and out of (ONNX Runtime's NCHWc on the CPU): the composition's layout terms
+    # (predictor/model_level.py, LAYOUT_TERMS) apply to its networks only then.
+    blocked_layout: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}

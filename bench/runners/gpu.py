@@ -22,6 +22,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     """ONNX models on a CUDA GPU with onnxruntime(-gpu)'s CUDAExecutionProvider."""
 
     needs = RuntimeNeeds(modules=("onnxruntime",), cuda=True)
+    blocked_layout = False  # the CUDA provider has no NCHWc conversions
 
 
 @register_runner("torch-cuda")

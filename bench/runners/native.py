@@ -333,6 +333,7 @@ class PerfTestRunner(NativeToolRunner):
     needs = RuntimeNeeds(tool="onnxruntime_perf_test")
     settings_fields = (("graph_opt", "opt"),)
     formats = (".onnx",)
+    blocked_layout = True  # ONNX Runtime's CPU provider, as the Python runner
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_onnx import to_onnx

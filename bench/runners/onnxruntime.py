@@ -14,6 +14,7 @@ class OnnxRuntimeRunner(AgentRunner):
     needs = RuntimeNeeds(modules=("onnxruntime",))
     settings_fields = (("graph_opt", "opt"),)
     formats = (".onnx",)
+    blocked_layout = True  # MLAS's NCHWc convolutions and pooling
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_onnx import to_onnx

@@ -300,6 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     "threads": settings.threads, "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
                     "intervals": report.intervals, "interval_level": report.interval_level,
+                    "training_range": report.range_metrics(),
                     "memory": None if memory is None else {
                         "metrics": memory.metrics, "calibrated": memory.calibrated},
                     "report": {k: str(v) for k, v in paths.items()}})
@@ -316,6 +317,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       f"{m['mean_width_pct']:.1f}") for family, m in report.intervals.items()])
     else:
         print("no prediction intervals: the predictor holds no residual quantiles (refit it)")
+    outside = {family: m for family, m in (report.range_metrics() or {}).items()
+               if family != "all" and m["in_range"] < m["n"]}
+    if outside:
+        print("priced partly outside the training range: " + ", ".join(
+            f"{family} {int(m['n'] - m['in_range'])} of {int(m['n'])}"
+            for family, m in outside.items()) + " (eval.md, Training range)")
     if report.memory is not None:
         print_memory_metrics(report.memory, device.name)
     print(f"report: {paths['markdown']}  scatter: {paths['scatter']}")

@@ -77,6 +77,19 @@ def test_transformer_preset_has_vit_ranges() -> None:
     assert qk and av
 
 
+@pytest.mark.parametrize("preset", ["platforms", "transformer", "vision"])
+def test_transformer_kernels_span_the_vit_family_tokens(preset: str) -> None:
+    """A plan that prices ViTs measures attention at the family's largest token count (784
+    patches and a class token): the attention matmuls and softmax grow with the square of the
+    tokens, and priced from 290 tokens a 785-token ViT came out at half their time."""
+    from latbench.bench.families import VIT_RESOLUTIONS
+
+    most_tokens = (max(VIT_RESOLUTIONS) // 8) ** 2 + 1
+    specs = build_specs(Plan("p", random=load_plan(preset).random))
+    for kind in ("bmm", "softmax"):  # linear kinds extrapolate along their baseline
+        assert max(s.tokens for s in specs if s.kind == kind) >= most_tokens, kind
+
+
 def _entry_id(entry: dict) -> str:
     return "-".join([entry["kind"], *sorted(set(entry) - {"kind", "count"})])
 

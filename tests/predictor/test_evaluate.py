@@ -103,6 +103,27 @@ def test_write_report(tmp_path: Path) -> None:
     assert image[..., :3].std() > 0.05  # something was drawn
 
 
+def test_training_range_section_splits_networks_by_coverage(tmp_path: Path) -> None:
+    """A family missed by kernels outside the training range shows as such: its networks in
+    range and out of it scored apart, in eval.md and eval.json."""
+    report = toy_report()
+    report.table["coverage"] = [1.0, 1.0, 1.0, 1.0, 0.4, 0.6]  # b:2 is off by 12.5%
+    ranges = report.range_metrics()
+    assert ranges["a"] == {"n": 3, "in_range": 3, "median_coverage": 1.0,  # a:2 is +10%
+                           "within10_in_range": pytest.approx(2 / 3), "within10_outside": None}
+    assert ranges["b"]["in_range"] == 1 and ranges["b"]["median_coverage"] == pytest.approx(0.6)
+    assert ranges["b"]["within10_in_range"] == 1.0
+    assert ranges["b"]["within10_outside"] == pytest.approx(0.5)
+    assert ranges["all"]["n"] == 6 and ranges["all"]["in_range"] == 4
+    paths = write_report(report, tmp_path / "eval")
+    md = paths["markdown"].read_text()
+    assert "## Training range" in md and "| b | 3 | 1 | 60.0% | 100.0% | 50.0% |" in md
+    assert json.loads(paths["json"].read_text())["training_range"]["b"]["in_range"] == 1
+    report.table["coverage"] = 1.0  # every network in range: no section to read
+    assert "## Training range" not in write_report(report, tmp_path / "e2")["markdown"] \
+        .read_text()
+
+
 def _with_info(info: dict) -> LatencyPredictor:
     from latbench.predictor.models import get_predictor_class
 
@@ -200,8 +221,9 @@ def test_evaluate_end_to_end(fitted) -> None:
     assert sorted(table.index) == sorted(NETWORKS)
     assert (table["family"] == "macro-like").all()
     for key, specs in NETWORKS.items():
-        assert table.loc[key, "predicted_ms"] == pytest.approx(
-            predictor.predict(specs).predicted_ms)
+        prediction = predictor.predict(specs)
+        assert table.loc[key, "predicted_ms"] == pytest.approx(prediction.predicted_ms)
+        assert table.loc[key, "coverage"] == pytest.approx(prediction.coverage)
     # measured with the predictor's settings, the statistic it was trained on
     records = LatencyDataset.open(root / "eval" / "networks").records()
     assert set(records["settings"]) == {SETTINGS.key("onnxruntime")}
@@ -338,4 +360,6 @@ def test_eval_command_prints_json(fitted, tmp_path: Path, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["statistic"] == "min_ms" and printed["metrics"]["onnx"]["n"] == 2
     assert printed["metrics"]["onnx"]["spearman"] is None  # NaN for two networks -> null
+    ranges = printed["training_range"]["onnx"]
+    assert ranges["n"] == 2 and 0 <= ranges["in_range"] <= 2
     assert Path(printed["report"]["markdown"]).is_file()

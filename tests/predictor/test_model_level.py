@@ -14,8 +14,15 @@ from latbench.bench.ops import OpSpec, decompose
 from latbench.bench.spaces import get_space
 from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
-from latbench.predictor.latency_predictor import LatencyPredictor
-from latbench.predictor.model_level import SCALE_BOUNDS, Composition, solve_composition
+from latbench.predictor.latency_predictor import LatencyPredictor, fit_composition
+from latbench.predictor.model_level import (
+    COMPOSITION_TERMS,
+    LAYOUT_TERMS,
+    SCALE_BOUNDS,
+    Composition,
+    runtime_terms,
+    solve_composition,
+)
 from latbench.predictor.models import XGBoostKernelPredictor
 
 OVERHEAD_MS = 0.04
@@ -77,6 +84,31 @@ def bags(predictor, n: int, seed: int) -> list[list[OpSpec]]:
         picks = rng.choice(len(pool), size=int(rng.integers(3, 12)), replace=True)
         out.append([pool[i] for i in picks] + head)
     return out
+
+
+def test_layout_terms_only_for_a_runtime_with_a_blocked_layout(predictor) -> None:
+    """LiteRT computes in NHWC throughout: a composition fitted on its networks has no term for
+    conversions into a blocked layout it never makes, whatever the networks' residuals say."""
+    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime") == COMPOSITION_TERMS
+    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime-perf-test") == COMPOSITION_TERMS
+    for runtime in ("litert", "tflite-benchmark-model", "onnxruntime-cuda", "torch-cuda"):
+        assert runtime_terms(COMPOSITION_TERMS, runtime) == ("per_kernel", "weight_mb")
+    # a runtime latbench does not know, or none: every term, as before
+    assert runtime_terms(COMPOSITION_TERMS, "my-npu") == COMPOSITION_TERMS
+    assert runtime_terms(COMPOSITION_TERMS, None) == COMPOSITION_TERMS
+    # networks whose time grows with their layout bytes: ONNX Runtime's fit takes the term
+    calibration = []
+    for i, kernels in enumerate(bags(predictor, 30, seed=3)):
+        layout = sum(kernel_cost(s).input_bytes + kernel_cost(s).output_bytes for s in kernels
+                     if s.kind in ("conv", "dwconv", "pool")) / 1e6
+        calibration.append((f"n{i}", kernels,
+                            true_latency(predictor, kernels, {}) + 0.05 * layout))
+    ort = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="onnxruntime")
+    assert ort.terms["layout_bytes"] == pytest.approx(0.05, rel=0.2)
+    assert "terms_not_for_runtime" not in ort.summary
+    litert = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="litert")
+    assert set(litert.terms) == {"per_kernel", "weight_mb"}
+    assert sorted(litert.summary["terms_not_for_runtime"]) == sorted(LAYOUT_TERMS)
 
 
 @pytest.mark.parametrize("kind", ["mbconv", "conv", "dwconv"])
