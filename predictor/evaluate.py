@@ -268,7 +268,7 @@ class EvaluationReport:
         rows = ["Networks priced wholly from kernels inside their kind's training range "
                 f"(coverage >= {RANGE_WHOLE:.0%} of the predicted time) against the rest; "
                 "a family missed outside the range wants kernels measured at its sizes "
-                "(`bench ops --from` its models).", "",
+                "(`bench plan --from` its models, then `bench ops --plan`).", "",
                 "| family | n | in range | median coverage | within 10% in range | "
                 "within 10% outside |", "|---|---|---|---|---|---|"]
         for family, m in ranges.items():
