@@ -67,8 +67,8 @@ class Target:
 
     def __init__(self, label: str, folder: Path, cache: Path) -> None:
         self.label = label
-        records = LatencyDataset.open(folder / "data").records()
-        card = LatencyDataset.open(folder / "data").card
+        dataset = LatencyDataset.open(folder / "data")
+        records, card = dataset.records(), dataset.card
         self.full = LatencyPredictor.load(folder / "predictor")
         statistic = self.full.statistic  # what the held-out networks were scored in
         self.ops = select_records(records, owner=str(folder))

@@ -133,13 +133,13 @@ def levelled_within10(predictions: Path) -> float:
     predicted ratio of the run's held-out networks: what is left when the machine ran at
     another speed while the networks were measured than while the kernels were (the eval's
     reference probe says by how much), a shift no predictor can see."""
-    rows = [line.split(",") for line in predictions.read_text().splitlines()]
-    header = rows[0]
-    predicted = [float(r[header.index("predicted_ms")]) for r in rows[1:]]
-    measured = [float(r[header.index("measured_ms")]) for r in rows[1:]]
-    level = statistics.median(m / q for m, q in zip(measured, predicted, strict=True))
-    return sum(abs(level * q / m - 1) < 0.10 for m, q in zip(measured, predicted, strict=True)
-               ) / len(measured)
+    import pandas as pd
+
+    from latbench.predictor.evaluate import error_metrics
+
+    table = pd.read_csv(predictions)
+    level = (table["measured_ms"] / table["predicted_ms"]).median()
+    return error_metrics(level * table["predicted_ms"], table["measured_ms"])["within10"]
 
 
 def pct(value: object) -> str:

@@ -244,16 +244,17 @@ class EvaluationReport:
         groups = [(f, g) for f, g in table.groupby("family", sort=True)]
         if len(groups) > 1:
             groups.append(("all", table))
+        def within10(rows: pd.DataFrame) -> float | None:  # as the metrics table counts it
+            return error_metrics(rows["predicted_ms"], rows["measured_ms"])["within10"] \
+                if len(rows) else None
+
         out = {}
         for family, group in groups:
             inside = group["coverage"] >= RANGE_WHOLE
-            within = (group["predicted_ms"] / group["measured_ms"] - 1).abs() < 0.10
             out[family] = {"n": float(len(group)), "in_range": float(inside.sum()),
                            "median_coverage": float(group["coverage"].median()),
-                           "within10_in_range": float(within[inside].mean())
-                           if inside.any() else None,
-                           "within10_outside": float(within[~inside].mean())
-                           if (~inside).any() else None}
+                           "within10_in_range": within10(group[inside]),
+                           "within10_outside": within10(group[~inside])}
         return out
 
     def range_markdown(self) -> str:
