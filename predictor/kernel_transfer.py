@@ -6,15 +6,17 @@ shape: on another thread count, precision or runtime of the same CPU, log ms on 
 close to an affine function of log ms on a source, per kernel kind. So instead of learning
 every kind from scratch, the target learns that map from a few kernels measured on it:
 
-    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * mean_s log p_s(k) [+ r_kind . f(k)]
+    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * mean_s log p_s(k)
+               [+ r_kind . f(k)] [+ g_kind,group(k)]
 
 with p_s the sources' kernel predictions (at the source's precision: a target int8 kernel is
 asked of an fp32 source as the same kernel in fp32), c and the slopes b_s shared by every kind,
-e_kind, d_kind (and the optional residual r_kind on a few log-size features f) per kind, pulled
-towards 0 by ridge penalties. The penalties, and whether the residual is used, are chosen by
-leave-one-out error on the sample; per kind, fitting the sample alone (log-linear in FLOPs and
-bytes, `predictor.models.LinearKernelPredictor`'s columns) replaces the map where its
-leave-one-out error is lower.
+e_kind, d_kind (and the optional residual r_kind on a few log-size features f, clipped to the
+sample's range, and offsets g per shape group: kernel size and stride) per kind, pulled
+towards 0 by ridge penalties. The penalties, and whether the residual and the group offsets
+are used, are chosen by leave-one-out error on the sample; per kind, fitting the sample alone
+(log-linear in FLOPs and bytes, `predictor.models.LinearKernelPredictor`'s columns) replaces
+the map where its leave-one-out error is lower.
 
 The sample (`sample_transfer`) is chosen before measuring, within a device-time budget: every
 kind the target plan needs first, then kernels where the sources disagree, where the map is
@@ -58,6 +60,10 @@ SLOPE_RIDGE = 0.01
 SLOPE_DEVIATION_RIDGES = (0.03, 0.3, 3.0)
 RESIDUAL_RIDGES = (None, 0.3, 3.0)  # None: no residual
 RESIDUAL_FEATURES = ("log_flops", "log_bytes")
+# Offsets per shape group within a kind (kernel size and stride): runtimes pick different
+# algorithms per kernel size (ONNX Runtime -> LiteRT convolutions: 1x1 at 0.87x the kind's
+# typical ratio, 7x7 at 1.6x), a step no smooth size feature follows. None: no offsets.
+GROUP_RIDGES = (None, 0.01, 0.1, 1.0)
 ALONE_FEATURES = ("log_flops", "log_bytes")  # LinearKernelPredictor's columns
 ALONE_RIDGE = 1e-3
 MIN_ALONE_KERNELS = 5  # fewer sampled kernels of a kind: never fitted alone
@@ -365,6 +371,10 @@ class KindTransfer:
     slopes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
     alone: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    groups: dict[str, float] = field(default_factory=dict)  # shape group -> offset
+    # the sample's (min, max) of each residual feature: a kernel beyond them gets the
+    # residual of the edge (a slope fitted on a few kernels must not extrapolate)
+    bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
 
     def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
         if self.mode == "alone":
@@ -373,7 +383,12 @@ class KindTransfer:
                          for src, dtype in zip(self.sources, self.dtypes, strict=True)])
         out = self.intercept + self.slopes @ logs
         if len(self.residual):
-            out = out + features[:, _columns(RESIDUAL_FEATURES)] @ self.residual
+            values = features[:, _columns(RESIDUAL_FEATURES)]
+            if self.bounds.size:
+                values = np.clip(values, self.bounds[0], self.bounds[1])
+            out = out + values @ self.residual
+        if self.groups:  # a group the sample missed keeps its kind's level
+            out = out + np.array([self.groups.get(shape_group(s), 0.0) for s in specs])
         return out
 
 
@@ -394,27 +409,53 @@ class MapFit:
     slope_deviation_ridge: float
     residual_ridge: float | None
     loo: np.ndarray  # per sample: leave-one-out log error (NaN where undefined)
+    group_offset: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> group
+    group_ridge: float | None = None
+
+
+def shape_group(spec: OpSpec) -> str:
+    """The kernel's shape group within its kind (kernel size and stride), "" for a kind
+    without a kernel size."""
+    kernel = getattr(spec, "kernel", None)
+    if not kernel:
+        return ""
+    return f"k{kernel}x{getattr(spec, 'kernel_w', None) or kernel}s{spec.stride}"
 
 
 def fit_map(kinds: Sequence[str], source_logs: np.ndarray, log_ms: np.ndarray,
-            features: np.ndarray) -> MapFit:
-    """The map's coefficients by generalized ridge regression, its two penalties chosen by the
-    closed-form leave-one-out error over SLOPE_DEVIATION_RIDGES x RESIDUAL_RIDGES."""
+            features: np.ndarray, groups: Sequence[str] | None = None) -> MapFit:
+    """The map's coefficients by generalized ridge regression, its penalties chosen by the
+    closed-form leave-one-out error over SLOPE_DEVIATION_RIDGES x RESIDUAL_RIDGES x
+    GROUP_RIDGES (`groups`: each sample's `shape_group`; offsets only for kinds sampled in
+    two groups or more)."""
+    groups = list(groups) if groups is not None else [""] * len(kinds)
     best = None
     for deviation_ridge in SLOPE_DEVIATION_RIDGES:
         for residual_ridge in RESIDUAL_RIDGES:
-            fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge,
-                             residual_ridge)
-            score = _rms(fit.loo)
-            if best is None or score < best[0] - 1e-12:
-                best = (score, fit)
+            for group_ridge in GROUP_RIDGES:
+                fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge,
+                                 residual_ridge, groups, group_ridge)
+                score = _rms(fit.loo)
+                if best is None or score < best[0] - 1e-12:
+                    best = (score, fit)
     return best[1]
 
 
+def _group_columns(kinds: Sequence[str], groups: Sequence[str]) -> list[tuple[str, str]]:
+    """The (kind, group) pairs that get an offset: groups of kinds sampled in two or more."""
+    seen: dict[str, set[str]] = {}
+    for kind, group in zip(kinds, groups, strict=True):
+        if group:
+            seen.setdefault(kind, set()).add(group)
+    return sorted((k, g) for k, gs in seen.items() if len(gs) > 1 for g in gs)
+
+
 def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
-            features: np.ndarray, residual: bool) -> np.ndarray:
+            features: np.ndarray, residual: bool,
+            group_columns: Sequence[tuple[str, str]] = (), groups: Sequence[str] = ()
+            ) -> np.ndarray:
     """Columns: shared intercept, per kind offset, per source slope, per kind deviation on the
-    mean source, per kind residual features."""
+    mean source, per kind residual features, per (kind, shape group) offset."""
     n, n_kinds = len(kinds), len(order)
     index = np.array([order.index(k) for k in kinds])
     onehot = np.zeros((n, n_kinds))
@@ -426,21 +467,31 @@ def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
         for j in range(width):
             block[np.arange(n), index * width + j] = features[:, j]
         parts.append(block)
+    if group_columns:
+        where = {pair: j for j, pair in enumerate(group_columns)}
+        block = np.zeros((n, len(group_columns)))
+        for i, pair in enumerate(zip(kinds, groups, strict=True)):
+            if pair in where:
+                block[i, where[pair]] = 1.0
+        parts.append(block)
     return np.hstack(parts)
 
 
 def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: np.ndarray,
-               deviation_ridge: float, residual_ridge: float | None) -> MapFit:
+               deviation_ridge: float, residual_ridge: float | None,
+               groups: Sequence[str] = (), group_ridge: float | None = None) -> MapFit:
     order = sorted(set(kinds))
     n_sources, n_kinds = logs.shape[0], len(order)
     residual = residual_ridge is not None
+    group_columns = _group_columns(kinds, groups) if group_ridge is not None else []
     # Residual features centred per kind: the offsets keep meaning the kind's typical level.
     centred = features - np.array([features[np.asarray(kinds) == k].mean(axis=0)
                                    for k in kinds]) if residual else features
-    z = _design(kinds, order, logs, centred, residual)
+    z = _design(kinds, order, logs, centred, residual, group_columns, groups)
+    width = features.shape[1] if residual else 0
     penalty = np.r_[0.0, [KIND_OFFSET_RIDGE] * n_kinds, [SLOPE_RIDGE] * n_sources,
-                    [deviation_ridge] * n_kinds,
-                    [residual_ridge or 0.0] * (z.shape[1] - 1 - 2 * n_kinds - n_sources)]
+                    [deviation_ridge] * n_kinds, [residual_ridge or 0.0] * (n_kinds * width),
+                    [group_ridge or 0.0] * len(group_columns)]
     prior = np.zeros(z.shape[1])
     prior[1 + n_kinds:1 + n_kinds + n_sources] = 1.0 / n_sources
     target = y - z @ prior
@@ -451,15 +502,18 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     error = target - z @ theta
     loo = np.where(hat < 1 - 1e-6, error / np.maximum(1 - hat, 1e-6), np.nan)
     theta = theta + prior
-    width = features.shape[1]
     start = 1 + 2 * n_kinds + n_sources
+    group_start = start + n_kinds * width
+    group_offset: dict[str, dict[str, float]] = {}
+    for j, (kind, group) in enumerate(group_columns):
+        group_offset.setdefault(kind, {})[group] = float(theta[group_start + j])
     return MapFit(
         float(theta[0]), theta[1 + n_kinds:1 + n_kinds + n_sources],
         {k: float(theta[1 + i]) for i, k in enumerate(order)},
         {k: float(theta[1 + n_kinds + n_sources + i]) for i, k in enumerate(order)},
         {k: (theta[start + i * width:start + (i + 1) * width] if residual else np.zeros(0))
          for i, k in enumerate(order)},
-        deviation_ridge, residual_ridge, loo)
+        deviation_ridge, residual_ridge, loo, group_offset, group_ridge)
 
 
 def _alone_loo(features: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -510,7 +564,8 @@ class KernelTransferPredictor(KernelPredictor):
         features = feature_matrix(specs)
         y_log = np.log(ms)
         fit = fit_map(kinds, np.array([s.log_ms(specs) for s in sources]), y_log,
-                      features[:, _columns(RESIDUAL_FEATURES)]) if sources else None
+                      features[:, _columns(RESIDUAL_FEATURES)],
+                      [shape_group(s) for s in specs]) if sources else None
         alone_loo = np.full(len(specs), np.nan)
         models: dict[str, KindTransfer] = {}
         summary: dict[str, dict[str, Any]] = {}
@@ -533,14 +588,18 @@ class KernelTransferPredictor(KernelPredictor):
             alone = fit_log_linear(features[rows], _columns(ALONE_FEATURES), y_log[rows],
                                    ALONE_RIDGE) if mode == "alone" else np.zeros(0)
             # the residual was fitted on features centred on the kind's sample mean
-            centre = features[rows][:, _columns(RESIDUAL_FEATURES)].mean(axis=0)
+            sampled = features[rows][:, _columns(RESIDUAL_FEATURES)]
+            centre = sampled.mean(axis=0)
             residual = fit.residual[kind]
             intercept = fit.intercept + fit.offset[kind] - (
                 float(residual @ centre) if len(residual) else 0.0)
             models[kind] = KindTransfer(
                 mode, [_one_kind(s.kernels, kind) for s in sources],
                 [s.platform.precision for s in sources], [s.label for s in sources],
-                intercept, fit.slopes + fit.deviation[kind] / len(sources), residual, alone)
+                intercept, fit.slopes + fit.deviation[kind] / len(sources), residual, alone,
+                fit.group_offset.get(kind, {}),
+                np.array([sampled.min(axis=0), sampled.max(axis=0)]) if len(residual)
+                else np.zeros((2, 0)))
             summary[kind] = {"kernels": int(rows.sum()), "mode": mode,
                              "map_loo_pct": _pct(map_err),
                              "alone_loo_pct": _pct(alone_loo[rows])}
@@ -556,7 +615,8 @@ class KernelTransferPredictor(KernelPredictor):
                     "chosen_loo_pct": _pct(chosen),
                     "slopes": [float(b) for b in fit.slopes], "intercept": fit.intercept,
                     "slope_deviation_ridge": fit.slope_deviation_ridge,
-                    "residual_ridge": fit.residual_ridge, "kinds": summary}
+                    "residual_ridge": fit.residual_ridge, "group_ridge": fit.group_ridge,
+                    "kinds": summary}
         return self
 
     def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
@@ -577,7 +637,9 @@ class KernelTransferPredictor(KernelPredictor):
             "slopes": [float(b) for b in model.slopes],
             "residual_features": list(RESIDUAL_FEATURES),
             "residual": [float(r) for r in model.residual],
+            "residual_bounds": model.bounds.tolist(),
             "alone_features": list(ALONE_FEATURES), "alone": [float(a) for a in model.alone],
+            "groups": {g: float(v) for g, v in model.groups.items()},
             "sources": entries}, indent=1, sort_keys=True) + "\n")
         return target.name
 
@@ -606,7 +668,10 @@ class KernelTransferPredictor(KernelPredictor):
             return KindTransfer(saved["mode"], sources, dtypes, labels,
                                 float(saved["intercept"]), slopes,
                                 np.array(saved["residual"], dtype=np.float64),
-                                np.array(saved["alone"], dtype=np.float64))
+                                np.array(saved["alone"], dtype=np.float64),
+                                {str(g): float(v) for g, v in saved.get("groups", {}).items()},
+                                np.array(saved.get("residual_bounds", [[], []]),
+                                         dtype=np.float64).reshape(2, -1))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import latbench.predictor.kernel_transfer as kernel_transfer
 from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform
 from latbench.errors import ConfigError
@@ -194,3 +195,38 @@ def test_a_transferred_predictor_saves_and_loads_self_contained(synthetic, tmp_p
     assert loaded.predict(specs[:20]).predicted_ms == pytest.approx(before, rel=1e-9)
     assert loaded.composition_.summary["networks"] == 7
     assert loaded.info_["transfer"]["cv"]["kinds"]["conv"]["kernels"] == 8
+
+
+def test_a_step_with_kernel_size_is_learned_per_shape_group(synthetic, tmp_path, monkeypatch):
+    """Runtimes pick algorithms per kernel size: here the target runs 1x1 convolutions at 0.6x
+    and 3x3 at 1.5x of the relation the other kinds follow. The map learns one offset per
+    shape group; without group offsets (GROUP_RIDGES = (None,)) it cannot."""
+    specs, target, source, _ = synthetic
+    step = {1: 0.6, 3: 1.5}
+    stepped = np.array([t * (step[s.kernel] if s.kind == "conv" else 1.0)
+                        for s, t in zip(specs, target, strict=True)])
+    train = np.zeros(len(specs), dtype=bool)
+    for kind in FACTOR:
+        rows = [i for i, s in enumerate(specs) if s.kind == kind]
+        groups = {specs[i].kernel for i in rows}
+        for group in groups:  # four kernels of each shape group
+            train[[i for i in rows if specs[i].kernel == group][:4]] = True
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    held = [s for s, keep in zip(specs, train, strict=True)
+            if not keep and s.kind == "conv"]
+    truth = stepped[~train & np.array([s.kind == "conv" for s in specs])]
+    model = KernelTransferPredictor().fit(sample, stepped[train], sources=[source])
+    conv = model.models_["conv"]
+    assert conv.mode == "map"
+    offsets = conv.groups
+    assert offsets["k3x3s1"] - offsets["k1x1s1"] == pytest.approx(np.log(1.5 / 0.6), abs=0.25)
+    grouped_error = median_error(model.predict(held), truth)
+    assert grouped_error < 0.06
+    path = tmp_path / "conv"
+    path.mkdir()
+    loaded = KernelTransferPredictor().load_kind(path / model.save_kind(conv, path / "conv"))
+    assert loaded.groups == pytest.approx(offsets)
+    monkeypatch.setattr(kernel_transfer, "GROUP_RIDGES", (None,))
+    flat = KernelTransferPredictor().fit(sample, stepped[train], sources=[source])
+    assert flat.models_["conv"].groups == {}
+    assert grouped_error < median_error(flat.predict(held), truth) / 2
