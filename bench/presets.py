@@ -116,6 +116,52 @@ def _grouped_convs() -> list[str]:
     return keys
 
 
+# The MobileNetV2 family's depthwise convolutions (bench/families.py: 5 resolutions, widths
+# 0.35-1, expansion 3 or 6): per input map size, the expanded channels its blocks reach at
+# stride 1 and at stride 2 (the first block's 3x3 at half the resolution included).
+_MOBILENET_DW_CHANNELS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    112: ((16, 24, 32), (24, 48, 96)), 96: ((16, 24, 32), (24, 48, 96)),
+    80: ((16, 24, 32), (24, 48, 96)), 64: ((16, 24, 32), (24, 48, 96)),
+    56: ((24, 48, 72, 96, 144), (24, 48, 72, 96, 144)),
+    48: ((16, 24, 32, 48, 72, 96, 144), (24, 48, 72, 96, 144)),
+    40: ((24, 48, 72, 96, 144), (24, 48, 72, 96, 144)),
+    32: ((24, 48, 72, 96, 144), (24, 48, 72, 96, 144)),
+    28: ((48, 72, 96, 144, 192), (48, 72, 96, 144, 192)),
+    24: ((24, 48, 72, 96, 144, 192), (24, 48, 72, 96, 144, 192)),
+    20: ((48, 72, 96, 144, 192), (48, 72, 96, 144, 192)),
+    16: ((48, 72, 96, 144, 192), (48, 72, 96, 144, 192)),
+    14: ((72, 96, 144, 192, 288, 432, 576), (96, 144, 192, 288, 432, 576)),
+    12: ((48, 96, 144, 192, 288, 432, 576), (48, 96, 144, 192, 288, 432, 576)),
+    10: ((72, 96, 144, 192, 288, 432, 576), (96, 144, 192, 288, 432, 576)),
+    8: ((72, 96, 144, 192, 288, 432, 576), (96, 144, 192, 288, 432, 576)),
+    7: ((168, 240, 336, 480, 720, 960), ()), 6: ((72, 144, 240, 360, 576, 960),
+                                                (96, 144, 216, 288, 432, 576)),
+    5: ((168, 240, 336, 480, 720, 960), ()), 4: ((168, 240, 336, 480, 720, 960), ()),
+    3: ((168, 240, 336, 480, 720, 960), ()),
+}
+
+
+def _mobilenet_depthwise_convs() -> list[str]:
+    """Depthwise convs over the MobileNetV2 family's shapes: every map size and stride it has,
+    3x3, 5x5 and 7x7 each at the least and the most channels the family reaches there, 7x7
+    also at one in between. XNNPACK's 7x7 depthwise kernel runs at a few GFLOPS and its time
+    jumps between neighbouring shapes: priced from the few 7x7 kernels of four sampled
+    networks, a MobileNetV2 full of them came out 30% fast on LiteRT."""
+    keys, turn = [], 0
+    for h, by_stride in _MOBILENET_DW_CHANNELS.items():
+        for stride, options in zip((1, 2), by_stride, strict=True):
+            if not options:
+                continue
+            for kernel in (3, 5, 7):
+                chosen = {options[0], options[-1]}
+                if kernel == 7:
+                    chosen.add(options[turn % len(options)])
+                    turn += 1
+                keys += [f"dwconv:n=1,h={h},w={h},cin={c},k={kernel},s={stride},"
+                         f"p={kernel // 2},act=relu6,dtype=float32" for c in sorted(chosen)]
+    return keys
+
+
 def _families(**counts: int) -> list[str]:
     """"family:NAME:COUNT:SEED" kernel sets of the presets."""
     return [f"family:{name}:{count}:{PRESET_FAMILY_SEED}" for name, count in counts.items()]
@@ -140,6 +186,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "platforms": {"spaces": ["nasbench-macro", *_families(resnet=4, vit=4, mobilenetv2=4,
                                                           resnet50=3)],
                   "primitives": True, "around": 2, "random": list(TRANSFORMER_RANDOM),
+                  "specs": _mobilenet_depthwise_convs(),
                   "networks": ["nasbench-macro:30", "resnet:3", "vit:4", "mobilenetv2:4",
                                "resnet50:3"]},
     # The same, denser around the space, plus wide random kernels for networks outside it.

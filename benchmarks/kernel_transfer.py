@@ -4,8 +4,9 @@ device time spent on the target, for pairs of the platform matrix's platforms.
 Computation only: the full campaigns that `benchmarks/platform_matrix.py` measured (one folder
 per platform under --matrix, with data/, eval/, predictor/ and campaign_seconds.txt, or its
 runN/ folders: --run picks one) stand in for the target device; a pair whose platforms the
-matrix did not measure is left out. A budget is simulated by running the
-sampler (`sample_transfer`, with the costs it would estimate from the sources) over the
+matrix did not measure is left out. A budget is simulated by running the sampler
+(`sample_transfer`, with the costs it would estimate from the sources, repriced in rounds by
+what the kernels chosen so far took on the target, as `predictor transfer` does) over the
 target's measured kernels and calibration networks and reading the chosen ones' latencies from
 the records instead of measuring anew; the minutes reported are what the chosen subjects took
 in the full campaign (their timed calls plus the campaign's fixed cost per subject). Held-out
@@ -126,7 +127,9 @@ def run_pair(source: TransferSource, target: Target, fraction: float) -> dict[st
     families = [key.split(":")[0] for key, _, _ in target.networks]
     sample = sample_transfer(target.specs, logs, estimated, fraction * target.seconds,
                              network_costs=cost.seconds(np.array(net_ms)),
-                             network_families=families, cost=cost)
+                             network_families=families, cost=cost,
+                             measure=lambda ks, ns: (target.op_cost[ks],
+                                                     target.net_cost[ns]))
     rows = list(sample.kernels)
     specs = [target.specs[i] for i in rows]
     ms = target.kernel_ms[rows]

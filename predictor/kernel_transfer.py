@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,26 @@ class MeasureCost:
                               np.maximum(self.min_runs, 1000.0 * self.max_seconds / ms))
         return self.subject_overhead_s + (self.warmup + runs) * ms / 1000.0
 
+    def spent(self, records: Any) -> dict[str, float]:
+        """Seconds each stored subject (by key) took: the fixed cost, its warm-up and the timed
+        calls its record counts."""
+        runs = records["n_runs"].to_numpy(dtype=np.float64)
+        ms = records["mean_ms"].to_numpy(dtype=np.float64)
+        seconds = self.subject_overhead_s + (self.warmup + runs) * ms / 1000.0
+        return {k: s for k, s in zip(records["key"], seconds.tolist(), strict=True)
+                if math.isfinite(s)}
+
 
 # --- the sampler ---------------------------------------------------------------------------------
+# Measures kernels and networks (indices) on the target; the seconds each took, in order.
+MeasureOnTarget = Callable[[list[int], list[int]], tuple[np.ndarray, np.ndarray]]
+# With measuring, the rest of the sample after the covering round is taken in rounds of this
+# share of the budget left (the last round takes all of it): each round is priced from what
+# every kernel measured so far took.
+ROUND_SHARE = 0.5
+LAST_ROUND = 0.1  # of the budget: what is left below this is spent in one round
+
+
 @dataclass(frozen=True)
 class TransferSample:
     """What to measure on the target: indices of kernels and of calibration networks, why each
@@ -225,8 +243,8 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
                     budget_s: float, *, network_costs: Sequence[float] = (),
                     network_families: Sequence[str] = (), kind_weight: dict[str, float] | None
                     = None, cost: MeasureCost | None = None, per_kind: int = COVER_PER_KIND,
-                    network_share: float = NETWORK_SHARE, seed: int = SAMPLE_SEED
-                    ) -> TransferSample:
+                    network_share: float = NETWORK_SHARE, seed: int = SAMPLE_SEED,
+                    measure: MeasureOnTarget | None = None) -> TransferSample:
     """Choose the kernels (and calibration networks) to measure on the target within
     `budget_s` seconds of device time.
 
@@ -239,7 +257,18 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
     the chosen kernels of its kind (standardized log-size features and the sources' mean
     prediction: where the map is least certain) plus how much the sources disagree about it
     beyond their usual offset, times its kind's weight (default: equal). A budget below
-    `minimum_budget_s` is a ConfigError naming the minimum."""
+    `minimum_budget_s` is a ConfigError naming the minimum.
+
+    With `measure`, the sample is measured as it is chosen (`measure(kernels, networks)`
+    returns the seconds each took): the covering kernels and the networks first, then the
+    rest in rounds (ROUND_SHARE of what is left each, all of it once under LAST_ROUND of the
+    budget). Each round gets what is left of the budget after the real cost of everything
+    before it, and each kernel's estimate is scaled by how far its kind's measured kernels were
+    off theirs (`rescaled_costs`). The sources' times are only a guess at the target's: priced
+    from them alone, an int8 sample overspent a 10% budget by 66% (an fp32 source) and a
+    2-thread one by 650% (a 1-thread source, on a machine whose 2-thread campaign ran in slow
+    phases); choosing the cheapest-looking kernels favours the underestimated ones, which
+    rounds re-priced from more measurements keep in check."""
     cost = cost or MeasureCost()
     specs = list(specs)
     logs = np.atleast_2d(np.asarray(source_logs, dtype=np.float64))
@@ -294,15 +323,58 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
             rows = np.flatnonzero((kinds == kind) & ~taken & (costs <= left))
             if len(rows):
                 take(int(rows[np.argmax(nearest[rows])]), "cover")
+    estimated = costs
+    seconds: list[float] = []  # what each measured kernel took, in the order chosen
+    network_s = 0.0
+
+    def settle() -> float:
+        """Measure what was chosen since the last call; the budget left after it all."""
+        nonlocal costs, network_s
+        new = chosen[len(seconds):]
+        kernel_s, net_s = measure(new, list(networks) if not seconds else [])
+        seconds.extend(float(x) for x in kernel_s)
+        network_s += float(np.sum(net_s))
+        costs = rescaled_costs(kinds, estimated, chosen, np.array(seconds))
+        return budget_s - cost.campaign_overhead_s - sum(seconds) - network_s
+
+    if measure is not None:
+        left = settle()
+    round_end = left - ROUND_SHARE * left if measure is not None \
+        and left > LAST_ROUND * budget_s else -math.inf
     while True:
         rows = np.flatnonzero(~taken & (costs <= left))
         if not len(rows):
-            break
+            if round_end == -math.inf or len(seconds) == len(chosen):
+                break
+            left = settle()  # a round ended short of its share: measure it, then go on
+            round_end = left - ROUND_SHARE * left if left > LAST_ROUND * budget_s \
+                else -math.inf
+            continue
         value = np.array([weight[k] for k in kinds[rows]]) * (
             nearest[rows] + DISAGREEMENT_WEIGHT * spread[rows])
         take(int(rows[np.argmax(value / np.sqrt(costs[rows]))]), "spread")
+        if left <= round_end:
+            left = settle()
+            round_end = left - ROUND_SHARE * left if left > LAST_ROUND * budget_s \
+                else -math.inf
+    if measure is not None and len(seconds) < len(chosen):
+        left = settle()
     return TransferSample(tuple(chosen), tuple(networks), tuple(reasons),
                           budget_s - left, budget_s)
+
+
+def rescaled_costs(kinds: np.ndarray, costs: np.ndarray, measured: Sequence[int],
+                   seconds: np.ndarray) -> np.ndarray:
+    """`costs` scaled per kind by the median ratio of the measured kernels' real `seconds` to
+    their estimates (a kind none of them has: the median over all of them)."""
+    if not len(measured):
+        return costs
+    rows = np.asarray(measured, dtype=int)
+    ratio = np.asarray(seconds, dtype=np.float64) / np.maximum(costs[rows], 1e-9)
+    scale = np.full(len(costs), float(np.median(ratio)))
+    for kind in set(kinds[rows].tolist()):
+        scale[kinds == kind] = float(np.median(ratio[kinds[rows] == kind]))
+    return costs * scale
 
 
 def _sample_space(specs: Sequence[OpSpec], logs: np.ndarray) -> np.ndarray:
@@ -768,28 +840,45 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
     logs = np.array([s.log_ms(specs) for s in sources])
     net_ms = [float(np.exp(np.mean([s.log_ms(list(n.kernels)) for s in sources],
                                    axis=0)).sum()) for n in networks]
-    sample = sample_transfer(specs, logs, cost.seconds(np.exp(logs.mean(axis=0))), budget_s,
-                             network_costs=cost.seconds(np.array(net_ms)),
-                             network_families=[n.family for n in networks], cost=cost,
-                             seed=seed)
-    if note:
-        note(f"measuring {len(sample.kernels)} of the plan's {len(specs)} kernels "
-             f"({sample.reasons.count('cover')} covering its {len({s.kind for s in specs})} "
-             f"kinds) and {len(sample.networks)} of its {len(networks)} calibration networks "
-             f"on {target}: about {sample.estimated_s / 60:.1f} of {budget_s / 60:.1f} min")
-    subjects = [Subject.op(specs[i]) for i in sample.kernels] + \
-        [networks[j] for j in sample.networks]
+    costs, network_costs = cost.seconds(np.exp(logs.mean(axis=0))), cost.seconds(np.array(net_ms))
     transfer = {"sources": [{"source": s.label, "platform": s.platform.to_json()}
-                            for s in sources], "plan": plan.name,
-                "budget_minutes": budget_s / 60, **sample.to_json()}
+                            for s in sources], "plan": plan.name, "budget_minutes": budget_s / 60}
+    card = {**(card or {}), "plan": plan.to_dict(), "transfer": transfer}
     # device time spent by earlier runs of this transfer (a crashed or interrupted run resumed):
     # the minutes reported are those of all runs together
     before = float(LatencyDataset.open(Path(data)).card.get("transfer_seconds") or 0.0) \
         if (Path(data) / "card.json").exists() else 0.0
     started = time.perf_counter()
-    measure_into_dataset(subjects, device, runtime, Path(data), config,
-                         card={**(card or {}), "plan": plan.to_dict(), "transfer": transfer},
-                         progress=progress)
+
+    def measure(kernels: list[int], nets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Measure a round of the sample (stored subjects are skipped on a resumed run): what
+        it took prices the next."""
+        if note:
+            what = (f"{len(kernels)} kernels covering the plan's {len({s.kind for s in specs})} "
+                    f"kinds and {len(nets)} calibration networks") if nets or not rounds else \
+                f"{len(kernels)} more kernels"
+            note(f"measuring {what} on {target}"
+                 + (f" ({sum(rounds) / 60:.1f} of {budget_s / 60:.1f} min spent)" if rounds
+                    else ""))
+        measure_into_dataset([Subject.op(specs[i]) for i in kernels]
+                             + [networks[j] for j in nets], device, runtime, Path(data), config,
+                             card=card, progress=progress)
+        spent = cost.spent(LatencyDataset.open(Path(data)).records())
+        out = (np.array([spent.get(specs[i].key(), costs[i]) for i in kernels]),
+               np.array([spent.get(networks[j].key, network_costs[j]) for j in nets]))
+        rounds.append(float(out[0].sum() + out[1].sum()))
+        return out
+
+    rounds: list[float] = []  # the seconds each measured round took, by the records
+    sample = sample_transfer(specs, logs, costs, budget_s, network_costs=network_costs,
+                             network_families=[n.family for n in networks], cost=cost,
+                             seed=seed, measure=measure)
+    if note:
+        note(f"measured {len(sample.kernels)} of the plan's {len(specs)} kernels and "
+             f"{len(sample.networks)} of its {len(networks)} calibration networks in "
+             f"{len(rounds)} rounds: {sample.estimated_s / 60:.1f} of {budget_s / 60:.1f} min")
+    transfer = {**transfer, **sample.to_json()}
+    LatencyDataset.open(Path(data)).update_card(transfer=transfer)
     seconds = before + time.perf_counter() - started
     dataset = LatencyDataset.open(Path(data))
     dataset.update_card(transfer_seconds=seconds)

@@ -45,6 +45,7 @@ from latbench.predictor.model_level import (
     COMPOSITION_TERMS,
     DEFAULT_MARGIN,
     OPTIONAL_TERMS,
+    STREAMED,
     Composition,
     NetworkPrediction,
     OutOfRange,
@@ -561,6 +562,9 @@ class LatencyPredictor:
             {k: float(v) for k, v in (manifest.get("kind_scale") or {}).items()},
             {k: float(v) for k, v in (manifest.get("composition_terms") or {}).items()},
             dict(manifest.get("composition") or {"networks": 0}))
+        if STREAMED in composition.terms and composition.weight_cache_mb is None:
+            raise PredictorError(f"{path / MANIFEST}: term {STREAMED!r} needs "
+                                 "'weight_cache_mb' in field 'composition'")
         fusion = manifest.get("fusion") or {}
         block_keys = manifest.get("block_keys") or []
         if not isinstance(block_keys, list) or not all(isinstance(k, str) for k in block_keys):

@@ -142,9 +142,17 @@ class NetworkPrediction:
 # - "spilled_layout_mb": MB beyond SPILL_BYTES of each input and output tensor of the
 #   blocked-layout kernels: a layout conversion of a tensor past the cache streams from memory;
 # - "unaligned_add_pool_mb": input + output MB of Add and pooling kernels off the channel
-#   block, which a runtime neither fuses nor pools in the blocked layout.
+#   block, which a runtime neither fuses nor pools in the blocked layout;
+# - "streamed_weight_mb": MB of the kernel's weights times max(0, 1 - C / W), W the MB of all
+#   the network's weights and C the composition's `weight_cache_mb` (chosen among
+#   WEIGHT_CACHE_MB by leave-one-out): once a network's weights outgrow what the cache keeps
+#   from one inference to the next, its kernels read them from memory, where timed alone
+#   they found them in cache (LiteRT: ResNet-50 with 100 MB of weights ran 10 ms over its
+#   kernels' sum at 128 px and at 224 px alike, a network of 6 MB on it).
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb", "unaligned_add_pool_mb")
+                     "spilled_layout_mb", "unaligned_add_pool_mb", "streamed_weight_mb")
+STREAMED = "streamed_weight_mb"
+WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
 # tensors' own NHWC layout, they were fitted to other causes and priced a MobileNetV2 at 224 px
@@ -152,7 +160,8 @@ COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gf
 LAYOUT_TERMS = frozenset({"layout_bytes", "aligned_conv_gflops", "spilled_layout_mb",
                           "unaligned_add_pool_mb"})
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
-OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb"})
+OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb",
+                            STREAMED})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
 BLOCK_FALLBACK_KINDS = frozenset({"add", "pool"})  # fused / blocked only at aligned widths
 CHANNEL_BLOCK = 16
@@ -172,17 +181,32 @@ def runtime_terms(terms: Sequence[str], runtime: str | None) -> tuple[str, ...]:
     return tuple(t for t in terms if t not in LAYOUT_TERMS)
 
 
-def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
+def weight_mb(spec: OpSpec) -> float:
+    return kernel_cost(spec).params * BYTES_PER_ELEMENT[spec.dtype] / 1e6
+
+
+def network_weight_mb(specs: Sequence[OpSpec]) -> float:
+    """MB of all the weights of a network's kernels."""
+    return float(sum(weight_mb(s) for s in specs))
+
+
+def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
+                weight_cache_mb: float | None = None) -> list[float]:
+    """The kernel's value of each term; "streamed_weight_mb" needs the MB of the weights of
+    the network the kernel is in (`network_weight_mb`) and the cache size, else it is 0."""
     out = []
     cost = kernel_cost(spec) if set(terms) - {"per_kernel"} else None
     for term in terms:
         if term == "per_kernel":
             out.append(1.0)
+        elif term == STREAMED:
+            streamed = weight_cache_mb is not None and network_mb > weight_cache_mb
+            out.append(weight_mb(spec) * (1 - weight_cache_mb / network_mb) if streamed else 0.0)
         elif term == "layout_bytes":
             in_layout = spec.kind in LAYOUT_KINDS
             out.append((cost.input_bytes + cost.output_bytes) / 1e6 if in_layout else 0.0)
         elif term == "weight_mb":
-            out.append(cost.params * BYTES_PER_ELEMENT[spec.dtype] / 1e6)
+            out.append(weight_mb(spec))
         elif term == "aligned_conv_gflops":
             aligned = spec.kind == "conv" and (spec.cin or 0) % CHANNEL_BLOCK == 0 \
                 and (spec.cout or 0) % CHANNEL_BLOCK == 0
@@ -204,18 +228,27 @@ def term_values(spec: OpSpec, terms: Sequence[str]) -> list[float]:
 class Composition:
     """Per-kind scales, term coefficients (ms per unit) and a summary of their fit (errors of
     the plain sum and of the composition, in sample and leave-one-out, terms tried and
-    dropped, the calibration networks' keys). The identity (no scales, no terms) prices a
-    network as the plain sum of its kernels."""
+    dropped, the calibration networks' keys, and `weight_cache_mb`: the cache size of the
+    streamed-weights term). The identity (no scales, no terms) prices a network as the plain
+    sum of its kernels."""
 
     kind_scale: dict[str, float] = field(default_factory=dict)
     terms: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=lambda: {"networks": 0})
 
+    @property
+    def weight_cache_mb(self) -> float | None:
+        value = self.summary.get("weight_cache_mb")
+        return None if value is None else float(value)
+
     def compose(self, raw: np.ndarray, specs: Sequence[OpSpec]) -> np.ndarray:
-        """Each kernel's contribution to a network from its own prediction `raw`: times its
-        kind's scale, plus the terms, never below MIN_SHARE of the prediction."""
+        """Each kernel's contribution to a network (`specs`, all of its kernels) from its own
+        prediction `raw`: times its kind's scale, plus the terms, never below MIN_SHARE of the
+        prediction."""
         names = sorted(self.terms)
-        values = np.array([term_values(s, names) for s in specs]) if names and specs else None
+        total = network_weight_mb(specs) if STREAMED in names else 0.0
+        values = np.array([term_values(s, names, total, self.weight_cache_mb) for s in specs]) \
+            if names and specs else None
         return _compose(np.asarray(raw, dtype=np.float64), [s.kind for s in specs], values,
                         self.kind_scale, [self.terms[t] for t in names])
 
@@ -250,9 +283,10 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     fit count with Huber weights (`huber_weights`): calibration networks are measured once.
     Terms in `optional` are kept only if they lower the leave-one-out error: where a term says
     nothing new (every convolution aligned) it only adds a free parameter; one that fewer than
-    MIN_TERM_NETWORKS networks carry is not tried. The summary holds
-    the scales, terms, networks used, RMSPE of the plain sum and of the composition (in sample
-    and leave-one-out), 90th percentile under-prediction.
+    MIN_TERM_NETWORKS networks carry is not tried. The streamed-weights term is fitted with
+    each cache size of WEIGHT_CACHE_MB and the least leave-one-out error wins. The summary
+    holds the scales, terms, networks used, RMSPE of the plain sum and of the composition (in
+    sample and leave-one-out), 90th percentile under-prediction, the cache size if kept.
     """
     if not networks:
         raise PredictorError("no calibration networks to fit the composition on")
@@ -264,13 +298,30 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
     measured = np.array([float(ms) for _, ms in networks])
     if np.any(~np.isfinite(measured)) or np.any(measured <= 0):
         raise PredictorError("calibration network latencies must be finite and positive")
-    design = _CompositionDesign(kernels, networks, terms, measured, overhead_ms, robust)
+    predictions = [np.asarray(kernels.predict(list(specs)), dtype=np.float64)
+                   for specs, _ in networks]
+    fit = None
+    # The streamed-weights term's cache size: each candidate, the least leave-one-out error.
+    for cache in WEIGHT_CACHE_MB if STREAMED in terms else (None,):
+        design = _CompositionDesign(list(kernels.kinds), networks, predictions, terms, measured,
+                                    overhead_ms, robust, cache)
+        trial = _choose_terms(design, terms, optional, ridge)
+        if fit is None or trial.summary.get("rmspe_pct_loo", np.inf) \
+                < fit.summary.get("rmspe_pct_loo", np.inf):
+            fit = trial
+    if STREAMED not in fit.terms:
+        fit.summary.pop("weight_cache_mb", None)
+    return fit
+
+
+def _choose_terms(design: _CompositionDesign, terms: Sequence[str], optional: Collection[str],
+                  ridge: float) -> Composition:
+    """The fit with every subset of the optional terms (there are few) a network set supports:
+    the least leave-one-out error wins, and of equal ones the subset with fewer terms."""
     unsupported = [t for t in terms if t in optional and design.support(t) < MIN_TERM_NETWORKS]
     terms = [t for t in terms if t not in unsupported]
-    choosable = [t for t in terms if t in optional] if len(networks) > 1 else []
+    choosable = [t for t in terms if t in optional] if len(design.measured) > 1 else []
     fit, dropped = design.solve(terms, ridge), []
-    # Every subset of the optional terms (there are few); the least leave-one-out error wins,
-    # and of equal ones the subset with fewer terms.
     for size in range(1, len(choosable) + 1):
         for left_out in itertools.combinations(choosable, size):
             trial = design.solve([t for t in terms if t not in left_out], ridge)
@@ -284,22 +335,24 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
 class _CompositionDesign:
     """Per-network kernel predictions and term values, computed once for every fit tried."""
 
-    def __init__(self, kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], float]],
-                 terms: Sequence[str], measured: np.ndarray, overhead_ms: float,
-                 robust: bool = True) -> None:
+    def __init__(self, kinds: Sequence[str], networks: Sequence[tuple[Sequence[OpSpec], float]],
+                 predictions: Sequence[np.ndarray], terms: Sequence[str], measured: np.ndarray,
+                 overhead_ms: float, robust: bool = True,
+                 weight_cache_mb: float | None = None) -> None:
         self.robust = robust
-        self.kinds = list(kernels.kinds)
+        self.kinds = list(kinds)
         self.terms = list(terms)
         self.measured = measured
         self.overhead = float(overhead_ms)
+        self.weight_cache_mb = weight_cache_mb
         index = {k: i for i, k in enumerate(self.kinds)}
         self.sums = np.zeros((len(networks), len(self.kinds) + len(self.terms)))
         self.kernels: list[tuple[np.ndarray, list[str], np.ndarray]] = []
-        for row, (specs, _) in enumerate(networks):
+        for row, ((specs, _), raw) in enumerate(zip(networks, predictions, strict=True)):
             specs = list(specs)
-            raw = np.asarray(kernels.predict(specs), dtype=np.float64)
-            values = np.array([term_values(s, self.terms) for s in specs]).reshape(
-                len(specs), len(self.terms))
+            total = network_weight_mb(specs) if STREAMED in self.terms else 0.0
+            values = np.array([term_values(s, self.terms, total, weight_cache_mb)
+                               for s in specs]).reshape(len(specs), len(self.terms))
             for spec, ms in zip(specs, raw, strict=True):
                 self.sums[row, index[spec.kind]] += ms
             self.sums[row, len(self.kinds):] = values.sum(axis=0)
@@ -346,6 +399,8 @@ class _CompositionDesign:
                    "rmspe_pct_composed": _rmspe(after, self.measured),
                    "underprediction_p90_pct": float(100 * max(0.0, under)),
                    "weights": [round(float(w), 4) for w in weights]}
+        if STREAMED in terms:
+            summary["weight_cache_mb"] = self.weight_cache_mb
         if len(self.measured) > 1:
             # Leave-one-out predictions: how the composition does on a network it was not
             # fitted on, which is what a search's safety margin must cover.

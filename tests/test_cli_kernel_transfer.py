@@ -84,6 +84,9 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     assert "measuring" in err and "predictor written to" in stdout
+    # the covering kernels and networks are measured first; what they took prices the rest
+    assert err.index("kernels covering the plan's") < err.index("calibration networks in")
+    assert "rounds:" in err
     predictor = LatencyPredictor.load(out)
     assert predictor.platform.runtime == "onnxruntime" and predictor.platform.threads == 1
     transfer = predictor.info_["transfer"]

@@ -7,6 +7,7 @@ import functools
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from latbench.bench.ops import OpSpec, decompose
@@ -374,3 +375,31 @@ def test_refusals_while_building_name_the_plan_and_entry(tmp_path: Path) -> None
         build_specs(Plan("p", random=(RandomKernels("conv", 1, {"act": ["celu"]}),)))
     with pytest.raises(ConfigError, match=r"^plan 'p': random entry 0 \(conv\)"):
         build_specs(Plan("p", random=(RandomKernels("conv", 1, {"stride": 0}),)))
+
+
+def test_platforms_preset_spans_the_mobilenetv2_family_depthwise_shapes() -> None:
+    """Every map size, stride and kernel size a MobileNetV2 of the family gives a depthwise
+    conv (5x5 and 7x7 included, whose time on LiteRT jumps between neighbouring shapes) is
+    measured by the `platforms` plan, at channel counts reaching the family's least and most
+    there within a factor of 2."""
+    from latbench.bench.families import MobileNetV2Family
+    from latbench.bench.plans import load_plan
+
+    family, rng = MobileNetV2Family(), np.random.default_rng(3)
+    wanted: dict[tuple[int, int, int], set[int]] = {}
+    for _ in range(400):
+        _, config = family.sample(rng)
+        h = config.resolution // 2
+        for block in config.blocks:
+            wanted.setdefault((block.kernel, block.stride, h), set()).add(block.mid)
+            h = -(-h // block.stride)
+    planned: dict[tuple[int, int, int], set[int]] = {}
+    for spec in map(OpSpec.from_key, load_plan("platforms").specs):
+        if spec.kind == "dwconv":
+            planned.setdefault((spec.kernel, spec.stride, spec.h), set()).add(spec.cin)
+    assert {kernel for kernel, _, _ in wanted} == {3, 5, 7}
+    missing = sorted(set(wanted) - set(planned))
+    assert not missing, f"depthwise shapes the plan lacks (kernel, stride, h): {missing}"
+    for shape, channels in wanted.items():
+        assert min(planned[shape]) <= 2 * min(channels), shape
+        assert max(planned[shape]) >= max(channels) / 2, shape

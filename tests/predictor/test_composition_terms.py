@@ -312,3 +312,50 @@ def test_optional_term_carried_by_too_few_networks_is_not_tried() -> None:
                 terms=["per_kernel", "spilled_layout_mb"], optional={"spilled_layout_mb"})
     assert fit.summary["optional_terms_dropped"] == ["spilled_layout_mb"]
     assert set(fit.terms) == {"per_kernel"}
+
+
+def test_streamed_weights_are_priced_once_a_network_outgrows_the_cache(tmp_path: Path) -> None:
+    """Networks whose weights pass 16 MB pay for every MB beyond what the cache keeps (the
+    kernels' sum priced a 100 MB ResNet-50 10 ms low on LiteRT); smaller ones pay nothing. The
+    fit finds the cache size among its candidates and the cost per MB, prices a larger
+    network it never saw, and the predictor keeps both through save and load."""
+    from latbench.predictor.model_level import STREAMED, network_weight_mb
+
+    rng = np.random.default_rng(11)
+    nets = []
+    for _ in range(40):
+        c, depth = int(rng.choice([32, 64, 128, 256, 384, 512])), int(rng.integers(4, 12))
+        nets.append([OpSpec("conv", h=4, w=4, cin=c, cout=c, kernel=3, pad=1)
+                     for _ in range(depth)])
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.01 + 20 * kernel_cost(s).flops / 1e9 for s in specs])
+    per_mb, cache_mb = 0.12, 16.0
+
+    def truth(net: list[OpSpec]) -> float:
+        total = network_weight_mb(net)
+        return OVERHEAD_MS + float(np.sum(table.predict(net))) + per_mb * max(0.0,
+                                                                              total - cache_mb)
+
+    assert sum(network_weight_mb(n) > cache_mb for n in nets) >= MIN_TERM_NETWORKS
+    assert sum(network_weight_mb(n) < cache_mb for n in nets) >= 10
+    noise = np.random.default_rng(12).normal(1.0, 0.005, len(nets))
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    fit = solve(table, calibration, terms=["per_kernel", STREAMED], optional={STREAMED})
+    assert fit.weight_cache_mb == cache_mb and fit.summary["weight_cache_mb"] == cache_mb
+    assert fit.terms[STREAMED] == pytest.approx(per_mb, rel=0.1)
+    plain = solve(table, calibration, terms=["per_kernel"])
+    assert fit.summary["rmspe_pct_loo"] < 0.5 * plain.summary["rmspe_pct_loo"]
+    big = [OpSpec("conv", h=4, w=4, cin=512, cout=512, kernel=3, pad=1)] * 16  # 151 MB
+    predictor = composed(table, calibration, terms=["per_kernel", STREAMED],
+                         optional={STREAMED})
+    assert predictor.predict(big).predicted_ms == pytest.approx(truth(big), rel=0.03)
+    predictor.save(tmp_path / "p")
+    again = LatencyPredictor.load(tmp_path / "p")
+    assert again.predict(big).predicted_ms == pytest.approx(predictor.predict(big).predicted_ms)
+    # a saved composition with the term but no cache size is refused, not silently wrong
+    manifest = tmp_path / "p" / "manifest.json"
+    text = manifest.read_text().replace('"weight_cache_mb"', '"weight_cache_was"')
+    manifest.write_text(text)
+    with pytest.raises(PredictorError, match="weight_cache_mb"):
+        LatencyPredictor.load(tmp_path / "p")

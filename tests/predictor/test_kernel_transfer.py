@@ -134,6 +134,45 @@ def test_the_sampler_covers_every_kind_within_the_budget(synthetic):
     assert len(set(sample.kernels)) == len(sample.kernels)
 
 
+def test_the_sampler_prices_each_round_from_what_was_measured(synthetic):
+    """A target four times slower on convolutions than the sources say (an int8 target priced
+    from an fp32 source, the other way round): measured as it is chosen - the covering kernels
+    and networks first, then the rest in rounds - the sample keeps to its budget, where
+    priced from the sources alone it overspends; every kernel is measured once."""
+    specs, _, source, _ = synthetic
+    cost = MeasureCost()
+    estimated = cost.seconds(np.exp(source.log_ms(specs)))
+    real = estimated * np.array([4.0 if s.kind == "conv" else 1.0 for s in specs])
+    network_s = np.array([2.0, 3.0, 50.0])
+    calls = []
+
+    def measure(kernels: list[int], networks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((list(kernels), list(networks)))
+        return real[kernels], network_s[networks]
+
+    budget = 30.0
+    options = {"network_costs": list(network_s), "network_families": ["a", "b", "a"],
+               "cost": cost}
+    guessed = sample_transfer(specs, source.log_ms(specs)[None, :], estimated, budget, **options)
+    measured = sample_transfer(specs, source.log_ms(specs)[None, :], estimated, budget,
+                               measure=measure, **options)
+
+    def real_spend(sample) -> float:
+        return cost.campaign_overhead_s + real[list(sample.kernels)].sum() + network_s[
+            list(sample.networks)].sum()
+
+    assert real_spend(guessed) > 1.2 * budget
+    assert real_spend(measured) <= budget
+    assert real_spend(measured) == pytest.approx(measured.estimated_s)
+    first, networks = calls[0]
+    assert networks == list(measured.networks) and all(not n for _, n in calls[1:])
+    assert first == list(measured.kernels[:len(first)])
+    assert set(measured.reasons[:len(first)]) == {"cover"}
+    assert len(calls) >= 3  # the covering round, then rounds of what was left
+    assert [i for kernels, _ in calls for i in kernels] == list(measured.kernels)
+    assert budget - real_spend(measured) < real[list(measured.kernels)].max() + 1.0
+
+
 def test_the_sampler_spends_more_where_sources_disagree(synthetic):
     specs, _, source, _ = synthetic
     logs = source.log_ms(specs)
