@@ -337,26 +337,28 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
         costs = rescaled_costs(kinds, estimated, chosen, np.array(seconds))
         return budget_s - cost.campaign_overhead_s - sum(seconds) - network_s
 
+    def round_end(left: float) -> float:
+        """What is left when the round that starts with `left` ends (-inf: never, the last)."""
+        return (1 - ROUND_SHARE) * left if measure is not None \
+            and left > LAST_ROUND * budget_s else -math.inf
+
     if measure is not None:
         left = settle()
-    round_end = left - ROUND_SHARE * left if measure is not None \
-        and left > LAST_ROUND * budget_s else -math.inf
+    end = round_end(left)
     while True:
         rows = np.flatnonzero(~taken & (costs <= left))
         if not len(rows):
-            if round_end == -math.inf or len(seconds) == len(chosen):
+            if end == -math.inf or len(seconds) == len(chosen):
                 break
             left = settle()  # a round ended short of its share: measure it, then go on
-            round_end = left - ROUND_SHARE * left if left > LAST_ROUND * budget_s \
-                else -math.inf
+            end = round_end(left)
             continue
         value = np.array([weight[k] for k in kinds[rows]]) * (
             nearest[rows] + DISAGREEMENT_WEIGHT * spread[rows])
         take(int(rows[np.argmax(value / np.sqrt(costs[rows]))]), "spread")
-        if left <= round_end:
+        if left <= end:
             left = settle()
-            round_end = left - ROUND_SHARE * left if left > LAST_ROUND * budget_s \
-                else -math.inf
+            end = round_end(left)
     if measure is not None and len(seconds) < len(chosen):
         left = settle()
     return TransferSample(tuple(chosen), tuple(networks), tuple(reasons),
