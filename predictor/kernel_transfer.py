@@ -503,12 +503,14 @@ def fit_map(kinds: Sequence[str], source_logs: np.ndarray, log_ms: np.ndarray,
     GROUP_RIDGES (`groups`: each sample's `shape_group`; offsets only for kinds sampled in
     two groups or more)."""
     groups = list(groups) if groups is not None else [""] * len(kinds)
+    columns = _group_columns(kinds, groups)
     best = None
     for deviation_ridge in SLOPE_DEVIATION_RIDGES:
         for residual_ridge in RESIDUAL_RIDGES:
             for group_ridge in GROUP_RIDGES:
                 fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge,
-                                 residual_ridge, groups, group_ridge)
+                                 residual_ridge, groups,
+                                 columns if group_ridge is not None else [], group_ridge)
                 score = _rms(fit.loo)
                 if best is None or score < best[0] - 1e-12:
                     best = (score, fit)
@@ -552,12 +554,13 @@ def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
 
 
 def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: np.ndarray,
-               deviation_ridge: float, residual_ridge: float | None,
-               groups: Sequence[str] = (), group_ridge: float | None = None) -> MapFit:
+               deviation_ridge: float, residual_ridge: float | None, groups: Sequence[str],
+               group_columns: Sequence[tuple[str, str]], group_ridge: float | None) -> MapFit:
+    """One fit of the map; `group_columns` (`_group_columns`, empty without offsets) are the
+    (kind, shape group) pairs that get an offset."""
     order = sorted(set(kinds))
     n_sources, n_kinds = logs.shape[0], len(order)
     residual = residual_ridge is not None
-    group_columns = _group_columns(kinds, groups) if group_ridge is not None else []
     # Residual features centred per kind: the offsets keep meaning the kind's typical level.
     centred = features - np.array([features[np.asarray(kinds) == k].mean(axis=0)
                                    for k in kinds]) if residual else features

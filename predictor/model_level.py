@@ -149,9 +149,9 @@ class NetworkPrediction:
 #   from one inference to the next, its kernels read them from memory, where timed alone
 #   they found them in cache (LiteRT: ResNet-50 with 100 MB of weights ran 10 ms over its
 #   kernels' sum at 128 px and at 224 px alike, a network of 6 MB on it).
-COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb", "unaligned_add_pool_mb", "streamed_weight_mb")
 STREAMED = "streamed_weight_mb"
+COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
+                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED)
 WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
@@ -181,13 +181,9 @@ def runtime_terms(terms: Sequence[str], runtime: str | None) -> tuple[str, ...]:
     return tuple(t for t in terms if t not in LAYOUT_TERMS)
 
 
-def weight_mb(spec: OpSpec) -> float:
-    return kernel_cost(spec).params * BYTES_PER_ELEMENT[spec.dtype] / 1e6
-
-
 def network_weight_mb(specs: Sequence[OpSpec]) -> float:
     """MB of all the weights of a network's kernels."""
-    return float(sum(weight_mb(s) for s in specs))
+    return float(sum(kernel_cost(s).params * BYTES_PER_ELEMENT[s.dtype] for s in specs)) / 1e6
 
 
 def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
@@ -196,17 +192,18 @@ def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
     the network the kernel is in (`network_weight_mb`) and the cache size, else it is 0."""
     out = []
     cost = kernel_cost(spec) if set(terms) - {"per_kernel"} else None
+    weights = cost.params * BYTES_PER_ELEMENT[spec.dtype] / 1e6 if cost else 0.0
     for term in terms:
         if term == "per_kernel":
             out.append(1.0)
         elif term == STREAMED:
             streamed = weight_cache_mb is not None and network_mb > weight_cache_mb
-            out.append(weight_mb(spec) * (1 - weight_cache_mb / network_mb) if streamed else 0.0)
+            out.append(weights * (1 - weight_cache_mb / network_mb) if streamed else 0.0)
         elif term == "layout_bytes":
             in_layout = spec.kind in LAYOUT_KINDS
             out.append((cost.input_bytes + cost.output_bytes) / 1e6 if in_layout else 0.0)
         elif term == "weight_mb":
-            out.append(weight_mb(spec))
+            out.append(weights)
         elif term == "aligned_conv_gflops":
             aligned = spec.kind == "conv" and (spec.cin or 0) % CHANNEL_BLOCK == 0 \
                 and (spec.cout or 0) % CHANNEL_BLOCK == 0
