@@ -59,7 +59,9 @@ PAIRS = (("onnxruntime_fp32_1t", "litert-xnnpack_fp32_1t"),
          ("litert-xnnpack_fp32_1t", "litert-xnnpack_fp32_2t"),
          ("litert-xnnpack_fp32_2t", "litert-xnnpack_fp32_1t"),
          ("onnxruntime_fp32_1t", "onnxruntime_int8_1t"),
-         ("litert-xnnpack_fp32_1t", "litert-xnnpack_int8_1t"))
+         ("litert-xnnpack_fp32_1t", "litert-xnnpack_int8_1t"),
+         ("litert-xnnpack_int8_1t", "litert-xnnpack_int8_2t"),
+         ("litert-xnnpack_int8_2t", "litert-xnnpack_int8_1t"))
 BUDGETS = (0.02, 0.05, 0.10, 0.20, 0.40)
 
 

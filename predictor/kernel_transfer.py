@@ -13,10 +13,12 @@ with p_s the sources' kernel predictions (at the source's precision: a target in
 asked of an fp32 source as the same kernel in fp32), c and the slopes b_s shared by every kind,
 e_kind, d_kind (and the optional residual r_kind on a few log-size features f, clipped to the
 sample's range, and offsets g per shape group: kernel size and stride) per kind, pulled
-towards 0 by ridge penalties. The penalties, and whether the residual and the group offsets
-are used, are chosen by leave-one-out error on the sample; per kind, fitting the sample alone
-(log-linear in FLOPs and bytes, `predictor.models.LinearKernelPredictor`'s columns) replaces
-the map where its leave-one-out error is lower.
+towards 0 by ridge penalties; past the kind's sampled range of a source's log predictions the
+target follows that source in proportion (a small budget buys cheap kernels, and the slope
+fitted on them must not carry decades further). The penalties, and whether the residual and
+the group offsets are used, are chosen by leave-one-out error on the sample; per kind,
+fitting the sample alone (log-linear in FLOPs and bytes, `predictor.models.
+LinearKernelPredictor`'s columns) replaces the map where its leave-one-out error is lower.
 
 The sample (`sample_transfer`) is chosen before measuring, within a device-time budget: every
 kind the target plan needs first, then kernels where the sources disagree, where the map is
@@ -449,13 +451,21 @@ class KindTransfer:
     # the sample's (min, max) of each residual feature: a kernel beyond them gets the
     # residual of the edge (a slope fitted on a few kernels must not extrapolate)
     bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    # the sample's (min, max) of each source's log prediction: beyond them the target follows
+    # the sources in proportion (the ratio of the edge), where a slope fitted on the cheap
+    # kernels a small budget buys priced ONNX Runtime -> LiteRT convs 200x longer 9x over
+    source_bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
 
     def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
         if self.mode == "alone":
             return predict_log_linear(self.alone, features, _columns(ALONE_FEATURES))
         logs = np.array([np.log(np.maximum(source_predict(src, dtype, specs), 1e-9))
                          for src, dtype in zip(self.sources, self.dtypes, strict=True)])
-        out = self.intercept + self.slopes @ logs
+        if self.source_bounds.size:
+            inside = np.clip(logs, self.source_bounds[0][:, None], self.source_bounds[1][:, None])
+            out = self.intercept + self.slopes @ inside + (logs - inside).mean(axis=0)
+        else:
+            out = self.intercept + self.slopes @ logs
         if len(self.residual):
             values = features[:, _columns(RESIDUAL_FEATURES)]
             if self.bounds.size:
@@ -640,7 +650,8 @@ class KernelTransferPredictor(KernelPredictor):
         kinds = [s.kind for s in specs]
         features = feature_matrix(specs)
         y_log = np.log(ms)
-        fit = fit_map(kinds, np.array([s.log_ms(specs) for s in sources]), y_log,
+        source_logs = np.array([s.log_ms(specs) for s in sources])
+        fit = fit_map(kinds, source_logs, y_log,
                       features[:, _columns(RESIDUAL_FEATURES)],
                       [shape_group(s) for s in specs]) if sources else None
         alone_loo = np.full(len(specs), np.nan)
@@ -676,7 +687,8 @@ class KernelTransferPredictor(KernelPredictor):
                 intercept, fit.slopes + fit.deviation[kind] / len(sources), residual, alone,
                 fit.group_offset.get(kind, {}),
                 np.array([sampled.min(axis=0), sampled.max(axis=0)]) if len(residual)
-                else np.zeros((2, 0)))
+                else np.zeros((2, 0)),
+                np.array([source_logs[:, rows].min(axis=1), source_logs[:, rows].max(axis=1)]))
             summary[kind] = {"kernels": int(rows.sum()), "mode": mode,
                              "map_loo_pct": _pct(map_err),
                              "alone_loo_pct": _pct(alone_loo[rows])}
@@ -715,6 +727,7 @@ class KernelTransferPredictor(KernelPredictor):
             "residual_features": list(RESIDUAL_FEATURES),
             "residual": [float(r) for r in model.residual],
             "residual_bounds": model.bounds.tolist(),
+            "source_bounds": model.source_bounds.tolist(),
             "alone_features": list(ALONE_FEATURES), "alone": [float(a) for a in model.alone],
             "groups": {g: float(v) for g, v in model.groups.items()},
             "sources": entries}, indent=1, sort_keys=True) + "\n")
@@ -748,6 +761,8 @@ class KernelTransferPredictor(KernelPredictor):
                                 np.array(saved["alone"], dtype=np.float64),
                                 {str(g): float(v) for g, v in saved.get("groups", {}).items()},
                                 np.array(saved.get("residual_bounds", [[], []]),
+                                         dtype=np.float64).reshape(2, -1),
+                                np.array(saved.get("source_bounds", [[], []]),
                                          dtype=np.float64).reshape(2, -1))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc

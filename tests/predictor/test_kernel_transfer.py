@@ -269,3 +269,28 @@ def test_a_step_with_kernel_size_is_learned_per_shape_group(synthetic, tmp_path,
     flat = KernelTransferPredictor().fit(sample, stepped[train], sources=[source])
     assert flat.models_["conv"].groups == {}
     assert grouped_error < median_error(flat.predict(held), truth) / 2
+
+
+def test_beyond_the_sampled_range_the_target_follows_the_sources_in_proportion(synthetic):
+    """A small budget buys the cheap kernels only, where the target's relation to the source
+    can be steeper than it is overall (here slope 1.3 up to the sample's most expensive
+    kernel, proportional beyond). A kernel past the sample keeps the ratio of the sample's
+    edge instead of riding the fitted slope decades further; without the bounds the same fit
+    prices the expensive kernels far over."""
+    specs, _, source, _ = synthetic
+    src = np.array([source_ms(s) for s in specs])
+    edge = np.quantile(src, 0.4)
+    truth = np.array([FACTOR[s.kind] for s in specs]) * np.where(
+        src <= edge, src ** 1.3 * edge ** -0.3, src)
+    cheap = src <= edge
+    sample = [s for s, keep in zip(specs, cheap, strict=True) if keep]
+    held = [s for s, keep in zip(specs, cheap, strict=True) if not keep]
+    model = KernelTransferPredictor().fit(sample, truth[cheap], sources=[source])
+    assert all(m.mode == "map" for m in model.models_.values())
+    assert model.models_["conv"].slopes[0] > 1.15  # the sample's local slope
+    bounded = median_error(model.predict(held), truth[~cheap])
+    for m in model.models_.values():
+        m.source_bounds = np.zeros((2, 0))
+    unbounded = median_error(model.predict(held), truth[~cheap])
+    assert bounded < 0.12
+    assert unbounded > 2 * bounded
