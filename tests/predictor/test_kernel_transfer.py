@@ -231,6 +231,9 @@ def test_a_transferred_predictor_saves_and_loads_self_contained(synthetic, tmp_p
     assert "conv__source0.baseline.json" in files
     loaded = LatencyPredictor.load(path)
     assert loaded.platform == TARGET
+    saved_bounds = predictor.kernels_.models_["conv"].source_bounds
+    assert saved_bounds.shape == (2, 1) and saved_bounds[0, 0] < saved_bounds[1, 0]
+    assert loaded.kernels_.models_["conv"].source_bounds == pytest.approx(saved_bounds)
     assert loaded.predict(specs[:20]).predicted_ms == pytest.approx(before, rel=1e-9)
     assert loaded.composition_.summary["networks"] == 7
     assert loaded.info_["transfer"]["cv"]["kinds"]["conv"]["kernels"] == 8
