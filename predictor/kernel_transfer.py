@@ -194,14 +194,17 @@ class MeasureCost:
         else:
             runs = np.minimum(float(min(max(self.typical_runs, self.min_runs), self.max_runs)),
                               np.maximum(self.min_runs, 1000.0 * self.max_seconds / ms))
+        return self._subject_seconds(runs, ms)
+
+    def _subject_seconds(self, runs: np.ndarray, ms: np.ndarray) -> np.ndarray:
+        """One subject: the fixed cost, then `warmup` + `runs` calls of `ms` each."""
         return self.subject_overhead_s + (self.warmup + runs) * ms / 1000.0
 
     def spent(self, records: Any) -> dict[str, float]:
         """Seconds each stored subject (by key) took: the fixed cost, its warm-up and the timed
         calls its record counts."""
-        runs = records["n_runs"].to_numpy(dtype=np.float64)
-        ms = records["mean_ms"].to_numpy(dtype=np.float64)
-        seconds = self.subject_overhead_s + (self.warmup + runs) * ms / 1000.0
+        seconds = self._subject_seconds(records["n_runs"].to_numpy(dtype=np.float64),
+                                        records["mean_ms"].to_numpy(dtype=np.float64))
         return {k: s for k, s in zip(records["key"], seconds.tolist(), strict=True)
                 if math.isfinite(s)}
 
