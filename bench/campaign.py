@@ -294,6 +294,7 @@ class BatchDrift:
     foreign_cores: float = math.nan  # cores other programs kept busy (bench.load)
     disturbed: bool = False       # still over --max-load: its records were not stored
     threads: int = 1              # the runtime's threads: lanes of other counts drift apart
+    settled: bool = False         # stored at the device's settled slow level without retries
 
 
 @dataclass
@@ -389,6 +390,10 @@ class CampaignSummary:
                     f"{float(np.median(ratios)):.2f}x); "
                     f"{sum(b.flagged for b in batches)} batches flagged as drifted (over "
                     f"{self.drift_tolerance:.0%} after retries)")
+            settled = sum(b.settled for b in batches)
+            if settled:
+                text += (f", {settled} of them stored at the device's settled level without "
+                         "retries")
             trend = detect_slowdown(batches, self.drift_tolerance)
             if trend:
                 text += f"; {trend}"
@@ -622,6 +627,54 @@ class _BatchBar:
             self.progress.advance(self.lane, step)
 
 
+# A slow phase passes; a speed level does not. When SETTLED_BATCHES batches in a row stayed
+# slow through every retry, all attempts within SETTLED_SPREAD of one another, the device has
+# settled at that level (a VM moved to a slower host share, a clock that will not come back):
+# measuring again only reads the same level, so later batches at it are stored at once
+# (flagged as before); one slower than it is still measured again, one at full speed ends it.
+# Found on a LiteRT campaign that ran every batch at 1.10-1.11x its calibration's best, four
+# attempts each: the campaign took about four times as long and stored the same figures.
+SETTLED_BATCHES = 2
+SETTLED_SPREAD = 0.03
+
+
+@dataclass
+class SpeedLevel:
+    """Tracks whether a device has settled at a slow speed level (see SETTLED_BATCHES)."""
+
+    tolerance: float
+    level: float | None = None  # the settled reference ratio, or None
+    steady: list[float] = field(default_factory=list)  # recent batches' steady slow levels
+
+    def holds(self, ratio: float) -> bool:
+        """Whether a slow reading is the settled level (or faster), not a phase on top of it."""
+        return self.level is not None and ratio <= self.level * (1 + SETTLED_SPREAD)
+
+    def observe(self, ratios: Sequence[float]) -> str:
+        """Take a stored batch's attempts' reference ratios; a note when the level starts or
+        ends, else ""."""
+        if min(ratios) <= 1 + self.tolerance:  # back at speed
+            self.steady.clear()
+            if self.level is None:
+                return ""
+            self.level = None
+            return f"back to speed (reference {min(ratios):.2f}x its best)"
+        if self.level is not None:
+            return ""
+        if len(ratios) < 2 or max(ratios) > min(ratios) * (1 + SETTLED_SPREAD):
+            self.steady.clear()  # a single reading, or retries that moved: a phase
+            return ""
+        self.steady = [*self.steady, float(np.median(ratios))][-SETTLED_BATCHES:]
+        if (len(self.steady) < SETTLED_BATCHES
+                or max(self.steady) > min(self.steady) * (1 + SETTLED_SPREAD)):
+            return ""
+        self.level = max(self.steady)
+        return (f"the device has settled at {self.level:.2f}x its best reference "
+                f"({len(self.steady)} batches in a row read it on every retry): a speed level, "
+                "not a passing phase; batches at it are stored without measuring them again "
+                "(still flagged)")
+
+
 class _DeviceWorker:
     """Measures one device's jobs batch by batch and writes each batch as it arrives."""
 
@@ -636,6 +689,7 @@ class _DeviceWorker:
         self.settings_key = self.settings.key(runtime)
         self.lane = _lane(device, runtime, self.settings, config)
         self.best_reference = math.inf
+        self.speed = SpeedLevel(config.drift_tolerance)
         self.load = (LoadControl(device, config.max_load, config.max_load_wait_s)
                      if config.max_load is not None else None)
 
@@ -745,6 +799,8 @@ class _DeviceWorker:
         result = None
         load = None  # the stored attempt's foreign load when over --max-load
         started = took = math.nan  # the stored attempt's start (host clock) and duration
+        ratios: list[float] = []  # every attempt's reference / best
+        settled = False
         if models:
             timeout = self.config.timeout_s or _estimate_timeout(len(models), self.settings)
             for attempt in range(self.config.drift_retries + 1):
@@ -755,11 +811,15 @@ class _DeviceWorker:
                 took = time.perf_counter() - clock
                 ratio = result.reference_ms / self.best_reference
                 self.best_reference = min(self.best_reference, result.reference_ms)
+                ratios.append(ratio)
                 load = (self.load.disturbed(result.facts_before, result.facts_after)
                         if self.load is not None else None)
                 if load is None and not ratio > 1 + self.config.drift_tolerance:
                     break
                 if attempt == self.config.drift_retries:
+                    break
+                if load is None and self.speed.holds(ratio):
+                    settled = True
                     break
                 note = lambda text: self.progress.note(self.lane, text)  # noqa: E731
                 if load is not None:
@@ -775,6 +835,10 @@ class _DeviceWorker:
                 redone += 1
         sizes = {m.id: len(m.data) for m in models}
         drift = None
+        if ratios and load is None:
+            change = self.speed.observe(ratios)
+            if change:
+                self.progress.note(self.lane, change)
         if result is not None:
             best = self.best_reference
             ratio = result.reference_ms / best if math.isfinite(best) and best > 0 else 1.0
@@ -789,7 +853,7 @@ class _DeviceWorker:
                 time_unix=started, seconds=took,
                 temp_source=_temp_source(result.facts_before, result.facts_after),
                 foreign_cores=foreign_cores(result.facts_before, result.facts_after),
-                disturbed=load is not None, threads=self.settings.threads)
+                disturbed=load is not None, threads=self.settings.threads, settled=settled)
             if drift.disturbed:
                 self.load.refused += 1
                 error = (f"measured under load: other programs kept {drift.foreign_cores:.2f} "

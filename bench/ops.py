@@ -41,9 +41,14 @@ POOL_TYPES = ("avg", "max", "gavg")
 # Precisions a kernel computes in; the key always names one (`dtype=...`), so a float32 key
 # written before INT8 and FP16 existed keeps its meaning.
 DTYPES = ("float32", "float16", "int8")
+# An INT8 bmm whose right operand is quantized with zero point 0 (`mode`): LiteRT's XNNPACK
+# delegate runs only that form and leaves the other to the builtin kernel, 5-20x slower here
+# (docs/predictors.md, *INT8 attention on LiteRT*). Empty mode: any other zero point.
+BMM_SYMMETRIC = "symmetric"
 # Values of `mode` per kind; the first is the default.
 MODES: dict[str, tuple[str, ...]] = {"resize": ("nearest", "bilinear"),
-                                     "pad": ("constant", "reflect")}
+                                     "pad": ("constant", "reflect"),
+                                     "bmm": ("", BMM_SYMMETRIC)}
 LEAKY_ALPHA = 0.01  # LeakyReLU slope when none is given (PyTorch's and ONNX's default)
 
 # Fields that define each kind, in key order. Everything else is reset to its default.
@@ -80,6 +85,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     kind: (("kernel_w", "pad_w", "dilation") if kind in ("conv", "dwconv") else ())
     + (("out_pad",) if kind == "convt" else ())
     + (("axes",) if kind == "concat" else ())
+    + (("mode",) if kind == "bmm" else ())
     + (("alpha",) if "act" in key else ())
     for kind, key in KEY_FIELDS.items()
 }
@@ -117,7 +123,8 @@ class OpSpec:
     - tlinear: token-wise linear [batch, tokens, cin] @ [cin, cout] + bias, then `act`.
     - bmm: batched matmul of two computed tensors [batch, heads, tokens, cin] @
       [batch, heads, cin, cout] (QK^T: cin = head dim, cout = tokens; AV: cin = tokens,
-      cout = head dim).
+      cout = head dim); in INT8, `mode` "symmetric" when the right operand's
+      zero point is 0 (see BMM_SYMMETRIC), "" otherwise.
     - softmax: over the last axis of [batch, heads, tokens, cin].
     - layernorm: over the last axis of [batch, tokens, cin], with scale and bias.
     - transpose: a 4-D tensor (batch, cin, h, w) permuted by `axes` (e.g. "0213":
@@ -297,9 +304,9 @@ class OpSpec:
         if kind in MODES:
             mode = self.mode or MODES[kind][0]
             if mode not in MODES[kind]:
-                raise SpecError(f"{kind} mode must be one of {', '.join(MODES[kind])}, "
-                                f"got {self.mode!r}")
-            self._set(mode=mode)
+                known = ", ".join(m or "'' (the default)" for m in MODES[kind])
+                raise SpecError(f"{kind} mode must be one of {known}, got {self.mode!r}")
+            self._set(mode=mode if kind != "bmm" or self.dtype == "int8" else "")
         if kind in ("tlinear", "bmm"):
             self._set(cout=self.cout or self.cin)
         elif kind == "transpose":
@@ -529,3 +536,13 @@ def decompose(spec: OpSpec) -> list[OpSpec]:
 def se_gate(block_act: str) -> str:
     """Gate of the squeeze-excite inside an mbconv: hard sigmoid beside h-swish, else sigmoid."""
     return "hsigmoid" if block_act == "hswish" else "sigmoid"
+
+
+def precision_forms(spec: OpSpec, dtype: str) -> list[OpSpec]:
+    """`spec` in precision `dtype` as a plan measures it: an INT8 bmm in both of its forms
+    (`BMM_SYMMETRIC` and not) - a model file may hold either, and LiteRT runs them on
+    different kernels."""
+    spec = spec if spec.dtype == dtype else spec.with_(dtype=dtype)
+    if spec.kind == "bmm" and dtype == "int8":
+        return [spec.with_(mode=""), spec.with_(mode=BMM_SYMMETRIC)]
+    return [spec]

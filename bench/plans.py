@@ -59,7 +59,14 @@ from latbench.bench.network_sets import (
     resolve_networks,
     space_kernels,
 )
-from latbench.bench.ops import KEY_FIELDS, MODES, OPTIONAL_FIELDS, OpSpec, decompose
+from latbench.bench.ops import (
+    KEY_FIELDS,
+    MODES,
+    OPTIONAL_FIELDS,
+    OpSpec,
+    decompose,
+    precision_forms,
+)
 from latbench.bench.presets import COMMON_OPS_RANDOM as COMMON_OPS_RANDOM
 from latbench.bench.presets import PATCH_EMBED_RANDOM as PATCH_EMBED_RANDOM
 from latbench.bench.presets import PRESET_FAMILY_SEED as PRESET_FAMILY_SEED
@@ -612,7 +619,8 @@ def plan_subjects(plan: Plan, precision: str = "float32") -> list[Subject]:
     among them, so networks and kernels share batches and so the device's state: the
     composition learns how kernels add up, not how the machine drifted between the two.
     `precision` (an OpSpec dtype) is the one the kernels and networks compute in."""
-    kernels = [Subject.op(s.with_(dtype=precision)) for s in build_specs(plan)]
+    forms = {f.key(): f for s in build_specs(plan) for f in precision_forms(s, precision)}
+    kernels = [Subject.op(s) for s in forms.values()]
     networks = plan_networks(plan, precision)
     if not networks:
         return kernels

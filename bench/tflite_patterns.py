@@ -25,7 +25,7 @@ from latbench.bench.kernel_forms import (
     split_batch,
     transpose_spec,
 )
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import BMM_SYMMETRIC, OpSpec
 from latbench.bench.tflite_graph import Graph, Match, OpProblem, attach, fused_code
 from latbench.bench.tflite_model import Operator
 
@@ -96,6 +96,12 @@ def match_batch_matmul(g: Graph, op: Operator, rules: Rules) -> Match:
         tensor = _bias_add(g, op.outputs[0], cout, ops)
         return linear_kernel(g, op, a, k, cout, rules, ops, tensor, keep_dims=True)
     batch, heads = split_batch(math.prod(out[:-2]), g.batch)
+    right = g.tensors[b]
+    symmetric = (right.dtype == "INT8" and right.quantization is not None
+                 and not any(right.quantization.zero_point))
+    if symmetric:  # XNNPACK runs this form only (ops.BMM_SYMMETRIC); the dtype keeps the mode
+        return Match([OpSpec("bmm", heads=heads, tokens=out[-2], cin=k, cout=out[-1],
+                             batch=batch, dtype="int8", mode=BMM_SYMMETRIC)], [op])
     return Match([OpSpec("bmm", heads=heads, tokens=out[-2], cin=k, cout=out[-1],
                          batch=batch)], [op])
 

@@ -3,7 +3,8 @@ predictors, or how kernels compose.
 
 For held-out networks (each in the .tflite form LiteRT measures), one process times, interleaved
 and with the same protocol, the network itself and every kernel it splits into as a single-kernel
-model (the models a campaign measures), minus the per-call overhead. Per network:
+model (the models a campaign measures), minus the per-call overhead, all in the predictor's
+precision (an INT8 predictor: INT8 networks and kernels). Per network:
 
     alone-sum / measured   how far the network is from the sum of its kernels timed alone
                            (composition: what no kernel predictor can see)
@@ -79,13 +80,14 @@ def main() -> int:
     if predictor.runtime != "litert":
         parser.error(f"{args.predictor} is a {predictor.runtime} predictor; this benchmark "
                      "times LiteRT")
-    threads = predictor.platform.threads
+    threads, precision = predictor.platform.threads, predictor.platform.precision
     runner = get_runner("litert")
     folder = Path(tempfile.mkdtemp(prefix="latbench-litert-composition-"))
-    calls = {"__overhead__": interpreter_call(runner.export(spec_graph(OVERHEAD_SPEC)), folder,
+    overhead = OVERHEAD_SPEC.with_(dtype=precision)
+    calls = {"__overhead__": interpreter_call(runner.export(spec_graph(overhead)), folder,
                                               threads)}
     networks = []
-    for net in resolve_networks(args.networks, seed=HELD_OUT_SEED):
+    for net in resolve_networks(args.networks, seed=HELD_OUT_SEED, precision=precision):
         kernels = priced_kernels(net, predictor)
         networks.append((net, kernels))
         calls[net.key] = interpreter_call(net.model_bytes(runner), folder, threads)

@@ -827,10 +827,11 @@ class TransferRun:
 def plan_targets(plan: Any, precision: str) -> tuple[list[OpSpec], list[Any]]:
     """The kernels (each once) of the plan and of its calibration networks, which the
     predictor must price too, and the calibration networks, in `precision`."""
+    from latbench.bench.ops import precision_forms
     from latbench.bench.plans import build_specs, plan_networks
 
     networks = plan_networks(plan, precision)
-    every = [*(k.with_(dtype=precision) for k in build_specs(plan)),
+    every = [*(f for k in build_specs(plan) for f in precision_forms(k, precision)),
              *(k for n in networks for k in n.kernels or ())]
     return list({s.key(): s for s in every}.values()), networks
 

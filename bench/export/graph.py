@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from latbench.bench.ops import IMAGE_KINDS, LEAKY_ALPHA, OpSpec, se_gate
+from latbench.bench.ops import BMM_SYMMETRIC, IMAGE_KINDS, LEAKY_ALPHA, OpSpec, se_gate
 from latbench.errors import ExportError
 
 # Layer ops of the graph (not spec kinds): each maps to one or a few runtime operators.
@@ -199,12 +199,15 @@ class GraphBuilder:
         attrs, weights = self._activation(act, out, True, alpha)
         return self._add("tlinear", [x], out, attrs, {"weight": weight, "bias": bias, **weights})
 
-    def bmm(self, a: str, b: str) -> str:
-        """Batched matmul of two computed tensors [..., M, K] @ [..., K, N]."""
+    def bmm(self, a: str, b: str, symmetric: bool | None = None) -> str:
+        """Batched matmul of two computed tensors [..., M, K] @ [..., K, N]; `symmetric`
+        (INT8 exports) pins whether the right operand's zero point is 0 (True) or not (False)
+        instead of leaving it to calibration (None)."""
         sa, sb = self.shapes[a], self.shapes[b]
         if sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
             raise ExportError(f"bmm of shapes {sa} and {sb}: need [..., M, K] @ [..., K, N]")
-        return self._add("bmm", [a, b], (*sa[:-1], sb[-1]), {})
+        attrs = {} if symmetric is None else {"symmetric_rhs": symmetric}
+        return self._add("bmm", [a, b], (*sa[:-1], sb[-1]), attrs)
 
     def softmax(self, x: str) -> str:
         """Softmax over the last axis."""
@@ -441,8 +444,9 @@ def spec_graph(spec: OpSpec, seed: int = 0) -> LayerGraph:
     plain = spec.kind not in IMAGE_KINDS
     if spec.kind in ("add", "mul", "bmm"):
         a, b = (builder.input(shape, plain) for shape in spec.input_shapes)
-        if spec.kind == "bmm":
-            return builder.finish(builder.bmm(a, b), spec.dtype)
+        if spec.kind == "bmm":  # an INT8 bmm's form is part of its key (ops.BMM_SYMMETRIC)
+            symmetric = spec.mode == BMM_SYMMETRIC if spec.dtype == "int8" else None
+            return builder.finish(builder.bmm(a, b, symmetric), spec.dtype)
         return builder.finish(builder.add(a, b, spec.act, spec.alpha) if spec.kind == "add"
                               else builder.mul(a, b), spec.dtype)
     if spec.kind == "concat":

@@ -147,10 +147,13 @@ def _refuse_float_ops(model: onnx.ModelProto, quant_format: str, what: str) -> N
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """Drop the quantizer's advice to pre-process (logged on the root logger at every call):
-    latbench's exports are already shape-inferred with BatchNorm folded."""
+    """Drop two notices the quantizer logs on the root logger: its advice to pre-process (at
+    every call: latbench's exports are already shape-inferred with BatchNorm folded) and "Axis 1
+    is out-of-range for weight" (once per 1-D weight under `per_channel`, a LayerNorm's scale:
+    it gets one scale per tensor, as it should - an INT8 ViT printed 21 such lines per model)."""
     def advice(record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        message = record.getMessage()
+        return "pre-processing" not in message and "is out-of-range for weight" not in message
 
     root = logging.getLogger()
     root.addFilter(advice)

@@ -19,7 +19,9 @@ written as the TFLite converter writes them (no TensorFlow needed).
   move or select values (pools, pads, reshapes, transposes, concatenation, split, slices,
   resizes) keep one quantization for their inputs and outputs, and LOGISTIC, SOFTMAX and TANH
   write the fixed output quantization TFLite requires (1/256 and -128; 1/256 and -128;
-  1/128 and 0). Operator versions are those `tools/versioning/op_version.cc` gives int8
+  1/128 and 0). A bmm kernel measured alone pins its right operand's zero point to the form
+  its key names (0 or not: `ops.BMM_SYMMETRIC`); in a network calibration decides, as the
+  converter's. Operator versions are those `tools/versioning/op_version.cc` gives int8
   kernels, so a runtime too old for one refuses the model instead of misreading it.
 
 Calibration runs the float32 model in the LiteRT interpreter (builtin kernels, every
@@ -192,6 +194,7 @@ def _activation_params(w: Any, names: list[str], computed: list[int],
         return t
 
     pinned: dict[int, tuple[float, int]] = {}
+    symmetric = getattr(w, "symmetric", {})
     filled: set[int] = set()  # PADV2 outputs: their fill value is no value to represent
     is_computed = set(computed)
     for op, name in zip(w.operators, names, strict=True):
@@ -214,10 +217,24 @@ def _activation_params(w: Any, names: list[str], computed: list[int],
             raise ExportError(f"int8 tensors {[_text(w.tensors[t].name) for t in members]} must "
                               f"share one quantization but need the fixed ones {sorted(fixed)}")
         ranged = [t for t in members if t not in filled] or members
-        value = fixed.pop() if fixed else affine(min(ranges[t][0] for t in ranged),
-                                                 max(ranges[t][1] for t in ranged))
+        lo, hi = min(ranges[t][0] for t in ranged), max(ranges[t][1] for t in ranged)
+        value = fixed.pop() if fixed else affine(lo, hi)
+        pins = {symmetric[t] for t in members if t in symmetric}
+        if not fixed and pins:
+            value = _pinned_zero_point(lo, hi, pins.pop())
         params.update(dict.fromkeys(members, value))
     return params
+
+
+def _pinned_zero_point(lo: float, hi: float, symmetric: bool) -> tuple[float, int]:
+    """(scale, zero point) of a tensor whose zero point is pinned (a bmm kernel's right
+    operand, `ops.BMM_SYMMETRIC`): 0 over [-peak, peak], or else the calibrated one moved off
+    0 by a step when calibration happened to give 0 (one step of range lost at an end)."""
+    if symmetric:
+        peak = max(abs(lo), abs(hi), 1e-12)
+        return peak / _QMAX, 0
+    scale, zero = affine(lo, hi)
+    return scale, zero or (-1 if hi >= -lo else 1)  # the step goes where the range is smaller
 
 
 def _quantize_constants(w: Any, op: Any, name: str, params: Mapping[int, tuple[float, int]]

@@ -80,6 +80,8 @@ class _ModelWriter:
         self.opcode_index: dict[tuple[int, int], int] = {}
         self.operators: list[Any] = []
         self.count = 0
+        # INT8: tensors whose zero point is pinned - True 0, False not 0 (else calibrated)
+        self.symmetric: dict[int, bool] = {}
 
     # --- tensors ------------------------------------------------------------------------------
     def tensor(self, shape: Sequence[int], name: str, ttype: int | None = None,
@@ -575,6 +577,13 @@ class _Lowering:
              s.ReshapeOptionsT(newShape=[n, h, wd, c]))
 
 
+def _bmm(self: _Lowering, layer: Layer, xs: list[int], out: int) -> None:
+    """BATCH_MATMUL; an INT8 kernel's right operand keeps the zero point its key names."""
+    if "symmetric_rhs" in layer.attrs:
+        self.w.symmetric[xs[1]] = bool(layer.attrs["symmetric_rhs"])
+    self.w.op("BATCH_MATMUL", xs, [out], self.s.BatchMatMulOptionsT())
+
+
 def _act_params(layer: Layer) -> dict[str, Any]:
     """leakyrelu's alpha and prelu's slope of a layer (TFLite's slope runs along the last
     axis, where NHWC keeps the channels)."""
@@ -591,7 +600,7 @@ def _simple(name: str, options: str | None = None, **values: Any) -> Any:
 
 _LOWERINGS: dict[str, Any] = {
     "tlinear": _Lowering.tlinear,
-    "bmm": _simple("BATCH_MATMUL", "BatchMatMulOptionsT"),
+    "bmm": lambda self, layer, xs, out: _bmm(self, layer, xs, out),
     "softmax": _simple("SOFTMAX", "SoftmaxOptionsT", beta=1.0),
     "layernorm": lambda self, layer, xs, out: self.normalize(
         layer, xs[0], out, [len(self.w.shape(xs[0])) - 1]),

@@ -208,6 +208,58 @@ def test_drift_is_detected_flagged_and_reported(tmp_path: Path, device: Device,
     assert card_view["flagged_batches"] == 2 and len(card_view["batches"]) == 4
 
 
+class NoteSink:
+    """A progress sink that keeps the campaign's notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def start(self, lane: str, total: int) -> None:
+        pass
+
+    def advance(self, lane: str, done: float) -> None:
+        pass
+
+    def note(self, lane: str, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_a_settled_slow_level_is_not_measured_again(tmp_path: Path, device: Device,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # calibration 1.0 ms; batches 1 and 2 read 1.2 on all four attempts (three retries each):
+    # a level, not a phase. Batch 3 at it is stored at once; batch 4 first reads 1.5 (a phase
+    # on top of the level: measured again) and then 1.22 (the level); batch 5 is at full speed.
+    runner = SlowingRunner([1.0, 1.2, 1.2, 1.2, 1.2, 1.21, 1.2, 1.2, 1.2, 1.2, 1.5, 1.22, 1.0])
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    sink = NoteSink()
+    specs = [*SPECS, OpSpec("act", h=8, w=8, cin=8, act="relu")]
+    summary = run_campaign([Subject.op(s) for s in specs], [device], ["onnxruntime"], dataset,
+                           campaign_config(drift_retries=3), progress=sink)
+    assert runner.references == []  # every scripted reading used: 13 calls, not 1 + 5 x 4
+    assert summary.redone_batches == 3 + 3 + 1
+    assert [d.settled for d in summary.drift] == [False, False, True, True, False]
+    assert [d.flagged for d in summary.drift] == [True, True, True, True, False]
+    records = dataset.records().set_index("key").loc[[s.key() for s in specs]]
+    assert list(records["reference_ms"]) == pytest.approx([1.2, 1.2, 1.2, 1.22, 1.0])
+    settled = [n for n in sink.notes if "settled at 1.20x" in n]
+    assert len(settled) == 1 and any(n.startswith("back to speed") for n in sink.notes)
+    assert "2 of them stored at the device's settled level" in summary.drift_report()[0]
+
+
+def test_a_slow_phase_that_moves_is_measured_again_every_time(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # retries that read 1.2 then 1.4: the speed is moving, not settled - no batch skips them
+    readings = [1.0] + [1.2, 1.4] * 3
+    runner = SlowingRunner(readings)
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    summary = run_campaign([Subject.op(s) for s in SPECS[:3]], [device], ["onnxruntime"],
+                           dataset, campaign_config(drift_retries=1))
+    assert runner.references == [] and summary.redone_batches == 3
+    assert not any(d.settled for d in summary.drift)
+
+
 def test_drift_correction_and_kept_samples(tmp_path: Path, device: Device,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     runner = SlowingRunner([2.0, 2.0, 3.0])

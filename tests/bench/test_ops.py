@@ -19,6 +19,7 @@ from latbench.bench.ops import (
     OPTIONAL_FIELDS,
     OpSpec,
     decompose,
+    precision_forms,
     se_gate,
 )
 from latbench.errors import SpecError
@@ -116,7 +117,25 @@ GOLDEN_OPTIONAL: list[tuple[OpSpec, str]] = [
      "concat:n=1,h=16,w=16,cin=32,g=2,axes=3,dtype=float32"),
     (OpSpec("convt", h=8, w=8, cin=32, cout=16, kernel=3, stride=2, pad=1, out_pad=1),
      "convt:n=1,h=8,w=8,cin=32,cout=16,k=3,s=2,p=1,g=1,act=none,op=1,dtype=float32"),
+    (OpSpec("bmm", heads=4, tokens=197, cin=32, cout=197, dtype="int8", mode="symmetric"),
+     "bmm:n=1,heads=4,t=197,cin=32,cout=197,mode=symmetric,dtype=int8"),
 ]
+
+
+def test_an_int8_bmm_has_two_forms_and_other_precisions_one() -> None:
+    spec = OpSpec("bmm", heads=4, tokens=197, cin=32, cout=197)
+    int8 = precision_forms(spec, "int8")
+    assert [s.key() for s in int8] == [
+        "bmm:n=1,heads=4,t=197,cin=32,cout=197,dtype=int8",
+        "bmm:n=1,heads=4,t=197,cin=32,cout=197,mode=symmetric,dtype=int8"]
+    # the form is an INT8 matter: another precision drops it, and keeps one kernel
+    assert int8[1].with_(dtype="float32") == spec
+    assert precision_forms(int8[1], "float16") == [spec.with_(dtype="float16")]
+    assert precision_forms(OpSpec("softmax", heads=4, tokens=197, cin=197), "int8") == [
+        OpSpec("softmax", heads=4, tokens=197, cin=197, dtype="int8")]
+    with pytest.raises(SpecError, match="bmm mode must be one of '' \\(the default\\), "
+                                        "symmetric, got 'sym'"):
+        OpSpec("bmm", heads=4, tokens=197, cin=32, dtype="int8", mode="sym")
 
 
 def test_golden_keys_cover_every_kind() -> None:

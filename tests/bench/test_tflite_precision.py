@@ -12,10 +12,16 @@ from test_export import RESOLVERS, _network, _op_names, run_tflite
 
 from latbench.bench.export.graph import Layer, LayerGraph, chain_graph, spec_graph
 from latbench.bench.export.reference import run_reference
-from latbench.bench.export.tflite_precision import affine, calibrate, quantize
+from latbench.bench.export.tflite_precision import (
+    _pinned_zero_point,
+    affine,
+    calibrate,
+    quantize,
+)
 from latbench.bench.export.to_tflite import to_tflite
-from latbench.bench.ops import ACTIVATIONS, MORE_ACTIVATIONS, OpSpec
+from latbench.bench.ops import ACTIVATIONS, BMM_SYMMETRIC, MORE_ACTIVATIONS, OpSpec
 from latbench.bench.runners.litert import xnnpack_delegation
+from latbench.bench.tflite_kernels import tflite_to_kernels
 from latbench.bench.tflite_model import read_tflite
 from latbench.errors import ExportError
 
@@ -67,6 +73,8 @@ INT8_SPECS = [
 ]
 INT8_SPECS += [s("act", h=5, w=5, cin=6, act=a) for a in ACTIVATIONS + MORE_ACTIVATIONS]
 INT8_SPECS = [spec.with_(dtype="int8") for spec in INT8_SPECS]
+INT8_SPECS += [s("bmm", heads=3, tokens=5, cin=4, cout=5, batch=2, dtype="int8",
+                 mode=BMM_SYMMETRIC)]  # the right operand at zero point 0
 # Output quantization steps an int8 kernel may be off the float64 reference when calibrated on
 # the inputs it is tested on: the output's own rounding plus its inputs' and weights' rounding
 # carried through. Mish is EXP -> ADD -> LOG -> TANH -> MUL in int8, where EXP's range leaves
@@ -359,6 +367,30 @@ def test_xnnpack_delegates_every_int8_operator_of(spec: OpSpec) -> None:
     delegation = xnnpack_delegation(data)
     assert delegation.complete, f"left to the builtin kernels: {delegation.builtin}"
     assert list(delegation.delegated) == _op_names(data)
+
+
+@pytest.mark.parametrize("tokens", [20, 64])
+def test_an_int8_bmm_is_delegated_by_its_right_operands_zero_point(tokens: int) -> None:
+    """XNNPACK takes an int8 BATCH_MATMUL of two computed tensors only when the right operand's
+    zero point is 0; calibration decides it in a network (a coin flip of the ranges, 5-20x in
+    time), so a kernel's key names the form and its model is written in it, and a model file's
+    split reads it back."""
+    for mode, builtin in (("", ("BATCH_MATMUL",)), (BMM_SYMMETRIC, ())):
+        spec = s("bmm", heads=2, tokens=tokens, cin=16, cout=tokens, dtype="int8", mode=mode)
+        data = to_tflite(spec_graph(spec))
+        assert xnnpack_delegation(data).builtin == builtin
+        sg = read_tflite(data).subgraphs[0]
+        (bmm,) = [op for op in sg.operators if op.op == "BATCH_MATMUL"]
+        assert (sg.tensors[bmm.inputs[1]].quantization.zero_point[0] == 0) == bool(mode)
+        assert [k.key() for k in tflite_to_kernels(data)] == [spec.key()]
+
+
+def test_a_pinned_zero_point_moves_off_zero_towards_the_larger_end() -> None:
+    assert affine(-1.0, 1.0)[1] == 0  # what calibration of a symmetric range gives
+    assert _pinned_zero_point(-1.0, 1.0, symmetric=False) == (affine(-1.0, 1.0)[0], -1)
+    assert _pinned_zero_point(-1.0, 0.99, symmetric=False)[1] == 1
+    assert _pinned_zero_point(-0.5, 2.0, symmetric=True) == (2.0 / 127, 0)
+    assert _pinned_zero_point(-0.5, 2.0, symmetric=False) == affine(-0.5, 2.0)
 
 
 def test_xnnpack_delegation_names_what_it_leaves() -> None:
