@@ -659,7 +659,7 @@ class SpeedLevel:
                 return ""
             self.level = None
             return f"back to speed (reference {min(ratios):.2f}x its best)"
-        if self.level is not None:
+        if self.holds(min(ratios)):  # at the settled level (after a phase on top of it)
             return ""
         if len(ratios) < 2 or max(ratios) > min(ratios) * (1 + SETTLED_SPREAD):
             self.steady.clear()  # a single reading, or retries that moved: a phase
@@ -668,7 +668,7 @@ class SpeedLevel:
         if (len(self.steady) < SETTLED_BATCHES
                 or max(self.steady) > min(self.steady) * (1 + SETTLED_SPREAD)):
             return ""
-        self.level = max(self.steady)
+        self.level = max(self.steady)  # a first level, or a slower one than the last
         return (f"the device has settled at {self.level:.2f}x its best reference "
                 f"({len(self.steady)} batches in a row read it on every retry): a speed level, "
                 "not a passing phase; batches at it are stored without measuring them again "

@@ -42,7 +42,7 @@ POOL_TYPES = ("avg", "max", "gavg")
 # written before INT8 and FP16 existed keeps its meaning.
 DTYPES = ("float32", "float16", "int8")
 # An INT8 bmm whose right operand is quantized with zero point 0 (`mode`): LiteRT's XNNPACK
-# delegate runs only that form and leaves the other to the builtin kernel, 5-20x slower here
+# delegate runs only that form and leaves the other to the builtin kernel, 7-20x slower here
 # (docs/predictors.md, *INT8 attention on LiteRT*). Empty mode: any other zero point.
 BMM_SYMMETRIC = "symmetric"
 # Values of `mode` per kind; the first is the default.

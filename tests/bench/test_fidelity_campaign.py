@@ -247,6 +247,17 @@ def test_a_settled_slow_level_is_not_measured_again(tmp_path: Path, device: Devi
     assert "2 of them stored at the device's settled level" in summary.drift_report()[0]
 
 
+def test_a_device_that_settles_lower_still_is_followed_to_its_new_level() -> None:
+    level = campaign.SpeedLevel(tolerance=0.1)
+    assert level.observe([1.2, 1.2]) == "" and "settled at 1.21x" in level.observe([1.21, 1.21])
+    assert level.holds(1.23) and not level.holds(1.3)
+    # slower than the level on every retry of two batches: the new level, not a phase
+    assert level.observe([1.4, 1.4, 1.41]) == ""
+    assert "settled at 1.41x" in level.observe([1.41, 1.41, 1.41])
+    assert level.holds(1.45) and level.observe([1.45]) == ""
+    assert level.observe([1.04]).startswith("back to speed") and not level.holds(1.2)
+
+
 def test_a_slow_phase_that_moves_is_measured_again_every_time(
         tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
     # retries that read 1.2 then 1.4: the speed is moving, not settled - no batch skips them

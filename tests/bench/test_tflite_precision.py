@@ -372,7 +372,7 @@ def test_xnnpack_delegates_every_int8_operator_of(spec: OpSpec) -> None:
 @pytest.mark.parametrize("tokens", [20, 64])
 def test_an_int8_bmm_is_delegated_by_its_right_operands_zero_point(tokens: int) -> None:
     """XNNPACK takes an int8 BATCH_MATMUL of two computed tensors only when the right operand's
-    zero point is 0; calibration decides it in a network (a coin flip of the ranges, 5-20x in
+    zero point is 0; calibration decides it in a network (a coin flip of the ranges, 7-20x in
     time), so a kernel's key names the form and its model is written in it, and a model file's
     split reads it back."""
     for mode, builtin in (("", ("BATCH_MATMUL",)), (BMM_SYMMETRIC, ())):
