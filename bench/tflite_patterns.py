@@ -99,11 +99,10 @@ def match_batch_matmul(g: Graph, op: Operator, rules: Rules) -> Match:
     right = g.tensors[b]
     symmetric = (right.dtype == "INT8" and right.quantization is not None
                  and not any(right.quantization.zero_point))
-    if symmetric:  # XNNPACK runs this form only (ops.BMM_SYMMETRIC); the dtype keeps the mode
-        return Match([OpSpec("bmm", heads=heads, tokens=out[-2], cin=k, cout=out[-1],
-                             batch=batch, dtype="int8", mode=BMM_SYMMETRIC)], [op])
-    return Match([OpSpec("bmm", heads=heads, tokens=out[-2], cin=k, cout=out[-1],
-                         batch=batch)], [op])
+    # XNNPACK runs only this form (ops.BMM_SYMMETRIC); naming the dtype here keeps the mode
+    form = {"dtype": "int8", "mode": BMM_SYMMETRIC} if symmetric else {}
+    return Match([OpSpec("bmm", heads=heads, tokens=out[-2], cin=k, cout=out[-1], batch=batch,
+                         **form)], [op])
 
 
 def match_softmax(g: Graph, op: Operator, rules: Rules) -> Match:

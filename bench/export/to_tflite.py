@@ -600,7 +600,7 @@ def _simple(name: str, options: str | None = None, **values: Any) -> Any:
 
 _LOWERINGS: dict[str, Any] = {
     "tlinear": _Lowering.tlinear,
-    "bmm": lambda self, layer, xs, out: _bmm(self, layer, xs, out),
+    "bmm": _bmm,
     "softmax": _simple("SOFTMAX", "SoftmaxOptionsT", beta=1.0),
     "layernorm": lambda self, layer, xs, out: self.normalize(
         layer, xs[0], out, [len(self.w.shape(xs[0])) - 1]),
