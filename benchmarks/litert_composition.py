@@ -83,8 +83,8 @@ def main() -> int:
     threads, precision = predictor.platform.threads, predictor.platform.precision
     runner = get_runner("litert")
     folder = Path(tempfile.mkdtemp(prefix="latbench-litert-composition-"))
-    overhead = OVERHEAD_SPEC.with_(dtype=precision)
-    calls = {"__overhead__": interpreter_call(runner.export(spec_graph(overhead)), folder,
+    overhead_spec = OVERHEAD_SPEC.with_(dtype=precision)
+    calls = {"__overhead__": interpreter_call(runner.export(spec_graph(overhead_spec)), folder,
                                               threads)}
     networks = []
     for net in resolve_networks(args.networks, seed=HELD_OUT_SEED, precision=precision):

@@ -194,7 +194,6 @@ def _activation_params(w: Any, names: list[str], computed: list[int],
         return t
 
     pinned: dict[int, tuple[float, int]] = {}
-    symmetric = getattr(w, "symmetric", {})
     filled: set[int] = set()  # PADV2 outputs: their fill value is no value to represent
     is_computed = set(computed)
     for op, name in zip(w.operators, names, strict=True):
@@ -218,10 +217,13 @@ def _activation_params(w: Any, names: list[str], computed: list[int],
                               f"share one quantization but need the fixed ones {sorted(fixed)}")
         ranged = [t for t in members if t not in filled] or members
         lo, hi = min(ranges[t][0] for t in ranged), max(ranges[t][1] for t in ranged)
-        value = fixed.pop() if fixed else affine(lo, hi)
-        pins = {symmetric[t] for t in members if t in symmetric}
-        if not fixed and pins:
+        pins = {w.symmetric[t] for t in members if t in w.symmetric}
+        if fixed:
+            value = fixed.pop()
+        elif pins:
             value = _pinned_zero_point(lo, hi, pins.pop())
+        else:
+            value = affine(lo, hi)
         params.update(dict.fromkeys(members, value))
     return params
 

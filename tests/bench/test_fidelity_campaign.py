@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from test_campaign import Lanes
 
 import latbench.bench.campaign as campaign
 from latbench.bench.campaign import (
@@ -208,22 +209,6 @@ def test_drift_is_detected_flagged_and_reported(tmp_path: Path, device: Device,
     assert card_view["flagged_batches"] == 2 and len(card_view["batches"]) == 4
 
 
-class NoteSink:
-    """A progress sink that keeps the campaign's notes."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def start(self, lane: str, total: int) -> None:
-        pass
-
-    def advance(self, lane: str, done: float) -> None:
-        pass
-
-    def note(self, lane: str, text: str) -> None:
-        self.notes.append(text)
-
-
 def test_a_settled_slow_level_is_not_measured_again(tmp_path: Path, device: Device,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # calibration 1.0 ms; batches 1 and 2 read 1.2 on all four attempts (three retries each):
@@ -232,7 +217,7 @@ def test_a_settled_slow_level_is_not_measured_again(tmp_path: Path, device: Devi
     runner = SlowingRunner([1.0, 1.2, 1.2, 1.2, 1.2, 1.21, 1.2, 1.2, 1.2, 1.2, 1.5, 1.22, 1.0])
     monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
     dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
-    sink = NoteSink()
+    sink = Lanes()
     specs = [*SPECS, OpSpec("act", h=8, w=8, cin=8, act="relu")]
     summary = run_campaign([Subject.op(s) for s in specs], [device], ["onnxruntime"], dataset,
                            campaign_config(drift_retries=3), progress=sink)
@@ -242,8 +227,9 @@ def test_a_settled_slow_level_is_not_measured_again(tmp_path: Path, device: Devi
     assert [d.flagged for d in summary.drift] == [True, True, True, True, False]
     records = dataset.records().set_index("key").loc[[s.key() for s in specs]]
     assert list(records["reference_ms"]) == pytest.approx([1.2, 1.2, 1.2, 1.22, 1.0])
-    settled = [n for n in sink.notes if "settled at 1.20x" in n]
-    assert len(settled) == 1 and any(n.startswith("back to speed") for n in sink.notes)
+    notes = [text for _, text in sink.notes]
+    settled = [n for n in notes if "settled at 1.20x" in n]
+    assert len(settled) == 1 and any(n.startswith("back to speed") for n in notes)
     assert "2 of them stored at the device's settled level" in summary.drift_report()[0]
 
 
