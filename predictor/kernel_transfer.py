@@ -6,18 +6,19 @@ shape: on another thread count, precision or runtime of the same CPU, log ms on 
 close to an affine function of log ms on a source, per kernel kind. So instead of learning
 every kind from scratch, the target learns that map from a few kernels measured on it:
 
-    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * mean_s log p_s(k)
-               [+ r_kind . f(k)] [+ g_kind,group(k)]
+    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * m(k)
+               [+ r_kind . f(k)] [+ g_kind,group(k)] [+ sum_j h_j max(0, m(k) - log knot_j)]
 
 with p_s the sources' kernel predictions (at the source's precision: a target int8 kernel is
-asked of an fp32 source as the same kernel in fp32), c and the slopes b_s shared by every kind,
-e_kind, d_kind (and the optional residual r_kind on a few log-size features f, clipped to the
-sample's range, and offsets g per shape group: kernel size and stride) per kind, pulled
-towards 0 by ridge penalties; past the kind's sampled range of a source's log predictions the
-target follows that source in proportion (a small budget buys cheap kernels, and the slope
-fitted on them must not carry decades further). The penalties, and whether the residual and
-the group offsets are used, are chosen by leave-one-out error on the sample; per kind,
-fitting the sample alone (log-linear in FLOPs and bytes, `predictor.models.
+asked of an fp32 source as the same kernel in fp32) and m their mean log, c and the slopes b_s
+shared by every kind, e_kind, d_kind (and the optional residual r_kind on a few log-size
+features f, clipped to the sample's range, and offsets g per shape group: kernel size, stride
+and mode) per kind, the optional hinges h shared (a ratio that bends with size: one thread to
+two), pulled towards 0 by ridge penalties; past the kind's sampled range of a source's log
+predictions the target follows that source in proportion (a small budget buys cheap kernels,
+and the slope fitted on them must not carry decades further). The penalties, and whether the
+residual, the group offsets and the hinges are used, are chosen by leave-one-out error on the
+sample; per kind, fitting the sample alone (log-linear in FLOPs and bytes, `predictor.models.
 LinearKernelPredictor`'s columns) replaces the map where its leave-one-out error is lower.
 
 The sample (`sample_transfer`) is chosen before measuring, within a device-time budget: every
@@ -31,6 +32,7 @@ so a transferred predictor loads, predicts and is evaluated like any other.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -66,6 +68,13 @@ RESIDUAL_FEATURES = ("log_flops", "log_bytes")
 # algorithms per kernel size (ONNX Runtime -> LiteRT convolutions: 1x1 at 0.87x the kind's
 # typical ratio, 7x7 at 1.6x), a step no smooth size feature follows. None: no offsets.
 GROUP_RIDGES = (None, 0.01, 0.1, 1.0)
+# Hinges on the sources' mean log prediction, shared by every kind: the ratio between two
+# platforms bends with a kernel's size where the map's slope is straight (LiteRT INT8 1 -> 2
+# threads: 1.25x for convolutions of 2 us, where the thread pool costs more than it gives,
+# 0.5x from 0.15 ms on), and a slope fitted across the bend missed the target's convolutions
+# by 12% even fitted on all 709 of them. Knots in ms; None: no hinges.
+HINGE_KNOTS_MS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+HINGE_RIDGES = (None, 0.1, 1.0, 10.0)
 ALONE_FEATURES = ("log_flops", "log_bytes")  # LinearKernelPredictor's columns
 ALONE_RIDGE = 1e-3
 MIN_ALONE_KERNELS = 5  # fewer sampled kernels of a kind: never fitted alone
@@ -458,17 +467,18 @@ class KindTransfer:
     # the sources in proportion (the ratio at the edge): ONNX Runtime -> LiteRT at a 2% budget,
     # a slope of 1.25 fitted on kernels up to 0.08 ms priced convolutions of 200 ms 9x over
     source_bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    hinges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per HINGE_KNOTS_MS
 
     def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
         if self.mode == "alone":
             return predict_log_linear(self.alone, features, _columns(ALONE_FEATURES))
         logs = np.array([np.log(np.maximum(source_predict(src, dtype, specs), 1e-9))
                          for src, dtype in zip(self.sources, self.dtypes, strict=True)])
-        if self.source_bounds.size:
-            inside = np.clip(logs, self.source_bounds[0][:, None], self.source_bounds[1][:, None])
-            out = self.intercept + self.slopes @ inside + (logs - inside).mean(axis=0)
-        else:
-            out = self.intercept + self.slopes @ logs
+        inside = np.clip(logs, self.source_bounds[0][:, None], self.source_bounds[1][:, None]) \
+            if self.source_bounds.size else logs
+        out = self.intercept + self.slopes @ inside + (logs - inside).mean(axis=0)
+        if len(self.hinges):
+            out = out + hinge_columns(inside.mean(axis=0)) @ self.hinges
         if len(self.residual):
             values = features[:, _columns(RESIDUAL_FEATURES)]
             if self.bounds.size:
@@ -481,6 +491,11 @@ class KindTransfer:
 
 def _columns(names: Sequence[str]) -> list[int]:
     return [FEATURE_NAMES.index(n) for n in names]
+
+
+def hinge_columns(mean_log_ms: np.ndarray) -> np.ndarray:
+    """max(0, log ms - log knot) per HINGE_KNOTS_MS (kernels x knots)."""
+    return np.maximum(0.0, np.asarray(mean_log_ms)[:, None] - np.log(HINGE_KNOTS_MS)[None, :])
 
 
 @dataclass(frozen=True)
@@ -498,35 +513,37 @@ class MapFit:
     loo: np.ndarray  # per sample: leave-one-out log error (NaN where undefined)
     group_offset: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> group
     group_ridge: float | None = None
+    hinges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per HINGE_KNOTS_MS
+    hinge_ridge: float | None = None
 
 
 def shape_group(spec: OpSpec) -> str:
-    """The kernel's shape group within its kind (kernel size and stride), "" for a kind
-    without a kernel size."""
+    """The kernel's algorithm group within its kind: kernel size and stride, and its mode
+    (an INT8 bmm's form runs in XNNPACK or LiteRT's builtin kernel, which does not use a
+    second thread)."""
     kernel = getattr(spec, "kernel", None)
-    if not kernel:
-        return ""
-    return f"k{kernel}x{getattr(spec, 'kernel_w', None) or kernel}s{spec.stride}"
+    shape = f"k{kernel}x{getattr(spec, 'kernel_w', None) or kernel}s{spec.stride}" \
+        if kernel else ""
+    return "/".join(part for part in (shape, getattr(spec, "mode", "") or "") if part)
 
 
 def fit_map(kinds: Sequence[str], source_logs: np.ndarray, log_ms: np.ndarray,
             features: np.ndarray, groups: Sequence[str] | None = None) -> MapFit:
     """The map's coefficients by generalized ridge regression, its penalties chosen by the
     closed-form leave-one-out error over SLOPE_DEVIATION_RIDGES x RESIDUAL_RIDGES x
-    GROUP_RIDGES (`groups`: each sample's `shape_group`; offsets only for kinds sampled in
-    two groups or more)."""
+    GROUP_RIDGES x HINGE_RIDGES (`groups`: each sample's `shape_group`; offsets only for
+    kinds sampled in two groups or more)."""
     groups = list(groups) if groups is not None else [""] * len(kinds)
     columns = _group_columns(kinds, groups)
     best = None
-    for deviation_ridge in SLOPE_DEVIATION_RIDGES:
-        for residual_ridge in RESIDUAL_RIDGES:
-            for group_ridge in GROUP_RIDGES:
-                fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge,
-                                 residual_ridge, groups,
-                                 columns if group_ridge is not None else [], group_ridge)
-                score = _rms(fit.loo)
-                if best is None or score < best[0] - 1e-12:
-                    best = (score, fit)
+    for deviation_ridge, residual_ridge, group_ridge, hinge_ridge in itertools.product(
+            SLOPE_DEVIATION_RIDGES, RESIDUAL_RIDGES, GROUP_RIDGES, HINGE_RIDGES):
+        fit = _solve_map(kinds, source_logs, log_ms, features, deviation_ridge, residual_ridge,
+                         groups, columns if group_ridge is not None else [], group_ridge,
+                         hinge_ridge)
+        score = _rms(fit.loo)
+        if best is None or score < best[0] - 1e-12:
+            best = (score, fit)
     return best[1]
 
 
@@ -541,10 +558,11 @@ def _group_columns(kinds: Sequence[str], groups: Sequence[str]) -> list[tuple[st
 
 def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
             features: np.ndarray, residual: bool,
-            group_columns: Sequence[tuple[str, str]] = (), groups: Sequence[str] = ()
-            ) -> np.ndarray:
+            group_columns: Sequence[tuple[str, str]] = (), groups: Sequence[str] = (),
+            hinges: bool = False) -> np.ndarray:
     """Columns: shared intercept, per kind offset, per source slope, per kind deviation on the
-    mean source, per kind residual features, per (kind, shape group) offset."""
+    mean source, per kind residual features, per (kind, shape group) offset, shared hinges on
+    the mean source."""
     n, n_kinds = len(kinds), len(order)
     index = np.array([order.index(k) for k in kinds])
     onehot = np.zeros((n, n_kinds))
@@ -563,25 +581,29 @@ def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
             if pair in where:
                 block[i, where[pair]] = 1.0
         parts.append(block)
+    if hinges:
+        parts.append(hinge_columns(logs.mean(axis=0)))
     return np.hstack(parts)
 
 
 def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: np.ndarray,
                deviation_ridge: float, residual_ridge: float | None, groups: Sequence[str],
-               group_columns: Sequence[tuple[str, str]], group_ridge: float | None) -> MapFit:
+               group_columns: Sequence[tuple[str, str]], group_ridge: float | None,
+               hinge_ridge: float | None = None) -> MapFit:
     """One fit of the map; `group_columns` (`_group_columns`, empty without offsets) are the
-    (kind, shape group) pairs that get an offset."""
+    (kind, shape group) pairs that get an offset; hinges only with a `hinge_ridge`."""
     order = sorted(set(kinds))
     n_sources, n_kinds = logs.shape[0], len(order)
     residual = residual_ridge is not None
     # Residual features centred per kind: the offsets keep meaning the kind's typical level.
     centred = features - np.array([features[np.asarray(kinds) == k].mean(axis=0)
                                    for k in kinds]) if residual else features
-    z = _design(kinds, order, logs, centred, residual, group_columns, groups)
+    n_hinges = len(HINGE_KNOTS_MS) if hinge_ridge is not None else 0
+    z = _design(kinds, order, logs, centred, residual, group_columns, groups, bool(n_hinges))
     width = features.shape[1] if residual else 0
     penalty = np.r_[0.0, [KIND_OFFSET_RIDGE] * n_kinds, [SLOPE_RIDGE] * n_sources,
                     [deviation_ridge] * n_kinds, [residual_ridge or 0.0] * (n_kinds * width),
-                    [group_ridge or 0.0] * len(group_columns)]
+                    [group_ridge or 0.0] * len(group_columns), [hinge_ridge or 0.0] * n_hinges]
     prior = np.zeros(z.shape[1])
     prior[1 + n_kinds:1 + n_kinds + n_sources] = 1.0 / n_sources
     target = y - z @ prior
@@ -597,13 +619,15 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     group_offset: dict[str, dict[str, float]] = {}
     for j, (kind, group) in enumerate(group_columns):
         group_offset.setdefault(kind, {})[group] = float(theta[group_start + j])
+
     return MapFit(
         float(theta[0]), theta[1 + n_kinds:1 + n_kinds + n_sources],
         {k: float(theta[1 + i]) for i, k in enumerate(order)},
         {k: float(theta[1 + n_kinds + n_sources + i]) for i, k in enumerate(order)},
         {k: (theta[start + i * width:start + (i + 1) * width] if residual else np.zeros(0))
          for i, k in enumerate(order)},
-        deviation_ridge, residual_ridge, loo, group_offset, group_ridge)
+        deviation_ridge, residual_ridge, loo, group_offset, group_ridge,
+        theta[group_start + len(group_columns):], hinge_ridge)
 
 
 def _alone_loo(features: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -691,7 +715,8 @@ class KernelTransferPredictor(KernelPredictor):
                 fit.group_offset.get(kind, {}),
                 np.array([sampled.min(axis=0), sampled.max(axis=0)]) if len(residual)
                 else np.zeros((2, 0)),
-                np.array([source_logs[:, rows].min(axis=1), source_logs[:, rows].max(axis=1)]))
+                np.array([source_logs[:, rows].min(axis=1), source_logs[:, rows].max(axis=1)]),
+                fit.hinges)
             summary[kind] = {"kernels": int(rows.sum()), "mode": mode,
                              "map_loo_pct": _pct(map_err),
                              "alone_loo_pct": _pct(alone_loo[rows])}
@@ -708,6 +733,7 @@ class KernelTransferPredictor(KernelPredictor):
                     "slopes": [float(b) for b in fit.slopes], "intercept": fit.intercept,
                     "slope_deviation_ridge": fit.slope_deviation_ridge,
                     "residual_ridge": fit.residual_ridge, "group_ridge": fit.group_ridge,
+                    "hinge_ridge": fit.hinge_ridge,
                     "kinds": summary}
         return self
 
@@ -733,6 +759,8 @@ class KernelTransferPredictor(KernelPredictor):
             "source_bounds": model.source_bounds.tolist(),
             "alone_features": list(ALONE_FEATURES), "alone": [float(a) for a in model.alone],
             "groups": {g: float(v) for g, v in model.groups.items()},
+            "hinge_knots_ms": list(HINGE_KNOTS_MS) if len(model.hinges) else [],
+            "hinges": [float(h) for h in model.hinges],
             "sources": entries}, indent=1, sort_keys=True) + "\n")
         return target.name
 
@@ -758,6 +786,10 @@ class KernelTransferPredictor(KernelPredictor):
             slopes = np.array(saved["slopes"], dtype=np.float64)
             if len(slopes) != len(sources):
                 raise ValueError(f"{len(slopes)} slopes for {len(sources)} sources")
+            hinges = np.array(saved.get("hinges", []), dtype=np.float64)
+            if len(hinges) and saved.get("hinge_knots_ms") != list(HINGE_KNOTS_MS):
+                raise ValueError(f"hinge knots {saved.get('hinge_knots_ms')} are not this "
+                                 f"version's {list(HINGE_KNOTS_MS)}")
             return KindTransfer(saved["mode"], sources, dtypes, labels,
                                 float(saved["intercept"]), slopes,
                                 np.array(saved["residual"], dtype=np.float64),
@@ -766,7 +798,7 @@ class KernelTransferPredictor(KernelPredictor):
                                 np.array(saved.get("residual_bounds", [[], []]),
                                          dtype=np.float64).reshape(2, -1),
                                 np.array(saved.get("source_bounds", [[], []]),
-                                         dtype=np.float64).reshape(2, -1))
+                                         dtype=np.float64).reshape(2, -1), hinges)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc
 

@@ -297,3 +297,48 @@ def test_beyond_the_sampled_range_the_target_follows_the_sources_in_proportion(s
     unbounded = median_error(model.predict(held), truth[~cheap])
     assert bounded < 0.12
     assert unbounded > 2 * bounded
+
+
+def thread_ratio(src: np.ndarray) -> np.ndarray:
+    """Two threads against one: slower on tiny kernels (the pool's cost), half the time on
+    large ones, a smooth bend between - LiteRT INT8's measured shape."""
+    return 0.5 + 0.75 / (1.0 + (src / 0.01) ** 1.5)
+
+
+def test_a_ratio_that_bends_with_kernel_size_is_learned_by_the_hinges(synthetic, tmp_path,
+                                                                        monkeypatch):
+    """One thread -> two: the ratio falls from 1.25x to 0.5x as kernels grow. The straight
+    map (HINGE_RIDGES = (None,)) cannot bend with it; the hinges on the sources' prediction
+    can, and leave-one-out keeps them. They save and load with the kind."""
+    specs, _, source, train = synthetic
+    src = np.array([source_ms(s) for s in specs])
+    truth = src * thread_ratio(src) * np.exp(np.random.default_rng(2).normal(0, 0.02,
+                                                                             len(specs)))
+    train = np.zeros(len(specs), dtype=bool)
+    train[::4] = True
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    held = [s for s, keep in zip(specs, train, strict=True) if not keep]
+    model = KernelTransferPredictor().fit(sample, truth[train], sources=[source])
+    assert model.cv_["hinge_ridge"] is not None
+    bent = median_error(model.predict(held), truth[~train])
+    assert bent < 0.05
+    conv = model.models_["conv"]
+    path = tmp_path / "conv"
+    path.mkdir()
+    loaded = KernelTransferPredictor().load_kind(path / model.save_kind(conv, path / "conv"))
+    assert loaded.hinges == pytest.approx(conv.hinges)
+    assert len(conv.hinges) == len(kernel_transfer.HINGE_KNOTS_MS)
+    monkeypatch.setattr(kernel_transfer, "HINGE_RIDGES", (None,))
+    straight = KernelTransferPredictor().fit(sample, truth[train], sources=[source])
+    assert len(straight.models_["conv"].hinges) == 0
+    assert bent < median_error(straight.predict(held), truth[~train]) / 2
+
+
+def test_an_int8_bmm_form_is_its_own_group():
+    """The builtin and the XNNPACK form of an INT8 bmm scale differently with threads."""
+    bmm = OpSpec("bmm", heads=4, tokens=197, cin=32, cout=197, dtype="int8")
+    symmetric = bmm.with_(mode="symmetric")
+    assert kernel_transfer.shape_group(symmetric) == \
+        kernel_transfer.shape_group(bmm) + "/symmetric"
+    assert kernel_transfer.shape_group(OpSpec("conv", h=8, w=8, cin=8, cout=8, kernel=3)) \
+        == "k3x3s1"
