@@ -19,6 +19,16 @@ from latbench.bench.spaces import get_space
 from latbench.device_agents import local_device
 
 HELD_OUT_SEED = 2024  # the held-out networks' seed: never a plan's calibration networks
+# benchmarks/platform_matrix.py's default output, which the benchmarks of its campaigns read
+# (run_all.py runs it first)
+MATRIX_OUT = Path("/tmp/latbench-platform-matrix")
+
+
+def matrix_predictor(label: str, matrix: Path = MATRIX_OUT) -> Path:
+    """The predictor the platform matrix fitted for platform `label` (its folder name, e.g.
+    litert-xnnpack_int8_1t): run 1's when it made several runs."""
+    folder = matrix / label
+    return (folder / "run1" if (folder / "run1").is_dir() else folder) / "predictor"
 
 
 def fresh_dir(path: str | Path, keep: bool = False) -> Path:

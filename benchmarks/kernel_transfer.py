@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import HELD_OUT_SEED  # noqa: E402
+from _common import HELD_OUT_SEED, MATRIX_OUT  # noqa: E402
 from _report import publish  # noqa: E402
 
 from latbench.bench.ops import OpSpec  # noqa: E402
@@ -154,7 +154,7 @@ def pct(value: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--matrix", default="/tmp/latbench-platform-matrix",
+    parser.add_argument("--matrix", default=str(MATRIX_OUT),
                         help="output folder of benchmarks/platform_matrix.py (its default --out)")
     parser.add_argument("--cache", default="/tmp/latbench-kernel-transfer",
                         help="folder for the held-out networks' split kernels")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
-from _common import HELD_OUT_SEED  # noqa: E402
+from _common import HELD_OUT_SEED, matrix_predictor  # noqa: E402
 from _report import publish  # noqa: E402
 
 from latbench.bench.export.graph import spec_graph  # noqa: E402
@@ -67,16 +67,33 @@ def best_times(calls: dict[str, object], rounds: int, runs: int) -> dict[str, fl
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--predictor", required=True, help="a LiteRT predictor directory")
-    parser.add_argument("--networks", default="nasbench-macro:10,mobilenetv2:5,resnet:5,"
-                        "resnet50:5,vit:5")
+def timing_parser(description: str, label: str, what: str, networks: str
+                  ) -> argparse.ArgumentParser:
+    """The options of a benchmark that times networks in one LiteRT process: the predictor
+    (default: the platform matrix's of platform `label`, described as `what`), the networks,
+    rounds and calls per round."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--predictor", default=str(matrix_predictor(label)),
+                        help=f"a {what} predictor directory (default: the platform matrix's)")
+    parser.add_argument("--networks", default=networks, help="held-out networks")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser
+
+
+def load_predictor(parser: argparse.ArgumentParser, path: str) -> LatencyPredictor:
+    if not Path(path).is_dir():
+        parser.error(f"no predictor at {path}: run benchmarks/platform_matrix.py first, or "
+                     "give --predictor")
+    return LatencyPredictor.load(path)
+
+
+def main() -> int:
+    parser = timing_parser(__doc__.split("\n\n")[0], "litert-xnnpack_fp32_1t", "LiteRT",
+                           "nasbench-macro:10,mobilenetv2:5,resnet:5,resnet50:5,vit:5")
     args = parser.parse_args()
-    predictor = LatencyPredictor.load(args.predictor)
+    predictor = load_predictor(parser, args.predictor)
     if predictor.runtime != "litert":
         parser.error(f"{args.predictor} is a {predictor.runtime} predictor; this benchmark "
                      "times LiteRT")

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import HELD_OUT_SEED, fresh_dir  # noqa: E402
+from _common import HELD_OUT_SEED, MATRIX_OUT, fresh_dir  # noqa: E402
 from _report import publish  # noqa: E402
 
 LATBENCH = str(Path(sys.executable).with_name("latbench"))
@@ -193,7 +193,7 @@ def main() -> int:
     parser.add_argument("--networks", default=DEFAULT_NETWORKS, help="held-out networks")
     parser.add_argument("--platforms", help="comma-separated labels to run (default: all), "
                         "e.g. onnxruntime/fp32/1t,litert-xnnpack/int8/2t")
-    parser.add_argument("--out", default="/tmp/latbench-platform-matrix")
+    parser.add_argument("--out", default=str(MATRIX_OUT))
     parser.add_argument("--keep", action="store_true", help="resume an earlier run's output")
     parser.add_argument("--runs", type=int, default=3, help="fresh runs per platform; figures "
                         "are medians over them (default 3)")

@@ -21,13 +21,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# Run before the others: their campaigns are what kernel_transfer, litert_composition and
+# builtin_bmm read.
+PRODUCERS = ("platform_matrix",)
 
 
 def discover(folder: Path | None = None) -> list[Path]:
-    """Benchmark scripts in `folder` (default: benchmarks/), sorted by name."""
+    """Benchmark scripts in `folder` (default: benchmarks/): PRODUCERS first, the rest by
+    name."""
     folder = HERE if folder is None else folder
-    return sorted(p for p in folder.glob("*.py")
-                  if not p.name.startswith("_") and p.name != Path(__file__).name)
+    return sorted((p for p in folder.glob("*.py")
+                   if not p.name.startswith("_") and p.name != Path(__file__).name),
+                  key=lambda p: (p.stem not in PRODUCERS, p.name))
 
 
 def select(scripts: list[Path], only: list[str] | None, skip: list[str] | None) -> list[Path]:

@@ -20,7 +20,8 @@ def test_discovers_the_benchmarks_but_not_helpers() -> None:
     names = [p.stem for p in run_all.discover()]
     assert {"repeatability", "throughput", "predictor_accuracy"} <= set(names)
     assert "_report" not in names and "run_all" not in names
-    assert names == sorted(names)
+    assert names[0] == "platform_matrix"  # the campaigns later benchmarks read
+    assert names[1:] == sorted(names[1:])
 
 
 def test_runs_each_script_and_fails_loudly(tmp_path: Path,

@@ -171,6 +171,7 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from latbench.bench.model_files import parse_input_shapes
+    from latbench.predictor.builtin_bmm import builtin_bmm
     from latbench.predictor.intervals import check_level
 
     path = Path(args.model)
@@ -182,6 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial,
                                    interval_level=level)
     memory = predicted_memory(predictor, path, shapes)
+    attention = builtin_bmm(predictor, prediction)
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -189,7 +191,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     "runtime": predictor.runtime, "platform": predictor.platform.to_json(),
                     **prediction.to_json(),
                     "model_size_bytes": path.stat().st_size,
-                    "memory": None if memory is None else memory.to_json()})
+                    "memory": None if memory is None else memory.to_json(),
+                    "builtin_int8_bmm": None if attention is None else attention.to_json()})
         return 0
     flags = prediction.range_flags()
     print_table(f"{path.name} on {predictor.platform}",
@@ -207,6 +210,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if prediction.coverage is not None:
         print(f"coverage: {prediction.coverage:.1%} of the predicted kernel time comes from "
               "kernels inside the predictor's training range")
+    if attention is not None:
+        print(attention.text())
     if memory is not None:
         print(memory.text())
     return 0
@@ -430,7 +435,10 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                     "(the share of predicted time from kernels inside the range). Beside the "
                     "latency it prints the model's predicted peak memory (the predictor's "
                     "memory model, calibrated on its dataset's measured network peaks) and "
-                    "the file's size.")
+                    "the file's size. On LiteRT XNNPACK, an INT8 model's attention products "
+                    "(BATCH_MATMUL) whose right operand's zero point is not 0 run in LiteRT's "
+                    "builtin kernel, many times slower: it says how many and what the model "
+                    "would take with them quantized symmetric.")
     predict.add_argument("model", help="model file (.onnx, .tflite)")
     predict.add_argument("--predictor", required=True, help="predictor directory")
     predict.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
@@ -442,7 +450,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     predict.add_argument("--json", action="store_true",
                          help="print a JSON object (platform, predicted_ms, interval_ms, "
                               "interval_level, coverage, per-kernel figures and range checks, "
-                              "skipped_ops, memory, model_size_bytes)")
+                              "skipped_ops, memory, model_size_bytes, builtin_int8_bmm)")
     add_interval_level(predict)
     add_platform_choice(predict, device_runtime=True)
     predict.set_defaults(func=cmd_predict)
