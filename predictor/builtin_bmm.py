@@ -44,11 +44,15 @@ class BuiltinBmm:
                 "symmetric_predicted_ms": self.symmetric_ms}
 
 
-def builtin_bmm(predictor: Any, prediction: NetworkPrediction) -> BuiltinBmm | None:
-    """The INT8 bmm kernels of `prediction` (made by `predictor`) that a LiteRT XNNPACK
-    platform leaves to the builtin kernel; None on other platforms or without any."""
+def builtin_bmm(predictor: Any, prediction: NetworkPrediction,
+                model_format: str = "tflite") -> BuiltinBmm | None:
+    """The INT8 bmm kernels of `prediction` (made by `predictor` of a model file in
+    `model_format`) that a LiteRT XNNPACK platform leaves to the builtin kernel; None on other
+    platforms, without any, and for a model that is not a .tflite (an ONNX file holds no zero
+    point of LiteRT's: its converter decides it)."""
     platform = predictor.platform
-    if platform.runtime != "litert" or platform.delegate != "xnnpack":
+    if model_format != "tflite" or platform.runtime != "litert" \
+            or platform.delegate != "xnnpack":
         return None
     specs = [spec for spec, _ in prediction.kernels]
     int8_bmm = [i for i, s in enumerate(specs) if s.kind == "bmm" and s.dtype == "int8"]

@@ -467,7 +467,8 @@ class KindTransfer:
     # the sources in proportion (the ratio at the edge): ONNX Runtime -> LiteRT at a 2% budget,
     # a slope of 1.25 fitted on kernels up to 0.08 ms priced convolutions of 200 ms 9x over
     source_bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
-    hinges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per HINGE_KNOTS_MS
+    hinges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per knot
+    knots_ms: tuple[float, ...] = HINGE_KNOTS_MS  # the hinges' knots (as saved)
 
     def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
         if self.mode == "alone":
@@ -478,7 +479,7 @@ class KindTransfer:
             if self.source_bounds.size else logs
         out = self.intercept + self.slopes @ inside + (logs - inside).mean(axis=0)
         if len(self.hinges):
-            out = out + hinge_columns(inside.mean(axis=0)) @ self.hinges
+            out = out + hinge_columns(inside.mean(axis=0), self.knots_ms) @ self.hinges
         if len(self.residual):
             values = features[:, _columns(RESIDUAL_FEATURES)]
             if self.bounds.size:
@@ -493,9 +494,10 @@ def _columns(names: Sequence[str]) -> list[int]:
     return [FEATURE_NAMES.index(n) for n in names]
 
 
-def hinge_columns(mean_log_ms: np.ndarray) -> np.ndarray:
-    """max(0, log ms - log knot) per HINGE_KNOTS_MS (kernels x knots)."""
-    return np.maximum(0.0, np.asarray(mean_log_ms)[:, None] - np.log(HINGE_KNOTS_MS)[None, :])
+def hinge_columns(mean_log_ms: np.ndarray,
+                  knots_ms: Sequence[float] = HINGE_KNOTS_MS) -> np.ndarray:
+    """max(0, log ms - log knot) per knot (kernels x knots)."""
+    return np.maximum(0.0, np.asarray(mean_log_ms)[:, None] - np.log(knots_ms)[None, :])
 
 
 @dataclass(frozen=True)
@@ -619,7 +621,6 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     group_offset: dict[str, dict[str, float]] = {}
     for j, (kind, group) in enumerate(group_columns):
         group_offset.setdefault(kind, {})[group] = float(theta[group_start + j])
-
     return MapFit(
         float(theta[0]), theta[1 + n_kinds:1 + n_kinds + n_sources],
         {k: float(theta[1 + i]) for i, k in enumerate(order)},
@@ -759,7 +760,7 @@ class KernelTransferPredictor(KernelPredictor):
             "source_bounds": model.source_bounds.tolist(),
             "alone_features": list(ALONE_FEATURES), "alone": [float(a) for a in model.alone],
             "groups": {g: float(v) for g, v in model.groups.items()},
-            "hinge_knots_ms": list(HINGE_KNOTS_MS) if len(model.hinges) else [],
+            "hinge_knots_ms": list(model.knots_ms) if len(model.hinges) else [],
             "hinges": [float(h) for h in model.hinges],
             "sources": entries}, indent=1, sort_keys=True) + "\n")
         return target.name
@@ -787,9 +788,9 @@ class KernelTransferPredictor(KernelPredictor):
             if len(slopes) != len(sources):
                 raise ValueError(f"{len(slopes)} slopes for {len(sources)} sources")
             hinges = np.array(saved.get("hinges", []), dtype=np.float64)
-            if len(hinges) and saved.get("hinge_knots_ms") != list(HINGE_KNOTS_MS):
-                raise ValueError(f"hinge knots {saved.get('hinge_knots_ms')} are not this "
-                                 f"version's {list(HINGE_KNOTS_MS)}")
+            knots = tuple(float(k) for k in saved.get("hinge_knots_ms") or HINGE_KNOTS_MS)
+            if len(hinges) not in (0, len(knots)):
+                raise ValueError(f"{len(hinges)} hinges for {len(knots)} knots")
             return KindTransfer(saved["mode"], sources, dtypes, labels,
                                 float(saved["intercept"]), slopes,
                                 np.array(saved["residual"], dtype=np.float64),
@@ -798,7 +799,7 @@ class KernelTransferPredictor(KernelPredictor):
                                 np.array(saved.get("residual_bounds", [[], []]),
                                          dtype=np.float64).reshape(2, -1),
                                 np.array(saved.get("source_bounds", [[], []]),
-                                         dtype=np.float64).reshape(2, -1), hinges)
+                                         dtype=np.float64).reshape(2, -1), hinges, knots)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc
 

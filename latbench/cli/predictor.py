@@ -170,7 +170,7 @@ def _range_text(ranges: dict[str, list[float]]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from latbench.bench.model_files import parse_input_shapes
+    from latbench.bench.model_files import model_format, parse_input_shapes
     from latbench.predictor.builtin_bmm import builtin_bmm
     from latbench.predictor.intervals import check_level
 
@@ -183,7 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prediction = predictor.predict(path, input_shapes=shapes, allow_partial=args.allow_partial,
                                    interval_level=level)
     memory = predicted_memory(predictor, path, shapes)
-    attention = builtin_bmm(predictor, prediction)
+    attention = builtin_bmm(predictor, prediction, model_format(path))
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -435,7 +435,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                     "(the share of predicted time from kernels inside the range). Beside the "
                     "latency it prints the model's predicted peak memory (the predictor's "
                     "memory model, calibrated on its dataset's measured network peaks) and "
-                    "the file's size. On LiteRT XNNPACK, an INT8 model's attention products "
+                    "the file's size. On LiteRT XNNPACK, an INT8 .tflite's attention products "
                     "(BATCH_MATMUL) whose right operand's zero point is not 0 run in LiteRT's "
                     "builtin kernel, many times slower: it says how many and what the model "
                     "would take with them quantized symmetric.")

@@ -61,6 +61,12 @@ def test_nothing_is_said_when_every_product_is_delegated():
     assert builtin_bmm(p, p.predict([QK.with_(mode=BMM_SYMMETRIC), LINEAR])) is None
 
 
+def test_nothing_is_said_of_an_onnx_file():
+    """An ONNX file holds no LiteRT zero points (its converter decides them)."""
+    p = predictor(LITERT_INT8)
+    assert builtin_bmm(p, p.predict([QK, LINEAR]), "onnx") is None
+
+
 def test_predict_reads_the_zero_point_off_a_tflite_file(tmp_path, capsys):
     folder = predictor(LITERT_INT8).save(tmp_path / "predictor")
     model = tmp_path / "qk.tflite"

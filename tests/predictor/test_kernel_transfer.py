@@ -12,7 +12,7 @@ import latbench.predictor.kernel_transfer as kernel_transfer
 from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform
 from latbench.errors import ConfigError
-from latbench.predictor.features import kernel_cost
+from latbench.predictor.features import feature_matrix, kernel_cost
 from latbench.predictor.kernel_transfer import (
     KernelTransferPredictor,
     MeasureCost,
@@ -327,7 +327,11 @@ def test_a_ratio_that_bends_with_kernel_size_is_learned_by_the_hinges(synthetic,
     path.mkdir()
     loaded = KernelTransferPredictor().load_kind(path / model.save_kind(conv, path / "conv"))
     assert loaded.hinges == pytest.approx(conv.hinges)
+    assert loaded.knots_ms == pytest.approx(kernel_transfer.HINGE_KNOTS_MS)
     assert len(conv.hinges) == len(kernel_transfer.HINGE_KNOTS_MS)
+    convs = [s for s in held if s.kind == "conv"]
+    assert loaded.log_ms(convs, feature_matrix(convs)) == pytest.approx(
+        conv.log_ms(convs, feature_matrix(convs)))
     monkeypatch.setattr(kernel_transfer, "HINGE_RIDGES", (None,))
     straight = KernelTransferPredictor().fit(sample, truth[train], sources=[source])
     assert len(straight.models_["conv"].hinges) == 0
