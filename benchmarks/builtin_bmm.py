@@ -60,7 +60,7 @@ def main() -> int:
         as_is = net.model_bytes(runner)
         pinned = runner.export(symmetric_copy(net.graph()))
         prediction = predictor.predict(as_is)
-        advice = builtin_bmm(predictor, prediction)
+        advice = builtin_bmm(predictor, prediction, "tflite")
         if advice is None:  # every product already in XNNPACK's form
             continue
         symmetric = predictor.predict(pinned)

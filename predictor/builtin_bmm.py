@@ -45,7 +45,7 @@ class BuiltinBmm:
 
 
 def builtin_bmm(predictor: Any, prediction: NetworkPrediction,
-                model_format: str = "tflite") -> BuiltinBmm | None:
+                model_format: str) -> BuiltinBmm | None:
     """The INT8 bmm kernels of `prediction` (made by `predictor` of a model file in
     `model_format`) that a LiteRT XNNPACK platform leaves to the builtin kernel; None on other
     platforms, without any, and for a model that is not a .tflite (an ONNX file holds no zero

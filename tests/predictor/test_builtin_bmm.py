@@ -40,7 +40,7 @@ LITERT_INT8 = Platform("box", "litert", "xnnpack", "int8")
 def test_builtin_products_are_counted_and_priced_in_both_forms():
     p = predictor(LITERT_INT8)
     prediction = p.predict([QK, AV.with_(mode=BMM_SYMMETRIC), LINEAR, QK])
-    advice = builtin_bmm(p, prediction)
+    advice = builtin_bmm(p, prediction, "tflite")
     assert (advice.builtin, advice.total) == (2, 3)
     assert advice.builtin_ms == pytest.approx(1.0)
     assert advice.predicted_ms == pytest.approx(0.01 + 0.5 + 0.04 + 0.1 + 0.5)
@@ -53,12 +53,13 @@ def test_builtin_products_are_counted_and_priced_in_both_forms():
                          ids=["onnxruntime", "litert-builtin"])
 def test_nothing_is_said_where_the_form_does_not_decide_the_kernel(platform):
     p = predictor(platform)
-    assert builtin_bmm(p, p.predict([QK, LINEAR])) is None
+    assert builtin_bmm(p, p.predict([QK, LINEAR]), "tflite") is None
 
 
 def test_nothing_is_said_when_every_product_is_delegated():
     p = predictor(LITERT_INT8)
-    assert builtin_bmm(p, p.predict([QK.with_(mode=BMM_SYMMETRIC), LINEAR])) is None
+    assert builtin_bmm(p, p.predict([QK.with_(mode=BMM_SYMMETRIC), LINEAR]),
+                       "tflite") is None
 
 
 def test_nothing_is_said_of_an_onnx_file():
