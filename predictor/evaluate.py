@@ -200,6 +200,25 @@ class NetworkTimes:
         return (text + f"; spread between the passes per network (slowest / fastest - 1): "
                 f"median {spread[0]:.1f}%, p90 {spread[1]:.1f}%.")
 
+    def speed_factors(self, trained_probe_ms: float | None) -> list[float | None]:
+        """Per pass: the predictor's dataset's reference probe over the pass's (None where
+        either is missing) - what scales the pass's times to the speed the machine had while
+        the predictor's kernels were measured."""
+        return [trained_probe_ms / probe if trained_probe_ms and probe else None
+                for probe in self.probe_ms]
+
+    def at_dataset_speed(self, trained_probe_ms: float | None) -> dict[str, float] | None:
+        """Key -> median over passes of the time scaled by the pass's `speed_factors`: the
+        network as it would have measured while the dataset was (the probe, a small block
+        resident in cache, stands for the machine's speed). None when a pass has no probe or
+        the predictor's dataset none."""
+        factors = self.speed_factors(trained_probe_ms)
+        if not factors or any(f is None for f in factors):
+            return None
+        keys = sorted({k for times in self.passes for k in times})
+        return {k: float(np.median([t[k] * f for t, f in zip(self.passes, factors, strict=True)
+                                    if k in t])) for k in keys}
+
     def level_note(self, trained_probe_ms: float | None) -> str:
         """The machine's speed level now against when the predictor's kernels were measured,
         by the campaigns' reference probe: a shift between sessions moves every measured
@@ -215,8 +234,8 @@ class NetworkTimes:
             return text + "."
         return (text + f": WARNING, the machine ran {'slower' if shift > 0 else 'faster'} than "
                 "when the kernels were measured, and the measured networks carry part of that. "
-                "Measure the networks in the same session as the dataset, or read the bias as "
-                "the machine's.")
+                "Measure the networks in the same session as the dataset, or read the scores "
+                "at the dataset's speed.")
 
 
 @dataclass
@@ -232,6 +251,23 @@ class EvaluationReport:
     # predictor gives no intervals
     intervals: dict[str, dict[str, float]] | None = None
     interval_level: float | None = None
+    # the same metrics against the times scaled to the dataset's speed (column
+    # measured_at_dataset_speed_ms; NetworkTimes.at_dataset_speed) and the median scale; None
+    # when the probes cannot say
+    speed_metrics: dict[str, dict[str, float]] | None = None
+    speed_factor: float | None = None
+
+    def speed_note(self) -> str:
+        """One sentence for reports: the scores once the machine's speed shift is removed."""
+        if self.speed_metrics is None or self.speed_factor is None:
+            return ""
+        every = self.speed_metrics.get("all") or next(iter(self.speed_metrics.values()))
+        families = ", ".join(f"{f} {m['within10']:.0%}" for f, m in self.speed_metrics.items()
+                             if f != "all")
+        return (f"At the dataset's speed (measured times x {self.speed_factor:.3f}, the "
+                f"reference probe's ratio): within 10% {every['within10']:.1%}, RMSPE "
+                f"{every['rmspe_pct']:.2f}%" + (f" ({families})." if len(self.speed_metrics) > 1
+                                                 else "."))
 
     def range_metrics(self) -> dict[str, dict[str, float | None]] | None:
         """Per family (and "all"): how many networks were priced wholly from kernels inside
@@ -291,10 +327,18 @@ class EvaluationReport:
                         f"| {m['mean_width_pct']:.1f} |")
         return "\n".join(rows)
 
-    def markdown(self) -> str:
+    def speed_json(self) -> dict[str, Any]:
+        """`at_dataset_speed` for eval.json and `--json`: the scale and the metrics, or {}."""
+        if self.speed_metrics is None:
+            return {}
+        return {"at_dataset_speed": {"factor": self.speed_factor,
+                                     "metrics": self.speed_metrics}}
+
+    def markdown(self, speed: bool = False) -> str:
+        """The metrics table; with `speed`, the one against the times at the dataset's speed."""
         rows = ["| family | n | RMSE ms | RMSPE % | within 5% | within 10% | within 15% | "
                 "Spearman | Kendall | bias % |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for family, m in self.metrics.items():
+        for family, m in ((self.speed_metrics or {}) if speed else self.metrics).items():
             rows.append(f"| {family} | {int(m['n'])} | {m['rmse_ms']:.4f} | {m['rmspe_pct']:.2f} "
                         f"| {m['within5']:.1%} | {m['within10']:.1%} | {m['within15']:.1%} | "
                         f"{m['spearman']:.3f} | {m['kendall']:.3f} | {m['bias_pct']:+.2f} |")
@@ -348,20 +392,32 @@ def evaluate(predictor: LatencyPredictor, networks: Sequence[Subject], device: D
                      "interval_low_ms": low, "interval_high_ms": high,
                      "coverage": math.nan if coverage is None else coverage})
     table = error_table(rows, len(networks), device, out_dir)
-    metrics = {family: error_metrics(group["predicted_ms"], group["measured_ms"])
-               for family, group in table.groupby("family", sort=True)}
+    metrics = family_metrics(table, "measured_ms")
     intervals = {family: m for family, group in table.groupby("family", sort=True)
                  if (m := interval_metrics(group)) is not None}
-    if len(metrics) > 1:
-        metrics["all"] = error_metrics(table["predicted_ms"], table["measured_ms"])
-        if intervals:
-            intervals["all"] = interval_metrics(table)
+    if len(metrics) > 1 and intervals:
+        intervals["all"] = interval_metrics(table)
+    speed_metrics = speed_factor = None
+    if (at_speed := times.at_dataset_speed(predictor.reference_probe_ms)) is not None:
+        table["measured_at_dataset_speed_ms"] = [at_speed[k] for k in table["network"]]
+        speed_metrics = family_metrics(table, "measured_at_dataset_speed_ms")
+        speed_factor = float(np.median(times.speed_factors(predictor.reference_probe_ms)))
     measurement = " ".join(filter(None, [times.note(),
                                          times.level_note(predictor.reference_probe_ms)]))
     return EvaluationReport(table, metrics, statistic, times.campaign, measurement,
                             memory_evaluation(predictor, networks, times.memory()),
                             predictor.platform, intervals or None,
-                            interval_level if intervals else None)
+                            interval_level if intervals else None, speed_metrics, speed_factor)
+
+
+def family_metrics(table: pd.DataFrame, measured: str) -> dict[str, dict[str, float]]:
+    """`error_metrics` of predicted_ms against the `measured` column per family, and "all"
+    when there are several."""
+    metrics = {family: error_metrics(group["predicted_ms"], group[measured])
+               for family, group in table.groupby("family", sort=True)}
+    if len(metrics) > 1:
+        metrics["all"] = error_metrics(table["predicted_ms"], table[measured])
+    return metrics
 
 
 @dataclass
@@ -465,7 +521,7 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
         "platform": None if platform is None else platform.to_json(),
         "statistic": report.statistic, "metrics": report.metrics,
         "intervals": report.intervals, "interval_level": report.interval_level,
-        "training_range": report.range_metrics()}
+        "training_range": report.range_metrics(), **report.speed_json()}
     sections = ""
     if ranges := report.range_markdown():
         sections = "\n\n## Training range\n\n" + ranges
@@ -486,7 +542,10 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str = "Predicto
                       + ("" if platform is None else f"Platform: {platform}. ")
                       + f"Measured statistic: `{report.statistic}`. "
                       f"{report.measurement}\n\n"
-                      f"{report.markdown()}\n\n![predicted vs measured](scatter.png)"
+                      f"{report.markdown()}\n\n"
+                      + (f"{report.speed_note()}\n\n{report.markdown(speed=True)}\n\n"
+                         if report.speed_metrics else "")
+                      + "![predicted vs measured](scatter.png)"
                       f"{sections}\n")
     if can_plot(paths["scatter"]):
         scatter_plot(report.table, paths["scatter"], title)

@@ -305,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     "threads": settings.threads, "statistic": report.statistic,
                     "metrics": report.metrics, "measurement": report.measurement,
                     "intervals": report.intervals, "interval_level": report.interval_level,
-                    "training_range": report.range_metrics(),
+                    "training_range": report.range_metrics(), **report.speed_json(),
                     "memory": None if memory is None else {
                         "metrics": memory.metrics, "calibrated": memory.calibrated},
                     "report": {k: str(v) for k, v in paths.items()}})
@@ -315,6 +315,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 _metric_rows(report.metrics))
     print(f"predictor platform: {predictor.platform}")
     print(report.measurement)
+    if report.speed_note():
+        print(report.speed_note())
     if report.intervals:
         print_table(f"{level:.0%} prediction intervals: how often the measured latency fell "
                     "inside", ["family", "n", "inside", "above", "mean width %"],
@@ -480,7 +482,10 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
         description="Measure whole networks on a device (the local CPU or any device of a "
                     "fleet) with the runner and settings the predictor was trained with, and "
                     "report RMSE, RMSPE, within-5/10/15% accuracy, Spearman and Kendall per "
-                    "family, with a predicted-vs-measured scatter plot.")
+                    "family, with a predicted-vs-measured scatter plot. The machine's speed "
+                    "drifts between sessions; every measurement runs a reference probe, and "
+                    "the same scores are also given against the times scaled by the probe to "
+                    "the speed the predictor's dataset was measured at.")
     ev.add_argument("--predictor", required=True, help="predictor directory")
     ev.add_argument("--networks", default="nasbench-macro:50",
                     help=networks_help("nasbench-macro:50"))

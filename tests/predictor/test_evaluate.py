@@ -249,6 +249,17 @@ def test_evaluate_end_to_end(fitted) -> None:
     assert trained_probe == pytest.approx(float(np.median(
         LatencyDataset.open(root / "dataset").records()["reference_ms"])))
     assert report.measurement.startswith("Networks measured in one pass. Reference probe ")
+    # ... and scores the networks again at that level: each time scaled by the probes' ratio
+    probe_now = float(np.median(records["reference_ms"]))
+    assert report.speed_factor == pytest.approx(trained_probe / probe_now)
+    np.testing.assert_allclose(table["measured_at_dataset_speed_ms"],
+                               table["measured_ms"] * trained_probe / probe_now)
+    assert report.speed_metrics["macro-like"] == pytest.approx(error_metrics(
+        table["predicted_ms"], table["measured_at_dataset_speed_ms"]), nan_ok=True)
+    assert report.speed_note().startswith(
+        f"At the dataset's speed (measured times x {report.speed_factor:.3f}")
+    summary = json.loads(write_report(report, root / "report")["json"].read_text())
+    assert summary["at_dataset_speed"]["factor"] == pytest.approx(report.speed_factor)
 
     again = evaluate(predictor, networks, device, root / "eval")
     assert again.campaign.skipped == 4 and again.campaign.measured == 0  # resumed, not re-measured
@@ -297,6 +308,17 @@ def test_network_times_median_and_spread() -> None:
     one = NetworkTimes([{"a": 1.0}], CampaignSummary())
     assert one.spread_pct() is None and one.note() == "Networks measured in one pass."
     assert one.agreement() is None
+
+
+def test_times_at_the_dataset_speed_scale_each_pass_by_its_probe() -> None:
+    times = NetworkTimes([{"a": 1.0, "b": 2.0}, {"a": 1.3}, {"a": 1.1, "b": 2.4}],
+                         CampaignSummary(), probe_ms=[0.080, 0.104, 0.088])
+    assert times.speed_factors(0.080) == pytest.approx([1.0, 0.080 / 0.104, 0.080 / 0.088])
+    # a: 1.0, 1.0, 1.0 -> 1.0 although the raw median is 1.1; b: 2.0 and 2.18 -> 2.09
+    assert times.at_dataset_speed(0.080) == pytest.approx({"a": 1.0, "b": (2.0 + 2.4 / 1.1) / 2})
+    assert times.at_dataset_speed(None) is None  # a predictor without a probe
+    missing = NetworkTimes([{"a": 1.0}, {"a": 1.2}], CampaignSummary(), probe_ms=[0.08, None])
+    assert missing.at_dataset_speed(0.08) is None  # a pass without one: no half-scaled median
 
 
 def test_level_note_warns_when_the_machine_runs_at_another_speed() -> None:
@@ -363,3 +385,5 @@ def test_eval_command_prints_json(fitted, tmp_path: Path, capsys) -> None:
     ranges = printed["training_range"]["onnx"]
     assert ranges["n"] == 2 and 0 <= ranges["in_range"] <= 2
     assert Path(printed["report"]["markdown"]).is_file()
+    speed = printed["at_dataset_speed"]
+    assert speed["factor"] > 0 and speed["metrics"]["onnx"]["n"] == 2
