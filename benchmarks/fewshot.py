@@ -25,6 +25,7 @@ model of the architecture can follow.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -214,10 +215,11 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
         if predictor and Path(predictor).exists():
             loaded = LatencyPredictor.load(predictor)
             label = f"{loaded.platform.runtime} predictor"
+            data = (loaded.info_.get("dataset") or {}).get("path")
             made.append(f"the {label}: `{predictor}`, fitted (`latbench predictor fit`) on "
-                        f"`{(loaded.info_.get('dataset') or {}).get('path')}` (a `latbench "
-                        f"bench ops --runtime {loaded.platform.runtime} --plan quick` "
-                        "campaign on this machine)")
+                        f"`{data}` (a `latbench bench ops --runtime "
+                        f"{loaded.platform.runtime} --plan {plan_of(data)}` campaign on this "
+                        "machine)")
             column = predictor_reference(loaded, "nasbench201", f"predictor:{label}")
             tables.append((f"13 shared + {label}", shared.join(column)))
         for label, table in tables:
@@ -234,6 +236,15 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
     if made:
         lines += ["", "Reference predictors: " + "; ".join(made) + "."]
     return lines
+
+
+def plan_of(dataset: str | None) -> str:
+    """The plan a dataset's campaign measured, from its card ("?" when it cannot say)."""
+    card = Path(dataset or "") / "card.json"
+    try:
+        return str(json.loads(card.read_text())["plan"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
 
 
 def other_of(runtime: str) -> str:

@@ -688,28 +688,43 @@ SUGGEST_VARIANCE = 0.99  # principal components of the reference space kept by `
 SUGGEST_TRIM = 0.9  # architectures beyond this quantile of distance from the centre: not chosen
 
 
+def whitened(values: np.ndarray, variance: float = 1.0) -> np.ndarray:
+    """Rows of `values` (columns standardised) in the principal components that carry
+    `variance` of it, each scaled to unit variance: distances there are Mahalanobis ones."""
+    n = len(values)
+    spread = values.std(axis=0)
+    x = (values - values.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    share = np.cumsum(sv ** 2) / max(float(np.sum(sv ** 2)), 1e-12)
+    keep = min(int(np.searchsorted(share, variance - 1e-12)) + 1, u.shape[1])
+    keep = min(keep, int(np.sum(sv > 1e-9 * max(float(sv[0]), 1e-300))) or 1)
+    return u[:, :keep] * np.sqrt(n)
+
+
 def suggest_samples(space: str, reference: ReferenceTable, k: int) -> np.ndarray:
     """Rows of the K architectures most worth measuring for this reference mix (deterministic):
     a maximin design in the whitened space of the standardised log latencies of the reference
     devices (denoised) - the most central architecture first, then each time the one farthest
     from every pick so far - so the samples span both the latency range (the references'
     common direction) and the directions in which the references disagree (which tell the
-    mixes apart), with the farthest 10% of architectures never picked (outliers whose errors
-    would dominate a fit on ten samples; a greedy D-optimal design, which seeks them, lost
-    points on devices unlike every reference)."""
+    mixes apart). Never chosen: the farthest 10% of architectures from the centre of that
+    space (outliers whose errors would dominate a fit on ten samples; a greedy D-optimal
+    design, which seeks them, lost points on devices unlike every reference), and the farthest
+    10% in the whitened space of the structure model's features (`arch_features`): a sample of
+    a rare structure - a NAS-Bench-201 cell whose output is cut off, 2% of the space - is one
+    the structure model cannot predict from the other nine, its leave-one-out error then
+    condemns that model, and on a device unlike every reference it is the model that holds."""
     n = len(reference.archs)
     if not 1 <= k <= n:
         raise ConfigError(f"cannot suggest {k} architectures: the reference has {n}")
-    logs = np.log(np.maximum(reference.denoised(space).ms, 1e-9))
-    spread = logs.std(axis=0)
-    x = (logs - logs.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    u, sv, _ = np.linalg.svd(x, full_matrices=False)
-    share = np.cumsum(sv ** 2) / max(float(np.sum(sv ** 2)), 1e-12)
-    keep = min(int(np.searchsorted(share, SUGGEST_VARIANCE)) + 1, u.shape[1])
-    white = u[:, :keep] * np.sqrt(n)  # unit variance per component
+    white = whitened(np.log(np.maximum(reference.denoised(space).ms, 1e-9)), SUGGEST_VARIANCE)
     centre = np.sum(white ** 2, axis=1)
-    allowed = centre <= np.quantile(centre, SUGGEST_TRIM)
-    chosen = [int(np.argmin(centre))]
+    rarity = np.sum(whitened(arch_features(space, reference.archs)) ** 2, axis=1)
+    allowed = ((centre <= np.quantile(centre, SUGGEST_TRIM))
+               & (rarity <= np.quantile(rarity, SUGGEST_TRIM)))
+    if not np.any(allowed):
+        allowed = centre <= np.quantile(centre, SUGGEST_TRIM)
+    chosen = [int(np.argmin(np.where(allowed, centre, np.inf)))]
     nearest = np.sum((white - white[chosen[0]]) ** 2, axis=1)
     while len(chosen) < k:
         pool = allowed if np.any(allowed & (nearest > 0)) else np.ones(n, dtype=bool)

@@ -164,6 +164,35 @@ def test_suggested_samples_span_the_latency_range_and_are_deterministic() -> Non
     assert picked[0] < np.quantile(level, 0.2) and picked[-1] > np.quantile(level, 0.8)
 
 
+def test_suggested_samples_hold_on_a_device_unlike_every_reference() -> None:
+    """NAS-Bench-201 networks measured with ONNX Runtime on this project's CI machine
+    (datasets/), the 13 shared devices as references: ten suggested samples must rank the other
+    measured networks and price most within 10% (issue 17's bar for such devices). Before the
+    suggestion left out structurally rare cells it opened with a cell whose output is cut off,
+    the structure model's leave-one-out error on it condemned that model, and the fit fell to
+    the references: Spearman 0.921, 37% within 10%."""
+    from latbench.bench.store import load_dataset
+    from latbench.predictor.fewshot import arch_features, canonical_archs, load_reference
+
+    frame = load_dataset(Path(__file__).resolve().parents[2] / "datasets" /
+                         "xeon-2core-nb201-onnxruntime")
+    nets = frame[(frame["kind"] == "network") & frame["key"].str.startswith("nasbench201:")
+                 & ~frame["key"].str.contains("@")]
+    per_arch = nets.groupby("key")["min_ms"].median()
+    archs = canonical_archs("nasbench201", [k.split(":", 1)[1] for k in per_arch.index])
+    truth = per_arch.to_numpy(dtype=np.float64)
+    shared = load_reference(DATA / "nasbench201" / "latency_ms.csv")
+    shared = ReferenceTable(tuple(canonical_archs("nasbench201", shared.archs)),
+                            shared.devices, shared.ms)
+    picked = suggest_samples("nasbench201", shared.subset(shared.rows(archs)), 10)
+    assert arch_features("nasbench201", [archs[i] for i in picked])[:, -1].all()  # connected
+    model = FewShotPredictor("nasbench201", shared).fit([archs[i] for i in picked],
+                                                        truth[picked])
+    held = np.setdiff1d(np.arange(len(archs)), picked)
+    metrics = error_metrics(model.predict([archs[i] for i in held]), truth[held])
+    assert metrics["spearman"] >= 0.93 and metrics["within10"] >= 0.60
+
+
 def test_suggest_more_than_the_space_is_one_line_error(
         predictor_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference-predictor",
