@@ -104,7 +104,9 @@ def main() -> int:
     calls = {"__overhead__": interpreter_call(runner.export(spec_graph(overhead_spec)), folder,
                                               threads)}
     networks = []
-    for net in resolve_networks(args.networks, seed=HELD_OUT_SEED, precision=precision):
+    # held out: never one of the networks the predictor's composition was fitted on
+    for net in resolve_networks(args.networks, seed=HELD_OUT_SEED, precision=precision,
+                                exclude=predictor.calibration_keys):
         kernels = priced_kernels(net, predictor)
         networks.append((net, kernels))
         calls[net.key] = interpreter_call(net.model_bytes(runner), folder, threads)
