@@ -25,7 +25,6 @@ model of the architecture can follow.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -240,10 +239,12 @@ def local_devices(shared: ReferenceTable, devices: dict[str, tuple[Path, str | N
 
 def plan_of(dataset: str | None) -> str:
     """The plan a dataset's campaign measured, from its card ("?" when it cannot say)."""
-    card = Path(dataset or "") / "card.json"
+    from latbench.bench.store import LatencyDataset
+    from latbench.errors import LatbenchError
+
     try:
-        return str(json.loads(card.read_text())["plan"]["name"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(LatencyDataset.open(dataset or "").card["plan"]["name"])
+    except (LatbenchError, KeyError, TypeError):
         return "?"
 
 
