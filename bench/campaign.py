@@ -460,13 +460,17 @@ def _estimate_timeout(n_models: int, settings: RunSettings) -> float:
         return 300.0 + n_models * (settings.replicates * (2.0 * settings.min_query_s
                                                           + settings.replicate_pause_s)
                                    + 1800.0)
+    # a network's untimed settling calls per visit: at most 40, or 2 s (the agent's `settle`),
+    # so at most ~4x its timed calls of 10 a visit
+    settling = settings.settle
     if settings.adaptive:
         # each model stops by max_seconds of timing at the latest (plus one round over it);
         # max_runs caps cheap models, whose calls are short
         return 120.0 + n_models * (5.0 + settings.warmup * 0.2 + 2.0 * settings.max_seconds
-                                   + settings.runs * 0.2)
+                                   + settings.runs * 0.2
+                                   + (4.0 * settings.max_seconds if settling else 0.0))
     calls = settings.warmup + settings.runs * settings.rounds
-    return 120.0 + n_models * (5.0 + calls * 0.2)
+    return 120.0 + n_models * (5.0 + calls * 0.2 + (2.0 * settings.rounds if settling else 0.0))
 
 
 def _max_temp(facts: dict[str, Any]) -> float:
@@ -790,9 +794,11 @@ class _DeviceWorker:
         models, export_failed = [], {}
         for index, subject in enumerate(batch):
             try:
-                # a network's peak memory is measured with it (docs/measurement.md)
+                # a network's peak memory is measured with it, and it is settled at each
+                # visit where the settings say so (docs/measurement.md)
+                network = subject.subject == "network"
                 models.append(ModelFile(f"j{index}", subject.model_bytes(self.runner),
-                                        memory=subject.subject == "network"))
+                                        memory=network, settle=network))
             except LatbenchError as exc:
                 export_failed[index] = f"{type(exc).__name__}: {exc}"
         redone = 0
@@ -936,6 +942,26 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
         return _run_lanes(subjects, lanes, dataset, config, progress, dict(unreachable or {}))
 
 
+def _check_settling_matches(subjects: Sequence[Subject], device: str, runtime: str,
+                            settings: RunSettings, done: set[str], root: Path) -> None:
+    """Refuse to resume a dataset measured the other way round on settling networks: it would
+    measure everything again under a second settings key, which `predictor fit` then refuses
+    to mix. Whatever is stored under this campaign's own key is resumed as usual."""
+    other = replace(settings, settle=not settings.settle)
+    if other.key(runtime) == settings.key(runtime):
+        return  # the runtime does not settle networks: one key either way
+
+    def stored(s: RunSettings) -> bool:
+        key = s.key(runtime)
+        return any(make_job_key(x.key, device, runtime, key) in done for x in subjects)
+
+    if stored(other) and not stored(settings):
+        how, resume = (("without settling networks", "with --no-settle") if settings.settle
+                       else ("settling networks", "without --no-settle"))
+        raise ConfigError(f"dataset {root} was measured on {device} ({runtime}) {how}; resume "
+                          f"it {resume}, or measure into a new folder")
+
+
 def _lock_note(progress: ProgressSink, root: Path) -> Callable[[str], None]:
     """Says on the progress sink (and in the log) that a campaign waits for the dataset."""
     def note(text: str) -> None:
@@ -949,6 +975,9 @@ def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
                unreachable: Mapping[str, str]) -> CampaignSummary:
     """`run_campaign` once it holds the dataset: what is missing, measured device by device."""
     done = dataset.done_keys()
+    for (device, runtime), settings in ((lane, s) for lane in lanes
+                                        for s in config.lane_settings()):
+        _check_settling_matches(subjects, device.name, runtime, settings, done, dataset.root)
     summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
     work: list[tuple[Device, str, RunSettings, list[Subject]]] = []
     for (device, runtime), settings in ((lane, s) for lane in lanes

@@ -92,7 +92,7 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     console = console or Console(stderr=True)
     run_dir = _new_run_dir(Path(options.runs_root))
     console.print(f"[bold]latbench demo[/] ({'quick' if options.quick else 'full'}) -> {run_dir}")
-    settings = RunSettings(threads=1)
+    settings = RunSettings(threads=1, settle=True)  # as the CLI measures
     config = CampaignConfig(settings=settings)
     device = device or local_device(threads=1)
     timings: dict[str, float] = {}

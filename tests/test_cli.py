@@ -256,13 +256,18 @@ def test_measure_fit_predict(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert summary_value(out, "already stored") == 0
     records = LatencyDataset.open(data).records()
     assert sorted(records["key"]) == sorted(s.key() for s in PLAN_SPECS)
-    assert set(records["settings"]) == {"threads=1,warmup=1,runs=3,rounds=2,opt=all"}
+    assert set(records["settings"]) == {"threads=1,warmup=1,runs=3,rounds=2,opt=all,settle=on"}
     card = LatencyDataset.open(data).card
     assert card["plan"]["name"] == "tiny" and card["run_settings"]["runs"] == 3
 
     code, out, err = run(capsys, *measure)
     assert code == 0, err
     assert summary_value(out, "already stored") == 6 and summary_value(out, "measured") == 0
+    assert len(LatencyDataset.open(data).records()) == 6
+    # resuming it the other way round on settling would measure it all again under a second key
+    code, out, err = run(capsys, *measure, "--no-settle")
+    assert code != 0 and "measured on local (onnxruntime) settling networks" in err
+    assert "resume it without --no-settle" in err and "Traceback" not in err
     assert len(LatencyDataset.open(data).records()) == 6
 
     predictor = tmp_path / "predictor"

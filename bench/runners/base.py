@@ -96,6 +96,12 @@ class RunSettings:
 
     Either way, with one thread a timed call whose thread was descheduled (another process ran
     on its core) is timed again (`retake_descheduled`); off, such calls are only counted.
+
+    `settle`: a whole network gets untimed calls at each visit until its times stop falling
+    (a LiteRT MobileNetV2 takes ~20 calls after other models ran; the agent's `settle`), on
+    the runners that can (`settles_networks`). Off by default here, so run settings stored
+    before it existed read as what they were; the CLI turns it on (`--no-settle` to resume
+    a dataset measured without it).
     """
 
     threads: int = 1
@@ -115,6 +121,7 @@ class RunSettings:
     min_query_s: float = 60.0
     replicates: int = 3
     replicate_pause_s: float = 5.0
+    settle: bool = False
 
     def __post_init__(self) -> None:
         for name, minimum in (("threads", 1), ("warmup", 0), ("runs", 1), ("rounds", 1),
@@ -157,6 +164,8 @@ class RunSettings:
                               f"{self.replicate_pause_s!r}")
         object.__setattr__(self, "min_query_s", float(self.min_query_s))
         object.__setattr__(self, "replicate_pause_s", float(self.replicate_pause_s))
+        if not isinstance(self.settle, bool):
+            raise ConfigError(f"run setting settle must be true or false, got {self.settle!r}")
         if not isinstance(self.retake_descheduled, bool):
             raise ConfigError(f"run setting retake_descheduled must be true or false, got "
                               f"{self.retake_descheduled!r}")
@@ -176,6 +185,12 @@ class RunSettings:
     def single_stream(self) -> bool:
         """True for the MLPerf-style single stream (`queries` set)."""
         return self.queries is not None
+
+    def settles(self, runtime: str) -> bool:
+        """Whether `runtime`'s networks are settled at each visit: asked for, the runner can,
+        and not a single stream (whose queries run back to back anyway)."""
+        return (self.settle and not self.single_stream
+                and getattr(RUNNERS.get(runtime), "settles_networks", False))
 
     def stream_request(self) -> dict[str, Any] | None:
         """The agent request's "single_stream" entry (None: not a single stream)."""
@@ -199,7 +214,8 @@ class RunSettings:
         min_runs=20,max_runs=1000,max_s=5,futility=4,opt=all" (futility=off without it). The
         fixed protocol's key is unchanged, so datasets measured before the rule still resume.
         The runtime-specific fields are those its runner declares (`settings_fields`);
-        ",retake=off" ends the key of runs that keep descheduled calls."""
+        ",settle=on" follows where networks are settled (`settles`), ",retake=off" ends the key
+        of runs that keep descheduled calls."""
         if runtime not in RUNNERS:
             raise ConfigError(f"no settings key defined for runtime {runtime!r}; known: "
                               f"{RUNNERS.known()}")
@@ -215,6 +231,8 @@ class RunSettings:
             parts = [f"{name}={getattr(self, name)}" for name in _COMMON_SETTINGS]
         parts += [f"{short}={getattr(self, name)}"
                   for name, short in RUNNERS[runtime].settings_fields]
+        if self.settles(runtime):
+            parts.append("settle=on")
         if not self.retake_descheduled:
             parts.append("retake=off")
         return ",".join(parts)
@@ -236,11 +254,13 @@ def _number_in(value: object, low: float, high: float) -> bool:
 class ModelFile:
     """One exported model to measure; `id` is the caller's handle (e.g. a spec key). With
     `memory`, the runner also measures the model's peak memory (whole networks: a kernel's
-    figure would be the runtime's own memory, not the kernel's)."""
+    figure would be the runtime's own memory, not the kernel's); with `settle` (whole
+    networks), it is settled at each visit when the settings say so (`RunSettings.settle`)."""
 
     id: str
     data: bytes
     memory: bool = False
+    settle: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -444,6 +464,8 @@ class RunnerBase:
     # into and out of (ONNX Runtime's NCHWc on the CPU): the composition's layout terms
     # (predictor/model_level.py, LAYOUT_TERMS) apply to its networks only then.
     blocked_layout: ClassVar[bool] = False
+    # Whether it can settle a whole network at each visit (RunSettings.settle; the agent can).
+    settles_networks: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}
@@ -491,12 +513,15 @@ class AgentRunner(RunnerBase):
 
     delegates: ClassVar[tuple[str, ...]] = ("xnnpack", "builtin")  # what the agent can do
     stopping_rule: ClassVar[bool] = True  # the agent applies RunSettings' stopping rule
+    settles_networks: ClassVar[bool] = True  # and settles networks (RunSettings.settle)
 
     def request(self, settings: RunSettings, device: Device,
-                models: Sequence[tuple[str, str]], memory: Collection[str] = ()
-                ) -> dict[str, Any]:
+                models: Sequence[tuple[str, str]], memory: Collection[str] = (),
+                settle: Collection[str] = ()) -> dict[str, Any]:
         """The agent's request JSON for (id, remote path) pairs; the ids in `memory` have their
-        peak memory measured too."""
+        peak memory measured too, those in `settle` are settled at each visit when the
+        settings settle this runtime's networks."""
+        settle = set(settle) if settings.settles(self.name) else set()
         return {"runtime": self.name, "threads": settings.threads, "warmup": settings.warmup,
                 "runs": settings.runs, "rounds": settings.rounds,
                 "graph_opt": settings.graph_opt, "delegate": settings.delegate,
@@ -508,7 +533,8 @@ class AgentRunner(RunnerBase):
                 "models": [{"id": i, "path": p,
                             **({"track": True} if i in TRACKED_PROBES else {}),
                             **({"probe": True} if i in PROBES else {}),
-                            **({"memory": True} if i in memory else {})}
+                            **({"memory": True} if i in memory else {}),
+                            **({"settle": True} if i in settle else {})}
                            for i, p in models]}
 
     def measure(self, device: Device, models: Sequence[ModelFile],
@@ -547,7 +573,8 @@ class AgentRunner(RunnerBase):
             request_path = posixpath.join(remote_dir, "request.json")
             (local_dir / "request.json").write_text(
                 json.dumps(self.request(settings, device, pairs,
-                                        {m.id for m in models if m.memory}), indent=1),
+                                        {m.id for m in models if m.memory},
+                                        {m.id for m in models if m.settle}), indent=1),
                 encoding="utf-8")
             uploads.append((local_dir / "request.json", request_path))
             # Made before the try: a device that cannot even create it (down, unreachable)

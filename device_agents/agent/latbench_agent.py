@@ -41,8 +41,9 @@ import time
 from functools import lru_cache
 
 # 4: descheduled calls re-taken (CPU time vs wall time); 5: peak memory, and its own CPU time
-# and the online CPUs in the facts (other programs' load, bench.load)
-AGENT_VERSION = "5"
+# and the online CPUs in the facts (other programs' load, bench.load); 6: "settle" models get
+# untimed calls at each visit until their times stop falling (`settle`)
+AGENT_VERSION = "6"
 
 RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
@@ -625,9 +626,10 @@ def validate_request(req: object) -> dict:
                 or not isinstance(m.get("path"), str) or not m["id"] or not m["path"]
                 or not isinstance(m.get("track", False), bool)
                 or not isinstance(m.get("probe", False), bool)
-                or not isinstance(m.get("memory", False), bool)):
+                or not isinstance(m.get("memory", False), bool)
+                or not isinstance(m.get("settle", False), bool)):
             raise bad(f"each model must be {{'id': str, 'path': str[, 'track': bool]"
-                      f"[, 'probe': bool][, 'memory': bool]}}, got {m!r}")
+                      f"[, 'probe': bool][, 'memory': bool][, 'settle': bool]}}, got {m!r}")
         if m["id"] in seen:
             raise bad(f"duplicate model id {m['id']!r}")
         seen.add(m["id"])
@@ -635,9 +637,12 @@ def validate_request(req: object) -> dict:
     # is still being measured, so it samples the device's speed over the whole batch. A probe
     # (the host's overhead and reference models) is timed to the query count only in a single
     # stream: its seconds are not what the user asked about. A model with "memory" has its peak
-    # memory measured in a process of its own before the timing (`measure_peak_memory`).
+    # memory measured in a process of its own before the timing (`measure_peak_memory`). A
+    # model with "settle" (a whole network) gets untimed calls at each visit until its times
+    # stop falling (`settle`).
     out["models"] = [{"id": m["id"], "path": m["path"], "track": m.get("track", False),
-                      "probe": m.get("probe", False), "memory": m.get("memory", False)}
+                      "probe": m.get("probe", False), "memory": m.get("memory", False),
+                      "settle": m.get("settle", False)}
                      for m in models]
     return out
 
@@ -1081,18 +1086,52 @@ def time_calls(run, count: int, self_timed: bool, clock, cpu_clock=None,
     return samples
 
 
+SETTLE_WINDOW = 3  # calls per window: settled when a window is not faster than the one before
+SETTLE_DROP = 0.02  # ... by more than this fraction of the earlier window's median
+SETTLE_MAX_CALLS = 40  # a visit's untimed calls at most (a network settles within ~20 here)
+SETTLE_MAX_S = 2.0  # and at most this long
+
+
+def settle(run, self_timed: bool, clock) -> int:
+    """Untimed calls until the model's times stop falling; how many were made.
+
+    A whole network does not run at its steady speed on the first calls after other models
+    ran: on LiteRT a MobileNetV2 of 7 ms takes ~20 consecutive calls to come down from 1.25x
+    (after a memory sweep or a 1 s pause, 1.15-1.3x), ONNX Runtime's networks 3-5 calls from
+    1.2-1.7x; single kernels 1-2 calls. Timed from a visit's first call, a network's record
+    depended on how many visits the stopping rule allowed and on what ran before it
+    (docs/measurement.md, section 1). Settled when the median of the last SETTLE_WINDOW calls
+    is not SETTLE_DROP below the median of the window before."""
+    times: list[float] = []
+    started = clock()
+    while len(times) < SETTLE_MAX_CALLS and (clock() - started) / 1e9 < SETTLE_MAX_S:
+        times.extend(time_calls(run, 1, self_timed, clock))
+        if len(times) >= 2 * SETTLE_WINDOW:
+            recent = sorted(times[-SETTLE_WINDOW:])[SETTLE_WINDOW // 2]
+            before = sorted(times[-2 * SETTLE_WINDOW:-SETTLE_WINDOW])[SETTLE_WINDOW // 2]
+            if recent >= before * (1.0 - SETTLE_DROP):
+                break
+    return len(times)
+
+
 class Timer:
     """Times `count` calls of one model (`time_calls`) and keeps its result's books: the
-    descheduled calls, and the energy the device's sensor saw over the calls made (retakes
+    descheduled calls, the untimed calls that settled it first (models in `settling`, see
+    `settle`), and the energy the device's sensor saw over the timed calls made (retakes
     included) where there is a sensor."""
 
     def __init__(self, by_id: dict, self_timed: bool, clock, cpu_clock=None,
-                 retake: bool = True, meter: EnergyMeter | None = None) -> None:
+                 retake: bool = True, meter: EnergyMeter | None = None,
+                 settling: frozenset = frozenset()) -> None:
         self.by_id, self.self_timed, self.clock = by_id, self_timed, clock
         self.cpu_clock, self.retake, self.meter = cpu_clock, retake, meter
+        self.settling = settling
 
     def __call__(self, model_id, run, count: int) -> list:
         result = self.by_id[model_id]
+        if model_id in self.settling:
+            result.setdefault("settle_calls", []).append(settle(run, self.self_timed,
+                                                                self.clock))
         tally = result["descheduled"]
         retaken = tally["retaken"]
         start = self.meter.start() if self.meter is not None else None
@@ -1161,6 +1200,7 @@ def measure(req: dict, base_dir: str) -> dict:
         by_id[model_id].update(status="failed", samples_ms=[],
                                error=f"{stage} failed: {error_text(exc)}")
         by_id[model_id].pop("stop", None)
+        by_id[model_id].pop("settle_calls", None)
         runners.pop(model_id, None)
         progress.finish(model_id)
 
@@ -1177,7 +1217,11 @@ def measure(req: dict, base_dir: str) -> dict:
     self_timed = bool(getattr(backend, "self_timed", False))
     cpu_clock = cpu_clock_for(req["threads"], self_timed)
     meter = energy_meter()
-    timer = Timer(by_id, self_timed, clock, cpu_clock, req["retake_descheduled"], meter)
+    # a single stream times each model's queries back to back: nothing to settle between them
+    settling = frozenset() if stream is not None else frozenset(
+        m["id"] for m in req["models"] if m["settle"])
+    timer = Timer(by_id, self_timed, clock, cpu_clock, req["retake_descheduled"], meter,
+                  settling)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed call is noise, not model latency
     try:

@@ -160,7 +160,7 @@ def run_settings(args: argparse.Namespace) -> Any:
                        target_ci=None if fixed else args.target_ci, confidence=args.confidence,
                        min_runs=args.min_runs, max_runs=args.max_runs,
                        max_seconds=args.max_seconds, futility=args.futility or None,
-                       retake_descheduled=not args.keep_descheduled)
+                       retake_descheduled=not args.keep_descheduled, settle=not args.no_settle)
 
 
 def thread_counts(args: argparse.Namespace) -> list[int]:
@@ -332,6 +332,10 @@ def add_run_settings(p: argparse.ArgumentParser, defaults_from_predictor: bool =
                        help="stopping rule: stop a model early when reaching --target-ci is "
                             "projected to take more than this many times --max-seconds "
                             "(default 4; 0: measure such models up to the caps)")
+        g.add_argument("--no-settle", action="store_true",
+                       help="time a whole network from its first call at each visit instead of "
+                            "after untimed calls that settle it (the protocol of datasets "
+                            "measured before settling existed; docs/measurement.md)")
         g.add_argument("--keep-descheduled", action="store_true",
                        help="keep timed calls whose thread was descheduled (another process "
                             "ran on its core) instead of timing them again; they are counted "
