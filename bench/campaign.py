@@ -942,20 +942,23 @@ def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
         return _run_lanes(subjects, lanes, dataset, config, progress, dict(unreachable or {}))
 
 
-def _check_settling_matches(subjects: Sequence[Subject], device: str, runtime: str,
-                            settings: RunSettings, done: set[str], root: Path) -> None:
-    """Refuse to resume a dataset measured the other way round on settling networks: it would
-    measure everything again under a second settings key, which `predictor fit` then refuses
-    to mix. Whatever is stored under this campaign's own key is resumed as usual."""
-    other = replace(settings, settle=not settings.settle)
-    if other.key(runtime) == settings.key(runtime):
-        return  # the runtime does not settle networks: one key either way
+def _missing(subjects: Sequence[Subject], device: str, runtime: str, settings_key: str,
+             done: set[str]) -> list[Subject]:
+    """The subjects with no ok record on (device, runtime) under `settings_key`."""
+    return [s for s in subjects if make_job_key(s.key, device, runtime, settings_key) not in done]
 
-    def stored(s: RunSettings) -> bool:
-        key = s.key(runtime)
-        return any(make_job_key(x.key, device, runtime, key) in done for x in subjects)
 
-    if stored(other) and not stored(settings):
+def _check_settling_matches(subjects: Sequence[Subject], todo: Sequence[Subject], device: str,
+                            runtime: str, settings: RunSettings, done: set[str],
+                            root: Path) -> None:
+    """Refuse to resume a dataset measured the other way round on settling networks (`todo`:
+    what this campaign's own key still misses): it would measure everything again under a
+    second settings key, which `predictor fit` then refuses to mix. Whatever is stored under
+    this campaign's own key is resumed as usual."""
+    other_key = replace(settings, settle=not settings.settle).key(runtime)
+    if other_key == settings.key(runtime) or len(todo) < len(subjects):
+        return  # one key either way (the runtime does not settle), or resuming its own records
+    if len(_missing(subjects, device, runtime, other_key, done)) < len(subjects):
         how, resume = (("without settling networks", "with --no-settle") if settings.settle
                        else ("settling networks", "without --no-settle"))
         raise ConfigError(f"dataset {root} was measured on {device} ({runtime}) {how}; resume "
@@ -975,16 +978,17 @@ def _run_lanes(subjects: Sequence[Subject], lanes: Sequence[tuple[Device, str]],
                unreachable: Mapping[str, str]) -> CampaignSummary:
     """`run_campaign` once it holds the dataset: what is missing, measured device by device."""
     done = dataset.done_keys()
+    planned = []  # every lane's missing subjects, checked before anything is written
     for (device, runtime), settings in ((lane, s) for lane in lanes
                                         for s in config.lane_settings()):
-        _check_settling_matches(subjects, device.name, runtime, settings, done, dataset.root)
+        todo = _missing(subjects, device.name, runtime, settings.key(runtime), done)
+        _check_settling_matches(subjects, todo, device.name, runtime, settings, done,
+                                dataset.root)
+        planned.append((device, runtime, settings, todo))
     summary = CampaignSummary(drift_tolerance=config.drift_tolerance)
     work: list[tuple[Device, str, RunSettings, list[Subject]]] = []
-    for (device, runtime), settings in ((lane, s) for lane in lanes
-                                        for s in config.lane_settings()):
+    for device, runtime, settings, todo in planned:
         settings_key = settings.key(runtime)
-        todo = [s for s in subjects
-                if make_job_key(s.key, device.name, runtime, settings_key) not in done]
         summary.total += len(subjects)
         summary.skipped += len(subjects) - len(todo)
         if device.name not in unreachable:
