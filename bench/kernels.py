@@ -78,7 +78,7 @@ from latbench.bench.onnx_patterns import (
     MATCHERS as PATTERN_MATCHERS,
 )
 from latbench.bench.onnx_quant import QUANTIZED_OPS
-from latbench.bench.ops import ACTIVATIONS, ALL_ACTIVATIONS, OpSpec, decompose
+from latbench.bench.ops import ACTIVATIONS, ALL_ACTIVATIONS, CONV_SHARED_S8, OpSpec, decompose
 from latbench.errors import SpecError, UnsupportedModelError
 
 __all__ = ["BLOCK_KINDS", "DEFAULT_ATTACH", "GATE_OPS", "MATCHERS", "MIN_OPSET",
@@ -505,7 +505,11 @@ def parse_onnx(model: bytes | str | Path | onnx.ModelProto, *,
                 continue
         g.consumed.update(id(n) for n in match.nodes)
         dtype = g.precision(node)
-        kernels.extend(s if s.dtype == dtype else s.with_(dtype=dtype) for s in match.specs)
+        specs = [s if s.dtype == dtype else s.with_(dtype=dtype) for s in match.specs]
+        if node.output and node.output[0] in g.shared_s8:
+            specs = [s.with_(mode=CONV_SHARED_S8) if s.kind == "conv" and s.dtype == "int8"
+                     else s for s in specs]
+        kernels.extend(specs)
     skipped = unsupported + misused
     if skipped and (not allow_partial or not kernels):
         message = _unsupported_message(source, skipped, problems)

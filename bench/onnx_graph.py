@@ -102,10 +102,11 @@ class OnnxGraph:
     order: dict[int, int] = field(default_factory=dict)
     # A quantized model read as floats (`bench.onnx_quant`): first outputs of the nodes that
     # compute in int8, tensors the runtime keeps in 8 bits, and int8 outputs clamped at 0 by
-    # their quantized range.
+    # their quantized range, and outputs of nodes reading a shared signed int8 activation.
     int8: frozenset[str] = frozenset()
     stored_int8: frozenset[str] = frozenset()
     clamps: dict[str, str] = field(default_factory=dict)
+    shared_s8: frozenset[str] = frozenset()
     _images: dict[str, bool] = field(default_factory=dict, init=False, repr=False)
     _values: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
@@ -329,7 +330,8 @@ def concrete_graph(proto: onnx.ModelProto, source: str,
                      opset=default_opset(model), types=_elem_types(graph),
                      int8=view.int8 if view else frozenset(),
                      stored_int8=view.stored if view else frozenset(),
-                     clamps=dict(view.clamps) if view else {})
+                     clamps=dict(view.clamps) if view else {},
+                     shared_s8=view.shared_s8 if view else frozenset())
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:

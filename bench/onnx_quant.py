@@ -30,6 +30,14 @@ zero point is the type's minimum is clamped at 0: `clamps` names it "relu" ("rel
 range ends at 6, within one step), and the split attaches that activation where the rules
 allow, as it does the node it replaced. A Clip(0, 6) whose calibration never reached 6 reads as
 relu; the two are the same int8 kernel (the clamp is the requantization).
+
+A signed int8 activation that several nodes read (a residual block's input, read by its first
+conv and by the Add or the shortcut) is named in `shared_s8` through the outputs of the QDQ
+nodes reading or writing it: ONNX Runtime on x86 turns int8 activations into uint8 (the form
+its QLinear kernels take there) only for a quantized tensor with a single reader, and runs the
+QDQ nodes on either side of any other in float - a conv several times slower than its
+QLinearConv, with its weights dequantized at every call. The split marks such a conv
+(`ops.CONV_SHARED_S8`).
 """
 
 from __future__ import annotations
@@ -55,12 +63,14 @@ class FloatView:
     output of every node that computes on quantized data, `stored` the tensors the runtime
     keeps in 8 bits (quantized activations, int8 weights; not the int32 biases nor the float
     results of dynamic quantization), `clamps` the int8 outputs whose quantized range starts
-    at 0 (tensor -> "relu" or "relu6")."""
+    at 0 (tensor -> "relu" or "relu6"), `shared_s8` the outputs of QDQ nodes reading a signed
+    int8 activation that other nodes read too (module docstring)."""
 
     model: onnx.ModelProto
     int8: frozenset[str] = frozenset()
     stored: frozenset[str] = frozenset()
     clamps: dict[str, str] = field(default_factory=dict)
+    shared_s8: frozenset[str] = frozenset()
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -98,6 +108,8 @@ class _Rewrite:
         self.int8: set[str] = set()
         self.stored: set[str] = set()
         self.clamps: dict[str, str] = {}
+        self.shared_in: set[str] = set()  # DequantizeLinear outputs of shared int8 tensors
+        self.shared_s8: set[str] = set()
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.count = 0
@@ -388,7 +400,8 @@ def float_view(model: onnx.ModelProto) -> FloatView:
     new.node.extend(_live(r.nodes, {v.name for v in new.output}))
     new.initializer.extend(r.initializers)
     del new.value_info[:]
-    return FloatView(out, frozenset(r.int8), frozenset(r.stored), r.clamps)
+    return FloatView(out, frozenset(r.int8), frozenset(r.stored), r.clamps,
+                     frozenset(r.shared_s8))
 
 
 def _step(r: _Rewrite, node: onnx.NodeProto) -> None:
@@ -411,6 +424,8 @@ def _step(r: _Rewrite, node: onnx.NodeProto) -> None:
                 r.clamp(source, *_inputs(node, 3)[1:])
         else:
             r.dequantized.add(node.output[0])
+            if _shared_s8(r, node):
+                r.shared_in.add(node.output[0])
         return
     if op == "DynamicQuantizeLinear":
         r.alias[node.output[0]] = r.resolve(data)
@@ -441,11 +456,26 @@ def _step(r: _Rewrite, node: onnx.NodeProto) -> None:
     writes_quantized = bool(readers) and not (set(node.output) & r.outputs) and all(
         u.op_type == "QuantizeLinear" for u in readers)
     glue = op in ("Cast", "Identity")
+    if not glue and (any(i in r.shared_in for i in dynamic) or any(
+            u.op_type == "QuantizeLinear" and _shared_s8(r, u) for u in readers)):
+        r.shared_s8.add(node.output[0])  # reads or writes a shared int8 tensor
     r.emit(_resolved(r, node), not glue and (reads_quantized or reads_dequantized
                                              or writes_quantized),
            not glue and (reads_quantized or writes_quantized))
     if reads_quantized and not glue:
         r.quantized.update(o for o in node.output if o)
+
+
+def _shared_s8(r: _Rewrite, glue: onnx.NodeProto) -> bool:
+    """Whether a QuantizeLinear / DequantizeLinear of computed data (`glue`) has a signed int8
+    zero point and its quantized tensor ends up read by more than one node: it feeds several
+    DequantizeLinears, or one with several readers (module docstring)."""
+    zero = r.value(_inputs(glue, 3)[2])
+    if zero is None or np.asarray(zero).dtype != np.int8:
+        return False
+    quantized = glue.output[0] if glue.op_type == "QuantizeLinear" else glue.input[0]
+    dqs = r.readers.get(quantized, [])
+    return len(dqs) > 1 or any(len(r.readers.get(dq.output[0], [])) > 1 for dq in dqs)
 
 
 def _constant_glue(r: _Rewrite, node: onnx.NodeProto) -> bool:

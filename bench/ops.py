@@ -45,10 +45,17 @@ DTYPES = ("float32", "float16", "int8")
 # delegate runs only that form and leaves the other to the builtin kernel, 7-20x slower here
 # (docs/predictors.md, *INT8 attention on LiteRT*). Empty mode: any other zero point.
 BMM_SYMMETRIC = "symmetric"
+# An INT8 conv of a QDQ model whose signed int8 input other nodes read too (`mode`): ONNX
+# Runtime on x86 turns int8 activations into uint8 only where the quantized tensor has one
+# reader, and runs the QDQ conv of any other in float, with its weights dequantized at every
+# call (docs/predictors.md, *Shared int8 inputs on ONNX Runtime*). Set by the ONNX split, never
+# sampled by a plan: the composition prices it (`shared_s8_conv_gflops`).
+CONV_SHARED_S8 = "shared-s8"
 # Values of `mode` per kind; the first is the default.
 MODES: dict[str, tuple[str, ...]] = {"resize": ("nearest", "bilinear"),
                                      "pad": ("constant", "reflect"),
-                                     "bmm": ("", BMM_SYMMETRIC)}
+                                     "bmm": ("", BMM_SYMMETRIC),
+                                     "conv": ("", CONV_SHARED_S8)}
 LEAKY_ALPHA = 0.01  # LeakyReLU slope when none is given (PyTorch's and ONNX's default)
 
 # Fields that define each kind, in key order. Everything else is reset to its default.
@@ -85,7 +92,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     kind: (("kernel_w", "pad_w", "dilation") if kind in ("conv", "dwconv") else ())
     + (("out_pad",) if kind == "convt" else ())
     + (("axes",) if kind == "concat" else ())
-    + (("mode",) if kind == "bmm" else ())
+    + (("mode",) if kind in ("bmm", "conv") else ())
     + (("alpha",) if "act" in key else ())
     for kind, key in KEY_FIELDS.items()
 }
@@ -228,7 +235,10 @@ class OpSpec:
             if self.cin % self.groups or cout % self.groups:
                 raise SpecError(f"conv groups={self.groups} must divide cin={self.cin} and "
                                 f"cout={cout}")
-            self._set(cout=cout)
+            if self.mode not in MODES[kind]:
+                raise SpecError(f"conv mode must be '' (the default) or {CONV_SHARED_S8!r}, "
+                                f"got {self.mode!r}")
+            self._set(cout=cout, mode=self.mode if self.dtype == "int8" else "")
         elif kind == "dwconv":
             self._set(cout=self.cin, groups=self.cin)
             keep |= {"cout", "groups"}
@@ -538,11 +548,18 @@ def se_gate(block_act: str) -> str:
     return "hsigmoid" if block_act == "hswish" else "sigmoid"
 
 
+def timed_alone(spec: OpSpec) -> OpSpec:
+    """The kernel a campaign times for `spec`: without the network context its key may name
+    (`CONV_SHARED_S8`: alone, a conv's tensors have one reader each)."""
+    return spec.with_(mode="") if spec.kind == "conv" and spec.mode else spec
+
+
 def precision_forms(spec: OpSpec, dtype: str) -> list[OpSpec]:
     """`spec` in precision `dtype` as a plan measures it: an INT8 bmm in both of its forms
     (`BMM_SYMMETRIC` and not) - a model file may hold either, and LiteRT runs them on
-    different kernels."""
-    spec = spec if spec.dtype == dtype else spec.with_(dtype=dtype)
+    different kernels; a conv without its `CONV_SHARED_S8` mark (a plan built around a user's
+    QDQ model times the conv alone)."""
+    spec = timed_alone(spec if spec.dtype == dtype else spec.with_(dtype=dtype))
     if spec.kind == "bmm" and dtype == "int8":
         return [spec.with_(mode=""), spec.with_(mode=BMM_SYMMETRIC)]
     return [spec]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import OpSpec, timed_alone
 from latbench.bench.spaces.base import SearchSpace
 from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
 from latbench.predictor.models import KernelPredictor, register_predictor
@@ -63,7 +63,9 @@ class LookupTablePredictor(KernelPredictor):
                 for key, v in values.items()}
 
     def _predict_ms(self, model: Any, specs: list[OpSpec], features: np.ndarray) -> np.ndarray:
-        keys = [s.key() for s in specs]
+        # a kernel keyed with its network context is priced as timed alone unless the table
+        # holds it as it is
+        keys = [k if (k := s.key()) in model else timed_alone(s).key() for s in specs]
         missing = sorted({k for k in keys if k not in model})
         if missing:
             shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)"

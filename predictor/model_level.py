@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import CONV_SHARED_S8, OpSpec
 from latbench.errors import PredictorError
 from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
 from latbench.predictor.intervals import ratio_quantiles
@@ -148,10 +148,15 @@ class NetworkPrediction:
 #   WEIGHT_CACHE_MB by leave-one-out): once a network's weights outgrow what the cache keeps
 #   from one inference to the next, its kernels read them from memory, where timed alone
 #   they found them in cache (LiteRT: ResNet-50 with 100 MB of weights ran 10 ms over its
-#   kernels' sum at 128 px and at 224 px alike, a network of 6 MB on it).
+#   kernels' sum at 128 px and at 224 px alike, a network of 6 MB on it);
+# - "shared_s8_conv_gflops": GFLOPs of the INT8 convs of a QDQ model that read or write a
+#   signed int8 tensor other nodes read too (`ops.CONV_SHARED_S8`), which ONNX Runtime on x86
+#   runs in float, dequantizing their weights at every call, where their kernel was timed as a
+#   QLinearConv.
 STREAMED = "streamed_weight_mb"
+SHARED_S8 = "shared_s8_conv_gflops"
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED)
+                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED, SHARED_S8)
 WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
@@ -162,6 +167,12 @@ LAYOUT_TERMS = frozenset({"layout_bytes", "aligned_conv_gflops", "spilled_layout
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
 OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb",
                             STREAMED})
+# Terms kept whenever MIN_TERM_NETWORKS calibration networks carry them: they count what the
+# runtime is known to do to those kernels (read off the graph), not a guess the leave-one-out
+# error must confirm - where the kind scales already absorb most of it, that error moves by
+# hundredths of a percent either way, and a run that drops the term prices the family it
+# concerns 5-15% low (docs/predictors.md, *Shared int8 tensors on ONNX Runtime*).
+CARRIED_TERMS = frozenset({SHARED_S8})
 LAYOUT_KINDS = frozenset({"conv", "dwconv", "pool"})
 BLOCK_FALLBACK_KINDS = frozenset({"add", "pool"})  # fused / blocked only at aligned widths
 CHANNEL_BLOCK = 16
@@ -212,6 +223,9 @@ def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
             spilled = sum(max(0.0, b - SPILL_BYTES) for b in (cost.input_bytes,
                                                               cost.output_bytes))
             out.append(spilled / 1e6 if spec.kind in LAYOUT_KINDS else 0.0)
+        elif term == SHARED_S8:
+            shared = spec.kind == "conv" and spec.mode == CONV_SHARED_S8
+            out.append(cost.flops / 1e9 if shared else 0.0)
         elif term == "unaligned_add_pool_mb":
             unaligned = spec.kind in BLOCK_FALLBACK_KINDS and (spec.cin or 0) % CHANNEL_BLOCK
             out.append((cost.input_bytes + cost.output_bytes) / 1e6 if unaligned else 0.0)
@@ -314,17 +328,20 @@ def solve_composition(kernels: Any, networks: Sequence[tuple[Sequence[OpSpec], f
 def _choose_terms(design: _CompositionDesign, terms: Sequence[str], optional: Collection[str],
                   ridge: float) -> Composition:
     """The fit with every subset of the optional terms (there are few) a network set supports:
-    the least leave-one-out error wins, and of equal ones the subset with fewer terms."""
-    unsupported = [t for t in terms if t in optional and design.support(t) < MIN_TERM_NETWORKS]
+    the least leave-one-out error wins, and of equal ones the subset with fewer terms. The
+    CARRIED_TERMS are in every fit where enough networks carry them."""
+    unsupported = [t for t in terms if (t in optional or t in CARRIED_TERMS)
+                   and design.support(t) < MIN_TERM_NETWORKS]
     terms = [t for t in terms if t not in unsupported]
-    choosable = [t for t in terms if t in optional] if len(design.measured) > 1 else []
+    choosable = [t for t in terms if t in optional and t not in CARRIED_TERMS] \
+        if len(design.measured) > 1 else []
     fit, dropped = design.solve(terms, ridge), []
     for size in range(1, len(choosable) + 1):
         for left_out in itertools.combinations(choosable, size):
             trial = design.solve([t for t in terms if t not in left_out], ridge)
             if trial.summary["rmspe_pct_loo"] <= fit.summary["rmspe_pct_loo"]:
                 fit, dropped = trial, list(left_out)
-    if optional:
+    if optional or unsupported:
         fit.summary["optional_terms_dropped"] = unsupported + dropped
     return fit
 

@@ -173,6 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from latbench.bench.model_files import model_format, parse_input_shapes
     from latbench.predictor.builtin_bmm import builtin_bmm
     from latbench.predictor.intervals import check_level
+    from latbench.predictor.shared_int8 import float_int8_convs
 
     path = Path(args.model)
     level = check_level(args.interval_level, "--interval-level")
@@ -184,6 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                    interval_level=level)
     memory = predicted_memory(predictor, path, shapes)
     attention = builtin_bmm(predictor, prediction, model_format(path))
+    float_convs = float_int8_convs(predictor, prediction)
     for warning in prediction_warnings(path, prediction):
         print(f"latbench: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -192,7 +194,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     **prediction.to_json(),
                     "model_size_bytes": path.stat().st_size,
                     "memory": None if memory is None else memory.to_json(),
-                    "builtin_int8_bmm": None if attention is None else attention.to_json()})
+                    "builtin_int8_bmm": None if attention is None else attention.to_json(),
+                    "float_int8_convs": None if float_convs is None
+                    else float_convs.to_json()})
         return 0
     flags = prediction.range_flags()
     print_table(f"{path.name} on {predictor.platform}",
@@ -212,6 +216,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "kernels inside the predictor's training range")
     if attention is not None:
         print(attention.text())
+    if float_convs is not None:
+        print(float_convs.text())
     if memory is not None:
         print(memory.text())
     return 0
@@ -452,7 +458,8 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
     predict.add_argument("--json", action="store_true",
                          help="print a JSON object (platform, predicted_ms, interval_ms, "
                               "interval_level, coverage, per-kernel figures and range checks, "
-                              "skipped_ops, memory, model_size_bytes, builtin_int8_bmm)")
+                              "skipped_ops, memory, model_size_bytes, builtin_int8_bmm, "
+                              "float_int8_convs)")
     add_interval_level(predict)
     add_platform_choice(predict, device_runtime=True)
     predict.set_defaults(func=cmd_predict)

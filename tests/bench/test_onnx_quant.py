@@ -7,7 +7,9 @@ and quantized ops it cannot read named."""
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +21,7 @@ from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.kernels import onnx_to_kernels, supported_ops
 from latbench.bench.memory import onnx_profile
 from latbench.bench.onnx_quant import clamp_of, float_view, is_quantized
-from latbench.bench.ops import OpSpec, decompose
+from latbench.bench.ops import CONV_SHARED_S8, OpSpec, decompose
 from latbench.bench.spaces import get_space
 from latbench.errors import UnsupportedModelError
 
@@ -53,8 +55,45 @@ def test_a_statically_quantized_network_parses_into_its_int8_kernels(
     fp32 = onnx_to_kernels(resnet)
     int8 = onnx_to_kernels(model)
     assert any(k.act == "relu" for k in fp32)
-    # the same kernels (the quantizer may order parallel branches differently)
-    assert _keys(int8) == _keys(fp32, "int8")
+    # the same kernels (the quantizer may order parallel branches differently), the convs on
+    # either side of a shared int8 tensor marked (test_shared_int8_convs_are_the_ones_...)
+    assert _keys([k.with_(mode="") if k.kind == "conv" else k for k in int8]) \
+        == _keys(fp32, "int8")
+    shared = [k for k in int8 if k.mode == CONV_SHARED_S8]
+    assert bool(shared) == (quant_format == "qdq")  # QOperator activations are uint8
+
+
+def _ort_float_convs(model: bytes) -> int:
+    """How many Conv nodes ONNX Runtime's CPU provider leaves in float in `model`."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp, "optimized.onnx"))
+        options.log_severity_level = 3
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return sum(n.op_type == "Conv" for n in optimized.graph.node)
+
+
+@pytest.mark.parametrize("family", ["resnet", "mobilenetv2", "resnet50"])
+def test_shared_int8_convs_are_the_ones_onnx_runtime_runs_in_float(family: str) -> None:
+    """The split marks exactly as many convs `CONV_SHARED_S8` as ONNX Runtime keeps in float
+    (a signed int8 tensor with several readers is not turned into uint8 on x86), none where
+    the activations are uint8 (QOperator), and the mark reaches only int8 convs."""
+    pytest.importorskip("torch")
+    from latbench.bench.families import sample_networks
+
+    (net,) = sample_networks(family, 1, np.random.default_rng(3))
+    source = net.to_onnx(dynamo=False)
+    qdq = quantize(source, quant_format="qdq", strict=False)
+    marked = [k for k in onnx_to_kernels(qdq) if k.mode == CONV_SHARED_S8]
+    assert marked and all(k.kind == "conv" and k.dtype == "int8" for k in marked)
+    assert len(marked) == _ort_float_convs(qdq)
+    qoperator = quantize(source, quant_format="qoperator", strict=False)
+    assert not [k for k in onnx_to_kernels(qoperator) if k.mode]
+    assert _ort_float_convs(qoperator) == 0
 
 
 def test_a_dynamically_quantized_network_has_int8_convs_and_float_glue(resnet: bytes) -> None:
@@ -80,7 +119,9 @@ def test_a_search_space_chain_keeps_its_kernels_in_order(quant_format: str) -> N
     specs = [s.with_(dtype=dtype) for s in space.ops(arch)]
     graph = chain_graph(specs)
     model = to_onnx(graph) if dtype == "float16" else to_onnx(graph, quant_format=quant_format)
-    assert onnx_to_kernels(model) == [p for s in specs for p in decompose(s)]
+    # (a residual block's input is a shared int8 tensor in QDQ: its convs are marked)
+    assert [k.with_(mode="") if k.kind == "conv" else k for k in onnx_to_kernels(model)] \
+        == [p for s in specs for p in decompose(s)]
     assert onnx_to_kernels(model, group=True) == specs  # fused blocks read whole, in int8 too
 
 

@@ -14,6 +14,7 @@ import pytest
 from latbench.bench.ops import (
     ACTIVATIONS,
     ALL_ACTIVATIONS,
+    CONV_SHARED_S8,
     KEY_FIELDS,
     OP_KINDS,
     OPTIONAL_FIELDS,
@@ -120,6 +121,23 @@ GOLDEN_OPTIONAL: list[tuple[OpSpec, str]] = [
     (OpSpec("bmm", heads=4, tokens=197, cin=32, cout=197, dtype="int8", mode="symmetric"),
      "bmm:n=1,heads=4,t=197,cin=32,cout=197,mode=symmetric,dtype=int8"),
 ]
+
+
+def test_a_shared_int8_conv_is_an_int8_matter_and_a_plan_never_samples_it() -> None:
+    """The mark only an ONNX split sets: in the key of an INT8 conv, dropped in another
+    precision, refused when misspelled, and dropped from the forms a plan measures."""
+    spec = OpSpec("conv", h=8, w=8, cin=16, cout=32, kernel=3, dtype="int8",
+                  mode=CONV_SHARED_S8)
+    assert spec.key() == "conv:n=1,h=8,w=8,cin=16,cout=32,k=3,s=1,p=1,g=1,act=none," \
+                         "mode=shared-s8,dtype=int8"
+    assert OpSpec.from_key(spec.key()) == spec
+    assert spec.with_(dtype="float32").mode == ""
+    assert precision_forms(spec.with_(mode="", dtype="float32"), "int8") == [
+        spec.with_(mode="")]
+    assert precision_forms(spec, "int8") == [spec.with_(mode="")]  # timed alone: unshared
+    with pytest.raises(SpecError, match="conv mode must be '' \\(the default\\) or "
+                                        "'shared-s8', got 'shared'"):
+        OpSpec("conv", h=8, w=8, cin=16, kernel=3, dtype="int8", mode="shared")
 
 
 def test_an_int8_bmm_has_two_forms_and_other_precisions_one() -> None:

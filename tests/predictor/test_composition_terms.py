@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import CONV_SHARED_S8, OpSpec
 from latbench.errors import PredictorError
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.io import read_manifest
@@ -17,6 +17,7 @@ from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import (
     MIN_SHARE,
     MIN_TERM_NETWORKS,
+    SHARED_S8,
     SPILL_BYTES,
     solve_composition,
     term_values,
@@ -290,6 +291,58 @@ def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None
     assert fit.terms["unaligned_add_pool_mb"] == pytest.approx(per_mb, rel=0.1)
     without = solve(table, calibration, terms=["per_kernel"])
     assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
+
+
+def test_shared_int8_convs_are_priced_by_their_flops_where_networks_carry_them() -> None:
+    """INT8 networks whose convs on either side of a shared int8 tensor run slower in the
+    network than timed alone (ONNX Runtime runs them in float): the term counts only those
+    convs' GFLOPs, is kept whenever networks carry it and recovers the extra cost; float
+    networks never carry it."""
+    shared = OpSpec("conv", h=16, w=16, cin=32, cout=32, kernel=3, dtype="int8",
+                    mode=CONV_SHARED_S8)
+    assert term_values(shared, [SHARED_S8]) == [pytest.approx(kernel_cost(shared).flops / 1e9)]
+    assert term_values(shared.with_(mode=""), [SHARED_S8]) == [0.0]
+    assert term_values(shared.with_(dtype="float32"), [SHARED_S8]) == [0.0]
+    rng = np.random.default_rng(11)
+    nets = []
+    for _ in range(40):
+        c, h = int(rng.choice([16, 32, 48])), int(rng.choice([8, 16, 32]))
+        conv = OpSpec("conv", h=h, w=h, cin=c, cout=c, kernel=3, dtype="int8")
+        net = [OpSpec("pool", h=2 * h, w=2 * h, cin=c, pool="max", kernel=3, stride=2,
+                      dtype="int8")]
+        for _ in range(int(rng.integers(1, 5))):
+            net += [conv.with_(mode=CONV_SHARED_S8) if rng.random() < 0.5 else conv, conv,
+                    OpSpec("add", h=h, w=h, cin=c, dtype="int8")]
+        nets.append(net)
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.005 + 20 * kernel_cost(s).flops / 1e9 for s in specs])
+    per_gflop = 15.0
+
+    def truth(net: list[OpSpec]) -> float:
+        extra = sum(term_values(s, [SHARED_S8])[0] for s in net)
+        return 0.01 + float(np.sum(table.predict(net))) + per_gflop * extra
+
+    noise = np.random.default_rng(12).normal(1.0, 0.005, len(nets))
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    fit = solve(table, calibration, terms=["per_kernel", SHARED_S8], optional=set())
+    assert fit.terms[SHARED_S8] == pytest.approx(per_gflop, rel=0.1)
+    without = solve(table, calibration, terms=["per_kernel"])
+    assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
+    # a carried term stays where it says nothing new (no leave-one-out test): its coefficient
+    # goes to about 0 instead of leaving the choice to a few hundredths of a percent of error
+    free = [(n, (0.01 + float(np.sum(table.predict(n)))) * e)
+            for n, e in zip(nets, noise, strict=True)]
+    fit = solve(table, free, terms=["per_kernel", SHARED_S8], optional={SHARED_S8})
+    assert SHARED_S8 in fit.terms and abs(fit.terms[SHARED_S8]) < 0.1 * per_gflop
+    floats = [[s.with_(dtype="float32") for s in n] for n in nets]
+    specs = list({s.key(): s for net in floats for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.005 + 20 * kernel_cost(s).flops / 1e9 for s in specs])
+    fit = solve(table, [(n, 0.01 + float(np.sum(table.predict(n)))) for n in floats],
+                terms=["per_kernel", SHARED_S8], optional=set())
+    assert SHARED_S8 not in fit.terms
+    assert fit.summary["optional_terms_dropped"] == [SHARED_S8]  # no network carries it
 
 
 def test_optional_term_carried_by_too_few_networks_is_not_tried() -> None:

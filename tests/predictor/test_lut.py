@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from latbench.bench.ops import OpSpec
+from latbench.bench.ops import CONV_SHARED_S8, OpSpec
 from latbench.bench.spaces import get_space
 from latbench.cli import main
 from latbench.errors import ConfigError, UnknownKernelError
@@ -104,6 +104,18 @@ def test_unknown_kernel_names_it() -> None:
         predictor.predict([odd])
     with pytest.raises(UnknownKernelError, match="dwconv"):
         predictor.predict([OpSpec("dwconv", h=8, w=8, cin=8)])
+
+
+def test_a_conv_marked_by_its_network_is_priced_as_timed_alone() -> None:
+    """A lookup table of kernels timed alone prices a QDQ network's conv that ONNX Runtime runs
+    in float (`CONV_SHARED_S8`) by the conv's own entry - the composition adds the rest - and
+    an entry of the marked key, where a table has one, wins."""
+    conv = OpSpec("conv", h=8, w=8, cin=16, cout=16, kernel=3, dtype="int8")
+    marked = conv.with_(mode=CONV_SHARED_S8)
+    table = get_predictor_class("lut")().fit([conv], [0.25])
+    assert table.predict([marked, conv]).tolist() == [0.25, 0.25]
+    both = get_predictor_class("lut")().fit([conv, marked], [0.25, 0.5])
+    assert both.predict([marked]).tolist() == [0.5]
 
 
 def test_proxyless_space_exports_the_pixel_layout() -> None:
