@@ -48,7 +48,7 @@ BMM_SYMMETRIC = "symmetric"
 # An INT8 conv of a QDQ model whose signed int8 input other nodes read too (`mode`): ONNX
 # Runtime on x86 turns int8 activations into uint8 only where the quantized tensor has one
 # reader, and runs the QDQ conv of any other in float, with its weights dequantized at every
-# call (docs/predictors.md, *Shared int8 inputs on ONNX Runtime*). Set by the ONNX split, never
+# call (docs/predictors.md, *Shared int8 tensors on ONNX Runtime*). Set by the ONNX split, never
 # sampled by a plan: the composition prices it (`shared_s8_conv_gflops`).
 CONV_SHARED_S8 = "shared-s8"
 # Values of `mode` per kind; the first is the default.

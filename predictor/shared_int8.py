@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from latbench.bench.ops import CONV_SHARED_S8
+from latbench.bench.ops import CONV_SHARED_S8, timed_alone
 from latbench.predictor.model_level import SHARED_S8, NetworkPrediction
 
 
@@ -58,7 +58,7 @@ def float_int8_convs(predictor: Any, prediction: NetworkPrediction) -> FloatConv
     floated = [i for i in convs if specs[i].mode == CONV_SHARED_S8]
     if not floated:
         return None
-    as_uint8 = [s.with_(mode="") if s.kind == "conv" else s for s in specs]
+    as_uint8 = [timed_alone(s) for s in specs]
     uint8_ms = float(predictor.kernel_ms(as_uint8).sum()) + prediction.overhead_ms
     return FloatConvs(len(floated), len(convs), prediction.predicted_ms - uint8_ms,
                       prediction.predicted_ms)

@@ -21,7 +21,7 @@ from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.kernels import onnx_to_kernels, supported_ops
 from latbench.bench.memory import onnx_profile
 from latbench.bench.onnx_quant import clamp_of, float_view, is_quantized
-from latbench.bench.ops import CONV_SHARED_S8, OpSpec, decompose
+from latbench.bench.ops import CONV_SHARED_S8, OpSpec, decompose, timed_alone
 from latbench.bench.spaces import get_space
 from latbench.errors import UnsupportedModelError
 
@@ -57,7 +57,7 @@ def test_a_statically_quantized_network_parses_into_its_int8_kernels(
     assert any(k.act == "relu" for k in fp32)
     # the same kernels (the quantizer may order parallel branches differently), the convs on
     # either side of a shared int8 tensor marked (test_shared_int8_convs_are_the_ones_...)
-    assert _keys([k.with_(mode="") if k.kind == "conv" else k for k in int8]) \
+    assert _keys([timed_alone(k) for k in int8]) \
         == _keys(fp32, "int8")
     shared = [k for k in int8 if k.mode == CONV_SHARED_S8]
     assert bool(shared) == (quant_format == "qdq")  # QOperator activations are uint8
@@ -120,7 +120,7 @@ def test_a_search_space_chain_keeps_its_kernels_in_order(quant_format: str) -> N
     graph = chain_graph(specs)
     model = to_onnx(graph) if dtype == "float16" else to_onnx(graph, quant_format=quant_format)
     # (a residual block's input is a shared int8 tensor in QDQ: its convs are marked)
-    assert [k.with_(mode="") if k.kind == "conv" else k for k in onnx_to_kernels(model)] \
+    assert [timed_alone(k) for k in onnx_to_kernels(model)] \
         == [p for s in specs for p in decompose(s)]
     assert onnx_to_kernels(model, group=True) == specs  # fused blocks read whole, in int8 too
 
