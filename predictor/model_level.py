@@ -152,11 +152,19 @@ class NetworkPrediction:
 # - "shared_s8_conv_gflops": GFLOPs of the INT8 convs of a QDQ model that read or write a
 #   signed int8 tensor other nodes read too (`ops.CONV_SHARED_S8`), which ONNX Runtime on x86
 #   runs in float, dequantizing their weights at every call, where their kernel was timed as a
-#   QLinearConv.
+#   QLinearConv;
+# - "quantize_io_mb": MB beyond QUANTIZE_FREE_BYTES of each input and output tensor of an INT8
+#   kernel: its single-kernel model reads float and writes float (a QUANTIZE before it, a
+#   DEQUANTIZE after it), which a network does only at its own ends; tensors that stay in the
+#   near caches cost little to convert (the kernels of a LiteRT INT8 ResNet-50 at 224 px, timed
+#   alone, summed to 1.33x the network).
 STREAMED = "streamed_weight_mb"
 SHARED_S8 = "shared_s8_conv_gflops"
+QUANTIZE_IO = "quantize_io_mb"
+QUANTIZE_FREE_BYTES = 100_000
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED, SHARED_S8)
+                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED, SHARED_S8,
+                     QUANTIZE_IO)
 WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
@@ -166,7 +174,7 @@ LAYOUT_TERMS = frozenset({"layout_bytes", "aligned_conv_gflops", "spilled_layout
                           "unaligned_add_pool_mb"})
 # Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
 OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb",
-                            STREAMED})
+                            STREAMED, QUANTIZE_IO})
 # Terms kept whenever MIN_TERM_NETWORKS calibration networks carry them: they count what the
 # runtime is known to do to those kernels (read off the graph), not a guess the leave-one-out
 # error must confirm - where the kind scales already absorb most of it, that error moves by
@@ -226,6 +234,10 @@ def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
         elif term == SHARED_S8:
             shared = spec.kind == "conv" and spec.mode == CONV_SHARED_S8
             out.append(cost.flops / 1e9 if shared else 0.0)
+        elif term == QUANTIZE_IO:
+            past = sum(max(0.0, b - QUANTIZE_FREE_BYTES)
+                       for b in (cost.input_bytes, cost.output_bytes))
+            out.append(past / 1e6 if spec.dtype == "int8" else 0.0)
         elif term == "unaligned_add_pool_mb":
             unaligned = spec.kind in BLOCK_FALLBACK_KINDS and (spec.cin or 0) % CHANNEL_BLOCK
             out.append((cost.input_bytes + cost.output_bytes) / 1e6 if unaligned else 0.0)

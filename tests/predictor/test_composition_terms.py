@@ -17,6 +17,8 @@ from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.model_level import (
     MIN_SHARE,
     MIN_TERM_NETWORKS,
+    QUANTIZE_FREE_BYTES,
+    QUANTIZE_IO,
     SHARED_S8,
     SPILL_BYTES,
     solve_composition,
@@ -291,6 +293,60 @@ def test_unaligned_add_pool_term_is_kept_where_those_kernels_cost_more() -> None
     assert fit.terms["unaligned_add_pool_mb"] == pytest.approx(per_mb, rel=0.1)
     without = solve(table, calibration, terms=["per_kernel"])
     assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
+
+
+def test_quantize_io_term_counts_int8_tensor_bytes_past_the_threshold() -> None:
+    """MB of each input and output tensor of an INT8 kernel beyond QUANTIZE_FREE_BYTES (what
+    its single-kernel model converts from and to float); float kernels carry none."""
+    big = OpSpec("conv", h=56, w=56, cin=16, cout=64, kernel=1, dtype="int8")
+    cost = kernel_cost(big)  # in 50 KB, out 200 KB (one byte per element)
+    assert cost.input_bytes < QUANTIZE_FREE_BYTES < cost.output_bytes
+    assert term_values(big, [QUANTIZE_IO]) == [
+        pytest.approx((cost.output_bytes - QUANTIZE_FREE_BYTES) / 1e6)]
+    add = OpSpec("add", h=112, w=112, cin=32, dtype="int8")  # two inputs, one output
+    past = sum(max(0.0, b - QUANTIZE_FREE_BYTES)
+               for b in (kernel_cost(add).input_bytes, kernel_cost(add).output_bytes))
+    assert past > 0 and term_values(add, [QUANTIZE_IO]) == [pytest.approx(past / 1e6)]
+    assert term_values(big.with_(dtype="float32"), [QUANTIZE_IO]) == [0.0]
+    assert term_values(OpSpec("conv", h=8, w=8, cin=64, cout=64, kernel=3, dtype="int8"),
+                       [QUANTIZE_IO]) == [0.0]
+
+
+def test_quantize_io_term_is_kept_where_int8_kernels_convert_big_tensors_alone() -> None:
+    """INT8 networks whose kernels were timed with float conversions of their big tensors
+    (their alone times exceed what they cost in the network by a per-MB amount): the optional
+    term lowers the leave-one-out error, is kept with its coefficient recovered, and the same
+    networks in float32 never carry it."""
+    rng = np.random.default_rng(11)
+    nets = []
+    for _ in range(40):
+        h = int(rng.choice([8, 16, 28, 56]))
+        c = int(rng.choice([16, 32, 64]))
+        nets.append([OpSpec("conv", h=h, w=h, cin=c, cout=c, kernel=int(rng.choice([1, 3])),
+                            dtype="int8") for _ in range(int(rng.integers(3, 10)))])
+    specs = list({s.key(): s for net in nets for s in net}.values())
+    table = get_predictor_class("lut")().fit(
+        specs, [0.01 + 5 * kernel_cost(s).flops / 1e9 + term_values(s, [QUANTIZE_IO])[0]
+                for s in specs])
+    per_mb = -0.8  # most of the conversions a kernel alone paid, which the network does not
+    noise = np.random.default_rng(12).normal(1.0, 0.005, len(nets))
+
+    def truth(net: list[OpSpec]) -> float:
+        converted = sum(term_values(s, [QUANTIZE_IO])[0] for s in net)
+        return OVERHEAD_MS + float(np.sum(table.predict(net))) + per_mb * converted
+
+    assert sum(any(term_values(s, [QUANTIZE_IO])[0] > 0 for s in n) for n in nets) \
+        >= MIN_TERM_NETWORKS
+    calibration = [(n, truth(n) * e) for n, e in zip(nets, noise, strict=True)]
+    fit = solve(table, calibration, terms=["per_kernel", QUANTIZE_IO], optional={QUANTIZE_IO})
+    assert fit.terms[QUANTIZE_IO] == pytest.approx(per_mb, rel=0.1)
+    without = solve(table, calibration, terms=["per_kernel"])
+    assert fit.summary["rmspe_pct_loo"] < 0.5 * without.summary["rmspe_pct_loo"]
+    floats = [([s.with_(dtype="float32") for s in n], ms) for n, ms in calibration]
+    float_table = get_predictor_class("lut")().fit(
+        [s.with_(dtype="float32") for s in specs], list(table.predict(specs)))
+    assert QUANTIZE_IO not in solve(float_table, floats, terms=["per_kernel", QUANTIZE_IO],
+                                    optional={QUANTIZE_IO}).terms
 
 
 def test_shared_int8_convs_are_priced_by_their_flops_where_networks_carry_them() -> None:

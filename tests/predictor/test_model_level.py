@@ -93,7 +93,8 @@ def test_layout_terms_only_for_a_runtime_with_a_blocked_layout(predictor) -> Non
     assert runtime_terms(COMPOSITION_TERMS, "onnxruntime-perf-test") == COMPOSITION_TERMS
     for runtime in ("litert", "tflite-benchmark-model", "onnxruntime-cuda", "torch-cuda"):
         assert runtime_terms(COMPOSITION_TERMS, runtime) == (
-            "per_kernel", "weight_mb", "streamed_weight_mb", "shared_s8_conv_gflops")
+            "per_kernel", "weight_mb", "streamed_weight_mb", "shared_s8_conv_gflops",
+            "quantize_io_mb")
     # a runtime latbench does not know, or none: every term, as before
     assert runtime_terms(COMPOSITION_TERMS, "my-npu") == COMPOSITION_TERMS
     assert runtime_terms(COMPOSITION_TERMS, None) == COMPOSITION_TERMS
