@@ -21,7 +21,7 @@ import numpy as np
 
 from latbench.bench.ops import CONV_SHARED_S8, OpSpec
 from latbench.errors import PredictorError
-from latbench.predictor.features import BYTES_PER_ELEMENT, kernel_cost
+from latbench.predictor.features import BYTES_PER_ELEMENT, KernelCost, kernel_cost
 from latbench.predictor.intervals import ratio_quantiles
 
 SCALE_BOUNDS = (0.5, 2.0)
@@ -228,16 +228,12 @@ def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
                 and (spec.cout or 0) % CHANNEL_BLOCK == 0
             out.append(cost.flops / 1e9 if aligned else 0.0)
         elif term == "spilled_layout_mb":
-            spilled = sum(max(0.0, b - SPILL_BYTES) for b in (cost.input_bytes,
-                                                              cost.output_bytes))
-            out.append(spilled / 1e6 if spec.kind in LAYOUT_KINDS else 0.0)
+            out.append(_mb_past(cost, SPILL_BYTES) if spec.kind in LAYOUT_KINDS else 0.0)
         elif term == SHARED_S8:
             shared = spec.kind == "conv" and spec.mode == CONV_SHARED_S8
             out.append(cost.flops / 1e9 if shared else 0.0)
         elif term == QUANTIZE_IO:
-            past = sum(max(0.0, b - QUANTIZE_FREE_BYTES)
-                       for b in (cost.input_bytes, cost.output_bytes))
-            out.append(past / 1e6 if spec.dtype == "int8" else 0.0)
+            out.append(_mb_past(cost, QUANTIZE_FREE_BYTES) if spec.dtype == "int8" else 0.0)
         elif term == "unaligned_add_pool_mb":
             unaligned = spec.kind in BLOCK_FALLBACK_KINDS and (spec.cin or 0) % CHANNEL_BLOCK
             out.append((cost.input_bytes + cost.output_bytes) / 1e6 if unaligned else 0.0)
@@ -245,6 +241,11 @@ def term_values(spec: OpSpec, terms: Sequence[str], network_mb: float = 0.0,
             raise PredictorError(f"unknown composition term {term!r}; known: "
                                  f"{', '.join(COMPOSITION_TERMS)}")
     return out
+
+
+def _mb_past(cost: KernelCost, threshold: float) -> float:
+    """MB of a kernel's input tensor and of its output tensor beyond `threshold` bytes each."""
+    return sum(max(0.0, b - threshold) for b in (cost.input_bytes, cost.output_bytes)) / 1e6
 
 
 @dataclass(frozen=True)
