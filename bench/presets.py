@@ -189,6 +189,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "specs": _mobilenet_depthwise_convs(),
                   "networks": ["nasbench-macro:30", "resnet:3", "vit:4", "mobilenetv2:4",
                                "resnet50:3"]},
+    # NAS-Bench-201's kernels (its cells' convs, average pools and adds at every stage), their
+    # neighbours, and calibration networks: the plan of a kernel predictor that prices
+    # NAS-Bench-201, e.g. as a few-shot reference device (`predictor fewshot
+    # --reference-predictor`); `quick` and `platforms` measure no 3x3 average pool.
+    "nasbench201": {"spaces": ["nasbench201"], "primitives": True, "around": 4,
+                    "networks": ["nasbench201:30"]},
     # The same, denser around the space, plus wide random kernels for networks outside it.
     "nasbench-macro": {"spaces": ["nasbench-macro"], "primitives": True, "around": 6,
                        "random": list(_WIDE_RANDOM), "networks": ["nasbench-macro:60"]},

@@ -271,8 +271,9 @@ def main() -> None:
         "ONNX Runtime (1 thread)"][0]), help="latbench dataset of the ONNX Runtime device")
     parser.add_argument("--local-reference-onnxruntime", metavar="PRED",
                         help="kernel predictor of this machine's ONNX Runtime, fitted on a "
-                             "plan whose kinds cover NAS-Bench-201 (`quick`); it joins the "
-                             "LiteRT device's references (none: that row is left out)")
+                             "plan that measured NAS-Bench-201's kernels (`bench ops --plan "
+                             "nasbench201`); it joins the LiteRT device's references (none: "
+                             "that row is left out)")
     parser.add_argument("--local-reference-litert", metavar="PRED",
                         help="kernel predictor of this machine's LiteRT (joins the ONNX "
                              "Runtime device's references; none: that row is left out)")

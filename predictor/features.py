@@ -273,6 +273,23 @@ def training_ranges(specs: Sequence[OpSpec]) -> dict[str, dict[str, tuple[float,
             for kind, by_name in sorted(seen.items())}
 
 
+# Fields naming which computation a kernel of the kind does, not its size: a pool of another
+# type or an activation of another function is a kernel the model never saw, whatever its shape
+# (an average pool priced from max and global pools came out 30x its time).
+CATEGORY_FIELDS: dict[str, tuple[str, ...]] = {"pool": ("pool",), "act": ("act",),
+                                               "resize": ("mode",), "pad": ("mode",)}
+
+
+def training_values(specs: Sequence[OpSpec]) -> dict[str, dict[str, list[str]]]:
+    """Per kernel kind with CATEGORY_FIELDS, the values of each over `specs` (sorted)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for spec in specs:
+        for name in CATEGORY_FIELDS.get(spec.kind, ()):
+            seen.setdefault(spec.kind, {}).setdefault(name, set()).add(str(getattr(spec, name)))
+    return {kind: {name: sorted(values) for name, values in by_name.items()}
+            for kind, by_name in sorted(seen.items())}
+
+
 def training_pairs(records: pd.DataFrame, statistic: str = "median_ms"
                    ) -> tuple[list[OpSpec], np.ndarray, float]:
     """(specs, kernel ms, call overhead ms) from op records.

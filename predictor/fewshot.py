@@ -30,6 +30,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.spaces.nasbench201 import EDGES, OPS, NasBench201, live_edges
 from latbench.errors import ConfigError, DatasetError, PredictorError, SearchError
 from latbench.predictor.intervals import DEFAULT_LEVEL, check_level
+from latbench.predictor.model_level import UnseenValue
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,15 @@ def predictor_reference(predictor: Any, space: str, name: str | None = None) -> 
         raise PredictorError(f"{owner} cannot price nasbench201: no model for kernel kind(s) "
                              f"{', '.join(missing)}, which its cells need")
     priced = [j for j, s in enumerate(specs) if s.kind in kinds]
+    unseen = sorted({f"{o.kernel.partition(':')[0]} kernels with {o.feature}={o.value} "
+                     f"(trained: {', '.join(o.trained)})"
+                     for o in predictor.out_of_range([specs[j] for j in priced])
+                     if isinstance(o, UnseenValue) and o.kernel not in fixed})
+    if unseen:
+        raise PredictorError(f"{owner} cannot price nasbench201: it was never trained on "
+                             f"{'; '.join(unseen)}, which its cells need - its prices of them "
+                             "would be guesses; measure the space's kernels first (`latbench "
+                             "bench ops --plan nasbench201`) and fit on that dataset")
     unpriced = sorted({s.kind for s in specs if s.kind not in kinds})
     if unpriced:
         logger.info("%s has no model for %s: priced without them (the same in every "

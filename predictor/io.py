@@ -291,6 +291,13 @@ def _ranges(value: Any) -> bool:
         for fields in value.values())
 
 
+def _values(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(fields, dict) and all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in fields.values())
+        for fields in value.values())
+
+
 def _attach_list(value: Any) -> bool:
     return isinstance(value, dict) and (
         "attach" not in value or isinstance(value["attach"], list) and all(
@@ -314,6 +321,8 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "run_settings": (False, lambda v: isinstance(v, dict), "an object"),
     "dataset": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "training_ranges": (False, _ranges, "an object of kind: {feature: [low, high]}"),
+    # pool types, activations, modes trained on (features.CATEGORY_FIELDS); older: unchecked
+    "training_values": (False, _values, "an object of kind: {field: [value, ...]}"),
     "fit_summary": (False, lambda v: isinstance(v, dict), "an object"),
     # the peak-memory model (predictor/memory.py checks its fields); older predictors lack it
     "memory": (False, lambda v: isinstance(v, dict), "an object"),

@@ -32,7 +32,13 @@ from latbench.bench.platform import (
 )
 from latbench.bench.stats import DEFAULT_STATISTIC, RECORD_STATISTICS
 from latbench.errors import DatasetError, PlatformError, PredictorError
-from latbench.predictor.features import range_values, training_pairs, training_ranges
+from latbench.predictor.features import (
+    CATEGORY_FIELDS,
+    range_values,
+    training_pairs,
+    training_ranges,
+    training_values,
+)
 from latbench.predictor.intervals import (
     DEFAULT_LEVEL,
     check_level,
@@ -49,6 +55,7 @@ from latbench.predictor.model_level import (
     Composition,
     NetworkPrediction,
     OutOfRange,
+    UnseenValue,
     runtime_terms,
     solve_composition,
 )
@@ -79,10 +86,10 @@ _OWN_FIELDS = frozenset({
     "format", "format_version", "predictor", "params", "feature_version", "feature_names",
     "call_overhead_ms", "kind_scale", "composition_terms", "composition", "kinds", "fusion",
     "training_ranges", "fit_summary", "library_versions", "created", "block_keys", "memory",
-    "kernel_residuals", "trained_kernels"})
+    "kernel_residuals", "trained_kernels", "training_values"})
 _LEARNED = ("kernels_", "composition_", "attach_", "fusion_rules_", "call_overhead_ms_",
             "training_ranges_", "block_keys_", "info_", "fit_summary_", "memory_",
-            "kernel_residuals_", "trained_kernels_")
+            "kernel_residuals_", "trained_kernels_", "training_values_")
 NO_RESIDUALS = ("the predictor holds no residual quantiles to build an interval from (saved "
                 "before latbench kept them, or built from kernels fitted elsewhere); refit it "
                 "with `latbench predictor fit` for an interval")
@@ -219,6 +226,7 @@ class LatencyPredictor:
         self.kernel_residuals_ = {kind: entry.pop("ratio_quantiles") for kind, entry in
                                   cv.items() if "ratio_quantiles" in entry}
         self.trained_kernels_ = frozenset(key_digest(s.key()) for s in specs)
+        self.training_values_ = training_values(specs)
         self.fit_summary_ = self._summary(cv)
         return self
 
@@ -236,6 +244,8 @@ class LatencyPredictor:
         out = cls(kernels, cv_folds=0)
         out._set(kernels, composition or Composition(), attach, None, call_overhead_ms,
                  training_ranges(list(ranges_from)), dict(info or {}), _block_keys(ranges_from))
+        if ranges_from:
+            out.training_values_ = training_values(list(ranges_from))
         return out
 
     def _set(self, kernels: Any, composition: Composition, attach: Any, rules: Any,
@@ -253,6 +263,8 @@ class LatencyPredictor:
         self.memory_ = MemoryModel()  # peak memory: uncalibrated unless fitted or loaded
         self.kernel_residuals_: dict[str, dict[str, Any]] | None = None  # intervals: unknown
         self.trained_kernels_: frozenset[str] | None = None
+        # per kind, the CATEGORY_FIELDS values trained on (None: saved before latbench kept them)
+        self.training_values_: dict[str, dict[str, list[str]]] | None = None
 
     def _reset(self) -> None:
         for name in _LEARNED:
@@ -380,9 +392,10 @@ class LatencyPredictor:
         """Whether a fused block found in a model file is priced as one kernel."""
         return block.key() in self.block_keys_
 
-    def out_of_range(self, specs: Sequence[OpSpec]) -> list[OutOfRange]:
-        """Kernels with a shape field or FLOPs outside what their kind was trained on."""
-        out = []
+    def out_of_range(self, specs: Sequence[OpSpec]) -> list[OutOfRange | UnseenValue]:
+        """Kernels with a shape field or FLOPs outside what their kind was trained on, or a
+        computation (pool type, activation function) their kind was never trained on."""
+        out: list[OutOfRange | UnseenValue] = []
         for spec in specs:
             ranges = self.training_ranges_.get(spec.kind)
             if not ranges:
@@ -390,6 +403,11 @@ class LatencyPredictor:
             for name, value in range_values(spec).items():
                 if name in ranges and not ranges[name][0] <= value <= ranges[name][1]:
                     out.append(OutOfRange(spec.key(), name, value, *ranges[name]))
+            trained = (self.training_values_ or {}).get(spec.kind, {})
+            for name in CATEGORY_FIELDS.get(spec.kind, ()):
+                value = str(getattr(spec, name))
+                if name in trained and value not in trained[name]:
+                    out.append(UnseenValue(spec.key(), name, value, tuple(trained[name])))
         return out
 
     def in_range(self, specs: Sequence[OpSpec]) -> list[bool | None]:
@@ -528,6 +546,8 @@ class LatencyPredictor:
             manifest["kernel_residuals"] = self.kernel_residuals_
         if self.trained_kernels_ is not None:
             manifest["trained_kernels"] = sorted(self.trained_kernels_)
+        if self.training_values_ is not None:
+            manifest["training_values"] = self.training_values_
         return manifest
 
     def save(self, path: str | Path) -> Path:
@@ -583,6 +603,9 @@ class LatencyPredictor:
         out.kernel_residuals_ = dict(residuals) if isinstance(residuals, dict) else None
         trained = manifest.get("trained_kernels")
         out.trained_kernels_ = frozenset(trained) if trained is not None else None
+        values = manifest.get("training_values")  # saved before latbench kept them: unchecked
+        out.training_values_ = {kind: {name: [str(v) for v in vs] for name, vs in by.items()}
+                                for kind, by in values.items()} if values is not None else None
         if "memory" in manifest:  # predictors saved before the memory model predict uncalibrated
             out.memory_ = MemoryModel.from_json(manifest["memory"], f"{path / MANIFEST}: memory")
         out.path = path

@@ -58,6 +58,25 @@ class OutOfRange:
 
 
 @dataclass(frozen=True)
+class UnseenValue:
+    """A kernel whose kind was trained, but never on this computation (features.CATEGORY_FIELDS:
+    an average pool where only max pools were measured)."""
+
+    kernel: str  # the kernel's key
+    feature: str
+    value: str
+    trained: tuple[str, ...]
+
+    def describe(self) -> str:
+        return (f"{self.kernel}: {self.feature} {self.value} never trained "
+                f"(trained: {', '.join(self.trained)})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "feature": self.feature, "value": self.value,
+                "trained_values": list(self.trained)}
+
+
+@dataclass(frozen=True)
 class NetworkPrediction:
     """A network's predicted latency with its per-kernel breakdown; per kernel whether it lies
     inside its kind's training range (None: no range known for the kind); for a partial
@@ -69,7 +88,7 @@ class NetworkPrediction:
     predicted_ms: float
     overhead_ms: float
     kernels: tuple[tuple[OpSpec, float], ...]
-    out_of_range: tuple[OutOfRange, ...] = ()
+    out_of_range: tuple[OutOfRange | UnseenValue, ...] = ()
     in_range: tuple[bool | None, ...] = ()
     skipped_ops: tuple[tuple[str, int], ...] = ()
     skip_reasons: tuple[str, ...] = ()

@@ -128,6 +128,29 @@ def test_kernels_outside_the_range_are_warned_about(predictor, tmp_path, capsys)
     assert "outside range" in out and "coverage: " in out
 
 
+def test_a_pool_type_never_trained_is_outside_the_range(predictor, tmp_path, capsys):
+    # The pool kind was trained on a global average pool only: a 3x3 max pool is another
+    # computation, named as the worst excess of all, before its kernel size.
+    max_pool = OpSpec("pool", h=16, w=16, cin=16, pool="max", kernel=3, stride=1, pad=1)
+    model = model_file(tmp_path, "maxpool.onnx", SMALL, max_pool)
+    code, out, err = run(capsys, "predict", str(model), "--predictor", str(predictor), "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert [k["in_range"] for k in result["kernels"]] == [True, False]
+    assert {"kernel": max_pool.key(), "feature": "pool", "value": "max",
+            "trained_values": ["gavg"]} in result["out_of_range"]
+    (warning,) = warnings_of(err)
+    assert "1 of 2 kernels lie outside the predictor's training range (pool 1)" in warning
+    assert warning.split("worst: ")[1] == "pool pool max (trained gavg)"
+    # the same pool type in range: nothing named
+    gavg = OpSpec("pool", h=16, w=16, cin=16, pool="gavg")
+    code, out, err = run(capsys, "predict", str(model_file(tmp_path, "gavg.onnx", SMALL, gavg)),
+                         "--predictor", str(predictor), "--json")
+    assert code == 0 and json.loads(out)["out_of_range"] == [] and err == ""
+    loaded = LatencyPredictor.load(predictor)
+    assert loaded.training_values_ == {"pool": {"pool": ["gavg"]}}
+
+
 def test_a_predictor_without_ranges_says_it_cannot_tell(tmp_path, capsys):
     model = model_file(tmp_path, "m.onnx", OpSpec("conv", h=16, w=16, cin=3, cout=16,
                                                   kernel=3, act="relu"))

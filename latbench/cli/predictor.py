@@ -33,7 +33,7 @@ from latbench.tables import print_json, print_table
 
 if TYPE_CHECKING:
     from latbench.predictor.memory import MemoryPrediction
-    from latbench.predictor.model_level import NetworkPrediction, OutOfRange
+    from latbench.predictor.model_level import NetworkPrediction, OutOfRange, UnseenValue
 
 METRIC_HEADER = ["family", "n", "RMSE ms", "RMSPE %", "within 10%", "Spearman"]
 
@@ -257,7 +257,7 @@ def prediction_warnings(path: Path, prediction: NetworkPrediction) -> list[str]:
     elif outside := [s.kind for (s, _), f in zip(prediction.kernels, flags, strict=True)
                      if not f]:
         per_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(Counter(outside).items()))
-        by_kernel: dict[str, OutOfRange] = {}
+        by_kernel: dict[str, OutOfRange | UnseenValue] = {}
         for o in prediction.out_of_range:  # each kernel by its field furthest outside
             if o.kernel not in by_kernel or _excess(o) > _excess(by_kernel[o.kernel]):
                 by_kernel[o.kernel] = o
@@ -270,16 +270,25 @@ def prediction_warnings(path: Path, prediction: NetworkPrediction) -> list[str]:
     return out
 
 
-def _excess(outside: OutOfRange) -> float:
-    """How far a value lies outside its range, as a factor (2 = twice the largest seen)."""
+def _excess(outside: OutOfRange | UnseenValue) -> float:
+    """How far a value lies outside its range, as a factor (2 = twice the largest seen); a
+    computation never trained on is the farthest of all."""
+    from latbench.predictor.model_level import UnseenValue
+
+    if isinstance(outside, UnseenValue):
+        return math.inf
     if outside.value > outside.high:
         return outside.value / outside.high if outside.high > 0 else math.inf
     return outside.low / outside.value if outside.value > 0 else math.inf
 
 
-def _outside_text(outside: OutOfRange) -> str:
-    """`conv h 224 (trained 4-56)`; FLOPs in millions."""
+def _outside_text(outside: OutOfRange | UnseenValue) -> str:
+    """`conv h 224 (trained 4-56)`; FLOPs in millions; `pool pool avg (trained gavg, max)`."""
+    from latbench.predictor.model_level import UnseenValue
+
     kind = outside.kernel.partition(":")[0]
+    if isinstance(outside, UnseenValue):
+        return f"{kind} {outside.feature} {outside.value} (trained {', '.join(outside.trained)})"
     if outside.feature == "flops":
         return (f"{kind} MFLOPs {outside.value / 1e6:.3g} (trained "
                 f"{outside.low / 1e6:.3g}-{outside.high / 1e6:.3g})")

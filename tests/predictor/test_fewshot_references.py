@@ -45,13 +45,16 @@ def synthetic_ms(spec: OpSpec) -> float:
     return 0.005 + 2e-9 * kernel_cost(spec).flops
 
 
-def tiny_predictor(kinds: set[str], path: Path) -> Path:
-    specs = nb201_kernels(kinds)
+def tiny_predictor(kinds: set[str], path: Path, pools: str | None = None) -> Path:
+    """Fitted on NAS-Bench-201's own kernels of `kinds` (with `pools`, every pool is of that
+    type instead: a predictor that never measured the space's average pools)."""
+    specs = [s.with_(pool=pools) if pools and s.kind == "pool" else s
+             for s in nb201_kernels(kinds)]
     model = XGBoostKernelPredictor(n_estimators=30, max_depth=3, n_jobs=1).fit(
         specs, [synthetic_ms(s) for s in specs])
     return LatencyPredictor.from_kernels(
         model, call_overhead_ms=0.02, info={"device": "local", "runtime": "onnxruntime"},
-    ).save(path)
+        ranges_from=specs).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,22 @@ def test_a_predictor_missing_a_kind_the_cells_need_is_one_line_error(
                  str(lacking), "--suggest", "5", "--out", str(tmp_path / "s.csv")]) == 1
     err = capsys.readouterr().err.strip()
     assert "pool" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_predictor_that_never_measured_the_cells_pool_type_is_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Its pool model knows max pools only: it would price the cells' 3x3 average pools from
+    # them, a guess (a LiteRT predictor of the `platforms` plan priced them at 30x their time).
+    max_only = tiny_predictor({"conv", "pool", "add", "mul", "linear"}, tmp_path / "max",
+                              pools="max")
+    with pytest.raises(PredictorError, match=r"never trained on pool kernels with pool=avg "
+                                             r"\(trained: max\)"):
+        predictor_reference(LatencyPredictor.load(max_only), "nasbench201")
+    assert main(["predictor", "fewshot", "--space", "nasbench201", "--reference-predictor",
+                 str(max_only), "--suggest", "5", "--out", str(tmp_path / "s.csv")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--plan nasbench201" in err and not (tmp_path / "s.csv").exists()
 
 
 def test_fbnet_cannot_take_a_kernel_predictor(predictor_dir: Path, tmp_path: Path,
