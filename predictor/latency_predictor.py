@@ -510,7 +510,8 @@ class LatencyPredictor:
         return {
             "kinds": {kind: {"kernels": n, "cv": cv.get(kind),
                              "range": {k: list(v) for k, v in
-                                       self.training_ranges_.get(kind, {}).items()}}
+                                       self.training_ranges_.get(kind, {}).items()},
+                             "values": (self.training_values_ or {}).get(kind, {})}
                       for kind, n in sorted(self.kernels_.n_train_.items())},
             "calibration": calibration,
             "safety_margin": self.safety_margin(),

@@ -96,7 +96,8 @@ def _print_fit(predictor: Any, several: bool) -> None:
     title = f"predictor {predictor.path}" + (f" ({predictor.platform})" if several else "")
     print_table(title, ["kernel kind", "kernels", "CV RMSPE %", "CV within 10%",
                         "training range"],
-                [(kind, k["kernels"], *_cv_cells(k["cv"]), _range_text(k["range"]))
+                [(kind, k["kernels"], *_cv_cells(k["cv"]),
+                  _range_text(k["range"], k.get("values") or {}))
                  for kind, k in summary["kinds"].items()])
     if skipped := [f"{kind} ({k['cv']['skipped']})" for kind, k in summary["kinds"].items()
                    if k["cv"] and "skipped" in k["cv"]]:
@@ -156,9 +157,10 @@ def _cv_cells(cv: dict[str, Any] | None) -> tuple[str, str]:
     return f"{cv['rmspe_pct']:.2f}", f"{cv['within10']:.1%}"
 
 
-def _range_text(ranges: dict[str, list[float]]) -> str:
-    """`h 8-32, cin 3-96, ..., MFLOPs 0.1-42` (w only where it differs from h)."""
-    parts = []
+def _range_text(ranges: dict[str, list[float]], values: dict[str, list[str]]) -> str:
+    """`pool gavg/max, h 8-32, cin 3-96, ..., MFLOPs 0.1-42` (w only where it differs from h;
+    first the computations trained on)."""
+    parts = [f"{name} {'/'.join(seen)}" for name, seen in values.items()]
     for name, (low, high) in ranges.items():
         if name == "w" and ranges.get("h") == [low, high]:
             continue

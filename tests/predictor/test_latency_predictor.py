@@ -17,6 +17,7 @@ from latbench.bench.fusion import FusionRules
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import RunSettings
 from latbench.bench.store import LatencyDataset, LatencyRecord
+from latbench.cli.predictor import _range_text
 from latbench.errors import DatasetError, PredictorError
 from latbench.predictor.evaluate import error_metrics
 from latbench.predictor.features import kernel_cost, training_pairs
@@ -416,6 +417,11 @@ def test_fit_command_prints_the_summary(tmp_path: Path, capsys) -> None:
     printed = json.loads(text)
     assert printed["predictor"] == str(out) and printed["statistic"] == "min_ms"
     assert printed["summary"]["kinds"]["conv"]["cv"]["folds"] == 3
+    # the computations trained on: pool types of the dataset's pools, none for a conv
+    pools = printed["summary"]["kinds"]["pool"]["values"]["pool"]
+    assert pools and set(pools) <= {"avg", "max", "gavg"} and pools == sorted(pools)
+    assert printed["summary"]["kinds"]["conv"]["values"] == {}
+    assert _range_text({"h": [8.0, 32.0]}, {"pool": ["gavg", "max"]}) == "pool gavg/max, h 8-32"
     # every calibration network the robust fit down-weighted is listed with its weight, and
     # appears in the printed summary
     weights = LatencyPredictor.load(out).composition_.summary["weights"]
