@@ -220,13 +220,12 @@ class LatencyPredictor:
             if self.cv_folds else {}
         self._set(kernels, composition, attach,
                   None if rules is None else rules.to_json(), overhead,
-                  training_ranges(specs), info, _block_keys(specs))
+                  training_ranges(specs), info, _block_keys(specs), training_values(specs))
         self.memory_ = fit_dataset_memory(records, card, first)  # predictor/memory.py
         # the out-of-fold quantiles go to the manifest's own field, not the printed summary
         self.kernel_residuals_ = {kind: entry.pop("ratio_quantiles") for kind, entry in
                                   cv.items() if "ratio_quantiles" in entry}
         self.trained_kernels_ = frozenset(key_digest(s.key()) for s in specs)
-        self.training_values_ = training_values(specs)
         self.fit_summary_ = self._summary(cv)
         return self
 
@@ -243,14 +242,14 @@ class LatencyPredictor:
             raise PredictorError(f"{type(kernels).__name__} cannot predict kernels")
         out = cls(kernels, cv_folds=0)
         out._set(kernels, composition or Composition(), attach, None, call_overhead_ms,
-                 training_ranges(list(ranges_from)), dict(info or {}), _block_keys(ranges_from))
-        if ranges_from:
-            out.training_values_ = training_values(list(ranges_from))
+                 training_ranges(list(ranges_from)), dict(info or {}), _block_keys(ranges_from),
+                 training_values(list(ranges_from)) if ranges_from else None)
         return out
 
     def _set(self, kernels: Any, composition: Composition, attach: Any, rules: Any,
              overhead: float, ranges: dict[str, dict[str, tuple[float, float]]],
-             info: dict[str, Any], block_keys: frozenset[str] = frozenset()) -> None:
+             info: dict[str, Any], block_keys: frozenset[str] = frozenset(),
+             values: dict[str, dict[str, list[str]]] | None = None) -> None:
         self.kernels_ = kernels
         self.composition_ = composition
         self.attach_ = attach
@@ -264,7 +263,7 @@ class LatencyPredictor:
         self.kernel_residuals_: dict[str, dict[str, Any]] | None = None  # intervals: unknown
         self.trained_kernels_: frozenset[str] | None = None
         # per kind, the CATEGORY_FIELDS values trained on (None: saved before latbench kept them)
-        self.training_values_: dict[str, dict[str, list[str]]] | None = None
+        self.training_values_ = values
 
     def _reset(self) -> None:
         for name in _LEARNED:
@@ -598,15 +597,15 @@ class LatencyPredictor:
                  {kind: {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
                   for kind, ranges in (manifest.get("training_ranges") or {}).items()},
                  {k: v for k, v in manifest.items() if k not in _OWN_FIELDS},
-                 frozenset(block_keys))
+                 frozenset(block_keys),
+                 # saved before latbench kept them: None, shapes checked only; strings checked
+                 # by read_manifest
+                 manifest.get("training_values"))
         out.fit_summary_ = manifest.get("fit_summary")
         residuals = manifest.get("kernel_residuals")  # predictors saved before: no intervals
         out.kernel_residuals_ = dict(residuals) if isinstance(residuals, dict) else None
         trained = manifest.get("trained_kernels")
         out.trained_kernels_ = frozenset(trained) if trained is not None else None
-        values = manifest.get("training_values")  # saved before latbench kept them: unchecked
-        out.training_values_ = {kind: {name: [str(v) for v in vs] for name, vs in by.items()}
-                                for kind, by in values.items()} if values is not None else None
         if "memory" in manifest:  # predictors saved before the memory model predict uncalibrated
             out.memory_ = MemoryModel.from_json(manifest["memory"], f"{path / MANIFEST}: memory")
         out.path = path
