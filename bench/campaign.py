@@ -896,6 +896,26 @@ def _check_thread_counts(config: CampaignConfig, facts: Mapping[str, dict[str, A
                               f"{device}")
 
 
+def _check_kernel_precisions(subjects: Sequence[Subject],
+                             lanes: Mapping[str, tuple[Mapping[str, Any], Sequence[str]]]
+                             ) -> None:
+    """Kernels a runtime would time in another computation than inside a network (ONNX
+    Runtime's float16 off ARM64) predict nothing: refused before anything is written. `lanes`:
+    device name -> (its facts, the runtimes measuring it)."""
+    from latbench.bench.platform import precision_name
+
+    dtypes = sorted({s.spec.dtype for s in subjects if s.subject == "op" and s.spec is not None})
+    for device, (facts, runtimes) in lanes.items():
+        for runtime in runtimes:
+            refusal = getattr(RUNNERS.get(runtime), "kernel_refusal", None)
+            for dtype in dtypes:
+                why = refusal(dtype, facts) if refusal else None
+                if why:
+                    raise ConfigError(f"runtime {runtime} cannot measure "
+                                      f"{precision_name(dtype)} kernels on device {device} "
+                                      f"({facts.get('machine')}): {why}")
+
+
 def run_campaign(subjects: Sequence[Subject], devices: Sequence[Device],
                  runtimes: Sequence[str] | None, dataset: LatencyDataset,
                  config: CampaignConfig | None = None, progress: ProgressSink | None = None,
@@ -1078,6 +1098,7 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
     with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
         facts = fetch_facts(device)
         _check_thread_counts(config, {device.name: facts})
+        _check_kernel_precisions(subjects, {device.name: (facts, [runtime])})
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "device": device.name,
@@ -1138,6 +1159,11 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
     with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
         checks = check_devices(devices, check_timeout_s)
         _check_thread_counts(config, {c.device: c.facts for c in checks if c.reachable})
+        by_name = {d.name: d for d in devices}
+        _check_kernel_precisions(subjects, {
+            c.device: (c.facts, [r for r in by_name[c.device].runtimes
+                                 if runtimes is None or r in runtimes])
+            for c in checks if c.reachable})
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "host_software": software_versions(),

@@ -62,8 +62,8 @@ class MatrixPlatform:
 
 
 def all_platforms() -> list[MatrixPlatform]:
-    """The matrix; FP16 on ONNX Runtime's CPU provider is kept: it runs (Casts around the ops
-    without an fp16 kernel), which is what a user exporting an fp16 model gets."""
+    """The matrix. FP16 on ONNX Runtime stays in it: `bench ops` refuses it off ARM64 and the
+    row says why (bench/runners/onnxruntime.py, `kernel_refusal`)."""
     runtimes = [("onnxruntime", ""), ("litert", "xnnpack"), ("litert", "builtin")]
     return [MatrixPlatform(r, d, p, t) for r, d in runtimes for p in ("fp32", "int8", "fp16")
             for t in (1, 2)]
@@ -80,6 +80,13 @@ def run(argv: list[str], log: Path) -> tuple[int, float]:
     return code, time.perf_counter() - started
 
 
+def refusal(log: Path) -> str | None:
+    """The one-line error latbench ended `log` with (a platform it refuses here), if any."""
+    lines = log.read_text().strip().splitlines()
+    prefix = "latbench: error: "
+    return lines[-1][len(prefix):] if lines and lines[-1].startswith(prefix) else None
+
+
 def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
                      ) -> dict[str, object]:
     """One fresh run of a platform in `folder` (resumed where it holds an earlier one)."""
@@ -91,7 +98,7 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
     code, seconds = run([LATBENCH, "bench", "ops", "--plan", plan, *p.flags(), "--out",
                          str(data)], log)
     if code:
-        row["error"] = f"bench ops exited {code} (see {log})"
+        row["error"] = refusal(log) or f"bench ops exited {code} (see {log})"
         row["campaign_min"] = seconds / 60
         return row
     if not timed.exists():

@@ -130,6 +130,20 @@ def test_bench_ops_refuses_more_threads_than_cores(capsys: pytest.CaptureFixture
     assert stdout == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(__import__("platform").machine().lower() in ("aarch64", "arm64"),
+                    reason="ONNX Runtime computes float16 on ARM64: nothing is refused")
+def test_bench_ops_refuses_onnxruntime_fp16_kernels_off_arm64(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import platform
+
+    out = tmp_path / "dataset"
+    code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", "1",
+                            "--precision", "fp16", "--out", str(out))
+    assert_one_line_error(code, err, "runtime onnxruntime cannot measure fp16 kernels on device "
+                                     f"local ({platform.machine()})", "`bench networks`")
+    assert stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_bench_ops_refuses_a_precision_the_runtime_lacks(capsys: pytest.CaptureFixture[str],
                                                          tmp_path: Path) -> None:
     out = tmp_path / "dataset"

@@ -21,7 +21,7 @@ import posixpath
 import statistics
 import tempfile
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -469,6 +469,12 @@ class RunnerBase:
 
     def __init__(self) -> None:
         self._probes: dict[str, bytes] = {}
+
+    @classmethod
+    def kernel_refusal(cls, precision: str, facts: Mapping[str, Any]) -> str | None:
+        """Why kernels of `precision` timed alone would not predict networks on a device with
+        `facts` (fetch_facts: machine, cores, ...), or None when they would."""
+        return None
 
     def export(self, graph: LayerGraph) -> bytes:
         raise NotImplementedError
