@@ -98,7 +98,11 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
     code, seconds = run([LATBENCH, "bench", "ops", "--plan", plan, *p.flags(), "--out",
                          str(data)], log)
     if code:
-        row["error"] = refusal(log) or f"bench ops exited {code} (see {log})"
+        refused = refusal(log)
+        if refused:  # not measurable here: no campaign to time
+            row["error"] = f"refused: {refused}"
+            return row
+        row["error"] = f"bench ops exited {code} (see {log})"
         row["campaign_min"] = seconds / 60
         return row
     if not timed.exists():
@@ -181,14 +185,14 @@ def median_row(label: str, runs: list[dict[str, object]]) -> dict[str, object]:
 
 def tables(rows: list[dict[str, object]]) -> list[str]:
     families = sorted({f for r in rows for f in r.get("metrics", {}) if f != "all"})
-    lines = ["| platform | campaign min | eval min | n | within 10% | each run | levelled | "
-             "RMSPE % | Spearman | "
-             + " | ".join(f"{f} within 10% / Spearman" for f in families) + " |",
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(families)]
+    header = ["platform", "campaign min", "eval min", "n", "within 10%", "each run", "levelled",
+              "RMSPE %", "Spearman", *(f"{f} within 10% / Spearman" for f in families)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['platform']} | {r.get('campaign_min', 0):.1f} | | | "
-                         f"{r['error']} | | | | |" + " |" * len(families))
+            minutes = f"{r['campaign_min']:.1f}" if "campaign_min" in r else ""
+            lines.append(f"| {r['platform']} | {minutes} | | | {r['error']} | | | | |"
+                         + " |" * len(families))
             continue
         m = r["metrics"]
         a = m["all"]

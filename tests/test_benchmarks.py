@@ -4,6 +4,7 @@ its own process, and fails loudly naming the scripts that failed."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,27 @@ def test_fewshot_order_drift_separates_drift_from_noise(monkeypatch: pytest.Monk
         result.loc["drifting", "within10"]
     assert abs(result.loc["noisy", "within10_drift_removed"]
                - result.loc["noisy", "within10"]) < 0.03
+
+
+def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform latbench refuses on this machine (ONNX Runtime FP16 off ARM64) is a row that
+    says why, with no campaign minutes: nothing was measured."""
+    spec = importlib.util.spec_from_file_location("platform_matrix",
+                                                  ROOT / "benchmarks" / "platform_matrix.py")
+    assert spec is not None and spec.loader is not None
+    matrix = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "platform_matrix", matrix)  # its dataclass looks it up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts benchmarks/ first
+    spec.loader.exec_module(matrix)
+    log = tmp_path / "log.txt"
+    log.write_text("$ latbench bench ops ...\nlatbench: error: runtime onnxruntime cannot "
+                   "measure fp16 kernels on device local (x86_64): why\n")
+    assert matrix.refusal(log) == ("runtime onnxruntime cannot measure fp16 kernels on device "
+                                   "local (x86_64): why")
+    log.write_text("$ latbench bench ops ...\nTraceback (most recent call last):\n")
+    assert matrix.refusal(log) is None
+    row = {"platform": "onnxruntime/fp16/1t", "error": "refused: why"}
+    header, rule, line = matrix.tables([matrix.median_row("onnxruntime/fp16/1t", [row])])
+    assert header.count("|") == rule.count("|") == line.count("|")
+    assert line.startswith("| onnxruntime/fp16/1t |  | | | refused: why |")
