@@ -81,7 +81,7 @@ def run(argv: list[str], log: Path) -> tuple[int, float]:
 
 
 def refusal(log: Path) -> str | None:
-    """The one-line error latbench ended `log` with (a platform it refuses here), if any."""
+    """The one-line error latbench ended `log` with, if any (a platform it refuses here)."""
     lines = log.read_text().strip().splitlines()
     prefix = "latbench: error: "
     return lines[-1][len(prefix):] if lines and lines[-1].startswith(prefix) else None
@@ -99,8 +99,8 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
                          str(data)], log)
     if code:
         refused = refusal(log)
-        if refused:  # not measurable here: no campaign to time
-            row["error"] = f"refused: {refused}"
+        if refused:  # latbench said why in one line (a platform this machine cannot measure)
+            row["error"] = f"bench ops: {refused}"
             return row
         row["error"] = f"bench ops exited {code} (see {log})"
         row["campaign_min"] = seconds / 60

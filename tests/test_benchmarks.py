@@ -107,7 +107,7 @@ def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
                                    "local (x86_64): why")
     log.write_text("$ latbench bench ops ...\nTraceback (most recent call last):\n")
     assert matrix.refusal(log) is None
-    row = {"platform": "onnxruntime/fp16/1t", "error": "refused: why"}
+    row = {"platform": "onnxruntime/fp16/1t", "error": "bench ops: why"}
     header, rule, line = matrix.tables([matrix.median_row("onnxruntime/fp16/1t", [row])])
     assert header.count("|") == rule.count("|") == line.count("|")
-    assert line.startswith("| onnxruntime/fp16/1t |  | | | refused: why |")
+    assert line.startswith("| onnxruntime/fp16/1t |  | | | bench ops: why |")
