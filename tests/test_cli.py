@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from onnx import TensorProto, helper
 from latbench.bench.export.graph import chain_graph
 from latbench.bench.export.to_onnx import to_onnx
 from latbench.bench.ops import OpSpec
+from latbench.bench.runners.onnxruntime import ARM64_MACHINES
 from latbench.bench.store import LatencyDataset
 from latbench.cli import main
 from latbench.predictor.features import kernel_cost
@@ -130,12 +132,10 @@ def test_bench_ops_refuses_more_threads_than_cores(capsys: pytest.CaptureFixture
     assert stdout == "" and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(__import__("platform").machine().lower() in ("aarch64", "arm64"),
+@pytest.mark.skipif(platform.machine().lower() in ARM64_MACHINES,
                     reason="ONNX Runtime computes float16 on ARM64: nothing is refused")
 def test_bench_ops_refuses_onnxruntime_fp16_kernels_off_arm64(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    import platform
-
     out = tmp_path / "dataset"
     code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", "1",
                             "--precision", "fp16", "--out", str(out))

@@ -9,6 +9,9 @@ from latbench.bench.export.graph import LayerGraph
 from latbench.bench.runners.base import AgentRunner, register_runner
 from latbench.device_agents import RuntimeNeeds
 
+# `uname -m` of the CPUs whose ONNX Runtime CPU provider computes float16 itself.
+ARM64_MACHINES = frozenset({"aarch64", "arm64"})
+
 
 @register_runner("onnxruntime")
 class OnnxRuntimeRunner(AgentRunner):
@@ -24,10 +27,9 @@ class OnnxRuntimeRunner(AgentRunner):
         """float16 kernels only where the CPU provider computes in float16 (ARM64). Elsewhere it
         casts around every convolution and matrix product and picks from each node's neighbours
         which of the rest run in float16, so a kernel timed alone computes differently from the
-        same kernel inside a network (measured on x86-64: 65.7% of held-out networks within 10%,
-        MobileNetV2's kernels alone adding up to 3.1-3.6x the network)."""
+        same kernel inside a network (docs/predictors.md, *Accuracy per platform*)."""
         machine = str(facts.get("machine") or "")
-        if precision != "float16" or not machine or machine.lower() in ("aarch64", "arm64"):
+        if precision != "float16" or not machine or machine.lower() in ARM64_MACHINES:
             return None
         return (f"ONNX Runtime's CPU provider has no float16 convolutions or matrix products "
                 f"on {machine}: it casts around them and chooses per node from its neighbours "

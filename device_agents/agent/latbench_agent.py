@@ -27,6 +27,7 @@ The agent never executes anything it receives: it only loads model files into th
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import json
@@ -677,7 +678,7 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
 
 
 # The intra-op thread count of the process-wide ONNX Runtime pool, once `use_process_pool` made
-# it (before the process's first session); None: every session has a pool of its own.
+# it (before the process's first session); empty: every session has a pool of its own.
 ORT_PROCESS_POOL: list[int] = []
 
 
@@ -686,11 +687,10 @@ def use_process_pool(threads: int) -> None:
 
     A batch keeps all its models' sessions alive and visits them in turn. With a pool per
     session, at threads > 1 the idle pools' workers compete with the timed session's for the
-    cores and some sessions run every call at one thread's speed, the others at 0.6x it (2-core
-    x86, ONNX Runtime 1.32: medians up to 2x the minima, the slow sessions different on every
-    run) - a state a user running one model never sees. Sessions sharing one pool time as each
-    alone does. Must run before the first session of the process; the agent process measures
-    one request, so `run_command` calls it before `measure`."""
+    cores - a state a user running one model never sees; sessions sharing one pool time as each
+    alone does (docs/measurement.md, section 2a). Must run before the first session of the
+    process; the agent process measures one request, so `run_command` calls it before
+    `measure`."""
     import onnxruntime.capi._pybind_state as ort_state
 
     ort_state.set_global_thread_pool_sizes(threads, 1)
@@ -1418,11 +1418,8 @@ def run_command(argv: list[str]) -> dict:
                                f"{error_text(exc)}", EXIT_BAD_REQUEST) from exc
         req = validate_request(raw)
         if req["runtime"] == "onnxruntime" and req["threads"] > 1:
-            try:
+            with contextlib.suppress(ImportError):  # OrtBackend reports the runtime missing
                 use_process_pool(req["threads"])
-            except ImportError as exc:
-                raise AgentFailure("runtime_missing", f"runtime onnxruntime cannot be "
-                                   f"imported: {error_text(exc)}", EXIT_RUNTIME_MISSING) from exc
         return measure(req, os.path.dirname(os.path.abspath(args[0])))
     if command == "peak-memory":
         if len(args) != 1:

@@ -20,10 +20,11 @@ from latbench.bench.campaign import (
 )
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import LiteRTRunner, OnnxRuntimeRunner, RunSettings
+from latbench.bench.runners.onnxruntime import ARM64_MACHINES
 from latbench.device_agents import Device, LocalTransport
 from latbench.errors import ConfigError
 
-ARM64 = platform.machine().lower() in ("aarch64", "arm64")
+ARM64 = platform.machine().lower() in ARM64_MACHINES
 CONV16 = OpSpec("conv", h=8, w=8, cin=4, cout=8, kernel=3, dtype="float16")
 
 
