@@ -257,6 +257,24 @@ def test_a_slow_phase_that_moves_is_measured_again_every_time(
     assert not any(d.settled for d in summary.drift)
 
 
+def test_retries_that_never_reach_speed_store_the_fastest_attempt(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calibration 1.0 ms; the batch reads 1.3, 1.15 and 1.4 (speed moving in bursts): all
+    # three over the tolerance, and the one stored is the 1.15 attempt, not the last
+    runner = SlowingRunner([1.0, 1.3, 1.15, 1.4])
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    sink = Lanes()
+    summary = run_campaign([Subject.op(SPECS[0])], [device], ["onnxruntime"], dataset,
+                           campaign_config(drift_retries=2), progress=sink)
+    assert runner.references == [] and summary.redone_batches == 2
+    record = dataset.records().set_index("key").loc[SPECS[0].key()]
+    assert record["reference_ms"] == pytest.approx(1.15)
+    assert record["drift_ratio"] == pytest.approx(1.15) and bool(record["drift_flag"])
+    assert [d.ratio for d in summary.drift] == pytest.approx([1.15])
+    assert any("stored the fastest of the batch's 3 attempts" in text for _, text in sink.notes)
+
+
 def test_drift_correction_and_kept_samples(tmp_path: Path, device: Device,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     runner = SlowingRunner([2.0, 2.0, 3.0])
