@@ -295,6 +295,7 @@ class BatchDrift:
     disturbed: bool = False       # still over --max-load: its records were not stored
     threads: int = 1              # the runtime's threads: lanes of other counts drift apart
     settled: bool = False         # stored at the device's settled slow level without retries
+    attempts: tuple[float, ...] = ()  # every attempt's reference / the best then, in order
 
 
 @dataclass
@@ -394,9 +395,10 @@ class CampaignSummary:
             if settled:
                 text += (f", {settled} of them stored at the device's settled level without "
                          "retries")
-            trend = detect_slowdown(batches, self.drift_tolerance)
-            if trend:
-                text += f"; {trend}"
+            for finding in (detect_slowdown(batches, self.drift_tolerance),
+                            detect_bursts(batches, self.drift_tolerance)):
+                if finding:
+                    text += f"; {finding}"
             steal = [b.steal_share for b in batches if math.isfinite(b.steal_share)]
             if steal and max(steal) > 0:
                 text += (f"; hypervisor steal {float(np.median(steal)):.1%} of CPU time (median "
@@ -439,6 +441,26 @@ def detect_slowdown(batches: Sequence[BatchDrift], tolerance: float) -> str:
     if math.isfinite(freqs[0][0]) and math.isfinite(freqs[-1][1]) and freqs[0][0] > 0:
         text += f", clock {freqs[0][0] / 1e3:.0f} -> {freqs[-1][1] / 1e3:.0f} MHz"
     return text + " (throttling or a growing background load)"
+
+
+# Speed moving in bursts, not phases: at least BURST_BATCHES batches stored over the tolerance
+# after their retries, whose attempts read (median) more than half the tolerance apart - a
+# settled level reads the same on every attempt, a passing phase ends at speed. Found on a VM
+# whose speed moved within the second (docs/measurement.md): 83 retries in 51 batches, and
+# the campaign's figures 57-71% within 10% where a quiet run of the machine gave 94-99%.
+BURST_BATCHES = 3
+
+
+def detect_bursts(batches: Sequence[BatchDrift], tolerance: float) -> str:
+    """Why retries did not help, or "": the device's speed moved in bursts."""
+    stuck = [b for b in batches if b.flagged and not b.settled and len(b.attempts) > 1]
+    spreads = [max(b.attempts) / min(b.attempts) for b in stuck]
+    if len(stuck) < BURST_BATCHES or not np.median(spreads) > 1 + tolerance / 2:
+        return ""
+    return (f"speed moving in bursts: {len(stuck)} batches never came back to speed, their "
+            f"attempts {float(np.median(spreads)):.2f}x apart (median; up to "
+            f"{max(spreads):.2f}x), so measuring again seldom helps and the figures carry "
+            "that noise - a quieter machine measures better")
 
 
 def median_probe_ms(records: Any) -> float | None:
@@ -880,7 +902,8 @@ class _DeviceWorker:
                 time_unix=started, seconds=took,
                 temp_source=_temp_source(result.facts_before, result.facts_after),
                 foreign_cores=foreign_cores(result.facts_before, result.facts_after),
-                disturbed=load is not None, threads=self.settings.threads, settled=settled)
+                disturbed=load is not None, threads=self.settings.threads, settled=settled,
+                attempts=tuple(ratios))
             if drift.disturbed:
                 self.load.refused += 1
                 error = (f"measured under load: other programs kept {drift.foreign_cores:.2f} "

@@ -5,6 +5,7 @@ correction, kept samples, and the refusals."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -273,6 +274,9 @@ def test_retries_that_never_reach_speed_store_the_fastest_attempt(
     assert record["drift_ratio"] == pytest.approx(1.15) and bool(record["drift_flag"])
     assert [d.ratio for d in summary.drift] == pytest.approx([1.15])
     assert any("stored the fastest of the batch's 3 attempts" in text for _, text in sink.notes)
+    assert summary.drift[0].attempts == pytest.approx((1.3, 1.15, 1.4))
+    card_view = json.loads(json.dumps(summary.drift_json()))  # as a dataset card keeps it
+    assert card_view["batches"][0]["attempts"] == pytest.approx([1.3, 1.15, 1.4])
 
 
 def test_drift_correction_and_kept_samples(tmp_path: Path, device: Device,
@@ -321,6 +325,24 @@ def test_slowdown_needs_a_trend() -> None:
     hot = [dataclasses.replace(b, temp_before_c=45.0, temp_after_c=70.0)
            for b in batches([1.0, 1.0, 1.2])]
     assert "temperature 45 -> 70 C" in detect_slowdown(hot, 0.1)
+
+
+def test_bursts_are_told_from_phases_and_levels() -> None:
+    def batch(attempts: tuple[float, ...], settled: bool = False) -> BatchDrift:
+        stored = min(attempts)
+        return BatchDrift("vm", "ort", "b", stored, 1.0, stored, stored > 1.1, settled=settled,
+                          attempts=attempts)
+
+    bursty = [batch((1.16, 1.3, 1.26, 1.14)), batch((1.17, 1.38, 1.2)), batch((1.29, 1.19)),
+              batch((1.0,)), batch((1.3, 1.05))]
+    text = campaign.detect_bursts(bursty, 0.1)
+    assert "3 batches never came back to speed" in text and "up to 1.18x" in text
+    assert "speed moving in bursts" in campaign.CampaignSummary(drift=bursty).drift_report()[0]
+    # the same level on every attempt (a settled VM), or too few stuck batches: not bursts
+    level = [batch((1.2, 1.21, 1.2, 1.2)) for _ in range(4)]
+    assert campaign.detect_bursts(level, 0.1) == ""
+    assert campaign.detect_bursts([*bursty[:2], *level], 0.1) == ""
+    assert campaign.detect_bursts([batch((1.3, 1.2), settled=True)] * 4, 0.1) == ""
 
 
 def test_steal_time_of_the_batches_is_reported() -> None:
