@@ -207,6 +207,38 @@ def test_a_batch_that_stays_disturbed_is_not_stored(tmp_path: Path,
     assert again.measured == 2 and len(LatencyDataset.open(tmp_path / "ds").records()) == 2
 
 
+class SlowSpellRunner(SpellRunner):
+    """A SpellRunner whose reference probe also reads from a script."""
+
+    def __init__(self, loads: Sequence[float], references: Sequence[float]) -> None:
+        super().__init__(loads)
+        self.references = list(references)
+
+    def measure(self, *args, **kwargs) -> BatchResult:
+        result = super().measure(*args, **kwargs)
+        return dataclasses.replace(result, reference_ms=self.references[self.calls - 1])
+
+
+def test_an_undisturbed_attempt_is_stored_when_the_retry_stays_disturbed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the batch's first attempt is quiet but slow (1.3x), its retry runs under load and the
+    # device never quiets down: the quiet attempt is stored (flagged), not the batch refused
+    runner = SlowSpellRunner([0.0, 0.0, 1.2], [1.0, 1.3, 1.0])
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    polled = iter([1.2] * 100)
+    monkeypatch.setattr(load, "busy_cores", lambda device: next(polled))
+    monkeypatch.setattr(load.time, "sleep", lambda s: None)
+    dataset = LatencyDataset.create(tmp_path / "ds", {})
+    config = CampaignConfig(settings=SETTINGS, drift_pause_s=0.0, calibration_runs=1,
+                            max_load=0.5, max_load_wait_s=4.0)
+    summary = run_campaign([Subject.op(s) for s in SPECS], [local_device(str(tmp_path / "w"))],
+                           ["onnxruntime"], dataset, config)
+    assert runner.calls == 3 and summary.measured == 2 and summary.failed == 0
+    [batch] = summary.drift
+    assert not batch.disturbed and batch.flagged and batch.ratio == pytest.approx(1.3)
+    assert set(dataset.records()["reference_ms"]) == {1.3}
+
+
 def test_max_load_none_does_not_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner, dataset, summary = run_with(tmp_path, monkeypatch, [0.0, 1.5], [],
                                         max_load=None)
