@@ -115,7 +115,11 @@ def run_demo(options: DemoOptions, console: Console | None = None,
     card = LatencyDataset.open(run_dir / "dataset").card
     report["dataset"] = {"kernels": n_kernels, "networks": len(subjects) - n_kernels,
                          "measured": summary.measured, "failed": summary.failed,
-                         "redone_batches": summary.redone_batches}
+                         "redone_batches": summary.redone_batches,
+                         "drift": summary.drift_report()}
+    if summary.drifted_batches:  # what follows carries it: say so before the figures
+        for line in report["dataset"]["drift"]:
+            console.print(f"[yellow]    drift: {line}[/]")
 
     # 2. predictor
     started = time.perf_counter()
@@ -251,6 +255,7 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
         f"{report['dataset']['measured']} kernels measured (plan `{report['options']['plan']}`), "
         f"{report['dataset']['failed']} failed, {report['dataset']['redone_batches']} batches "
         f"redone after a slow phase, in {t['dataset']:.0f} s. Folder: `dataset/`.", "",
+        *[f"- drift: {line}" for line in report["dataset"].get("drift", [])], "",
         "## 2. Predictor", "",
         "xgboost per kernel kind, trained kernels: " + ", ".join(
             f"{k} {n}" for k, n in sorted(report["predictor"]["kinds"].items()))

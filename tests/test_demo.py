@@ -120,6 +120,9 @@ def test_tiny_demo(tmp_path: Path, capsys) -> None:
 
     # the report ties it together
     md = (run_dir / "report.md").read_text()
+    # the campaign's drift (probe range, batches flagged, bursts) is in the report
+    assert report["dataset"]["drift"][0].startswith("local/onnxruntime: ")
+    assert f"- drift: {report['dataset']['drift'][0]}" in md
     assert md.startswith("# latbench demo report")
     assert "| family | n | RMSE ms | RMSPE % |" in md and "| nasbench-macro | 5 |" in md
     assert "Composition fitted on 4 measured calibration networks" in md
