@@ -255,7 +255,7 @@ def _markdown(report: dict[str, Any], card: dict[str, Any], manifest: dict[str, 
         f"{report['dataset']['measured']} kernels measured (plan `{report['options']['plan']}`), "
         f"{report['dataset']['failed']} failed, {report['dataset']['redone_batches']} batches "
         f"redone after a slow phase, in {t['dataset']:.0f} s. Folder: `dataset/`.", "",
-        *[f"- drift: {line}" for line in report["dataset"].get("drift", [])], "",
+        *[f"- drift: {line}" for line in report["dataset"]["drift"]], "",
         "## 2. Predictor", "",
         "xgboost per kernel kind, trained kernels: " + ", ".join(
             f"{k} {n}" for k, n in sorted(report["predictor"]["kinds"].items()))
