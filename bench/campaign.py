@@ -704,11 +704,12 @@ class SpeedLevel:
 @dataclass(frozen=True)
 class _Attempt:
     """One measurement of a batch: the runner's result, when it started (host clock), how
-    long it took."""
+    long it took, and the cores other programs kept busy meanwhile when over --max-load."""
 
     result: BatchResult
     started: float
     took: float
+    load: float | None
 
 
 class _DeviceWorker:
@@ -834,9 +835,7 @@ class _DeviceWorker:
             except LatbenchError as exc:
                 export_failed[index] = f"{type(exc).__name__}: {exc}"
         redone = 0
-        result = None
-        load = None  # the stored attempt's foreign load when over --max-load
-        started = took = math.nan  # the stored attempt's start (host clock) and duration
+        stored: _Attempt | None = None  # the attempt whose figures become the records
         ratios: list[float] = []  # every attempt's reference / best
         fastest: _Attempt | None = None  # the undisturbed attempt whose reference read fastest
         settled = False
@@ -847,15 +846,15 @@ class _DeviceWorker:
                 started, clock = time.time(), time.perf_counter()
                 result = self.runner.measure(self.device, models, self.settings, timeout,
                                              progress=bar)
-                took = time.perf_counter() - clock
+                load = (self.load.disturbed(result.facts_before, result.facts_after)
+                        if self.load is not None else None)
+                stored = _Attempt(result, started, time.perf_counter() - clock, load)
                 ratio = result.reference_ms / self.best_reference
                 self.best_reference = min(self.best_reference, result.reference_ms)
                 ratios.append(ratio)
-                load = (self.load.disturbed(result.facts_before, result.facts_after)
-                        if self.load is not None else None)
                 if load is None and (fastest is None
                                      or result.reference_ms < fastest.result.reference_ms):
-                    fastest = _Attempt(result, started, took)
+                    fastest = stored
                 if load is None and not ratio > 1 + self.config.drift_tolerance:
                     break
                 if attempt == self.config.drift_retries:
@@ -875,20 +874,21 @@ class _DeviceWorker:
                          "again")
                     time.sleep(self.config.drift_pause_s)
                 redone += 1
-            if fastest is not None and fastest.result is not result:
+            if fastest is not None and fastest is not stored:
                 # retries that never reached the device's speed: the attempt measured nearest
                 # to it is stored, not the last one (on a VM whose speed moved in bursts the
                 # last of four attempts was often the slowest: 1.31x where one read 1.14x)
-                result, started, took, load = fastest.result, fastest.started, fastest.took, None
+                stored = fastest
                 self.progress.note(self.lane, f"stored the fastest of the batch's {len(ratios)} "
                                               "attempts, not the last")
         sizes = {m.id: len(m.data) for m in models}
         drift = None
-        if ratios and load is None:
+        if stored is not None and stored.load is None:
             change = self.speed.observe(ratios)
             if change:
                 self.progress.note(self.lane, change)
-        if result is not None:
+        if stored is not None:
+            result = stored.result
             best = self.best_reference
             ratio = result.reference_ms / best if math.isfinite(best) and best > 0 else 1.0
             drift = BatchDrift(
@@ -899,10 +899,10 @@ class _DeviceWorker:
                 freq_before_khz=_freq(result.facts_before),
                 freq_after_khz=_freq(result.facts_after),
                 steal_share=steal_share(result.facts_before, result.facts_after),
-                time_unix=started, seconds=took,
+                time_unix=stored.started, seconds=stored.took,
                 temp_source=_temp_source(result.facts_before, result.facts_after),
                 foreign_cores=foreign_cores(result.facts_before, result.facts_after),
-                disturbed=load is not None, threads=self.settings.threads, settled=settled,
+                disturbed=stored.load is not None, threads=self.settings.threads, settled=settled,
                 attempts=tuple(ratios))
             if drift.disturbed:
                 self.load.refused += 1
@@ -919,9 +919,10 @@ class _DeviceWorker:
                                               self.settings_key, export_failed[index], batch_id,
                                               self.settings.threads))
                 continue
-            assert result is not None
-            records.append(_record(subject, self.device, self.runtime, self.settings_key, result,
-                                   result.get(f"j{index}"), batch_id, self.settings.threads,
+            assert stored is not None
+            records.append(_record(subject, self.device, self.runtime, self.settings_key,
+                                   stored.result, stored.result.get(f"j{index}"), batch_id,
+                                   self.settings.threads,
                                    drift=drift, confidence=self.settings.confidence,
                                    drift_correct=self.config.drift_correct,
                                    keep_samples=self.config.keep_samples,
