@@ -862,17 +862,19 @@ class _DeviceWorker:
                 if load is None and self.speed.holds(ratio):
                     settled = True
                     break
+                if self.stop.is_set():
+                    break  # interrupted: this batch keeps what it measured, as if out of retries
                 note = lambda text: self.progress.note(self.lane, text)  # noqa: E731
                 if load is not None:
                     note(f"other programs kept {load:.2f} cores busy while the batch was timed "
                          f"(--max-load {self.config.max_load:g}); measuring it again once the "
                          "device is quiet")
-                    if not self.load.wait_quiet(note):
+                    if not self.load.wait_quiet(note, self.stop.is_set):
                         break  # still busy and no waiting time left: measuring again is moot
                 else:
                     note(f"slow phase (reference {ratio:.2f}x its best); measuring the batch "
                          "again")
-                    time.sleep(self.config.drift_pause_s)
+                    self.stop.wait(self.config.drift_pause_s)
                 redone += 1
             if fastest is not None and fastest is not stored:
                 # retries that never reached the device's speed: the attempt measured nearest

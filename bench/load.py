@@ -167,12 +167,14 @@ class LoadControl:
         self.loads.append(load)
         return load if load > self.max_cores else None
 
-    def wait_quiet(self, note: Callable[[str], None]) -> bool:
+    def wait_quiet(self, note: Callable[[str], None],
+                   stopped: Callable[[], bool] = lambda: False) -> bool:
         """Wait until the device's load is under the limit; False when the campaign's waiting
-        time ran out (or the load cannot be read) with the device still busy."""
+        time ran out (or the load cannot be read) with the device still busy, or when
+        `stopped` says the campaign was interrupted meanwhile."""
         started = self.waited_s
         read, sleep = self.read or busy_cores, self.sleep or time.sleep
-        while self.waited_s < self.max_wait_s:
+        while self.waited_s < self.max_wait_s and not stopped():
             clock = time.perf_counter()
             load = read(self.device)
             read_s = time.perf_counter() - clock

@@ -7,8 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_campaign import Lanes
@@ -277,6 +281,39 @@ def test_retries_that_never_reach_speed_store_the_fastest_attempt(
     assert summary.drift[0].attempts == pytest.approx((1.3, 1.15, 1.4))
     card_view = json.loads(json.dumps(summary.drift_json()))  # as a dataset card keeps it
     assert card_view["batches"][0]["attempts"] == pytest.approx([1.3, 1.15, 1.4])
+
+
+def test_an_interrupt_stops_the_retries_of_the_batch_being_measured(
+        tmp_path: Path, device: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C (or SIGTERM, which the CLI turns into it) while the first batch is timed in a
+    # slow phase: it is not measured again (five retries allowed) and no later batch starts;
+    # the batch keeps what was measured, flagged, so a rerun resumes after it
+    events: list[threading.Event] = []
+
+    class Recorded(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            events.append(self)
+
+    class InterruptedRunner(SlowingRunner):
+        def measure(self, *args, **kwargs) -> BatchResult:
+            result = super().measure(*args, **kwargs)
+            if not self.references:  # the batch's first attempt: the user presses Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+                assert events[0].wait(30), "the campaign never saw the interrupt"
+            return result
+
+    runner = InterruptedRunner([1.0, 1.5])  # calibration, then the first attempt only
+    monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
+    monkeypatch.setattr(campaign, "threading",
+                        SimpleNamespace(**{**vars(threading), "Event": Recorded}))
+    dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign([Subject.op(s) for s in SPECS[:2]], [device], ["onnxruntime"], dataset,
+                     campaign_config(drift_retries=5, drift_pause_s=60.0))
+    records = dataset.records()
+    assert list(records["key"]) == [SPECS[0].key()]  # the second batch never started
+    assert bool(records["drift_flag"].iloc[0]) and records["drift_ratio"].iloc[0] == 1.5
 
 
 def test_drift_correction_and_kept_samples(tmp_path: Path, device: Device,

@@ -123,6 +123,13 @@ def test_wait_quiet_is_bounded() -> None:
     assert not blind.wait_quiet(lambda text: None) and blind.unreadable
 
 
+def test_wait_quiet_gives_up_when_the_campaign_is_interrupted() -> None:
+    polls: list[float] = []
+    control = LoadControl(BOARD, 0.5, 300.0, read=lambda d: 1.0, sleep=polls.append)
+    assert not control.wait_quiet(lambda text: None, stopped=lambda: len(polls) >= 2)
+    assert len(polls) == 2 and control.waited_s < 300.0
+
+
 class SpellRunner(OnnxRuntimeRunner):
     """The real runner, whose facts say other programs kept `loads[i]` cores busy during its
     i-th call (calibration calls included): a synthetic busy spell over real measurements."""
