@@ -469,6 +469,7 @@ class KindTransfer:
     source_bounds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
     hinges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per knot
     knots_ms: tuple[float, ...] = HINGE_KNOTS_MS  # the hinges' knots (as saved)
+    residual_features: tuple[str, ...] = RESIDUAL_FEATURES  # the residual's columns (as saved)
 
     def log_ms(self, specs: Sequence[OpSpec], features: np.ndarray) -> np.ndarray:
         if self.mode == "alone":
@@ -481,7 +482,7 @@ class KindTransfer:
         if len(self.hinges):
             out = out + hinge_columns(inside.mean(axis=0), self.knots_ms) @ self.hinges
         if len(self.residual):
-            values = features[:, _columns(RESIDUAL_FEATURES)]
+            values = features[:, _columns(self.residual_features)]
             if self.bounds.size:
                 values = np.clip(values, self.bounds[0], self.bounds[1])
             out = out + values @ self.residual
@@ -717,7 +718,7 @@ class KernelTransferPredictor(KernelPredictor):
                 np.array([sampled.min(axis=0), sampled.max(axis=0)]) if len(residual)
                 else np.zeros((2, 0)),
                 np.array([source_logs[:, rows].min(axis=1), source_logs[:, rows].max(axis=1)]),
-                fit.hinges)
+                fit.hinges, residual_features=RESIDUAL_FEATURES)
             summary[kind] = {"kernels": int(rows.sum()), "mode": mode,
                              "map_loo_pct": _pct(map_err),
                              "alone_loo_pct": _pct(alone_loo[rows])}
@@ -754,7 +755,7 @@ class KernelTransferPredictor(KernelPredictor):
         target.write_text(json.dumps({
             "mode": model.mode, "intercept": model.intercept,
             "slopes": [float(b) for b in model.slopes],
-            "residual_features": list(RESIDUAL_FEATURES),
+            "residual_features": list(model.residual_features),
             "residual": [float(r) for r in model.residual],
             "residual_bounds": model.bounds.tolist(),
             "source_bounds": model.source_bounds.tolist(),
@@ -791,15 +792,23 @@ class KernelTransferPredictor(KernelPredictor):
             knots = tuple(float(k) for k in saved.get("hinge_knots_ms") or HINGE_KNOTS_MS)
             if len(hinges) not in (0, len(knots)):
                 raise ValueError(f"{len(hinges)} hinges for {len(knots)} knots")
+            residual_features = tuple(str(n) for n in saved["residual_features"])
+            unknown = [n for n in residual_features if n not in FEATURE_NAMES]
+            if unknown:
+                raise ValueError(f"unknown residual feature(s) {', '.join(unknown)}")
+            residual = np.array(saved["residual"], dtype=np.float64)
+            if len(residual) not in (0, len(residual_features)):
+                raise ValueError(f"{len(residual)} residual coefficients for "
+                                 f"{len(residual_features)} features")
             return KindTransfer(saved["mode"], sources, dtypes, labels,
-                                float(saved["intercept"]), slopes,
-                                np.array(saved["residual"], dtype=np.float64),
+                                float(saved["intercept"]), slopes, residual,
                                 np.array(saved["alone"], dtype=np.float64),
                                 {str(g): float(v) for g, v in saved.get("groups", {}).items()},
                                 np.array(saved.get("residual_bounds", [[], []]),
                                          dtype=np.float64).reshape(2, -1),
                                 np.array(saved.get("source_bounds", [[], []]),
-                                         dtype=np.float64).reshape(2, -1), hinges, knots)
+                                         dtype=np.float64).reshape(2, -1), hinges, knots,
+                                residual_features)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PredictorError(f"{file} is not a saved kernel transfer: {exc}") from exc
 

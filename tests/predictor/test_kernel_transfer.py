@@ -5,13 +5,15 @@ transferred predictor saves and loads as a normal predictor folder."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import latbench.predictor.kernel_transfer as kernel_transfer
 from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform
-from latbench.errors import ConfigError
+from latbench.errors import ConfigError, PredictorError
 from latbench.predictor.features import feature_matrix, kernel_cost
 from latbench.predictor.kernel_transfer import (
     KernelTransferPredictor,
@@ -213,17 +215,24 @@ def test_int8_kernels_are_asked_of_an_fp32_source_at_fp32(synthetic):
     assert np.allclose(source.log_ms(int8), source.log_ms(specs))
 
 
+def transfer_with_networks(source: TransferSource, specs: list[OpSpec], target: np.ndarray,
+                           train: np.ndarray) -> LatencyPredictor:
+    """The synthetic target's sample transferred from `source`, with seven calibration
+    networks made of sampled kernels (10% slower than their sum)."""
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    networks = [(f"net{i}", sample[i::7], float(target[train][i::7].sum() * 1.1))
+                for i in range(7)]
+    return transfer_predictor([source], sample, target[train], 0.01, networks,
+                              info={"platform": TARGET.to_json(), "device": "box",
+                                    "runtime": "litert"}, ranges_from=specs)
+
+
 def test_a_transferred_predictor_saves_and_loads_self_contained(synthetic, tmp_path):
     specs, target, _, train = synthetic
     src_ms = np.array([source_ms(s) for s in specs])
     forest = RandomForestKernelPredictor(n_estimators=5).fit(specs, src_ms)  # has baselines
     source = TransferSource("forest", SOURCE, forest)
-    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
-    networks = [(f"net{i}", sample[i::7], float(target[train][i::7].sum() * 1.1))
-                for i in range(7)]
-    predictor = transfer_predictor([source], sample, target[train], 0.01, networks,
-                                   info={"platform": TARGET.to_json(), "device": "box",
-                                         "runtime": "litert"}, ranges_from=specs)
+    predictor = transfer_with_networks(source, specs, target, train)
     before = predictor.predict(specs[:20]).predicted_ms
     path = predictor.save(tmp_path / "pred")
     files = {p.name for p in (path / "kernels").iterdir()}
@@ -237,6 +246,31 @@ def test_a_transferred_predictor_saves_and_loads_self_contained(synthetic, tmp_p
     assert loaded.predict(specs[:20]).predicted_ms == pytest.approx(before, rel=1e-9)
     assert loaded.composition_.summary["networks"] == 7
     assert loaded.info_["transfer"]["cv"]["kinds"]["conv"]["kernels"] == 8
+
+
+def test_a_transfer_saved_with_other_residual_features_loads_and_predicts_the_same(
+        synthetic, tmp_path, monkeypatch):
+    # a predictor folder written when the residual had two columns (log FLOPs and bytes)
+    # predicts what it predicted then, whatever columns later versions fit
+    specs, target, source, train = synthetic
+    current = kernel_transfer.RESIDUAL_FEATURES
+    monkeypatch.setattr(kernel_transfer, "RESIDUAL_FEATURES", ("log_flops", "log_bytes"))
+    monkeypatch.setattr(kernel_transfer, "RESIDUAL_RIDGES", (0.3,))  # always a residual
+    predictor = transfer_with_networks(source, specs, target, train)
+    before = predictor.predict(specs).predicted_ms
+    path = predictor.save(tmp_path / "pred")
+    monkeypatch.setattr(kernel_transfer, "RESIDUAL_FEATURES", current)
+    loaded = LatencyPredictor.load(path)
+    conv = loaded.kernels_.models_["conv"]
+    assert conv.residual_features == ("log_flops", "log_bytes") and len(conv.residual) == 2
+    assert loaded.predict(specs).predicted_ms == pytest.approx(before, rel=1e-9)
+    # a file whose residual does not match its columns is refused, naming the mismatch
+    saved = path / "kernels" / "conv.json"
+    content = json.loads(saved.read_text())
+    content["residual_features"].append("log_out_pixels")
+    saved.write_text(json.dumps(content))
+    with pytest.raises(PredictorError, match="2 residual coefficients for 3 features"):
+        LatencyPredictor.load(path)
 
 
 def test_a_step_with_kernel_size_is_learned_per_shape_group(synthetic, tmp_path, monkeypatch):
