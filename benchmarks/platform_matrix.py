@@ -7,10 +7,12 @@ it; 1 and 2 threads - the script runs the three commands of the README as subpro
 
     latbench bench ops --plan PLAN --runtime R [--delegate D] --precision P --threads T --out DATA
     latbench predictor fit --data DATA --out PRED
-    latbench predictor eval --predictor PRED --networks HELD_OUT --seed 2024 --json
+    latbench predictor eval --predictor PRED --networks HELD_OUT --seed 2024 --passes 3
 
 and reports within-10%, RMSPE and Spearman per held-out family, and the minutes the platform's
-campaign took (what building a table for it costs). Platforms run one after the other, never two
+campaign took (what building a table for it costs). The held-out networks are measured in
+`--passes` whole passes (default 3) and scored against their median: one pass carries every
+slow phase of the machine into the truth. Platforms run one after the other, never two
 timings at once. `--platforms` picks a subset by label (e.g. `onnxruntime/int8/1t`).
 
 `--runs N` measures every platform N times from scratch (run 1 of every platform, then run 2,
@@ -87,9 +89,10 @@ def refusal(log: Path) -> str | None:
     return lines[-1][len(prefix):] if lines and lines[-1].startswith(prefix) else None
 
 
-def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
-                     ) -> dict[str, object]:
-    """One fresh run of a platform in `folder` (resumed where it holds an earlier one)."""
+def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path,
+                     passes: int = 1) -> dict[str, object]:
+    """One fresh run of a platform in `folder` (resumed where it holds an earlier one); the
+    held-out networks measured in `passes` whole passes and scored against their median."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
     data, pred, ev = folder / "data", folder / "predictor", folder / "eval"
@@ -114,7 +117,7 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path
         return row
     code, seconds = run([LATBENCH, "predictor", "eval", "--predictor", str(pred), "--networks",
                          networks, "--seed", str(HELD_OUT_SEED), "--runtime", p.runtime,
-                         "--out", str(ev)], log)
+                         "--passes", str(passes), "--out", str(ev)], log)
     if code:
         row["error"] = f"predictor eval exited {code} (see {log})"
         return row
@@ -233,6 +236,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="resume an earlier run's output")
     parser.add_argument("--runs", type=int, default=3, help="fresh runs per platform; figures "
                         "are medians over them (default 3)")
+    parser.add_argument("--passes", type=int, default=3, help="whole passes over the held-out "
+                        "networks per evaluation, scored against their median (default 3: "
+                        "on a VM whose speed moved in bursts one pass put 19%% of a sound "
+                        "predictor's networks outside 10%%, three passes none)")
     parser.add_argument("--summarize", action="store_true", help="measure nothing: the "
                         "table of the finished runs already in --out")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -247,6 +254,8 @@ def main() -> int:
         chosen = [p for p in chosen if p.label in wanted]
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.passes < 1:
+        parser.error("--passes must be at least 1")
     out = fresh_dir(args.out, keep=args.keep or args.summarize)
     runs: dict[str, list[dict[str, object]]] = {p.label: [] for p in chosen}
     for index in range(1, args.runs + 1):
@@ -256,14 +265,16 @@ def main() -> int:
                 runs[p.label].append(read_run(p, folder))
                 continue
             print(f"== {p.label} run {index}/{args.runs}", flush=True)
-            runs[p.label].append(measure_platform(p, args.plan, args.networks, folder))
+            runs[p.label].append(measure_platform(p, args.plan, args.networks, folder,
+                                                  args.passes))
             print("\n".join(tables(runs[p.label][-1:])), flush=True)
     rows = [median_row(label, measured) for label, measured in runs.items()]
     load = os.getloadavg()[0]
     body = [f"Plan `{args.plan}` measured per platform on the local CPU, a predictor fitted on "
             f"it (`latbench predictor fit`, defaults), and held-out networks `{args.networks}` "
-            f"(seed {HELD_OUT_SEED}) measured and scored by `latbench predictor eval` at the "
-            f"same platform; {args.runs} fresh run(s) per platform, interleaved, every figure "
+            f"(seed {HELD_OUT_SEED}) measured in {args.passes} whole pass(es) and scored "
+            f"against their median by `latbench predictor eval` at the same platform; "
+            f"{args.runs} fresh run(s) per platform, interleaved, every figure "
             f"the median over them (each run: that run's overall within 10%; levelled: within "
             f"10% once one constant, the median measured / predicted ratio of the run, "
             f"removes the machine's speed shift between campaign and evaluation). Load "

@@ -192,7 +192,15 @@ class NetworkTimes:
     def note(self) -> str:
         """One sentence for reports: how the truth was measured."""
         if len(self.passes) == 1:
-            return "Networks measured in one pass."
+            slow = sum(d.flagged for d in self.campaign.drift)
+            if not (self.campaign.redone_batches or slow):
+                return "Networks measured in one pass."
+            # on a VM whose speed moved in bursts one pass put 19% of a sound predictor's
+            # networks outside 10%, three passes none (docs/predictors.md, Accuracy per platform)
+            return (f"Networks measured in one pass while the device had slow phases "
+                    f"({self.campaign.redone_batches} batch(es) measured again, {slow} stored "
+                    "slow): a network timed in one can miss by more than the predictor does; "
+                    "--passes 3 scores against the median of three passes.")
         spread = self.spread_pct()
         text = f"Networks measured in {len(self.passes)} passes, scored against the median"
         if spread is None:

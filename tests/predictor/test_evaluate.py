@@ -248,7 +248,8 @@ def test_evaluate_end_to_end(fitted) -> None:
     trained_probe = manifest["dataset"]["reference_probe_ms"]
     assert trained_probe == pytest.approx(float(np.median(
         LatencyDataset.open(root / "dataset").records()["reference_ms"])))
-    assert report.measurement.startswith("Networks measured in one pass. Reference probe ")
+    assert report.measurement.startswith("Networks measured in one pass")  # slow phases or not
+    assert "Reference probe " in report.measurement
     # ... and scores the networks again at that level: each time scaled by the probes' ratio
     probe_now = float(np.median(records["reference_ms"]))
     assert report.speed_factor == pytest.approx(trained_probe / probe_now)
@@ -308,6 +309,11 @@ def test_network_times_median_and_spread() -> None:
     one = NetworkTimes([{"a": 1.0}], CampaignSummary())
     assert one.spread_pct() is None and one.note() == "Networks measured in one pass."
     assert one.agreement() is None
+    # one pass through slow phases says so, and what to do
+    bursty = NetworkTimes([{"a": 1.0}], CampaignSummary(redone_batches=3))
+    assert bursty.note().startswith("Networks measured in one pass while the device had slow "
+                                    "phases (3 batch(es) measured again, 0 stored slow)")
+    assert "--passes 3" in bursty.note()
 
 
 def test_times_at_the_dataset_speed_scale_each_pass_by_its_probe() -> None:
