@@ -90,7 +90,7 @@ def refusal(log: Path) -> str | None:
 
 
 def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path,
-                     passes: int = 1) -> dict[str, object]:
+                     passes: int) -> dict[str, object]:
     """One fresh run of a platform in `folder` (resumed where it holds an earlier one); the
     held-out networks measured in `passes` whole passes and scored against their median."""
     folder.mkdir(parents=True, exist_ok=True)

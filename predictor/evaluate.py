@@ -192,7 +192,7 @@ class NetworkTimes:
     def note(self) -> str:
         """One sentence for reports: how the truth was measured."""
         if len(self.passes) == 1:
-            slow = sum(d.flagged for d in self.campaign.drift)
+            slow = self.campaign.drifted_batches
             if not (self.campaign.redone_batches or slow):
                 return "Networks measured in one pass."
             # on a VM whose speed moved in bursts one pass put 19% of a sound predictor's
