@@ -14,7 +14,8 @@ networks are scored with the latencies `predictor eval` measured on the target (
 priced as the full-campaign predictor splits it.
 
 Rows per pair and budget: the transfer, the sample fitted alone (xgboost, the default kernel
-model, with the same calibration networks), and the full-campaign predictor.
+model, with the same calibration networks), and the full-campaign predictor. A pair's source
+may be several platforms joined by "+" (`predictor transfer --from P1 P2`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ PAIRS = (("onnxruntime_fp32_1t", "litert-xnnpack_fp32_1t"),
          ("onnxruntime_fp32_1t", "onnxruntime_int8_1t"),
          ("litert-xnnpack_fp32_1t", "litert-xnnpack_int8_1t"),
          ("litert-xnnpack_int8_1t", "litert-xnnpack_int8_2t"),
-         ("litert-xnnpack_int8_2t", "litert-xnnpack_int8_1t"))
+         ("litert-xnnpack_int8_2t", "litert-xnnpack_int8_1t"),
+         ("onnxruntime_int8_1t", "litert-xnnpack_int8_1t"),
+         ("litert-xnnpack_fp32_1t+onnxruntime_int8_1t", "litert-xnnpack_int8_1t"))
+SOURCES_JOIN = "+"  # several sources of one target: "a+b"
 BUDGETS = (0.02, 0.05, 0.10, 0.20, 0.40)
 
 
@@ -120,12 +124,14 @@ def platform_folder(matrix: Path, label: str, run: int) -> Path:
     return folder / f"run{run}" if (folder / f"run{run}").is_dir() else folder
 
 
-def run_pair(source: TransferSource, target: Target, fraction: float) -> dict[str, object]:
+def run_pair(sources: list[TransferSource], target: Target, fraction: float
+             ) -> dict[str, object]:
     """Sample at `fraction` of the target's campaign, fit transfer and alone, score both."""
     cost = MeasureCost.from_settings(target.settings)
-    logs = np.array([source.log_ms(target.specs)])
+    logs = np.array([source.log_ms(target.specs) for source in sources])
     estimated = cost.seconds(np.exp(logs.mean(axis=0)))
-    net_ms = [float(np.exp(source.log_ms(kernels)).sum()) for _, kernels, _ in target.networks]
+    net_ms = [float(np.exp(np.mean([s.log_ms(kernels) for s in sources], axis=0)).sum())
+              for _, kernels, _ in target.networks]
     families = [key.split(":")[0] for key, _, _ in target.networks]
     sample = sample_transfer(target.specs, logs, estimated, fraction * target.seconds,
                              network_costs=cost.seconds(np.array(net_ms)),
@@ -138,7 +144,7 @@ def run_pair(source: TransferSource, target: Target, fraction: float) -> dict[st
     overhead = float(np.median(target.overhead[rows]))
     networks = [target.networks[j] for j in sample.networks]
     spent = target.op_cost[rows].sum() + target.net_cost[list(sample.networks)].sum()
-    transfer = transfer_predictor([source], specs, ms, overhead, networks,
+    transfer = transfer_predictor(sources, specs, ms, overhead, networks,
                                   info=target.info, ranges_from=target.specs)
     alone = compose(XGBoostKernelPredictor(n_jobs=1).fit(specs, ms), networks, overhead,
                     info=target.info, ranges_from=target.specs)
@@ -173,18 +179,21 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|"]
     summary = []
     for src_label, tgt_label in PAIRS:
-        folders = [platform_folder(matrix, label, args.run) for label in (src_label, tgt_label)]
+        labels = src_label.split(SOURCES_JOIN)
+        folders = [platform_folder(matrix, label, args.run) for label in (*labels, tgt_label)]
         if not all((f / "eval" / "predictions.csv").exists() for f in folders):
             continue
-        src_full = LatencyPredictor.load(folders[0] / "predictor")
-        source = TransferSource(src_label, src_full.platform, src_full.kernels_)
+        sources = []
+        for label, folder in zip(labels, folders, strict=False):
+            full_source = LatencyPredictor.load(folder / "predictor")
+            sources.append(TransferSource(label, full_source.platform, full_source.kernels_))
         if tgt_label not in targets:
-            targets[tgt_label] = Target(tgt_label, folders[1], cache)
+            targets[tgt_label] = Target(tgt_label, folders[-1], cache)
         target = targets[tgt_label]
         full = target.score(target.full)
         for fraction in budgets:
             try:
-                r = run_pair(source, target, fraction)
+                r = run_pair(sources, target, fraction)
             except ConfigError as exc:  # below the least budget that covers every kind
                 lines.append(f"| {src_label} -> {tgt_label} | {pct(fraction)} | {exc} "
                              "| | | | | |")

@@ -4,8 +4,8 @@ The agent reports facts itself where Python runs; a phone only has a POSIX shell
 so this module sends one fixed script (a constant: nothing user-given is pasted into it, the work
 dir travels as "$1") and parses its sectioned output with a pure parser. Every reading may be
 missing; a missing one is None, never an error. The result has the same keys as the agent's
-`facts` (os, kernel, machine, cpu_model, cores, governor, cur_freq_khz, temps_c, free_bytes,
-...), so tables and dataset cards treat both alike. Temperatures come from
+`facts` (os, kernel, machine, cpu_model, cpu_features, cores, governor, cur_freq_khz, temps_c,
+free_bytes, ...), so tables and dataset cards treat both alike. Temperatures come from
 device_agents.temperatures (thermal zones, hwmon, or a phone's thermal service and battery,
 each reading naming its source).
 """
@@ -15,7 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from latbench.device_agents.agent.latbench_agent import parse_cpu_list, parse_cpu_model
+from latbench.device_agents.agent.latbench_agent import (
+    parse_cpu_features,
+    parse_cpu_list,
+    parse_cpu_model,
+)
 from latbench.device_agents.temperatures import TEMPS_SCRIPT, parse_temperatures
 from latbench.device_agents.transport import Transport, check_remote_path
 
@@ -103,6 +107,7 @@ def parse_shell_facts(text: str) -> dict[str, Any]:
         "kernel": s.get("kernel") or None,
         "machine": s.get("machine") or None,
         "cpu_model": parse_cpu_model(s.get("cpuinfo")) or android["model"],
+        "cpu_features": parse_cpu_features(s.get("cpuinfo")),
         "cores": _int(s.get("cores")) or (len(online) if online else None),
         "cores_online": len(online) if online else None,
         "governor": s.get("governor") or None,

@@ -3,8 +3,9 @@ kernel predictors of platforms already measured (the sources).
 
 A kernel's latency on two platforms is related far more simply than it is related to its
 shape: on another thread count, precision or runtime of the same CPU, log ms on the target is
-close to an affine function of log ms on a source, per kernel kind. So instead of learning
-every kind from scratch, the target learns that map from a few kernels measured on it:
+close to an affine function of log ms on a source, per kernel kind (not where the target's
+precision runs on a matrix unit the source's does not: `matrix_unit_advice`). So instead of
+learning every kind from scratch, the target learns that map from a few kernels measured on it:
 
     log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * m(k)
                [+ r_kind . f(k)] [+ g_kind,group(k)] [+ sum_j h_j max(0, m(k) - log knot_j)]
@@ -84,6 +85,9 @@ COVER_PER_KIND = 3
 NETWORK_SHARE = 0.25
 DISAGREEMENT_WEIGHT = 2.0
 SAMPLE_SEED = 0
+# CPU features (the device facts' `cpu_features`) that are matrix units, and the precision they
+# compute in: on a CPU with one, kernels of that precision run on other hardware than fp32's.
+MATRIX_UNITS = {"amx_int8": "int8", "amx_fp16": "float16", "sme": "int8"}
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -136,6 +140,26 @@ def load_source(entry: str) -> TransferSource:
     else:
         predictor = LatencyPredictor.load(path)
     return TransferSource(entry, predictor.platform, predictor.kernels_)
+
+
+def matrix_unit_advice(sources: Sequence[TransferSource], target: Platform,
+                       cpu_features: Sequence[str] | None) -> str | None:
+    """Advice where every source computes in another precision than the target and the
+    target's CPU has a matrix unit for the target's: there the map has little to follow. On a
+    Xeon with AMX, LiteRT XNNPACK's int8 convolutions ran 0.02-5.4x their fp32 time (log sd
+    1.2, against 0.5 from ONNX Runtime int8, which does not use AMX there), and at 10% of the
+    campaign the map from fp32 priced networks at an RMSPE of 335%, from ONNX Runtime int8 23%
+    (BENCHMARKS.md, *Kernel transfer*)."""
+    units = [f for f in cpu_features or () if MATRIX_UNITS.get(f) == target.precision]
+    if not units or any(s.platform.precision == target.precision for s in sources):
+        return None
+    name = precision_name(target.precision)
+    return (f"the target's CPU computes {name} on a matrix unit ({', '.join(units)}): its "
+            f"{name} kernels run on other hardware than the source(s)' "
+            f"{'/'.join(sorted({precision_name(s.platform.precision) for s in sources}))} "
+            "kernels and follow them loosely; a source in "
+            f"{name} (another thread count or runtime of this device) maps better, or fit the "
+            "target's own full campaign (`latbench bench ops`, then `predictor fit`)")
 
 
 def check_sources(sources: Sequence[TransferSource], specs: Sequence[OpSpec],
@@ -943,7 +967,11 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
         note(f"measured {len(sample.kernels)} of the plan's {len(specs)} kernels and "
              f"{len(sample.networks)} of its {len(networks)} calibration networks in "
              f"{len(rounds)} rounds: {sample.estimated_s / 60:.1f} of {budget_s / 60:.1f} min")
-    transfer = {**transfer, **sample.to_json()}
+    advice = matrix_unit_advice(sources, target, (LatencyDataset.open(Path(data)).card.get(
+        "device_facts") or {}).get("cpu_features"))
+    if advice and note:
+        note(f"note: {advice}")
+    transfer = {**transfer, **sample.to_json(), "advice": [advice] if advice else []}
     LatencyDataset.open(Path(data)).update_card(transfer=transfer)
     seconds = before + time.perf_counter() - started
     dataset = LatencyDataset.open(Path(data))

@@ -123,9 +123,10 @@ def dataset_summary(data: str | Path, ops: pd.DataFrame, card: Mapping[str, Any]
     records it used)."""
     from latbench.bench.campaign import median_probe_ms
 
+    facts = card.get("device_facts") or {}
     return {"path": str(Path(data).resolve()), "n_records": int(len(ops)),
             "reference_probe_ms": median_probe_ms(ops),
-            "cpu_model": (card.get("device_facts") or {}).get("cpu_model"),
+            "cpu_model": facts.get("cpu_model"), "cpu_features": facts.get("cpu_features"),
             "created": card.get("created")}
 
 

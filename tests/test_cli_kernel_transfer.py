@@ -13,6 +13,7 @@ from latbench.bench.network_sets import resolve_networks
 from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform
 from latbench.bench.store import LatencyDataset
+from latbench.device_agents.agent.latbench_agent import parse_cpu_features
 from latbench.predictor.features import kernel_cost
 from latbench.predictor.latency_predictor import LatencyPredictor
 from latbench.predictor.models import LinearKernelPredictor
@@ -91,6 +92,10 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     assert predictor.platform.runtime == "onnxruntime" and predictor.platform.threads == 1
     transfer = predictor.info_["transfer"]
     assert transfer["kernels_measured"] >= 3 and transfer["sources"][0]["source"] == str(source)
+    assert transfer["advice"] == []  # fp32 from fp32: no matrix unit in between
+    # the device's vector and matrix extensions travel from its facts to the predictor
+    assert predictor.info_["dataset"]["cpu_features"] == \
+        parse_cpu_features(Path("/proc/cpuinfo").read_text())
     net = resolve_networks("nasbench-macro:1", seed=5, with_kernels=True)[0]
     assert predictor.predict(list(net.kernels)).predicted_ms > 0
     # the same command again resumes into the same dataset: nothing is measured twice, and

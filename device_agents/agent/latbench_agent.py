@@ -44,8 +44,9 @@ from functools import lru_cache
 # 4: descheduled calls re-taken (CPU time vs wall time); 5: peak memory, and its own CPU time
 # and the online CPUs in the facts (other programs' load, bench.load); 6: "settle" models get
 # untimed calls at each visit until their times stop falling (`settle`); 7: ONNX Runtime at
-# threads > 1 runs every session of a batch on one process-wide pool (`use_process_pool`)
-AGENT_VERSION = "7"
+# threads > 1 runs every session of a batch on one process-wide pool (`use_process_pool`);
+# 8: the CPU's vector and matrix extensions in the facts (`cpu_features`)
+AGENT_VERSION = "8"
 
 RUNTIMES = ("onnxruntime", "litert", "onnxruntime-cuda", "torch-cuda")
 GRAPH_OPTS = ("disable", "basic", "extended", "all")
@@ -99,6 +100,26 @@ def parse_cpu_model(cpuinfo: str | None) -> str | None:
         # On x86 'processor' is the CPU index; skip bare numbers.
         if value and not value.isdigit():
             return value
+    return None
+
+
+# The /proc/cpuinfo flags (x86 "flags", ARM "Features") that decide which kernels a runtime
+# picks, in this order. A matrix unit changes what a precision costs: on a Xeon with AMX,
+# XNNPACK's int8 convolutions ran 0.02-5.4x their fp32 time, at up to 1,190 GMAC/s on one core
+# (AVX512-VNNI peaks near 350), so two CPUs of one name can differ by 10x in int8.
+CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+                "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme", "sme2")
+
+
+def parse_cpu_features(cpuinfo: str | None) -> list[str] | None:
+    """The CPU_FEATURES a /proc/cpuinfo lists (its first 'flags' or 'Features' line), None
+    where it lists none of the two lines."""
+    for line in (cpuinfo or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            present = set(value.split())
+            return [f for f in CPU_FEATURES if f in present]
     return None
 
 
@@ -346,12 +367,14 @@ def facts(work_dir: str, modules=()) -> dict:
     except ImportError:
         numpy_version = None
     online = parse_cpu_list(read_text("/sys/devices/system/cpu/online"))
+    cpuinfo = read_text("/proc/cpuinfo")
     return {
         "agent_version": AGENT_VERSION,
         "os": platform.system() or None,
         "kernel": platform.release() or None,
         "machine": platform.machine() or None,
-        "cpu_model": parse_cpu_model(read_text("/proc/cpuinfo")) or platform.processor() or None,
+        "cpu_model": parse_cpu_model(cpuinfo) or platform.processor() or None,
+        "cpu_features": parse_cpu_features(cpuinfo),
         "cores": os.cpu_count(),
         "cores_online": len(online) if online else None,
         "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),

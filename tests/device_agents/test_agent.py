@@ -67,13 +67,15 @@ def test_agent_imports_nothing_of_latbench() -> None:
 def test_facts(script: Path, tmp_path: Path) -> None:
     code, facts, _ = run_agent(script, "facts", "--work-dir", str(tmp_path))
     assert code == 0 and facts["status"] == "ok"
-    expected = {"agent_version", "os", "kernel", "machine", "cpu_model", "cores", "cores_online",
+    expected = {"agent_version", "os", "kernel", "machine", "cpu_model", "cpu_features", "cores",
+                "cores_online",
                 "governor", "cur_freq_khz", "max_freq_khz", "temps_c", "load_avg", "python",
                 "numpy", "runtimes", "work_dir", "free_bytes"}
     assert expected <= set(facts)
     assert facts["agent_version"] == agent.AGENT_VERSION
     assert facts["os"] == "Linux"
     assert isinstance(facts["cpu_model"], str) and facts["cpu_model"]
+    assert facts["cpu_features"] == agent.parse_cpu_features(Path("/proc/cpuinfo").read_text())
     assert isinstance(facts["cores"], int) and facts["cores"] >= 1
     assert facts["cores_online"] is None or 1 <= facts["cores_online"] <= facts["cores"]
     for key in ("governor",):
@@ -118,6 +120,25 @@ def test_facts_default_work_dir_is_cwd(script: Path, tmp_path: Path) -> None:
 ])
 def test_parse_cpu_model(cpuinfo: str | None, model: str | None) -> None:
     assert agent.parse_cpu_model(cpuinfo) == model
+
+
+XEON_FLAGS = ("flags\t\t: fpu vme sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni "
+              "avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_fp16\n")
+
+
+@pytest.mark.parametrize("cpuinfo, features", [
+    (f"processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\n{XEON_FLAGS}processor\t: 1\n"
+     "flags\t\t: fpu\n",  # the first CPU's line, in CPU_FEATURES order
+     ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+      "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"]),
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp asimddp i8mm bf16 sve\n",
+     ["asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve"]),
+    ("processor\t: 0\nflags\t\t: fpu sse2\n", []),  # listed, none that matter
+    ("processor\t: 0\nHardware\t: BCM2835\n", None),  # no flags line
+    (None, None),
+])
+def test_parse_cpu_features(cpuinfo: str | None, features: list[str] | None) -> None:
+    assert agent.parse_cpu_features(cpuinfo) == features
 
 
 @pytest.mark.parametrize("text, cpus", [

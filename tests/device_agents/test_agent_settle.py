@@ -160,4 +160,4 @@ def test_a_real_network_is_settled_at_every_visit(tmp_path: Path) -> None:
     assert len(settled["settle_calls"]) == len(settled["samples_ms"]) >= 2
     assert all(n >= 2 * agent.SETTLE_WINDOW for n in settled["settle_calls"])
     assert "settle_calls" not in results["also"]
-    assert reply["agent_version"] == agent.AGENT_VERSION == "7"
+    assert reply["agent_version"] == agent.AGENT_VERSION == "8"

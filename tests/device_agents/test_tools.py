@@ -244,6 +244,7 @@ aarch64
 @cpuinfo
 processor\t: 0
 BogoMIPS\t: 49.15
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp i8mm bf16
 processor\t: 1
 Hardware\t: Tensor G2
 @online
@@ -280,6 +281,7 @@ def test_shell_facts_parser_on_android_output() -> None:
     assert f["os"] == "Android" and f["android"] == {"model": "Pixel 7", "android": "14",
                                                      "abi": "arm64-v8a"}
     assert f["cpu_model"] == "Tensor G2" and f["cores"] == 8 and f["cores_online"] == 8
+    assert f["cpu_features"] == ["asimd", "asimdhp", "asimddp", "i8mm", "bf16"]
     assert f["governor"] == "sched_pixel" and f["cur_freq_khz"] == 1803000
     assert [t["celsius"] for t in f["temps_c"]] == [41.23, 38.9, 35.0]
     assert f["free_bytes"] == 63314456 * 1024 and f["complete"] is True
@@ -291,6 +293,7 @@ def test_shell_facts_parser_on_android_output() -> None:
 def test_shell_facts_parser_tolerates_missing_readings() -> None:
     f = parse_shell_facts("@os\nLinux\n@cpuinfo\n@temps\n@df\n")
     assert f["os"] == "Linux" and f["cpu_model"] is None and f["temps_c"] is None
+    assert f["cpu_features"] is None
     assert f["free_bytes"] is None and f["complete"] is False
     wrapped = ("Filesystem 1024-blocks Used Available Capacity Mounted on\n"
                "/dev/mapper/very-long-volume-name\n  1000 200 800 20% /srv\n")

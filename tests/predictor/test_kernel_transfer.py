@@ -21,6 +21,7 @@ from latbench.predictor.kernel_transfer import (
     TransferSource,
     check_sources,
     load_source,
+    matrix_unit_advice,
     sample_transfer,
     transfer_predictor,
 )
@@ -213,6 +214,21 @@ def test_int8_kernels_are_asked_of_an_fp32_source_at_fp32(synthetic):
     int8 = [s.with_(dtype="int8") for s in specs]
     check_sources([source], int8, Platform("box", "onnxruntime", precision="int8"))
     assert np.allclose(source.log_ms(int8), source.log_ms(specs))
+
+
+def test_a_matrix_unit_for_the_targets_precision_draws_advice_for_a_source_of_another(
+        synthetic):
+    _, _, fp32_source, _ = synthetic
+    int8 = Platform("box", "litert", "xnnpack", "int8")
+    int8_source = TransferSource("q", Platform("box", "onnxruntime", precision="int8"),
+                                 fp32_source.kernels)
+    advice = matrix_unit_advice([fp32_source], int8, ["avx512_vnni", "amx_tile", "amx_int8"])
+    assert advice is not None and "int8 on a matrix unit (amx_int8)" in advice
+    assert "a source in int8" in advice
+    assert matrix_unit_advice([fp32_source, int8_source], int8, ["amx_int8"]) is None
+    assert matrix_unit_advice([fp32_source], int8, ["avx512_vnni"]) is None  # no matrix unit
+    assert matrix_unit_advice([fp32_source], int8, None) is None  # facts without features
+    assert matrix_unit_advice([fp32_source], TARGET, ["amx_int8"]) is None  # an fp32 target
 
 
 def transfer_with_networks(source: TransferSource, specs: list[OpSpec], target: np.ndarray,
