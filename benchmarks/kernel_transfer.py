@@ -168,8 +168,17 @@ def main() -> int:
                         help="which of the matrix's fresh runs (runN/ folders) to use")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
                         help="fractions of the target's full-campaign device time")
+    parser.add_argument("--pairs", default="",
+                        help="comma-separated SOURCE->TARGET pairs of the built-in list to run "
+                             "(default: every pair the matrix measured)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    names = {f"{src}->{tgt}": (src, tgt) for src, tgt in PAIRS}
+    wanted = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in names]
+    if unknown:
+        parser.error(f"unknown pair(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    pairs = [names[p] for p in wanted] or list(PAIRS)
     matrix, cache = Path(args.matrix), Path(args.cache)
     budgets = [float(b) for b in args.budgets.split(",")]
     targets: dict[str, Target] = {}
@@ -178,7 +187,7 @@ def main() -> int:
              "alone % | full campaign within 10% / RMSPE % (min) |",
              "|---|---|---|---|---|---|---|---|"]
     summary = []
-    for src_label, tgt_label in PAIRS:
+    for src_label, tgt_label in pairs:
         labels = src_label.split(SOURCES_JOIN)
         folders = [platform_folder(matrix, label, args.run) for label in (*labels, tgt_label)]
         if not all((f / "eval" / "predictions.csv").exists() for f in folders):

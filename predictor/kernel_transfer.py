@@ -7,12 +7,14 @@ close to an affine function of log ms on a source, per kernel kind (not where th
 precision runs on a matrix unit the source's does not: `matrix_unit_advice`). So instead of
 learning every kind from scratch, the target learns that map from a few kernels measured on it:
 
-    log t(k) = c + e_kind + sum_s b_s log p_s(k) + d_kind * m(k)
+    log t(k) = c + e_kind + sum_s (b_s + d_kind,s) log p_s(k)
                [+ r_kind . f(k)] [+ g_kind,group(k)] [+ sum_j h_j max(0, m(k) - log knot_j)]
 
 with p_s the sources' kernel predictions (at the source's precision: a target int8 kernel is
 asked of an fp32 source as the same kernel in fp32) and m their mean log, c and the slopes b_s
-shared by every kind, e_kind, d_kind (and the optional residual r_kind on a few log-size
+shared by every kind, e_kind, the slope deviations d_kind,s (each kind leans on the sources that
+follow the target for it: LiteRT int8 convolutions follow ONNX Runtime int8, its depthwise ones
+LiteRT fp32) (and the optional residual r_kind on a few log-size
 features f, clipped to the sample's range, and offsets g per shape group: kernel size, stride
 and mode) per kind, the optional hinges h shared (a ratio that bends with size: one thread to
 two), pulled towards 0 by ridge penalties; past the kind's sampled range of a source's log
@@ -533,7 +535,7 @@ class MapFit:
     intercept: float
     slopes: np.ndarray
     offset: dict[str, float]
-    deviation: dict[str, float]
+    deviation: dict[str, np.ndarray]  # kind -> each source's slope deviation
     residual: dict[str, np.ndarray]
     slope_deviation_ridge: float
     residual_ridge: float | None
@@ -587,14 +589,15 @@ def _design(kinds: Sequence[str], order: Sequence[str], logs: np.ndarray,
             features: np.ndarray, residual: bool,
             group_columns: Sequence[tuple[str, str]] = (), groups: Sequence[str] = (),
             hinges: bool = False) -> np.ndarray:
-    """Columns: shared intercept, per kind offset, per source slope, per kind deviation on the
-    mean source, per kind residual features, per (kind, shape group) offset, shared hinges on
-    the mean source."""
+    """Columns: shared intercept, per kind offset, per source slope, per kind deviation of each
+    source's slope (kind-major), per kind residual features, per (kind, shape group) offset,
+    shared hinges on the mean source."""
     n, n_kinds = len(kinds), len(order)
     index = np.array([order.index(k) for k in kinds])
     onehot = np.zeros((n, n_kinds))
     onehot[np.arange(n), index] = 1.0
-    parts = [np.ones((n, 1)), onehot, logs.T, onehot * logs.mean(axis=0)[:, None]]
+    deviations = (onehot[:, :, None] * logs.T[:, None, :]).reshape(n, -1)
+    parts = [np.ones((n, 1)), onehot, logs.T, deviations]
     if residual:
         width = features.shape[1]
         block = np.zeros((n, n_kinds * width))
@@ -629,7 +632,8 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     z = _design(kinds, order, logs, centred, residual, group_columns, groups, bool(n_hinges))
     width = features.shape[1] if residual else 0
     penalty = np.r_[0.0, [KIND_OFFSET_RIDGE] * n_kinds, [SLOPE_RIDGE] * n_sources,
-                    [deviation_ridge] * n_kinds, [residual_ridge or 0.0] * (n_kinds * width),
+                    [deviation_ridge] * (n_kinds * n_sources),
+                    [residual_ridge or 0.0] * (n_kinds * width),
                     [group_ridge or 0.0] * len(group_columns), [hinge_ridge or 0.0] * n_hinges]
     prior = np.zeros(z.shape[1])
     prior[1 + n_kinds:1 + n_kinds + n_sources] = 1.0 / n_sources
@@ -641,7 +645,8 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     error = target - z @ theta
     loo = np.where(hat < 1 - 1e-6, error / np.maximum(1 - hat, 1e-6), np.nan)
     theta = theta + prior
-    start = 1 + 2 * n_kinds + n_sources
+    dev_start = 1 + n_kinds + n_sources
+    start = dev_start + n_kinds * n_sources
     group_start = start + n_kinds * width
     group_offset: dict[str, dict[str, float]] = {}
     for j, (kind, group) in enumerate(group_columns):
@@ -649,7 +654,8 @@ def _solve_map(kinds: Sequence[str], logs: np.ndarray, y: np.ndarray, features: 
     return MapFit(
         float(theta[0]), theta[1 + n_kinds:1 + n_kinds + n_sources],
         {k: float(theta[1 + i]) for i, k in enumerate(order)},
-        {k: float(theta[1 + n_kinds + n_sources + i]) for i, k in enumerate(order)},
+        {k: theta[dev_start + i * n_sources:dev_start + (i + 1) * n_sources]
+         for i, k in enumerate(order)},
         {k: (theta[start + i * width:start + (i + 1) * width] if residual else np.zeros(0))
          for i, k in enumerate(order)},
         deviation_ridge, residual_ridge, loo, group_offset, group_ridge,
@@ -737,7 +743,7 @@ class KernelTransferPredictor(KernelPredictor):
             models[kind] = KindTransfer(
                 mode, [_one_kind(s.kernels, kind) for s in sources],
                 [s.platform.precision for s in sources], [s.label for s in sources],
-                intercept, fit.slopes + fit.deviation[kind] / len(sources), residual, alone,
+                intercept, fit.slopes + fit.deviation[kind], residual, alone,
                 fit.group_offset.get(kind, {}),
                 np.array([sampled.min(axis=0), sampled.max(axis=0)]) if len(residual)
                 else np.zeros((2, 0)),

@@ -304,13 +304,19 @@ def test_an_interrupt_stops_the_retries_of_the_batch_being_measured(
             return result
 
     runner = InterruptedRunner([1.0, 1.5])  # calibration, then the first attempt only
+    # Python's own Ctrl-C handler, also where the suite was started with SIGINT ignored (a
+    # shell's background job, `nohup ... &`), in which case Python never installs it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(campaign, "get_runner", lambda name: runner)
     monkeypatch.setattr(campaign, "threading",
                         SimpleNamespace(**{**vars(threading), "Event": Recorded}))
     dataset = campaign.LatencyDataset.create(tmp_path / "ds", {})
-    with pytest.raises(KeyboardInterrupt):
-        run_campaign([Subject.op(s) for s in SPECS[:2]], [device], ["onnxruntime"], dataset,
-                     campaign_config(drift_retries=5, drift_pause_s=60.0))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_campaign([Subject.op(s) for s in SPECS[:2]], [device], ["onnxruntime"],
+                         dataset, campaign_config(drift_retries=5, drift_pause_s=60.0))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     records = dataset.records()
     assert list(records["key"]) == [SPECS[0].key()]  # the second batch never started
     assert bool(records["drift_flag"].iloc[0]) and records["drift_ratio"].iloc[0] == 1.5

@@ -107,6 +107,37 @@ def test_the_map_recovers_a_known_relation_and_beats_the_sample_alone(synthetic)
     assert model.cv_["map_loo_pct"] < model.cv_["alone_loo_pct"]
 
 
+def test_each_kind_leans_on_the_source_that_follows_the_target_for_it(synthetic):
+    """Two sources, each with shape effects of its own: convolutions and linears follow the
+    first, depthwise convolutions and pools the second (an int8 target's convolutions follow
+    another runtime's int8, its depthwise ones its own fp32). A slope per source shared by
+    every kind is pulled between them; per kind deviations find each kind's source."""
+    specs, _, first, train = synthetic
+    rng = np.random.default_rng(3)
+    ragged = {s.key(): 1.0 + 0.8 * ((s.h % 14) != 0) + 0.5 * ((s.cin % 48) != 0) for s in specs}
+    second_ms = np.array([0.001 + 2e-9 * kernel_cost(s).flops * ragged[s.key()] for s in specs])
+    first_ms = np.array([source_ms(s) for s in specs])
+    follows_first = np.array([s.kind in ("conv", "linear") for s in specs])
+    target = np.where(follows_first, 1.5 * first_ms, 0.7 * second_ms) * np.exp(
+        rng.normal(0.0, 0.03, len(specs)))
+    second = TransferSource("second", Platform("box", "litert"), LookupTablePredictor.from_entries(
+        {s.key(): ms for s, ms in zip(specs, second_ms, strict=True)}))
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    held = [s for s, keep in zip(specs, train, strict=True) if not keep]
+    model = KernelTransferPredictor().fit(sample, target[train], sources=[first, second])
+    errors = np.abs(model.predict(held) / target[~train] - 1)
+    assert float(np.median(errors)) < 0.05
+    for kind in ("conv", "linear", "dwconv", "pool"):
+        m = model.models_[kind]
+        if m.mode == "map":  # the slope goes to the source the kind follows
+            leading = 0 if kind in ("conv", "linear") else 1
+            assert m.slopes[leading] > m.slopes[1 - leading], (kind, m.slopes)
+    for kind, leading in (("conv", 0), ("dwconv", 1)):  # the kinds with the clearest effects
+        slopes = model.models_[kind].slopes
+        assert slopes[leading] > 0.6 > 0.3 > slopes[1 - leading], (kind, slopes)
+    assert model.models_["conv"].mode == "map" and model.models_["dwconv"].mode == "map"
+
+
 def test_a_fit_without_sources_is_the_sample_alone(synthetic):
     specs, target, _, train = synthetic
     sample = [s for s, keep in zip(specs, train, strict=True) if keep]
