@@ -469,6 +469,19 @@ def runtime_summary(facts: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+# Of the facts' cpu_features, those a check table shows: the ones that decide which int8 and
+# fp16 kernels a runtime picks (a dot-product or matrix unit), where two CPUs of one name differ.
+SHOWN_CPU_FEATURES = ("avx_vnni", "avx512_vnni", "avx512_fp16", "amx_int8", "amx_fp16",
+                      "asimdhp", "asimddp", "i8mm", "sve", "sme")
+
+
+def cpu_summary(facts: Mapping[str, Any]) -> str:
+    """'Intel(R) Xeon(R) Processor (avx512_vnni, amx_int8)' for a table cell."""
+    shown = [f for f in facts.get("cpu_features") or () if f in SHOWN_CPU_FEATURES]
+    model = str(facts.get("cpu_model") or "-")
+    return f"{model} ({', '.join(shown)})" if shown else model
+
+
 def max_temperature(facts: Mapping[str, Any]) -> float | None:
     temps = [t.get("celsius") for t in facts.get("temps_c") or [] if isinstance(t, dict)]
     values = [float(t) for t in temps if isinstance(t, (int, float))]
@@ -485,7 +498,7 @@ def check_row(check: DeviceCheck) -> tuple[str, ...]:
     if f.get("android"):
         os_text = f"Android {f['android'].get('android') or '?'} ({os_text})"
     temp = max_temperature(f)
-    return (check.device, check.address, "yes", os_text, str(f.get("cpu_model") or "-"),
+    return (check.device, check.address, "yes", os_text, cpu_summary(f),
             str(f.get("cores") or "-"), runtime_summary(f), _fmt_bytes(f.get("free_bytes")),
             str(f.get("governor") or "-"), f"{temp:.1f} C" if temp is not None else "-",
             "; ".join(check.problems) or "-")

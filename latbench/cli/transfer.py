@@ -159,6 +159,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
           f"measured in {transfer['minutes_spent']:.1f} min (budget {args.budget_minutes:g}); "
           f"kernel leave-one-out error: map {_pct(cv['map_loo_pct'])}%, sample alone "
           f"{_pct(cv['alone_loo_pct'])}%, chosen {_pct(cv['chosen_loo_pct'])}%")
+    for advice in transfer.get("advice") or ():
+        print(f"note: {advice}")
     print(f"predictor written to {args.out} (measurements in {data})")
     return 0
 

@@ -14,6 +14,7 @@ from standins.sshd_host import encrypted_copy
 import latbench.bench.runners  # noqa: F401  (registers the runtimes fleets are checked against)
 from latbench import cli
 from latbench.device_agents import (
+    CHECK_HEADER,
     ADBTransport,
     DeviceCheck,
     LocalTransport,
@@ -184,6 +185,16 @@ def test_passphrase_comes_from_the_environment(tmp_path: Path) -> None:
                                           "variable PP is not set"):
         parse_fleet({"devices": {"d": {**GOOD, "passphrase_env": "PP"}}}, source="f.toml",
                     env={})
+
+
+def test_check_row_names_the_cpus_dot_product_and_matrix_units() -> None:
+    facts = {"cpu_model": "Xeon", "cpu_features": ["avx2", "fma", "avx512f", "avx512_vnni",
+                                                   "amx_tile", "amx_int8", "amx_bf16"]}
+    row = check_row(DeviceCheck("d", "u@h:22", True, facts=facts))
+    assert row[CHECK_HEADER.index("CPU")] == "Xeon (avx512_vnni, amx_int8)"
+    plain = check_row(DeviceCheck("d", "u@h:22", True, facts={"cpu_model": "Cortex-A53",
+                                                              "cpu_features": ["asimd"]}))
+    assert plain[CHECK_HEADER.index("CPU")] == "Cortex-A53"
 
 
 def test_check_row_keeps_the_whole_error() -> None:
