@@ -12,9 +12,9 @@ learning every kind from scratch, the target learns that map from a few kernels 
 
 with p_s the sources' kernel predictions (at the source's precision: a target int8 kernel is
 asked of an fp32 source as the same kernel in fp32) and m their mean log, c and the slopes b_s
-shared by every kind, e_kind, the slope deviations d_kind,s (each kind leans on the sources that
+shared by every kind, e_kind, the slope deviations d_kind,s - each kind leans on the sources that
 follow the target for it: LiteRT int8 convolutions follow ONNX Runtime int8, its depthwise ones
-LiteRT fp32) (and the optional residual r_kind on a few log-size
+LiteRT fp32 - (and the optional residual r_kind on a few log-size
 features f, clipped to the sample's range, and offsets g per shape group: kernel size, stride
 and mode) per kind, the optional hinges h shared (a ratio that bends with size: one thread to
 two), pulled towards 0 by ridge penalties; past the kind's sampled range of a source's log
