@@ -45,6 +45,7 @@ from latbench.predictor.kernel_transfer import (  # noqa: E402
     MeasureCost,
     TransferSource,
     compose,
+    network_ms,
     sample_transfer,
     transfer_predictor,
 )
@@ -130,11 +131,10 @@ def run_pair(sources: list[TransferSource], target: Target, fraction: float
     cost = MeasureCost.from_settings(target.settings)
     logs = np.array([source.log_ms(target.specs) for source in sources])
     estimated = cost.seconds(np.exp(logs.mean(axis=0)))
-    net_ms = [float(np.exp(np.mean([s.log_ms(kernels) for s in sources], axis=0)).sum())
-              for _, kernels, _ in target.networks]
+    net_ms = network_ms(sources, [kernels for _, kernels, _ in target.networks])
     families = [key.split(":")[0] for key, _, _ in target.networks]
     sample = sample_transfer(target.specs, logs, estimated, fraction * target.seconds,
-                             network_costs=cost.seconds(np.array(net_ms)),
+                             network_costs=cost.seconds(net_ms),
                              network_families=families, cost=cost,
                              measure=lambda ks, ns: (target.op_cost[ks],
                                                      target.net_cost[ns]))
@@ -193,7 +193,7 @@ def main() -> int:
         if not all((f / "eval" / "predictions.csv").exists() for f in folders):
             continue
         sources = []
-        for label, folder in zip(labels, folders, strict=False):
+        for label, folder in zip(labels, folders[:-1], strict=True):
             full_source = LatencyPredictor.load(folder / "predictor")
             sources.append(TransferSource(label, full_source.platform, full_source.kernels_))
         if tgt_label not in targets:

@@ -107,6 +107,14 @@ class TransferSource:
                                  1e-9))
 
 
+def network_ms(sources: Sequence[TransferSource], networks: Sequence[Sequence[OpSpec]]
+               ) -> np.ndarray:
+    """Each network's kernel sum at the sources' geometric mean per kernel: what measuring it on
+    the target is priced from before anything was measured there."""
+    return np.array([float(np.exp(np.mean([s.log_ms(list(kernels)) for s in sources],
+                                          axis=0)).sum()) for kernels in networks])
+
+
 def at_precision(specs: Sequence[OpSpec], dtype: str) -> list[OpSpec]:
     return [s if s.dtype == dtype else s.with_(dtype=dtype) for s in specs]
 
@@ -934,9 +942,8 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
     check_sources(sources, specs, target, f"plan {plan.name}")
     cost = MeasureCost.from_settings(settings)
     logs = np.array([s.log_ms(specs) for s in sources])
-    net_ms = [float(np.exp(np.mean([s.log_ms(list(n.kernels)) for s in sources],
-                                   axis=0)).sum()) for n in networks]
-    costs, network_costs = cost.seconds(np.exp(logs.mean(axis=0))), cost.seconds(np.array(net_ms))
+    costs = cost.seconds(np.exp(logs.mean(axis=0)))
+    network_costs = cost.seconds(network_ms(sources, [n.kernels for n in networks]))
     transfer = {"sources": [{"source": s.label, "platform": s.platform.to_json()}
                             for s in sources], "plan": plan.name, "budget_minutes": budget_s / 60}
     card = {**(card or {}), "plan": plan.to_dict(), "transfer": transfer}
@@ -973,14 +980,14 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
         note(f"measured {len(sample.kernels)} of the plan's {len(specs)} kernels and "
              f"{len(sample.networks)} of its {len(networks)} calibration networks in "
              f"{len(rounds)} rounds: {sample.estimated_s / 60:.1f} of {budget_s / 60:.1f} min")
-    advice = matrix_unit_advice(sources, target, (LatencyDataset.open(Path(data)).card.get(
-        "device_facts") or {}).get("cpu_features"))
+    dataset = LatencyDataset.open(Path(data))
+    advice = matrix_unit_advice(sources, target, (dataset.card.get("device_facts") or {}).get(
+        "cpu_features"))
     if advice and note:
         note(f"note: {advice}")
     transfer = {**transfer, **sample.to_json(), "advice": [advice] if advice else []}
-    LatencyDataset.open(Path(data)).update_card(transfer=transfer)
+    dataset.update_card(transfer=transfer)
     seconds = before + time.perf_counter() - started
-    dataset = LatencyDataset.open(Path(data))
     dataset.update_card(transfer_seconds=seconds)
     records = dataset.records()
     ops = select_records(records, owner=f"transfer dataset {data}")
