@@ -475,6 +475,8 @@ MAX_TRANSFORMER_MACS = 2.5e9
 # embedding dim -> head counts sampled with it (head dims 32-96, as ViT/DeiT models use)
 VIT_HEADS = {64: (1, 2), 96: (2, 3), 128: (2, 4), 192: (3, 6), 256: (4, 8), 384: (6, 12),
              512: (8,), 768: (12,)}
+# The MLP's GELU: exact (erf) or tanh-approximated, as timm's `gelu_tanh` configs use.
+VIT_ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 def vit_macs(config: ViTConfig) -> float:
@@ -523,7 +525,7 @@ class ViTFamily:
                          heads=_pick(rng, VIT_HEADS[dim]), depth=int(rng.integers(2, 13)),
                          mlp_ratio=float(_pick(rng, (2, 3, 4))),
                          attention=_pick(rng, ("timm", "sdpa", "mha")),
-                         act=_pick(rng, ("gelu", "gelu_tanh")))
+                         act=_pick(rng, VIT_ACTIVATIONS))
 
     def sample(self, rng: np.random.Generator) -> tuple[str, ViTConfig]:
         config = _sample_vit(rng, self._draw)

@@ -98,6 +98,10 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path,
     data, pred, ev = folder / "data", folder / "predictor", folder / "eval"
     row: dict[str, object] = {"platform": p.label}
     timed = folder / "campaign_seconds.txt"  # a resumed run (--keep) reports the first campaign
+    # seconds of attempts that stopped unfinished (jobs left for a quiet machine), which the
+    # resumed campaign's time adds to: the platform cost all of them
+    unfinished = folder / "campaign_seconds_unfinished.txt"
+    before = float(unfinished.read_text()) if unfinished.exists() else 0.0
     code, seconds = run([LATBENCH, "bench", "ops", "--plan", plan, *p.flags(), "--out",
                          str(data)], log)
     if code:
@@ -105,11 +109,12 @@ def measure_platform(p: MatrixPlatform, plan: str, networks: str, folder: Path,
         if refused:  # latbench said why in one line (a platform this machine cannot measure)
             row["error"] = f"bench ops: {refused}"
             return row
+        unfinished.write_text(f"{before + seconds}\n")
         row["error"] = f"bench ops exited {code} (see {log})"
-        row["campaign_min"] = seconds / 60
+        row["campaign_min"] = (before + seconds) / 60
         return row
     if not timed.exists():
-        timed.write_text(f"{seconds}\n")
+        timed.write_text(f"{before + seconds}\n")
     row["campaign_min"] = float(timed.read_text()) / 60
     code, _ = run([LATBENCH, "predictor", "fit", "--data", str(data), "--out", str(pred)], log)
     if code:

@@ -24,6 +24,8 @@ from latbench.errors import PredictorError
 from latbench.predictor.features import BYTES_PER_ELEMENT, KernelCost, kernel_cost
 from latbench.predictor.intervals import ratio_quantiles
 
+# A kind's composition scale stays within these: a kind whose kernels run in networks at half or
+# twice their time alone is not composed from them any more (`Composition.scales_at_bound`).
 SCALE_BOUNDS = (0.5, 2.0)
 # The composition's robust fit (iteratively reweighted least squares with Huber weights): its
 # rounds, the Huber constant and the least spread (relative error) it assumes.
@@ -294,6 +296,15 @@ class Composition:
             if names and specs else None
         return _compose(np.asarray(raw, dtype=np.float64), [s.kind for s in specs], values,
                         self.kind_scale, [self.terms[t] for t in names])
+
+    def scales_at_bound(self) -> dict[str, float]:
+        """The kinds whose scale the fit left at SCALE_BOUNDS: in the calibration networks their
+        kernels ran at least twice (or at most half) their time alone, and the networks of
+        such kinds are priced with errors near the calibration's (LiteRT's builtin kernels at
+        2 threads on a 2-core VM ran MobileNetV2s at 2.2-2.7x their kernels' sum)."""
+        low, high = SCALE_BOUNDS
+        return {kind: scale for kind, scale in self.kind_scale.items()
+                if scale <= low + 1e-9 or scale >= high - 1e-9}
 
     def safety_margin(self, default: float = DEFAULT_MARGIN) -> float:
         """How much faster than a budget a search should aim, as a fraction: the 95th

@@ -89,10 +89,7 @@ def test_fewshot_order_drift_separates_drift_from_noise(monkeypatch: pytest.Monk
                - result.loc["noisy", "within10"]) < 0.03
 
 
-def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A platform latbench refuses on this machine (ONNX Runtime FP16 off ARM64) is a row that
-    says why, with no campaign minutes: nothing was measured."""
+def _platform_matrix(monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("platform_matrix",
                                                   ROOT / "benchmarks" / "platform_matrix.py")
     assert spec is not None and spec.loader is not None
@@ -100,6 +97,14 @@ def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "platform_matrix", matrix)  # its dataclass looks it up
     monkeypatch.setattr(sys, "path", list(sys.path))  # it puts benchmarks/ first
     spec.loader.exec_module(matrix)
+    return matrix
+
+
+def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform latbench refuses on this machine (ONNX Runtime FP16 off ARM64) is a row that
+    says why, with no campaign minutes: nothing was measured."""
+    matrix = _platform_matrix(monkeypatch)
     log = tmp_path / "log.txt"
     log.write_text("$ latbench bench ops ...\nlatbench: error: runtime onnxruntime cannot "
                    "measure fp16 kernels on device local (x86_64): why\n")
@@ -111,3 +116,24 @@ def test_platform_matrix_names_a_refused_platform(tmp_path: Path,
     header, rule, line = matrix.tables([matrix.median_row("onnxruntime/fp16/1t", [row])])
     assert header.count("|") == rule.count("|") == line.count("|")
     assert line.startswith("| onnxruntime/fp16/1t |  | | | bench ops: why |")
+
+
+def test_platform_matrix_counts_every_attempt_of_a_resumed_campaign(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign that stopped with jobs left (the machine never quiet enough) and was resumed
+    (--keep) cost the platform both attempts' minutes, not the resumption's alone."""
+    matrix = _platform_matrix(monkeypatch)
+    outcomes = iter([(1, 600.0),  # bench ops stops unfinished
+                     (0, 60.0), (1, 5.0)])  # resumed: bench ops finishes, predictor fit fails
+
+    def fake_run(argv: list[str], log: Path) -> tuple[int, float]:
+        log.write_text("$ latbench ...\n")
+        return next(outcomes)
+
+    monkeypatch.setattr(matrix, "run", fake_run)
+    platform = matrix.MatrixPlatform("onnxruntime", "", "int8", 2)
+    first = matrix.measure_platform(platform, "quick", "vit:1", tmp_path, passes=1)
+    assert first["campaign_min"] == pytest.approx(10.0) and "bench ops exited 1" in first["error"]
+    second = matrix.measure_platform(platform, "quick", "vit:1", tmp_path, passes=1)
+    assert second["campaign_min"] == pytest.approx(11.0)
+    assert "predictor fit exited 1" in second["error"]

@@ -109,6 +109,8 @@ def _print_fit(predictor: Any, several: bool) -> None:
               f"{calibration['rmspe_pct_composed']:.2f}% composed, "
               + (f"{loo:.2f}% leave-one-out, " if loo is not None else "")
               + f"{calibration['rmspe_pct_sum']:.2f}% as the plain sum of kernels")
+        if at_bound := calibration.get("scales_at_bound"):
+            print(_at_bound_text(at_bound))
         if downweighted := calibration.get("downweighted"):
             print("down-weighted in the robust fit (far off the composition that fits the "
                   "rest: measured in a slow phase, or a kind of network it prices badly): "
@@ -123,6 +125,16 @@ def _print_fit(predictor: Any, several: bool) -> None:
     print(f"platform {predictor.platform}: device {info['device']}, runtime {info['runtime']} "
           f"{info['runtime_version']}, statistic {info['statistic']}, call overhead "
           f"{summary['call_overhead_ms']:.4f} ms")
+
+
+def _at_bound_text(at_bound: dict[str, float]) -> str:
+    """The warning for kinds whose composition scale hit its bound (Composition.scales_at_bound)."""
+    kinds = ", ".join(f"{kind} x{scale:.2f}" for kind, scale in sorted(at_bound.items()))
+    return ("warning: in the calibration networks these kernels ran at the composition's bound "
+            f"of their time alone ({kinds}): networks of them do not compose from kernels "
+            "timed alone on this platform, and their predictions carry errors near the "
+            "calibration's - time such networks whole (`latbench bench networks`), or compare "
+            "another thread count")
 
 
 def _gap_text(info: dict[str, Any]) -> str:

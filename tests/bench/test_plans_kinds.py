@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latbench.bench.families import VIT_ACTIVATIONS
 from latbench.bench.ops import OP_KINDS, OpSpec
 from latbench.bench.plans import (
     COMMON_OPS_RANDOM,
@@ -71,7 +72,7 @@ def test_transformer_preset_has_vit_ranges() -> None:
     assert all(64 <= s.cin <= 768 for s in specs if s.kind == "layernorm")
     assert {s.heads for s in specs if s.kind in ("bmm", "softmax")} <= {1, 2, 3, 4, 6, 8, 12}
     assert len({s.heads for s in specs if s.kind == "bmm"}) >= 5
-    assert {s.act for s in specs if s.kind == "tlinear"} == {"none", "gelu"}
+    assert {s.act for s in specs if s.kind == "tlinear"} == {"none", *VIT_ACTIVATIONS}
     qk = [s for s in specs if s.kind == "bmm" and s.cin <= 96]
     av = [s for s in specs if s.kind == "bmm" and s.cout <= 96]
     assert qk and av

@@ -192,9 +192,23 @@ def test_fit_composition_on_space_networks(macro, predictor) -> None:
 def test_composition_scales_are_bounded(macro, predictor) -> None:
     calibration = [(k, true_latency(predictor, k, {"mbconv": 5.0, "conv": 5.0}))
                    for k in networks(macro, 30, seed=3)]
-    scales = composed(predictor, calibration).composition_.kind_scale
+    fitted = composed(predictor, calibration)
+    scales = fitted.composition_.kind_scale
     assert max(scales.values()) <= SCALE_BOUNDS[1]
     assert scales["mbconv"] == SCALE_BOUNDS[1]
+    # what `predictor fit` warns of: the kinds left at the bound, and only those
+    at_bound = fitted.composition_.scales_at_bound()
+    assert "mbconv" in at_bound and all(s in SCALE_BOUNDS for s in at_bound.values())
+    assert set(at_bound) == {k for k, s in scales.items() if s in SCALE_BOUNDS}
+    from latbench.cli.predictor import _at_bound_text
+
+    assert _at_bound_text(at_bound).startswith("warning: ") and "mbconv x2.00" in \
+        _at_bound_text(at_bound)
+
+
+def test_no_scale_at_bound_when_networks_compose(macro, predictor) -> None:
+    calibration = [(k, true_latency(predictor, k, {"mbconv": 1.3})) for k in networks(macro, 30, 5)]
+    assert composed(predictor, calibration).composition_.scales_at_bound() == {}
 
 
 def test_composition_refusals(macro, predictor) -> None:
