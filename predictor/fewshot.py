@@ -305,7 +305,7 @@ def predictor_reference(predictor: Any, space: str, name: str | None = None) -> 
     if unpriced:
         logger.info("%s has no model for %s: priced without them (the same in every "
                     "architecture)", owner, ", ".join(unpriced))
-    ms = counts[:, priced] @ predictor.kernel_ms([specs[j] for j in priced])
+    ms = counts[:, priced] @ predictor.group_ms([[specs[j]] for j in priced])
     label = name or f"predictor:{predictor.platform}"
     return ReferenceTable(tuple(archs), (label,), (ms + predictor.call_overhead_ms_)[:, None],
                           exact=(label,))

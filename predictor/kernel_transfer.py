@@ -885,10 +885,13 @@ def compose(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
     from latbench.predictor.latency_predictor import LatencyPredictor, fit_composition
 
     info = dict(info or {})
-    runtime = info.get("runtime") or (info.get("platform") or {}).get("runtime")
+    platform = info.get("platform") or {}
+    runtime = info.get("runtime") or platform.get("runtime")
+    composition = fit_composition(kernels, networks, call_overhead_ms, runtime=runtime,
+                                  delegate=platform.get("delegate") or "",
+                                  threads=int(platform.get("threads") or 1))
     return LatencyPredictor.from_kernels(
-        kernels, call_overhead_ms=call_overhead_ms,
-        composition=fit_composition(kernels, networks, call_overhead_ms, runtime=runtime),
+        kernels, call_overhead_ms=call_overhead_ms, composition=composition,
         info=info, ranges_from=ranges_from)
 
 

@@ -97,15 +97,17 @@ NO_RESIDUALS = ("the predictor holds no residual quantiles to build an interval 
 
 def fit_composition(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],
                     call_overhead_ms: float, terms: Sequence[str] = COMPOSITION_TERMS,
-                    runtime: str | None = None) -> Composition:
+                    runtime: str | None = None, *, delegate: str = "",
+                    threads: int = 1) -> Composition:
     """The composition fitted on the calibration `networks` (key, kernels, ms) that `kernels`
-    can price: the `terms` that apply to `runtime` (`runtime_terms`) only with
+    can price: the `terms` that apply to `runtime` under `delegate` at `threads`
+    (`runtime_terms`) only with
     MIN_NETWORKS_FOR_TERMS of them, the optional ones only where they lower the leave-one-out
     error; none without networks."""
     networks = [n for n in networks if can_price(kernels, list(n[1]))]
     if not networks:
         return Composition()
-    applicable = runtime_terms(terms, runtime)
+    applicable = runtime_terms(terms, runtime, delegate=delegate, threads=threads)
     composition = solve_composition(
         kernels, [(k, ms) for _, k, ms in networks], call_overhead_ms,
         terms=applicable if len(networks) >= MIN_NETWORKS_FOR_TERMS else (),
@@ -203,9 +205,9 @@ class LatencyPredictor:
         networks = calibration_networks(records, card, ops, statistic, attach) \
             if self.calibrate else []
         first = ops.iloc[0]
-        composition = fit_composition(kernels, networks, overhead, self.composition_terms,
-                                      str(first["runtime"]))
         own = record_platform(first)
+        composition = fit_composition(kernels, networks, overhead, self.composition_terms,
+                                      own.runtime, delegate=own.delegate, threads=own.threads)
         info = {
             "device": str(first["device"]),
             "runtime": str(first["runtime"]),
@@ -364,13 +366,26 @@ class LatencyPredictor:
         return self.memory_.predict(model, input_shapes)
 
     def kernel_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
-        """Each kernel's contribution to a network: its prediction, composed (scales, terms).
-        A network's latency is their sum plus `call_overhead_ms_`."""
+        """Each kernel's contribution to a network (`specs`: its kernels in execution order, as
+        the pool-switch term reads them): its prediction, composed (scales, terms). A network's
+        latency is their sum plus `call_overhead_ms_`."""
         self._check_fitted()
         specs = list(specs)
         if not specs:
             return np.zeros(0)
         return self.composition_.compose(self.kernels_.predict(specs), specs)
+
+    def group_ms(self, groups: Sequence[Sequence[OpSpec]]) -> np.ndarray:
+        """Each group's kernels priced as a network of their own (no call overhead), with one
+        kernel prediction for all: the layers of a lookup table, or kernels each on its own
+        (groups of one), whose neighbours in a flat list are no neighbours in a network."""
+        self._check_fitted()
+        groups = [list(g) for g in groups]
+        flat = [s for g in groups for s in g]
+        raw = self.kernels_.predict(flat) if flat else np.zeros(0)
+        bounds = np.cumsum([0, *map(len, groups)])
+        return np.array([float(self.composition_.compose(raw[a:b], g).sum()) if g else 0.0
+                         for g, a, b in zip(groups, bounds[:-1], bounds[1:], strict=True)])
 
     def parse(self, model: str | Path | bytes, *, input_shapes: ShapeMap | None = None,
               allow_partial: bool = False) -> ModelKernels:

@@ -336,15 +336,10 @@ def export_table(predictor: LatencyPredictor, layout: Sequence[tuple[str, Sequen
     if fmt not in FORMATS:
         raise ConfigError(f"unknown lookup table format {fmt!r}; known: {', '.join(FORMATS)}")
     keys = [key for key, _ in layout]
-    flat = [spec for _, specs in layout for spec in specs]
-    prices = predictor.kernel_ms(flat)
+    prices = predictor.group_ms([specs for _, specs in layout])
     table: dict[str, dict[str, float | int]] = {}
-    at = 0
-    for key, specs in layout:
-        n = len(specs)
-        table[key] = {"count": 1, "mean": float(sum(prices[at:at + n].tolist())),
-                      SPREAD_FIELD[fmt]: 0.0}
-        at += n
+    for key, price in zip(keys, prices, strict=True):
+        table[key] = {"count": 1, "mean": float(price), SPREAD_FIELD[fmt]: 0.0}
     if len(table) != len(keys):
         raise ConfigError("layout lists a table key twice")
     return table

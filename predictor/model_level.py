@@ -179,13 +179,20 @@ class NetworkPrediction:
 #   DEQUANTIZE after it), which a network does only at its own ends; tensors that stay in the
 #   near caches cost little to convert (the kernels of a LiteRT INT8 ResNet-50 at 224 px, timed
 #   alone, summed to 1.33x the network).
+# - "pool_switches": the switches between thread pools a kernel makes (`pool_switches`):
+#   TFLite's built-in kernels run GEMMs in ruy's pool and depthwise convolutions in the
+#   cpu_backend threadpool, and at 2 threads on 2 cores the pool that just finished still spins
+#   on the core the other one needs - timed alone a kernel never switches (8 int8 1x1 +
+#   depthwise pairs at 48 and 24 px: 0.48-0.51 ms per switch at 2 threads, none at 1 thread,
+#   none with single-threaded kernels between the depthwise ones).
 STREAMED = "streamed_weight_mb"
 SHARED_S8 = "shared_s8_conv_gflops"
 QUANTIZE_IO = "quantize_io_mb"
 QUANTIZE_FREE_BYTES = 100_000
+POOL_SWITCHES = "pool_switches"
 COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
                      "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED, SHARED_S8,
-                     QUANTIZE_IO)
+                     QUANTIZE_IO, POOL_SWITCHES)
 WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the
@@ -193,9 +200,14 @@ WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # 62% over (docs/predictors.md, "Composition terms").
 LAYOUT_TERMS = frozenset({"layout_bytes", "aligned_conv_gflops", "spilled_layout_mb",
                           "unaligned_add_pool_mb"})
-# Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error.
+# Terms of a runtime whose kernels run in two thread pools (a runner's `split_pool_delegates`),
+# at several threads.
+POOL_TERMS = frozenset({POOL_SWITCHES})
+# Terms `predictor fit` keeps only when they lower the calibration networks' leave-one-out error
+# (the pool switches too: at 1 thread, or under the XNNPACK delegate's one pool, they cost
+# nothing).
 OPTIONAL_TERMS = frozenset({"aligned_conv_gflops", "spilled_layout_mb", "unaligned_add_pool_mb",
-                            STREAMED, QUANTIZE_IO})
+                            STREAMED, QUANTIZE_IO, POOL_SWITCHES})
 # Terms kept whenever MIN_TERM_NETWORKS calibration networks carry them: they count what the
 # runtime is known to do to those kernels (read off the graph), not a guess the leave-one-out
 # error must confirm - where the kind scales already absorb most of it, that error moves by
@@ -207,18 +219,58 @@ BLOCK_FALLBACK_KINDS = frozenset({"add", "pool"})  # fused / blocked only at ali
 CHANNEL_BLOCK = 16
 SPILL_BYTES = 1_000_000  # half of a 2 MB per-core L2 cache
 MIN_SHARE = 0.25  # a kernel's composed contribution never drops below this share of its own
+# The thread pool each kind of TFLite built-in kernel runs its work in (`pool_switches`); a
+# fused mbconv block begins and ends with a 1x1 convolution and switches INTERNAL_SWITCHES
+# times inside (into its depthwise convolution and out of it).
+KIND_POOL = {"conv": "gemm", "linear": "gemm", "tlinear": "gemm", "bmm": "gemm",
+             "mbconv": "gemm", "dwconv": "depthwise"}
+INTERNAL_SWITCHES = {"mbconv": 2.0}
 
 
-def runtime_terms(terms: Sequence[str], runtime: str | None) -> tuple[str, ...]:
-    """The composition `terms` that apply to `runtime`'s networks: the layout terms only for a
-    runtime whose runner has a blocked layout (all of them for a runtime latbench does not
-    know, and without one)."""
+def runtime_terms(terms: Sequence[str], runtime: str | None, *, delegate: str = "",
+                  threads: int = 1) -> tuple[str, ...]:
+    """The composition `terms` that apply to `runtime`'s networks (under `delegate`, at
+    `threads`): the layout terms only for a runtime whose runner has a blocked layout, the pool
+    terms only at several threads under a delegate whose kernels run in two pools (all of them
+    for a runtime latbench does not know, and without one)."""
     from latbench.bench.runners import RUNNERS
 
     runner = RUNNERS.get(runtime) if runtime else None
-    if runner is None or runner.blocked_layout:
+    if runner is None:
         return tuple(terms)
-    return tuple(t for t in terms if t not in LAYOUT_TERMS)
+    apart = (set() if runner.blocked_layout else LAYOUT_TERMS) \
+        | (set() if delegate in runner.split_pool_delegates and threads > 1 else POOL_TERMS)
+    return tuple(t for t in terms if t not in apart)
+
+
+def pool_switches(specs: Sequence[OpSpec]) -> np.ndarray:
+    """Per kernel of a network (in execution order), the switches between thread pools
+    (KIND_POOL) it makes: 1 where its pool differs from the one of the kernel before it (both
+    in a pool), plus the switches inside a fused block (INTERNAL_SWITCHES). Every GEMM counts,
+    however small: one int8 pair of a 2.7-MFLOPs 1x1 conv and a depthwise conv, which ruy ran
+    on the calling thread alone, switched for free, but fitted on networks, counting every GEMM
+    priced held-out ones best (docs/predictors.md, *Two thread pools*)."""
+    pools = [KIND_POOL.get(s.kind) for s in specs]
+    return np.array([float(i > 0 and None not in (pools[i - 1], pools[i])
+                           and pools[i - 1] != pools[i])
+                     + INTERNAL_SWITCHES.get(spec.kind, 0.0) for i, spec in enumerate(specs)])
+
+
+def network_term_values(specs: Sequence[OpSpec], terms: Sequence[str],
+                        weight_cache_mb: float | None = None) -> np.ndarray:
+    """Each kernel's value of each term (rows: the network's kernels in execution order), the
+    ones that depend on the whole network (streamed weights, pool switches) included."""
+    terms = list(terms)
+    total = network_weight_mb(specs) if STREAMED in terms else 0.0
+    kernel_terms = [t for t in terms if t != POOL_SWITCHES]
+    values = np.zeros((len(specs), len(terms)))
+    if kernel_terms and specs:
+        columns = [terms.index(t) for t in kernel_terms]
+        values[:, columns] = [term_values(s, kernel_terms, total, weight_cache_mb)
+                              for s in specs]
+    if POOL_SWITCHES in terms and specs:
+        values[:, terms.index(POOL_SWITCHES)] = pool_switches(specs)
+    return values
 
 
 def network_weight_mb(specs: Sequence[OpSpec]) -> float:
@@ -291,8 +343,7 @@ class Composition:
         prediction `raw`: times its kind's scale, plus the terms, never below MIN_SHARE of the
         prediction."""
         names = sorted(self.terms)
-        total = network_weight_mb(specs) if STREAMED in names else 0.0
-        values = np.array([term_values(s, names, total, self.weight_cache_mb) for s in specs]) \
+        values = network_term_values(specs, names, self.weight_cache_mb) \
             if names and specs else None
         return _compose(np.asarray(raw, dtype=np.float64), [s.kind for s in specs], values,
                         self.kind_scale, [self.terms[t] for t in names])
@@ -407,9 +458,7 @@ class _CompositionDesign:
         self.kernels: list[tuple[np.ndarray, list[str], np.ndarray]] = []
         for row, ((specs, _), raw) in enumerate(zip(networks, predictions, strict=True)):
             specs = list(specs)
-            total = network_weight_mb(specs) if STREAMED in self.terms else 0.0
-            values = np.array([term_values(s, self.terms, total, weight_cache_mb)
-                               for s in specs]).reshape(len(specs), len(self.terms))
+            values = network_term_values(specs, self.terms, weight_cache_mb)
             for spec, ms in zip(specs, raw, strict=True):
                 self.sums[row, index[spec.kind]] += ms
             self.sums[row, len(self.kinds):] = values.sum(axis=0)

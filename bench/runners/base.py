@@ -464,6 +464,11 @@ class RunnerBase:
     # into and out of (ONNX Runtime's NCHWc on the CPU): the composition's layout terms
     # (predictor/model_level.py, LAYOUT_TERMS) apply to its networks only then.
     blocked_layout: ClassVar[bool] = False
+    # The delegates (settings) under which its CPU kernels run matrix products and depthwise
+    # convolutions in two thread pools (TFLite's built-in kernels: ruy for GEMMs, the
+    # cpu_backend threadpool for depthwise): the composition's pool-switch term
+    # (predictor/model_level.py, POOL_TERMS) applies to its networks at several threads only.
+    split_pool_delegates: ClassVar[frozenset[str]] = frozenset()
     # Whether it can settle a whole network at each visit (RunSettings.settle; the agent can).
     settles_networks: ClassVar[bool] = False
 

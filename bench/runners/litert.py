@@ -21,6 +21,7 @@ class LiteRTRunner(AgentRunner):
     needs = RuntimeNeeds(modules=("ai_edge_litert", "tflite_runtime"))
     settings_fields = (("delegate", "delegate"),)
     formats = (".tflite",)
+    split_pool_delegates = frozenset({"builtin"})  # XNNPACK runs everything in one pool
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_tflite import to_tflite

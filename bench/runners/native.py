@@ -293,6 +293,7 @@ class BenchmarkModelRunner(NativeToolRunner):
     settings_fields = (("delegate", "delegate"),)
     formats = (".tflite",)
     delegates = ("xnnpack", "builtin", "gpu")
+    split_pool_delegates = frozenset({"builtin"})  # as LiteRTRunner
 
     def export(self, graph: LayerGraph) -> bytes:
         from latbench.bench.export.to_tflite import to_tflite

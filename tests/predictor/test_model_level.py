@@ -18,8 +18,10 @@ from latbench.predictor.latency_predictor import LatencyPredictor, fit_compositi
 from latbench.predictor.model_level import (
     COMPOSITION_TERMS,
     LAYOUT_TERMS,
+    POOL_SWITCHES,
     SCALE_BOUNDS,
     Composition,
+    pool_switches,
     runtime_terms,
     solve_composition,
 )
@@ -89,8 +91,9 @@ def bags(predictor, n: int, seed: int) -> list[list[OpSpec]]:
 def test_layout_terms_only_for_a_runtime_with_a_blocked_layout(predictor) -> None:
     """LiteRT computes in NHWC throughout: a composition fitted on its networks has no term for
     conversions into a blocked layout it never makes, whatever the networks' residuals say."""
-    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime") == COMPOSITION_TERMS
-    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime-perf-test") == COMPOSITION_TERMS
+    every_but_pools = tuple(t for t in COMPOSITION_TERMS if t != POOL_SWITCHES)
+    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime") == every_but_pools
+    assert runtime_terms(COMPOSITION_TERMS, "onnxruntime-perf-test") == every_but_pools
     for runtime in ("litert", "tflite-benchmark-model", "onnxruntime-cuda", "torch-cuda"):
         assert runtime_terms(COMPOSITION_TERMS, runtime) == (
             "per_kernel", "weight_mb", "streamed_weight_mb", "shared_s8_conv_gflops",
@@ -107,11 +110,72 @@ def test_layout_terms_only_for_a_runtime_with_a_blocked_layout(predictor) -> Non
                             true_latency(predictor, kernels, {}) + 0.05 * layout))
     ort = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="onnxruntime")
     assert ort.terms["layout_bytes"] == pytest.approx(0.05, rel=0.2)
-    assert "terms_not_for_runtime" not in ort.summary
+    assert ort.summary["terms_not_for_runtime"] == [POOL_SWITCHES]  # one thread pool
     litert = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="litert")
     assert {"per_kernel", "weight_mb"} <= set(litert.terms)
     assert not set(litert.terms) & LAYOUT_TERMS
-    assert sorted(litert.summary["terms_not_for_runtime"]) == sorted(LAYOUT_TERMS)
+    assert sorted(litert.summary["terms_not_for_runtime"]) == sorted(LAYOUT_TERMS
+                                                                     | {POOL_SWITCHES})
+
+
+def test_pool_switches_count_each_change_of_thread_pool_in_execution_order() -> None:
+    """GEMMs and depthwise convolutions run in two pools on LiteRT's built-in kernels: a
+    kernel switches where its pool differs from the one before it; a kernel without a pool
+    (an Add) breaks the chain; a fused mbconv block switches twice inside."""
+    conv = OpSpec("conv", h=16, w=16, cin=32, cout=32, kernel=1)
+    dw = OpSpec("dwconv", h=16, w=16, cin=32, kernel=3, pad=1)
+    add = OpSpec("add", h=16, w=16, cin=32)
+    block = OpSpec("mbconv", h=16, w=16, cin=32, cout=32, kernel=3, pad=1, expand=4)
+    assert pool_switches([conv, dw, conv, add, conv, block, dw]).tolist() == \
+        [0, 1, 1, 0, 0, 2, 1]
+    assert pool_switches([conv, conv, add, add]).tolist() == [0, 0, 0, 0]
+    assert pool_switches([]).tolist() == []
+
+
+def test_pool_switch_term_only_on_built_in_litert_kernels_at_several_threads() -> None:
+    """A switch costs only where a pool that just finished spins on a core the other pool
+    needs: TFLite's built-in kernels at 2+ threads, not XNNPACK's one pool, not 1 thread, not
+    ONNX Runtime."""
+    assert POOL_SWITCHES in runtime_terms(COMPOSITION_TERMS, "litert", delegate="builtin",
+                                          threads=2)
+    assert POOL_SWITCHES in runtime_terms(COMPOSITION_TERMS, "tflite-benchmark-model",
+                                          delegate="builtin", threads=4)
+    for runtime, delegate, threads in [("litert", "builtin", 1), ("litert", "xnnpack", 2),
+                                       ("litert", "", 2), ("onnxruntime", "", 2)]:
+        assert POOL_SWITCHES not in runtime_terms(COMPOSITION_TERMS, runtime,
+                                                  delegate=delegate, threads=threads)
+
+
+def test_fit_composition_recovers_the_cost_of_a_pool_switch(predictor) -> None:
+    """Networks that pay 0.4 ms per switch between the two pools (MobileNetV2s on LiteRT's
+    built-in int8 kernels at 2 threads ran 2.2-7x their kernels alone): the fit at 2 threads
+    finds the cost and prices networks it never saw; at 1 thread the term is not offered."""
+    def measured(kernels: list[OpSpec]) -> float:
+        return true_latency(predictor, kernels, {}) + 0.4 * float(pool_switches(kernels).sum())
+
+    calibration = [(f"n{i}", k, measured(k)) for i, k in enumerate(bags(predictor, 30, seed=4))]
+    fitted = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="litert",
+                             delegate="builtin", threads=2)
+    assert fitted.terms[POOL_SWITCHES] == pytest.approx(0.4, rel=0.1)
+    model = LatencyPredictor.from_kernels(predictor, call_overhead_ms=OVERHEAD_MS,
+                                          composition=fitted)
+    for kernels in bags(predictor, 10, seed=5):
+        switches = pool_switches(kernels).sum()
+        assert switches > 0
+        assert model.predict(kernels).predicted_ms == pytest.approx(measured(kernels),
+                                                                    rel=0.05)
+    # a lookup table's layers, or kernels each on their own, are no neighbours of each other
+    layers = bags(predictor, 3, seed=6)
+    each = model.group_ms(layers)
+    assert each.tolist() == pytest.approx([model.kernel_ms(k).sum() for k in layers])
+    flat = model.kernel_ms([s for k in layers for s in k]).sum()
+    assert flat - each.sum() == pytest.approx(0.4 * (
+        pool_switches([s for k in layers for s in k]).sum()
+        - sum(pool_switches(k).sum() for k in layers)), rel=0.1, abs=1e-6)
+    one_thread = fit_composition(predictor, calibration, OVERHEAD_MS, runtime="litert",
+                                 delegate="builtin", threads=1)
+    assert POOL_SWITCHES not in one_thread.terms
+    assert POOL_SWITCHES in one_thread.summary["terms_not_for_runtime"]
 
 
 @pytest.mark.parametrize("kind", ["mbconv", "conv", "dwconv"])
