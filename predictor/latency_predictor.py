@@ -518,6 +518,8 @@ class LatencyPredictor:
         calibration = {key: composition[key] for key in (
             "networks", "rmspe_pct_sum", "rmspe_pct_composed", "rmspe_pct_loo",
             "underprediction_p95_loo_pct") if key in composition}
+        if self.composition_.terms:
+            calibration["terms"] = dict(self.composition_.terms)
         if at_bound := self.composition_.scales_at_bound():
             calibration["scales_at_bound"] = at_bound
         if "weights" in composition:

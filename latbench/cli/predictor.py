@@ -109,6 +109,8 @@ def _print_fit(predictor: Any, several: bool) -> None:
               f"{calibration['rmspe_pct_composed']:.2f}% composed, "
               + (f"{loo:.2f}% leave-one-out, " if loo is not None else "")
               + f"{calibration['rmspe_pct_sum']:.2f}% as the plain sum of kernels")
+        if terms := calibration.get("terms"):
+            print(_terms_text(terms))
         if at_bound := calibration.get("scales_at_bound"):
             print(_at_bound_text(at_bound))
         if downweighted := calibration.get("downweighted"):
@@ -125,6 +127,16 @@ def _print_fit(predictor: Any, several: bool) -> None:
     print(f"platform {predictor.platform}: device {info['device']}, runtime {info['runtime']} "
           f"{info['runtime_version']}, statistic {info['statistic']}, call overhead "
           f"{summary['call_overhead_ms']:.4f} ms")
+
+
+def _terms_text(terms: dict[str, float]) -> str:
+    """The composition terms the fit kept, each in ms per its unit (docs/predictors.md,
+    *Composition terms*)."""
+    from latbench.predictor.model_level import TERM_UNITS
+
+    return "composition terms kept: " + ", ".join(
+        f"{name} {coef:+.4f} ms per {TERM_UNITS.get(name, 'unit')}"
+        for name, coef in sorted(terms.items()))
 
 
 def _at_bound_text(at_bound: dict[str, float]) -> str:

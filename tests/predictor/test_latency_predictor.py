@@ -98,6 +98,8 @@ def test_fit_learns_everything_and_summarises_it(macro_linear) -> None:
     composition = predictor.composition_.summary
     assert summary["calibration"]["networks"] == 60 == len(predictor.calibration_keys)
     assert summary["calibration"]["rmspe_pct_loo"] == composition["rmspe_pct_loo"]
+    assert summary["calibration"]["terms"] == predictor.composition_.terms
+    assert "per_kernel" in summary["calibration"]["terms"]
     assert summary["safety_margin"] == predictor.safety_margin() == \
         composition["underprediction_p95_loo_pct"] / 100
     # all of it in the manifest
@@ -410,6 +412,7 @@ def test_fit_command_prints_the_summary(tmp_path: Path, capsys) -> None:
     assert code == 0
     for needle in ("CV RMSPE %", "CV within 10%", "training range", "mbconv", "MFLOPs",
                    "calibration on 60 measured networks", "leave-one-out",
+                   "composition terms kept: ", "per_kernel ", " ms per kernel",
                    "safety margin for searches: "):
         assert needle in text, needle
     code, text, _ = run(capsys, "predictor", "fit", "--data", str(MACRO), "--out", str(out),
