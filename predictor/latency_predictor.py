@@ -101,9 +101,8 @@ def fit_composition(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], fl
                     threads: int = 1) -> Composition:
     """The composition fitted on the calibration `networks` (key, kernels, ms) that `kernels`
     can price: the `terms` that apply to `runtime` under `delegate` at `threads`
-    (`runtime_terms`) only with
-    MIN_NETWORKS_FOR_TERMS of them, the optional ones only where they lower the leave-one-out
-    error; none without networks."""
+    (`runtime_terms`) only with MIN_NETWORKS_FOR_TERMS of them, the optional ones only where
+    they lower the leave-one-out error; none without networks."""
     networks = [n for n in networks if can_price(kernels, list(n[1]))]
     if not networks:
         return Composition()

@@ -190,15 +190,13 @@ SHARED_S8 = "shared_s8_conv_gflops"
 QUANTIZE_IO = "quantize_io_mb"
 QUANTIZE_FREE_BYTES = 100_000
 POOL_SWITCHES = "pool_switches"
-COMPOSITION_TERMS = ("per_kernel", "layout_bytes", "weight_mb", "aligned_conv_gflops",
-                     "spilled_layout_mb", "unaligned_add_pool_mb", STREAMED, SHARED_S8,
-                     QUANTIZE_IO, POOL_SWITCHES)
-# What one unit of each term is, for people reading a fit (`predictor fit` prints the
-# coefficients kept in ms per unit).
+# Every term with what one unit of it is, for people reading a fit (`predictor fit` prints the
+# coefficients kept in ms per unit); the terms in the order a fit tries them.
 TERM_UNITS = {"per_kernel": "kernel", "layout_bytes": "MB", "weight_mb": "MB",
               "aligned_conv_gflops": "GFLOP", "spilled_layout_mb": "MB",
               "unaligned_add_pool_mb": "MB", STREAMED: "MB", SHARED_S8: "GFLOP",
               QUANTIZE_IO: "MB", POOL_SWITCHES: "switch"}
+COMPOSITION_TERMS = tuple(TERM_UNITS)
 WEIGHT_CACHE_MB = (4.0, 8.0, 16.0, 32.0, 64.0)
 # Terms of a runtime that converts tensors into a blocked channel layout and out of it (ONNX
 # Runtime's NCHWc on the CPU; a runner's `blocked_layout`): on LiteRT, which computes in the

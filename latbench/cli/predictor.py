@@ -135,7 +135,7 @@ def _terms_text(terms: dict[str, float]) -> str:
     from latbench.predictor.model_level import TERM_UNITS
 
     return "composition terms kept: " + ", ".join(
-        f"{name} {coef:+.4f} ms per {TERM_UNITS.get(name, 'unit')}"
+        f"{name} {coef:+.4f} ms per {TERM_UNITS[name]}"
         for name, coef in sorted(terms.items()))
 
 
