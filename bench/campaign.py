@@ -943,6 +943,23 @@ def _check_thread_counts(config: CampaignConfig, facts: Mapping[str, dict[str, A
                               f"{device}")
 
 
+def split_pool_advice(runtime: str, config: CampaignConfig, facts: Mapping[str, Any]) -> str:
+    """Why a campaign of TFLite's built-in kernels at as many threads as the device has cores
+    measures a noisy platform ("" otherwise): their two thread pools' workers and the calling
+    thread outnumber the cores, the pools collide, and a network's fastest call moved up to
+    3.8x between runs on a 2-core machine (docs/predictors.md, *Two thread pools*)."""
+    runner = RUNNERS.get(runtime)
+    threads = max(config.thread_counts or (config.settings.threads,))
+    cores = facts.get("cores")
+    if (runner is None or config.settings.delegate not in runner.split_pool_delegates
+            or threads < 2 or not isinstance(cores, int) or threads < cores):
+        return ""
+    return (f"{runtime}'s {config.settings.delegate} kernels run two thread pools: at "
+            f"{threads} threads on {cores} cores they collide (about 0.4 ms per switch, priced) "
+            "and a network's time moves between runs by more than predictions can follow; "
+            f"fewer threads than cores, or the XNNPACK delegate, measure a steadier platform")
+
+
 def _check_kernel_precisions(subjects: Sequence[Subject],
                              lanes: Mapping[str, tuple[Mapping[str, Any], Sequence[str]]]
                              ) -> None:
@@ -1146,6 +1163,10 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
         facts = fetch_facts(device)
         _check_thread_counts(config, {device.name: facts})
         _check_kernel_precisions(subjects, {device.name: (facts, [runtime])})
+        advice = split_pool_advice(runtime, config, facts)
+        if advice:
+            log.info("%s", advice)
+            progress.note(device.name, advice)
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "device": device.name,
@@ -1207,10 +1228,16 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
         checks = check_devices(devices, check_timeout_s)
         _check_thread_counts(config, {c.device: c.facts for c in checks if c.reachable})
         by_name = {d.name: d for d in devices}
-        _check_kernel_precisions(subjects, {
-            c.device: (c.facts, [r for r in by_name[c.device].runtimes
-                                 if runtimes is None or r in runtimes])
-            for c in checks if c.reachable})
+        measured = {c.device: (c.facts, [r for r in by_name[c.device].runtimes
+                                         if runtimes is None or r in runtimes])
+                    for c in checks if c.reachable}
+        _check_kernel_precisions(subjects, measured)
+        for name, (facts, device_runtimes) in measured.items():
+            for runtime in device_runtimes:
+                advice = split_pool_advice(runtime, config, facts)
+                if advice:
+                    log.info("%s: %s", name, advice)
+                    progress.note(name, advice)
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "host_software": software_versions(),

@@ -132,6 +132,23 @@ def test_bench_ops_refuses_more_threads_than_cores(capsys: pytest.CaptureFixture
     assert stdout == "" and list(tmp_path.iterdir()) == []
 
 
+def test_bench_ops_says_when_builtin_pools_fill_the_cores(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    """LiteRT's built-in kernels at as many threads as the machine has cores: the campaign
+    measures, and says first why that platform is noisy (never below 2 threads)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    out = tmp_path / "dataset"
+    code, stdout, err = run(capsys, "bench", "ops", "--plan", "quick", "--limit", "1",
+                            "--runtime", "litert", "--delegate", "builtin", "--threads",
+                            str(cores), "--out", str(out))
+    assert code == 0, err
+    said = f"litert's builtin kernels run two thread pools: at {cores} threads on {cores} cores"
+    assert (said in stdout + err) == (cores >= 2)
+    assert len(LatencyDataset.open(out).records()) == 1
+
+
 @pytest.mark.skipif(platform.machine().lower() in ARM64_MACHINES,
                     reason="ONNX Runtime computes float16 on ARM64: nothing is refused")
 def test_bench_ops_refuses_onnxruntime_fp16_kernels_off_arm64(

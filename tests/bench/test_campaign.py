@@ -25,6 +25,7 @@ from latbench.bench.campaign import (
     network_kernels,
     plan_batches,
     run_campaign,
+    split_pool_advice,
 )
 from latbench.bench.ops import OpSpec
 from latbench.bench.runners import BatchResult, ModelFile, OnnxRuntimeRunner, RunSettings
@@ -608,3 +609,23 @@ def test_lock_waits_up_to_its_timeout_is_reentrant_and_leaves_no_folder(tmp_path
         config(lock_wait_s=-1)
     with pytest.raises(ConfigError, match="must be >= 0 seconds"):
         config(lock_wait_s=float("nan"))
+
+
+def test_split_pool_advice_only_where_the_two_pools_fill_the_cores() -> None:
+    """TFLite's built-in kernels at as many threads as cores: the campaign says the platform
+    is noisy (the pools collide); one pool, one thread or spare cores: nothing."""
+    builtin = dataclasses.replace(SETTINGS, threads=2, delegate="builtin")
+    advice = split_pool_advice("litert", config(settings=builtin), {"cores": 2})
+    assert "builtin kernels run two thread pools" in advice
+    assert "at 2 threads on 2 cores" in advice and "XNNPACK" in advice
+    assert split_pool_advice("tflite-benchmark-model", config(settings=builtin), {"cores": 2})
+    # a thread sweep reaching the cores counts too
+    swept = config(settings=dataclasses.replace(builtin, threads=1), thread_counts=(1, 4))
+    assert "at 4 threads on 4 cores" in split_pool_advice("litert", swept, {"cores": 4})
+    quiet = [("litert", config(settings=builtin), {"cores": 4}),  # spare cores
+             ("litert", config(settings=dataclasses.replace(builtin, threads=1)), {"cores": 1}),
+             ("litert", config(settings=dataclasses.replace(builtin, delegate="xnnpack")),
+              {"cores": 2}),
+             ("onnxruntime", config(settings=builtin), {"cores": 2}),
+             ("litert", config(settings=builtin), {})]  # cores unknown
+    assert [split_pool_advice(*case) for case in quiet] == [""] * len(quiet)
