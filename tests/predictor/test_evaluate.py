@@ -23,6 +23,7 @@ from latbench.predictor.evaluate import (
     NetworkTimes,
     error_metrics,
     evaluate,
+    fast_mode_keys,
     log_ticks,
     network_kernels,
     readable_log_axes,
@@ -275,11 +276,12 @@ def test_evaluate_in_passes_scores_the_median(fitted, tmp_path: Path) -> None:
     statistic = manifest["statistic"]
     folders = [tmp_path / "eval" / name for name in ("networks", "networks-pass2",
                                                       "networks-pass3")]
-    per_pass = []
+    per_pass, split = [], set()
     for folder in folders:
         records = LatencyDataset.open(folder).records()
         assert sorted(records["key"]) == sorted(NETWORKS)  # every network once per pass
         per_pass.append(dict(zip(records["key"], records[statistic], strict=True)))
+        split |= fast_mode_keys(records)
     table = report.table.set_index("network")
     for key in NETWORKS:
         assert table.loc[key, "measured_ms"] == pytest.approx(
@@ -287,6 +289,9 @@ def test_evaluate_in_passes_scores_the_median(fitted, tmp_path: Path) -> None:
     assert report.campaign.measured == 12 and report.campaign.total == 12
     assert report.measurement.startswith("Networks measured in 3 passes, scored against the "
                                          "median; spread between the passes per network")
+    # networks with a call under half their median are counted, and only then
+    assert (f"{len(split)} of {len(NETWORKS)} networks had a call under 1/2 of their median"
+            in report.measurement) == bool(split)
     assert report.measurement in write_report(report, tmp_path / "out")["markdown"].read_text()
     again = evaluate(predictor, networks, device, tmp_path / "eval", passes=3)
     assert again.campaign.skipped == 12 and again.campaign.measured == 0
@@ -314,6 +319,20 @@ def test_network_times_median_and_spread() -> None:
     assert bursty.note().startswith("Networks measured in one pass while the device had slow "
                                     "phases (3 batch(es) measured again, 0 stored slow)")
     assert "--passes 3" in bursty.note()
+    # networks with a fast mode in any pass are counted once each
+    modes = NetworkTimes([{"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 3.1, "b": 2.0, "c": 3.0}],
+                         CampaignSummary(), fast_mode=[{"a"}, {"a", "c"}])
+    assert modes.note().endswith(" 2 of 3 networks had a call under 1/2 of their median in a "
+                                 "visit: a rare fast mode that the fastest call catches in some "
+                                 "visits and not in others, so their measured time is not "
+                                 "repeatable.")
+    assert "fast mode" not in times.note()  # none flagged: nothing said
+
+
+def test_fast_mode_keys_are_a_median_twice_the_fastest_call() -> None:
+    records = pd.DataFrame({"key": ["lucky", "noisy", "steady", "edge"],
+                            "min_ms": [1.2, 3.0, 1.0, 1.0], "median_ms": [4.5, 4.4, 1.05, 2.0]})
+    assert fast_mode_keys(records) == {"lucky", "edge"}
 
 
 def test_times_at_the_dataset_speed_scale_each_pass_by_its_probe() -> None:
