@@ -137,7 +137,7 @@ def interval_metrics(table: pd.DataFrame) -> dict[str, float] | None:
 
 LEVEL_WARNING = 0.05  # probe shift against the predictor's dataset worth a warning
 # A network whose median is this many times its fastest call in a visit ran in a rare fast mode
-# (every held-out network of 9 platforms measured here stayed under 1.6x but LiteRT's built-in
+# (every held-out network of 9 platforms measured here stayed at 1.62x or less but LiteRT's built-in
 # INT8 kernels at 2 threads on 2 cores, with 7-10 of 70 over 2x; BENCHMARKS.md).
 FAST_MODE_RATIO = 2.0
 # A network counts as priced in range when this share of its predicted time comes from kernels
