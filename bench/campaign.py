@@ -960,6 +960,18 @@ def split_pool_advice(runtime: str, config: CampaignConfig, facts: Mapping[str, 
             f"fewer threads than cores, or the XNNPACK delegate, measure a steadier platform")
 
 
+def _note_split_pools(config: CampaignConfig,
+                      lanes: Mapping[str, tuple[Mapping[str, Any], Sequence[str]]],
+                      progress: ProgressSink) -> None:
+    """Says `split_pool_advice` for each device and runtime to be measured (`lanes`: device
+    name -> (its facts, the runtimes measuring it), as `_check_kernel_precisions` takes)."""
+    for device, (facts, runtimes) in lanes.items():
+        for runtime in runtimes:
+            if advice := split_pool_advice(runtime, config, facts):
+                log.info("%s: %s", device, advice)
+                progress.note(device, advice)
+
+
 def _check_kernel_precisions(subjects: Sequence[Subject],
                              lanes: Mapping[str, tuple[Mapping[str, Any], Sequence[str]]]
                              ) -> None:
@@ -1162,11 +1174,9 @@ def measure_into_dataset(subjects: Sequence[Subject], device: Device, runtime: s
     with campaign_lock(out, config.lock_wait_s, _lock_note(progress, Path(out))):
         facts = fetch_facts(device)
         _check_thread_counts(config, {device.name: facts})
-        _check_kernel_precisions(subjects, {device.name: (facts, [runtime])})
-        advice = split_pool_advice(runtime, config, facts)
-        if advice:
-            log.info("%s", advice)
-            progress.note(device.name, advice)
+        lanes = {device.name: (facts, [runtime])}
+        _check_kernel_precisions(subjects, lanes)
+        _note_split_pools(config, lanes, progress)
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "device": device.name,
@@ -1232,12 +1242,7 @@ def measure_fleet_into_dataset(subjects: Sequence[Subject], devices: Sequence[De
                                          if runtimes is None or r in runtimes])
                     for c in checks if c.reachable}
         _check_kernel_precisions(subjects, measured)
-        for name, (facts, device_runtimes) in measured.items():
-            for runtime in device_runtimes:
-                advice = split_pool_advice(runtime, config, facts)
-                if advice:
-                    log.info("%s: %s", name, advice)
-                    progress.note(name, advice)
+        _note_split_pools(config, measured, progress)
         dataset = LatencyDataset.create(out, {
             **(card or {}),
             "host_software": software_versions(),
