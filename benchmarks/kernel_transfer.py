@@ -56,6 +56,8 @@ from latbench.predictor.training import calibration_networks, select_records  # 
 HELD_OUT = "nasbench-macro:50,mobilenetv2:5,resnet:5,resnet50:5,vit:5"  # platform_matrix's
 PAIRS = (("onnxruntime_fp32_1t", "litert-xnnpack_fp32_1t"),
          ("litert-xnnpack_fp32_1t", "onnxruntime_fp32_1t"),
+         ("onnxruntime_fp32_1t", "litert-builtin_fp32_1t"),
+         ("litert-builtin_fp32_1t", "onnxruntime_fp32_1t"),
          ("onnxruntime_fp32_1t", "onnxruntime_fp32_2t"),
          ("onnxruntime_fp32_2t", "onnxruntime_fp32_1t"),
          ("litert-xnnpack_fp32_1t", "litert-xnnpack_fp32_2t"),
@@ -151,7 +153,18 @@ def run_pair(sources: list[TransferSource], target: Target, fraction: float
     return {"kernels": len(rows), "networks": len(networks),
             "minutes": spent / 60, "share": spent / target.seconds,
             "cv": transfer.info_["transfer"]["cv"],
+            "priced_by": transfer.info_["transfer"]["networks_priced_by"],
             "transfer": target.score(transfer), "alone": target.score(alone)}
+
+
+def priced_by(choice: dict[str, object]) -> str:
+    """`kernel map` or `ratio x0.59`, with the networks' leave-one-out errors that chose it."""
+    kernel = choice.get("kernel_map_loo_pct")
+    ratio = choice.get("network_ratio_loo_pct")
+    errors = " / ".join("-" if e is None else f"{e:.1f}" for e in (kernel, ratio))
+    what = f"ratio x{choice['ratio']:.3g}" if choice["chosen"] == "network ratio" \
+        else "kernel map"
+    return f"{what} (LOO {errors}%)"
 
 
 def pct(value: float) -> str:
@@ -184,8 +197,8 @@ def main() -> int:
     targets: dict[str, Target] = {}
     lines = ["| source -> target | budget | measured min (share) | kernels + networks | "
              "transfer within 10% / RMSPE % | alone within 10% / RMSPE % | kernel LOO map / "
-             "alone % | full campaign within 10% / RMSPE % (min) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "alone % | networks priced by | full campaign within 10% / RMSPE % (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for src_label, tgt_label in pairs:
         labels = src_label.split(SOURCES_JOIN)
@@ -195,7 +208,8 @@ def main() -> int:
         sources = []
         for label, folder in zip(labels, folders[:-1], strict=True):
             full_source = LatencyPredictor.load(folder / "predictor")
-            sources.append(TransferSource(label, full_source.platform, full_source.kernels_))
+            sources.append(TransferSource(label, full_source.platform, full_source.kernels_,
+                                          full_source))
         if tgt_label not in targets:
             targets[tgt_label] = Target(tgt_label, folders[-1], cache)
         target = targets[tgt_label]
@@ -205,7 +219,7 @@ def main() -> int:
                 r = run_pair(sources, target, fraction)
             except ConfigError as exc:  # below the least budget that covers every kind
                 lines.append(f"| {src_label} -> {tgt_label} | {pct(fraction)} | {exc} "
-                             "| | | | | |")
+                             "| | | | | | |")
                 print(lines[-1], flush=True)
                 continue
             t, a, cv = r["transfer"], r["alone"], r["cv"]
@@ -217,6 +231,7 @@ def main() -> int:
                 f"{pct(t['within10'])} / {t['rmspe_pct']:.1f} | "
                 f"{pct(a['within10'])} / {a['rmspe_pct']:.1f} | "
                 f"{cv['map_loo_pct'] or 0:.1f} / {cv['alone_loo_pct'] or 0:.1f} | "
+                f"{priced_by(r['priced_by'])} | "
                 f"{pct(full['within10'])} / {full['rmspe_pct']:.1f} "
                 f"({target.seconds / 60:.1f}) |")
             print(lines[-1], flush=True)
@@ -234,7 +249,10 @@ def main() -> int:
         f"`{HELD_OUT}` (seed {HELD_OUT_SEED}), measured on the target by `predictor eval`. "
         "Alone: the sample fitted with the default kernel model (xgboost) and the same "
         "calibration networks. Kernel LOO: the median leave-one-out error of the map and of "
-        "the sample alone (log-linear) on the measured kernels.", "",
+        "the sample alone (log-linear) on the measured kernels. Networks priced by: the "
+        "kernel map with its composition, or a source's whole predictor times one ratio, "
+        "whichever the sampled calibration networks' leave-one-out error (kernel map / "
+        "ratio) favours.", "",
         *lines, "",
         f"Target (within 10% >= 95% with at most 10% of the campaign): met by {met} of "
         f"{len(at10)} pairs at the 10% budget. The transfer beats the sample alone in {wins} "

@@ -28,7 +28,10 @@ The sample (`sample_transfer`) is chosen before measuring, within a device-time 
 kind the target plan needs first, then kernels where the sources disagree, where the map is
 least certain and that cover each kind's feature space (farthest point), and a share of the
 budget for the plan's calibration networks, which fit the target's composition
-(`solve_composition`) exactly as `LatencyPredictor.fit` does. `KernelTransferPredictor` is a
+(`solve_composition`) exactly as `LatencyPredictor.fit` does. Where a source's whole predictor
+times one ratio prices those networks better by leave-one-out (`network_ratio_predictor`: one
+runtime at another thread count, whose lone kernels speed up unlike its networks), that
+prices networks instead. `KernelTransferPredictor` is a
 registered kernel predictor: it saves each source's model of every kind inside its own folder,
 so a transferred predictor loads, predicts and is evaluated like any other.
 """
@@ -90,6 +93,9 @@ SAMPLE_SEED = 0
 # CPU features (the device facts' `cpu_features`) that are matrix units, and the precision they
 # compute in: on a CPU with one, kernels of that precision run on other hardware than fp32's.
 MATRIX_UNITS = {"amx_int8": "int8", "amx_fp16": "float16", "sme": "int8"}
+# The network ratio (`network_ratio_predictor`) is tried against the kernel map with at least
+# this many calibration networks measured: its leave-one-out error needs two left in.
+MIN_RATIO_NETWORKS = 3
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -100,6 +106,7 @@ class TransferSource:
     label: str  # how the user named it (PATH or PATH@SLUG)
     platform: Platform
     kernels: Any  # a fitted KernelPredictor
+    predictor: Any = None  # its LatencyPredictor (composition, call overhead): network ratio
 
     def log_ms(self, specs: Sequence[OpSpec]) -> np.ndarray:
         """Log of the predicted kernel ms of `specs`, each asked at the source's precision."""
@@ -149,7 +156,7 @@ def load_source(entry: str) -> TransferSource:
                           f"{', '.join(sorted(p.slug() for p in folders))}")
     else:
         predictor = LatencyPredictor.load(path)
-    return TransferSource(entry, predictor.platform, predictor.kernels_)
+    return TransferSource(entry, predictor.platform, predictor.kernels_, predictor)
 
 
 def matrix_unit_advice(sources: Sequence[TransferSource], target: Platform,
@@ -869,12 +876,83 @@ def transfer_predictor(sources: Sequence[TransferSource], specs: Sequence[OpSpec
     """A LatencyPredictor from the measured sample: the kernel map fitted on (`specs`,
     `kernel_ms`) and the composition on the measured `networks` (key, kernels, ms), as
     `LatencyPredictor.fit` does; training ranges (and fused blocks priced whole) of
-    `ranges_from` (the target plan's kernels, which the sources price)."""
+    `ranges_from` (the target plan's kernels, which the sources price). Where a source's whole
+    predictor times one ratio prices the networks better by leave-one-out
+    (`network_ratio_predictor`, MIN_RATIO_NETWORKS), that instead; `info_["transfer"]
+    ["networks_priced_by"]` says which and both errors."""
     kernels = KernelTransferPredictor().fit(specs, kernel_ms, sources=sources)
     predictor = compose(kernels, networks, call_overhead_ms, info=info,
                         ranges_from=ranges_from or specs)
-    predictor.info_.setdefault("transfer", {})["cv"] = kernels.cv_
+    kernel_loo = predictor.composition_.summary.get("rmspe_pct_loo")
+    choice: dict[str, Any] = {"chosen": "kernel map", "kernel_map_loo_pct": kernel_loo}
+    if len(networks) >= MIN_RATIO_NETWORKS:
+        tried = [network_ratio_predictor(source, kernels, networks, info=info,
+                                         ranges_from=ranges_from or specs)
+                 for source in sources if source.predictor is not None]
+        if tried:
+            best = min(tried, key=lambda p: p.composition_.summary["rmspe_pct_loo"])
+            summary = best.composition_.summary
+            choice.update(source=summary["source"], ratio=summary["network_ratio"],
+                          network_ratio_loo_pct=summary["rmspe_pct_loo"])
+            if kernel_loo is None or summary["rmspe_pct_loo"] < kernel_loo:
+                predictor, choice["chosen"] = best, "network ratio"
+    transfer = predictor.info_.setdefault("transfer", {})
+    transfer["cv"], transfer["networks_priced_by"] = kernels.cv_, choice
     return predictor
+
+
+def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPredictor,
+                            networks: Sequence[tuple[str, list[OpSpec], float]], *,
+                            info: dict[str, Any] | None = None,
+                            ranges_from: Sequence[OpSpec] = ()) -> Any:
+    """The source's whole predictor (its kernels, composition and call overhead) times one
+    ratio: the median over the measured `networks` of measured / the source's prediction. Its
+    composition summary holds the ratio and the networks' leave-one-out error, which
+    `transfer_predictor` weighs against the kernel map's.
+
+    Why: between thread counts of one runtime a network's latency is its source's times a
+    near-constant (LiteRT XNNPACK fp32, 2 threads over 1: log sd 0.064 over 70 held-out
+    networks), while kernels timed alone speed up by a ratio that bends with their size, which
+    a composition fitted on a handful of networks must then undo. Kept a sum over kernels (each
+    kernel is the source's times the ratio, term coefficients and call overhead too), so it
+    saves, loads and serves latency tables like any predictor."""
+    from latbench.predictor.intervals import ratio_quantiles
+    from latbench.predictor.latency_predictor import LatencyPredictor
+    from latbench.predictor.model_level import Composition
+
+    full = source.predictor
+
+    def scaled(ratio: float, summary: dict[str, Any]) -> Any:
+        kernels = KernelTransferPredictor()
+        kernels.models_ = {kind: KindTransfer(
+            "map", [_one_kind(source.kernels, kind)], [source.platform.precision],
+            [source.label], math.log(ratio), np.ones(1)) for kind in kernel_map.kinds}
+        kernels.n_train_ = dict(kernel_map.n_train_)
+        kernels.feature_version_ = kernel_map.feature_version_
+        kernels.cv_ = kernel_map.cv_
+        composition = Composition(
+            dict(full.composition_.kind_scale),
+            {t: ratio * c for t, c in full.composition_.terms.items()}, summary)
+        return LatencyPredictor.from_kernels(
+            kernels, call_overhead_ms=ratio * full.call_overhead_ms_, composition=composition,
+            info=info, ranges_from=ranges_from)
+
+    cache = full.composition_.weight_cache_mb  # the streamed-weights term's cache size
+    kept = {} if cache is None else {"weight_cache_mb": cache}
+    base = scaled(1.0, kept)
+    measured = np.array([ms for _, _, ms in networks], dtype=np.float64)
+    priced = np.array([base.predict(list(kernels)).predicted_ms for _, kernels, _ in networks])
+    logs = np.log(measured / priced)
+    ratio = float(np.exp(np.median(logs)))
+    loo = np.array([priced[i] * np.exp(np.median(np.delete(logs, i)))
+                    for i in range(len(logs))])
+    summary: dict[str, Any] = {
+        **kept, "networks": len(networks), "keys": [key for key, _, _ in networks],
+        "source": source.label, "network_ratio": ratio,
+        "rmspe_pct_composed": float(100 * np.sqrt(np.mean((ratio * priced / measured - 1) ** 2))),
+        "rmspe_pct_loo": float(100 * np.sqrt(np.mean((loo / measured - 1) ** 2))),
+        "loo_ratio_quantiles": ratio_quantiles(measured, loo)}
+    return scaled(ratio, summary)
 
 
 def compose(kernels: Any, networks: Sequence[tuple[str, list[OpSpec], float]],

@@ -93,6 +93,9 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     transfer = predictor.info_["transfer"]
     assert transfer["kernels_measured"] >= 3 and transfer["sources"][0]["source"] == str(source)
     assert transfer["advice"] == []  # fp32 from fp32: no matrix unit in between
+    # two calibration networks: too few to weigh a network ratio against the kernel map
+    assert transfer["networks_priced_by"]["chosen"] == "kernel map"
+    assert "networks priced by the kernel map with its composition" in stdout
     # the device's vector and matrix extensions travel from its facts to the predictor
     assert predictor.info_["dataset"]["cpu_features"] == \
         parse_cpu_features(Path("/proc/cpuinfo").read_text())
@@ -109,3 +112,18 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
     assert again["minutes_spent"] > transfer["minutes_spent"]
     assert LatencyDataset.open(data).card["transfer_seconds"] == \
         pytest.approx(60 * again["minutes_spent"])
+
+
+def test_the_output_says_what_prices_networks_and_why():
+    from latbench.cli.transfer import _networks_priced_by
+
+    ratio = _networks_priced_by({"chosen": "network ratio", "kernel_map_loo_pct": 14.14,
+                                 "source": "preds/2t", "ratio": 1.8065,
+                                 "network_ratio_loo_pct": 5.13})
+    assert ratio.startswith("networks priced by preds/2t's predictor x1.81 (5.1%), not the "
+                            "kernel map with its composition (14.1%)")
+    kernel = _networks_priced_by({"chosen": "kernel map", "kernel_map_loo_pct": 5.94,
+                                  "source": "preds/1t", "ratio": 0.59,
+                                  "network_ratio_loo_pct": 9.64})
+    assert kernel.startswith("networks priced by the kernel map with its composition (5.9%), "
+                             "not preds/1t's predictor x0.59 (9.6%)")

@@ -159,10 +159,25 @@ def cmd_transfer(args: argparse.Namespace) -> int:
           f"measured in {transfer['minutes_spent']:.1f} min (budget {args.budget_minutes:g}); "
           f"kernel leave-one-out error: map {_pct(cv['map_loo_pct'])}%, sample alone "
           f"{_pct(cv['alone_loo_pct'])}%, chosen {_pct(cv['chosen_loo_pct'])}%")
+    print(_networks_priced_by(transfer["networks_priced_by"]))
     for advice in transfer.get("advice") or ():
         print(f"note: {advice}")
     print(f"predictor written to {args.out} (measurements in {data})")
     return 0
+
+
+def _networks_priced_by(choice: dict[str, Any]) -> str:
+    """Which of the kernel map and a source's predictor times one ratio prices networks, with
+    the measured calibration networks' leave-one-out errors that chose it."""
+    kernel = f"the kernel map with its composition ({_pct(choice['kernel_map_loo_pct'])}%)"
+    if "network_ratio_loo_pct" not in choice:
+        return (f"networks priced by {kernel}, leave-one-out over the measured calibration "
+                "networks")
+    ratio = (f"{choice['source']}'s predictor x{choice['ratio']:.3g} "
+             f"({_pct(choice['network_ratio_loo_pct'])}%)")
+    first, second = (ratio, kernel) if choice["chosen"] == "network ratio" else (kernel, ratio)
+    return (f"networks priced by {first}, not {second}: leave-one-out error over the measured "
+            "calibration networks")
 
 
 def _pct(value: float | None) -> str:

@@ -427,3 +427,80 @@ def test_an_int8_bmm_form_is_its_own_group():
         kernel_transfer.shape_group(bmm) + "/symmetric"
     assert kernel_transfer.shape_group(OpSpec("conv", h=8, w=8, cin=8, cout=8, kernel=3)) \
         == "k3x3s1"
+
+
+def ratio_case(synthetic, network_ms):
+    """A source with a whole predictor (composition, call overhead) and the synthetic sample
+    with nine calibration networks whose measured ms is `network_ms(kernels, source's
+    prediction)`; the transfer and the source predictor."""
+    from latbench.predictor.model_level import Composition
+
+    specs, target, source, train = synthetic
+    full = LatencyPredictor.from_kernels(
+        source.kernels, call_overhead_ms=0.02,
+        composition=Composition({"conv": 1.1, "dwconv": 0.9}, {}, {"networks": 9}),
+        info={"platform": SOURCE.to_json()}, ranges_from=specs)
+    whole = TransferSource("whole", SOURCE, source.kernels, full)
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    networks = [(f"net{i}", sample[i::9], network_ms(sample[i::9],
+                                                     full.predict(sample[i::9]).predicted_ms))
+                for i in range(9)]
+    predictor = transfer_predictor([whole], sample, target[train], 0.01, networks,
+                                   info={"platform": TARGET.to_json(), "device": "box",
+                                         "runtime": "litert"}, ranges_from=specs)
+    return predictor, full
+
+
+def test_networks_at_a_constant_ratio_of_the_source_are_priced_by_it(synthetic, tmp_path):
+    # kernels timed alone follow FACTOR * source ** 0.9 per kind, whole networks 0.6x the
+    # source's prediction (a second thread: networks speed up, lone kernels barely)
+    rng = np.random.default_rng(1)
+    predictor, full = ratio_case(synthetic,
+                                 lambda _, ms: float(0.6 * ms * np.exp(rng.normal(0, 0.01))))
+    chosen = predictor.info_["transfer"]["networks_priced_by"]
+    assert chosen["chosen"] == "network ratio" and chosen["source"] == "whole"
+    assert chosen["ratio"] == pytest.approx(0.6, rel=0.02)
+    assert chosen["network_ratio_loo_pct"] < 3 < chosen["kernel_map_loo_pct"]
+    specs = synthetic[0]
+    for start in range(0, 60, 6):  # networks of kernels never measured on the target
+        held = specs[start + 100:start + 106]
+        assert predictor.predict(held).predicted_ms == pytest.approx(
+            0.6 * full.predict(held).predicted_ms, rel=0.02)
+    path = predictor.save(tmp_path / "pred")
+    loaded = LatencyPredictor.load(path)
+    assert loaded.predict(specs[:12]).predicted_ms == pytest.approx(
+        predictor.predict(specs[:12]).predicted_ms, rel=1e-9)
+    assert loaded.composition_.summary["network_ratio"] == pytest.approx(chosen["ratio"])
+    assert loaded.platform == TARGET
+
+
+def test_networks_that_follow_their_kernels_keep_the_kernel_map(synthetic):
+    specs, target, _, train = synthetic
+    measured = dict(zip((s.key() for s in specs), target, strict=True))
+    predictor, _ = ratio_case(synthetic,
+                              lambda kernels, _: 1.1 * sum(measured[k.key()] for k in kernels))
+    chosen = predictor.info_["transfer"]["networks_priced_by"]
+    assert chosen["chosen"] == "kernel map"
+    assert chosen["kernel_map_loo_pct"] < chosen["network_ratio_loo_pct"]
+    assert "network_ratio" not in predictor.composition_.summary
+
+
+def test_the_ratio_needs_three_networks_and_a_source_with_its_whole_predictor(synthetic):
+    specs, target, source, train = synthetic
+    predictor, full = ratio_case(synthetic, lambda _, ms: 0.6 * ms)
+    whole = TransferSource("whole", SOURCE, source.kernels, full)
+    sample = [s for s, keep in zip(specs, train, strict=True) if keep]
+    two = [(f"net{i}", sample[i::9], 0.6 * full.predict(sample[i::9]).predicted_ms)
+           for i in range(2)]
+    info = {"platform": TARGET.to_json(), "device": "box", "runtime": "litert"}
+    few = transfer_predictor([whole], sample, target[train], 0.01, two, info=info,
+                             ranges_from=specs)
+    assert few.info_["transfer"]["networks_priced_by"] == {
+        "chosen": "kernel map",
+        "kernel_map_loo_pct": few.composition_.summary["rmspe_pct_loo"]}
+    nine = [(f"net{i}", sample[i::9], 0.6 * full.predict(sample[i::9]).predicted_ms)
+            for i in range(9)]
+    kernels_only = transfer_predictor([source], sample, target[train], 0.01, nine, info=info,
+                                      ranges_from=specs)  # a lookup table: no whole predictor
+    assert kernels_only.info_["transfer"]["networks_priced_by"]["chosen"] == "kernel map"
+    assert "network_ratio_loo_pct" not in kernels_only.info_["transfer"]["networks_priced_by"]
