@@ -120,10 +120,10 @@ def test_the_output_says_what_prices_networks_and_why():
     ratio = _networks_priced_by({"chosen": "network ratio", "kernel_map_loo_pct": 14.14,
                                  "source": "preds/2t", "ratio": 1.8065,
                                  "network_ratio_loo_pct": 5.13})
-    assert ratio.startswith("networks priced by preds/2t's predictor x1.81 (5.1%), not the "
+    assert ratio.startswith("networks priced by preds/2t times 1.81 (5.1%), not the "
                             "kernel map with its composition (14.1%)")
     kernel = _networks_priced_by({"chosen": "kernel map", "kernel_map_loo_pct": 5.94,
                                   "source": "preds/1t", "ratio": 0.59,
                                   "network_ratio_loo_pct": 9.64})
     assert kernel.startswith("networks priced by the kernel map with its composition (5.9%), "
-                             "not preds/1t's predictor x0.59 (9.6%)")
+                             "not preds/1t times 0.59 (9.6%)")

@@ -173,7 +173,7 @@ def _networks_priced_by(choice: dict[str, Any]) -> str:
     if "network_ratio_loo_pct" not in choice:
         return (f"networks priced by {kernel}, leave-one-out over the measured calibration "
                 "networks")
-    ratio = (f"{choice['source']}'s predictor x{choice['ratio']:.3g} "
+    ratio = (f"{choice['source']} times {choice['ratio']:.3g} "
              f"({_pct(choice['network_ratio_loo_pct'])}%)")
     first, second = (ratio, kernel) if choice["chosen"] == "network ratio" else (kernel, ratio)
     return (f"networks priced by {first}, not {second}: leave-one-out error over the measured "
