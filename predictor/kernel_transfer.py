@@ -951,6 +951,9 @@ def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPr
         "source": source.label, "network_ratio": ratio,
         "rmspe_pct_composed": float(100 * np.sqrt(np.mean((ratio * priced / measured - 1) ** 2))),
         "rmspe_pct_loo": float(100 * np.sqrt(np.mean((loo / measured - 1) ** 2))),
+        # what a search's safety margin and the intervals are built from, as the composition's
+        "underprediction_p95_loo_pct": float(
+            100 * max(0.0, np.percentile(measured / loo - 1, 95))),
         "loo_ratio_quantiles": ratio_quantiles(measured, loo)}
     return scaled(ratio, summary)
 

@@ -461,6 +461,10 @@ def test_networks_at_a_constant_ratio_of_the_source_are_priced_by_it(synthetic, 
     assert chosen["chosen"] == "network ratio" and chosen["source"] == "whole"
     assert chosen["ratio"] == pytest.approx(0.6, rel=0.02)
     assert chosen["network_ratio_loo_pct"] < 3 < chosen["kernel_map_loo_pct"]
+    # a search's margin comes from the ratio's own leave-one-out under-prediction
+    assert 0 < predictor.safety_margin() < 0.04
+    assert predictor.safety_margin() == pytest.approx(
+        predictor.composition_.summary["underprediction_p95_loo_pct"] / 100)
     specs = synthetic[0]
     for start in range(0, 60, 6):  # networks of kernels never measured on the target
         held = specs[start + 100:start + 106]
