@@ -227,7 +227,10 @@ def add_commands(pred_sub: Any) -> None:
                     "the map is least certain, and some of the plan's calibration networks; "
                     "per kind it maps the sources' predictions to the target (or fits the "
                     "sample alone where that cross-validates better) and fits the composition "
-                    "on the networks. Rerunning the same command resumes the measurements. "
+                    "on the networks; where a source's whole predictor times one ratio "
+                    "predicts those networks better (leave-one-out, 3 or more networks: "
+                    "another thread count of the same runtime), that prices networks instead. "
+                    "Rerunning the same command resumes the measurements. "
                     "See docs/predictors.md, Kernel transfer.")
     transfer.add_argument("--from", dest="sources", nargs="+", required=True, metavar="PRED",
                           help="source predictor folders (`predictor fit` output); PATH@SLUG "
