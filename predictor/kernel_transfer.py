@@ -880,14 +880,14 @@ def transfer_predictor(sources: Sequence[TransferSource], specs: Sequence[OpSpec
     predictor times one ratio prices the networks better by leave-one-out
     (`network_ratio_predictor`, MIN_RATIO_NETWORKS), that instead; `info_["transfer"]
     ["networks_priced_by"]` says which and both errors."""
+    ranges_from = ranges_from or specs
     kernels = KernelTransferPredictor().fit(specs, kernel_ms, sources=sources)
-    predictor = compose(kernels, networks, call_overhead_ms, info=info,
-                        ranges_from=ranges_from or specs)
+    predictor = compose(kernels, networks, call_overhead_ms, info=info, ranges_from=ranges_from)
     kernel_loo = predictor.composition_.summary.get("rmspe_pct_loo")
     choice: dict[str, Any] = {"chosen": "kernel map", "kernel_map_loo_pct": kernel_loo}
     if len(networks) >= MIN_RATIO_NETWORKS:
         tried = [network_ratio_predictor(source, kernels, networks, info=info,
-                                         ranges_from=ranges_from or specs)
+                                         ranges_from=ranges_from)
                  for source in sources if source.predictor is not None]
         if tried:
             best = min(tried, key=lambda p: p.composition_.summary["rmspe_pct_loo"])
@@ -916,9 +916,8 @@ def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPr
     a composition fitted on a handful of networks must then undo. Kept a sum over kernels (each
     kernel is the source's times the ratio, term coefficients and call overhead too), so it
     saves, loads and serves latency tables like any predictor."""
-    from latbench.predictor.intervals import ratio_quantiles
     from latbench.predictor.latency_predictor import LatencyPredictor
-    from latbench.predictor.model_level import Composition
+    from latbench.predictor.model_level import Composition, leave_one_out_summary
 
     full = source.predictor
 
@@ -950,11 +949,7 @@ def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPr
         **kept, "networks": len(networks), "keys": [key for key, _, _ in networks],
         "source": source.label, "network_ratio": ratio,
         "rmspe_pct_composed": float(100 * np.sqrt(np.mean((ratio * priced / measured - 1) ** 2))),
-        "rmspe_pct_loo": float(100 * np.sqrt(np.mean((loo / measured - 1) ** 2))),
-        # what a search's safety margin and the intervals are built from, as the composition's
-        "underprediction_p95_loo_pct": float(
-            100 * max(0.0, np.percentile(measured / loo - 1, 95))),
-        "loo_ratio_quantiles": ratio_quantiles(measured, loo)}
+        **leave_one_out_summary(loo, measured)}  # as a fitted composition's
     return scaled(ratio, summary)
 
 

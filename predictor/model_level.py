@@ -516,12 +516,19 @@ class _CompositionDesign:
             # fitted on, which is what a search's safety margin must cover.
             loo = np.array([sums[i] @ solve(np.delete(everything, i))[0]
                             for i in everything]) + self.overhead
-            summary["rmspe_pct_loo"] = _rmspe(loo, self.measured)
-            summary["underprediction_p95_loo_pct"] = float(
-                100 * max(0.0, np.percentile(self.measured / loo - 1, 95)))
-            # what a network's prediction interval is built from (predictor/intervals.py)
-            summary["loo_ratio_quantiles"] = ratio_quantiles(self.measured, loo)
+            summary.update(leave_one_out_summary(loo, self.measured))
         return Composition(scale, coef, summary)
+
+
+def leave_one_out_summary(loo: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
+    """What a composition's summary keeps of its networks' leave-one-out predictions `loo`:
+    their RMSPE, the 95th percentile under-prediction (a search's safety margin) and the
+    quantiles of measured / predicted a network's prediction interval is built from
+    (predictor/intervals.py)."""
+    return {"rmspe_pct_loo": _rmspe(loo, measured),
+            "underprediction_p95_loo_pct": float(
+                100 * max(0.0, np.percentile(measured / loo - 1, 95))),
+            "loo_ratio_quantiles": ratio_quantiles(measured, loo)}
 
 
 def huber_weights(residuals: np.ndarray) -> np.ndarray:
