@@ -60,6 +60,8 @@ PAIRS = (("onnxruntime_fp32_1t", "litert-xnnpack_fp32_1t"),
          ("litert-builtin_fp32_1t", "onnxruntime_fp32_1t"),
          ("onnxruntime_fp32_1t", "onnxruntime_fp32_2t"),
          ("onnxruntime_fp32_2t", "onnxruntime_fp32_1t"),
+         ("onnxruntime_int8_1t", "onnxruntime_int8_2t"),
+         ("onnxruntime_int8_2t", "onnxruntime_int8_1t"),
          ("litert-xnnpack_fp32_1t", "litert-xnnpack_fp32_2t"),
          ("litert-xnnpack_fp32_2t", "litert-xnnpack_fp32_1t"),
          ("onnxruntime_fp32_1t", "onnxruntime_int8_1t"),
@@ -158,13 +160,17 @@ def run_pair(sources: list[TransferSource], target: Target, fraction: float
 
 
 def priced_by(choice: dict[str, object]) -> str:
-    """`kernel map` or `ratio x0.59`, with the networks' leave-one-out errors that chose it."""
-    kernel = choice.get("kernel_map_loo_pct")
-    ratio = choice.get("network_ratio_loo_pct")
-    errors = " / ".join("-" if e is None else f"{e:.1f}" for e in (kernel, ratio))
-    what = f"ratio x{choice['ratio']:.3g}" if choice["chosen"] == "network ratio" \
-        else "kernel map"
-    return f"{what} (LOO {errors}%)"
+    """What priced the networks (`kernel map`, `sample alone`, `ratio x0.59`), with each
+    candidate's cross-validated error over the calibration networks (map / alone / ratio)."""
+    errors = dict(choice.get("errors_pct") or {})
+    ratios = dict(choice.get("ratios") or {})
+    chosen = str(choice["chosen"])
+    what = f"ratio x{ratios[chosen]:.3g}" if chosen in ratios else chosen
+    if not errors:
+        return f"{what} ({choice['networks']} networks)"
+    ratio = min((errors[name] for name in ratios), default=None)
+    shown = (errors.get("kernel map"), errors.get("sample alone"), ratio)
+    return f"{what} (CV {' / '.join('-' if e is None else f'{e:.1f}' for e in shown)}%)"
 
 
 def pct(value: float) -> str:
@@ -250,9 +256,10 @@ def main() -> int:
         "Alone: the sample fitted with the default kernel model (xgboost) and the same "
         "calibration networks. Kernel LOO: the median leave-one-out error of the map and of "
         "the sample alone (log-linear) on the measured kernels. Networks priced by: the "
-        "kernel map with its composition, or a source's whole predictor times one ratio, "
-        "whichever the sampled calibration networks' leave-one-out error (kernel map / "
-        "ratio) favours.", "",
+        "kernel map with its composition, the sample alone (the Alone column), or a "
+        "source's whole predictor times one ratio, whichever has the lowest error over the "
+        "sampled calibration networks, cross-validated with kernels refitted without the "
+        "held-out networks' kernels (CV kernel map / alone / ratio; 3 networks or more).", "",
         *lines, "",
         f"Target (within 10% >= 95% with at most 10% of the campaign): met by {met} of "
         f"{len(at10)} pairs at the 10% budget. The transfer beats the sample alone in {wins} "

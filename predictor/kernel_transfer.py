@@ -28,10 +28,11 @@ The sample (`sample_transfer`) is chosen before measuring, within a device-time 
 kind the target plan needs first, then kernels where the sources disagree, where the map is
 least certain and that cover each kind's feature space (farthest point), and a share of the
 budget for the plan's calibration networks, which fit the target's composition
-(`solve_composition`) exactly as `LatencyPredictor.fit` does. Where a source's whole predictor
-times one ratio prices those networks better by leave-one-out (`network_ratio_predictor`: one
-runtime at another thread count, whose lone kernels speed up unlike its networks), that
-prices networks instead. `KernelTransferPredictor` is a
+(`solve_composition`) exactly as `LatencyPredictor.fit` does. Two other candidates may price the
+networks instead, whichever is lowest by cross-validation over those networks
+(`transfer_predictor`): the sample alone (the default kernel model on the measured kernels) and
+a source's whole predictor times one ratio (`network_ratio_predictor`: one runtime at another
+thread count, whose lone kernels speed up unlike its networks). `KernelTransferPredictor` is a
 registered kernel predictor: it saves each source's model of every kind inside its own folder,
 so a transferred predictor loads, predicts and is evaluated like any other.
 """
@@ -60,6 +61,7 @@ from latbench.predictor.models import (
     predict_log_linear,
     register_predictor,
 )
+from latbench.predictor.training import can_price
 
 SOURCE_SEPARATOR = "@"  # PATH@SLUG picks one platform of a multi-platform predictor folder
 # The map's penalties (on sums of squared log errors): the kinds' offsets from the shared
@@ -93,9 +95,14 @@ SAMPLE_SEED = 0
 # CPU features (the device facts' `cpu_features`) that are matrix units, and the precision they
 # compute in: on a CPU with one, kernels of that precision run on other hardware than fp32's.
 MATRIX_UNITS = {"amx_int8": "int8", "amx_fp16": "float16", "sme": "int8"}
-# The network ratio (`network_ratio_predictor`) is tried against the kernel map with at least
-# this many calibration networks measured: its leave-one-out error needs two left in.
-MIN_RATIO_NETWORKS = 3
+# How the networks are priced (`transfer_predictor`) is chosen among the candidates with at
+# least this many calibration networks measured (each fold's error needs two left in), by at
+# most CHOICE_FOLDS refits per candidate; the sample-alone candidate's kernel model (one thread:
+# its per-kind fits are small, and OpenMP threads spinning beside another busy process made
+# them 100x slower).
+MIN_CHOICE_NETWORKS = 3
+CHOICE_FOLDS = 8
+ALONE_KERNEL_MODEL, ALONE_KERNEL_PARAMS = "xgboost", {"n_jobs": 1}
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -371,7 +378,7 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
         firsts = cheap
     for kind in order:
         take(int(firsts[kind]), "cover")
-    networks = _take_networks(network_costs, network_families, network_share * left, rng)
+    networks = take_networks(network_costs, network_families, network_share * left, rng)
     left -= sum(network_costs[j] for j in networks)
     for _ in range(per_kind - 1):  # further covering rounds: farthest point per kind
         for kind in order:
@@ -462,15 +469,21 @@ def _disagreement(logs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return centred.std(axis=0)
 
 
-def _take_networks(costs: Sequence[float], families: Sequence[str], budget_s: float,
-                   rng: np.random.Generator) -> list[int]:
-    """Networks round-robin over their families (in their given order), while they fit."""
+def take_networks(costs: Sequence[float], families: Sequence[str], budget_s: float,
+                  rng: np.random.Generator) -> list[int]:
+    """Networks round-robin over their families (in a seeded order), while they fit, none
+    above 1 / MIN_CHOICE_NETWORKS of `budget_s`: the choice of what prices networks needs that
+    many, and two large ones first (a ResNet-50 and a ViT: 2.5 s each where a NAS-Bench-Macro
+    network takes 0.3) left room for no other. Not the cheapest first: the smallest networks
+    speed up least on a second thread, and a composition or ratio fitted on them misprices
+    the rest (LiteRT XNNPACK 2 threads -> 1 at 10%: 90.0 -> 18.6% within 10%)."""
     if not len(costs):
         return []
     families = list(families) or [""] * len(costs)
     queues: dict[str, list[int]] = {}
     for j, family in enumerate(families):
-        queues.setdefault(family, []).append(j)
+        if costs[j] <= budget_s / MIN_CHOICE_NETWORKS:
+            queues.setdefault(family, []).append(j)
     order = [f for f in queues]
     rng.shuffle(order)
     out: list[int] = []
@@ -876,29 +889,98 @@ def transfer_predictor(sources: Sequence[TransferSource], specs: Sequence[OpSpec
     """A LatencyPredictor from the measured sample: the kernel map fitted on (`specs`,
     `kernel_ms`) and the composition on the measured `networks` (key, kernels, ms), as
     `LatencyPredictor.fit` does; training ranges (and fused blocks priced whole) of
-    `ranges_from` (the target plan's kernels, which the sources price). Where a source's whole
-    predictor times one ratio prices the networks better by leave-one-out
-    (`network_ratio_predictor`, MIN_RATIO_NETWORKS), that instead; `info_["transfer"]
-    ["networks_priced_by"]` says which and both errors."""
+    `ranges_from` (the target plan's kernels, which the sources price).
+
+    With MIN_CHOICE_NETWORKS networks or more, two other candidates compete with it: the
+    sample alone (ALONE_KERNEL_MODEL on the sampled kernels, the same composition: between
+    runtimes the sources' kernels can mislead more than a few hundred measured ones), and a
+    source's whole predictor times one ratio (`network_ratio_predictor`: one runtime at
+    another thread count). The one with the lowest cross-validated error over the networks
+    prices them (`choice_error_pct`: each fold's networks priced by kernels refitted without
+    their kernels, else the sample alone wins by remembering kernels it was trained on);
+    `info_["transfer"]["networks_priced_by"]` says which and every candidate's error."""
     ranges_from = ranges_from or specs
+    kernel_ms = np.asarray(kernel_ms, dtype=np.float64)
     kernels = KernelTransferPredictor().fit(specs, kernel_ms, sources=sources)
-    predictor = compose(kernels, networks, call_overhead_ms, info=info, ranges_from=ranges_from)
-    kernel_loo = predictor.composition_.summary.get("rmspe_pct_loo")
-    choice: dict[str, Any] = {"chosen": "kernel map", "kernel_map_loo_pct": kernel_loo}
-    if len(networks) >= MIN_RATIO_NETWORKS:
-        tried = [network_ratio_predictor(source, kernels, networks, info=info,
-                                         ranges_from=ranges_from)
-                 for source in sources if source.predictor is not None]
-        if tried:
-            best = min(tried, key=lambda p: p.composition_.summary["rmspe_pct_loo"])
-            summary = best.composition_.summary
-            choice.update(source=summary["source"], ratio=summary["network_ratio"],
-                          network_ratio_loo_pct=summary["rmspe_pct_loo"])
-            if kernel_loo is None or summary["rmspe_pct_loo"] < kernel_loo:
-                predictor, choice["chosen"] = best, "network ratio"
+
+    def composed(fitted: Any, nets: Sequence[tuple[str, list[OpSpec], float]]) -> Any:
+        return compose(fitted, nets, call_overhead_ms, info=info, ranges_from=ranges_from)
+
+    predictor = composed(kernels, networks)
+    priceable = [n for n in networks if can_price(kernels, list(n[1]))]
+    choice: dict[str, Any] = {"chosen": "kernel map", "networks": len(priceable)}
+    if len(priceable) >= MIN_CHOICE_NETWORKS:
+        folds = choice_folds(len(priceable))
+
+        def refitted(fit_kernels: Callable[[list[OpSpec], np.ndarray], Any]
+                     ) -> Callable[[list[int], list[int]], Any]:
+            def fit(train: list[int], held: list[int]) -> Any:
+                keep = kernels_kept(specs, [priceable[j][1] for j in held])
+                return composed(fit_kernels([s for s, k in zip(specs, keep, strict=True)
+                                             if k], kernel_ms[keep]),
+                                [priceable[j] for j in train])
+            return fit
+
+        def alone_model() -> Any:
+            return get_predictor_class(ALONE_KERNEL_MODEL)(**ALONE_KERNEL_PARAMS)
+
+        # each candidate: fitted on everything, and its refit without a fold's networks
+        candidates: dict[str, tuple[Any, Callable[[list[int], list[int]], Any]]] = {
+            "kernel map": (predictor, refitted(
+                lambda s, ms: KernelTransferPredictor().fit(s, ms, sources=sources))),
+            "sample alone": (composed(alone_model().fit(specs, kernel_ms), networks),
+                             refitted(lambda s, ms: alone_model().fit(s, ms)))}
+        ratios = {}
+        for source in sources:
+            if source.predictor is None:
+                continue
+            name = f"{source.label} times a ratio"
+            whole = network_ratio_predictor(source, kernels, networks, info=info,
+                                            ranges_from=ranges_from)
+            ratios[name] = whole.composition_.summary["network_ratio"]
+            candidates[name] = (whole, lambda train, _, source=source: network_ratio_predictor(
+                source, kernels, [priceable[j] for j in train], info=info,
+                ranges_from=ranges_from))
+        errors = {name: choice_error_pct(fit, priceable, folds)
+                  for name, (_, fit) in candidates.items()}
+        best = min(errors, key=lambda name: errors[name])
+        predictor = candidates[best][0]
+        choice.update(chosen=best, folds=len(folds), errors_pct=errors, ratios=ratios)
     transfer = predictor.info_.setdefault("transfer", {})
     transfer["cv"], transfer["networks_priced_by"] = kernels.cv_, choice
     return predictor
+
+
+def choice_folds(n_networks: int) -> list[list[int]]:
+    """The networks' folds (interleaved: the sampler takes families in turn): one network each
+    up to CHOICE_FOLDS networks."""
+    count = min(n_networks, CHOICE_FOLDS)
+    return [list(range(i, n_networks, count)) for i in range(count)]
+
+
+def kernels_kept(specs: Sequence[OpSpec], held_out: Sequence[Sequence[OpSpec]]) -> np.ndarray:
+    """Which sampled kernels a fold may fit on: none of its held-out networks' kernels, but a
+    kind only those kernels cover keeps them (else the refit could not price that kind)."""
+    left_out = {k.key() for network in held_out for k in network}
+    dropped = np.array([s.key() in left_out for s in specs])
+    kinds = np.array([s.kind for s in specs])
+    covered = set(kinds[~dropped])
+    return ~dropped | ~np.isin(kinds, sorted(covered))
+
+
+def choice_error_pct(fit: Callable[[list[int], list[int]], Any],
+                     networks: Sequence[tuple[str, list[OpSpec], float]],
+                     folds: Sequence[list[int]]) -> float:
+    """RMSPE of `networks` (key, kernels, ms), each priced by `fit(train, held)`: a candidate
+    fitted without its fold."""
+    predicted = np.empty(len(networks))
+    for held in folds:
+        train = [j for j in range(len(networks)) if j not in set(held)]
+        fitted = fit(train, held)
+        for j in held:
+            predicted[j] = fitted.predict(list(networks[j][1])).predicted_ms
+    measured = np.array([ms for _, _, ms in networks], dtype=np.float64)
+    return float(100 * np.sqrt(np.mean((predicted / measured - 1) ** 2)))
 
 
 def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPredictor,
@@ -1080,6 +1162,10 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
             "dataset": dataset_summary(data, ops, dataset.card),
             "transfer": {**transfer, "kernels_measured": len(measured),
                          "networks_measured": len(nets), "minutes_spent": seconds / 60}}
+    if note and len(nets) >= MIN_CHOICE_NETWORKS:
+        note(f"fitting the kernel map, the sample alone and each source times a ratio, "
+             f"{len(choice_folds(len(nets)))} times each without a fold of the {len(nets)} "
+             "calibration networks, to choose what prices networks")
     predictor = transfer_predictor(sources, measured, kernel_ms, overhead, nets, info=info,
                                    ranges_from=specs)
     return TransferRun(predictor, sample, Path(data), seconds)

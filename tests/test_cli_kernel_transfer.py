@@ -117,13 +117,18 @@ def test_a_real_transfer_on_the_local_cpu(source, tmp_path, capsys):
 def test_the_output_says_what_prices_networks_and_why():
     from latbench.cli.transfer import _networks_priced_by
 
-    ratio = _networks_priced_by({"chosen": "network ratio", "kernel_map_loo_pct": 14.14,
-                                 "source": "preds/2t", "ratio": 1.8065,
-                                 "network_ratio_loo_pct": 5.13})
-    assert ratio.startswith("networks priced by preds/2t times 1.81 (5.1%), not the "
-                            "kernel map with its composition (14.1%)")
-    kernel = _networks_priced_by({"chosen": "kernel map", "kernel_map_loo_pct": 5.94,
-                                  "source": "preds/1t", "ratio": 0.59,
-                                  "network_ratio_loo_pct": 9.64})
-    assert kernel.startswith("networks priced by the kernel map with its composition (5.9%), "
-                             "not preds/1t times 0.59 (9.6%)")
+    errors = {"kernel map": 14.14, "sample alone": 9.02, "preds/2t times a ratio": 5.13}
+    ratio = _networks_priced_by({"chosen": "preds/2t times a ratio", "networks": 4,
+                                 "folds": 4, "errors_pct": errors,
+                                 "ratios": {"preds/2t times a ratio": 1.8065}})
+    assert ratio == ("networks priced by preds/2t times 1.81 (5.1%), not the kernel map "
+                     "(14.1%), the sample alone (9.0%): error over the 4 measured calibration "
+                     "networks, 4-fold cross-validated")
+    alone = _networks_priced_by({"chosen": "sample alone", "networks": 22, "folds": 8,
+                                 "errors_pct": {"kernel map": 9.7, "sample alone": 9.3},
+                                 "ratios": {}})
+    assert alone.startswith("networks priced by the sample alone (9.3%), not the kernel map "
+                            "(9.7%): error over the 22 measured calibration networks, 8-fold")
+    few = _networks_priced_by({"chosen": "kernel map", "networks": 2})
+    assert few.startswith("networks priced by the kernel map with its composition (2 "
+                          "calibration networks measured: too few to choose")

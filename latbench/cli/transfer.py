@@ -167,17 +167,24 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def _networks_priced_by(choice: dict[str, Any]) -> str:
-    """Which of the kernel map and a source's predictor times one ratio prices networks, with
-    the measured calibration networks' leave-one-out errors that chose it."""
-    kernel = f"the kernel map with its composition ({_pct(choice['kernel_map_loo_pct'])}%)"
-    if "network_ratio_loo_pct" not in choice:
-        return (f"networks priced by {kernel}, leave-one-out over the measured calibration "
-                "networks")
-    ratio = (f"{choice['source']} times {choice['ratio']:.3g} "
-             f"({_pct(choice['network_ratio_loo_pct'])}%)")
-    first, second = (ratio, kernel) if choice["chosen"] == "network ratio" else (kernel, ratio)
-    return (f"networks priced by {first}, not {second}: leave-one-out error over the measured "
-            "calibration networks")
+    """Which candidate prices networks, with every candidate's cross-validated error over the
+    measured calibration networks that chose it."""
+    errors = choice.get("errors_pct") or {}
+    if not errors:
+        return (f"networks priced by the kernel map with its composition "
+                f"({choice['networks']} calibration networks measured: too few to choose "
+                "between it, the sample alone and a source times a ratio)")
+
+    def named(name: str) -> str:
+        ratio = (choice.get("ratios") or {}).get(name)
+        what = f"{name.removesuffix(' a ratio')} {ratio:.3g}" if ratio is not None \
+            else f"the {name}"
+        return f"{what} ({_pct(errors[name])}%)"
+
+    others = ", ".join(named(n) for n in errors if n != choice["chosen"])
+    return (f"networks priced by {named(choice['chosen'])}, not {others}: error over the "
+            f"{choice['networks']} measured calibration networks, {choice['folds']}-fold "
+            "cross-validated")
 
 
 def _pct(value: float | None) -> str:
@@ -227,9 +234,12 @@ def add_commands(pred_sub: Any) -> None:
                     "the map is least certain, and some of the plan's calibration networks; "
                     "per kind it maps the sources' predictions to the target (or fits the "
                     "sample alone where that cross-validates better) and fits the composition "
-                    "on the networks; where a source's whole predictor times one ratio "
-                    "predicts those networks better (leave-one-out, 3 or more networks: "
-                    "another thread count of the same runtime), that prices networks instead. "
+                    "on the networks. With 3 or more networks measured, two other "
+                    "candidates may price networks instead, whichever predicts the measured "
+                    "networks best by cross-validation (kernels refitted without the held-out "
+                    "networks' kernels): the sample alone with the default kernel model (often "
+                    "between runtimes) and a source's whole predictor times one ratio (often "
+                    "another thread count of the same runtime). "
                     "Rerunning the same command resumes the measurements. "
                     "See docs/predictors.md, Kernel transfer.")
     transfer.add_argument("--from", dest="sources", nargs="+", required=True, metavar="PRED",

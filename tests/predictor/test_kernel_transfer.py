@@ -168,6 +168,17 @@ def test_the_sampler_covers_every_kind_within_the_budget(synthetic):
     assert len(set(sample.kernels)) == len(sample.kernels)
 
 
+def test_no_network_takes_more_than_a_third_of_the_networks_share():
+    """Two large networks listed first would fill the networks' share alone; capped at a
+    third of it each, the share holds four, enough to choose what prices networks."""
+    costs = [5.5, 5.5, 0.5, 0.5, 0.4, 0.6]
+    families = ["big", "big", "big", "small", "small", "small"]
+    for seed in range(4):
+        taken = kernel_transfer.take_networks(costs, families, 6.0,
+                                              np.random.default_rng(seed))
+        assert sorted(taken) == [2, 3, 4, 5]
+
+
 def test_the_sampler_prices_each_round_from_what_was_measured(synthetic):
     """A target four times slower on convolutions than the sources say (an int8 target priced
     from an fp32 source, the other way round): measured as it is chosen - the covering kernels
@@ -458,9 +469,10 @@ def test_networks_at_a_constant_ratio_of_the_source_are_priced_by_it(synthetic, 
     predictor, full = ratio_case(synthetic,
                                  lambda _, ms: float(0.6 * ms * np.exp(rng.normal(0, 0.01))))
     chosen = predictor.info_["transfer"]["networks_priced_by"]
-    assert chosen["chosen"] == "network ratio" and chosen["source"] == "whole"
-    assert chosen["ratio"] == pytest.approx(0.6, rel=0.02)
-    assert chosen["network_ratio_loo_pct"] < 3 < chosen["kernel_map_loo_pct"]
+    assert chosen["chosen"] == "whole times a ratio" and chosen["folds"] == 8
+    assert chosen["ratios"]["whole times a ratio"] == pytest.approx(0.6, rel=0.02)
+    errors = chosen["errors_pct"]
+    assert errors["whole times a ratio"] < 3 < min(errors["kernel map"], errors["sample alone"])
     # a search's margin comes from the ratio's own leave-one-out under-prediction
     assert 0 < predictor.safety_margin() < 0.04
     assert predictor.safety_margin() == pytest.approx(
@@ -474,22 +486,73 @@ def test_networks_at_a_constant_ratio_of_the_source_are_priced_by_it(synthetic, 
     loaded = LatencyPredictor.load(path)
     assert loaded.predict(specs[:12]).predicted_ms == pytest.approx(
         predictor.predict(specs[:12]).predicted_ms, rel=1e-9)
-    assert loaded.composition_.summary["network_ratio"] == pytest.approx(chosen["ratio"])
+    assert loaded.composition_.summary["network_ratio"] == pytest.approx(
+        chosen["ratios"]["whole times a ratio"])
     assert loaded.platform == TARGET
 
 
-def test_networks_that_follow_their_kernels_keep_the_kernel_map(synthetic):
+def test_networks_that_follow_their_kernels_keep_the_kernel_map(synthetic, monkeypatch):
+    """The calibration networks here are made of measured kernels. Trees fitted on those
+    kernels price such a network from memory; the choice refits each candidate without the
+    held-out networks' kernels, so the map, which generalises, is kept."""
     specs, target, _, train = synthetic
     measured = dict(zip((s.key() for s in specs), target, strict=True))
     predictor, _ = ratio_case(synthetic,
                               lambda kernels, _: 1.1 * sum(measured[k.key()] for k in kernels))
     chosen = predictor.info_["transfer"]["networks_priced_by"]
     assert chosen["chosen"] == "kernel map"
-    assert chosen["kernel_map_loo_pct"] < chosen["network_ratio_loo_pct"]
+    errors = chosen["errors_pct"]
+    assert errors["kernel map"] < min(errors["sample alone"], errors["whole times a ratio"])
     assert "network_ratio" not in predictor.composition_.summary
+    # refitted on every kernel instead, the remembered kernels would have won
+    monkeypatch.setattr(kernel_transfer, "kernels_kept",
+                        lambda specs, held: np.ones(len(specs), dtype=bool))
+    remembered, _ = ratio_case(synthetic,
+                               lambda kernels, _: 1.1 * sum(measured[k.key()] for k in kernels))
+    errors = remembered.info_["transfer"]["networks_priced_by"]["errors_pct"]
+    assert errors["sample alone"] < errors["kernel map"]
 
 
-def test_the_ratio_needs_three_networks_and_a_source_with_its_whole_predictor(synthetic):
+def test_networks_of_kernels_the_source_misprices_are_priced_by_the_sample_alone():
+    """A source whose kernels bear no relation to the target's (another runtime, another
+    kernel library): the sample alone prices the networks, which are made of kernels never
+    measured on the target."""
+    rng = np.random.default_rng(3)
+    specs = kernels(rng, 300)
+    truth = np.array([FACTOR[s.kind] * source_ms(s) ** POWER for s in specs])
+    truth *= np.exp(rng.normal(0.0, 0.02, len(specs)))
+    unrelated = LookupTablePredictor.from_entries(
+        {s.key(): float(ms) for s, ms in zip(specs, np.exp(rng.normal(-3, 1, len(specs))),
+                                             strict=True)})
+    sample, rest = specs[:200], specs[200:]
+    networks = [(f"net{i}", rest[i::10], 1.05 * float(truth[200:][i::10].sum()))
+                for i in range(10)]
+    predictor = transfer_predictor([TransferSource("unrelated", SOURCE, unrelated)], sample,
+                                   truth[:200], 0.0, networks,
+                                   info={"platform": TARGET.to_json(), "device": "box",
+                                         "runtime": "litert"}, ranges_from=specs)
+    chosen = predictor.info_["transfer"]["networks_priced_by"]
+    assert chosen["chosen"] == "sample alone" and chosen["folds"] == 8
+    assert chosen["errors_pct"]["sample alone"] < chosen["errors_pct"]["kernel map"]
+    assert predictor.kernels_.registry_name == kernel_transfer.ALONE_KERNEL_MODEL
+    assert predictor.predict(rest[:6]).predicted_ms == pytest.approx(
+        1.05 * truth[200:206].sum(), rel=0.1)
+
+
+def test_folds_hold_out_every_network_once_and_their_kernels_from_the_refit():
+    assert kernel_transfer.choice_folds(3) == [[0], [1], [2]]
+    folds = kernel_transfer.choice_folds(20)
+    assert len(folds) == kernel_transfer.CHOICE_FOLDS
+    assert sorted(j for fold in folds for j in fold) == list(range(20))
+    conv = OpSpec("conv", h=8, w=8, cin=8, cout=8, kernel=3)
+    other = conv.with_(cout=16)
+    pool = OpSpec("pool", h=8, w=8, cin=8, pool="gavg")
+    keep = kernel_transfer.kernels_kept([conv, other, pool], [[conv, pool]])
+    # the held-out network's conv goes; its pool stays: no other kernel covers that kind
+    assert keep.tolist() == [False, True, True]
+
+
+def test_the_choice_needs_three_networks(synthetic):
     specs, target, source, train = synthetic
     predictor, full = ratio_case(synthetic, lambda _, ms: 0.6 * ms)
     whole = TransferSource("whole", SOURCE, source.kernels, full)
@@ -499,12 +562,11 @@ def test_the_ratio_needs_three_networks_and_a_source_with_its_whole_predictor(sy
     info = {"platform": TARGET.to_json(), "device": "box", "runtime": "litert"}
     few = transfer_predictor([whole], sample, target[train], 0.01, two, info=info,
                              ranges_from=specs)
-    assert few.info_["transfer"]["networks_priced_by"] == {
-        "chosen": "kernel map",
-        "kernel_map_loo_pct": few.composition_.summary["rmspe_pct_loo"]}
+    assert few.info_["transfer"]["networks_priced_by"] == {"chosen": "kernel map",
+                                                          "networks": 2}
     nine = [(f"net{i}", sample[i::9], 0.6 * full.predict(sample[i::9]).predicted_ms)
             for i in range(9)]
     kernels_only = transfer_predictor([source], sample, target[train], 0.01, nine, info=info,
                                       ranges_from=specs)  # a lookup table: no whole predictor
-    assert kernels_only.info_["transfer"]["networks_priced_by"]["chosen"] == "kernel map"
-    assert "network_ratio_loo_pct" not in kernels_only.info_["transfer"]["networks_priced_by"]
+    errors = kernels_only.info_["transfer"]["networks_priced_by"]["errors_pct"]
+    assert sorted(errors) == ["kernel map", "sample alone"]
