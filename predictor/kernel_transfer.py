@@ -53,6 +53,7 @@ from latbench.bench.ops import OpSpec
 from latbench.bench.platform import Platform, precision_name, record_platform, settings_field
 from latbench.errors import ConfigError, PredictorError, SpecError, UnknownKernelError
 from latbench.predictor.features import FEATURE_NAMES, feature_matrix
+from latbench.predictor.model_level import rmspe_pct
 from latbench.predictor.models import (
     KernelPredictor,
     check_params,
@@ -975,12 +976,10 @@ def choice_error_pct(fit: Callable[[list[int], list[int]], Any],
     fitted without its fold."""
     predicted = np.empty(len(networks))
     for held in folds:
-        train = [j for j in range(len(networks)) if j not in set(held)]
-        fitted = fit(train, held)
+        fitted = fit([j for j in range(len(networks)) if j not in held], held)
         for j in held:
             predicted[j] = fitted.predict(list(networks[j][1])).predicted_ms
-    measured = np.array([ms for _, _, ms in networks], dtype=np.float64)
-    return float(100 * np.sqrt(np.mean((predicted / measured - 1) ** 2)))
+    return rmspe_pct(predicted, np.array([ms for _, _, ms in networks], dtype=np.float64))
 
 
 def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPredictor,
@@ -1030,7 +1029,7 @@ def network_ratio_predictor(source: TransferSource, kernel_map: KernelTransferPr
     summary: dict[str, Any] = {
         **kept, "networks": len(networks), "keys": [key for key, _, _ in networks],
         "source": source.label, "network_ratio": ratio,
-        "rmspe_pct_composed": float(100 * np.sqrt(np.mean((ratio * priced / measured - 1) ** 2))),
+        "rmspe_pct_composed": rmspe_pct(ratio * priced, measured),
         **leave_one_out_summary(loo, measured)}  # as a fitted composition's
     return scaled(ratio, summary)
 

@@ -505,8 +505,8 @@ class _CompositionDesign:
         under = np.percentile(self.measured / after - 1, 90)
         summary = {"kind_scale": scale, "terms": coef, "networks": len(self.measured),
                    "ridge": ridge,
-                   "rmspe_pct_sum": _rmspe(before, self.measured),
-                   "rmspe_pct_composed": _rmspe(after, self.measured),
+                   "rmspe_pct_sum": rmspe_pct(before, self.measured),
+                   "rmspe_pct_composed": rmspe_pct(after, self.measured),
                    "underprediction_p90_pct": float(100 * max(0.0, under)),
                    "weights": [round(float(w), 4) for w in weights]}
         if STREAMED in terms:
@@ -525,7 +525,7 @@ def leave_one_out_summary(loo: np.ndarray, measured: np.ndarray) -> dict[str, An
     their RMSPE, the 95th percentile under-prediction (a search's safety margin) and the
     quantiles of measured / predicted a network's prediction interval is built from
     (predictor/intervals.py)."""
-    return {"rmspe_pct_loo": _rmspe(loo, measured),
+    return {"rmspe_pct_loo": rmspe_pct(loo, measured),
             "underprediction_p95_loo_pct": float(
                 100 * max(0.0, np.percentile(measured / loo - 1, 95))),
             "loo_ratio_quantiles": ratio_quantiles(measured, loo)}
@@ -541,5 +541,6 @@ def huber_weights(residuals: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, limit / np.maximum(np.abs(residuals), 1e-12))
 
 
-def _rmspe(predicted: np.ndarray, measured: np.ndarray) -> float:
+def rmspe_pct(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Root mean squared percentage error of `predicted` against `measured`, in percent."""
     return float(100 * np.sqrt(np.mean((predicted / measured - 1) ** 2)))
