@@ -23,7 +23,7 @@ network is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -205,8 +205,10 @@ def list_families() -> list[str]:
     return sorted(FAMILIES)
 
 
-def sample_networks(family: str, n: int, rng: np.random.Generator) -> list[NetworkDef]:
-    """`n` networks of `family` with distinct names (so distinct architectures)."""
+def sample_networks(family: str, n: int, rng: np.random.Generator,
+                    skip: Collection[str] = ()) -> list[NetworkDef]:
+    """`n` networks of `family` with distinct names (so distinct architectures), none named in
+    `skip` (drawn past, as a held-out set draws past the calibration networks)."""
     sampler = FAMILIES.lookup(family)
     if n < 0:
         raise ConfigError(f"cannot sample {n} networks of family {family!r}")
@@ -218,7 +220,7 @@ def sample_networks(family: str, n: int, rng: np.random.Generator) -> list[Netwo
             raise ConfigError(f"family {family!r} gave only {len(nets)} distinct networks "
                               f"in {attempts - 1} draws; asked for {n}")
         name, config = sampler.sample(rng)
-        if name in nets:
+        if name in nets or name in skip:
             continue
         seed = int(rng.integers(0, 2**31 - 1))
         shape = (1, 3, config.resolution, config.resolution)

@@ -177,7 +177,9 @@ _EXPORTS = _Exports()
 def _family_networks(name: str, count: int, rng: np.random.Generator,
                      exclude: Collection[str], with_kernels: bool = False,
                      dynamo: bool = True, precision: str = "float32") -> list[Subject]:
-    """Family networks, exported with torch's default (dynamo) exporter as users export
+    """`count` family networks none of which is in `exclude` (drawn past them: a held-out set
+    asked for 3 ResNets, drawn with the seed the plan drew its 3 calibration ResNets with,
+    had held none), exported with torch's default (dynamo) exporter as users export
     their models, or the legacy one (`dynamo=False`, several times faster); `with_kernels`
     exports and splits them now, so a dataset can keep their kernels for composition
     calibration. They are PyTorch modules: without torch this fails here, before anything is
@@ -187,20 +189,21 @@ def _family_networks(name: str, count: int, rng: np.random.Generator,
     if not available("torch"):
         raise ConfigError(f"{name} networks are PyTorch modules and torch is not installed: "
                           "pip install 'latbench[torch]'")
+    skip = {base.partition(":")[2] for base, at in map(split_precision_key, exclude)
+            if at == precision and base.startswith(f"{name}:")}
     out = []
-    for net in sample_networks(name, count, rng):
+    for net in sample_networks(name, count, rng, skip):
         key = precision_key(f"{name}:{net.name}", precision)
-        if key not in exclude:
-            kernels = _EXPORTS.kernels(net, dynamo, keep=True, precision=precision) \
-                if with_kernels or precision != "float32" else None
-            subject = Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
-                                                                      dynamo, precision),
-                                         kernels, convert=precision == "float32")
-            if precision != "float32":  # other runtimes convert the float export, then make
-                # it that precision their own way (a quantized ONNX graph has no LayerGraph)
-                subject = replace(subject, graph=functools.partial(_precision_graph, net,
-                                                                   dynamo, precision))
-            out.append(subject)
+        kernels = _EXPORTS.kernels(net, dynamo, keep=True, precision=precision) \
+            if with_kernels or precision != "float32" else None
+        subject = Subject.onnx_model(key, name, functools.partial(_EXPORTS.onnx, net,
+                                                                  dynamo, precision),
+                                     kernels, convert=precision == "float32")
+        if precision != "float32":  # other runtimes convert the float export, then make
+            # it that precision their own way (a quantized ONNX graph has no LayerGraph)
+            subject = replace(subject, graph=functools.partial(_precision_graph, net,
+                                                               dynamo, precision))
+        out.append(subject)
     return out
 
 

@@ -139,3 +139,17 @@ def test_bad_family_kernel_sets_are_named() -> None:
         family_kernels("family:nope:2")
     with pytest.raises(ConfigError, match="bad count or seed in 'family:resnet:x'"):
         family_kernels("family:resnet:x")
+
+
+def test_a_family_set_draws_past_excluded_networks_to_its_count() -> None:
+    """A held-out set drawn with the seed a plan drew its calibration networks with: the
+    excluded ones are drawn past, not dropped (resnet:3 used to give no ResNet at all);
+    precision-qualified keys exclude only at their precision."""
+    calibration = sample_networks("resnet", 3, np.random.default_rng(0))
+    excluded = [f"resnet:{net.name}" for net in calibration]
+    held = resolve_networks("resnet:3", 0, exclude=excluded)
+    assert len(held) == 3
+    assert not {n.key for n in held} & set(excluded)
+    assert [n.key for n in resolve_networks("resnet:3", 0)] == excluded  # the same draw
+    int8_only = [f"{key}@int8" for key in excluded]
+    assert [n.key for n in resolve_networks("resnet:3", 0, exclude=int8_only)] == excluded
