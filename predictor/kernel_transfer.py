@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,12 +314,13 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
     `source_logs` holds each source's log predicted ms of every spec (sources x specs),
     `costs` the estimated seconds of measuring each spec (`MeasureCost.seconds`), the network
     arguments the same of the plan's calibration networks and their family (networks are
-    taken round-robin over families up to `network_share` of the budget). Kernels: first
-    `per_kind` covering rounds (every kind's most typical kernel, then the farthest from those
-    chosen), then greedily the kernel of the most value per second, value being its distance to
-    the chosen kernels of its kind (standardized log-size features and the sources' mean
-    prediction: where the map is least certain) plus how much the sources disagree about it
-    beyond their usual offset, times its kind's weight (default: equal). A budget below
+    taken round-robin over families up to `network_share` of the budget; with `measure`, the
+    rest are repriced by what the first took and more taken while that share allows).
+    Kernels: first `per_kind` covering rounds (every kind's most typical kernel, then the
+    farthest from those chosen), then greedily the kernel of the most value per second, value
+    being its distance to the chosen kernels of its kind (standardized log-size features and the
+    sources' mean prediction: where the map is least certain) plus how much the sources disagree
+    about it beyond their usual offset, times its kind's weight (default: equal). A budget below
     `minimum_budget_s` is a ConfigError naming the minimum.
 
     With `measure`, the sample is measured as it is chosen (`measure(kernels, networks)`
@@ -379,8 +380,10 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
         firsts = cheap
     for kind in order:
         take(int(firsts[kind]), "cover")
-    networks = take_networks(network_costs, network_families, network_share * left, rng)
-    left -= sum(network_costs[j] for j in networks)
+    network_costs = np.asarray(network_costs, dtype=np.float64)
+    networks_s = network_share * left  # the networks' share of the budget
+    networks = take_networks(network_costs, network_families, networks_s, rng)
+    left -= float(network_costs[networks].sum())
     for _ in range(per_kind - 1):  # further covering rounds: farthest point per kind
         for kind in order:
             rows = np.flatnonzero((kinds == kind) & ~taken & (costs <= left))
@@ -388,17 +391,32 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
                 take(int(rows[np.argmax(nearest[rows])]), "cover")
     estimated = costs
     seconds: list[float] = []  # what each measured kernel took, in the order chosen
-    network_s = 0.0
+    network_seconds: list[float] = []  # the same of the networks
 
     def settle() -> float:
         """Measure what was chosen since the last call; the budget left after it all."""
-        nonlocal costs, network_s
+        nonlocal costs
         new = chosen[len(seconds):]
-        kernel_s, net_s = measure(new, list(networks) if not seconds else [])
+        kernel_s, net_s = measure(new, networks[len(network_seconds):])
         seconds.extend(float(x) for x in kernel_s)
-        network_s += float(np.sum(net_s))
+        network_seconds.extend(float(x) for x in net_s)
         costs = rescaled_costs(kinds, estimated, chosen, np.array(seconds))
-        return budget_s - cost.campaign_overhead_s - sum(seconds) - network_s
+        return budget_s - cost.campaign_overhead_s - sum(seconds) - sum(network_seconds)
+
+    def more_networks(left: float) -> float:
+        """Once the first networks are measured, reprice the others by what those took and
+        take more while the networks' share allows: a 1-thread source priced a 2-thread
+        target's networks about 3x too dear, and 8 networks had spent a third of the share."""
+        if not network_seconds:
+            return left
+        scale = float(np.median(np.array(network_seconds) / np.maximum(
+            network_costs[networks[:len(network_seconds)]], 1e-9)))
+        repriced = network_costs * scale
+        extra = take_networks(repriced, network_families,
+                              min(networks_s - sum(network_seconds), left), rng,
+                              cap_s=networks_s / MIN_CHOICE_NETWORKS, skip=set(networks))
+        networks.extend(extra)
+        return left - float(repriced[extra].sum())
 
     def round_end(left: float) -> float:
         """What is left when the round that starts with `left` ends (-inf: never, the last)."""
@@ -406,7 +424,7 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
             and left > LAST_ROUND * budget_s else -math.inf
 
     if measure is not None:
-        left = settle()
+        left = more_networks(settle())
     end = round_end(left)
     while True:
         rows = np.flatnonzero(~taken & (costs <= left))
@@ -422,7 +440,8 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
         if left <= end:
             left = settle()
             end = round_end(left)
-    if measure is not None and len(seconds) < len(chosen):
+    if measure is not None and (len(seconds) < len(chosen)
+                                or len(network_seconds) < len(networks)):
         left = settle()
     return TransferSample(tuple(chosen), tuple(networks), tuple(reasons),
                           budget_s - left, budget_s)
@@ -471,19 +490,22 @@ def _disagreement(logs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
 
 
 def take_networks(costs: Sequence[float], families: Sequence[str], budget_s: float,
-                  rng: np.random.Generator) -> list[int]:
+                  rng: np.random.Generator, *, cap_s: float | None = None,
+                  skip: Collection[int] = ()) -> list[int]:
     """Networks round-robin over their families (in a seeded order), while they fit, none
-    above 1 / MIN_CHOICE_NETWORKS of `budget_s`: the choice of what prices networks needs that
-    many, and two large ones first (a ResNet-50 and a ViT: 2.5 s each where a NAS-Bench-Macro
-    network takes 0.3) left room for no other. Not the cheapest first: the smallest networks
-    speed up least on a second thread, and a composition or ratio fitted on them misprices
-    the rest (LiteRT XNNPACK 2 threads -> 1 at 10%: 90.0 -> 18.6% within 10%)."""
+    above `cap_s` (default 1 / MIN_CHOICE_NETWORKS of `budget_s`): the choice of what prices
+    networks needs that many, and two large ones first (a ResNet-50 and a ViT: 2.5 s each
+    where a NAS-Bench-Macro network takes 0.3) left room for no other. Not the cheapest
+    first: the smallest networks speed up least on a second thread, and a composition or ratio
+    fitted on them misprices the rest (LiteRT XNNPACK 2 threads -> 1 at 10%: 90.0 -> 18.6%
+    within 10%). `skip`: networks already taken."""
     if not len(costs):
         return []
+    cap_s = budget_s / MIN_CHOICE_NETWORKS if cap_s is None else cap_s
     families = list(families) or [""] * len(costs)
     queues: dict[str, list[int]] = {}
     for j, family in enumerate(families):
-        if costs[j] <= budget_s / MIN_CHOICE_NETWORKS:
+        if costs[j] <= cap_s and j not in skip:
             queues.setdefault(family, []).append(j)
     order = [f for f in queues]
     rng.shuffle(order)
@@ -1118,8 +1140,9 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
         it took prices the next."""
         if note:
             what = (f"{len(kernels)} kernels covering the plan's {len({s.kind for s in specs})} "
-                    f"kinds and {len(nets)} calibration networks") if nets or not rounds else \
-                f"{len(kernels)} more kernels"
+                    f"kinds and {len(nets)} calibration networks") if not rounds else \
+                f"{len(kernels)} more kernels" + (f" and {len(nets)} more calibration networks"
+                                                  if nets else "")
             note(f"measuring {what} on {target}"
                  + (f" ({sum(rounds) / 60:.1f} of {budget_s / 60:.1f} min spent)" if rounds
                     else ""))

@@ -218,6 +218,37 @@ def test_the_sampler_prices_each_round_from_what_was_measured(synthetic):
     assert budget - real_spend(measured) < real[list(measured.kernels)].max() + 1.0
 
 
+def test_networks_the_sources_overprice_are_repriced_and_more_are_taken(synthetic):
+    """Networks that run in a third of what the sources say (a 2-thread target priced from a
+    1-thread source): once the first ones are measured the rest are repriced by what those
+    took and more are taken, up to the networks' share of the budget, each measured once."""
+    specs, _, source, _ = synthetic
+    cost = MeasureCost()
+    estimated = cost.seconds(np.exp(source.log_ms(specs)))
+    guessed_s = np.full(24, 1.5)
+    real_s = guessed_s / 3
+    families = ["a", "b", "c"] * 8
+    calls = []
+
+    def measure(kernels: list[int], networks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(list(networks))
+        return estimated[kernels], real_s[networks]
+
+    budget = 40.0
+    options = {"network_costs": list(guessed_s), "network_families": families, "cost": cost}
+    priced = sample_transfer(specs, source.log_ms(specs)[None, :], estimated, budget, **options)
+    measured = sample_transfer(specs, source.log_ms(specs)[None, :], estimated, budget,
+                               measure=measure, **options)
+    first = len(calls[0])
+    assert first == len(priced.networks) >= kernel_transfer.MIN_CHOICE_NETWORKS
+    assert len(measured.networks) >= 2 * first  # the share, repriced, holds more
+    assert sorted(i for c in calls for i in c) == sorted(measured.networks)  # each once
+    assert len(set(measured.networks)) == len(measured.networks)
+    share = kernel_transfer.NETWORK_SHARE * budget
+    assert real_s[list(measured.networks)].sum() <= share
+    assert measured.estimated_s <= budget
+
+
 def test_the_sampler_spends_more_where_sources_disagree(synthetic):
     specs, _, source, _ = synthetic
     logs = source.log_ms(specs)
