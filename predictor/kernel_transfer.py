@@ -409,9 +409,9 @@ def sample_transfer(specs: Sequence[OpSpec], source_logs: np.ndarray, costs: np.
         target's networks about 3x too dear, and 8 networks had spent a third of the share."""
         if not network_seconds:
             return left
-        scale = float(np.median(np.array(network_seconds) / np.maximum(
-            network_costs[networks[:len(network_seconds)]], 1e-9)))
-        repriced = network_costs * scale
+        one_kind = np.zeros(len(network_costs))  # one median ratio over every network
+        repriced = rescaled_costs(one_kind, network_costs, networks[:len(network_seconds)],
+                                  np.array(network_seconds))
         extra = take_networks(repriced, network_families,
                               min(networks_s - sum(network_seconds), left), rng,
                               cap_s=networks_s / MIN_CHOICE_NETWORKS, skip=set(networks))
@@ -1139,10 +1139,13 @@ def measure_transfer(sources: Sequence[TransferSource], plan: Any, precision: st
         """Measure a round of the sample (stored subjects are skipped on a resumed run): what
         it took prices the next."""
         if note:
-            what = (f"{len(kernels)} kernels covering the plan's {len({s.kind for s in specs})} "
-                    f"kinds and {len(nets)} calibration networks") if not rounds else \
-                f"{len(kernels)} more kernels" + (f" and {len(nets)} more calibration networks"
-                                                  if nets else "")
+            if not rounds:
+                what = (f"{len(kernels)} kernels covering the plan's "
+                        f"{len({s.kind for s in specs})} kinds and {len(nets)} calibration "
+                        "networks")
+            else:
+                what = f"{len(kernels)} more kernels" + (
+                    f" and {len(nets)} more calibration networks" if nets else "")
             note(f"measuring {what} on {target}"
                  + (f" ({sum(rounds) / 60:.1f} of {budget_s / 60:.1f} min spent)" if rounds
                     else ""))
