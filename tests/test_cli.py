@@ -76,6 +76,21 @@ def test_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     assert "--help" in out
 
 
+def test_eval_help_says_calibration_networks_are_drawn_past(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`predictor eval --networks resnet:3` gives three held-out ResNets even where the
+    predictor was calibrated on ResNets drawn with the same seed; `bench networks` measures
+    what it is given."""
+    helps = {}
+    for command in (["predictor", "eval"], ["bench", "networks"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        helps[" ".join(command)] = " ".join(capsys.readouterr().out.split())
+    assert "not calibrated on" in helps["predictor eval"]
+    assert "drawn in their place" in helps["predictor eval"]
+    assert "not calibrated on" not in helps["bench networks"]
+
+
 def test_help_in_a_real_process() -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "latbench"), "--help"],
                             capture_output=True, text=True, timeout=60, cwd=REPO)

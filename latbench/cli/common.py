@@ -23,14 +23,18 @@ PASSES_HELP = ("measure the networks N times, one whole pass after another, and 
                "several percent between passes (the report gives the spread); default 1")
 
 
-def networks_help(default: str | None = None) -> str:
-    """--networks help naming every registered space and family."""
+def networks_help(default: str | None = None, held_out: bool = False) -> str:
+    """--networks help naming every registered space and family; `held_out`: the command
+    leaves out the predictor's calibration networks and draws past them to each count."""
     from latbench.bench.families import list_families
     from latbench.bench.spaces import SPACES
 
     text = (f"network set: comma-separated NAME:COUNT (search spaces: {', '.join(sorted(SPACES))};"
             f" families: {', '.join(list_families())}) and/or paths of .onnx/.tflite files or "
             "folders of them")
+    if held_out:
+        text += ("; NAME:COUNT gives COUNT networks the predictor was not calibrated on (its "
+                 "calibration networks are skipped and others drawn in their place)")
     return f"{text} (default {default})" if default else text
 
 

@@ -530,7 +530,7 @@ def add_commands(sub: Any, pred_sub: Any) -> None:
                     "the speed the predictor's dataset was measured at.")
     ev.add_argument("--predictor", required=True, help="predictor directory")
     ev.add_argument("--networks", default="nasbench-macro:50",
-                    help=networks_help("nasbench-macro:50"))
+                    help=networks_help("nasbench-macro:50", held_out=True))
     ev.add_argument("--runtime", choices=runtime_names(),
                     help="runtime (default: the predictor's)")
     ev.add_argument("--out", help="report directory (default PREDICTOR/eval)")
