@@ -143,9 +143,13 @@ def test_int8_qoperator_and_dynamic_match_the_float_reference(spec: OpSpec,
                                                               quant_format: str) -> None:
     graph = spec_graph(spec.with_(dtype="int8"))
     model = to_onnx(graph, quant_format=quant_format)
-    ops = {n.op_type for n in onnx.load_from_string(model).graph.node}
+    proto = onnx.load_from_string(model)
+    ops = {n.op_type for n in proto.graph.node}
     assert ops & ({"QLinearConv", "QGemm", "QLinearMatMul"} if quant_format == "qoperator"
                   else {"ConvInteger", "MatMulInteger"})
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and t.dims and np.prod(t.dims) > 8]
+    assert weights and max(np.abs(w.astype(np.int32)).max() for w in weights) <= 64  # 7 bits
     inputs = _inputs(model)
     ref = run_reference(graph, inputs)
     assert np.abs(_run(model, inputs) - ref).max() <= 0.03 * np.abs(ref).max()
@@ -164,6 +168,8 @@ def test_int8_qdq_is_what_onnxruntime_fuses_into_int8_kernels(tmp_path) -> None:
     weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
                      and values.get(n.input[0]) is weight)
     assert values[weight_dq.input[1]].shape == (8,) and not values[weight_dq.input[2]].any()
+    # 7-bit weights (reduce_range): exact in ONNX Runtime's int16 pair sums on x86 without VNNI
+    assert np.abs(weight.astype(np.int32)).max() == 64
     # float32 at the edges, as the quantizer leaves them
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

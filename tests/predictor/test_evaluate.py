@@ -241,8 +241,12 @@ def test_evaluate_end_to_end(fitted) -> None:
     assert metrics["n"] == 4
     assert metrics["rmse_ms"] == pytest.approx(error_metrics(table["predicted_ms"],
                                                              table["measured_ms"])["rmse_ms"])
-    # a real predictor of real kernels is in the right ballpark for networks of those kernels
-    assert metrics["rmspe_pct"] < 75
+    # a real predictor of real kernels prices networks of those kernels in proportion: the
+    # machine's level may move between the kernels' campaign and this one (2x seen on a busy
+    # VM, every network alike), the proportions between networks of 16-32 channels may not
+    ratios = table["predicted_ms"] / table["measured_ms"]
+    assert ratios.max() / ratios.min() < 1.5
+    assert 1 / 3 < ratios.median() < 3
     assert report.campaign.measured == 4 and report.campaign.failed == 0
     assert "| macro-like | 4 |" in report.markdown()
     # the predictor remembers the machine's level while its kernels were measured
