@@ -410,7 +410,7 @@ def test_eval_command_prints_json(fitted, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "onnx"
     folder.mkdir()
     for width in (16, 32):  # the predictor knows no dwconv: no mbconv, which ONNX splits
-        (folder / f"plain{width}.onnx").write_bytes(to_onnx(chain_graph(tiny_net(width, None))))
+        (folder / f"plain{width}.onnx").write_bytes(to_onnx(chain_graph(tiny_net(width, None, 32))))
     capsys.readouterr()
     assert main(["predictor", "eval", "--predictor", str(root / "predictor"), "--networks",
                  str(folder), "--out", str(tmp_path / "report"), "--json",
