@@ -249,8 +249,7 @@ def test_evaluate_end_to_end(fitted) -> None:
     # between the kernels' campaign and this one (1.5-2x on a busy VM), and the per-call
     # overhead of the smallest network moves with it more than the largest one's work: their
     # predicted / measured ratios were seen up to 1.95x apart
-    assert list(table["predicted_ms"].sort_values().index) == \
-        list(table["measured_ms"].sort_values().index)
+    assert metrics["spearman"] == pytest.approx(1.0)
     ratios = table["predicted_ms"] / table["measured_ms"]
     assert ratios.max() / ratios.min() < 2.5
     assert 1 / 3 < ratios.median() < 3
