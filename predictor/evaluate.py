@@ -227,8 +227,10 @@ class NetworkTimes:
         text = f"Networks measured in {len(self.passes)} passes, scored against the median"
         if spread is None:
             return text + "."
+        share, pairs = self.agreement()  # two passes of a network exist: spread says so
         return (text + f"; spread between the passes per network (slowest / fastest - 1): "
-                f"median {spread[0]:.1f}%, p90 {spread[1]:.1f}%.")
+                f"median {spread[0]:.1f}%, p90 {spread[1]:.1f}%; two passes of one network "
+                f"agree within 10% in {share:.0%} of {pairs} pairs.")
 
     def speed_factors(self, trained_probe_ms: float | None) -> list[float | None]:
         """Per pass: the predictor's dataset's reference probe over the pass's (None where
