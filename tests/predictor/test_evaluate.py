@@ -321,9 +321,9 @@ def test_network_times_median_and_spread() -> None:
     # b 2.0/2.0 yes
     assert times.agreement() == (pytest.approx(0.5), 4)
     assert times.agreement(0.05) == (pytest.approx(0.25), 4)
-    one = NetworkTimes([{"a": 1.0}], CampaignSummary())
     assert times.note().endswith("median 10.0%, p90 18.0%; two passes of one network agree "
                                  "within 10% in 50% of 4 pairs.")
+    one = NetworkTimes([{"a": 1.0}], CampaignSummary())
     assert one.spread_pct() is None and one.note() == "Networks measured in one pass."
     assert one.agreement() is None
     # one pass through slow phases says so, and what to do
