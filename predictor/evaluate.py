@@ -105,12 +105,6 @@ def priced_kernels(network: Subject, predictor: LatencyPredictor) -> list[OpSpec
     return network_kernels(network, predictor.attach_)
 
 
-def predict_networks(predictor: LatencyPredictor, networks: Sequence[Subject]
-                     ) -> dict[str, float]:
-    """Key -> predicted ms, each network split as the predictor prices it."""
-    return {key: p.predicted_ms for key, p in network_predictions(predictor, networks).items()}
-
-
 def network_predictions(predictor: LatencyPredictor, networks: Sequence[Subject],
                         interval_level: float = DEFAULT_LEVEL) -> dict[str, NetworkPrediction]:
     """Key -> prediction (with its interval at `interval_level`), each network split as the

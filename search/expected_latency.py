@@ -38,7 +38,3 @@ class ExpectedLatency(nn.Module):
                               f"shape {tuple(self.layer_ms.shape)} ({self.space})")
         probs = masked_softmax(alpha, self.mask)
         return self.fixed_ms.to(alpha.dtype) + (probs * self.layer_ms.to(alpha.dtype)).sum()
-
-    def per_layer(self, alpha: Any) -> Any:
-        """Expected ms of each layer (without the fixed part)."""
-        return (masked_softmax(alpha, self.mask) * self.layer_ms.to(alpha.dtype)).sum(-1)
