@@ -9,6 +9,7 @@ predictor's memory model on them as well (`memory_evaluation`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Collection, Sequence
@@ -139,6 +140,12 @@ FAST_MODE_RATIO = 2.0
 RANGE_WHOLE = 0.99
 
 
+def _values_by_key(per_pass: Sequence[dict[str, float]]) -> dict[str, list[float]]:
+    """Key -> its values over the passes that hold it, in pass order (keys sorted)."""
+    keys = sorted({k for values in per_pass for k in values})
+    return {k: [values[k] for values in per_pass if k in values] for k in keys}
+
+
 @dataclass
 class NetworkTimes:
     """End-to-end times of networks measured in one or more passes (every network once per
@@ -155,23 +162,17 @@ class NetworkTimes:
 
     def memory(self) -> dict[str, float]:
         """Key -> median measured peak memory (bytes) over the passes that measured one."""
-        keys = sorted({k for peaks in self.peak_memory for k in peaks})
-        return {k: float(np.median([p[k] for p in self.peak_memory if k in p])) for k in keys}
+        return {k: float(np.median(v)) for k, v in _values_by_key(self.peak_memory).items()}
 
     def median(self) -> dict[str, float]:
         """Key -> median over the passes that measured it."""
-        keys = sorted({k for times in self.passes for k in times})
-        return {k: float(np.median([t[k] for t in self.passes if k in t])) for k in keys}
+        return {k: float(np.median(v)) for k, v in _values_by_key(self.passes).items()}
 
     def spread_pct(self) -> tuple[float, float] | None:
         """Median and 90th percentile over networks of (slowest / fastest pass - 1), in %;
         None when no network was measured in two passes."""
-        keys = {k for times in self.passes for k in times}
-        spreads = []
-        for key in keys:
-            values = [t[key] for t in self.passes if key in t]
-            if len(values) > 1:
-                spreads.append(100 * (max(values) / min(values) - 1))
+        spreads = [100 * (max(values) / min(values) - 1)
+                   for values in _values_by_key(self.passes).values() if len(values) > 1]
         if not spreads:
             return None
         return float(np.median(spreads)), float(np.percentile(spreads, 90))
@@ -180,14 +181,10 @@ class NetworkTimes:
         """(Share of pairs of passes of one network within `tolerance` of each other, number
         of pairs); None when no network was measured in two passes. Against a single pass, a
         perfect predictor could score no better than this share within `tolerance`."""
-        agree = pairs = 0
-        for key in {k for times in self.passes for k in times}:
-            values = [t[key] for t in self.passes if key in t]
-            for i, first in enumerate(values):
-                for second in values[i + 1:]:
-                    pairs += 1
-                    agree += abs(second / first - 1) < tolerance
-        return (agree / pairs, pairs) if pairs else None
+        pairs = [abs(second / first - 1) < tolerance
+                 for values in _values_by_key(self.passes).values()
+                 for first, second in itertools.combinations(values, 2)]
+        return (sum(pairs) / len(pairs), len(pairs)) if pairs else None
 
     def note(self) -> str:
         """For reports: how the truth was measured, and which networks ran in two modes."""
